@@ -1,0 +1,328 @@
+//! The process's one Redis pub/sub connection, supervised.
+//!
+//! A single task owns the connection (RESP3, so messages arrive as pushes beside command
+//! replies). It subscribes to a channel when the hub reports its first local listener and
+//! unsubscribes when the last one leaves, in the order the hub changed. It answers barriers once
+//! the subscriptions before them are active, which is how a new stream knows that a history read
+//! will overlap the live events.
+//!
+//! When the connection dies (a disconnection push, a failed command, or a PING that times out on
+//! a half-open socket) the task marks the broker down, reconnects with exponential backoff,
+//! resubscribes every active channel, and refills the dispatcher from history after the last id
+//! this process saw, because pub/sub drops what is published while nobody listens. Live events
+//! of the new connection are held behind that refill so ids stay in order. A counter lower than
+//! the last id seen means Redis lost its data; streams are told with `missedevents`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Script, Value};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::BrokerError;
+use super::redis::snapshot;
+use crate::conn::Frame;
+use crate::event::parse_stored_id;
+use crate::hub::{Dispatch, Resume, SubCommand};
+use crate::metrics::Metrics;
+use crate::resume::channel_may_have_lost;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Channels per SUBSCRIBE command when resubscribing.
+const SUBSCRIBE_CHUNK: usize = 512;
+
+pub(crate) struct Subscriber {
+    pub client: redis::Client,
+    pub metrics: Arc<Metrics>,
+    /// The hub's highest dispatched id.
+    pub last_seen: Arc<AtomicU64>,
+    pub dispatch: mpsc::UnboundedSender<Dispatch>,
+    pub commands: mpsc::UnboundedReceiver<SubCommand>,
+    pub history: ConnectionManager,
+    pub snapshot_script: Script,
+    pub history_size: usize,
+    pub up: Arc<AtomicBool>,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+/// Why the connected loop ended.
+enum Exit {
+    /// The broker was dropped: stop for good.
+    Stop,
+    /// The connection failed: reconnect.
+    Lost(String),
+}
+
+impl Subscriber {
+    pub async fn run(mut self) {
+        let mut active: HashSet<Arc<str>> = HashSet::new();
+        let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut backoff = MIN_BACKOFF;
+        let mut connected_before = false;
+        loop {
+            let lost = Arc::new(Notify::new());
+            let mut con = match self.connect(lost.clone()).await {
+                Ok(con) => con,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "redis subscriber cannot connect");
+                    if !self.wait(backoff, &mut active, &mut barriers).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            if !self.apply_pending(&mut active, &mut barriers) {
+                return;
+            }
+            let _ = self.dispatch.send(Dispatch::Hold);
+            if let Err(e) = self.resubscribe(&mut con, &active, connected_before).await {
+                tracing::warn!(error = %e, "redis subscriber could not resubscribe");
+                let _ = self.dispatch.send(Dispatch::Resume(Resume::default()));
+                self.wait(backoff, &mut active, &mut barriers).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            if connected_before {
+                self.metrics.broker_reconnects.fetch_add(1, Relaxed);
+                tracing::info!("redis subscriber reconnected");
+            }
+            connected_before = true;
+            backoff = MIN_BACKOFF;
+            self.set_up(true);
+            for b in barriers.drain(..) {
+                let _ = b.send(());
+            }
+            match self.serve(&mut con, &lost, &mut active).await {
+                Exit::Stop => return,
+                Exit::Lost(why) => {
+                    tracing::warn!(reason = %why, "redis subscriber connection lost");
+                    self.set_up(false);
+                }
+            }
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Relaxed);
+        self.metrics.broker_up.store(up as u64, Relaxed);
+    }
+
+    async fn connect(&self, lost: Arc<Notify>) -> Result<MultiplexedConnection, BrokerError> {
+        let dispatch = self.dispatch.clone();
+        let metrics = self.metrics.clone();
+        let sender = move |push: PushInfo| -> Result<(), ()> {
+            forward_push(push, &dispatch, &metrics, &lost);
+            Ok(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(self.ping_timeout))
+            .set_push_sender(sender);
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Sleeps while still taking subscription changes. Returns `false` when told to stop.
+    async fn wait(
+        &mut self,
+        delay: Duration,
+        active: &mut HashSet<Arc<str>>,
+        barriers: &mut Vec<oneshot::Sender<()>>,
+    ) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                cmd = self.commands.recv() => match cmd {
+                    None => return false,
+                    Some(cmd) => record(cmd, active, barriers),
+                },
+            }
+        }
+    }
+
+    /// Takes the changes that arrived while disconnected.
+    fn apply_pending(
+        &mut self,
+        active: &mut HashSet<Arc<str>>,
+        barriers: &mut Vec<oneshot::Sender<()>>,
+    ) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(cmd) => record(cmd, active, barriers),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Subscribes every active channel, then (after a reconnection) refills from history and
+    /// releases the held live events.
+    async fn resubscribe(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        active: &HashSet<Arc<str>>,
+        refill: bool,
+    ) -> Result<(), BrokerError> {
+        let channels: Vec<Arc<str>> = active.iter().cloned().collect();
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            let names: Vec<&str> = chunk.iter().map(|c| &**c).collect();
+            con.subscribe(names).await?;
+        }
+        let resume = if refill && !channels.is_empty() {
+            self.refill(&channels).await?
+        } else {
+            Resume::default()
+        };
+        let _ = self.dispatch.send(Dispatch::Resume(resume));
+        Ok(())
+    }
+
+    /// What was published on the active channels after the last id this process saw.
+    async fn refill(&mut self, channels: &[Arc<str>]) -> Result<Resume, BrokerError> {
+        let last = self.last_seen.load(Relaxed);
+        let snap = snapshot(
+            &mut self.history,
+            &self.snapshot_script,
+            channels,
+            Some(last),
+        )
+        .await?;
+        let counter = snap.counter.unwrap_or(0);
+        let reset = counter < last;
+        let missed = if reset {
+            Vec::new()
+        } else {
+            (0..channels.len())
+                .filter(|&i| channel_may_have_lost(last, i, &snap, self.history_size))
+                .map(|i| channels[i].clone())
+                .collect()
+        };
+        let mut events: Vec<(Arc<str>, Frame)> = channels
+            .iter()
+            .zip(snap.channels)
+            .flat_map(|(name, h)| h.events.into_iter().map(move |f| (name.clone(), f)))
+            .collect();
+        events.sort_by_key(|(_, f)| f.id);
+        if reset {
+            tracing::warn!(
+                counter,
+                last,
+                "redis id counter went backwards: data was lost"
+            );
+        }
+        Ok(Resume {
+            events,
+            missed,
+            reset,
+        })
+    }
+
+    /// The connected loop: subscription changes, barriers and the PING watchdog.
+    async fn serve(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        lost: &Notify,
+        active: &mut HashSet<Arc<str>>,
+    ) -> Exit {
+        let mut ping = tokio::time::interval(self.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => {
+                    let result = match cmd {
+                        None => return Exit::Stop,
+                        Some(SubCommand::Subscribe(ch)) => {
+                            active.insert(ch.clone());
+                            con.subscribe(&*ch).await
+                        }
+                        Some(SubCommand::Unsubscribe(ch)) => {
+                            active.remove(&ch);
+                            con.unsubscribe(&*ch).await
+                        }
+                        Some(SubCommand::Barrier(tx)) => {
+                            let _ = tx.send(());
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = result {
+                        return Exit::Lost(e.to_string());
+                    }
+                }
+                _ = ping.tick() => {
+                    let ping_cmd = redis::cmd("PING");
+                    let pong = tokio::time::timeout(
+                        self.ping_timeout,
+                        ping_cmd.query_async::<Value>(con),
+                    );
+                    match pong.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Exit::Lost(format!("PING failed: {e}")),
+                        Err(_) => return Exit::Lost("PING timed out".into()),
+                    }
+                }
+                _ = lost.notified() => return Exit::Lost("disconnected".into()),
+            }
+        }
+    }
+}
+
+/// Applies a subscription change while no connection is up.
+fn record(
+    cmd: SubCommand,
+    active: &mut HashSet<Arc<str>>,
+    barriers: &mut Vec<oneshot::Sender<()>>,
+) {
+    match cmd {
+        SubCommand::Subscribe(ch) => {
+            active.insert(ch);
+        }
+        SubCommand::Unsubscribe(ch) => {
+            active.remove(&ch);
+        }
+        SubCommand::Barrier(tx) => barriers.push(tx),
+    }
+}
+
+/// Runs on the Redis connection's task: must never block.
+fn forward_push(
+    push: PushInfo,
+    dispatch: &mpsc::UnboundedSender<Dispatch>,
+    metrics: &Metrics,
+    lost: &Notify,
+) {
+    match push.kind {
+        PushKind::Message => {
+            let mut data = push.data.into_iter();
+            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                (data.next(), data.next())
+            else {
+                return;
+            };
+            let (Ok(channel), Some(id)) = (String::from_utf8(channel), parse_stored_id(&payload))
+            else {
+                metrics.malformed.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    payload = %String::from_utf8_lossy(&payload[..payload.len().min(80)]),
+                    "skipping a pub/sub message that is not an SSE event"
+                );
+                return;
+            };
+            let frame = Frame::event(id, Bytes::from(payload));
+            let _ = dispatch.send(Dispatch::Live { channel, frame });
+        }
+        PushKind::Disconnection => lost.notify_one(),
+        _ => {}
+    }
+}

@@ -1,0 +1,192 @@
+//! The command line's flags, each with its environment variable, and their conversion into a
+//! [`Config`].
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+/// Server-Sent Events server: one EventSource, many channels, Redis or in-memory broker.
+#[derive(Debug, Parser)]
+#[command(name = "redisse", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; `serve` when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, also accepted without the word `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the SSE server (the default).
+    Serve(ServeArgs),
+    /// Publish one event and print its id.
+    Publish(PublishArgs),
+}
+
+/// Options of `redisse serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(short = 'a', long, env = "REDISSE_ADDRESS", default_value = "0.0.0.0")]
+    pub address: IpAddr,
+    /// Port to listen on.
+    #[arg(short = 'p', long, env = "REDISSE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Listen on this unix socket instead of TCP.
+    #[arg(short = 'S', long, env = "REDISSE_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Redis URL (redis://, rediss://, unix://); without it, the in-memory broker.
+    #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// Log to standard output instead of standard error.
+    #[arg(short = 's', long, env = "REDISSE_STDOUT")]
+    pub stdout: bool,
+    /// Log to this file instead of standard error.
+    #[arg(short = 'l', long, env = "REDISSE_LOG_FILE", value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Log each subscription and each event.
+    #[arg(short = 'v', long, env = "REDISSE_VERBOSE")]
+    pub verbose: bool,
+    /// Write the process id to this file.
+    #[arg(short = 'P', long, env = "REDISSE_PID", value_name = "FILE")]
+    pub pid: Option<PathBuf>,
+    /// Serve HTTPS (with --ssl-key and --ssl-cert).
+    #[arg(long, env = "REDISSE_SSL", requires_all = ["ssl_key", "ssl_cert"])]
+    pub ssl: bool,
+    /// PEM private key for --ssl.
+    #[arg(long, env = "REDISSE_SSL_KEY", value_name = "FILE")]
+    pub ssl_key: Option<PathBuf>,
+    /// PEM certificate chain for --ssl.
+    #[arg(long, env = "REDISSE_SSL_CERT", value_name = "FILE")]
+    pub ssl_cert: Option<PathBuf>,
+    /// Heartbeat period (seconds like 15 or 0.5, or with units like 500ms).
+    #[arg(long, env = "REDISSE_HEARTBEAT", default_value = "15", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Events kept per channel for Last-Event-ID resume.
+    #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
+    pub history_size: usize,
+    /// How long a long-polling stream stays open after its first event.
+    #[arg(long, env = "REDISSE_POLLING_DELAY", default_value = "1", value_parser = parse_duration)]
+    pub polling_delay: Duration,
+    /// Token required as `Authorization: Bearer <token>` by POST /publish; without it, only
+    /// loopback clients may publish over HTTP.
+    #[arg(long, env = "REDISSE_PUBLISH_TOKEN", value_name = "TOKEN")]
+    pub publish_token: Option<String>,
+    /// Open streams allowed at once.
+    #[arg(long, env = "REDISSE_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Channels allowed on one connection.
+    #[arg(long, env = "REDISSE_MAX_CHANNELS", default_value_t = config::DEFAULT_MAX_CHANNELS)]
+    pub max_channels: usize,
+    /// Bytes queued for one client before it is disconnected as slow.
+    #[arg(long, env = "REDISSE_MAX_QUEUE_BYTES", default_value_t = config::DEFAULT_MAX_QUEUE_BYTES)]
+    pub max_queue_bytes: usize,
+    /// Largest POST /publish body.
+    #[arg(long, env = "REDISSE_MAX_PUBLISH_BYTES", default_value_t = config::DEFAULT_MAX_PUBLISH_BYTES)]
+    pub max_publish_bytes: usize,
+    /// Largest request head (request line and headers).
+    #[arg(long, env = "REDISSE_MAX_HEADER_BYTES", default_value_t = config::DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+    /// Longest channel name, in bytes.
+    #[arg(long, env = "REDISSE_MAX_CHANNEL_NAME_BYTES", default_value_t = config::DEFAULT_MAX_CHANNEL_NAME_BYTES)]
+    pub max_channel_name_bytes: usize,
+    /// Time allowed to send a complete request head.
+    #[arg(long, env = "REDISSE_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest wait for connections to close after SIGTERM or SIGINT.
+    #[arg(long, env = "REDISSE_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Options of `redisse publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The channel to publish on.
+    pub channel: String,
+    /// The event's data; read from standard input when absent (one trailing newline removed).
+    pub data: Option<String>,
+    /// The event's type.
+    #[arg(short = 't', long = "type", default_value = crate::event::DEFAULT_EVENT_TYPE)]
+    pub event_type: String,
+    /// Publish straight to Redis at this URL.
+    #[arg(
+        long,
+        env = "REDISSE_REDIS",
+        value_name = "URL",
+        conflicts_with = "server"
+    )]
+    pub redis: Option<String>,
+    /// Publish through a running server's POST /publish (default http://127.0.0.1:8080).
+    #[arg(long, env = "REDISSE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token for the server's POST /publish.
+    #[arg(long, env = "REDISSE_PUBLISH_TOKEN", value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Events kept per channel when publishing to Redis.
+    #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
+    pub history_size: usize,
+}
+
+/// `15`, `0.5` (seconds) or `500ms`, `2m` (units).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("{s:?} is not a positive number of seconds"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+impl ServeArgs {
+    /// The library configuration these flags describe.
+    pub fn to_config(&self) -> Result<Config, String> {
+        if self.heartbeat.is_zero() {
+            return Err("--heartbeat must be more than zero".into());
+        }
+        Ok(Config {
+            redis_url: self.redis.clone(),
+            heartbeat: self.heartbeat,
+            history_size: self.history_size,
+            polling_delay: self.polling_delay,
+            publish_token: self.publish_token.clone().filter(|t| !t.is_empty()),
+            max_connections: self.max_connections,
+            max_channels: self.max_channels,
+            max_queue_bytes: self.max_queue_bytes,
+            max_publish_bytes: self.max_publish_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_channel_name_bytes: self.max_channel_name_bytes,
+            header_read_timeout: self.header_read_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            verbose: self.verbose,
+            ..Config::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

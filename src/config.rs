@@ -1,0 +1,151 @@
+//! Settings of a Redisse instance, each default a named constant (SPEC 7).
+//!
+//! The library never reads the environment: the `redisse` binary turns its command line and
+//! environment variables into a [`Config`], and an embedding application builds one in code.
+
+use std::time::Duration;
+
+/// Period of the `: hb` comment that keeps idle streams alive.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events kept per channel for `Last-Event-ID` resume (the gem keeps 100).
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// How long a long-polling stream stays open after its first event.
+pub const DEFAULT_POLLING_DELAY: Duration = Duration::from_secs(1);
+/// Open SSE streams allowed at once; past it, clients are told to come back later.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Channels one connection may listen to.
+pub const DEFAULT_MAX_CHANNELS: usize = 1024;
+/// Bytes waiting to be written to one client before it counts as slow and is disconnected.
+pub const DEFAULT_MAX_QUEUE_BYTES: usize = 1024 * 1024;
+/// Largest body `POST /publish/<channel>` accepts.
+pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 1024 * 1024;
+/// Largest request head (request line and headers).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Longest channel name, in bytes.
+pub const DEFAULT_MAX_CHANNEL_NAME_BYTES: usize = 1024;
+/// Time a client has to send its complete request head (slow-loris protection).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for streams and requests to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Range of the `retry:` hint given to clients told to reconnect (shutdown, overload); each
+/// client gets a random value in it so that browsers do not all come back in the same second.
+pub const DEFAULT_RETRY_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1000), Duration::from_millis(10_000));
+/// Interval of the PING that finds a half-open Redis subscriber connection.
+pub const DEFAULT_REDIS_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long that PING may take before the connection is deemed dead.
+pub const DEFAULT_REDIS_PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Settings of a [`Redisse`](crate::Redisse) instance.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = redisse::Config::default();
+/// config.heartbeat = Duration::from_secs(5);
+/// config.redis_url = Some("redis://127.0.0.1:6379/".into());
+/// assert_eq!(config.history_size, redisse::config::DEFAULT_HISTORY_SIZE);
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Redis URL; `None` runs the in-memory broker (one process). Default: `None`.
+    pub redis_url: Option<String>,
+    /// Default: [`DEFAULT_HEARTBEAT`].
+    pub heartbeat: Duration,
+    /// Default: [`DEFAULT_HISTORY_SIZE`].
+    pub history_size: usize,
+    /// Default: [`DEFAULT_POLLING_DELAY`].
+    pub polling_delay: Duration,
+    /// Bearer token required by `POST /publish`; without one, only loopback peers may publish.
+    pub publish_token: Option<String>,
+    /// Default: [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Default: [`DEFAULT_MAX_CHANNELS`].
+    pub max_channels: usize,
+    /// Default: [`DEFAULT_MAX_QUEUE_BYTES`].
+    pub max_queue_bytes: usize,
+    /// Default: [`DEFAULT_MAX_PUBLISH_BYTES`].
+    pub max_publish_bytes: usize,
+    /// Default: [`DEFAULT_MAX_HEADER_BYTES`]. Applied by [`crate::server`].
+    pub max_header_bytes: usize,
+    /// Default: [`DEFAULT_MAX_CHANNEL_NAME_BYTES`].
+    pub max_channel_name_bytes: usize,
+    /// Default: [`DEFAULT_HEADER_READ_TIMEOUT`]. Applied by [`crate::server`].
+    pub header_read_timeout: Duration,
+    /// Default: [`DEFAULT_SHUTDOWN_TIMEOUT`].
+    pub shutdown_timeout: Duration,
+    /// Default: [`DEFAULT_RETRY_RANGE`].
+    pub retry_range: (Duration, Duration),
+    /// Default: [`DEFAULT_REDIS_PING_INTERVAL`].
+    pub redis_ping_interval: Duration,
+    /// Default: [`DEFAULT_REDIS_PING_TIMEOUT`].
+    pub redis_ping_timeout: Duration,
+    /// Log each subscription and each event sent at `info` level, as the gem's `--verbose`.
+    pub verbose: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            redis_url: None,
+            heartbeat: DEFAULT_HEARTBEAT,
+            history_size: DEFAULT_HISTORY_SIZE,
+            polling_delay: DEFAULT_POLLING_DELAY,
+            publish_token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            max_publish_bytes: DEFAULT_MAX_PUBLISH_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            retry_range: DEFAULT_RETRY_RANGE,
+            redis_ping_interval: DEFAULT_REDIS_PING_INTERVAL,
+            redis_ping_timeout: DEFAULT_REDIS_PING_TIMEOUT,
+            verbose: false,
+        }
+    }
+}
+
+impl Config {
+    /// The broker's name for logs: `in-memory`, or the Redis URL without its password.
+    pub fn broker_description(&self) -> String {
+        match &self.redis_url {
+            None => "in-memory".to_owned(),
+            Some(url) => redact_password(url),
+        }
+    }
+}
+
+/// `redis://user:secret@host/` becomes `redis://user:***@host/`.
+pub(crate) fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redact_password("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_password("redis://u:pw@h/"), "redis://u:***@h/");
+        assert_eq!(redact_password("redis://h:6379/"), "redis://h:6379/");
+        assert_eq!(redact_password("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+    }
+}

@@ -1,0 +1,286 @@
+//! One SSE connection's queue, shared by the dispatcher (which fills it) and the body (which
+//! drains it into the socket).
+//!
+//! The queue is bounded in bytes. The dispatcher never waits: a push that would pass the bound
+//! marks the connection slow, drops what was queued and wakes the body, which ends the response
+//! with an error so the socket is closed; the browser comes back with `Last-Event-ID` and is
+//! replayed from history. Ids are the order: a connection remembers the last id it queued and
+//! drops anything not newer, which is what makes replay plus live delivery exactly-once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
+
+use bytes::Bytes;
+
+/// What a frame is, for counting and for long polling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    /// A published event (replayed or live).
+    Event,
+    /// The `lastEventId` event: counted, but does not start the long-polling delay.
+    LastEventId,
+    /// The `missedevents` event.
+    MissedEvents,
+}
+
+/// An encoded frame; `id` is 0 for frames without an id, which are never deduplicated.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame {
+    pub id: u64,
+    pub bytes: Bytes,
+    pub kind: FrameKind,
+}
+
+impl Frame {
+    pub fn event(id: u64, bytes: Bytes) -> Self {
+        Frame {
+            id,
+            bytes,
+            kind: FrameKind::Event,
+        }
+    }
+}
+
+/// Why a connection's stream is ending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The client fell behind: close the socket at once.
+    Slow,
+    /// The server is shutting down (or full): send what is queued, then `retry: <ms>`.
+    Retry(u64),
+}
+
+/// Result of offering a frame to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    Queued,
+    /// Dropped: already delivered (id not newer), or the stream is ending.
+    Skipped,
+    /// This push made the connection slow.
+    BecameSlow,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Frame>,
+    queued_bytes: usize,
+    /// Replay is done and the queue may be drained.
+    ready: bool,
+    /// Highest id queued so far (or the client's position).
+    last_id: u64,
+    heartbeat_due: bool,
+    end: Option<End>,
+    waker: Option<Waker>,
+}
+
+/// The shared half of one connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Identifies the connection in the hub's registry and in logs.
+    pub id: u64,
+    /// Queued bytes past which the client is slow.
+    max_bytes: usize,
+    state: Mutex<State>,
+}
+
+/// What the body takes from the queue in one poll.
+pub(crate) enum Drained {
+    Frames(Vec<Frame>),
+    Heartbeat,
+    Slow,
+    Retry(u64),
+    Nothing,
+}
+
+impl Conn {
+    pub fn new(id: u64, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Conn {
+            id,
+            max_bytes,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent in a way that
+        // matters more than losing the stream, so a poisoned lock is simply taken over.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers a live frame. Never blocks beyond the queue's own short lock.
+    pub fn push(&self, frame: &Frame) -> Push {
+        let mut st = self.lock();
+        if st.end.is_some() {
+            return Push::Skipped;
+        }
+        if st.ready && frame.id != 0 {
+            if frame.id <= st.last_id {
+                return Push::Skipped;
+            }
+            st.last_id = frame.id;
+        }
+        if st.queued_bytes + frame.bytes.len() > self.max_bytes {
+            st.queue = VecDeque::new();
+            st.queued_bytes = 0;
+            st.end = Some(End::Slow);
+            wake(st);
+            return Push::BecameSlow;
+        }
+        st.queued_bytes += frame.bytes.len();
+        st.queue.push_back(frame.clone());
+        wake(st);
+        Push::Queued
+    }
+
+    /// Ends the replay phase: `preamble` (control frames) and `replay` (history, ascending ids)
+    /// go first, then the live frames buffered meanwhile that are newer than `position` and
+    /// than every replayed id.
+    pub fn start(&self, preamble: Vec<Frame>, replay: Vec<Frame>, position: u64) {
+        let mut st = self.lock();
+        let live = std::mem::take(&mut st.queue);
+        let mut last = position;
+        let mut queue: VecDeque<Frame> = preamble.into();
+        for frame in replay.into_iter().chain(live) {
+            if frame.id != 0 {
+                if frame.id <= last {
+                    continue;
+                }
+                last = frame.id;
+            }
+            queue.push_back(frame);
+        }
+        st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
+        st.queue = queue;
+        st.last_id = last;
+        st.ready = true;
+        wake(st);
+    }
+
+    /// Redis lost its data: ids start again from a lower value. Tells the client that events
+    /// may be lost and accepts the new, lower ids.
+    pub fn reset(&self, missed: Frame) {
+        let mut st = self.lock();
+        if st.end.is_some() {
+            return;
+        }
+        st.last_id = 0;
+        st.queued_bytes += missed.bytes.len();
+        st.queue.push_back(missed);
+        wake(st);
+    }
+
+    /// Asks for a heartbeat at the next poll.
+    pub fn heartbeat(&self) {
+        let mut st = self.lock();
+        if !st.heartbeat_due && st.end.is_none() {
+            st.heartbeat_due = true;
+            wake(st);
+        }
+    }
+
+    /// Ends the stream after what is queued, with a `retry:` hint.
+    pub fn end_with_retry(&self, millis: u64) {
+        let mut st = self.lock();
+        if st.end.is_none() {
+            st.end = Some(End::Retry(millis));
+            wake(st);
+        }
+    }
+
+    /// Whether the stream is ending.
+    pub fn is_ending(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
+    /// Takes what the body should write next, or registers the waker.
+    pub fn drain(&self, cx: &mut Context<'_>, max_batch_bytes: usize) -> Drained {
+        let mut st = self.lock();
+        if st.end == Some(End::Slow) {
+            return Drained::Slow;
+        }
+        if st.ready && !st.queue.is_empty() {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(frame) = st.queue.front() {
+                if !batch.is_empty() && bytes + frame.bytes.len() > max_batch_bytes {
+                    break;
+                }
+                bytes += frame.bytes.len();
+                if let Some(frame) = st.queue.pop_front() {
+                    batch.push(frame);
+                }
+            }
+            st.queued_bytes -= bytes;
+            return Drained::Frames(batch);
+        }
+        if let Some(End::Retry(ms)) = st.end
+            && (st.ready || st.queue.is_empty())
+        {
+            return Drained::Retry(ms);
+        }
+        if st.heartbeat_due {
+            st.heartbeat_due = false;
+            return Drained::Heartbeat;
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Drained::Nothing
+    }
+}
+
+fn wake(mut st: MutexGuard<'_, State>) {
+    let waker = st.waker.take();
+    drop(st);
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: u64) -> Frame {
+        Frame::event(id, Bytes::from(format!("id: {id}\n\n")))
+    }
+
+    fn ids(conn: &Conn) -> Vec<u64> {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match conn.drain(&mut cx, usize::MAX) {
+            Drained::Frames(f) => f.iter().map(|f| f.id).collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn replay_then_live_is_exactly_once_and_ordered() {
+        let conn = Conn::new(1, 1 << 20);
+        conn.push(&frame(5));
+        conn.push(&frame(6));
+        assert!(ids(&conn).is_empty(), "nothing flows before replay");
+        conn.start(vec![], vec![frame(3), frame(4), frame(5)], 2);
+        conn.push(&frame(6));
+        conn.push(&frame(7));
+        assert_eq!(ids(&conn), [3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_client_slow() {
+        let conn = Conn::new(1, 40);
+        conn.start(vec![], vec![], 0);
+        assert_eq!(conn.push(&frame(1)), Push::Queued);
+        assert_eq!(conn.push(&frame(2)), Push::Queued);
+        let big = Frame::event(3, Bytes::from(vec![b'x'; 30]));
+        assert_eq!(conn.push(&big), Push::BecameSlow);
+        assert_eq!(conn.push(&frame(4)), Push::Skipped);
+        let waker = futures_util::task::noop_waker();
+        assert!(matches!(
+            conn.drain(&mut Context::from_waker(&waker), 1024),
+            Drained::Slow
+        ));
+    }
+}

@@ -1,0 +1,297 @@
+//! Events, event ids and their Server-Sent Events encoding.
+//!
+//! An event is encoded exactly once, when it enters the process, into shared [`Bytes`]; every
+//! subscriber then receives a reference-counted clone of the same frame (see `hub`). The encoding
+//! is the Redisse gem's (SPEC 2 and 3): `id:`, `event:`, then one `data:` line per line of data,
+//! and an empty line. Unlike the gem, data is split on `\r\n`, `\r` and `\n`, so a bare carriage
+//! return can never end a field early on the client side.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The type an event gets when the publisher gives none, as in the gem.
+pub const DEFAULT_EVENT_TYPE: &str = "message";
+
+/// The comment line sent to keep idle connections alive.
+pub(crate) const HEARTBEAT_FRAME: &[u8] = b": hb\n";
+
+/// An event to publish: a type (`message` by default) and UTF-8 data.
+///
+/// The id is given by the broker when the event is published.
+///
+/// ```
+/// use redisse::Event;
+/// let plain = Event::message("hello");
+/// assert_eq!(plain.event_type(), "message");
+/// let typed = Event::new("greeting", "hi");
+/// assert_eq!(typed.data(), "hi");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    event_type: String,
+    data: String,
+}
+
+impl Event {
+    /// An event of type `event_type`. An empty type means `message`.
+    pub fn new(event_type: impl Into<String>, data: impl Into<String>) -> Self {
+        let mut event_type = event_type.into();
+        if event_type.is_empty() {
+            event_type.push_str(DEFAULT_EVENT_TYPE);
+        }
+        Event {
+            event_type,
+            data: data.into(),
+        }
+    }
+
+    /// An event of the default type, `message`.
+    pub fn message(data: impl Into<String>) -> Self {
+        Event::new(DEFAULT_EVENT_TYPE, data)
+    }
+
+    /// The event's type (the SSE `event:` field).
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The event's data.
+    pub fn data(&self) -> &str {
+        &self.data
+    }
+
+    /// Checks what SPEC 3 forbids: a CR or LF in the type would inject fields.
+    pub fn validate(&self) -> Result<(), InvalidEvent> {
+        if self.event_type.contains(['\r', '\n']) {
+            return Err(InvalidEvent::TypeHasLineBreak);
+        }
+        Ok(())
+    }
+
+    /// The event's SSE text after its `id:` line: `event: T\ndata: ...\n\n`.
+    ///
+    /// The Redis publisher prepends the id inside its Lua script, where the id is known.
+    pub(crate) fn encode_tail(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.len() + self.event_type.len() + 16);
+        push_field(&mut out, b"event: ", self.event_type.as_bytes());
+        push_data(&mut out, &self.data);
+        out.push(b'\n');
+        out
+    }
+
+    /// The complete SSE text of this event with the given id.
+    pub fn encode(&self, id: u64) -> Bytes {
+        let tail = self.encode_tail();
+        let mut out = BytesMut::with_capacity(tail.len() + 24);
+        out.put_slice(b"id: ");
+        out.put_slice(itoa_u64(id).as_bytes());
+        out.put_u8(b'\n');
+        out.put_slice(&tail);
+        out.freeze()
+    }
+}
+
+impl From<&str> for Event {
+    fn from(data: &str) -> Self {
+        Event::message(data)
+    }
+}
+
+impl From<String> for Event {
+    fn from(data: String) -> Self {
+        Event::message(data)
+    }
+}
+
+/// Why an event cannot be published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    /// A CR or LF in the event type.
+    #[error("the event type must not contain CR or LF")]
+    TypeHasLineBreak,
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// Writes one `data:` line per line of `data`, splitting on `\r\n`, `\r` and `\n`.
+fn push_data(out: &mut Vec<u8>, data: &str) {
+    let bytes = data.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => {
+                push_field(out, b"data: ", &bytes[start..i]);
+                start = i + 1;
+            }
+            b'\r' => {
+                push_field(out, b"data: ", &bytes[start..i]);
+                if bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    push_field(out, b"data: ", &bytes[start..]);
+}
+
+fn itoa_u64(n: u64) -> String {
+    n.to_string()
+}
+
+/// `event: missedevents` with empty data and no id: some events may have been lost.
+pub(crate) fn missed_events_frame() -> Bytes {
+    Bytes::from_static(b"event: missedevents\ndata: \n\n")
+}
+
+/// The `lastEventId` event that gives a client a position to resume from.
+pub(crate) fn last_event_id_frame(counter: u64) -> Bytes {
+    Bytes::from(format!("id: {counter}\nevent: lastEventId\ndata: \n\n"))
+}
+
+/// A `retry:` frame telling the browser when to reconnect, in milliseconds.
+pub(crate) fn retry_frame(millis: u64) -> Bytes {
+    Bytes::from(format!("retry: {millis}\n\n"))
+}
+
+/// The largest id a client may send: ids are positive 63-bit integers, as Redis INCR gives.
+pub const MAX_EVENT_ID: u64 = i64::MAX as u64;
+
+/// Where a client says it is, from `Last-Event-ID` or `lastEventId` (SPEC 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastEventId {
+    /// No position: absent, empty or `0` (the gem's rule).
+    None,
+    /// The id of the last event the client received.
+    At(u64),
+    /// A value that is not a decimal integer in 1..2^63-1: the client's position is unknown.
+    Unknown,
+}
+
+impl LastEventId {
+    /// Parses a header or query value. Never fails: an unusable value is [`LastEventId::Unknown`].
+    ///
+    /// ```
+    /// use redisse::LastEventId;
+    /// assert_eq!(LastEventId::parse(""), LastEventId::None);
+    /// assert_eq!(LastEventId::parse("0"), LastEventId::None);
+    /// assert_eq!(LastEventId::parse("42"), LastEventId::At(42));
+    /// assert_eq!(LastEventId::parse("-3"), LastEventId::Unknown);
+    /// assert_eq!(LastEventId::parse("99999999999999999999"), LastEventId::Unknown);
+    /// ```
+    pub fn parse(value: &str) -> Self {
+        if value.is_empty() {
+            return LastEventId::None;
+        }
+        if !value.bytes().all(|b| b.is_ascii_digit()) {
+            return LastEventId::Unknown;
+        }
+        match value.parse::<u64>() {
+            Ok(0) => LastEventId::None,
+            Ok(id) if id <= MAX_EVENT_ID => LastEventId::At(id),
+            _ => LastEventId::Unknown,
+        }
+    }
+}
+
+/// Reads the id of a stored SSE event (`id: N\n...\n\n`), as written by any publisher that
+/// follows SPEC 2. Anything else is malformed: it is skipped, never forwarded.
+pub(crate) fn parse_stored_id(payload: &[u8]) -> Option<u64> {
+    let rest = payload.strip_prefix(b"id: ")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    let digits = &rest[..end];
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if !payload.ends_with(b"\n\n") || std::str::from_utf8(payload).is_err() {
+        return None;
+    }
+    let id: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (1..=MAX_EVENT_ID).contains(&id).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_like_the_gem() {
+        assert_eq!(
+            &Event::new("foo", "bar").encode(42)[..],
+            b"id: 42\nevent: foo\ndata: bar\n\n"
+        );
+        assert_eq!(
+            &Event::message("Hello").encode(43)[..],
+            b"id: 43\nevent: message\ndata: Hello\n\n"
+        );
+        assert_eq!(
+            &Event::message("hello\nworld\n!").encode(1)[..],
+            b"id: 1\nevent: message\ndata: hello\ndata: world\ndata: !\n\n"
+        );
+        assert_eq!(
+            &Event::message("a\n").encode(1)[..],
+            b"id: 1\nevent: message\ndata: a\ndata: \n\n"
+        );
+        assert_eq!(
+            &Event::message("").encode(7)[..],
+            b"id: 7\nevent: message\ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn splits_data_on_every_line_break() {
+        assert_eq!(
+            &Event::message("a\rb\r\nc\n\rd").encode(1)[..],
+            b"id: 1\nevent: message\ndata: a\ndata: b\ndata: c\ndata: \ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn empty_type_is_message_and_line_breaks_are_refused() {
+        assert_eq!(Event::new("", "x").event_type(), "message");
+        assert_eq!(
+            Event::new("a\nb", "x").validate(),
+            Err(InvalidEvent::TypeHasLineBreak)
+        );
+        assert_eq!(
+            Event::new("a\rb", "x").validate(),
+            Err(InvalidEvent::TypeHasLineBreak)
+        );
+    }
+
+    #[test]
+    fn parses_stored_payloads_and_refuses_others() {
+        assert_eq!(parse_stored_id(b"id: 42\nevent: m\ndata: x\n\n"), Some(42));
+        assert_eq!(parse_stored_id(b"id: 42\nevent: m\ndata: x\n"), None);
+        assert_eq!(parse_stored_id(b"hello"), None);
+        assert_eq!(parse_stored_id(b"id: \ndata: x\n\n"), None);
+        assert_eq!(parse_stored_id(b"id: 0\ndata: x\n\n"), None);
+        assert_eq!(
+            parse_stored_id(b"id: 99999999999999999999\ndata: x\n\n"),
+            None
+        );
+        assert_eq!(parse_stored_id(b"id: 1\ndata: \xff\n\n"), None);
+    }
+
+    #[test]
+    fn last_event_id_rules() {
+        assert_eq!(
+            LastEventId::parse("9223372036854775807"),
+            LastEventId::At(MAX_EVENT_ID)
+        );
+        assert_eq!(
+            LastEventId::parse("9223372036854775808"),
+            LastEventId::Unknown
+        );
+        assert_eq!(LastEventId::parse("abc"), LastEventId::Unknown);
+        assert_eq!(LastEventId::parse(" 1"), LastEventId::Unknown);
+        assert_eq!(LastEventId::parse("+1"), LastEventId::Unknown);
+        assert_eq!(LastEventId::parse("007"), LastEventId::At(7));
+    }
+}

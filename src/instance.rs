@@ -1,0 +1,186 @@
+//! [`Redisse`], the handle to one running instance: broker, hub, dispatcher and heartbeat.
+//!
+//! Creating it starts the background tasks (dispatcher, heartbeat, and with Redis the
+//! subscriber); every clone shares them. From it come the SSE endpoint, the standalone router
+//! and the publisher.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::mpsc;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, command_connection, snapshot_script};
+use crate::broker::subscriber::Subscriber;
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::{Metrics, Stats};
+
+/// A running Redisse instance. Cheap to clone; all clones share the same state.
+///
+/// Must be created inside a Tokio runtime, which runs its background tasks.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use redisse::{Config, Event, Redisse};
+/// let redisse = Redisse::new(Config::default())?;
+/// let id = redisse.publisher().publish("news", Event::message("hello")).await?;
+/// assert_eq!(id, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redisse {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub broker: Broker,
+    pub metrics: Arc<Metrics>,
+    /// Keys of the random `retry:` jitter.
+    jitter: RandomState,
+}
+
+/// Why an instance could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Redis URL is invalid.
+    #[error("invalid redis URL: {0}")]
+    RedisUrl(#[source] redis::RedisError),
+    /// The broker could not be set up.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Redisse {
+    /// Starts an instance on the broker `config` names (in memory when `redis_url` is `None`).
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let metrics = Arc::new(Metrics::default());
+        let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
+        let (hub, broker) = match &config.redis_url {
+            None => {
+                metrics
+                    .broker_up
+                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                let hub = Arc::new(Hub::new(metrics.clone(), None, config.verbose));
+                let broker = MemoryBroker::new(dispatch_tx, config.history_size);
+                (hub, Broker::Memory(broker))
+            }
+            Some(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(Error::RedisUrl)?;
+                let client = with_resp3(client).map_err(Error::RedisUrl)?;
+                let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+                let hub = Arc::new(Hub::new(
+                    metrics.clone(),
+                    Some(sub_tx.clone()),
+                    config.verbose,
+                ));
+                let up = Arc::new(AtomicBool::new(false));
+                let subscriber = Subscriber {
+                    client: client.clone(),
+                    metrics: metrics.clone(),
+                    last_seen: hub.last_seen.clone(),
+                    dispatch: dispatch_tx,
+                    commands: sub_rx,
+                    history: command_connection(&client)?,
+                    snapshot_script: snapshot_script(),
+                    history_size: config.history_size,
+                    up: up.clone(),
+                    ping_interval: config.redis_ping_interval,
+                    ping_timeout: config.redis_ping_timeout,
+                };
+                tokio::spawn(subscriber.run());
+                let broker = RedisBroker::new(&client, config.history_size, sub_tx, up)?;
+                (hub, Broker::Redis(broker))
+            }
+        };
+        tokio::spawn(Hub::dispatch(Arc::downgrade(&hub), dispatch_rx));
+        spawn_heartbeat(&hub, config.heartbeat);
+        Ok(Redisse {
+            shared: Arc::new(Shared {
+                config,
+                hub,
+                broker,
+                metrics,
+                jitter: RandomState::new(),
+            }),
+        })
+    }
+
+    /// The settings this instance runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The gem's counters: connected, events, served, missing.
+    pub fn stats(&self) -> Stats {
+        self.shared.metrics.stats()
+    }
+
+    /// Every counter, for `/metrics` and for tests.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Whether the broker is reachable (always true in memory).
+    pub fn is_broker_up(&self) -> bool {
+        self.shared.broker.is_up()
+    }
+
+    /// Open SSE streams.
+    pub fn connections(&self) -> usize {
+        self.shared.hub.connections()
+    }
+
+    /// Channels with at least one local listener (and so subscribed on the broker).
+    pub fn subscribed_channels(&self) -> usize {
+        self.shared.hub.channel_count()
+    }
+
+    /// Ends every stream with a jittered `retry:` and refuses new ones; the HTTP server's
+    /// graceful shutdown then completes as soon as the clients have read their last bytes.
+    pub fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.hub.shutdown(|conn| shared.retry_millis(conn));
+    }
+}
+
+impl Shared {
+    /// A random `retry:` value in the configured range, different for each connection.
+    pub fn retry_millis(&self, salt: u64) -> u64 {
+        let (lo, hi) = self.config.retry_range;
+        let (lo, hi) = (lo.as_millis() as u64, hi.as_millis() as u64);
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.jitter.hash_one(salt) % (hi - lo)
+    }
+}
+
+/// Pub/sub messages arrive as RESP3 pushes on the multiplexed connection.
+fn with_resp3(client: redis::Client) -> Result<redis::Client, redis::RedisError> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
+fn spawn_heartbeat(hub: &Arc<Hub>, period: std::time::Duration) {
+    let hub = Arc::downgrade(hub);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            ticks.tick().await;
+            match hub.upgrade() {
+                Some(hub) => hub.heartbeat_all(),
+                None => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,89 @@
+//! Redisse: a Server-Sent Events server and library.
+//!
+//! A browser opens **one** `EventSource` connection and receives events from **several
+//! channels**; the application decides which channels a request may see and publishes events
+//! through an API; a broker carries the events between publishers and any number of server
+//! processes and keeps a short history per channel, so that a client that reconnects with
+//! `Last-Event-ID` resumes where it left off. The broker is Redis, in the exact layout of the
+//! Ruby gem [Redisse](https://github.com/tigerlily/redisse) (so a Ruby application keeps
+//! publishing with the gem), or an in-memory broker for a single process.
+//!
+//! ```no_run
+//! use redisse::{Config, Event, Redisse, Rejection};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let redisse = Redisse::new(Config::default())?;
+//!     // Which channels a request may see, from the request head after your tower layers.
+//!     let policy = |_parts: &http::request::Parts| async {
+//!         Ok::<_, Rejection>(vec!["global".to_string()])
+//!     };
+//!     let app = axum::Router::new().route_service("/events", redisse.endpoint(policy));
+//!     let publisher = redisse.publisher();
+//!     tokio::spawn(async move { publisher.publish("global", Event::message("hi")).await });
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Layout
+//!
+//! Following an event from publisher to socket:
+//!
+//! * `event`: [`Event`], [`LastEventId`] and the SSE encoding, done once per event.
+//! * `query`: the stream request's query string ([`StreamQuery`]): channels, `polling`,
+//!   `lastEventId`.
+//! * `config`: [`Config`], every default a named constant.
+//! * `broker`: the in-memory and Redis brokers (ids, history, delivery), and the supervised
+//!   Redis subscriber (`broker::subscriber`).
+//! * `hub`: the registry of local connections by channel and the dispatcher that fans events
+//!   out without ever waiting for a client.
+//! * `conn`: one connection's bounded queue; a full queue disconnects a slow client.
+//! * `resume`: the replay plan after `Last-Event-ID`, and when to send `missedevents`.
+//! * `stream`: opening a stream: register, wait for the broker, replay, go live.
+//! * `sse`: [`SseBody`], the response body that drains a queue into the socket.
+//! * `policy`: [`ChannelPolicy`], the application's channel function, and [`Rejection`].
+//! * `endpoint`: [`SseEndpoint`], the SSE endpoint as a `tower` service.
+//! * `routes`: the standalone router: the endpoint, `/publish`, `/metrics`, `/health`.
+//! * `publish`: [`Publisher`], for an instance, for Redis alone, or recording for tests.
+//! * `redirect`: [`RedirectEndpoint`], the nginx X-Accel-Redirect handler.
+//! * `metrics`: the instance's counters, as the gem's JSON stats and Prometheus text.
+//! * `server`: the accept loop, socket options and graceful shutdown.
+//! * `cli` (feature `cli`): the `redisse` command line, also callable as [`cli::run`].
+//! * `instance`: [`Redisse`], the handle that ties them together.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, missing_docs)]
+
+mod broker;
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod config;
+mod conn;
+mod endpoint;
+mod event;
+mod hub;
+mod instance;
+pub mod metrics;
+mod policy;
+mod publish;
+mod query;
+mod redirect;
+mod resume;
+mod routes;
+pub mod server;
+mod sse;
+mod stream;
+
+pub use broker::BrokerError;
+pub use config::Config;
+pub use endpoint::SseEndpoint;
+pub use event::{DEFAULT_EVENT_TYPE, Event, InvalidEvent, LastEventId, MAX_EVENT_ID};
+pub use instance::{Error, Redisse};
+pub use policy::{ChannelPolicy, QueryChannels, Rejection};
+pub use publish::{PublishError, PublishedEvent, Publisher, TestRecorder};
+pub use query::{QueryError, StreamQuery, form_decode, form_encode};
+pub use redirect::RedirectEndpoint;
+pub use routes::UnixPeer;
+pub use sse::{SlowClient, SseBody};

@@ -1,0 +1,194 @@
+//! Publishing from Rust (SPEC 5): a [`Publisher`] for a running instance, for Redis alone (an
+//! application process that serves no streams), or recording events for application tests (the
+//! gem's `test_mode!`, `test_filter=` and `published`).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::broker::BrokerError;
+use crate::broker::redis::{command_connection, publish_script};
+use crate::config::DEFAULT_HISTORY_SIZE;
+use crate::event::{Event, InvalidEvent};
+use crate::instance::{Redisse, Shared};
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event itself is invalid (a line break in its type).
+    #[error(transparent)]
+    InvalidEvent(#[from] InvalidEvent),
+    /// The channel name is empty.
+    #[error("the channel name is empty")]
+    EmptyChannel,
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Publishes events; cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use redisse::{Event, Publisher};
+/// let (publisher, recorder) = Publisher::test();
+/// publisher.publish("global", Event::new("foo", "bar")).await?;
+/// let events = recorder.published();
+/// assert_eq!(events[0].channel, "global");
+/// assert_eq!(events[0].event_type, "foo");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Publisher {
+    target: Target,
+}
+
+#[derive(Clone)]
+enum Target {
+    Instance(Arc<Shared>),
+    Redis(Arc<RedisTarget>),
+    Test(TestRecorder),
+}
+
+struct RedisTarget {
+    connection: ConnectionManager,
+    script: Script,
+    history_size: usize,
+}
+
+impl Redisse {
+    /// A publisher on this instance's broker.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            target: Target::Instance(self.shared.clone()),
+        }
+    }
+}
+
+impl Publisher {
+    /// A publisher that writes to Redis directly, in the gem's layout, with the default history
+    /// size. It connects on first use and reconnects by itself.
+    pub fn redis(url: &str) -> Result<Self, PublishError> {
+        Publisher::redis_with_history(url, DEFAULT_HISTORY_SIZE)
+    }
+
+    /// Like [`Publisher::redis`], keeping `history_size` events per channel.
+    pub fn redis_with_history(url: &str, history_size: usize) -> Result<Self, PublishError> {
+        let client = redis::Client::open(url).map_err(BrokerError::from)?;
+        Ok(Publisher {
+            target: Target::Redis(Arc::new(RedisTarget {
+                connection: command_connection(&client)?,
+                script: publish_script(),
+                history_size,
+            })),
+        })
+    }
+
+    /// A publisher that records events instead of sending them, and the recorder to read them.
+    pub fn test() -> (Self, TestRecorder) {
+        let recorder = TestRecorder::default();
+        let publisher = Publisher {
+            target: Target::Test(recorder.clone()),
+        };
+        (publisher, recorder)
+    }
+
+    /// Publishes `event` on `channel` and returns its id.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: impl Into<Event>,
+    ) -> Result<u64, PublishError> {
+        let event = event.into();
+        event.validate()?;
+        if channel.is_empty() {
+            return Err(PublishError::EmptyChannel);
+        }
+        match &self.target {
+            Target::Instance(shared) => {
+                let id = shared.broker.publish(channel, &event).await?;
+                shared.metrics.published.fetch_add(1, Relaxed);
+                Ok(id)
+            }
+            Target::Redis(r) => {
+                let mut con = r.connection.clone();
+                let id = crate::broker::redis::publish(
+                    &mut con,
+                    &r.script,
+                    channel,
+                    &event,
+                    r.history_size,
+                )
+                .await?;
+                Ok(id)
+            }
+            Target::Test(recorder) => Ok(recorder.record(channel, event)),
+        }
+    }
+}
+
+/// An event recorded by a test publisher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedEvent {
+    /// The channel it was published on.
+    pub channel: String,
+    /// Its type.
+    pub event_type: String,
+    /// Its data.
+    pub data: String,
+}
+
+type TypeFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What a test publisher recorded.
+#[derive(Clone, Default)]
+pub struct TestRecorder {
+    inner: Arc<Mutex<Recorded>>,
+    ids: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    events: Vec<PublishedEvent>,
+    filter: Option<TypeFilter>,
+}
+
+impl TestRecorder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, channel: &str, event: Event) -> u64 {
+        let mut rec = self.lock();
+        let keep = rec.filter.as_ref().is_none_or(|f| f(event.event_type()));
+        if keep {
+            rec.events.push(PublishedEvent {
+                channel: channel.to_owned(),
+                event_type: event.event_type().to_owned(),
+                data: event.data().to_owned(),
+            });
+        }
+        self.ids.fetch_add(1, Relaxed) + 1
+    }
+
+    /// The events recorded so far, in order.
+    pub fn published(&self) -> Vec<PublishedEvent> {
+        self.lock().events.clone()
+    }
+
+    /// Forgets the recorded events (the gem's `test_mode!`).
+    pub fn clear(&self) {
+        self.lock().events.clear();
+    }
+
+    /// Clears the record and keeps only events whose type passes `filter` from now on (the
+    /// gem's `test_filter=`).
+    pub fn set_filter(&self, filter: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let mut rec = self.lock();
+        rec.events.clear();
+        rec.filter = Some(Arc::new(filter));
+    }
+}

@@ -1,0 +1,219 @@
+//! What a new stream sends before live events: the replay plan (SPEC 4, "Resume and history").
+//!
+//! From the client's position and an atomic snapshot of the counter and the requested channels'
+//! histories, decide the preamble (`missedevents`, `lastEventId`), the events to replay (merged
+//! across channels in id order) and the position after which live events are new.
+//!
+//! `missedevents` is sent exactly when events may have been lost: some requested channel's
+//! history is full (it holds the configured maximum, so it has been trimmed) and some id between
+//! the client's last id and that channel's oldest retained event is retained in none of the
+//! requested channels' histories. Ids are unique across channels, so an id retained elsewhere was
+//! not this channel's event; an id retained nowhere might have been. A channel that was never
+//! trimmed lost nothing, and a last id that came from another channel is no reason by itself.
+
+use crate::broker::Snapshot;
+use crate::conn::{Frame, FrameKind};
+use crate::event::{LastEventId, last_event_id_frame, missed_events_frame};
+
+/// The frames a stream starts with.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Control frames first: `missedevents`, `lastEventId`.
+    pub preamble: Vec<Frame>,
+    /// History events, ascending ids.
+    pub replay: Vec<Frame>,
+    /// Live events with an id at or below this were replayed or precede the client.
+    pub position: u64,
+}
+
+#[cfg(test)]
+impl Plan {
+    /// Whether the plan tells the client that events may be lost.
+    pub fn signals_missed(&self) -> bool {
+        self.preamble
+            .iter()
+            .any(|f| f.kind == FrameKind::MissedEvents)
+    }
+}
+
+fn missed() -> Frame {
+    Frame {
+        id: 0,
+        bytes: missed_events_frame(),
+        kind: FrameKind::MissedEvents,
+    }
+}
+
+fn last_event_id(counter: u64) -> Frame {
+    Frame {
+        id: 0,
+        bytes: last_event_id_frame(counter),
+        kind: FrameKind::LastEventId,
+    }
+}
+
+/// Builds the plan. `snapshot` was read with `after = Some(l)` when `last` is `At(l)`.
+pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -> Plan {
+    let counter = snapshot.counter.unwrap_or(0);
+    let mut plan = Plan {
+        position: counter,
+        ..Plan::default()
+    };
+    let from = match last {
+        LastEventId::None => 0,
+        LastEventId::Unknown => {
+            plan.preamble.push(missed());
+            0
+        }
+        LastEventId::At(l) if l > counter => {
+            // The store lost its data: everything retained is newer than the client knows.
+            plan.preamble.push(missed());
+            plan.replay = merge(snapshot);
+            plan.position = 0;
+            return with_counter_hint(plan, counter);
+        }
+        LastEventId::At(l) => l,
+    };
+    if from == 0 {
+        return with_counter_hint(plan, counter);
+    }
+    if may_have_lost(from, &snapshot, history_size) {
+        plan.preamble.push(missed());
+    }
+    plan.replay = merge(snapshot);
+    plan.position = from;
+    with_counter_hint(plan, counter)
+}
+
+/// Adds the `lastEventId` event when nothing is replayed and the counter exists.
+fn with_counter_hint(mut plan: Plan, counter: u64) -> Plan {
+    if plan.replay.is_empty() && counter > 0 {
+        plan.preamble.push(last_event_id(counter));
+        plan.position = plan.position.max(counter);
+    }
+    plan
+}
+
+fn may_have_lost(from: u64, snapshot: &Snapshot, history_size: usize) -> bool {
+    (0..snapshot.channels.len()).any(|i| channel_may_have_lost(from, i, snapshot, history_size))
+}
+
+/// Whether channel `index` of the snapshot may have lost events after `from` (the rule in the
+/// module documentation). The snapshot must hold every channel's events after `from`.
+pub(crate) fn channel_may_have_lost(
+    from: u64,
+    index: usize,
+    snapshot: &Snapshot,
+    history_size: usize,
+) -> bool {
+    let ch = &snapshot.channels[index];
+    let Some(oldest) = ch.oldest else {
+        return false;
+    };
+    if ch.len < history_size || oldest <= from + 1 {
+        return false;
+    }
+    let gap = oldest - from - 1;
+    let retained = snapshot
+        .channels
+        .iter()
+        .flat_map(|c| &c.events)
+        .filter(|f| f.id > from && f.id < oldest)
+        .count() as u64;
+    retained < gap
+}
+
+fn merge(snapshot: Snapshot) -> Vec<Frame> {
+    let mut all: Vec<Frame> = snapshot
+        .channels
+        .into_iter()
+        .flat_map(|c| c.events)
+        .collect();
+    all.sort_by_key(|f| f.id);
+    all.dedup_by_key(|f| f.id);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::ChannelHistory;
+    use bytes::Bytes;
+
+    fn history(ids: &[u64], len: usize, after: u64) -> ChannelHistory {
+        ChannelHistory {
+            len,
+            oldest: ids.first().copied(),
+            events: ids
+                .iter()
+                .filter(|&&i| i > after)
+                .map(|&i| Frame::event(i, Bytes::new()))
+                .collect(),
+        }
+    }
+
+    fn snap(counter: u64, channels: Vec<ChannelHistory>) -> Snapshot {
+        Snapshot {
+            counter: Some(counter),
+            channels,
+        }
+    }
+
+    #[test]
+    fn a_trimmed_channel_past_the_client_signals_loss() {
+        // history size 3: channel a holds 5,6,7 (full); client is at 2; ids 3,4 are nowhere.
+        let s = snap(7, vec![history(&[5, 6, 7], 3, 2)]);
+        let p = plan(LastEventId::At(2), s, 3);
+        assert!(p.signals_missed());
+        assert_eq!(p.replay.len(), 3);
+    }
+
+    #[test]
+    fn ids_retained_in_another_requested_channel_are_not_losses() {
+        // a: 5,6,7 (full); b: 3,4 (not full); client at 2: 3 and 4 were b's.
+        let s = snap(7, vec![history(&[5, 6, 7], 3, 2), history(&[3, 4], 2, 2)]);
+        let p = plan(LastEventId::At(2), s, 3);
+        assert!(!p.signals_missed());
+        let ids: Vec<u64> = p.replay.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn an_untrimmed_channel_never_signals_loss() {
+        // The client's last id (1) came from another channel; a holds 5,6 and was never trimmed.
+        let s = snap(6, vec![history(&[5, 6], 2, 1)]);
+        let p = plan(LastEventId::At(1), s, 100);
+        assert!(!p.signals_missed());
+        assert_eq!(p.position, 1);
+    }
+
+    #[test]
+    fn nothing_replayed_gives_the_counter() {
+        let p = plan(LastEventId::None, snap(9, vec![history(&[], 0, 0)]), 100);
+        assert_eq!(p.preamble.len(), 1);
+        assert_eq!(
+            &p.preamble[0].bytes[..],
+            b"id: 9\nevent: lastEventId\ndata: \n\n"
+        );
+        assert_eq!(p.position, 9);
+        let fresh = Snapshot {
+            counter: None,
+            channels: vec![],
+        };
+        assert!(plan(LastEventId::None, fresh, 100).preamble.is_empty());
+    }
+
+    #[test]
+    fn unknown_and_future_positions_signal_loss() {
+        let p = plan(LastEventId::Unknown, snap(4, vec![]), 100);
+        assert!(p.signals_missed());
+        assert_eq!(p.position, 4);
+        let p = plan(
+            LastEventId::At(50),
+            snap(4, vec![history(&[2, 4], 2, 0)]),
+            100,
+        );
+        assert!(p.signals_missed());
+        assert_eq!(p.replay.len(), 2);
+    }
+}

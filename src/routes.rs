@@ -1,0 +1,264 @@
+//! The standalone server's routes (SPEC 4, 5 and 8): the SSE endpoint on every path, and
+//! `GET /metrics`, `GET /health` and `POST /publish/<channel>` beside it.
+//!
+//! `/metrics` and `/health` answer only requests that do not ask for `text/event-stream`; a
+//! stream request on those paths is a stream request like any other, as in the gem, where every
+//! path serves the endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use tower::ServiceExt;
+
+use crate::endpoint::accepts;
+use crate::event::Event;
+use crate::instance::{Redisse, Shared};
+use crate::metrics::Refusal;
+use crate::policy::{ChannelPolicy, QueryChannels};
+use crate::publish::PublishError;
+use crate::query::{QueryError, form_decode};
+
+/// Marks a request that came through a unix socket: a local peer, allowed to publish.
+#[derive(Clone, Copy, Debug)]
+pub struct UnixPeer;
+
+impl Redisse {
+    /// The standalone server's router, with channels from the query string.
+    pub fn router(&self) -> Router {
+        self.router_with(QueryChannels)
+    }
+
+    /// The standalone server's router with another channel function.
+    pub fn router_with<P: ChannelPolicy>(&self, policy: P) -> Router {
+        let endpoint = self.endpoint(policy);
+        let shared = self.shared.clone();
+        let metrics = {
+            let (shared, endpoint) = (shared.clone(), endpoint.clone());
+            move |req: Request<Body>| {
+                let (shared, endpoint) = (shared.clone(), endpoint.clone());
+                async move {
+                    if accepts(req.headers(), "text/event-stream") {
+                        return endpoint.oneshot(req).await.into_response();
+                    }
+                    prometheus(&shared)
+                }
+            }
+        };
+        let health = {
+            let (shared, endpoint) = (shared.clone(), endpoint.clone());
+            move |req: Request<Body>| {
+                let (shared, endpoint) = (shared.clone(), endpoint.clone());
+                async move {
+                    if accepts(req.headers(), "text/event-stream") {
+                        return endpoint.oneshot(req).await.into_response();
+                    }
+                    health(&shared)
+                }
+            }
+        };
+        let publish = move |req: Request<Body>| {
+            let shared = shared.clone();
+            async move { publish(&shared, req).await }
+        };
+        Router::new()
+            .route("/metrics", get(metrics).fallback_service(endpoint.clone()))
+            .route("/health", get(health).fallback_service(endpoint.clone()))
+            .route(
+                "/publish/",
+                post(publish.clone()).fallback_service(endpoint.clone()),
+            )
+            .route(
+                "/publish/{*channel}",
+                post(publish).fallback_service(endpoint.clone()),
+            )
+            .fallback_service(any(move |req: Request<Body>| {
+                let endpoint = endpoint.clone();
+                async move { endpoint.oneshot(req).await.into_response() }
+            }))
+    }
+}
+
+fn prometheus(shared: &Shared) -> Response {
+    let mut res = shared.metrics.render_prometheus().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+fn health(shared: &Shared) -> Response {
+    if shared.broker.is_up() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n").into_response()
+    }
+}
+
+fn refuse(shared: &Shared, reason: Refusal, status: StatusCode, msg: &str) -> Response {
+    shared.metrics.refused(reason);
+    tracing::info!(%status, reason = msg, "refused a publish request");
+    (status, format!("{msg}\n")).into_response()
+}
+
+/// `POST /publish/<channel>?type=T` with the data as body: answers `{"id": N}`.
+async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
+    if let Err(res) = authorize(shared, &req) {
+        return res;
+    }
+    let (channel, event_type) = match target(req.uri()) {
+        Ok(t) => t,
+        Err(msg) => return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, &msg),
+    };
+    if channel.len() > shared.config.max_channel_name_bytes {
+        let msg = format!(
+            "the channel name is longer than {} bytes",
+            shared.config.max_channel_name_bytes
+        );
+        return refuse(
+            shared,
+            Refusal::ChannelNameTooLong,
+            StatusCode::BAD_REQUEST,
+            &msg,
+        );
+    }
+    let limit = shared.config.max_publish_bytes;
+    let too_large = || {
+        let msg = format!("the body is larger than {limit} bytes");
+        refuse(
+            shared,
+            Refusal::PublishTooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &msg,
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let data = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            let msg = format!("could not read the body: {e}");
+            return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, &msg);
+        }
+    };
+    let Ok(data) = String::from_utf8(data.into()) else {
+        return refuse(
+            shared,
+            Refusal::BadPublish,
+            StatusCode::BAD_REQUEST,
+            "the body is not UTF-8",
+        );
+    };
+    let publisher = Redisse {
+        shared: shared.clone(),
+    }
+    .publisher();
+    match publisher
+        .publish(&channel, Event::new(event_type, data))
+        .await
+    {
+        Ok(id) => {
+            let mut res = format!("{{\"id\":{id}}}").into_response();
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            res
+        }
+        Err(PublishError::Broker(e)) => {
+            tracing::warn!(error = %e, "publish failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the broker failed: {e}\n"),
+            )
+                .into_response()
+        }
+        Err(e) => refuse(
+            shared,
+            Refusal::BadPublish,
+            StatusCode::BAD_REQUEST,
+            &e.to_string(),
+        ),
+    }
+}
+
+/// With a token: `Authorization: Bearer <token>` (else 401). Without: loopback peers only
+/// (else 403), as Redis does in protected mode.
+#[allow(clippy::result_large_err)]
+fn authorize(shared: &Shared, req: &Request<Body>) -> Result<(), Response> {
+    if let Some(token) = &shared.config.publish_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return Ok(());
+        }
+        let mut res = refuse(
+            shared,
+            Refusal::PublishUnauthorized,
+            StatusCode::UNAUTHORIZED,
+            "publishing requires Authorization: Bearer <token>",
+        );
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(res);
+    }
+    let ext = req.extensions();
+    let local = ext.get::<UnixPeer>().is_some()
+        || ext
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
+    if local {
+        Ok(())
+    } else {
+        Err(refuse(
+            shared,
+            Refusal::PublishUnauthorized,
+            StatusCode::FORBIDDEN,
+            "without a publish token, only loopback clients may publish",
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The channel from the path (percent-decoded) and the type from the query.
+fn target(uri: &http::Uri) -> Result<(String, String), String> {
+    let raw = uri.path().strip_prefix("/publish/").unwrap_or("");
+    let channel = percent_decode_path(raw)?;
+    if channel.is_empty() {
+        return Err("the channel name is empty".into());
+    }
+    let mut event_type = String::new();
+    for item in uri.query().unwrap_or("").split('&') {
+        if let Some(v) = item.strip_prefix("type=") {
+            event_type = form_decode(v).map_err(|e| e.to_string())?;
+        }
+    }
+    if event_type.contains(['\r', '\n']) {
+        return Err("the event type must not contain CR or LF".into());
+    }
+    Ok((channel, event_type))
+}
+
+/// Percent-decodes a path segment strictly (`+` stays a plus in a path).
+fn percent_decode_path(raw: &str) -> Result<String, String> {
+    form_decode(&raw.replace('+', "%2B")).map_err(|e: QueryError| e.to_string())
+}

@@ -1,0 +1,160 @@
+//! The streaming response body: drains one connection's queue into the socket.
+//!
+//! It writes the shared, pre-encoded frames as they are (several queued frames are joined into
+//! one write), heartbeats when the hub asks, closes a long-polling stream a delay after its first
+//! real event, ends with `retry:` on shutdown, and ends with an error when the client was too
+//! slow, which makes hyper close the socket instead of waiting to write a final chunk to a
+//! client that does not read. Dropping the body unregisters the connection.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame as BodyFrame, SizeHint};
+use tokio::time::Sleep;
+
+use crate::conn::{Drained, Frame, FrameKind};
+use crate::event::{HEARTBEAT_FRAME, retry_frame};
+use crate::hub::Registration;
+
+/// Frames joined into one write at most.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// The body of every response of the SSE endpoint.
+pub struct SseBody {
+    inner: Inner,
+}
+
+enum Inner {
+    /// A complete body (errors, stats, and the overload answer).
+    Full(Option<Bytes>),
+    Stream(Box<Stream>),
+}
+
+struct Stream {
+    reg: Registration,
+    /// Long polling: how long to stay open after the first event, and the armed timer.
+    polling: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
+    ended: bool,
+}
+
+/// The stream ended because the client did not read fast enough.
+#[derive(Debug, thiserror::Error)]
+#[error("slow client: its queue reached the limit; disconnected")]
+pub struct SlowClient;
+
+impl SseBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
+        SseBody {
+            inner: Inner::Full(Some(bytes.into())),
+        }
+    }
+
+    pub(crate) fn stream(reg: Registration, polling: Option<Duration>) -> Self {
+        SseBody {
+            inner: Inner::Stream(Box::new(Stream {
+                reg,
+                polling: polling.map(|d| (d, None)),
+                ended: false,
+            })),
+        }
+    }
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = SlowClient;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, SlowClient>>> {
+        match &mut self.inner {
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(BodyFrame::data(b)))),
+            Inner::Stream(stream) => stream.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(bytes) => bytes.is_none(),
+            Inner::Stream(stream) => stream.ended,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Stream {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<BodyFrame<Bytes>, SlowClient>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some((_, Some(timer))) = &mut self.polling
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            self.ended = true;
+            return Poll::Ready(None);
+        }
+        let bytes = match self.reg.conn.drain(cx, MAX_BATCH_BYTES) {
+            Drained::Nothing => return Poll::Pending,
+            Drained::Heartbeat => Bytes::from_static(HEARTBEAT_FRAME),
+            Drained::Slow => {
+                self.ended = true;
+                return Poll::Ready(Some(Err(SlowClient)));
+            }
+            Drained::Retry(ms) => {
+                self.ended = true;
+                retry_frame(ms)
+            }
+            Drained::Frames(frames) => {
+                self.count(&frames);
+                join(frames)
+            }
+        };
+        self.reg
+            .hub
+            .metrics
+            .bytes_sent
+            .fetch_add(bytes.len() as u64, Relaxed);
+        Poll::Ready(Some(Ok(BodyFrame::data(bytes))))
+    }
+
+    /// Counts what is sent and arms the long-polling timer on the first real event.
+    fn count(&mut self, frames: &[Frame]) {
+        let metrics = &self.reg.hub.metrics;
+        metrics.events_sent.fetch_add(frames.len() as u64, Relaxed);
+        let missed = frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::MissedEvents)
+            .count();
+        if missed > 0 {
+            metrics.missed_sent.fetch_add(missed as u64, Relaxed);
+        }
+        if let Some((delay, timer @ None)) = &mut self.polling
+            && frames.iter().any(|f| f.kind != FrameKind::LastEventId)
+        {
+            *timer = Some(Box::pin(tokio::time::sleep(*delay)));
+        }
+    }
+}
+
+fn join(mut frames: Vec<Frame>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.pop().map(|f| f.bytes).unwrap_or_default();
+    }
+    let len = frames.iter().map(|f| f.bytes.len()).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for f in frames {
+        out.extend_from_slice(&f.bytes);
+    }
+    out.freeze()
+}

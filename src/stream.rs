@@ -1,0 +1,112 @@
+//! Opening a stream: register, wait for the broker, replay, then go live (ARCHITECTURE.md's
+//! request path after the channel function).
+//!
+//! The response (200 and the headers) goes out at once. A setup task registers the connection
+//! (so live events start to buffer), waits until the broker has the subscriptions, reads the
+//! counter and history in one atomic snapshot, and hands the replay plan to the connection,
+//! which merges it with the buffered live events by id. During a Redis outage the task waits and
+//! retries, and the stream meanwhile gets heartbeats, so a browser is never sent a 503.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, header};
+
+use crate::conn::Conn;
+use crate::event::{LastEventId, retry_frame};
+use crate::hub::Registration;
+use crate::instance::Shared;
+use crate::metrics::Refusal;
+use crate::resume::plan;
+use crate::sse::SseBody;
+
+/// What a stream asks for once the request is accepted.
+pub(crate) struct StreamSpec {
+    pub channels: Vec<Arc<str>>,
+    pub polling: bool,
+    pub last: LastEventId,
+}
+
+/// The headers of every stream (SPEC 4, step 4).
+pub(crate) fn stream_response(body: SseBody) -> Response<SseBody> {
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}
+
+/// Opens the stream, or answers "come back later" (200 with `retry:`) when full or closing.
+pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> {
+    let hub = &shared.hub;
+    let id = hub.next_conn_id();
+    if hub.connections() >= shared.config.max_connections {
+        shared.metrics.refused(Refusal::MaxConnections);
+        tracing::warn!(
+            limit = shared.config.max_connections,
+            "connection limit reached"
+        );
+        return stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
+    }
+    let conn = Conn::new(id, shared.config.max_queue_bytes);
+    if !hub.register(&conn, &spec.channels) {
+        return stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
+    }
+    if shared.config.verbose {
+        let names: Vec<&str> = spec.channels.iter().map(|c| &**c).collect();
+        tracing::info!(conn = id, channels = ?names, "subscribing");
+    }
+    let channels: Box<[Arc<str>]> = spec.channels.into();
+    let reg = Registration {
+        hub: hub.clone(),
+        conn: conn.clone(),
+        channels: channels.clone(),
+    };
+    tokio::spawn(setup(shared.clone(), conn, channels, spec.last));
+    let polling = spec.polling.then_some(shared.config.polling_delay);
+    stream_response(SseBody::stream(reg, polling))
+}
+
+/// Waits for the broker, reads history and starts the connection. Retries through outages
+/// until it succeeds or the client leaves.
+async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
+    let after = match last {
+        LastEventId::At(id) => Some(id),
+        _ => None,
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        shared.broker.subscriptions_ready().await;
+        if Arc::strong_count(&conn) == 1 || conn.is_ending() {
+            return;
+        }
+        match shared.broker.snapshot(&channels, after).await {
+            Ok(snapshot) => {
+                let plan = plan(last, snapshot, shared.config.history_size);
+                shared
+                    .metrics
+                    .replayed
+                    .fetch_add(plan.replay.len() as u64, Relaxed);
+                if shared.config.verbose && !plan.replay.is_empty() {
+                    tracing::info!(
+                        conn = conn.id,
+                        count = plan.replay.len(),
+                        "sending history events"
+                    );
+                }
+                conn.start(plan.preamble, plan.replay, plan.position);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(conn = conn.id, error = %e, "cannot read history yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
