@@ -1,0 +1,90 @@
+//! A Redisse server inside the test process, on a free loopback port.
+
+use std::net::SocketAddr;
+
+use redisse::server::{Listener, serve};
+use redisse::{Config, Redisse};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::sse::SseStream;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub redisse: Redisse,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// The standalone server (channels from the query string) with `config`.
+    pub async fn start(config: Config) -> Self {
+        let redisse = Redisse::new(config).expect("redisse instance");
+        let router = redisse.router();
+        Self::start_router(redisse, router).await
+    }
+
+    /// Serves `router` for `redisse`.
+    pub async fn start_router(redisse: Redisse, router: axum::Router) -> Self {
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
+        let addr = listener.local_addr().expect("tcp addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, redisse.clone(), router, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            redisse,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// Opens a stream with `Accept: text/event-stream` and the extra headers.
+    pub async fn stream(&self, path_and_query: &str, headers: &[(&str, &str)]) -> SseStream {
+        SseStream::open(&self.url(path_and_query), headers).await
+    }
+
+    /// Opens a stream without `Last-Event-ID` and waits until it is live: a warm-up event on a
+    /// channel nobody listens to makes the counter exist, so the stream's first event is
+    /// `lastEventId`, sent once replay is done and live events flow.
+    pub async fn live_stream(&self, path_and_query: &str) -> SseStream {
+        self.publish("test.warmup", "warmup", "").await;
+        let mut stream = self.stream(path_and_query, &[]).await;
+        assert_eq!(stream.status, 200, "stream refused: {path_and_query}");
+        let first = stream.next().await;
+        assert_eq!(first.event, "lastEventId", "first event of a fresh stream: {first:?}");
+        stream
+    }
+
+    /// Publishes through the instance's Rust publisher.
+    pub async fn publish(&self, channel: &str, event_type: &str, data: &str) -> u64 {
+        self.redisse
+            .publisher()
+            .publish(channel, redisse::Event::new(event_type, data))
+            .await
+            .expect("publish")
+    }
+
+    /// Triggers the graceful shutdown and waits for `serve` to return.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("serve");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
