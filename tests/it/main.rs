@@ -3,5 +3,21 @@
 //! Tests that need Redis start their own `redis-server` on a free loopback port; they fail
 //! with a clear message when `redis-server` is not installed.
 
+mod bad_input;
+mod churn;
+mod cli;
+mod concurrency;
 mod endpoint;
+mod library;
+mod limits;
+mod metrics;
+mod outage;
+mod properties;
+mod publish;
+mod redirect;
+mod redis_layout;
+mod resume;
+mod shutdown;
+mod slow_client;
 mod support;
+mod timing;

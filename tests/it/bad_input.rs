@@ -1,0 +1,1 @@
+//! Bad input gets a clear answer, loses nothing, never panics (SPEC 9).

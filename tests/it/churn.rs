@@ -1,0 +1,1 @@
+//! Thousands of connect/disconnect cycles leave nothing behind.

@@ -1,0 +1,1 @@
+//! Exactly-once under load: concurrent publishers while clients connect, leave and resume.

@@ -1,0 +1,1 @@
+//! Every bound reached and answered as stated (SPEC 9).

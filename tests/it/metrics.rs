@@ -1,0 +1,1 @@
+//! GET /metrics and GET /health (SPEC 8).

@@ -1,0 +1,1 @@
+//! Property tests: SSE framing, query parsing, id parsing.

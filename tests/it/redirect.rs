@@ -1,0 +1,1 @@
+//! The nginx X-Accel-Redirect handler (SPEC 6).

@@ -1,0 +1,1 @@
+//! Graceful shutdown: SIGTERM ends streams with retry and exits 0 (SPEC 7, 8).

@@ -1,0 +1,1 @@
+//! A client that never reads is disconnected; others keep receiving (SPEC 9).

@@ -1,0 +1,1 @@
+//! Long polling and heartbeats, on tokio's paused clock where possible.
