@@ -87,3 +87,8 @@ pub use query::{QueryError, StreamQuery, form_decode, form_encode};
 pub use redirect::RedirectEndpoint;
 pub use routes::UnixPeer;
 pub use sse::{SlowClient, SseBody};
+
+/// The README's Rust examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
