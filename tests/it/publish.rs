@@ -1,1 +1,669 @@
 //! Publishing by Rust, the command line, HTTP (token and loopback rule) and a raw Redis client (SPEC 5).
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http_body_util::BodyExt;
+use redisse::{Event, PublishError, Publisher};
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+
+use crate::on_both_brokers;
+use crate::support::{Backend, PATIENCE, TestServer, sse::client};
+
+on_both_brokers!(
+    the_instance_publisher_gives_increasing_ids_and_delivers,
+    the_cli_publishes_through_a_server,
+    the_cli_reads_data_from_stdin_without_one_trailing_newline,
+    http_publish_answers_the_id_and_delivers,
+    http_publish_refuses_bad_requests_with_400,
+    http_publish_refuses_bodies_over_the_limit_with_413,
+    http_publish_with_a_token_requires_the_bearer,
+);
+
+// ---- Rust ----
+
+async fn the_instance_publisher_gives_increasing_ids_and_delivers(backend: Backend) {
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?news").await;
+    let publisher = server.redisse.publisher();
+    let a = publisher
+        .publish("news", Event::new("foo", "one"))
+        .await
+        .unwrap();
+    let b = publisher.publish("news", "two").await.unwrap();
+    let c = publisher
+        .publish("elsewhere", Event::message("x"))
+        .await
+        .unwrap();
+    let d = publisher
+        .publish("news", Event::new("", "four"))
+        .await
+        .unwrap();
+    assert!(a < b && b < c && c < d, "ids {a} {b} {c} {d}");
+    assert_eq!(
+        (b, c, d),
+        (a + 1, a + 2, a + 3),
+        "one counter for every channel"
+    );
+    let got: Vec<(Option<String>, String, String)> = s
+        .take(3)
+        .await
+        .into_iter()
+        .map(|e| (e.id, e.event, e.data))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(a.to_string()), "foo".into(), "one".into()),
+            (Some(b.to_string()), "message".into(), "two".into()),
+            (Some(d.to_string()), "message".into(), "four".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_publisher_refuses_invalid_events() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let publisher = server.redisse.publisher();
+    for t in ["a\nb", "a\rb", "\r\n"] {
+        let err = publisher
+            .publish("ch", Event::new(t, "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PublishError::InvalidEvent(_)), "{t:?}: {err}");
+    }
+    let err = publisher.publish("", "x").await.unwrap_err();
+    assert!(matches!(err, PublishError::EmptyChannel), "{err}");
+    // Nothing took an id.
+    assert_eq!(publisher.publish("ch", "ok").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_standalone_redis_publisher_reaches_the_server_and_shares_the_counter() {
+    let backend = Backend::redis();
+    let redis = backend.redis_server();
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global").await;
+    let publisher = Publisher::redis(&redis.url()).unwrap();
+    let id = publisher
+        .publish("global", Event::new("foo", "from afar"))
+        .await
+        .unwrap();
+    let e = s.next().await;
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!((e.event.as_str(), e.data.as_str()), ("foo", "from afar"));
+    let counter: u64 = redis::cmd("GET")
+        .arg("redisse:lastEventId")
+        .query(&mut redis.con())
+        .unwrap();
+    assert_eq!(counter, id);
+    // The instance's publisher continues from the same counter.
+    assert_eq!(server.publish("global", "t", "next").await, id + 1);
+}
+
+#[tokio::test]
+async fn the_test_publisher_records_filters_and_clears() {
+    let (publisher, recorder) = Publisher::test();
+    assert!(recorder.published().is_empty());
+    let first = publisher
+        .publish("global", Event::new("foo", "bar"))
+        .await
+        .unwrap();
+    assert_eq!(recorder.published().len(), 1);
+    let second = publisher
+        .publish("global", r#"{"bar":"baz"}"#)
+        .await
+        .unwrap();
+    assert!(second > first);
+    let events = recorder.published();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].channel, "global");
+    assert_eq!(events[0].event_type, "foo");
+    assert_eq!(events[0].data, "bar");
+    assert_eq!(events[1].event_type, "message");
+    let json: serde_json::Value = serde_json::from_str(&events[1].data).unwrap();
+    assert_eq!(json["bar"], "baz");
+
+    // test_filter = :foo (and it clears, like the gem's test_filter=)
+    recorder.set_filter(|t| t == "foo");
+    assert!(recorder.published().is_empty());
+    publisher
+        .publish("global", Event::new("foo", "1"))
+        .await
+        .unwrap();
+    publisher
+        .publish("global", Event::new("bar", "2"))
+        .await
+        .unwrap();
+    let events = recorder.published();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "foo");
+
+    // test_filter = ->type { %i(foo bar).include? type }
+    recorder.set_filter(|t| ["foo", "bar"].contains(&t));
+    for t in ["foo", "bar", "baz"] {
+        publisher
+            .publish("global", Event::new(t, ""))
+            .await
+            .unwrap();
+    }
+    let types: Vec<String> = recorder
+        .published()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(types, ["foo", "bar"]);
+
+    // test_mode! again
+    recorder.clear();
+    assert!(recorder.published().is_empty());
+    // A clone of the publisher records into the same recorder; invalid events are still refused.
+    publisher
+        .clone()
+        .publish("other", Event::new("foo", "x"))
+        .await
+        .unwrap();
+    assert!(
+        publisher
+            .publish("c", Event::new("a\nb", ""))
+            .await
+            .is_err()
+    );
+    assert_eq!(recorder.published().len(), 1);
+    assert_eq!(recorder.published()[0].channel, "other");
+}
+
+#[tokio::test]
+async fn the_test_publisher_sends_nothing_anywhere() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let mut s = server.live_stream("/?global").await;
+    let (publisher, recorder) = Publisher::test();
+    publisher.publish("global", "recorded only").await.unwrap();
+    assert_eq!(recorder.published().len(), 1);
+    server.publish("global", "real", "").await;
+    assert_eq!(s.next().await.event, "real");
+}
+
+// ---- Command line ----
+
+fn cli() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redisse"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REDISSE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run_cli(mut cmd: tokio::process::Command, stdin: Option<&[u8]>) -> (bool, String, String) {
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("spawn redisse");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).await.unwrap();
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("redisse publish finished in time")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn the_cli_publishes_through_a_server(backend: Backend) {
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global").await;
+    let mut cmd = cli();
+    cmd.args([
+        "publish",
+        "global",
+        "hello from the shell",
+        "--type",
+        "greeting",
+    ])
+    .args(["--server", &format!("http://{}", server.addr)]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(ok, "stderr: {stderr}");
+    let id: u64 = stdout
+        .strip_suffix('\n')
+        .unwrap_or(&stdout)
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!("stdout is not the id alone: {stdout:?}");
+        });
+    assert_eq!(stdout, format!("{id}\n"));
+    let e = s.next().await;
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!(
+        (e.event.as_str(), e.data.as_str()),
+        ("greeting", "hello from the shell")
+    );
+
+    // A channel that needs escaping, and the default type.
+    let mut s = server.live_stream("/?caf%C3%A9+%26+th%C3%A9%2F1").await;
+    let mut cmd = cli();
+    cmd.args(["publish", "café & thé/1", "x"])
+        .args(["--server", &format!("http://{}/", server.addr)]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(ok, "stderr: {stderr}");
+    let e = s.next().await;
+    assert_eq!(e.id.as_deref(), Some(stdout.trim_end()));
+    assert_eq!((e.event.as_str(), e.data.as_str()), ("message", "x"));
+}
+
+async fn the_cli_reads_data_from_stdin_without_one_trailing_newline(backend: Backend) {
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global").await;
+    for (input, expected) in [
+        ("line one\nline two\n", "line one\nline two"),
+        ("two newlines\n\n", "two newlines\n"),
+        ("no newline", "no newline"),
+        ("", ""),
+    ] {
+        let mut cmd = cli();
+        cmd.args([
+            "publish",
+            "global",
+            "--server",
+            &format!("http://{}", server.addr),
+        ]);
+        let (ok, stdout, stderr) = run_cli(cmd, Some(input.as_bytes())).await;
+        assert!(ok, "stderr: {stderr}");
+        let e = s.next().await;
+        assert_eq!(e.id.as_deref(), Some(stdout.trim_end()));
+        assert_eq!(e.data, expected, "stdin {input:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_cli_publishes_straight_to_redis() {
+    let backend = Backend::redis();
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global").await;
+    let mut cmd = cli();
+    cmd.args(["publish", "global", "via redis", "--type", "T"])
+        .args(["--redis", &backend.redis_server().url()]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(ok, "stderr: {stderr}");
+    let id: u64 = stdout.trim_end().parse().unwrap();
+    assert_eq!(stdout, format!("{id}\n"));
+    let e = s.next().await;
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!((e.event.as_str(), e.data.as_str()), ("T", "via redis"));
+}
+
+#[tokio::test]
+async fn the_cli_fails_clearly_when_publishing_is_impossible() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    // A type with a line break.
+    let mut cmd = cli();
+    cmd.args(["publish", "global", "x", "--type", "a\nb"])
+        .args(["--server", &format!("http://{}", server.addr)]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("CR or LF"), "{stderr}");
+    // Nobody listening there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = cli();
+    cmd.args([
+        "publish",
+        "global",
+        "x",
+        "--server",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    // The server refuses: the status is reported.
+    let mut config = Backend::memory().config();
+    config.publish_token = Some("secret".into());
+    let guarded = TestServer::start(config).await;
+    let mut cmd = cli();
+    cmd.args([
+        "publish",
+        "global",
+        "x",
+        "--server",
+        &format!("http://{}", guarded.addr),
+    ]);
+    let (ok, _, stderr) = run_cli(cmd, None).await;
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    let mut cmd = cli();
+    cmd.args(["publish", "global", "x", "--token", "secret"])
+        .args(["--server", &format!("http://{}", guarded.addr)]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "1\n");
+}
+
+// ---- HTTP ----
+
+async fn post(
+    server: &TestServer,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+    auth: Option<&str>,
+) -> (u16, String) {
+    let mut req = client().post(server.url(path)).body(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let res = tokio::time::timeout(PATIENCE, req.send())
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap())
+}
+
+fn id_of(body: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{body}");
+    v["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no id in {body}"))
+}
+
+async fn http_publish_answers_the_id_and_delivers(backend: Backend) {
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global&a%20b&caf%C3%A9").await;
+    let res = client()
+        .post(server.url("/publish/global?type=foo"))
+        .body("bar")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let body = res.text().await.unwrap();
+    let id = id_of(&body);
+    assert_eq!(body, format!("{{\"id\":{id}}}"));
+    let e = s.next().await;
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!((e.event.as_str(), e.data.as_str()), ("foo", "bar"));
+
+    // No type, an empty type: message. Percent-decoded channel; a form-encoded type.
+    for (path, event, channel_data) in [
+        ("/publish/global", "message", "no type"),
+        ("/publish/global?type=", "message", "empty type"),
+        ("/publish/a%20b?type=x+y", "x y", "space"),
+        ("/publish/caf%C3%A9?type=%C3%A9t%C3%A9", "été", "unicode"),
+    ] {
+        let (status, body) = post(&server, path, channel_data, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let id = id_of(&body);
+        let e = s.next().await;
+        assert_eq!(e.id, Some(id.to_string()), "{path}");
+        assert_eq!(
+            (e.event.as_str(), e.data.as_str()),
+            (event, channel_data),
+            "{path}"
+        );
+    }
+    // Multi-line data survives.
+    let (status, _) = post(&server, "/publish/global", "l1\r\nl2\nl3", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.next().await.data, "l1\nl2\nl3");
+}
+
+async fn http_publish_refuses_bad_requests_with_400(backend: Backend) {
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global").await;
+    for (path, body) in [
+        ("/publish/global?type=a%0Ab", b"x".to_vec()),
+        ("/publish/global?type=a%0Db", b"x".to_vec()),
+        ("/publish/global?type=%0D%0A", b"x".to_vec()),
+        ("/publish/global", vec![b'o', b'k', 0xff, 0xfe]),
+        ("/publish/global", vec![0xc3]),
+        ("/publish/", b"x".to_vec()),
+    ] {
+        let (status, text) = post(&server, path, body.clone(), None).await;
+        assert_eq!(status, 400, "{path} {body:?}: {text}");
+        assert!(!text.is_empty(), "a 400 says why");
+    }
+    // None of them was published: the next event is the one below, with the next id.
+    server.publish("global", "after", "").await;
+    let e = s.next().await;
+    assert_eq!(e.event, "after");
+}
+
+async fn http_publish_refuses_bodies_over_the_limit_with_413(backend: Backend) {
+    let mut config = backend.config();
+    config.max_publish_bytes = 100;
+    let server = TestServer::start(config).await;
+    let mut s = server.live_stream("/?global").await;
+    let (status, body) = post(&server, "/publish/global", "x".repeat(100), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.next().await.data.len(), 100);
+    let (status, _) = post(&server, "/publish/global", "x".repeat(101), None).await;
+    assert_eq!(status, 413);
+    // Without a Content-Length (chunked), the limit still holds.
+    let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![Ok(&[b'y'; 60]), Ok(&[b'y'; 60])];
+    let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let (status, _) = post(&server, "/publish/global", streamed, None).await;
+    assert_eq!(status, 413);
+    server.publish("global", "after", "").await;
+    assert_eq!(s.next().await.event, "after");
+}
+
+async fn http_publish_with_a_token_requires_the_bearer(backend: Backend) {
+    let mut config = backend.config();
+    config.publish_token = Some("s3cret-token".into());
+    let server = TestServer::start(config).await;
+    let mut s = server.live_stream("/?global").await;
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-toke"),
+        Some("Bearer s3cret-token2"),
+        Some("s3cret-token"),
+        Some("Basic s3cret-token"),
+        Some("Bearer "),
+    ] {
+        let res = client()
+            .post(server.url("/publish/global"))
+            .body("x")
+            .headers(
+                auth.map(|a| {
+                    let mut h = reqwest::header::HeaderMap::new();
+                    h.insert("authorization", a.parse().unwrap());
+                    h
+                })
+                .unwrap_or_default(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{auth:?}");
+        assert_eq!(
+            res.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer")
+        );
+    }
+    let (status, body) = post(
+        &server,
+        "/publish/global?type=ok",
+        "in",
+        Some("Bearer s3cret-token"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let e = s.next().await;
+    assert_eq!(e.id, Some(id_of(&body).to_string()));
+    assert_eq!(e.event, "ok");
+}
+
+fn publish_request(connect_info: Option<SocketAddr>, auth: Option<&str>) -> http::Request<Body> {
+    let mut req = http::Request::post("/publish/global?type=t");
+    if let Some(addr) = connect_info {
+        req = req.extension(ConnectInfo(addr));
+    }
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    req.body(Body::from("data")).unwrap()
+}
+
+async fn call(router: axum::Router, req: http::Request<Body>) -> (u16, String) {
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn without_a_token_only_loopback_peers_may_publish() {
+    let redisse = redisse::Redisse::new(Backend::memory().config()).unwrap();
+    let router = redisse.router();
+    for peer in [
+        "192.0.2.7:5000",
+        "10.0.0.1:80",
+        "[2001:db8::1]:443",
+        "0.0.0.0:1",
+    ] {
+        let (status, body) = call(
+            router.clone(),
+            publish_request(Some(peer.parse().unwrap()), None),
+        )
+        .await;
+        assert_eq!(status, 403, "{peer}: {body}");
+        assert!(body.contains("loopback"), "{body}");
+    }
+    let (status, _) = call(router.clone(), publish_request(None, None)).await;
+    assert_eq!(status, 403, "a request with no known peer is not local");
+    for peer in ["127.0.0.1:5000", "127.9.9.9:1", "[::1]:5000"] {
+        let (status, body) = call(
+            router.clone(),
+            publish_request(Some(peer.parse().unwrap()), None),
+        )
+        .await;
+        assert_eq!(status, 200, "{peer}: {body}");
+    }
+    // Three ids were given out, to the loopback peers only.
+    assert_eq!(redisse.publisher().publish("global", "x").await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn with_a_token_any_peer_may_publish_with_it() {
+    let mut config = Backend::memory().config();
+    config.publish_token = Some("tok".into());
+    let redisse = redisse::Redisse::new(config).unwrap();
+    let router = redisse.router();
+    let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+    let (status, _) = call(router.clone(), publish_request(Some(remote), None)).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(
+        router.clone(),
+        publish_request(Some("127.0.0.1:1".parse().unwrap()), None),
+    )
+    .await;
+    assert_eq!(status, 401, "with a token, loopback needs it too");
+    let (status, body) = call(
+        router.clone(),
+        publish_request(Some(remote), Some("Bearer tok")),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"id":1}"#));
+    let (status, _) = call(router, publish_request(None, Some("Bearer tok"))).await;
+    assert_eq!(status, 200);
+}
+
+// ---- A raw Redis client, as the gem publishes ----
+
+#[tokio::test]
+async fn events_published_by_the_gems_four_commands_are_delivered() {
+    let backend = Backend::redis();
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global&other").await;
+    let mut con = backend.redis_server().con();
+    let mut gem_publish = |channel: &str, event_type: &str, data: &str| -> (u64, String) {
+        let id: u64 = redis::cmd("INCR")
+            .arg("redisse:lastEventId")
+            .query(&mut con)
+            .unwrap();
+        let payload = format!(
+            "id: {id}\nevent: {event_type}\ndata: {}\n\n",
+            data.replace('\n', "\ndata: ")
+        );
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(&payload)
+            .query(&mut con)
+            .unwrap();
+        let _: i64 = redis::cmd("ZADD")
+            .arg(channel)
+            .arg(id)
+            .arg(&payload)
+            .query(&mut con)
+            .unwrap();
+        let _: i64 = redis::cmd("ZREMRANGEBYRANK")
+            .arg(channel)
+            .arg(0)
+            .arg(-101)
+            .query(&mut con)
+            .unwrap();
+        (id, payload)
+    };
+    let before = s.raw.len();
+    let (id1, p1) = gem_publish("global", "foo", "from ruby");
+    let (id2, p2) = gem_publish("other", "bar", "two\nlines");
+    let got = s.take(2).await;
+    assert_eq!(got[0].id, Some(id1.to_string()));
+    assert_eq!(
+        (got[0].event.as_str(), got[0].data.as_str()),
+        ("foo", "from ruby")
+    );
+    assert_eq!(got[1].id, Some(id2.to_string()));
+    assert_eq!(
+        (got[1].event.as_str(), got[1].data.as_str()),
+        ("bar", "two\nlines")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&s.raw[before..]),
+        format!("{p1}{p2}"),
+        "forwarded verbatim"
+    );
+    // Our publisher continues the gem's counter.
+    assert_eq!(server.publish("global", "t", "").await, id2 + 1);
+    // And a stream resuming before them gets them from history.
+    let mut resumed = server
+        .stream(
+            "/?global&other",
+            &[("last-event-id", &(id1 - 1).to_string())],
+        )
+        .await;
+    let ids: Vec<Option<String>> = resumed.take(3).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        [
+            Some(id1.to_string()),
+            Some(id2.to_string()),
+            Some((id2 + 1).to_string())
+        ]
+    );
+}
