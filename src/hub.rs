@@ -62,6 +62,10 @@ pub(crate) struct Hub {
     pub metrics: Arc<Metrics>,
     /// Highest event id dispatched, where a reconnected subscriber resumes.
     pub last_seen: Arc<AtomicU64>,
+    /// Highest id counter read by a stream's history snapshot: streams start from it even when
+    /// no event was dispatched here, so a reconnected subscriber that finds a lower counter
+    /// knows that Redis lost its data (see [`Resume::reset`]).
+    pub counter_seen: Arc<AtomicU64>,
     closing: AtomicBool,
     next_conn_id: AtomicU64,
     verbose: bool,
@@ -78,6 +82,7 @@ impl Hub {
             subscriptions,
             metrics,
             last_seen: Arc::new(AtomicU64::new(0)),
+            counter_seen: Arc::new(AtomicU64::new(0)),
             closing: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             verbose,
@@ -245,6 +250,7 @@ impl Hub {
                 if resume.reset || !resume.missed.is_empty() {
                     self.signal_missed(&resume.missed, resume.reset);
                 }
+                    self.counter_seen.store(0, Relaxed);
                 for (channel, frame) in resume.events {
                     self.deliver(&channel, frame);
                 }

@@ -84,6 +84,7 @@ impl Redisse {
                     client: client.clone(),
                     metrics: metrics.clone(),
                     last_seen: hub.last_seen.clone(),
+                    counter_seen: hub.counter_seen.clone(),
                     dispatch: dispatch_tx,
                     commands: sub_rx,
                     history: command_connection(&client)?,

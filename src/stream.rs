@@ -96,6 +96,8 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
                     tracing::info!(
                         conn = conn.id,
                         count = plan.replay.len(),
+                let counter = snapshot.counter.unwrap_or(0);
+                shared.hub.counter_seen.fetch_max(counter, Relaxed);
                         "sending history events"
                     );
                 }

@@ -39,7 +39,8 @@ return id
 ";
 
 // KEYS[1] is the counter, the others are channels. ARGV[1] is the position after which events
-// are returned, or -1 for none. A position past the counter (Redis lost its data) returns all.
+// are returned, or -1 for none. A position past the counter (Redis lost its data), or any
+// position when the counter does not exist, returns all.
 // pcall: a key of another type under a channel's name reads as an empty history.
 const SNAPSHOT_SCRIPT: &str = r"
 local raw = redis.pcall('GET', KEYS[1])
@@ -47,7 +48,7 @@ local counter = -1
 if type(raw) == 'string' then counter = tonumber(raw) or -1 end
 local min = '(' .. ARGV[1]
 if ARGV[1] == '-1' then min = nil
-elseif counter >= 0 and tonumber(ARGV[1]) > counter then min = '-inf' end
+elseif tonumber(ARGV[1]) > counter then min = '-inf' end
 local out = { counter }
 for i = 2, #KEYS do
   local len = redis.pcall('ZCARD', KEYS[i])

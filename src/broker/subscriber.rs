@@ -26,7 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::BrokerError;
 use super::redis::snapshot;
 use crate::conn::Frame;
-use crate::event::parse_stored_id;
+use crate::event::{MAX_EVENT_ID, parse_stored_id};
 use crate::hub::{Dispatch, Resume, SubCommand};
 use crate::metrics::Metrics;
 use crate::resume::channel_may_have_lost;
@@ -41,6 +41,8 @@ pub(crate) struct Subscriber {
     pub metrics: Arc<Metrics>,
     /// The hub's highest dispatched id.
     pub last_seen: Arc<AtomicU64>,
+    /// The highest counter streams started from (their positions may be past `last_seen`).
+    pub counter_seen: Arc<AtomicU64>,
     pub dispatch: mpsc::UnboundedSender<Dispatch>,
     pub commands: mpsc::UnboundedReceiver<SubCommand>,
     pub history: ConnectionManager,
@@ -84,7 +86,9 @@ impl Subscriber {
             let _ = self.dispatch.send(Dispatch::Hold);
             if let Err(e) = self.resubscribe(&mut con, &active, connected_before).await {
                 tracing::warn!(error = %e, "redis subscriber could not resubscribe");
-                let _ = self.dispatch.send(Dispatch::Resume(Resume::default()));
+                // Live events stay held: releasing them without the refill would move
+                // `last_seen` past events published during the outage, which the next
+                // refill would then skip.
                 self.wait(backoff, &mut active, &mut barriers).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -188,10 +192,13 @@ impl Subscriber {
         Ok(())
     }
 
-    /// What was published on the active channels after the last id this process saw.
+    /// What was published on the active channels after the last id this process saw. A
+    /// counter below an id this process knew (dispatched, or a stream's starting counter) means
+    /// Redis lost its data: then every retained event is new.
     async fn refill(&mut self, channels: &[Arc<str>]) -> Result<Resume, BrokerError> {
         let last = self.last_seen.load(Relaxed);
-        let snap = snapshot(
+        let known = last.max(self.counter_seen.load(Relaxed));
+        let mut snap = snapshot(
             &mut self.history,
             &self.snapshot_script,
             channels,
@@ -199,7 +206,17 @@ impl Subscriber {
         )
         .await?;
         let counter = snap.counter.unwrap_or(0);
-        let reset = counter < last;
+        let reset = counter < known;
+        if reset && last <= counter {
+            // Read again past any counter, which returns every retained event.
+            snap = snapshot(
+                &mut self.history,
+                &self.snapshot_script,
+                channels,
+                Some(MAX_EVENT_ID),
+            )
+            .await?;
+        }
         let missed = if reset {
             Vec::new()
         } else {
@@ -217,7 +234,7 @@ impl Subscriber {
         if reset {
             tracing::warn!(
                 counter,
-                last,
+                known,
                 "redis id counter went backwards: data was lost"
             );
         }

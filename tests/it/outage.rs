@@ -1,1 +1,303 @@
-//! Redis goes away: open streams survive, refill from history, requests held during the outage (SPEC 9).
+//! Redis going away under open streams (SPEC 9): restarts with and without data, killed pub/sub
+//! connections while publishers keep publishing, requests during an outage, and `/health`.
+//!
+//! Waits are deterministic: the broker's state (`is_broker_up`), or Redis's own view of the
+//! subscriber (`PUBSUB NUMSUB`), polled with a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use crate::support::sse::{Next, client};
+use crate::support::{Backend, PATIENCE, RedisServer, SseEvent, SseStream, TestServer};
+
+/// Polls `cond` every 10 ms until it holds; fails the test after [`PATIENCE`].
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_broker(server: &TestServer, up: bool) {
+    wait_until(&format!("the broker is up == {up}"), || {
+        server.redisse.is_broker_up() == up
+    })
+    .await;
+}
+
+/// Subscribers of `channel` as Redis counts them.
+fn numsub(redis: &RedisServer, channel: &str) -> i64 {
+    let Ok(client) = redis::Client::open(redis.url()) else {
+        return -1;
+    };
+    let Ok(mut con) = client.get_connection() else {
+        return -1;
+    };
+    let reply: redis::RedisResult<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut con);
+    reply.map_or(-1, |(_, n)| n)
+}
+
+async fn health(server: &TestServer) -> u16 {
+    client()
+        .get(server.url("/health"))
+        .send()
+        .await
+        .expect("GET /health")
+        .status()
+        .as_u16()
+}
+
+fn redis_mut(backend: &mut Backend) -> &mut RedisServer {
+    match backend {
+        Backend::Redis(r) => r,
+        Backend::Memory => panic!("this test needs Redis"),
+    }
+}
+
+/// `redisse_broker_reconnects_total` from `/metrics`.
+fn reconnects(server: &TestServer) -> u64 {
+    let text = server.redisse.metrics().render_prometheus();
+    text.lines()
+        .find_map(|l| l.strip_prefix("redisse_broker_reconnects_total "))
+        .expect("reconnects metric")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Runs a blocking Redis-process operation without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn id_of(e: &SseEvent) -> u64 {
+    e.id.as_deref().expect("id").parse().expect("numeric id")
+}
+
+/// Reads events until one with id `last` (inclusive); fails on `missedevents`.
+async fn read_through(s: &mut SseStream, last: u64) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while ids.last() != Some(&last) {
+        let e = s.next().await;
+        assert_ne!(
+            e.event, "missedevents",
+            "nothing was lost; got {ids:?} so far"
+        );
+        let id = id_of(&e);
+        assert!(
+            ids.last().is_none_or(|&prev| id > prev),
+            "ids go up: {id} after {ids:?}"
+        );
+        assert!(id <= last, "unexpected id {id} past {last}");
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_twice_with_its_data_under_open_streams_loses_nothing() {
+    let mut backend = Backend::redis();
+    let server = TestServer::start(backend.config()).await;
+    let mut both = server.live_stream("/?a&b").await;
+    let mut only_b = server.live_stream("/?b").await;
+    let mut published: Vec<(u64, &str)> = Vec::new();
+    for round in 0..3 {
+        for i in 0..20 {
+            let ch = if i % 2 == 0 { "a" } else { "b" };
+            let id = server.publish(ch, "m", &format!("{round}-{i}")).await;
+            published.push((id, ch));
+        }
+        if round == 2 {
+            break;
+        }
+        // Published just before the kill, not waited for: pub/sub may never carry it.
+        let id = server.publish("b", "m", "right before the kill").await;
+        published.push((id, "b"));
+        let redis = redis_mut(&mut backend);
+        blocking(|| redis.save_and_stop());
+        wait_broker(&server, false).await;
+        assert_eq!(health(&server).await, 503);
+        blocking(|| redis.start_again());
+        wait_broker(&server, true).await;
+        assert_eq!(health(&server).await, 200);
+    }
+    let want = |chs: &[&str]| -> Vec<u64> {
+        published
+            .iter()
+            .filter(|(_, c)| chs.contains(c))
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    let last = published.last().unwrap().0;
+    assert_eq!(read_through(&mut both, last).await, want(&["a", "b"]));
+    assert_eq!(read_through(&mut only_b, last).await, want(&["b"]));
+    both.expect_silence(Duration::from_millis(300)).await;
+    only_b.expect_silence(Duration::from_millis(10)).await;
+}
+
+/// Publishes on `a` and `b` in turn until `stop`, through the instance and through a separate
+/// Redis publisher; returns the acknowledged ids.
+fn spawn_publisher(
+    server: &TestServer,
+    url: String,
+    history: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    let instance = server.redisse.publisher();
+    tokio::spawn(async move {
+        let other = redisse::Publisher::redis_with_history(&url, history).expect("publisher");
+        let mut acked = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(Relaxed) {
+            let (p, ch) = if n % 2 == 0 {
+                (&instance, "a")
+            } else {
+                (&other, "b")
+            };
+            let id = p
+                .publish(ch, redisse::Event::message(n.to_string()))
+                .await
+                .expect("publish while Redis is up");
+            acked.push(id);
+            n += 1;
+        }
+        acked
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pubsub_connections_lose_nothing_published_meanwhile() {
+    let backend = Backend::redis();
+    let redis = backend.redis_server();
+    let mut config = backend.config();
+    // The gap must stay in history for this test to expect no `missedevents`.
+    config.history_size = 100_000;
+    let server = TestServer::start(config).await;
+    let mut s = server.live_stream("/?a&b").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = spawn_publisher(&server, redis.url(), 100_000, stop.clone());
+    for _ in 0..3 {
+        sleep(Duration::from_millis(150)).await;
+        assert!(blocking(|| redis.kill_pubsub_clients()) >= 1);
+        // Back when Redis sees the process subscribed again.
+        wait_until("the subscriber is back", || {
+            numsub(redis, "a") == 1 && numsub(redis, "b") == 1
+        })
+        .await;
+    }
+    sleep(Duration::from_millis(150)).await;
+    stop.store(true, Relaxed);
+    let acked = publisher.await.expect("publisher task");
+    assert!(acked.len() > 100, "publishers kept publishing");
+    let got = read_through(&mut s, *acked.last().unwrap()).await;
+    assert_eq!(got, acked, "every event once, in order");
+    s.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(reconnects(&server), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_during_an_outage_is_held_open_and_served_when_redis_returns() {
+    let mut backend = Backend::redis();
+    let mut config = backend.config();
+    config.heartbeat = Duration::from_millis(100);
+    let server = TestServer::start(config).await;
+    wait_broker(&server, true).await;
+    assert_eq!(health(&server).await, 200);
+    let first = server.publish("a", "m", "first").await;
+    let second = server.publish("a", "m", "second").await;
+    let redis = redis_mut(&mut backend);
+    blocking(|| redis.save_and_stop());
+    wait_broker(&server, false).await;
+    assert_eq!(health(&server).await, 503);
+
+    let mut resumed = server
+        .stream("/?a", &[("last-event-id", &first.to_string())])
+        .await;
+    let mut fresh = server.stream("/?a", &[]).await;
+    assert_eq!((resumed.status.as_u16(), fresh.status.as_u16()), (200, 200));
+    assert_eq!(
+        resumed.next_within(Duration::from_millis(500)).await,
+        Next::Timeout
+    );
+    assert!(
+        resumed.comments.iter().filter(|c| *c == "hb").count() >= 2,
+        "heartbeats while waiting: {:?}",
+        resumed.comments
+    );
+
+    blocking(|| redis.start_again());
+    wait_broker(&server, true).await;
+    assert_eq!(health(&server).await, 200);
+    let e = resumed.next().await;
+    assert_eq!((id_of(&e), e.data.as_str()), (second, "second"));
+    let e = fresh.next().await;
+    assert_eq!((e.event.as_str(), id_of(&e)), ("lastEventId", second));
+    let live = server.publish("a", "m", "live").await;
+    assert_eq!(id_of(&resumed.next().await), live);
+    assert_eq!(id_of(&fresh.next().await), live);
+}
+
+async fn restart_empty_and_wait_for_the_subscriber(server: &TestServer, redis: &mut RedisServer) {
+    blocking(|| redis.restart());
+    wait_until("the subscriber is back", || numsub(redis, "a") == 1).await;
+    wait_broker(server, true).await;
+}
+
+/// SPEC 4, last paragraph: the counter goes backwards; open streams get `missedevents`, then
+/// the new ids flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_gives_missedevents_then_the_new_ids() {
+    let mut backend = Backend::redis();
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?a").await;
+    for i in 0..3 {
+        server.publish("a", "m", &format!("old{i}")).await;
+    }
+    assert_eq!(s.take(3).await.len(), 3);
+    // Events on a channel nobody here listens to put the counter past anything dispatched.
+    for _ in 0..5 {
+        server.publish("elsewhere", "m", "x").await;
+    }
+    let mut late = server.live_stream("/?a").await;
+    let redis = redis_mut(&mut backend);
+    for round in 0..2 {
+        restart_empty_and_wait_for_the_subscriber(&server, redis).await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(server.publish("a", "m", &format!("new{round}-{i}")).await);
+        }
+        assert_eq!(ids, [1, 2, 3], "a fresh counter");
+        for stream in [&mut s, &mut late] {
+            assert_eq!(stream.next().await.event, "missedevents");
+            let got: Vec<u64> = stream.take(3).await.iter().map(id_of).collect();
+            assert_eq!(got, ids);
+            stream.expect_silence(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The same when this process never dispatched a single event before the restart: the streams'
+/// positions (from the `lastEventId` event) are all the server knows of the old ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_before_any_event_was_delivered() {
+    let mut backend = Backend::redis();
+    let server = TestServer::start(backend.config()).await;
+    for _ in 0..5 {
+        server.publish("elsewhere", "m", "x").await;
+    }
+    let mut s = server.live_stream("/?a").await;
+    let redis = redis_mut(&mut backend);
+    restart_empty_and_wait_for_the_subscriber(&server, redis).await;
+    let id = server.publish("a", "m", "new").await;
+    assert_eq!(id, 1);
+    assert_eq!(s.next().await.event, "missedevents");
+    let e = s.next().await;
+    assert_eq!((id_of(&e), e.data.as_str()), (1, "new"));
+}

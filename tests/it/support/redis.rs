@@ -33,7 +33,14 @@ impl RedisServer {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -58,7 +65,11 @@ impl RedisServer {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -83,6 +94,28 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Saves the data (`SAVE`) and kills the server, as a restart of a Redis with persistence
+    /// begins. [`RedisServer::start_again`] brings it back with that data.
+    pub fn save_and_stop(&mut self) {
+        let _: () = redis::cmd("SAVE").query(&mut self.con()).expect("SAVE");
+        self.stop();
+    }
+
+    /// Starts the stopped server again on the same port, with the data of the last
+    /// [`RedisServer::save_and_stop`] if there was one (then forgotten, so that a later
+    /// [`RedisServer::restart`] starts empty as documented).
+    pub fn start_again(&mut self) {
+        self.stop();
+        self.spawn();
+        let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
+    }
+
+    /// A restart that keeps the data, as with persistence: `SAVE`, kill, start on the same port.
+    pub fn restart_keeping_data(&mut self) {
+        self.save_and_stop();
+        self.start_again();
     }
 
     /// A synchronous connection, for setting up and inspecting data.
