@@ -5,7 +5,8 @@
 //! `X-Accel-Redirect: /redisse/?polling&lastEventId=42&ch1&ch2`: `polling` and `lastEventId`
 //! from the incoming query come first, then the channels, form-encoded. nginx forwards the
 //! original headers, `Last-Event-ID` included, on the internal redirect. The names `polling` and
-//! `lastEventId` cannot be channels there; the handler refuses them with a 500 whose body says so.
+//! `lastEventId`, and names starting with `polling=` or `lastEventId=`, cannot be channels there
+//! (the SSE server reads them as options); the handler refuses them with a 500 whose body says so.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -73,7 +74,7 @@ impl<P: ChannelPolicy> RedirectEndpoint<P> {
             Err(r) => return text(r.status(), &format!("{}\n", r.message())),
         };
         for name in &channels {
-            if name == "polling" || name == "lastEventId" {
+            if is_reserved(name) {
                 let msg = format!(
                     "500 Internal Server Error\nReserved channel {name:?}: it cannot be passed to the SSE server\n"
                 );
@@ -95,6 +96,15 @@ impl<P: ChannelPolicy> RedirectEndpoint<P> {
             ),
         }
     }
+}
+
+/// Names the SSE server reads as options rather than channels (SPEC 4, step 3): `polling`,
+/// `polling=<anything>`, `lastEventId` and `lastEventId=<v>`.
+fn is_reserved(name: &str) -> bool {
+    ["polling", "lastEventId"].iter().any(|reserved| {
+        name.strip_prefix(reserved)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+    })
 }
 
 impl<P: ChannelPolicy, B: Send + 'static> tower::Service<Request<B>> for RedirectEndpoint<P> {
