@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Waker};
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 /// What a frame is, for counting and for long polling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,9 @@ struct State {
     heartbeat_due: bool,
     end: Option<End>,
     waker: Option<Waker>,
+    /// Closes the client's socket when it becomes slow (set by the standalone server): the
+    /// body cannot end the response itself while hyper waits for the client to read.
+    closer: Option<CancellationToken>,
 }
 
 /// The shared half of one connection.
@@ -124,7 +128,11 @@ impl Conn {
             st.queue = VecDeque::new();
             st.queued_bytes = 0;
             st.end = Some(End::Slow);
+            let closer = st.closer.take();
             wake(st);
+            if let Some(closer) = closer {
+                closer.cancel();
+            }
             return Push::BecameSlow;
         }
         st.queued_bytes += frame.bytes.len();
@@ -168,6 +176,12 @@ impl Conn {
         st.queued_bytes += missed.bytes.len();
         st.queue.push_back(missed);
         wake(st);
+    }
+
+    /// Cancels `closer` when the client becomes slow, so that the server closes the socket
+    /// even while a write to the client is pending.
+    pub fn close_when_slow(&self, closer: CancellationToken) {
+        self.lock().closer = Some(closer);
     }
 
     /// Asks for a heartbeat at the next poll.

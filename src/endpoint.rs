@@ -19,6 +19,7 @@ use crate::instance::{Redisse, Shared};
 use crate::metrics::Refusal;
 use crate::policy::ChannelPolicy;
 use crate::query::StreamQuery;
+use crate::server::ConnectionCloser;
 use crate::sse::SseBody;
 use crate::stream::{StreamSpec, open};
 
@@ -128,6 +129,10 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
                 channels,
                 polling,
                 last,
+                closer: parts
+                    .extensions
+                    .get::<ConnectionCloser>()
+                    .map(|c| c.0.clone()),
             },
         )
     }

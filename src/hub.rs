@@ -192,7 +192,11 @@ impl Hub {
         }
         self.metrics.received.fetch_add(1, Relaxed);
         if self.verbose {
-            tracing::info!(channel, "event:\n{}", String::from_utf8_lossy(&frame.bytes));
+            tracing::info!(
+                channel,
+                "Sending:\n{}",
+                String::from_utf8_lossy(&frame.bytes)
+            );
         }
         self.fan_out(channel, &frame);
     }
@@ -246,11 +250,11 @@ impl Hub {
             Dispatch::Resume(resume) => {
                 if resume.reset {
                     self.last_seen.store(0, Relaxed);
+                    self.counter_seen.store(0, Relaxed);
                 }
                 if resume.reset || !resume.missed.is_empty() {
                     self.signal_missed(&resume.missed, resume.reset);
                 }
-                    self.counter_seen.store(0, Relaxed);
                 for (channel, frame) in resume.events {
                     self.deliver(&channel, frame);
                 }
@@ -289,7 +293,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.unregister(self.conn.id, &self.channels);
         if self.hub.verbose {
-            tracing::info!(conn = self.conn.id, "unsubscribing");
+            tracing::info!(conn = self.conn.id, "Unsubscribing");
         }
     }
 }

@@ -28,10 +28,16 @@ pub enum Refusal {
     Policy,
     /// The request was not acceptable (406) or had no channel (404).
     NotAcceptable,
+    /// A request head over the size limit (431).
+    HeaderTooLarge,
+    /// A request head not received within the header read timeout (slow loris).
+    HeaderTimeout,
+    /// A request head that is not HTTP (400).
+    BadRequest,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 12] = [
         Refusal::MaxConnections,
         Refusal::MaxChannels,
         Refusal::ChannelNameTooLong,
@@ -41,6 +47,9 @@ impl Refusal {
         Refusal::PublishUnauthorized,
         Refusal::Policy,
         Refusal::NotAcceptable,
+        Refusal::HeaderTooLarge,
+        Refusal::HeaderTimeout,
+        Refusal::BadRequest,
     ];
 
     fn label(self) -> &'static str {
@@ -54,6 +63,9 @@ impl Refusal {
             Refusal::PublishUnauthorized => "publish_unauthorized",
             Refusal::Policy => "policy",
             Refusal::NotAcceptable => "not_acceptable",
+            Refusal::HeaderTooLarge => "header_too_large",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::BadRequest => "bad_request",
         }
     }
 }

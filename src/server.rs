@@ -5,11 +5,20 @@
 //! limit (431 past it) and a header read timeout against slow-loris clients, and a shutdown that
 //! first ends every SSE stream (they would otherwise keep hyper's graceful shutdown waiting
 //! forever, tokio-rs/axum#2673), then waits a bounded time for connections to finish.
+//!
+//! Each connection also carries a [`ConnectionCloser`] in its requests' extensions: when its
+//! stream falls behind, the SSE queue cancels it and the connection task drops the socket at
+//! once, because hyper, blocked writing to a client that does not read, would never poll the
+//! body to see it end. Refused request heads (too large, too slow, malformed) are counted in
+//! the metrics and logged here, since hyper answers them before any service sees a request.
+
+mod first_bytes;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -21,10 +30,26 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use self::first_bytes::FirstBytesDeadline;
 use crate::instance::Redisse;
+use crate::metrics::{Metrics, Refusal};
 use crate::routes::UnixPeer;
+
+/// Closes one client connection when cancelled; found in the extensions of every request the
+/// standalone server passes on.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionCloser(pub CancellationToken);
+
+/// What a connection task needs besides the socket and the service.
+struct ConnectionContext<'a> {
+    builder: &'a Builder<TokioExecutor>,
+    graceful: &'a GracefulShutdown,
+    metrics: Arc<Metrics>,
+    head_timeout: Duration,
+}
 
 /// Where the server listens.
 #[derive(Debug)]
@@ -80,6 +105,12 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
+    let ctx = ConnectionContext {
+        builder: &builder,
+        graceful: &graceful,
+        metrics: redisse.shared.metrics.clone(),
+        head_timeout: config.header_read_timeout,
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -88,19 +119,25 @@ pub async fn serve(
                 Ok(Accepted::Tcp(stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let router = router.clone();
+                    let closer = CancellationToken::new();
+                    let token = closer.clone();
                     let svc = tower::service_fn(move |mut req: http::Request<Incoming>| {
                         req.extensions_mut().insert(ConnectInfo(peer));
+                        req.extensions_mut().insert(ConnectionCloser(token.clone()));
                         router.clone().oneshot(req)
                     });
-                    spawn_connection(&builder, &graceful, stream, svc);
+                    spawn_connection(&ctx, stream, svc, closer);
                 }
                 Ok(Accepted::Unix(stream)) => {
                     let router = router.clone();
+                    let closer = CancellationToken::new();
+                    let token = closer.clone();
                     let svc = tower::service_fn(move |mut req: http::Request<Incoming>| {
                         req.extensions_mut().insert(UnixPeer);
+                        req.extensions_mut().insert(ConnectionCloser(token.clone()));
                         router.clone().oneshot(req)
                     });
-                    spawn_connection(&builder, &graceful, stream, svc);
+                    spawn_connection(&ctx, stream, svc, closer);
                 }
                 Err(e) => {
                     // Out of file descriptors, mostly: back off instead of spinning.
@@ -110,6 +147,7 @@ pub async fn serve(
             },
         }
     }
+    drop(ctx);
     tracing::info!(
         streams = redisse.connections(),
         "shutting down: ending streams"
@@ -144,12 +182,8 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
     }
 }
 
-fn spawn_connection<S, IO>(
-    builder: &Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    io: IO,
-    svc: S,
-) where
+fn spawn_connection<S, IO>(ctx: &ConnectionContext<'_>, io: IO, svc: S, closer: CancellationToken)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<
             http::Request<Incoming>,
@@ -160,11 +194,51 @@ fn spawn_connection<S, IO>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
-    let conn = graceful.watch(conn.into_owned());
+    let io = FirstBytesDeadline::new(io, ctx.head_timeout);
+    let conn = ctx
+        .builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    let conn = ctx.graceful.watch(conn.into_owned());
+    let metrics = ctx.metrics.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        tokio::select! {
+            ended = conn => {
+                if let Err(e) = ended {
+                    connection_error(&metrics, &*e);
+                }
+            }
+            _ = closer.cancelled() => {
+                tracing::debug!("closed the connection of a slow client");
+            }
         }
     });
+}
+
+/// Counts and logs the request heads hyper refused before any service saw them.
+fn connection_error(metrics: &Metrics, e: &(dyn std::error::Error + 'static)) {
+    let refusal = if let Some(e) = e.downcast_ref::<hyper::Error>() {
+        if e.is_parse_too_large() {
+            Some((Refusal::HeaderTooLarge, "request head too large (431)"))
+        } else if e.is_timeout() {
+            Some((Refusal::HeaderTimeout, "request head not received in time"))
+        } else if e.is_parse() {
+            Some((Refusal::BadRequest, "malformed request head (400)"))
+        } else {
+            None
+        }
+    } else if e
+        .downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+    {
+        Some((Refusal::HeaderTimeout, "request head not received in time"))
+    } else {
+        None
+    };
+    match refusal {
+        Some((reason, message)) => {
+            metrics.refused(reason);
+            tracing::info!(error = %e, "refused a connection: {message}");
+        }
+        None => tracing::debug!(error = %e, "connection ended with an error"),
+    }
 }

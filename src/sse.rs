@@ -35,6 +35,8 @@ enum Inner {
 
 struct Stream {
     reg: Registration,
+    /// The connection's span, entered while the body is polled.
+    span: tracing::Span,
     /// Long polling: how long to stay open after the first event, and the armed timer.
     polling: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
     ended: bool,
@@ -52,10 +54,15 @@ impl SseBody {
         }
     }
 
-    pub(crate) fn stream(reg: Registration, polling: Option<Duration>) -> Self {
+    pub(crate) fn stream(
+        reg: Registration,
+        polling: Option<Duration>,
+        span: tracing::Span,
+    ) -> Self {
         SseBody {
             inner: Inner::Stream(Box::new(Stream {
                 reg,
+                span,
                 polling: polling.map(|d| (d, None)),
                 ended: false,
             })),
@@ -98,6 +105,8 @@ impl Stream {
         if self.ended {
             return Poll::Ready(None);
         }
+        let span = self.span.clone();
+        let _entered = span.enter();
         if let Some((_, Some(timer))) = &mut self.polling
             && timer.as_mut().poll(cx).is_ready()
         {
@@ -108,6 +117,7 @@ impl Stream {
             Drained::Nothing => return Poll::Pending,
             Drained::Heartbeat => Bytes::from_static(HEARTBEAT_FRAME),
             Drained::Slow => {
+                tracing::info!("slow client: ending its stream");
                 self.ended = true;
                 return Poll::Ready(Some(Err(SlowClient)));
             }

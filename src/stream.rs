@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, header};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::conn::Conn;
 use crate::event::{LastEventId, retry_frame};
@@ -26,6 +28,8 @@ pub(crate) struct StreamSpec {
     pub channels: Vec<Arc<str>>,
     pub polling: bool,
     pub last: LastEventId,
+    /// Closes the client's socket if it becomes slow (standalone server only).
+    pub closer: Option<CancellationToken>,
 }
 
 /// The headers of every stream (SPEC 4, step 4).
@@ -54,12 +58,17 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         return stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
     }
     let conn = Conn::new(id, shared.config.max_queue_bytes);
+    if let Some(closer) = spec.closer {
+        conn.close_when_slow(closer);
+    }
+    // One span per connection (never per event): its logs carry the id and channel count.
+    let span = tracing::info_span!("sse", conn = id, channels = spec.channels.len());
     if !hub.register(&conn, &spec.channels) {
         return stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
     }
     if shared.config.verbose {
         let names: Vec<&str> = spec.channels.iter().map(|c| &**c).collect();
-        tracing::info!(conn = id, channels = ?names, "subscribing");
+        span.in_scope(|| tracing::info!("Subscribing to {names:?}"));
     }
     let channels: Box<[Arc<str>]> = spec.channels.into();
     let reg = Registration {
@@ -67,9 +76,9 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         conn: conn.clone(),
         channels: channels.clone(),
     };
-    tokio::spawn(setup(shared.clone(), conn, channels, spec.last));
+    tokio::spawn(setup(shared.clone(), conn, channels, spec.last).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
-    stream_response(SseBody::stream(reg, polling))
+    stream_response(SseBody::stream(reg, polling, span))
 }
 
 /// Waits for the broker, reads history and starts the connection. Retries through outages
@@ -87,19 +96,15 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
         }
         match shared.broker.snapshot(&channels, after).await {
             Ok(snapshot) => {
+                let counter = snapshot.counter.unwrap_or(0);
+                shared.hub.counter_seen.fetch_max(counter, Relaxed);
                 let plan = plan(last, snapshot, shared.config.history_size);
                 shared
                     .metrics
                     .replayed
                     .fetch_add(plan.replay.len() as u64, Relaxed);
                 if shared.config.verbose && !plan.replay.is_empty() {
-                    tracing::info!(
-                        conn = conn.id,
-                        count = plan.replay.len(),
-                let counter = snapshot.counter.unwrap_or(0);
-                shared.hub.counter_seen.fetch_max(counter, Relaxed);
-                        "sending history events"
-                    );
+                    tracing::info!("Sending {} history events", plan.replay.len());
                 }
                 conn.start(plan.preamble, plan.replay, plan.position);
                 return;
