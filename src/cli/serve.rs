@@ -1,6 +1,7 @@
 //! `redisse serve`: logging, pid file, signals, listening, serving.
 
 use std::fs::File;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -107,9 +108,16 @@ fn init_logs(args: &ServeArgs) -> Result<(), String> {
             .with_writer(Mutex::new(file))
             .try_init()
     } else if args.stdout {
-        builder.with_writer(std::io::stdout).try_init()
+        builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(std::io::stdout)
+            .try_init()
     } else {
-        builder.with_writer(std::io::stderr).try_init()
+        // Colours only on a terminal: a pipe (journald, docker, a file) gets plain text.
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init()
     };
     installed.map_err(|e| format!("cannot install the logger: {e}"))
 }

@@ -1,1 +1,417 @@
 //! The redisse binary: --help, options, exit statuses, the first log line (SPEC 7).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+
+use crate::support::{Backend, PATIENCE, SseStream};
+
+/// The binary with no `REDISSE_*` variable from the test's environment.
+fn redisse() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redisse"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REDISSE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs to completion: (success, exit code, stdout, stderr).
+async fn run(args: &[&str]) -> (bool, Option<i32>, String, String) {
+    let mut cmd = redisse();
+    cmd.args(args);
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("redisse {args:?} did not exit"))
+        .unwrap();
+    (
+        out.status.success(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Collapses the help's line wrapping.
+fn unwrap_help(help: &str) -> String {
+    help.split('\n')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The help's options: (header line, description joined on one line).
+fn option_blocks(help: &str) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut in_options = false;
+    for line in help.lines() {
+        if line == "Options:" {
+            in_options = true;
+            continue;
+        }
+        if !in_options || line.trim().is_empty() {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if line.trim_start().starts_with('-') && indent < 10 {
+            blocks.push((line.trim().to_owned(), String::new()));
+        } else if let Some((_, description)) = blocks.last_mut() {
+            description.push(' ');
+            description.push_str(line.trim());
+        }
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn help_documents_every_option_with_its_environment_variable() {
+    let (ok, _, help, _) = run(&["--help"]).await;
+    assert!(ok);
+    let blocks = option_blocks(&help);
+    assert!(blocks.len() > 20, "{help}");
+    for (option, env) in [
+        ("--address", "REDISSE_ADDRESS"),
+        ("--port", "REDISSE_PORT"),
+        ("--socket", "REDISSE_SOCKET"),
+        ("--redis", "REDISSE_REDIS"),
+        ("--stdout", "REDISSE_STDOUT"),
+        ("--log", "REDISSE_LOG_FILE"),
+        ("--verbose", "REDISSE_VERBOSE"),
+        ("--pid", "REDISSE_PID"),
+        ("--ssl", "REDISSE_SSL"),
+        ("--ssl-key", "REDISSE_SSL_KEY"),
+        ("--ssl-cert", "REDISSE_SSL_CERT"),
+        ("--heartbeat", "REDISSE_HEARTBEAT"),
+        ("--history-size", "REDISSE_HISTORY_SIZE"),
+        ("--polling-delay", "REDISSE_POLLING_DELAY"),
+        ("--publish-token", "REDISSE_PUBLISH_TOKEN"),
+        ("--max-connections", "REDISSE_MAX_CONNECTIONS"),
+        ("--max-channels", "REDISSE_MAX_CHANNELS"),
+        ("--max-queue-bytes", "REDISSE_MAX_QUEUE_BYTES"),
+        ("--max-publish-bytes", "REDISSE_MAX_PUBLISH_BYTES"),
+        ("--max-header-bytes", "REDISSE_MAX_HEADER_BYTES"),
+        ("--max-channel-name-bytes", "REDISSE_MAX_CHANNEL_NAME_BYTES"),
+    ] {
+        let (_, description) = blocks
+            .iter()
+            .find(|(header, _)| header.split([' ', ',']).any(|w| w == option))
+            .unwrap_or_else(|| panic!("{option} missing from --help:\n{help}"));
+        assert!(
+            description.contains(&format!("[env: {env}=")),
+            "{option} does not name {env}: {description:?}"
+        );
+    }
+    // Every option names a variable, except --help and --version.
+    for (header, description) in &blocks {
+        if header.contains("--help") || header.contains("--version") {
+            continue;
+        }
+        assert!(
+            description.contains("[env: REDISSE_"),
+            "no variable for {header}: {description}"
+        );
+    }
+    // Short forms and defaults.
+    for (short, long, default) in [
+        ("-a", "--address", Some("0.0.0.0")),
+        ("-p", "--port", Some("8080")),
+        ("-S", "--socket", None),
+        ("-s", "--stdout", None),
+        ("-l", "--log", None),
+        ("-v", "--verbose", None),
+        ("-P", "--pid", None),
+        (" ", "--heartbeat", Some("15")),
+        (" ", "--history-size", Some("100")),
+        (" ", "--polling-delay", Some("1")),
+        (" ", "--max-channels", Some("1024")),
+        (" ", "--max-queue-bytes", Some("1048576")),
+        (" ", "--max-publish-bytes", Some("1048576")),
+        (" ", "--max-header-bytes", Some("65536")),
+        (" ", "--max-channel-name-bytes", Some("1024")),
+    ] {
+        let (header, description) = blocks
+            .iter()
+            .find(|(header, _)| header.split([' ', ',']).any(|w| w == long))
+            .unwrap();
+        if short != " " {
+            assert!(header.starts_with(&format!("{short}, {long}")), "{header}");
+        }
+        if let Some(d) = default {
+            assert!(
+                description.contains(&format!("[default: {d}]")),
+                "{long}: {description}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn publish_help_documents_its_options() {
+    let (ok, _, help, _) = run(&["publish", "--help"]).await;
+    assert!(ok);
+    let flat = unwrap_help(&help);
+    for part in [
+        "CHANNEL",
+        "[DATA]",
+        "--type",
+        "--server",
+        "--redis",
+        "REDISSE_REDIS",
+        "standard input",
+    ] {
+        assert!(
+            flat.contains(part),
+            "{part} missing from publish --help:\n{help}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_options_exit_non_zero_with_a_message() {
+    for (args, expected) in [
+        (&["--bogus"][..], "--bogus"),
+        (&["--port", "http"][..], "--port"),
+        (&["--port", "70000"][..], "--port"),
+        (&["--address", "not-an-ip"][..], "--address"),
+        (&["--heartbeat", "soon"][..], "--heartbeat"),
+        (&["--heartbeat", "0"][..], "--heartbeat"),
+        (&["--polling-delay=-1"][..], "--polling-delay"),
+        (&["--max-queue-bytes", "lots"][..], "--max-queue-bytes"),
+        (&["serve", "extra-argument"][..], "extra-argument"),
+        (&["publish"][..], "CHANNEL"),
+        (
+            &[
+                "publish",
+                "ch",
+                "x",
+                "--redis",
+                "redis://h/",
+                "--server",
+                "http://h/",
+            ][..],
+            "--server",
+        ),
+    ] {
+        let (ok, code, stdout, stderr) = run(args).await;
+        assert!(!ok, "{args:?} succeeded");
+        assert_ne!(code, Some(0), "{args:?}");
+        assert!(code.is_some(), "{args:?} was killed by a signal: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: stderr does not mention {expected}: {stderr}"
+        );
+        assert_eq!(stdout, "", "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_port_that_cannot_be_bound_exits_non_zero() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (ok, code, _, stderr) = run(&["-a", "127.0.0.1", "-p", &port]).await;
+    assert!(!ok);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot listen on 127.0.0.1:"), "{stderr}");
+    assert!(stderr.contains(&port), "{stderr}");
+    drop(taken);
+}
+
+/// A running server and its standard error.
+struct Running {
+    _child: Child,
+    stderr: BufReader<ChildStderr>,
+    first_line: String,
+}
+
+async fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut cmd = redisse();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn redisse");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first_line = String::new();
+    tokio::time::timeout(PATIENCE, stderr.read_line(&mut first_line))
+        .await
+        .expect("a first log line in time")
+        .unwrap();
+    Running {
+        _child: child,
+        stderr,
+        first_line,
+    }
+}
+
+/// The port in the first log line's `http://ADDR:PORT`.
+fn port_of(line: &str) -> u16 {
+    let at = line
+        .find("http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let digits: String = line[at + "http://127.0.0.1:".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_first_log_line_names_the_in_memory_broker_and_the_address() {
+    let r = start(&["-a", "127.0.0.1", "-p", "0"], &[]).await;
+    let line = &r.first_line;
+    assert!(line.contains("in-memory"), "{line:?}");
+    assert!(port_of(line) > 0, "{line:?}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "terminal escape codes in a log that is not a terminal: {line:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_port_comes_from_redisse_port() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let r = start(&["-a", "127.0.0.1"], &[("REDISSE_PORT", &port.to_string())]).await;
+    assert_eq!(port_of(&r.first_line), port, "{:?}", r.first_line);
+    // The command line wins over the environment.
+    let r = start(&["-a", "127.0.0.1", "-p", "0"], &[("REDISSE_PORT", "1")]).await;
+    assert_ne!(port_of(&r.first_line), 1, "{:?}", r.first_line);
+}
+
+#[tokio::test]
+async fn the_first_log_line_names_redis_without_its_password() {
+    // Nothing listens on port 1: the line is written before the broker connects.
+    for url in [
+        "redis://:hunter2@127.0.0.1:1/",
+        "redis://user:hunter2@127.0.0.1:1/0",
+    ] {
+        let r = start(&["-a", "127.0.0.1", "-p", "0", "--redis", url], &[]).await;
+        let line = &r.first_line;
+        assert!(
+            !line.contains("hunter2"),
+            "the password is in the log: {line:?}"
+        );
+        assert!(line.contains("Redis"), "{line:?}");
+        assert!(line.contains(&url.replace("hunter2", "***")), "{line:?}");
+        port_of(line);
+    }
+    // Through the environment too.
+    let r = start(
+        &["-a", "127.0.0.1", "-p", "0"],
+        &[("REDISSE_REDIS", "redis://:hunter2@127.0.0.1:1/")],
+    )
+    .await;
+    assert!(
+        r.first_line.contains("redis://:***@127.0.0.1:1/"),
+        "{:?}",
+        r.first_line
+    );
+}
+
+#[tokio::test]
+async fn logs_go_to_stdout_with_dash_s() {
+    let mut cmd = redisse();
+    cmd.args(["-a", "127.0.0.1", "-p", "0", "--stdout"]);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, stdout.read_line(&mut line))
+        .await
+        .expect("a log line on stdout")
+        .unwrap();
+    assert!(line.contains("in-memory"), "{line:?}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "terminal escape codes in a pipe: {line:?}"
+    );
+    port_of(&line);
+}
+
+/// `redisse publish` against a running server; returns the printed id.
+async fn cli_publish(args: &[&str]) -> u64 {
+    let (ok, _, stdout, stderr) = run(args).await;
+    assert!(ok, "redisse {args:?}: {stderr}");
+    stdout
+        .trim_end()
+        .parse()
+        .unwrap_or_else(|_| panic!("not an id: {stdout:?}"))
+}
+
+#[tokio::test]
+async fn a_started_server_serves_events_published_with_the_cli() {
+    let r = start(&["-a", "127.0.0.1", "-p", "0", "--heartbeat", "200ms"], &[]).await;
+    let base = format!("http://127.0.0.1:{}", port_of(&r.first_line));
+    let warm = cli_publish(&["publish", "test.warmup", "", "--server", &base]).await;
+    let mut s = SseStream::open(&format!("{base}/?global&other"), &[]).await;
+    assert_eq!(s.status, 200);
+    let first = s.next().await;
+    assert_eq!(
+        (first.event.as_str(), first.id),
+        ("lastEventId", Some(warm.to_string()))
+    );
+    let id = cli_publish(&[
+        "publish",
+        "global",
+        "hello\nworld",
+        "--type",
+        "greet",
+        "--server",
+        &base,
+    ])
+    .await;
+    let e = s.next().await;
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!(
+        (e.event.as_str(), e.data.as_str()),
+        ("greet", "hello\nworld")
+    );
+    // The heartbeat option is applied.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while s.comments.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat with --heartbeat 200ms"
+        );
+        let _ = s.next_within(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.comments[0], "hb");
+    drop(r.stderr);
+}
+
+#[tokio::test]
+async fn a_started_server_on_redis_serves_events_published_straight_to_redis() {
+    let backend = Backend::redis();
+    let url = backend.redis_server().url();
+    let r = start(&["-a", "127.0.0.1", "-p", "0", "--redis", &url], &[]).await;
+    assert!(r.first_line.contains(&url), "{:?}", r.first_line);
+    let base = format!("http://127.0.0.1:{}", port_of(&r.first_line));
+    let warm = cli_publish(&["publish", "test.warmup", "", "--redis", &url]).await;
+    let mut s = SseStream::open(&format!("{base}/?global"), &[]).await;
+    assert_eq!(s.status, 200);
+    let first = s.next().await;
+    assert_eq!(
+        (first.event.as_str(), first.id),
+        ("lastEventId", Some(warm.to_string()))
+    );
+    let id = cli_publish(&["publish", "global", "via redis", "--redis", &url]).await;
+    let e = s.next().await;
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!(
+        (e.event.as_str(), e.data.as_str()),
+        ("message", "via redis")
+    );
+    // And through the server's POST /publish, which writes to the same Redis.
+    let id2 = cli_publish(&["publish", "global", "via http", "--server", &base]).await;
+    assert_eq!(id2, id + 1);
+    assert_eq!(s.next().await.data, "via http");
+}
