@@ -1,1 +1,331 @@
 //! GET /metrics and GET /health (SPEC 8).
+//!
+//! `/metrics` is checked with a small strict parser of the Prometheus text format (only `HELP`
+//! and `TYPE` comments, one of each per metric and before its samples, samples of a metric
+//! together, valid names, quoted label values, numeric values, no duplicate series), and its
+//! counters must move exactly as events flow. No series may be labelled by channel.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::on_both_brokers;
+use crate::support::sse::client;
+use crate::support::{Backend, PATIENCE, TestServer};
+
+on_both_brokers!(
+    counters_move_as_events_flow,
+    health_is_200_while_the_broker_is_up
+);
+
+/// Series name with its labels (`name{a="b"}`) to value.
+type Samples = BTreeMap<String, f64>;
+
+/// Parses the Prometheus text exposition format strictly.
+fn parse_prometheus(text: &str) -> Result<Samples, String> {
+    let mut samples = Samples::new();
+    let mut typed: BTreeMap<String, String> = BTreeMap::new();
+    let mut helped = HashSet::new();
+    let mut finished = HashSet::new();
+    let mut current: Option<String> = None;
+    if !text.ends_with('\n') {
+        return Err("the text does not end with a line feed".into());
+    }
+    for (n, line) in text.lines().enumerate() {
+        let at = |msg: &str| format!("line {}: {msg}: {line:?}", n + 1);
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.trim_start().splitn(3, ' ');
+            let (kind, name, rest) = (words.next(), words.next(), words.next());
+            let name = name.ok_or_else(|| at("comment without a metric name"))?;
+            check_name(name).map_err(|e| at(&e))?;
+            match kind {
+                Some("HELP") => {
+                    if !helped.insert(name.to_owned()) {
+                        return Err(at("second HELP"));
+                    }
+                }
+                Some("TYPE") => {
+                    let t = rest.ok_or_else(|| at("TYPE without a type"))?;
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) {
+                        return Err(at("unknown type"));
+                    }
+                    if typed.insert(name.to_owned(), t.to_owned()).is_some() {
+                        return Err(at("second TYPE"));
+                    }
+                }
+                _ => return Err(at("a comment that is neither HELP nor TYPE")),
+            }
+            continue;
+        }
+        if line.is_empty() {
+            return Err(at("empty line"));
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+        let value: f64 = value.parse().map_err(|_| at("value is not a number"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels
+                    .strip_suffix('}')
+                    .ok_or_else(|| at("unclosed labels"))?;
+                (name, parse_labels(labels).map_err(|e| at(&e))?)
+            }
+            None => (series, Vec::new()),
+        };
+        check_name(name).map_err(|e| at(&e))?;
+        if !typed.contains_key(name) {
+            return Err(at("a sample before its metric's TYPE"));
+        }
+        if current.as_deref() != Some(name) {
+            if finished.contains(name) {
+                return Err(at("the samples of a metric are not together"));
+            }
+            if let Some(prev) = current.replace(name.to_owned()) {
+                finished.insert(prev);
+            }
+        }
+        for (label, _) in &labels {
+            if label != "reason" {
+                return Err(at("a label other than reason (no per-channel labels)"));
+            }
+        }
+        let key = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        if samples.insert(key, value).is_some() {
+            return Err(at("duplicate series"));
+        }
+    }
+    Ok(samples)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+        Ok(())
+    } else {
+        Err(format!("invalid metric name {name:?}"))
+    }
+}
+
+fn parse_labels(mut rest: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once("=\"").ok_or("label without =\"")?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("invalid label name {name:?}"));
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next().ok_or("unterminated label value")? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next().ok_or("dangling escape")?.1 {
+                    'n' => value.push('\n'),
+                    c @ ('\\' | '"') => value.push(c),
+                    c => return Err(format!("bad escape \\{c}")),
+                },
+                (_, '\n') => return Err("line feed in a label value".into()),
+                (_, c) => value.push(c),
+            }
+        };
+        out.push((name.to_owned(), value));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Ok(out)
+}
+
+#[test]
+fn the_parser_is_strict() {
+    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\n# TYPE b gauge\nb{reason=\"x\"} 1\nb{reason=\"y\\\"z\"} 2\n";
+    let s = parse_prometheus(good).unwrap();
+    assert_eq!(s["a_total"], 3.0);
+    assert_eq!(s["b{reason=\"y\"z\"}"], 2.0);
+    for bad in [
+        "a 1\n",
+        "# TYPE a counter\na one\n",
+        "# TYPE a counter\na 1",
+        "# TYPE a counter\na 1\na 2\n",
+        "# TYPE a counter\n# TYPE a gauge\n",
+        "# TYPE a counter\na{channel=\"news\"} 1\n",
+        "# TYPE a counter\na{reason=\"x} 1\n",
+        "# TYPE 1a counter\n",
+        "# random comment\n",
+        "# TYPE a counter\n# TYPE b counter\na 1\nb 1\na{reason=\"x\"} 1\n",
+    ] {
+        assert!(parse_prometheus(bad).is_err(), "accepted {bad:?}");
+    }
+}
+
+async fn scrape(server: &TestServer) -> Samples {
+    let res = client().get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    let text = res.text().await.unwrap();
+    parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn delta(before: &Samples, after: &Samples, key: &str) -> f64 {
+    let get = |s: &Samples| *s.get(key).unwrap_or_else(|| panic!("no series {key}"));
+    get(after) - get(before)
+}
+
+async fn counters_move_as_events_flow(backend: Backend) {
+    let mut config = backend.config();
+    config.history_size = 3;
+    let server = TestServer::start(config).await;
+    let before = scrape(&server).await;
+    let mut s1 = server.live_stream("/?a").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(server.publish("a", "m", &format!("e{i}")).await);
+    }
+    assert_eq!(s1.take(5).await.len(), 5);
+    // Replay of one event.
+    let from = ids[3].to_string();
+    let mut s2 = server.stream("/?a", &[("last-event-id", &from)]).await;
+    assert_eq!(s2.next().await.id, Some(ids[4].to_string()));
+    // A trimmed history: missedevents, then the three retained events.
+    let from = ids[0].to_string();
+    let mut s3 = server.stream("/?a", &[("last-event-id", &from)]).await;
+    let got: Vec<String> = s3.take(4).await.into_iter().map(|e| e.event).collect();
+    assert_eq!(got, ["missedevents", "m", "m", "m"]);
+    // Two refusals.
+    let res = client().get(server.url("/?a")).send().await.unwrap();
+    assert_eq!(res.status(), 406);
+    let bad = server.stream("/?%zz", &[]).await;
+    assert_eq!(bad.status, 400);
+
+    let mid = scrape(&server).await;
+    assert_eq!(mid["redisse_connections"], 3.0);
+    assert_eq!(mid["redisse_broker_up"], 1.0);
+    assert!(mid["redisse_subscriptions"] >= 1.0);
+    assert_eq!(
+        delta(&before, &mid, "redisse_published_total"),
+        6.0,
+        "5 + warm-up"
+    );
+    assert!(delta(&before, &mid, "redisse_events_received_total") >= 5.0);
+    // s1: lastEventId + 5; s2: 1 replayed; s3: missedevents + 3 replayed.
+    assert_eq!(delta(&before, &mid, "redisse_events_sent_total"), 11.0);
+    assert_eq!(delta(&before, &mid, "redisse_replayed_events_total"), 4.0);
+    assert_eq!(delta(&before, &mid, "redisse_missedevents_total"), 1.0);
+    let received = (s1.raw.len() + s2.raw.len() + s3.raw.len()) as f64;
+    assert_eq!(delta(&before, &mid, "redisse_bytes_sent_total"), received);
+    for (reason, n) in [
+        ("not_acceptable", 1.0),
+        ("bad_query", 1.0),
+        ("max_channels", 0.0),
+    ] {
+        let key = format!("redisse_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(delta(&before, &mid, &key), n, "{key}");
+    }
+    assert_eq!(mid["redisse_slow_disconnects_total"], 0.0);
+    assert_eq!(mid["redisse_broker_reconnects_total"], 0.0);
+    assert_eq!(mid["redisse_malformed_payloads_total"], 0.0);
+    // The JSON stats agree.
+    let stats = server.redisse.stats();
+    assert_eq!(stats.events as f64, mid["redisse_events_sent_total"]);
+    assert_eq!(stats.missing as f64, mid["redisse_missedevents_total"]);
+
+    drop((s2, s3));
+    let deadline = Instant::now() + PATIENCE;
+    let after = loop {
+        let now = scrape(&server).await;
+        if now["redisse_connections"] == 1.0 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "closed streams still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(delta(&mid, &after, "redisse_connections_total"), 2.0);
+    assert_eq!(server.redisse.stats().served, 2);
+    drop(s1);
+}
+
+async fn health_is_200_while_the_broker_is_up(backend: Backend) {
+    let server = TestServer::start(backend.config()).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let res = client().get(server.url("/health")).send().await.unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        // On Redis, the subscriber may still be connecting.
+        assert!(
+            matches!(backend, Backend::Redis(_)),
+            "memory is always healthy"
+        );
+        assert!(Instant::now() < deadline, "never healthy: {}", res.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(scrape(&server).await["redisse_broker_up"], 1.0);
+}
+
+#[tokio::test]
+async fn metrics_and_health_with_accept_event_stream_are_streams() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    server.publish("warm", "m", "").await;
+    for path in ["/metrics?a", "/health?a"] {
+        let mut s = server.stream(path, &[]).await;
+        assert_eq!(s.status, 200, "{path}");
+        assert_eq!(s.header("content-type"), Some("text/event-stream"));
+        assert_eq!(s.next().await.event, "lastEventId", "{path}");
+        let id = server.publish("a", "m", path).await;
+        assert_eq!(s.next().await.id, Some(id.to_string()));
+    }
+    // Without a channel it is the endpoint's 404, not the metrics.
+    let s = server.stream("/metrics", &[]).await;
+    assert_eq!(s.status, 404);
+    let res = client().get(server.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "ok\n");
+}
+
+#[tokio::test]
+async fn every_refusal_reason_and_metric_is_exposed() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let samples = scrape(&server).await;
+    for reason in [
+        "max_connections",
+        "max_channels",
+        "channel_name_too_long",
+        "bad_query",
+        "publish_too_large",
+        "bad_publish",
+        "publish_unauthorized",
+        "policy",
+        "not_acceptable",
+        "header_too_large",
+        "header_timeout",
+        "bad_request",
+    ] {
+        let key = format!("redisse_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(samples.get(&key), Some(&0.0), "{key}");
+    }
+    for name in [
+        "redisse_connections",
+        "redisse_connections_total",
+        "redisse_events_sent_total",
+        "redisse_bytes_sent_total",
+        "redisse_published_total",
+        "redisse_events_received_total",
+        "redisse_replayed_events_total",
+        "redisse_missedevents_total",
+        "redisse_slow_disconnects_total",
+        "redisse_broker_up",
+        "redisse_broker_reconnects_total",
+        "redisse_subscriptions",
+        "redisse_malformed_payloads_total",
+    ] {
+        assert!(samples.contains_key(name), "{name} missing");
+    }
+}
