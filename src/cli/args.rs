@@ -116,12 +116,7 @@ pub struct PublishArgs {
     #[arg(short = 't', long = "type", default_value = crate::event::DEFAULT_EVENT_TYPE)]
     pub event_type: String,
     /// Publish straight to Redis at this URL.
-    #[arg(
-        long,
-        env = "REDISSE_REDIS",
-        value_name = "URL",
-        conflicts_with = "server"
-    )]
+    #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
     /// Publish through a running server's POST /publish (default http://127.0.0.1:8080).
     #[arg(long, env = "REDISSE_SERVER", value_name = "URL")]
@@ -132,6 +127,30 @@ pub struct PublishArgs {
     /// Events kept per channel when publishing to Redis.
     #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
     pub history_size: usize,
+}
+
+impl PublishArgs {
+    /// `--redis` and `--server` are two ways to publish; when both have a value, the one given
+    /// on the command line wins over the other's environment variable (a shell that exports
+    /// `REDISSE_REDIS` for the server can still publish with `--server`). Both on the command
+    /// line, or both from the environment, is an error.
+    pub fn resolve_target(&mut self, matches: &clap::ArgMatches) -> Result<(), String> {
+        if self.redis.is_none() || self.server.is_none() {
+            return Ok(());
+        }
+        let explicit =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        match (explicit("redis"), explicit("server")) {
+            (true, false) => self.server = None,
+            (false, true) => self.redis = None,
+            _ => {
+                return Err("--redis and --server cannot be used together \
+                            (nor REDISSE_REDIS and REDISSE_SERVER)"
+                    .into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `15`, `0.5` (seconds) or `500ms`, `2m` (units).

@@ -11,7 +11,7 @@ mod serve;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::policy::{ChannelPolicy, QueryChannels};
 pub use args::{Cli, Command, PublishArgs, ServeArgs};
@@ -23,7 +23,15 @@ pub fn run() -> ExitCode {
 
 /// Runs the `redisse` binary with `policy` as the channel function.
 pub fn run_with<P: ChannelPolicy>(policy: P) -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Some(Command::Publish(args)), Some(m)) =
+        (&mut cli.command, matches.subcommand_matches("publish"))
+        && let Err(e) = args.resolve_target(m)
+    {
+        eprintln!("redisse: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

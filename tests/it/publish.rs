@@ -667,3 +667,56 @@ async fn events_published_by_the_gems_four_commands_are_delivered() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_cli_option_wins_over_the_other_targets_environment_variable() {
+    let backend = Backend::redis();
+    let url = backend.redis_server().url();
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?global").await;
+    let dead = "redis://127.0.0.1:1/";
+    // A shell that exports REDISSE_REDIS (for the server) can still publish with --server.
+    let mut cmd = cli();
+    cmd.env("REDISSE_REDIS", dead)
+        .args(["publish", "global", "via http"])
+        .args(["--server", &format!("http://{}", server.addr)]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(ok, "{stderr}");
+    let e = s.next().await;
+    assert_eq!(e.id.as_deref(), Some(stdout.trim_end()));
+    assert_eq!(e.data, "via http");
+    // And REDISSE_SERVER does not stop --redis.
+    let mut cmd = cli();
+    cmd.env("REDISSE_SERVER", "http://127.0.0.1:1").args([
+        "publish",
+        "global",
+        "via redis",
+        "--redis",
+        &url,
+    ]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(ok, "{stderr}");
+    let e = s.next().await;
+    assert_eq!(e.id.as_deref(), Some(stdout.trim_end()));
+    assert_eq!(e.data, "via redis");
+    // REDISSE_REDIS alone publishes to Redis.
+    let mut cmd = cli();
+    cmd.env("REDISSE_REDIS", &url)
+        .args(["publish", "global", "env redis"]);
+    let (ok, _, stderr) = run_cli(cmd, None).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(s.next().await.data, "env redis");
+    // Both on the command line: refused, nothing published.
+    let mut cmd = cli();
+    cmd.args(["publish", "global", "both", "--redis", &url])
+        .args(["--server", &format!("http://{}", server.addr)]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("--redis") && stderr.contains("--server"),
+        "{stderr}"
+    );
+    server.publish("global", "after", "").await;
+    assert_eq!(s.next().await.event, "after");
+}
