@@ -1,0 +1,114 @@
+//! The output: readable lines, then one `RESULT key=value ...` line for scripts.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::subscriber::Target;
+use crate::{Report, Shape};
+
+/// Prints the report of one run.
+pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
+    let t = &r.plan.tally;
+    let open = t.open.load(Relaxed);
+    let delivered = t.delivered.load(Relaxed);
+    let per_conn = |after: u64, before: u64| {
+        if open == 0 {
+            0.0
+        } else {
+            after.saturating_sub(before) as f64 / open as f64 / 1024.0
+        }
+    };
+    let rss_kib = per_conn(r.mem_held.rss, r.mem_before.rss);
+    let pss_kib = per_conn(r.mem_held.pss, r.mem_before.pss);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut kv: Vec<(&str, String)> = vec![
+        ("label", label.to_owned()),
+        ("target", format!("{target:?}").to_lowercase()),
+        ("scenario", shape.scenario.to_owned()),
+        ("subscribers", shape.subscribers.to_string()),
+        ("channels", shape.channels.to_string()),
+        ("held", open.to_string()),
+        ("failed", t.failed.load(Relaxed).to_string()),
+        ("closed", t.closed.load(Relaxed).to_string()),
+        ("connect_s", format!("{:.2}", r.connect_secs)),
+        ("server_procs", r.server_pids.len().to_string()),
+        ("rss_before_mib", mib(r.mem_before.rss)),
+        ("rss_held_mib", mib(r.mem_held.rss)),
+        ("rss_kib_per_conn", format!("{rss_kib:.2}")),
+        ("pss_kib_per_conn", format!("{pss_kib:.2}")),
+    ];
+    if let Some(o) = &r.outcome {
+        let published = o.published.load(Relaxed);
+        let expected = o.expected.load(Relaxed);
+        let first = o.first_ns.load(Relaxed);
+        let span = |end: u64| (end.saturating_sub(first) as f64 / 1e9).max(1e-9);
+        let last_delivery = t.last_delivery_ns.load(Relaxed);
+        let per = |cpu: f64, n: u64| if n == 0 { 0.0 } else { cpu * 1e6 / n as f64 };
+        let h = &t.latency;
+        kv.extend([
+            ("events", shape.events.to_string()),
+            ("rate", format!("{}", shape.rate)),
+            ("published", published.to_string()),
+            ("publish_errors", o.errors.load(Relaxed).to_string()),
+            (
+                "publish_per_s",
+                format!("{:.0}", published as f64 / span(o.last_ns.load(Relaxed))),
+            ),
+            (
+                "publish_rtt_p50_ms",
+                format!("{:.3}", ms(o.round_trip.quantile(0.5))),
+            ),
+            (
+                "publish_rtt_p99_ms",
+                format!("{:.3}", ms(o.round_trip.quantile(0.99))),
+            ),
+            ("expected", expected.to_string()),
+            ("delivered", delivered.to_string()),
+            ("missing", expected.saturating_sub(delivered).to_string()),
+            ("extra", delivered.saturating_sub(expected).to_string()),
+            ("out_of_order", t.out_of_order.load(Relaxed).to_string()),
+            ("gaps", t.gaps.load(Relaxed).to_string()),
+            ("bad_data", t.bad_data.load(Relaxed).to_string()),
+            ("complete", (!r.timed_out).to_string()),
+            ("p50_ms", format!("{:.3}", ms(h.quantile(0.5)))),
+            ("p99_ms", format!("{:.3}", ms(h.quantile(0.99)))),
+            ("p999_ms", format!("{:.3}", ms(h.quantile(0.999)))),
+            ("max_ms", format!("{:.3}", ms(h.quantile(1.0)))),
+            (
+                "deliveries_per_s",
+                format!("{:.0}", delivered as f64 / span(last_delivery)),
+            ),
+            ("window_s", format!("{:.2}", r.publish_secs)),
+            ("server_cpu_s", format!("{:.2}", r.server_cpu)),
+            ("broker_cpu_s", format!("{:.2}", r.broker_cpu)),
+            ("client_cpu_s", format!("{:.2}", r.client_cpu)),
+            (
+                "server_us_per_delivery",
+                format!("{:.3}", per(r.server_cpu, delivered)),
+            ),
+            (
+                "server_us_per_event",
+                format!("{:.3}", per(r.server_cpu, published)),
+            ),
+            (
+                "server_broker_us_per_event",
+                format!("{:.3}", per(r.server_cpu + r.broker_cpu, published)),
+            ),
+            (
+                "client_us_per_delivery",
+                format!("{:.3}", per(r.client_cpu, delivered)),
+            ),
+        ]);
+    }
+    for (k, v) in &kv {
+        println!("{k:>28}: {v}");
+    }
+    let line: Vec<String> = kv
+        .iter()
+        .map(|(k, v)| format!("{k}={}", if v.is_empty() { "-" } else { v }))
+        .collect();
+    println!("RESULT {}", line.join(" "));
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
