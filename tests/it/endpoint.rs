@@ -264,6 +264,13 @@ async fn no_channel_is_404() {
         assert_eq!(content_type(&headers), "text/plain", "{path}");
         assert_eq!(body, "404 Not Found\n", "{path}");
     }
+    // Content negotiation comes first: no channel and no acceptable type is 406, not 404.
+    for path in ["/", "/?", "/?polling"] {
+        let (status, _, _) = get(&server, path, &[]).await;
+        assert_eq!(status, 406, "{path}");
+        let (status, _, _) = get(&server, path, &["text/html"]).await;
+        assert_eq!(status, 406, "{path}");
+    }
     assert_eq!(server.redisse.stats().connected, 0);
 }
 
@@ -292,6 +299,20 @@ async fn only_get_streams_other_methods_get_405() {
         assert_eq!(res.status(), 405, "{method} {path}");
         assert_eq!(res.headers()["content-type"], "text/plain");
         assert_eq!(res.text().await.unwrap(), "405 Method Not Allowed\n");
+    }
+    // The method is checked before the stats.
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let res = c
+            .request(method.clone(), server.url("/"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{method} with Accept: application/json");
     }
     // Nothing was published by those requests.
     let mut s = server.live_stream("/?global").await;

@@ -159,6 +159,8 @@ async fn long_polling_without_events_stays_open_with_heartbeats() {
         .collect();
     assert_eq!(frames, expected);
     assert_eq!(redisse.connections(), 1);
+    // Heartbeats are not events in the stats: only the lastEventId event counts.
+    assert_eq!(redisse.stats().events, 1);
 }
 
 #[tokio::test(start_paused = true)]
