@@ -720,3 +720,17 @@ async fn a_cli_option_wins_over_the_other_targets_environment_variable() {
     server.publish("global", "after", "").await;
     assert_eq!(s.next().await.event, "after");
 }
+
+#[tokio::test]
+async fn a_redis_publisher_reports_an_unreachable_or_invalid_redis() {
+    assert!(Publisher::redis("not a url").is_err());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publisher = Publisher::redis(&format!("redis://127.0.0.1:{port}/")).unwrap();
+    let result = tokio::time::timeout(PATIENCE, publisher.publish("global", "x")).await;
+    let err = result.expect("the publisher gives up in time").unwrap_err();
+    assert!(matches!(err, PublishError::Broker(_)), "{err}");
+}
