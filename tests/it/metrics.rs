@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::on_both_brokers;
+use crate::support::binary::Redisse;
 use crate::support::sse::client;
 use crate::support::{Backend, PATIENCE, TestServer};
 
@@ -327,5 +328,34 @@ async fn every_refusal_reason_and_metric_is_exposed() {
         "redisse_malformed_payloads_total",
     ] {
         assert!(samples.contains_key(name), "{name} missing");
+    }
+}
+
+/// `--verbose` logs each subscription and each event, with the gem's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_logs_subscriptions_and_events_like_the_gem() {
+    let server = Redisse::start(&["--verbose"]);
+    server.publish("warm", String::new()).await;
+    let mut s = crate::support::SseStream::open(&server.url("/?news&sports"), &[]).await;
+    assert_eq!(s.next().await.event, "lastEventId");
+    server.publish("news", "hello verbose".into()).await;
+    assert_eq!(s.next().await.data, "hello verbose");
+    drop(s);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let log = server.log();
+        let subscribed = log
+            .lines()
+            .any(|l| l.contains("Subscribing to") && l.contains("news") && l.contains("sports"));
+        let sending = log.contains("Sending:") && log.contains("data: hello verbose");
+        // The connection's span names it in its log lines.
+        let span = log
+            .lines()
+            .any(|l| l.contains("sse{conn=") && l.contains("channels=2"));
+        if subscribed && sending && span && log.contains("Unsubscribing") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "missing verbose lines:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

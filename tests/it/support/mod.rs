@@ -1,6 +1,7 @@
 //! Shared test helpers: a real `redis-server` the tests start and stop themselves, an
 //! in-process Redisse server on a free port, and an SSE client that keeps the raw bytes.
 
+pub mod binary;
 pub mod logs;
 pub mod raw;
 pub mod redis;
