@@ -63,9 +63,11 @@ async fn publish_http(
     token: Option<&str>,
 ) -> Result<u64, String> {
     let base = server.trim_end_matches('/');
-    let authority = base
+    let rest = base
         .strip_prefix("http://")
         .ok_or_else(|| format!("--server {server:?}: only http:// URLs are supported"))?;
+    // `http://host:port/prefix` (a server mounted under a path): connect to `host:port`.
+    let authority = rest.split('/').next().unwrap_or(rest);
     let uri = format!(
         "{base}/publish/{}?type={}",
         path_segment(channel),

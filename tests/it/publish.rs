@@ -734,3 +734,23 @@ async fn a_redis_publisher_reports_an_unreachable_or_invalid_redis() {
     let err = result.expect("the publisher gives up in time").unwrap_err();
     assert!(matches!(err, PublishError::Broker(_)), "{err}");
 }
+
+#[tokio::test]
+async fn the_cli_publishes_to_a_server_mounted_under_a_path() {
+    let redisse = redisse::Redisse::new(Backend::memory().config()).unwrap();
+    let app = axum::Router::new().nest("/sse", redisse.router());
+    let server = TestServer::start_router(redisse, app).await;
+    let mut s = server.live_stream("/sse/events?global").await;
+    for base in [
+        format!("http://{}/sse", server.addr),
+        format!("http://{}/sse/", server.addr),
+    ] {
+        let mut cmd = cli();
+        cmd.args(["publish", "global", "under a prefix", "--server", &base]);
+        let (ok, stdout, stderr) = run_cli(cmd, None).await;
+        assert!(ok, "--server {base}: {stderr}");
+        let e = s.next().await;
+        assert_eq!(e.id.as_deref(), Some(stdout.trim_end()));
+        assert_eq!(e.data, "under a prefix");
+    }
+}
