@@ -415,3 +415,123 @@ async fn a_started_server_on_redis_serves_events_published_straight_to_redis() {
     assert_eq!(id2, id + 1);
     assert_eq!(s.next().await.data, "via http");
 }
+
+/// Polls `check` until it returns something, failing the test after `PATIENCE`.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request over a new unix socket connection, `Connection: close`; the whole answer.
+async fn unix_request(path: &std::path::Path, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut con = tokio::net::UnixStream::connect(path).await.unwrap();
+    con.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, con.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+fn unix_publish(data: &str) -> String {
+    format!(
+        "POST /publish/global?type=t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{data}",
+        data.len()
+    )
+}
+
+#[tokio::test]
+async fn a_unix_socket_serves_streams_and_local_publishing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redisse.sock");
+    let r = start(&["-S", path.to_str().unwrap()], &[]).await;
+    assert!(r.first_line.contains("in-memory"), "{:?}", r.first_line);
+    assert!(
+        r.first_line.contains(&format!("unix:{}", path.display())),
+        "{:?}",
+        r.first_line
+    );
+    // A peer on the unix socket is local: it may publish without a token.
+    let answer = unix_request(&path, &unix_publish("warm-up")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"id":1}"#), "{answer}");
+
+    let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stream
+        .write_all(b"GET /?global HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut read_until = async |got: &mut Vec<u8>, needle: &str| {
+        while !String::from_utf8_lossy(got).contains(needle) {
+            let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(got)))
+                .unwrap();
+            assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    // Live once the lastEventId event is there.
+    read_until(&mut got, "event: lastEventId").await;
+    let answer = unix_request(&path, &unix_publish("over a socket")).await;
+    assert!(answer.ends_with(r#"{"id":2}"#), "{answer}");
+    read_until(&mut got, "data: over a socket\n\n").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    assert!(
+        text.contains("id: 2\nevent: t\ndata: over a socket\n\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn pid_and_log_files_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("redisse.pid");
+    let log = dir.path().join("redisse.log");
+    let mut cmd = redisse();
+    cmd.args(["-a", "127.0.0.1", "-p", "0", "-P"])
+        .arg(&pid)
+        .arg("-l")
+        .arg(&log);
+    let child = cmd.spawn().unwrap();
+    let child_pid = child.id().unwrap();
+    let written = eventually("the pid file", || {
+        std::fs::read_to_string(&pid)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(written, format!("{child_pid}\n"));
+    let first = eventually("a log line in the file", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+    })
+    .await;
+    assert!(first.contains("in-memory"), "{first:?}");
+    assert!(!first.contains('\u{1b}'), "{first:?}");
+    port_of(&first);
+    drop(child);
+}
