@@ -245,6 +245,17 @@ fn check_client(k: usize, seen: &[Seen], published: &BTreeMap<u64, String>) -> u
 }
 
 async fn clients_resuming_under_concurrent_publishers_miss_nothing(backend: Backend) {
+    run(backend, false).await;
+}
+
+/// The same while the server's pub/sub connection is killed (`CLIENT KILL TYPE pubsub`) again
+/// and again: streams are live, in replay, or waiting for the subscriber at each kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_resuming_while_the_subscriber_is_killed_miss_nothing() {
+    run(Backend::redis(), true).await;
+}
+
+async fn run(backend: Backend, kill_subscriber: bool) {
     let mut config = backend.config();
     config.history_size = HISTORY;
     let server = Arc::new(TestServer::start(config).await);
@@ -271,7 +282,18 @@ async fn clients_resuming_under_concurrent_publishers_miss_nothing(backend: Back
         .map(|k| spawn_client(server.clone(), k, over_rx.clone()))
         .collect();
 
-    sleep(PUBLISHING).await;
+    if kill_subscriber {
+        let redis = backend.redis_server();
+        let deadline = Instant::now() + PUBLISHING;
+        let mut kills = 0;
+        while Instant::now() < deadline {
+            sleep(Duration::from_millis(200)).await;
+            kills += tokio::task::block_in_place(|| redis.kill_pubsub_clients());
+        }
+        assert!(kills >= 5, "{kills} pub/sub connections killed");
+    } else {
+        sleep(PUBLISHING).await;
+    }
     stop_publishing.store(true, Relaxed);
     let mut published = BTreeMap::new();
     for (ch, task) in publishers {
