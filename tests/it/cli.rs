@@ -226,7 +226,7 @@ async fn a_port_that_cannot_be_bound_exits_non_zero() {
 
 /// A running server and its standard error.
 struct Running {
-    _child: Child,
+    child: Child,
     stderr: BufReader<ChildStderr>,
     first_line: String,
 }
@@ -245,7 +245,7 @@ async fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
         .expect("a first log line in time")
         .unwrap();
     Running {
-        _child: child,
+        child,
         stderr,
         first_line,
     }
@@ -534,4 +534,81 @@ async fn pid_and_log_files_are_written() {
     assert!(!first.contains('\u{1b}'), "{first:?}");
     port_of(&first);
     drop(child);
+}
+
+/// Reads log lines until one satisfies `pred`; fails after `PATIENCE`.
+async fn log_line_where(r: &mut Running, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout_at(deadline, r.stderr.read_line(&mut line))
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {what}"))
+            .unwrap();
+        assert!(n > 0, "the log ended without {what}");
+        if pred(&line) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn verbose_logs_each_subscription_and_event_and_serve_is_the_default_command() {
+    let mut r = start(&["serve", "-a", "127.0.0.1", "-p", "0", "--verbose"], &[]).await;
+    assert!(r.first_line.contains("in-memory"), "{:?}", r.first_line);
+    let base = format!("http://127.0.0.1:{}", port_of(&r.first_line));
+    cli_publish(&["publish", "test.warmup", "", "--server", &base]).await;
+    let mut s = SseStream::open(&format!("{base}/?verbose.channel"), &[]).await;
+    assert_eq!(s.next().await.event, "lastEventId");
+    let line = log_line_where(&mut r, "the subscription", |l| {
+        l.contains("verbose.channel") && l.to_lowercase().contains("subscrib")
+    })
+    .await;
+    assert!(!line.is_empty());
+    cli_publish(&[
+        "publish",
+        "verbose.channel",
+        "payload-7f3a",
+        "--server",
+        &base,
+    ])
+    .await;
+    assert_eq!(s.next().await.data, "payload-7f3a");
+    log_line_where(&mut r, "the event", |l| l.contains("payload-7f3a")).await;
+}
+
+#[tokio::test]
+async fn without_verbose_events_are_not_logged() {
+    let mut r = start(&["-a", "127.0.0.1", "-p", "0"], &[]).await;
+    let base = format!("http://127.0.0.1:{}", port_of(&r.first_line));
+    cli_publish(&["publish", "test.warmup", "", "--server", &base]).await;
+    let mut s = SseStream::open(&format!("{base}/?quiet.channel"), &[]).await;
+    assert_eq!(s.next().await.event, "lastEventId");
+    cli_publish(&[
+        "publish",
+        "quiet.channel",
+        "payload-91c2",
+        "--server",
+        &base,
+    ])
+    .await;
+    assert_eq!(s.next().await.data, "payload-91c2");
+    // Stop the server: every log line it wrote is then readable, up to the end.
+    drop(s);
+    let pid = r.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read_to_string(&mut r.stderr, &mut rest),
+    )
+    .await
+    .expect("the server exits after SIGTERM")
+    .unwrap();
+    assert!(!rest.contains("payload-91c2"), "{rest}");
+    assert!(!rest.contains("quiet.channel"), "{rest}");
 }

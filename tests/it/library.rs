@@ -241,3 +241,34 @@ async fn the_endpoint_is_a_tower_service_with_any_body() {
     let res = tower::ServiceExt::oneshot(endpoint, req).await.unwrap();
     assert_eq!(res.status(), 406);
 }
+
+#[tokio::test]
+async fn the_standalone_router_can_take_the_applications_policy() {
+    let redisse = Redisse::new(Backend::memory().config()).unwrap();
+    let router = redisse
+        .router_with(|parts: &Parts| std::future::ready(user_channels(parts)))
+        .layer(middleware::from_fn(authenticate));
+    let server = TestServer::start_router(redisse, router).await;
+    // Every path serves the endpoint; the query does not choose the channels, the policy does.
+    let mut s = live(&server, "/any/path?user.erin", "dana").await;
+    for channel in ["user.erin", "user.dana"] {
+        let res = client()
+            .post(server.url(&format!("/publish/{channel}?type=t")))
+            .header("x-user", "dana")
+            .body(format!("to {channel}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(s.next().await.data, "to user.dana");
+    s.expect_silence(Duration::from_millis(100)).await;
+    // The application's layer guards publishing too.
+    let res = client()
+        .post(server.url("/publish/global"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
