@@ -74,7 +74,7 @@ fn spawn_publisher(
                 .expect("publish");
             acked.push(id);
             n += 1;
-            if n % 32 == 0 {
+            if n.is_multiple_of(32) {
                 sleep(Duration::from_millis(1)).await;
             }
         }

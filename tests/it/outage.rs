@@ -156,7 +156,7 @@ fn spawn_publisher(
         let mut acked = Vec::new();
         let mut n = 0u64;
         while !stop.load(Relaxed) {
-            let (p, ch) = if n % 2 == 0 {
+            let (p, ch) = if n.is_multiple_of(2) {
                 (&instance, "a")
             } else {
                 (&other, "b")
