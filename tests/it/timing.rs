@@ -14,7 +14,14 @@ use redisse::{Config, Event, Redisse};
 use tokio::time::{Instant, timeout};
 use tower::ServiceExt;
 
+use crate::on_both_brokers;
 use crate::support::{Backend, TestServer};
+
+// The same behaviour with real time, over TCP, with short delays, on both brokers.
+on_both_brokers!(
+    long_polling_over_tcp_closes_after_the_delay,
+    heartbeats_over_tcp_come_at_the_period,
+);
 
 /// What the next body frame was.
 #[derive(Debug, PartialEq, Eq)]
@@ -235,10 +242,8 @@ async fn a_short_heartbeat_period_is_honoured() {
     }
 }
 
-/// The same behaviour with real time, over TCP, with short delays.
-#[tokio::test]
-async fn long_polling_over_tcp_closes_after_the_delay() {
-    let mut config = Backend::memory().config();
+async fn long_polling_over_tcp_closes_after_the_delay(backend: Backend) {
+    let mut config = backend.config();
     config.polling_delay = Duration::from_millis(200);
     let server = TestServer::start(config).await;
     let mut s = server.live_stream("/?ch&polling").await;
@@ -254,4 +259,35 @@ async fn long_polling_over_tcp_closes_after_the_delay() {
         elapsed >= Duration::from_millis(190) && elapsed < Duration::from_millis(1500),
         "closed after {elapsed:?}"
     );
+}
+
+async fn heartbeats_over_tcp_come_at_the_period(backend: Backend) {
+    let mut config = backend.config();
+    config.heartbeat = Duration::from_millis(100);
+    let server = TestServer::start(config).await;
+    let mut s = server.live_stream("/?ch").await;
+    let wait_for = async |s: &mut crate::support::SseStream, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while s.comments.len() < n {
+            assert!(std::time::Instant::now() < deadline, "no heartbeat {n}");
+            // Short slices, so the time a heartbeat arrives is known within 5 ms.
+            assert_eq!(
+                s.next_within(Duration::from_millis(5)).await,
+                crate::support::sse::Next::Timeout,
+                "only heartbeats are expected"
+            );
+        }
+        std::time::Instant::now()
+    };
+    let before = s.comments.len();
+    let first = wait_for(&mut s, before + 1).await;
+    let fourth = wait_for(&mut s, before + 4).await;
+    let span = fourth - first;
+    // Three periods, give or take scheduling.
+    assert!(
+        span >= Duration::from_millis(250) && span < Duration::from_millis(1000),
+        "three heartbeats took {span:?}"
+    );
+    assert!(s.comments.iter().all(|c| c == "hb"), "{:?}", s.comments);
+    assert!(String::from_utf8_lossy(&s.raw).contains("\n: hb\n"));
 }
