@@ -157,6 +157,8 @@ async fn event_stream_is_accepted_with_parameters_any_case_and_among_others() {
         "Text/Event-Stream; charset=utf-8",
         "text/html, text/event-stream;q=0.5",
         "text/html,text/event-stream",
+        // JSON refused with q=0: no stats, a stream.
+        "application/json;q=0, text/event-stream",
     ] {
         let (status, headers, _) = get(&server, "/?global", &[accept]).await;
         assert_eq!(status, 200, "Accept: {accept}");
