@@ -92,3 +92,14 @@ pub use sse::{SlowClient, SseBody};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// What the `fuzz/` targets need beyond the public API; only built by `cargo fuzz`, which sets
+/// `--cfg fuzzing`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The id of a payload stored in Redis or received by pub/sub, `None` when it is malformed.
+    pub fn parse_stored_id(payload: &[u8]) -> Option<u64> {
+        crate::event::parse_stored_id(payload)
+    }
+}
