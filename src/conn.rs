@@ -71,6 +71,9 @@ struct State {
     /// Highest id queued so far (or the client's position).
     last_id: u64,
     heartbeat_due: bool,
+    /// Resets (Redis lost its data) seen so far: a stream whose history snapshot may predate
+    /// one must read it again before it starts.
+    resets: u64,
     end: Option<End>,
     waker: Option<Waker>,
     /// Closes the client's socket when it becomes slow (set by the standalone server): the
@@ -143,9 +146,19 @@ impl Conn {
 
     /// Ends the replay phase: `preamble` (control frames) and `replay` (history, ascending ids)
     /// go first, then the live frames buffered meanwhile that are newer than `position` and
-    /// than every replayed id.
-    pub fn start(&self, preamble: Vec<Frame>, replay: Vec<Frame>, position: u64) {
+    /// than every replayed id. Does nothing and returns `false` when a reset came after
+    /// [`Conn::resets`] returned `resets_seen`: the plan was made from ids that no longer exist.
+    pub fn start(
+        &self,
+        preamble: Vec<Frame>,
+        replay: Vec<Frame>,
+        position: u64,
+        resets_seen: u64,
+    ) -> bool {
         let mut st = self.lock();
+        if st.resets != resets_seen {
+            return false;
+        }
         let live = std::mem::take(&mut st.queue);
         let mut last = position;
         let mut queue: VecDeque<Frame> = preamble.into();
@@ -163,13 +176,27 @@ impl Conn {
         st.last_id = last;
         st.ready = true;
         wake(st);
+        true
+    }
+
+    /// Resets seen so far, to pass to [`Conn::start`].
+    pub fn resets(&self) -> u64 {
+        self.lock().resets
     }
 
     /// Redis lost its data: ids start again from a lower value. Tells the client that events
-    /// may be lost and accepts the new, lower ids.
+    /// may be lost and accepts the new, lower ids. A stream still in its replay phase drops what
+    /// it buffered (older ids, or ids its plan cannot place) and starts over from a new snapshot,
+    /// whose plan sends `missedevents` and everything retained.
     pub fn reset(&self, missed: Frame) {
         let mut st = self.lock();
         if st.end.is_some() {
+            return;
+        }
+        st.resets += 1;
+        if !st.ready {
+            st.queue.clear();
+            st.queued_bytes = 0;
             return;
         }
         st.last_id = 0;
@@ -276,16 +303,50 @@ mod tests {
         conn.push(&frame(5));
         conn.push(&frame(6));
         assert!(ids(&conn).is_empty(), "nothing flows before replay");
-        conn.start(vec![], vec![frame(3), frame(4), frame(5)], 2);
+        assert!(conn.start(vec![], vec![frame(3), frame(4), frame(5)], 2, 0));
         conn.push(&frame(6));
         conn.push(&frame(7));
         assert_eq!(ids(&conn), [3, 4, 5, 6, 7]);
     }
 
+    fn missed() -> Frame {
+        Frame {
+            id: 0,
+            bytes: Bytes::from_static(b"event: missedevents\ndata: \n\n"),
+            kind: FrameKind::MissedEvents,
+        }
+    }
+
+    #[test]
+    fn a_reset_before_start_makes_the_plan_stale() {
+        let conn = Conn::new(1, 1 << 20);
+        let seen = conn.resets();
+        conn.push(&frame(48));
+        conn.reset(missed());
+        conn.push(&frame(1));
+        // The plan read before the reset (old ids) is refused, and the old buffered id is gone.
+        assert!(!conn.start(vec![], vec![frame(47)], 40, seen));
+        assert!(ids(&conn).is_empty());
+        // The plan read again after it: missedevents, what is retained, then live.
+        assert!(conn.start(vec![missed()], vec![frame(1)], 0, conn.resets()));
+        conn.push(&frame(2));
+        assert_eq!(ids(&conn), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_reset_of_a_live_stream_accepts_the_lower_ids() {
+        let conn = Conn::new(1, 1 << 20);
+        assert!(conn.start(vec![], vec![], 50, 0));
+        conn.push(&frame(51));
+        conn.reset(missed());
+        conn.push(&frame(1));
+        assert_eq!(ids(&conn), [51, 0, 1]);
+    }
+
     #[test]
     fn a_full_queue_makes_the_client_slow() {
         let conn = Conn::new(1, 40);
-        conn.start(vec![], vec![], 0);
+        assert!(conn.start(vec![], vec![], 0, 0));
         assert_eq!(conn.push(&frame(1)), Push::Queued);
         assert_eq!(conn.push(&frame(2)), Push::Queued);
         let big = Frame::event(3, Bytes::from(vec![b'x'; 30]));

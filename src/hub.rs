@@ -26,6 +26,9 @@ pub(crate) enum Dispatch {
     Hold,
     /// The subscriber is back: deliver what was published meanwhile, then the held events.
     Resume(Resume),
+    /// Answered once every message before it is handled, so that a stream that waits for its
+    /// subscriptions reads history only after any reset before them reached its connection.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What the broker found in history after a subscriber reconnection.
@@ -246,6 +249,9 @@ impl Hub {
             },
             Dispatch::Hold => {
                 held.get_or_insert_with(Vec::new);
+            }
+            Dispatch::Barrier(tx) => {
+                let _ = tx.send(());
             }
             Dispatch::Resume(resume) => {
                 if resume.reset {

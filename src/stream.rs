@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::conn::Conn;
-use crate::event::{LastEventId, retry_frame};
+use crate::event::{LastEventId, MAX_EVENT_ID, retry_frame};
 use crate::hub::Registration;
 use crate::instance::Shared;
 use crate::metrics::Refusal;
@@ -84,16 +84,25 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
 /// Waits for the broker, reads history and starts the connection. Retries through outages
 /// until it succeeds or the client leaves.
 async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
-    let after = match last {
-        LastEventId::At(id) => Some(id),
-        _ => None,
-    };
     let mut backoff = Duration::from_millis(50);
     loop {
         shared.broker.subscriptions_ready().await;
         if Arc::strong_count(&conn) == 1 || conn.is_ending() {
             return;
         }
+        // After a reset (Redis lost its data) the client's position is in ids that no longer
+        // exist: start as from a position past the counter, with `missedevents` and everything
+        // retained.
+        let resets = conn.resets();
+        let last = if resets > 0 {
+            LastEventId::At(MAX_EVENT_ID)
+        } else {
+            last
+        };
+        let after = match last {
+            LastEventId::At(id) => Some(id),
+            _ => None,
+        };
         match shared.broker.snapshot(&channels, after).await {
             Ok(snapshot) => {
                 let counter = snapshot.counter.unwrap_or(0);
@@ -106,8 +115,10 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
                 if shared.config.verbose && !plan.replay.is_empty() {
                     tracing::info!("Sending {} history events", plan.replay.len());
                 }
-                conn.start(plan.preamble, plan.replay, plan.position);
-                return;
+                if conn.start(plan.preamble, plan.replay, plan.position, resets) {
+                    return;
+                }
+                // A reset came while reading: the snapshot may predate it. Read again.
             }
             Err(e) => {
                 tracing::warn!(conn = conn.id, error = %e, "cannot read history yet; retrying");

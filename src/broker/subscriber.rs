@@ -4,7 +4,8 @@
 //! replies). It subscribes to a channel when the hub reports its first local listener and
 //! unsubscribes when the last one leaves, in the order the hub changed. It answers barriers once
 //! the subscriptions before them are active, which is how a new stream knows that a history read
-//! will overlap the live events.
+//! will overlap the live events; the answer goes through the dispatcher, so that whatever the
+//! dispatcher received before (a refill, a reset) has reached the stream's connection first.
 //!
 //! When the connection dies (a disconnection push, a failed command, or a PING that times out on
 //! a half-open socket) the task marks the broker down, reconnects with exponential backoff,
@@ -101,7 +102,7 @@ impl Subscriber {
             backoff = MIN_BACKOFF;
             self.set_up(true);
             for b in barriers.drain(..) {
-                let _ = b.send(());
+                let _ = self.dispatch.send(Dispatch::Barrier(b));
             }
             match self.serve(&mut con, &lost, &mut active).await {
                 Exit::Stop => return,
@@ -269,7 +270,8 @@ impl Subscriber {
                             con.unsubscribe(&*ch).await
                         }
                         Some(SubCommand::Barrier(tx)) => {
-                            let _ = tx.send(());
+                            // Through the dispatcher: answered after what it received before.
+                            let _ = self.dispatch.send(Dispatch::Barrier(tx));
                             Ok(())
                         }
                     };

@@ -301,3 +301,59 @@ async fn redis_restarted_empty_before_any_event_was_delivered() {
     let e = s.next().await;
     assert_eq!((id_of(&e), e.data.as_str()), (1, "new"));
 }
+
+/// Streams that wait through an outage after which Redis comes back empty: one `missedevents`
+/// (whatever told them, the plan or the reset), then the new ids, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_through_an_outage_that_loses_the_data_get_one_missedevents() {
+    let mut backend = Backend::redis();
+    let mut config = backend.config();
+    config.heartbeat = Duration::from_millis(100);
+    let server = TestServer::start(config).await;
+    let mut live = server.live_stream("/?a").await;
+    let mut old = Vec::new();
+    for i in 0..5 {
+        old.push(server.publish("a", "m", &format!("old{i}")).await);
+    }
+    assert_eq!(
+        live.take(5).await.iter().map(id_of).collect::<Vec<_>>(),
+        old
+    );
+    let redis = redis_mut(&mut backend);
+    blocking(|| redis.stop());
+    wait_broker(&server, false).await;
+    let mut resumed = server
+        .stream("/?a", &[("last-event-id", &old[1].to_string())])
+        .await;
+    let mut fresh = server.stream("/?a", &[]).await;
+    // Both wait (heartbeats) until Redis is back.
+    for s in [&mut resumed, &mut fresh] {
+        assert_eq!(
+            s.next_within(Duration::from_millis(300)).await,
+            Next::Timeout
+        );
+    }
+    blocking(|| redis.start_again());
+    wait_until("the subscriber is back", || numsub(redis, "a") == 1).await;
+    wait_broker(&server, true).await;
+    let new = server.publish("a", "m", "new").await;
+    assert_eq!(new, 1);
+    for (name, s) in [("live", &mut live), ("resumed", &mut resumed)] {
+        let got = s.take(2).await;
+        assert_eq!(
+            got.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+            ["missedevents", "m"],
+            "{name}: {got:?}"
+        );
+        assert_eq!(id_of(&got[1]), 1);
+        s.expect_silence(Duration::from_millis(200)).await;
+    }
+    // A fresh stream had no position in the old ids: it may be told of the loss or not, but it
+    // gets the new event once.
+    let mut e = fresh.next().await;
+    if e.event == "missedevents" {
+        e = fresh.next().await;
+    }
+    assert_eq!((e.event.as_str(), id_of(&e)), ("m", 1));
+    fresh.expect_silence(Duration::from_millis(200)).await;
+}
