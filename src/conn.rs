@@ -255,9 +255,9 @@ impl Conn {
             st.queued_bytes -= bytes;
             return Drained::Frames(batch);
         }
-        if let Some(End::Retry(ms)) = st.end
-            && (st.ready || st.queue.is_empty())
-        {
+        // Ending: what was ready has been written above; a stream still waiting for its
+        // replay ends too (its client resumes from the same position).
+        if let Some(End::Retry(ms)) = st.end {
             return Drained::Retry(ms);
         }
         if st.heartbeat_due {

@@ -22,7 +22,8 @@ pub(crate) struct Plan {
     pub preamble: Vec<Frame>,
     /// History events, ascending ids.
     pub replay: Vec<Frame>,
-    /// Live events with an id at or below this were replayed or precede the client.
+    /// Live events with an id at or below this were replayed or were already seen by the
+    /// client; 0 when the client gave no usable position.
     pub position: u64,
 }
 
@@ -55,10 +56,10 @@ fn last_event_id(counter: u64) -> Frame {
 /// Builds the plan. `snapshot` was read with `after = Some(l)` when `last` is `At(l)`.
 pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -> Plan {
     let counter = snapshot.counter.unwrap_or(0);
-    let mut plan = Plan {
-        position: counter,
-        ..Plan::default()
-    };
+    // Without a position, every live event after the stream registered is new to the client,
+    // including those published between its 200 response and this snapshot: the client was
+    // already connected. The `lastEventId` hint gives it a position for later.
+    let mut plan = Plan::default();
     let from = match last {
         LastEventId::None => 0,
         LastEventId::Unknown => {
@@ -89,7 +90,6 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
 fn with_counter_hint(mut plan: Plan, counter: u64) -> Plan {
     if plan.replay.is_empty() && counter > 0 {
         plan.preamble.push(last_event_id(counter));
-        plan.position = plan.position.max(counter);
     }
     plan
 }
@@ -195,7 +195,9 @@ mod tests {
             &p.preamble[0].bytes[..],
             b"id: 9\nevent: lastEventId\ndata: \n\n"
         );
-        assert_eq!(p.position, 9);
+        // Live events buffered since the stream registered may have ids up to the counter:
+        // they are new to this client, so none is filtered.
+        assert_eq!(p.position, 0);
         let fresh = Snapshot {
             counter: None,
             channels: vec![],
@@ -207,7 +209,7 @@ mod tests {
     fn unknown_and_future_positions_signal_loss() {
         let p = plan(LastEventId::Unknown, snap(4, vec![]), 100);
         assert!(p.signals_missed());
-        assert_eq!(p.position, 4);
+        assert_eq!(p.position, 0);
         let p = plan(
             LastEventId::At(50),
             snap(4, vec![history(&[2, 4], 2, 0)]),

@@ -291,3 +291,26 @@ async fn heartbeats_over_tcp_come_at_the_period(backend: Backend) {
     assert!(s.comments.iter().all(|c| c == "hb"), "{:?}", s.comments);
     assert!(String::from_utf8_lossy(&s.raw).contains("\n: hb\n"));
 }
+
+/// An event published after the 200 response but before the stream's history snapshot was read
+/// reaches the client: the client was connected, so the event is new to it. (The stream's first
+/// frame is the `lastEventId` hint with the counter at snapshot time, which already includes the
+/// event; the event itself must still follow.)
+#[tokio::test(start_paused = true)]
+async fn an_event_published_while_the_stream_starts_is_delivered() {
+    let redisse = instance(Duration::from_secs(1), LONG);
+    publish(&redisse, "other", "before").await;
+    let mut body = open(&redisse, "/?news").await;
+    // The setup task has not run yet: no snapshot has been read.
+    let id = publish(&redisse, "news", "racing").await;
+    let expected =
+        format!("id: {id}\nevent: lastEventId\ndata: \n\nid: {id}\nevent: t\ndata: racing\n\n");
+    let mut got = String::new();
+    while got.len() < expected.len() {
+        match next(&mut body, Duration::from_secs(1)).await {
+            Got::Bytes(b) => got.push_str(&b),
+            other => panic!("expected {expected:?}, got {got:?} then {other:?}"),
+        }
+    }
+    assert_eq!(got, expected);
+}
