@@ -168,3 +168,21 @@ fn join(mut frames: Vec<Frame>) -> Bytes {
     }
     out.freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    /// What every open stream keeps besides hyper's connection: printed for BENCHMARKS.md
+    /// (`cargo test --lib per_stream_state -- --nocapture`), bounded so it stays small.
+    #[test]
+    fn per_stream_state_is_small() {
+        let body = size_of::<super::SseBody>();
+        let stream = size_of::<super::Stream>();
+        let conn = size_of::<crate::conn::Conn>();
+        println!("SseBody {body} B, its boxed Stream {stream} B, Conn {conn} B (in an Arc: +16 B)");
+        assert!(body <= 64, "SseBody is {body} B");
+        assert!(stream <= 128, "Stream is {stream} B");
+        assert!(conn <= 192, "Conn is {conn} B");
+    }
+}
