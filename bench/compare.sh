@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: redisse against Nchan, same machine, same run, same load generator.
+#
+#   bench/compare.sh                 # every scenario at full scale (several minutes)
+#   bench/compare.sh --quick         # small and short: checks that everything works
+#   bench/compare.sh --only "fanout routing" --servers "redisse-mem nchan-mem"
+#
+# It installs Nchan if missing (Debian: libnginx-mod-nchan nginx), builds redisse and
+# redisse-load in release mode, starts a private redis-server on a free port (never the
+# machine's 6379), then for each scenario and each server starts the server fresh (so memory
+# figures start from a clean process), runs redisse-load against it, and stops it. The RESULT
+# lines go to $OUT (default /tmp/redisse-bench/results-<time>.txt); a summary with ratios
+# (redisse / Nchan, and redisse's Redis broker / its in-memory broker) is printed at the end.
+# Everything listens on 127.0.0.1 only; every step has a time limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCENARIOS="idle fanout saturated routing publish"
+SERVERS="redisse-mem redisse-redis redisse-redis-direct nchan-mem nchan-redis"
+QUICK=0
+WORK=/tmp/redisse-bench
+OUT=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --only) SCENARIOS="$2"; shift ;;
+    --servers) SERVERS="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    --summary) SUMMARY_ONLY="$2"; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+REDISSE_PORT=18190
+NCHAN_MEM_PORT=18180
+NCHAN_REDIS_PORT=18181
+
+# Load shape per scenario: full scale, or --quick.
+scenario_args() {
+  local s=$1
+  if [[ $QUICK == 1 ]]; then
+    case $s in
+      idle) echo "--scenario idle --subscribers 500 --settle 2" ;;
+      fanout) echo "--scenario fanout --subscribers 300 --events 20 --rate 10 --settle 1" ;;
+      saturated) echo "--scenario saturated --subscribers 200 --events 500 --settle 1" ;;
+      routing) echo "--scenario routing --subscribers 300 --events 1000 --rate 500 --settle 1" ;;
+      publish) echo "--scenario publish --events 2000 --settle 0" ;;
+    esac
+  else
+    case $s in
+      idle) echo "--scenario idle --subscribers 19000 --settle 5" ;;
+      fanout) echo "--scenario fanout --subscribers 10000 --events 100 --rate 10 --settle 2" ;;
+      saturated) echo "--scenario saturated --subscribers 2000 --events 2000 --settle 2" ;;
+      routing) echo "--scenario routing --subscribers 10000 --events 20000 --rate 2000 --settle 3" ;;
+      publish) echo "--scenario publish --events 20000 --settle 0" ;;
+    esac
+  fi
+}
+
+summary() {
+  local file=$1
+  awk '
+    /^RESULT / {
+      delete kv
+      for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
+      key = kv["scenario"] SUBSEP kv["label"]
+      for (k in kv) r[key, k] = kv[k]
+      seen[kv["scenario"]] = 1
+    }
+    function get(s, l, k) { return ((s, l, k) in r) ? r[s, l, k] : "" }
+    function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "   n/a" : sprintf("%6.2f", a / b) }
+    function row(s, metric, title,    l, line) {
+      line = sprintf("  %-26s", title)
+      for (j = 1; j <= nl; j++) { v = get(s, labels[j], metric); line = line sprintf(" %14s", v == "" ? "-" : v) }
+      line = line sprintf("   %s  %s  %s", ratio(get(s, "redisse-mem", metric), get(s, "nchan-mem", metric)),
+        ratio(get(s, "redisse-redis", metric), get(s, "nchan-redis", metric)),
+        ratio(get(s, "redisse-redis", metric), get(s, "redisse-mem", metric)))
+      print line
+    }
+    END {
+      nl = split("redisse-mem redisse-redis redisse-redis-direct nchan-mem nchan-redis", labels, " ")
+      hdr = sprintf("  %-26s", "")
+      for (j = 1; j <= nl; j++) hdr = hdr sprintf(" %14s", labels[j])
+      hdr = hdr "   r/n mem r/n rds rds/mem"
+      split("idle fanout saturated routing publish", order, " ")
+      for (o = 1; o <= 5; o++) {
+        s = order[o]
+        if (!(s in seen)) continue
+        print ""; print "== " s; print hdr
+        if (s == "idle") { row(s, "held", "connections held"); row(s, "rss_kib_per_conn", "RSS KiB / connection"); row(s, "pss_kib_per_conn", "PSS KiB / connection"); continue }
+        row(s, "held", "connections held")
+        if (s != "publish") {
+          row(s, "expected", "deliveries expected"); row(s, "delivered", "deliveries received")
+          row(s, "out_of_order", "out of order / duplicate")
+          row(s, "p50_ms", "latency p50 ms"); row(s, "p99_ms", "latency p99 ms")
+          row(s, "p999_ms", "latency p99.9 ms"); row(s, "max_ms", "latency max ms")
+          row(s, "deliveries_per_s", "deliveries / s")
+          row(s, "server_us_per_delivery", "server CPU us / delivery")
+        }
+        row(s, "publish_per_s", "publishes / s")
+        row(s, "server_us_per_event", "server CPU us / event")
+        row(s, "server_broker_us_per_event", "+ redis CPU us / event")
+        row(s, "client_us_per_delivery", "client CPU us / delivery")
+      }
+      print ""
+      print "  r/n mem = redisse-mem / nchan-mem; r/n rds = redisse-redis / nchan-redis;"
+      print "  rds/mem = redisse-redis / redisse-mem (lower is better for every row but held, deliveries and publishes/s)"
+    }' "$file"
+}
+
+if [[ -n ${SUMMARY_ONLY:-} ]]; then
+  summary "$SUMMARY_ONLY"
+  exit 0
+fi
+
+if ! [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]] || ! command -v nginx >/dev/null; then
+  echo "compare: installing Nchan (libnginx-mod-nchan, nginx)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq libnginx-mod-nchan nginx >/dev/null
+fi
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+mkdir -p "$WORK/bin" "$WORK/nchan" "$WORK/redis"
+OUT=${OUT:-$WORK/results-$(date +%Y%m%d-%H%M%S).txt}
+echo "compare: building (release)"
+cargo build --release --bins -q
+# Copies, so that another build during the run does not change what is measured.
+cp target/release/redisse target/release/redisse-load "$WORK/bin/"
+LOAD=$WORK/bin/redisse-load
+
+free_port() {
+  local p=$1
+  while (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || [[ $p == 6379 ]]; do p=$((p + 1)); done
+  echo "$p"
+}
+wait_port() {
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
+  echo "compare: nothing listens on port $1" >&2; return 1
+}
+stop_pid() {
+  local pid=$1 sig=${2:-TERM}
+  kill -"$sig" "$pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+REDIS_PORT=$(free_port 17379)
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
+  --pidfile "$WORK/redis/redis.pid" --logfile "$WORK/redis/redis.log" --dir "$WORK/redis"
+wait_port "$REDIS_PORT"
+REDIS_PID=$(cat "$WORK/redis/redis.pid")
+SERVER_PID=""
+cleanup() {
+  [[ -n $SERVER_PID ]] && stop_pid "$SERVER_PID"
+  stop_pid "$REDIS_PID"
+}
+trap cleanup EXIT
+echo "compare: private redis-server on 127.0.0.1:$REDIS_PORT"
+
+for p in $REDISSE_PORT $NCHAN_MEM_PORT $NCHAN_REDIS_PORT; do
+  if (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "compare: port $p is busy" >&2; exit 1; fi
+done
+
+sed -e "s#@DIR@#$WORK/nchan#g; s/@MEM_PORT@/$NCHAN_MEM_PORT/; s/@REDIS_STORE_PORT@/$NCHAN_REDIS_PORT/; s/@REDIS_PORT@/$REDIS_PORT/" \
+  bench/nchan.conf.in > "$WORK/nchan/nchan.conf"
+nginx -t -q -p "$WORK/nchan" -c "$WORK/nchan/nchan.conf" -e "$WORK/nchan/error.log"
+
+# Starts one server; sets SERVER_PID, PORT and EXTRA (more redisse-load options).
+start_server() {
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  EXTRA=""
+  case $1 in
+    redisse-mem|redisse-redis|redisse-redis-direct)
+      local redis=()
+      [[ $1 != redisse-mem ]] && redis=(--redis "redis://127.0.0.1:$REDIS_PORT/")
+      "$WORK/bin/redisse" -a 127.0.0.1 -p $REDISSE_PORT "${redis[@]}" >"$WORK/redisse.log" 2>&1 &
+      SERVER_PID=$!
+      PORT=$REDISSE_PORT
+      EXTRA="--target redisse"
+      [[ $1 == redisse-redis-direct ]] && EXTRA="$EXTRA --publish-redis redis://127.0.0.1:$REDIS_PORT/"
+      ;;
+    nchan-mem|nchan-redis)
+      rm -f "$WORK/nchan/nginx.pid"
+      nginx -p "$WORK/nchan" -c "$WORK/nchan/nchan.conf" -e "$WORK/nchan/error.log"
+      for _ in $(seq 50); do [[ -s $WORK/nchan/nginx.pid ]] && break; sleep 0.1; done
+      SERVER_PID=$(cat "$WORK/nchan/nginx.pid")
+      PORT=$NCHAN_MEM_PORT
+      [[ $1 == nchan-redis ]] && PORT=$NCHAN_REDIS_PORT
+      EXTRA="--target nchan"
+      ;;
+  esac
+  wait_port "$PORT"
+  sleep 0.5
+}
+
+{
+  echo "# redisse vs Nchan, $(date -u +%FT%TZ), quick=$QUICK"
+  echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), nofile $(ulimit -n)"
+  echo "# redisse $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo '+changes'); $(nginx -v 2>&1); nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null); $(redis-server --version | cut -d' ' -f3)"
+} | tee "$OUT"
+
+for scenario in $SCENARIOS; do
+  for server in $SERVERS; do
+    # Publishing straight to Redis only makes sense where there is publishing.
+    [[ $server == redisse-redis-direct && ( $scenario == idle || $scenario == publish ) ]] && continue
+    echo "compare: $scenario on $server"
+    start_server "$server"
+    # shellcheck disable=SC2046,SC2086
+    timeout 300 "$LOAD" $EXTRA --server "127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+      --broker-pid "$REDIS_PID" --label "$server" $(scenario_args "$scenario") --max-time 240 \
+      >"$WORK/last-run.txt" 2>&1 || echo "compare: redisse-load failed ($?)"
+    grep '^RESULT' "$WORK/last-run.txt" | tee -a "$OUT" || tail -5 "$WORK/last-run.txt"
+    stop_pid "$SERVER_PID"
+    SERVER_PID=""
+    sleep 1
+  done
+done
+
+echo
+echo "compare: results in $OUT"
+summary "$OUT"
