@@ -71,6 +71,8 @@ struct State {
     /// Highest id queued so far (or the client's position).
     last_id: u64,
     heartbeat_due: bool,
+    /// Id of the first live event (not a refill) received before the stream started.
+    first_live: Option<u64>,
     /// Resets (Redis lost its data) seen so far: a stream whose history snapshot may predate
     /// one must read it again before it starts.
     resets: u64,
@@ -115,11 +117,16 @@ impl Conn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Offers a live frame. Never blocks beyond the queue's own short lock.
-    pub fn push(&self, frame: &Frame) -> Push {
+    /// Offers a live frame. Never blocks beyond the queue's own short lock. `refill` marks an
+    /// event read from history after a subscriber reconnection: it may be old, so it does not
+    /// count as the first live event a stream received while being set up.
+    pub fn push(&self, frame: &Frame, refill: bool) -> Push {
         let mut st = self.lock();
         if st.end.is_some() {
             return Push::Skipped;
+        }
+        if !st.ready && !refill && frame.id != 0 && st.first_live.is_none() {
+            st.first_live = Some(frame.id);
         }
         if st.ready && frame.id != 0 {
             if frame.id <= st.last_id {
@@ -179,6 +186,16 @@ impl Conn {
         true
     }
 
+    /// The id of the first live event the stream received before it started, which the
+    /// dispatcher offered after the stream registered; refills excepted.
+    pub fn first_buffered(&self) -> Option<u64> {
+        let st = self.lock();
+        if st.ready {
+            return None;
+        }
+        st.first_live
+    }
+
     /// Resets seen so far, to pass to [`Conn::start`].
     pub fn resets(&self) -> u64 {
         self.lock().resets
@@ -197,6 +214,7 @@ impl Conn {
         if !st.ready {
             st.queue.clear();
             st.queued_bytes = 0;
+            st.first_live = None;
             return;
         }
         st.last_id = 0;
@@ -300,12 +318,12 @@ mod tests {
     #[test]
     fn replay_then_live_is_exactly_once_and_ordered() {
         let conn = Conn::new(1, 1 << 20);
-        conn.push(&frame(5));
-        conn.push(&frame(6));
+        conn.push(&frame(5), false);
+        conn.push(&frame(6), false);
         assert!(ids(&conn).is_empty(), "nothing flows before replay");
         assert!(conn.start(vec![], vec![frame(3), frame(4), frame(5)], 2, 0));
-        conn.push(&frame(6));
-        conn.push(&frame(7));
+        conn.push(&frame(6), false);
+        conn.push(&frame(7), false);
         assert_eq!(ids(&conn), [3, 4, 5, 6, 7]);
     }
 
@@ -321,25 +339,37 @@ mod tests {
     fn a_reset_before_start_makes_the_plan_stale() {
         let conn = Conn::new(1, 1 << 20);
         let seen = conn.resets();
-        conn.push(&frame(48));
+        conn.push(&frame(48), false);
         conn.reset(missed());
-        conn.push(&frame(1));
+        conn.push(&frame(1), false);
         // The plan read before the reset (old ids) is refused, and the old buffered id is gone.
         assert!(!conn.start(vec![], vec![frame(47)], 40, seen));
         assert!(ids(&conn).is_empty());
         // The plan read again after it: missedevents, what is retained, then live.
         assert!(conn.start(vec![missed()], vec![frame(1)], 0, conn.resets()));
-        conn.push(&frame(2));
+        conn.push(&frame(2), false);
         assert_eq!(ids(&conn), [0, 1, 2]);
+    }
+
+    #[test]
+    fn refills_are_not_the_first_live_event() {
+        let conn = Conn::new(1, 1 << 20);
+        conn.push(&frame(3), true);
+        assert_eq!(conn.first_buffered(), None);
+        conn.push(&frame(7), false);
+        conn.push(&frame(8), false);
+        assert_eq!(conn.first_buffered(), Some(7));
+        assert!(conn.start(vec![], vec![], 6, 0));
+        assert_eq!(conn.first_buffered(), None);
     }
 
     #[test]
     fn a_reset_of_a_live_stream_accepts_the_lower_ids() {
         let conn = Conn::new(1, 1 << 20);
         assert!(conn.start(vec![], vec![], 50, 0));
-        conn.push(&frame(51));
+        conn.push(&frame(51), false);
         conn.reset(missed());
-        conn.push(&frame(1));
+        conn.push(&frame(1), false);
         assert_eq!(ids(&conn), [51, 0, 1]);
     }
 
@@ -347,11 +377,11 @@ mod tests {
     fn a_full_queue_makes_the_client_slow() {
         let conn = Conn::new(1, 40);
         assert!(conn.start(vec![], vec![], 0, 0));
-        assert_eq!(conn.push(&frame(1)), Push::Queued);
-        assert_eq!(conn.push(&frame(2)), Push::Queued);
+        assert_eq!(conn.push(&frame(1), false), Push::Queued);
+        assert_eq!(conn.push(&frame(2), false), Push::Queued);
         let big = Frame::event(3, Bytes::from(vec![b'x'; 30]));
-        assert_eq!(conn.push(&big), Push::BecameSlow);
-        assert_eq!(conn.push(&frame(4)), Push::Skipped);
+        assert_eq!(conn.push(&big, false), Push::BecameSlow);
+        assert_eq!(conn.push(&frame(4), false), Push::Skipped);
         let waker = futures_util::task::noop_waker();
         assert!(matches!(
             conn.drain(&mut Context::from_waker(&waker), 1024),

@@ -171,14 +171,14 @@ impl Hub {
     }
 
     /// Offers one frame to every listener of `channel`.
-    fn fan_out(&self, channel: &str, frame: &Frame) {
+    fn fan_out(&self, channel: &str, frame: &Frame, refill: bool) {
         let reg = self.lock();
         let Some(conns) = reg.channels.get(channel) else {
             return;
         };
         let mut slow = 0;
         for conn in conns {
-            if conn.push(frame) == Push::BecameSlow {
+            if conn.push(frame, refill) == Push::BecameSlow {
                 slow += 1;
                 tracing::info!(conn = conn.id, "slow client disconnected");
             }
@@ -189,7 +189,9 @@ impl Hub {
         }
     }
 
-    fn deliver(&self, channel: &str, frame: Frame) {
+    /// Offers an event to the channel's listeners; `refill` marks events read from history
+    /// after a subscriber reconnection (see [`Conn::push`]).
+    fn deliver(&self, channel: &str, frame: Frame, refill: bool) {
         if frame.id != 0 {
             self.last_seen.fetch_max(frame.id, Relaxed);
         }
@@ -201,7 +203,7 @@ impl Hub {
                 String::from_utf8_lossy(&frame.bytes)
             );
         }
-        self.fan_out(channel, &frame);
+        self.fan_out(channel, &frame, refill);
     }
 
     /// Sends `missedevents` to every listener of the given channels (once per connection), or
@@ -223,7 +225,7 @@ impl Hub {
         for channel in channels {
             for conn in reg.channels.get(channel).into_iter().flatten() {
                 if told.insert(conn.id) {
-                    conn.push(&frame);
+                    conn.push(&frame, false);
                 }
             }
         }
@@ -245,7 +247,7 @@ impl Hub {
         match msg {
             Dispatch::Live { channel, frame } => match held {
                 Some(buffer) => buffer.push((channel, frame)),
-                None => self.deliver(&channel, frame),
+                None => self.deliver(&channel, frame, false),
             },
             Dispatch::Hold => {
                 held.get_or_insert_with(Vec::new);
@@ -262,10 +264,10 @@ impl Hub {
                     self.signal_missed(&resume.missed, resume.reset);
                 }
                 for (channel, frame) in resume.events {
-                    self.deliver(&channel, frame);
+                    self.deliver(&channel, frame, true);
                 }
                 for (channel, frame) in held.take().unwrap_or_default() {
-                    self.deliver(&channel, frame);
+                    self.deliver(&channel, frame, false);
                 }
             }
         }

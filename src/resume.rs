@@ -56,15 +56,15 @@ fn last_event_id(counter: u64) -> Frame {
 /// Builds the plan. `snapshot` was read with `after = Some(l)` when `last` is `At(l)`.
 pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -> Plan {
     let counter = snapshot.counter.unwrap_or(0);
-    // Without a position, every live event after the stream registered is new to the client,
-    // including those published between its 200 response and this snapshot: the client was
-    // already connected. The `lastEventId` hint gives it a position for later.
     let mut plan = Plan::default();
     let from = match last {
-        LastEventId::None => 0,
+        // Without a position the stream starts at the counter, which the `lastEventId` hint
+        // tells the client. (A stream that already received live events while it was being set
+        // up is planned as a resume from just before them instead: see `stream::setup`.)
+        LastEventId::None => None,
         LastEventId::Unknown => {
             plan.preamble.push(missed());
-            0
+            None
         }
         LastEventId::At(l) if l > counter => {
             // The store lost its data: everything retained is newer than the client knows.
@@ -73,11 +73,11 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
             plan.position = 0;
             return with_counter_hint(plan, counter);
         }
-        LastEventId::At(l) => l,
+        LastEventId::At(l) => Some(l),
     };
-    if from == 0 {
+    let Some(from) = from else {
         return with_counter_hint(plan, counter);
-    }
+    };
     if may_have_lost(from, &snapshot, history_size) {
         plan.preamble.push(missed());
     }
@@ -86,10 +86,12 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
     with_counter_hint(plan, counter)
 }
 
-/// Adds the `lastEventId` event when nothing is replayed and the counter exists.
+/// Adds the `lastEventId` event when nothing is replayed and the counter exists; the stream's
+/// position is then the counter, so that no live event comes after the hint with a lower id.
 fn with_counter_hint(mut plan: Plan, counter: u64) -> Plan {
     if plan.replay.is_empty() && counter > 0 {
         plan.preamble.push(last_event_id(counter));
+        plan.position = plan.position.max(counter);
     }
     plan
 }
@@ -195,9 +197,9 @@ mod tests {
             &p.preamble[0].bytes[..],
             b"id: 9\nevent: lastEventId\ndata: \n\n"
         );
-        // Live events buffered since the stream registered may have ids up to the counter:
-        // they are new to this client, so none is filtered.
-        assert_eq!(p.position, 0);
+        // The hint is the position: no live event after it may have a lower id. (Live events
+        // the stream received before its snapshot turn it into a resume: `stream::setup`.)
+        assert_eq!(p.position, 9);
         let fresh = Snapshot {
             counter: None,
             channels: vec![],
@@ -206,10 +208,22 @@ mod tests {
     }
 
     #[test]
+    fn a_resume_from_zero_replays_everything_retained() {
+        let p = plan(
+            LastEventId::At(0),
+            snap(3, vec![history(&[1, 3], 2, 0)]),
+            100,
+        );
+        assert!(!p.signals_missed());
+        assert_eq!(p.replay.iter().map(|f| f.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(p.position, 0);
+    }
+
+    #[test]
     fn unknown_and_future_positions_signal_loss() {
         let p = plan(LastEventId::Unknown, snap(4, vec![]), 100);
         assert!(p.signals_missed());
-        assert_eq!(p.position, 0);
+        assert_eq!(p.position, 4);
         let p = plan(
             LastEventId::At(50),
             snap(4, vec![history(&[2, 4], 2, 0)]),

@@ -15,6 +15,7 @@ use http::{HeaderValue, Response, header};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::broker::Snapshot;
 use crate::conn::Conn;
 use crate::event::{LastEventId, MAX_EVENT_ID, retry_frame};
 use crate::hub::Registration;
@@ -81,6 +82,36 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
     stream_response(SseBody::stream(reg, polling, span))
 }
 
+/// A stream without a position starts at the counter its snapshot read, unless it already
+/// received live events while it was being set up: they were published after it connected, so
+/// they are new to the client, and the stream is planned as a resume from just before the first
+/// of them (history then brings every event of its channels after that point, including those
+/// of channels whose subscription became active later). Events published before the snapshot
+/// are first flushed to the connection, so that none of them arrives after the stream started
+/// with an id below its position.
+async fn from_first_live(
+    shared: &Shared,
+    conn: &Conn,
+    channels: &[Arc<str>],
+    snapshot: Snapshot,
+) -> (LastEventId, Snapshot) {
+    shared.broker.flush().await;
+    let counter = snapshot.counter.unwrap_or(0);
+    let Some(first) = conn.first_buffered() else {
+        return (LastEventId::None, snapshot);
+    };
+    let from = first - 1;
+    if from >= counter {
+        return (LastEventId::None, snapshot);
+    }
+    match shared.broker.snapshot(channels, Some(from)).await {
+        Ok(again) => (LastEventId::At(from), again),
+        // Planned from the first snapshot: consistent, the events before the counter are
+        // before the client's position.
+        Err(_) => (LastEventId::None, snapshot),
+    }
+}
+
 /// Waits for the broker, reads history and starts the connection. Retries through outages
 /// until it succeeds or the client leaves.
 async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
@@ -106,6 +137,10 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
         match shared.broker.snapshot(&channels, after).await {
             Ok(snapshot) => {
                 let counter = snapshot.counter.unwrap_or(0);
+                let (last, snapshot) = match last {
+                    LastEventId::None => from_first_live(&shared, &conn, &channels, snapshot).await,
+                    _ => (last, snapshot),
+                };
                 shared.hub.counter_seen.fetch_max(counter, Relaxed);
                 let plan = plan(last, snapshot, shared.config.history_size);
                 shared

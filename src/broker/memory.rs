@@ -60,6 +60,14 @@ impl MemoryBroker {
         id
     }
 
+    /// Waits until the dispatcher has handled every event published before.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.dispatch.send(Dispatch::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     pub fn snapshot(&self, channels: &[Arc<str>], after: Option<u64>) -> Snapshot {
         let st = self.lock();
         let counter = (st.counter > 0).then_some(st.counter);

@@ -84,6 +84,18 @@ impl Broker {
         }
     }
 
+    /// Waits until every event published before this call that this process will dispatch has
+    /// reached the dispatcher and been offered to the connections, so that a stream that read
+    /// the counter can tell the events it will get live from the ones before it.
+    pub async fn flush(&self) {
+        match self {
+            Broker::Memory(b) => b.flush().await,
+            // The subscriber answers a barrier after a PING on the pub/sub connection, whose
+            // reply follows every message Redis pushed before it.
+            Broker::Redis(b) => b.subscriptions_ready().await,
+        }
+    }
+
     /// Whether the broker can be reached now.
     pub fn is_up(&self) -> bool {
         match self {

@@ -104,7 +104,10 @@ impl Subscriber {
             for b in barriers.drain(..) {
                 let _ = self.dispatch.send(Dispatch::Barrier(b));
             }
-            match self.serve(&mut con, &lost, &mut active).await {
+            match self
+                .serve(&mut con, &lost, &mut active, &mut barriers)
+                .await
+            {
                 Exit::Stop => return,
                 Exit::Lost(why) => {
                     tracing::warn!(reason = %why, "redis subscriber connection lost");
@@ -252,6 +255,7 @@ impl Subscriber {
         con: &mut MultiplexedConnection,
         lost: &Notify,
         active: &mut HashSet<Arc<str>>,
+        barriers: &mut Vec<oneshot::Sender<()>>,
     ) -> Exit {
         let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,9 +274,20 @@ impl Subscriber {
                             con.unsubscribe(&*ch).await
                         }
                         Some(SubCommand::Barrier(tx)) => {
-                            // Through the dispatcher: answered after what it received before.
-                            let _ = self.dispatch.send(Dispatch::Barrier(tx));
-                            Ok(())
+                            // The PING's reply follows every message Redis pushed before it, and
+                            // the answer goes through the dispatcher: the barrier is answered
+                            // once those messages reached the connections. On failure it waits
+                            // for the reconnection, like the barriers that arrive meanwhile.
+                            match redis::cmd("PING").query_async::<Value>(con).await {
+                                Ok(_) => {
+                                    let _ = self.dispatch.send(Dispatch::Barrier(tx));
+                                    Ok(())
+                                }
+                                Err(e) => {
+                                    barriers.push(tx);
+                                    Err(e)
+                                }
+                            }
                         }
                     };
                     if let Err(e) = result {

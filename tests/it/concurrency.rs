@@ -173,8 +173,11 @@ fn newest_of(k: usize, published: &BTreeMap<u64, String>) -> u64 {
 fn check_client(k: usize, seen: &[Seen], published: &BTreeMap<u64, String>) -> usize {
     let mine = channels_of(k);
     let is_mine = |id: &u64| published.get(id).is_some_and(|c| mine.contains(c));
-    let mut pos = match seen.get(..2) {
-        Some([Seen::Connect(None), Seen::LastEventId(p)]) => *p,
+    // A fresh stream starts with the lastEventId hint, or, when it received live events while
+    // it was being set up, with those events (its position is just before the first).
+    let (mut pos, rest) = match seen.get(..2) {
+        Some([Seen::Connect(None), Seen::LastEventId(p)]) => (*p, &seen[2..]),
+        Some([Seen::Connect(None), Seen::Event { id, .. }]) => (id - 1, &seen[1..]),
         other => panic!("client {k}: a fresh stream starts with lastEventId, got {other:?}"),
     };
     // Where the current connection started, for the failure messages.
@@ -184,7 +187,7 @@ fn check_client(k: usize, seen: &[Seen], published: &BTreeMap<u64, String>) -> u
     let mut forgiven: Vec<&str> = Vec::new();
     let mut missed = 0;
     let mut events = 0;
-    for item in &seen[2..] {
+    for item in rest {
         let next = match item {
             Seen::Connect(last) => {
                 connected = (connected.0 + 1, *last);
