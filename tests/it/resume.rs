@@ -30,6 +30,7 @@ on_both_brokers!(
     empty_or_zero_means_no_position,
     an_unusable_id_opens_the_stream_with_missedevents_then_live_events,
     a_last_id_beyond_the_counter_gives_missedevents_then_all_history,
+    events_published_as_a_stream_opens_arrive_once_and_never_below_the_hint,
 );
 
 fn ids(events: &[SseEvent]) -> Vec<u64> {
@@ -384,6 +385,44 @@ async fn a_last_id_beyond_the_counter_gives_missedevents_then_all_history(backen
     let live = server.publish("b", "m", "live").await;
     assert_eq!(s.next().await.id, Some(live.to_string()));
     s.expect_silence(QUIET).await;
+}
+
+/// A client without a position that is sent events while its stream is being set up gets them
+/// (it was connected), and no id after the `lastEventId` hint is lower than the hint's.
+async fn events_published_as_a_stream_opens_arrive_once_and_never_below_the_hint(backend: Backend) {
+    let server = TestServer::start(backend.config()).await;
+    // `old` is already subscribed here (another stream listens), `new{i}` is not yet.
+    let _other = server.live_stream("/?old").await;
+    server.publish("elsewhere", "m", "counter").await;
+    for i in 0..20 {
+        let fresh = format!("new{i}");
+        let mut s = server.stream(&format!("/?old&{fresh}"), &[]).await;
+        let mut published = Vec::new();
+        for ch in ["old", fresh.as_str(), "old"] {
+            published.push(server.publish(ch, "m", ch).await);
+        }
+        let mut got = Vec::new();
+        let mut floor = 0;
+        while got.last() != published.last() {
+            let e = s.next().await;
+            let id: u64 = e.id.as_deref().expect("id").parse().expect("numeric id");
+            assert!(id >= floor, "round {i}: id {id} after {floor}");
+            if e.event == "lastEventId" {
+                assert!(got.is_empty(), "round {i}: the hint comes first");
+                floor = id + 1;
+                continue;
+            }
+            floor = id + 1;
+            got.push(id);
+        }
+        // What came is a suffix of what was published (events before the hint's position are
+        // before the client's), and the last one always comes.
+        assert!(
+            published.ends_with(&got),
+            "round {i}: {got:?} of {published:?}"
+        );
+        s.expect_silence(Duration::from_millis(20)).await;
+    }
 }
 
 /// Two server processes on one Redis: a client reads from one, and resumes on the other exactly
