@@ -357,3 +357,35 @@ async fn streams_waiting_through_an_outage_that_loses_the_data_get_one_missedeve
     assert_eq!((e.event.as_str(), id_of(&e)), ("m", 1));
     fresh.expect_silence(Duration::from_millis(200)).await;
 }
+
+/// A Redis that stops answering without closing its sockets (half-open): the subscriber's PING
+/// times out, the broker is reported down, and once Redis answers again the streams go on with
+/// nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_detected_by_ping_and_streams_go_on_after_it() {
+    let backend = Backend::redis();
+    let redis = backend.redis_server();
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream("/?a").await;
+    let before = server.publish("a", "m", "before").await;
+    assert_eq!(id_of(&s.next().await), before);
+    redis.freeze();
+    // Unfreezes even when an assertion below fails, so the server can be killed and dropped.
+    struct Unfreeze<'a>(&'a RedisServer);
+    impl Drop for Unfreeze<'_> {
+        fn drop(&mut self) {
+            self.0.unfreeze();
+        }
+    }
+    let frozen = Unfreeze(redis);
+    wait_broker(&server, false).await;
+    assert_eq!(health(&server).await, 503);
+    s.expect_silence(Duration::from_millis(100)).await;
+    drop(frozen);
+    wait_broker(&server, true).await;
+    assert_eq!(health(&server).await, 200);
+    let after = server.publish("a", "m", "after").await;
+    let e = s.next().await;
+    assert_eq!((id_of(&e), e.data.as_str()), (after, "after"));
+    s.expect_silence(Duration::from_millis(200)).await;
+}

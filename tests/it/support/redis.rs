@@ -113,6 +113,27 @@ impl RedisServer {
         let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
     }
 
+    /// Freezes the server (`SIGSTOP`): its sockets stay open but nothing answers, as with a
+    /// half-open connection or a stalled host. [`RedisServer::unfreeze`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn unfreeze(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running redis-server").id();
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// A synchronous connection, for setting up and inspecting data.
     pub fn con(&self) -> redis::Connection {
         redis::Client::open(self.url())
