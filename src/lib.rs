@@ -49,7 +49,7 @@
 //! * `publish`: [`Publisher`], for an instance, for Redis alone, or recording for tests.
 //! * `redirect`: [`RedirectEndpoint`], the nginx X-Accel-Redirect handler.
 //! * `metrics`: the instance's counters, as the gem's JSON stats and Prometheus text.
-//! * `server`: the accept loop, socket options and graceful shutdown.
+//! * `server`: the accept loop, socket options and graceful shutdown; `tls`: HTTPS.
 //! * `cli` (feature `cli`): the `redisse` command line, also callable as [`cli::run`].
 //! * `instance`: [`Redisse`], the handle that ties them together.
 
@@ -75,6 +75,7 @@ mod routes;
 pub mod server;
 mod sse;
 mod stream;
+mod tls;
 
 pub use broker::BrokerError;
 pub use config::Config;
@@ -87,6 +88,7 @@ pub use query::{QueryError, StreamQuery, form_decode, form_encode};
 pub use redirect::RedirectEndpoint;
 pub use routes::UnixPeer;
 pub use sse::{SlowClient, SseBody};
+pub use tls::Tls;
 
 /// The README's Rust examples are compiled as doctests.
 #[cfg(doctest)]

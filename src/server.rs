@@ -37,6 +37,7 @@ use self::first_bytes::FirstBytesDeadline;
 use crate::instance::Redisse;
 use crate::metrics::{Metrics, Refusal};
 use crate::routes::UnixPeer;
+use crate::tls::Tls;
 
 /// Closes one client connection when cancelled; found in the extensions of every request the
 /// standalone server passes on.
@@ -49,6 +50,7 @@ struct ConnectionContext<'a> {
     graceful: &'a GracefulShutdown,
     metrics: Arc<Metrics>,
     head_timeout: Duration,
+    tls: Option<Tls>,
 }
 
 /// Where the server listens.
@@ -93,6 +95,18 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_with_tls(listener, None, redisse, router, shutdown).await
+}
+
+/// [`serve`], with HTTPS when `tls` is given: the TLS handshake must complete within the header
+/// read timeout.
+pub async fn serve_with_tls(
+    listener: Listener,
+    tls: Option<Tls>,
+    redisse: Redisse,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let config = redisse.config();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -110,6 +124,7 @@ pub async fn serve(
         graceful: &graceful,
         metrics: redisse.shared.metrics.clone(),
         head_timeout: config.header_read_timeout,
+        tls,
     };
     tokio::pin!(shutdown);
     loop {
@@ -185,33 +200,89 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
 fn spawn_connection<S, IO>(ctx: &ConnectionContext<'_>, io: IO, svc: S, closer: CancellationToken)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ConnectionService,
+{
+    let conn = Connection {
+        builder: ctx.builder.clone(),
+        watcher: ctx.graceful.watcher(),
+        metrics: ctx.metrics.clone(),
+        head_timeout: ctx.head_timeout,
+        closer,
+    };
+    let tls = ctx.tls.clone();
+    tokio::spawn(async move {
+        let Some(tls) = tls else {
+            return conn.drive(io, svc).await;
+        };
+        match tokio::time::timeout(conn.head_timeout, tls.acceptor.accept(io)).await {
+            Ok(Ok(stream)) => conn.drive(stream, svc).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => {
+                conn.metrics.refused(Refusal::HeaderTimeout);
+                tracing::info!("refused a connection: TLS handshake not done in time");
+            }
+        }
+    });
+}
+
+/// The service a connection runs: the router with the connection's extensions.
+trait ConnectionService:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
     S: tower::Service<
             http::Request<Incoming>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
+            Future: Send + 'static,
         > + Clone
         + Send
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
-    let io = FirstBytesDeadline::new(io, ctx.head_timeout);
-    let conn = ctx
-        .builder
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
-    let conn = ctx.graceful.watch(conn.into_owned());
-    let metrics = ctx.metrics.clone();
-    tokio::spawn(async move {
+}
+
+/// One accepted connection's task state.
+struct Connection {
+    builder: Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    metrics: Arc<Metrics>,
+    head_timeout: Duration,
+    closer: CancellationToken,
+}
+
+impl Connection {
+    /// Serves HTTP on `io` until the client leaves, the server shuts down, or the stream
+    /// falls behind (the closer is cancelled).
+    async fn drive<IO, S>(self, io: IO, svc: S)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: ConnectionService,
+    {
+        let io = FirstBytesDeadline::new(io, self.head_timeout);
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+        let conn = self.watcher.watch(conn.into_owned());
         tokio::select! {
             ended = conn => {
                 if let Err(e) = ended {
-                    connection_error(&metrics, &*e);
+                    connection_error(&self.metrics, &*e);
                 }
             }
-            _ = closer.cancelled() => {
+            _ = self.closer.cancelled() => {
                 tracing::debug!("closed the connection of a slow client");
             }
         }
-    });
+    }
 }
 
 /// Counts and logs the request heads hyper refused before any service saw them.

@@ -10,15 +10,21 @@ use tracing_subscriber::EnvFilter;
 use super::args::ServeArgs;
 use crate::instance::Redisse;
 use crate::policy::ChannelPolicy;
-use crate::server::{Listener, serve};
+use crate::server::{Listener, serve_with_tls};
+use crate::tls::Tls;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<(), String> {
     let config = args.to_config()?;
     init_logs(&args)?;
-    if args.ssl {
-        return Err("--ssl: TLS is not built into this version; terminate TLS in a proxy such as nginx (see README.md)".into());
-    }
+    let tls = match (args.ssl, &args.ssl_cert, &args.ssl_key) {
+        (true, Some(cert), Some(key)) => {
+            Some(Tls::from_pem_files(cert, key).map_err(|e| format!("--ssl: {e}"))?)
+        }
+        (true, _, _) => return Err("--ssl needs --ssl-key and --ssl-cert".into()),
+        (false, _, _) => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = match &args.socket {
         Some(path) => Listener::bind_unix(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
@@ -31,7 +37,7 @@ pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<
     };
     let address = match (&args.socket, listener.local_addr()) {
         (Some(path), _) => format!("unix:{}", path.display()),
-        (None, Some(addr)) => format!("http://{addr}"),
+        (None, Some(addr)) => format!("{scheme}://{addr}"),
         (None, None) => String::from("?"),
     };
     tracing::info!(
@@ -45,7 +51,7 @@ pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<
     }
     let redisse = Redisse::new(config).map_err(|e| e.to_string())?;
     let router = redisse.router_with(policy);
-    let result = serve(listener, redisse, router, signals())
+    let result = serve_with_tls(listener, tls, redisse, router, signals())
         .await
         .map_err(|e| e.to_string());
     if let Some(pid) = &args.pid {

@@ -21,3 +21,4 @@ mod shutdown;
 mod slow_client;
 mod support;
 mod timing;
+mod tls;

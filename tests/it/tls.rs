@@ -1,0 +1,195 @@
+//! HTTPS (`--ssl --ssl-key --ssl-cert`, SPEC 7): the binary serves streams and publishing over
+//! TLS with a certificate made for the test, and refuses to start with unusable files.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use crate::support::PATIENCE;
+
+/// A self-signed certificate for 127.0.0.1, written as PEM files.
+struct Certificate {
+    dir: tempfile::TempDir,
+    der: CertificateDer<'static>,
+}
+
+impl Certificate {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("params");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        Certificate {
+            dir,
+            der: cert.der().clone(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn connector(&self) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.der.clone())
+            .expect("trust the test certificate");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// Sends `request` over TLS and returns the connection for reading.
+async fn tls_request(
+    cert: &Certificate,
+    port: u16,
+    request: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = cert
+        .connector()
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls
+}
+
+#[tokio::test]
+async fn streams_and_publishing_work_over_tls() {
+    let cert = Certificate::new();
+    let (cert_path, key_path) = (cert.path("cert.pem"), cert.path("key.pem"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
+        .args(["-a", "127.0.0.1", "-p", "0", "--ssl"])
+        .args(["--ssl-cert", &cert_path, "--ssl-key", &key_path])
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn redisse");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, stderr.read_line(&mut line))
+        .await
+        .expect("first log line")
+        .unwrap();
+    let at = line
+        .find("https://127.0.0.1:")
+        .expect("an https address in the first line");
+    let port: u16 = line[at + 18..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+
+    let mut stream = tls_request(
+        &cert,
+        port,
+        "GET /?secure HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .await;
+    // The stream is registered once its response head is out; what is published after that
+    // reaches it.
+    let mut received = Vec::new();
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("the response head over TLS in time")
+            .unwrap();
+        assert!(n > 0, "stream closed before its head");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let body = "over tls";
+    let mut publish = tls_request(
+        &cert,
+        port,
+        &format!(
+            "POST /publish/secure HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, publish.read_to_string(&mut answer))
+        .await
+        .expect("publish answer")
+        .ok();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{\"id\":1}"), "{answer}");
+
+    let expected = b"id: 1\nevent: message\ndata: over tls\n\n";
+    while !received.windows(expected.len()).any(|w| w == expected) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("the event over TLS in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "stream closed: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&received);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    child.kill().await.ok();
+}
+
+#[tokio::test]
+async fn unusable_certificate_files_stop_the_start_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a pem file").unwrap();
+    let garbage = garbage.display().to_string();
+    for (cert, key) in [(&missing, &missing), (&garbage, &garbage)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_redisse"))
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--ssl",
+                "--ssl-cert",
+                cert,
+                "--ssl-key",
+                key,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--ssl"), "{err}");
+        assert!(
+            err.contains(cert.as_str()),
+            "the message names the file: {err}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_redisse"))
+        .args(["-p", "0", "--ssl"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "--ssl without files is refused");
+}
