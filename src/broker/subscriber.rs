@@ -265,30 +265,10 @@ impl Subscriber {
                 cmd = self.commands.recv() => {
                     let result = match cmd {
                         None => return Exit::Stop,
-                        Some(SubCommand::Subscribe(ch)) => {
-                            active.insert(ch.clone());
-                            con.subscribe(&*ch).await
-                        }
-                        Some(SubCommand::Unsubscribe(ch)) => {
-                            active.remove(&ch);
-                            con.unsubscribe(&*ch).await
-                        }
                         Some(SubCommand::Barrier(tx)) => {
-                            // The PING's reply follows every message Redis pushed before it, and
-                            // the answer goes through the dispatcher: the barrier is answered
-                            // once those messages reached the connections. On failure it waits
-                            // for the reconnection, like the barriers that arrive meanwhile.
-                            match redis::cmd("PING").query_async::<Value>(con).await {
-                                Ok(_) => {
-                                    let _ = self.dispatch.send(Dispatch::Barrier(tx));
-                                    Ok(())
-                                }
-                                Err(e) => {
-                                    barriers.push(tx);
-                                    Err(e)
-                                }
-                            }
+                            self.barrier(con, tx, active, barriers).await
                         }
+                        Some(change) => apply_change(con, change, active).await,
                     };
                     if let Err(e) = result {
                         return Exit::Lost(e.to_string());
@@ -308,6 +288,71 @@ impl Subscriber {
                 }
                 _ = lost.notified() => return Exit::Lost("disconnected".into()),
             }
+        }
+    }
+}
+
+impl Subscriber {
+    /// Answers `first` and the barriers queued right behind it with one PING. Its reply follows
+    /// every message Redis pushed before it, and the answers go through the dispatcher, so a
+    /// barrier is answered once those messages reached the connections. On failure the
+    /// barriers wait for the reconnection, like those that arrive meanwhile. A subscription
+    /// change found behind them is applied after.
+    async fn barrier(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        first: oneshot::Sender<()>,
+        active: &mut HashSet<Arc<str>>,
+        barriers: &mut Vec<oneshot::Sender<()>>,
+    ) -> redis::RedisResult<()> {
+        let mut batch = vec![first];
+        let mut behind = None;
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                SubCommand::Barrier(tx) => batch.push(tx),
+                change => {
+                    behind = Some(change);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = redis::cmd("PING").query_async::<Value>(con).await {
+            barriers.extend(batch);
+            if let Some(change) = behind {
+                record(change, active, barriers);
+            }
+            return Err(e);
+        }
+        for tx in batch {
+            let _ = self.dispatch.send(Dispatch::Barrier(tx));
+        }
+        match behind {
+            Some(change) => apply_change(con, change, active).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Applies a subscription change on the connection. Barriers never come here: `serve` hands
+/// them to [`Subscriber::barrier`].
+async fn apply_change(
+    con: &mut MultiplexedConnection,
+    change: SubCommand,
+    active: &mut HashSet<Arc<str>>,
+) -> redis::RedisResult<()> {
+    match change {
+        SubCommand::Subscribe(ch) => {
+            active.insert(ch.clone());
+            con.subscribe(&*ch).await
+        }
+        SubCommand::Unsubscribe(ch) => {
+            active.remove(&ch);
+            con.unsubscribe(&*ch).await
+        }
+        SubCommand::Barrier(tx) => {
+            // Not reachable from `serve`; answering is better than dropping it.
+            let _ = tx.send(());
+            Ok(())
         }
     }
 }
