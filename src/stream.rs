@@ -4,8 +4,11 @@
 //! The response (200 and the headers) goes out at once. A setup task registers the connection
 //! (so live events start to buffer), waits until the broker has the subscriptions, reads the
 //! counter and history in one atomic snapshot, and hands the replay plan to the connection,
-//! which merges it with the buffered live events by id. During a Redis outage the task waits and
-//! retries, and the stream meanwhile gets heartbeats, so a browser is never sent a 503.
+//! which merges it with the buffered live events by id. A stream without a position that
+//! received live events meanwhile is planned as a resume from just before the first of them;
+//! after a reset (Redis lost its data) the plan is made again from a new snapshot. During a
+//! Redis outage the task waits and retries, and the stream meanwhile gets heartbeats, so a
+//! browser is never sent a 503.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
