@@ -160,7 +160,14 @@ async fn settle(server: &TestServer, backend: &Backend, tasks: usize) {
         assert!(
             Instant::now() < deadline,
             "left behind: {conns} connections, {subs} subscribed channels, Redis channels \
-             {redis:?}, {alive} alive tasks (baseline {tasks})"
+             {redis:?}, {alive} alive tasks (baseline {tasks}); broker reconnects {}",
+            server
+                .redisse
+                .metrics()
+                .render_prometheus()
+                .lines()
+                .find(|l| l.starts_with("redisse_broker_reconnects_total"))
+                .unwrap_or("?")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
