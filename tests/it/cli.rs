@@ -444,9 +444,9 @@ async fn unix_request(path: &std::path::Path, request: &str) -> String {
     String::from_utf8(answer).unwrap()
 }
 
-fn unix_publish(data: &str) -> String {
+fn unix_publish(channel: &str, data: &str) -> String {
     format!(
-        "POST /publish/global?type=t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+        "POST /publish/{channel}?type=t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
          Content-Length: {}\r\n\r\n{data}",
         data.len()
     )
@@ -464,8 +464,10 @@ async fn a_unix_socket_serves_streams_and_local_publishing() {
         "{:?}",
         r.first_line
     );
-    // A peer on the unix socket is local: it may publish without a token.
-    let answer = unix_request(&path, &unix_publish("warm-up")).await;
+    // A peer on the unix socket is local: it may publish without a token. The warm-up goes to
+    // another channel, so that it cannot reach the stream below (it may still be on its way to
+    // the dispatcher when the stream registers).
+    let answer = unix_request(&path, &unix_publish("elsewhere", "warm-up")).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with(r#"{"id":1}"#), "{answer}");
 
@@ -489,7 +491,7 @@ async fn a_unix_socket_serves_streams_and_local_publishing() {
     };
     // Live once the lastEventId event is there.
     read_until(&mut got, "event: lastEventId").await;
-    let answer = unix_request(&path, &unix_publish("over a socket")).await;
+    let answer = unix_request(&path, &unix_publish("global", "over a socket")).await;
     assert!(answer.ends_with(r#"{"id":2}"#), "{answer}");
     read_until(&mut got, "data: over a socket\n\n").await;
     let text = String::from_utf8_lossy(&got);
