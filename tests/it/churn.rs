@@ -143,6 +143,14 @@ async fn thousands_of_cycles_leave_no_connection_subscription_or_task(backend: B
     assert_eq!(s.next().await.id, Some(id.to_string()));
 }
 
+fn reconnects(server: &TestServer) -> u64 {
+    let text = server.redisse.metrics().render_prometheus();
+    text.lines()
+        .find_map(|l| l.strip_prefix("redisse_broker_reconnects_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the reconnect counter")
+}
+
 /// Waits until nothing is left: no connection, no local or Redis subscription, and at most
 /// `tasks` alive tasks.
 async fn settle(server: &TestServer, backend: &Backend, tasks: usize) {
@@ -154,20 +162,17 @@ async fn settle(server: &TestServer, backend: &Backend, tasks: usize) {
         );
         let redis = redis_channels(backend);
         let alive = alive_tasks();
-        if conns == 0 && subs == 0 && redis.is_empty() && alive <= tasks {
+        // A reconnection of the Redis subscriber (its PING times out on a loaded machine) may
+        // leave a connection task of its own: that is per reconnection, not per client.
+        let allowed = tasks.saturating_add(reconnects(server) as usize);
+        if conns == 0 && subs == 0 && redis.is_empty() && alive <= allowed {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "left behind: {conns} connections, {subs} subscribed channels, Redis channels \
              {redis:?}, {alive} alive tasks (baseline {tasks}); broker reconnects {}",
-            server
-                .redisse
-                .metrics()
-                .render_prometheus()
-                .lines()
-                .find(|l| l.starts_with("redisse_broker_reconnects_total"))
-                .unwrap_or("?")
+            reconnects(server)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
