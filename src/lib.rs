@@ -49,7 +49,8 @@
 //! * `publish`: [`Publisher`], for an instance, for Redis alone, or recording for tests.
 //! * `redirect`: [`RedirectEndpoint`], the nginx X-Accel-Redirect handler.
 //! * `metrics`: the instance's counters, as the gem's JSON stats and Prometheus text.
-//! * `server`: the accept loop, socket options and graceful shutdown; `tls`: HTTPS.
+//! * `server`: the accept loop, socket options, request-head limits (size, timeouts on the first
+//!   bytes), closing the socket of a slow client, and graceful shutdown; `tls`: HTTPS.
 //! * `cli` (feature `cli`): the `redisse` command line, also callable as [`cli::run`].
 //! * `instance`: [`Redisse`], the handle that ties them together.
 
