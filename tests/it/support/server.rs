@@ -26,7 +26,9 @@ impl TestServer {
 
     /// Serves `router` for `redisse`.
     pub async fn start_router(redisse: Redisse, router: axum::Router) -> Self {
-        let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("tcp addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, redisse.clone(), router, async move {
@@ -57,7 +59,10 @@ impl TestServer {
         let mut stream = self.stream(path_and_query, &[]).await;
         assert_eq!(stream.status, 200, "stream refused: {path_and_query}");
         let first = stream.next().await;
-        assert_eq!(first.event, "lastEventId", "first event of a fresh stream: {first:?}");
+        assert_eq!(
+            first.event, "lastEventId",
+            "first event of a fresh stream: {first:?}"
+        );
         stream
     }
 

@@ -105,7 +105,10 @@ impl SseStream {
     pub async fn next(&mut self) -> SseEvent {
         match self.next_within(PATIENCE).await {
             Next::Event(e) => e,
-            other => panic!("expected an event, got {other:?}; raw so far: {:?}", String::from_utf8_lossy(&self.raw)),
+            other => panic!(
+                "expected an event, got {other:?}; raw so far: {:?}",
+                String::from_utf8_lossy(&self.raw)
+            ),
         }
     }
 
@@ -148,7 +151,11 @@ impl SseStream {
                 return;
             }
             let line = String::from_utf8_lossy(&self.pending[..pos]).into_owned();
-            let skip = if self.pending[pos] == b'\r' && self.pending.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
+            let skip = if self.pending[pos] == b'\r' && self.pending.get(pos + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
             self.pending.drain(..pos + skip);
             self.line(line);
         }
