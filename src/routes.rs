@@ -5,6 +5,7 @@
 //! stream request on those paths is a stream request like any other, as in the gem, where every
 //! path serves the endpoint.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
 
-use crate::endpoint::accepts;
+use crate::endpoint::{SseEndpoint, accepts};
 use crate::event::Event;
 use crate::instance::{Redisse, Shared};
 use crate::metrics::Refusal;
@@ -39,30 +40,8 @@ impl Redisse {
     pub fn router_with<P: ChannelPolicy>(&self, policy: P) -> Router {
         let endpoint = self.endpoint(policy);
         let shared = self.shared.clone();
-        let metrics = {
-            let (shared, endpoint) = (shared.clone(), endpoint.clone());
-            move |req: Request<Body>| {
-                let (shared, endpoint) = (shared.clone(), endpoint.clone());
-                async move {
-                    if accepts(req.headers(), "text/event-stream") {
-                        return endpoint.oneshot(req).await.into_response();
-                    }
-                    prometheus(&shared)
-                }
-            }
-        };
-        let health = {
-            let (shared, endpoint) = (shared.clone(), endpoint.clone());
-            move |req: Request<Body>| {
-                let (shared, endpoint) = (shared.clone(), endpoint.clone());
-                async move {
-                    if accepts(req.headers(), "text/event-stream") {
-                        return endpoint.oneshot(req).await.into_response();
-                    }
-                    health(&shared)
-                }
-            }
-        };
+        let metrics = unless_stream(&shared, &endpoint, prometheus);
+        let health = unless_stream(&shared, &endpoint, health);
         let publish = move |req: Request<Body>| {
             let shared = shared.clone();
             async move { publish(&shared, req).await }
@@ -82,6 +61,29 @@ impl Redisse {
                 let endpoint = endpoint.clone();
                 async move { endpoint.oneshot(req).await.into_response() }
             }))
+    }
+}
+
+/// A GET handler that answers with `page`, unless the request asks for `text/event-stream`: then
+/// it is a stream request like any other (every path serves the endpoint).
+fn unless_stream<P: ChannelPolicy>(
+    shared: &Arc<Shared>,
+    endpoint: &SseEndpoint<P>,
+    page: fn(&Shared) -> Response,
+) -> impl Fn(Request<Body>) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    let (shared, endpoint) = (shared.clone(), endpoint.clone());
+    move |req: Request<Body>| {
+        let (shared, endpoint) = (shared.clone(), endpoint.clone());
+        Box::pin(async move {
+            if accepts(req.headers(), "text/event-stream") {
+                return endpoint.oneshot(req).await.into_response();
+            }
+            page(&shared)
+        })
     }
 }
 
