@@ -95,7 +95,8 @@ impl Redisse {
                     ping_timeout: config.redis_ping_timeout,
                 };
                 tokio::spawn(subscriber.run());
-                let broker = RedisBroker::new(&client, config.history_size, sub_tx, up)?;
+                let broker =
+                    RedisBroker::new(&client, config.history_size, sub_tx, up, metrics.clone())?;
                 (hub, Broker::Redis(broker))
             }
         };

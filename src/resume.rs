@@ -158,6 +158,7 @@ mod tests {
         Snapshot {
             counter: Some(counter),
             channels,
+            malformed: 0,
         }
     }
 
@@ -200,10 +201,7 @@ mod tests {
         // The hint is the position: no live event after it may have a lower id. (Live events
         // the stream received before its snapshot turn it into a resume: `stream::setup`.)
         assert_eq!(p.position, 9);
-        let fresh = Snapshot {
-            counter: None,
-            channels: vec![],
-        };
+        let fresh = Snapshot::default();
         assert!(plan(LastEventId::None, fresh, 100).preamble.is_empty());
     }
 

@@ -89,6 +89,10 @@ impl MemoryBroker {
                 }
             })
             .collect();
-        Snapshot { counter, channels }
+        Snapshot {
+            counter,
+            channels,
+            malformed: 0,
+        }
     }
 }

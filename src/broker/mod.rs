@@ -44,6 +44,8 @@ pub(crate) struct Snapshot {
     pub counter: Option<u64>,
     /// One entry per requested channel, in the order requested.
     pub channels: Vec<ChannelHistory>,
+    /// History entries skipped because they were not SSE events (written by someone else).
+    pub malformed: u64,
 }
 
 /// The broker of one instance.
@@ -70,7 +72,11 @@ impl Broker {
     ) -> Result<Snapshot, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.snapshot(channels, after)),
-            Broker::Redis(b) => b.snapshot(channels, after).await,
+            Broker::Redis(b) => {
+                let snapshot = b.snapshot(channels, after).await?;
+                b.count_malformed(snapshot.malformed);
+                Ok(snapshot)
+            }
         }
     }
 

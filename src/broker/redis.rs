@@ -22,6 +22,7 @@ use super::{BrokerError, ChannelHistory, Snapshot};
 use crate::conn::Frame;
 use crate::event::{Event, parse_stored_id};
 use crate::hub::SubCommand;
+use crate::metrics::Metrics;
 
 /// The id counter's key, as in the gem.
 pub const COUNTER_KEY: &str = "redisse:lastEventId";
@@ -85,6 +86,7 @@ pub(crate) struct RedisBroker {
     history_size: usize,
     subscriber: mpsc::UnboundedSender<SubCommand>,
     up: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 /// The client for commands (not pub/sub): reconnects by itself, never fails at creation.
@@ -103,6 +105,7 @@ impl RedisBroker {
         history_size: usize,
         subscriber: mpsc::UnboundedSender<SubCommand>,
         up: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
         Ok(RedisBroker {
             commands: command_connection(client)?,
@@ -111,6 +114,7 @@ impl RedisBroker {
             history_size,
             subscriber,
             up,
+            metrics,
         })
     }
 
@@ -144,6 +148,13 @@ impl RedisBroker {
         // Order matters: the barrier travels behind every subscription already sent.
         let _ = self.subscriber.send(SubCommand::Barrier(tx));
         let _ = rx.await;
+    }
+
+    /// Counts history entries that were skipped as malformed.
+    pub fn count_malformed(&self, skipped: u64) {
+        if skipped > 0 {
+            self.metrics.malformed.fetch_add(skipped, Relaxed);
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -189,14 +200,18 @@ pub(crate) async fn snapshot(
             inv.key(&**ch);
         }
         let reply: Value = inv.arg(&after_arg).invoke_async(con).await?;
-        let (counter, histories) = parse_snapshot(reply)?;
+        let (counter, histories, malformed) = parse_snapshot(reply)?;
         snap.counter = snap.counter.max(counter);
         snap.channels.extend(histories);
+        snap.malformed += malformed;
     }
     Ok(snap)
 }
 
-fn parse_snapshot(reply: Value) -> Result<(Option<u64>, Vec<ChannelHistory>), BrokerError> {
+/// The counter, the histories, and how many entries were skipped as malformed.
+type ParsedSnapshot = (Option<u64>, Vec<ChannelHistory>, u64);
+
+fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
     let bad = |what: &str| BrokerError::Protocol(format!("history script: {what}"));
     let Value::Array(items) = reply else {
         return Err(bad("not an array"));
@@ -208,17 +223,20 @@ fn parse_snapshot(reply: Value) -> Result<(Option<u64>, Vec<ChannelHistory>), Br
         _ => return Err(bad("no counter")),
     };
     let mut histories = Vec::new();
+    let mut malformed = 0;
     while let (Some(len), Some(oldest), Some(events)) = (items.next(), items.next(), items.next()) {
         let Value::Int(len) = len else {
             return Err(bad("length"));
         };
+        let (events, skipped) = stored_frames(events);
+        malformed += skipped;
         histories.push(ChannelHistory {
             len: len.max(0) as usize,
             oldest: score(&oldest),
-            events: stored_frames(events),
+            events,
         });
     }
-    Ok((counter, histories))
+    Ok((counter, histories, malformed))
 }
 
 fn score(v: &Value) -> Option<u64> {
@@ -231,25 +249,35 @@ fn score(v: &Value) -> Option<u64> {
     text.parse::<f64>().ok().map(|f| f as u64)
 }
 
-/// Turns stored payloads into frames, skipping (and logging) what is not an SSE event.
-fn stored_frames(events: Value) -> Vec<Frame> {
+/// Turns stored payloads into frames, skipping (and logging) what is not an SSE event; returns
+/// how many were skipped.
+fn stored_frames(events: Value) -> (Vec<Frame>, u64) {
     let Value::Array(events) = events else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    events
+    let mut skipped = 0;
+    let frames = events
         .into_iter()
-        .filter_map(|v| match v {
-            Value::BulkString(bytes) => match parse_stored_id(&bytes) {
+        .filter_map(|v| {
+            let bytes = match v {
+                Value::BulkString(bytes) => bytes,
+                _ => {
+                    skipped += 1;
+                    return None;
+                }
+            };
+            match parse_stored_id(&bytes) {
                 Some(id) => Some(Frame::event(id, Bytes::from(bytes))),
                 None => {
+                    skipped += 1;
                     tracing::warn!(
                         payload = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]),
                         "skipping a history entry that is not an SSE event"
                     );
                     None
                 }
-            },
-            _ => None,
+            }
         })
-        .collect()
+        .collect();
+    (frames, skipped)
 }

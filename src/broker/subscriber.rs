@@ -209,6 +209,7 @@ impl Subscriber {
             Some(last),
         )
         .await?;
+        self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
         let counter = snap.counter.unwrap_or(0);
         let reset = counter < known;
         if reset && last <= counter {

@@ -359,3 +359,54 @@ async fn verbose_logs_subscriptions_and_events_like_the_gem() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Foreign entries in a channel's history (written by another Redis client) are skipped on
+/// replay, the stream goes on, and each one is counted in `redisse_malformed_payloads_total`;
+/// so is a foreign pub/sub message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_are_skipped_and_counted() {
+    let backend = Backend::redis();
+    let server = TestServer::start(backend.config()).await;
+    let first = server.publish("mixed", "m", "one").await;
+    let mut con = backend.redis_server().con();
+    for (score, junk) in [(first + 1, "garbage"), (first + 2, "id: 7\nno end")] {
+        let _: i64 = redis::cmd("ZADD")
+            .arg("mixed")
+            .arg(score)
+            .arg(junk)
+            .query(&mut con)
+            .unwrap();
+    }
+    let second = server.publish("mixed", "m", "two").await;
+    let before = scrape(&server).await;
+    let mut s = server
+        .stream("/?mixed", &[("last-event-id", &first.to_string())])
+        .await;
+    let e = s.next().await;
+    assert_eq!(
+        (e.id, e.data),
+        (Some(second.to_string()), "two".to_string())
+    );
+    let after = scrape(&server).await;
+    assert_eq!(
+        delta(&before, &after, "redisse_malformed_payloads_total"),
+        2.0
+    );
+
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("mixed")
+        .arg("not an event")
+        .query(&mut con)
+        .unwrap();
+    let third = server.publish("mixed", "m", "three").await;
+    let e = s.next().await;
+    assert_eq!(
+        (e.id, e.data),
+        (Some(third.to_string()), "three".to_string())
+    );
+    let later = scrape(&server).await;
+    assert_eq!(
+        delta(&after, &later, "redisse_malformed_payloads_total"),
+        1.0
+    );
+}
