@@ -7,6 +7,11 @@
 //! has offered it to every stream (the first stream's body yields it); reading the frame from
 //! the other streams' bodies happens between iterations, outside the measurement.
 //!
+//! `open_stream_during_fanout` measures how long opening and closing a stream takes while
+//! another thread keeps a 10,000-stream fan-out going (the registry lock is held during a
+//! fan-out). On this 2-core machine it showed no difference between holding the lock and a
+//! copy-on-write list (see BENCHMARKS.md): the outliers come from CPU contention.
+//!
 //! Run with `cargo bench --bench fanout`. It also prints the size of the per-connection values
 //! that the library and hyper keep for every open stream.
 
@@ -113,6 +118,67 @@ fn publish_one_event(bencher: divan::Bencher<'_, '_>, subscribers: usize) {
     bencher
         .with_inputs(|| streams.borrow_mut().drain_all())
         .bench_local_values(|()| streams.borrow_mut().publish_one());
+}
+
+/// Opening and closing one stream (two registry changes) while another thread publishes to
+/// 10,000 streams of another channel back to back: how long a registration waits for a fan-out.
+#[divan::bench(sample_size = 1, sample_count = 500)]
+fn open_stream_during_fanout(bencher: divan::Bencher<'_, '_>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redisse = rt
+        .block_on(async { Redisse::new(Config::default()) })
+        .expect("instance");
+    let endpoint = redisse.endpoint(QueryChannels);
+    let request = |query: &str| {
+        http::Request::get(format!("/?{query}"))
+            .header(http::header::ACCEPT, "text/event-stream")
+            .body(())
+            .expect("request")
+    };
+    let mut bodies: Vec<SseBody> = rt.block_on(async {
+        let mut bodies = Vec::new();
+        for _ in 0..10_000 {
+            let res = endpoint
+                .clone()
+                .oneshot(request("busy"))
+                .await
+                .expect("infallible");
+            bodies.push(res.into_body());
+        }
+        bodies
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (stop, handle, publisher) = (stop.clone(), rt.handle().clone(), redisse.publisher());
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                handle
+                    .block_on(publisher.publish("busy", Event::message("busy")))
+                    .expect("publish");
+                while !poll_data(&mut bodies[0]) && !stop.load(Relaxed) {
+                    std::thread::yield_now();
+                }
+                for body in &mut bodies[1..] {
+                    while poll_data(body) {}
+                }
+            }
+        })
+    };
+    bencher.bench_local(|| {
+        rt.block_on(async {
+            let res = endpoint.clone().oneshot(request("other")).await;
+            drop(res);
+        })
+    });
+    stop.store(true, Relaxed);
+    busy.join().expect("busy thread");
 }
 
 /// Sizes of what every open stream keeps, printed once before the benchmarks.
