@@ -29,7 +29,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -53,6 +53,12 @@ struct ConnectionContext<'a> {
     tls: Option<Tls>,
 }
 
+/// Connections the kernel queues before they are accepted. The standard library's 128 drops
+/// SYNs when hundreds of clients connect at once (a reconnect storm after a restart), and each
+/// dropped SYN costs its client a one-second retransmission; the kernel caps this value at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Where the server listens.
 #[derive(Debug)]
 pub enum Listener {
@@ -65,7 +71,14 @@ pub enum Listener {
 impl Listener {
     /// Binds a TCP address.
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        Ok(Listener::Tcp(TcpListener::bind(addr).await?))
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // As `TcpListener::bind` does, so a restarted server can bind at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
     }
 
     /// Binds a unix socket at `path`, replacing a stale socket file.
