@@ -134,7 +134,15 @@ async fn lane_loop(
         let name = &s.channels[channel];
         let ok = match (&mut http, &redis) {
             (Some((target, addr, sender)), _) => {
-                http_publish(sender, *target, *addr, name, data).await?
+                match http_publish(sender, *target, *addr, name, data.clone()).await {
+                    Ok(ok) => ok,
+                    // The server closed the keep-alive connection (nginx does after
+                    // `keepalive_requests`, 1,000 by default): reconnect and send it again.
+                    Err(_) => {
+                        *sender = http_connect(*addr).await?;
+                        http_publish(sender, *target, *addr, name, data).await?
+                    }
+                }
             }
             (None, Some(p)) => p.publish(name, redisse::Event::message(data)).await.is_ok(),
             (None, None) => false,
