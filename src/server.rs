@@ -146,25 +146,13 @@ pub async fn serve_with_tls(
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let router = router.clone();
                     let closer = CancellationToken::new();
-                    let token = closer.clone();
-                    let svc = tower::service_fn(move |mut req: http::Request<Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo(peer));
-                        req.extensions_mut().insert(ConnectionCloser(token.clone()));
-                        router.clone().oneshot(req)
-                    });
+                    let svc = connection_service(&router, ConnectInfo(peer), &closer);
                     spawn_connection(&ctx, stream, svc, closer);
                 }
                 Ok(Accepted::Unix(stream)) => {
-                    let router = router.clone();
                     let closer = CancellationToken::new();
-                    let token = closer.clone();
-                    let svc = tower::service_fn(move |mut req: http::Request<Incoming>| {
-                        req.extensions_mut().insert(UnixPeer);
-                        req.extensions_mut().insert(ConnectionCloser(token.clone()));
-                        router.clone().oneshot(req)
-                    });
+                    let svc = connection_service(&router, UnixPeer, &closer);
                     spawn_connection(&ctx, stream, svc, closer);
                 }
                 Err(e) => {
@@ -236,6 +224,21 @@ where
             }
         }
     });
+}
+
+/// The router, with the connection's peer and closer in every request's extensions.
+fn connection_service<P: Clone + Send + Sync + 'static>(
+    router: &Router,
+    peer: P,
+    closer: &CancellationToken,
+) -> impl ConnectionService {
+    let router = router.clone();
+    let closer = ConnectionCloser(closer.clone());
+    tower::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        req.extensions_mut().insert(closer.clone());
+        router.clone().oneshot(req)
+    })
 }
 
 /// The service a connection runs: the router with the connection's extensions.
