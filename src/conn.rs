@@ -229,6 +229,20 @@ impl Conn {
         self.lock().closer = Some(closer);
     }
 
+    /// Whether the client became slow; otherwise the next push or ending wakes `cx`. For a
+    /// writer blocked on a client that does not read, which must still notice it is too slow.
+    pub fn watch_slow(&self, cx: &mut Context<'_>) -> bool {
+        let mut st = self.lock();
+        if st.end == Some(End::Slow) {
+            return true;
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        false
+    }
+
     /// Asks for a heartbeat at the next poll.
     pub fn heartbeat(&self) {
         let mut st = self.lock();

@@ -20,7 +20,7 @@ use crate::metrics::Refusal;
 use crate::policy::ChannelPolicy;
 use crate::query::StreamQuery;
 use crate::server::ConnectionCloser;
-use crate::sse::SseBody;
+use crate::sse::{SseBody, StreamSlot};
 use crate::stream::{StreamSpec, open};
 
 /// The SSE endpoint: a `tower::Service` that mounts in an `axum` router.
@@ -133,6 +133,7 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
                     .extensions
                     .get::<ConnectionCloser>()
                     .map(|c| c.0.clone()),
+                slot: parts.extensions.remove::<StreamSlot>(),
             },
         )
     }

@@ -6,13 +6,22 @@
 //! first ends every SSE stream (they would otherwise keep hyper's graceful shutdown waiting
 //! forever, tokio-rs/axum#2673), then waits a bounded time for connections to finish.
 //!
-//! Each connection also carries a [`ConnectionCloser`] in its requests' extensions: when its
+//! On plain connections (TCP without TLS, unix sockets) stream requests are read and answered
+//! by [`streams`], which writes SSE responses on the bare socket and so keeps no HTTP buffer per
+//! idle stream (about 2.5 KiB per stream instead of about 23 KiB under hyper, BENCHMARKS.md);
+//! the first request that is not a stream request hands the connection to hyper. TLS
+//! connections are served by hyper throughout.
+//!
+//! Each hyper connection also carries a [`ConnectionCloser`] in its requests' extensions: when its
 //! stream falls behind, the SSE queue cancels it and the connection task drops the socket at
 //! once, because hyper, blocked writing to a client that does not read, would never poll the
 //! body to see it end. Refused request heads (too large, too slow, malformed) are counted in
 //! the metrics and logged here, since hyper answers them before any service sees a request.
 
 mod first_bytes;
+mod head;
+mod rewind;
+mod streams;
 
 use std::future::Future;
 use std::io;
@@ -34,6 +43,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use self::first_bytes::FirstBytesDeadline;
+use self::head::HeadLimits;
+use self::rewind::Rewind;
+use self::streams::{Handoff, StreamsContext};
 use crate::instance::Redisse;
 use crate::metrics::{Metrics, Refusal};
 use crate::routes::UnixPeer;
@@ -46,11 +58,13 @@ pub(crate) struct ConnectionCloser(pub CancellationToken);
 
 /// What a connection task needs besides the socket and the service.
 struct ConnectionContext<'a> {
-    builder: &'a Builder<TokioExecutor>,
+    builder: Arc<Builder<TokioExecutor>>,
     graceful: &'a GracefulShutdown,
     metrics: Arc<Metrics>,
     head_timeout: Duration,
     tls: Option<Tls>,
+    /// The plain-connection path (no TLS): streams written on the bare socket.
+    streams: Arc<StreamsContext>,
 }
 
 /// Connections the kernel queues before they are accepted. The standard library's 128 drops
@@ -132,12 +146,22 @@ pub async fn serve_with_tls(
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
     let ctx = ConnectionContext {
-        builder: &builder,
+        builder: Arc::new(builder),
         graceful: &graceful,
         metrics: redisse.shared.metrics.clone(),
         head_timeout: config.header_read_timeout,
         tls,
+        streams: Arc::new(StreamsContext {
+            router: router.clone(),
+            metrics: redisse.shared.metrics.clone(),
+            limits: HeadLimits {
+                max_bytes: config.max_header_bytes,
+                timeout: config.header_read_timeout,
+            },
+            stop: stop.clone(),
+        }),
     };
     tokio::pin!(shutdown);
     loop {
@@ -146,15 +170,15 @@ pub async fn serve_with_tls(
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let closer = CancellationToken::new();
-                    let svc = connection_service(&router, ConnectInfo(peer), &closer);
-                    spawn_connection(&ctx, stream, svc, closer);
+                    if ctx.tls.is_some() {
+                        let closer = CancellationToken::new();
+                        let svc = connection_service(&router, ConnectInfo(peer), &closer);
+                        spawn_connection(&ctx, stream, svc, closer);
+                    } else {
+                        spawn_plain(&ctx, stream, ConnectInfo(peer));
+                    }
                 }
-                Ok(Accepted::Unix(stream)) => {
-                    let closer = CancellationToken::new();
-                    let svc = connection_service(&router, UnixPeer, &closer);
-                    spawn_connection(&ctx, stream, svc, closer);
-                }
+                Ok(Accepted::Unix(stream)) => spawn_plain(&ctx, stream, UnixPeer),
                 Err(e) => {
                     // Out of file descriptors, mostly: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -164,6 +188,8 @@ pub async fn serve_with_tls(
         }
     }
     drop(ctx);
+    // Idle keep-alive connections close; streams end below.
+    stop.cancel();
     tracing::info!(
         streams = redisse.connections(),
         "shutting down: ending streams"
@@ -226,6 +252,38 @@ where
     });
 }
 
+/// Serves a plain (not TLS) connection: its stream requests on the bare socket
+/// ([`streams`]), and from the first other request on, hyper.
+fn spawn_plain<IO, P>(ctx: &ConnectionContext<'_>, mut io: IO, peer: P)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Clone + Send + Sync + 'static,
+{
+    // Held until the task ends, so that the graceful shutdown waits for it.
+    let watcher = ctx.graceful.watcher();
+    let builder = ctx.builder.clone();
+    let (metrics, head_timeout) = (ctx.metrics.clone(), ctx.head_timeout);
+    let streams = ctx.streams.clone();
+    let task = async move {
+        let extend = |ext: &mut http::Extensions| {
+            ext.insert(peer.clone());
+        };
+        if let Handoff::Hyper(read) = streams::serve(&mut io, &streams, &extend).await {
+            let conn = Connection {
+                builder,
+                watcher,
+                metrics,
+                head_timeout,
+                closer: CancellationToken::new(),
+            };
+            let svc = connection_service(&streams.router, peer, &conn.closer);
+            // Boxed: hyper's connection is large, and most connections never get here.
+            Box::pin(conn.drive(Rewind::new(read, io), svc)).await;
+        }
+    };
+    tokio::spawn(task);
+}
+
 /// The router, with the connection's peer and closer in every request's extensions.
 fn connection_service<P: Clone + Send + Sync + 'static>(
     router: &Router,
@@ -268,7 +326,7 @@ impl<S> ConnectionService for S where
 
 /// One accepted connection's task state.
 struct Connection {
-    builder: Builder<TokioExecutor>,
+    builder: Arc<Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     metrics: Arc<Metrics>,
     head_timeout: Duration,

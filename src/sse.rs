@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,6 +45,24 @@ struct Stream {
     ended: bool,
 }
 
+/// Where the standalone server takes a stream's body to write it on the bare socket itself
+/// (`server::streams`): when a request carries a slot, the endpoint leaves the body of a stream
+/// it opens here, and answers with the stream's headers and an empty body.
+#[derive(Clone, Default)]
+pub(crate) struct StreamSlot(Arc<Mutex<Option<SseBody>>>);
+
+impl StreamSlot {
+    /// Leaves `body` in the slot.
+    pub(crate) fn put(&self, body: SseBody) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
+    }
+
+    /// The stream's body, if the endpoint opened one.
+    pub(crate) fn take(&self) -> Option<SseBody> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// The stream ended because the client did not read fast enough.
 #[derive(Debug, thiserror::Error)]
 #[error("slow client: its queue reached the limit; disconnected")]
@@ -68,6 +87,23 @@ impl SseBody {
                 polling: polling.map(|d| (d, None)),
                 ended: false,
             })),
+        }
+    }
+}
+
+impl SseBody {
+    /// For a writer blocked on the socket: whether the client became too slow, in which case
+    /// the connection is to be closed at once; otherwise `cx` is woken by the next event.
+    pub(crate) fn poll_slow(&mut self, cx: &mut Context<'_>) -> bool {
+        match &self.inner {
+            Inner::Full(_) => false,
+            Inner::Stream(stream) => {
+                let slow = stream.reg.conn.watch_slow(cx);
+                if slow {
+                    tracing::info!(parent: &stream.span, "slow client: closing its connection");
+                }
+                slow
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -25,7 +26,7 @@ use crate::hub::Registration;
 use crate::instance::Shared;
 use crate::metrics::Refusal;
 use crate::resume::plan;
-use crate::sse::SseBody;
+use crate::sse::{SseBody, StreamSlot};
 
 /// What a stream asks for once the request is accepted.
 pub(crate) struct StreamSpec {
@@ -34,6 +35,8 @@ pub(crate) struct StreamSpec {
     pub last: LastEventId,
     /// Closes the client's socket if it becomes slow (standalone server only).
     pub closer: Option<CancellationToken>,
+    /// Where the standalone server takes the body to write it itself (see [`StreamSlot`]).
+    pub slot: Option<StreamSlot>,
 }
 
 /// The headers of every stream (SPEC 4, step 4).
@@ -82,7 +85,14 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
     };
     tokio::spawn(setup(shared.clone(), conn, channels, spec.last).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
-    stream_response(SseBody::stream(reg, polling, span))
+    let body = SseBody::stream(reg, polling, span);
+    match spec.slot {
+        Some(slot) => {
+            slot.put(body);
+            stream_response(SseBody::full(Bytes::new()))
+        }
+        None => stream_response(body),
+    }
 }
 
 /// A stream without a position starts at the counter its snapshot read, unless it already

@@ -12,6 +12,7 @@ mod library;
 mod limits;
 mod metrics;
 mod outage;
+mod plain_connections;
 mod properties;
 mod publish;
 mod redirect;

@@ -1,0 +1,196 @@
+//! Reading one request head from a plain connection, to decide who serves it.
+//!
+//! The server writes SSE streams on the bare socket itself (`server::streams`), so that an
+//! idle stream keeps no HTTP read or write buffer; hyper serves everything else. This module
+//! reads until the first request head is complete and sorts it: a plain HTTP/1.1 `GET` that
+//! asks for `text/event-stream` and carries no body is a [`Head::Stream`]; anything else (other
+//! methods, bodies, upgrades, `Expect`, HTTP/1.0, the HTTP/2 preface, a head hyper would refuse
+//! as malformed or too large) is [`Head::Other`], and hyper takes the connection with the bytes
+//! read so far, answering exactly as before. The head must be complete within the header read
+//! timeout (slow-loris clients are closed), and a server shutdown ends the wait.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::accepts;
+
+/// The HTTP/2 connection preface (h2c with prior knowledge goes to hyper).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Headers parsed on the stack; a head with more goes to hyper (which allows 100).
+const MAX_HEADERS: usize = 64;
+
+/// The first read's buffer; it doubles up to the configured head limit.
+const FIRST_READ: usize = 2048;
+
+/// What the head read decided.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // returned once per request, from a boxed future
+pub(super) enum Head {
+    /// A stream request, and the length of its head in the buffer.
+    Stream(Request<()>, usize),
+    /// Anything else: hyper serves the connection from the buffered bytes on.
+    Other,
+    /// The client closed the connection (or the read failed) before a complete head, or the
+    /// server is shutting down.
+    Closed,
+    /// The head was not complete within the header read timeout.
+    TimedOut,
+}
+
+/// Limits of a head read.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HeadLimits {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// Reads into `buf` (which may already hold pipelined bytes) until a head is decided.
+pub(super) async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut Vec<u8>,
+    limits: HeadLimits,
+    stop: &CancellationToken,
+) -> Head {
+    let read = async {
+        loop {
+            if let Some(head) = sort(buf) {
+                return head;
+            }
+            if buf.len() >= limits.max_bytes {
+                return Head::Other;
+            }
+            if buf.capacity() == buf.len() {
+                let more = buf.len().max(FIRST_READ).min(limits.max_bytes - buf.len());
+                buf.reserve_exact(more);
+            }
+            let room = buf.capacity().min(limits.max_bytes) - buf.len();
+            match (&mut *io).take(room as u64).read_buf(buf).await {
+                Ok(0) | Err(_) => return Head::Closed,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        head = tokio::time::timeout(limits.timeout, read) => head.unwrap_or(Head::TimedOut),
+        _ = stop.cancelled() => Head::Closed,
+    }
+}
+
+/// Sorts the buffered bytes: `None` while the head is incomplete.
+fn sort(buf: &[u8]) -> Option<Head> {
+    if buf.is_empty() {
+        return None;
+    }
+    if H2_PREFACE.starts_with(buf) && buf.len() < H2_PREFACE.len() {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => None,
+        Ok(httparse::Status::Complete(len)) => Some(match stream_request(&req) {
+            Some(request) => Head::Stream(request, len),
+            None => Head::Other,
+        }),
+        Err(_) => Some(Head::Other),
+    }
+}
+
+/// The request, if it is one the server streams itself.
+fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let uri = Uri::try_from(req.path?).ok()?;
+    let mut request = Request::new(());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    let map = request.headers_mut();
+    map.reserve(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        map.append(name, value);
+    }
+    let has_body = map
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || map.contains_key(header::TRANSFER_ENCODING);
+    if has_body
+        || map.contains_key(header::UPGRADE)
+        || map.contains_key(header::EXPECT)
+        || !accepts(map, "text/event-stream")
+    {
+        return None;
+    }
+    Some(request)
+}
+
+/// Whether the request asks to close the connection after the response.
+pub(super) fn wants_close(req: &Request<()>) -> bool {
+    req.headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(bytes: &[u8]) -> &'static str {
+        match sort(bytes) {
+            None => "partial",
+            Some(Head::Stream(..)) => "stream",
+            Some(Head::Other) => "other",
+            Some(Head::Closed | Head::TimedOut) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn stream_requests_are_served_here_and_the_rest_by_hyper() {
+        let stream = b"GET /?a HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+        assert_eq!(sorted(stream), "stream");
+        assert_eq!(sorted(&stream[..20]), "partial");
+        assert_eq!(sorted(b"GET /?a HTTP/1.1\r\nHost: x\r\n\r\n"), "other");
+        assert_eq!(
+            sorted(b"GET /?a HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(
+            sorted(b"POST /publish/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"),
+            "other"
+        );
+        assert_eq!(
+            sorted(b"GET / HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 2\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(
+            sorted(b"GET / HTTP/1.1\r\nAccept: text/event-stream\r\nUpgrade: h2c\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(sorted(b"GARBAGE\r\n\r\n"), "other");
+        assert_eq!(sorted(b"PRI * HTTP/2.0\r\n"), "partial");
+        assert_eq!(sorted(H2_PREFACE), "other");
+    }
+
+    #[test]
+    fn the_request_keeps_its_headers_and_query() {
+        let bytes = b"GET /x?a&b HTTP/1.1\r\nAccept: text/event-stream\r\nLast-Event-ID: 7\r\nConnection: keep-alive, close\r\n\r\nGET";
+        let Some(Head::Stream(req, len)) = sort(bytes) else {
+            panic!("not a stream request")
+        };
+        assert_eq!(len, bytes.len() - 3);
+        assert_eq!(req.uri().query(), Some("a&b"));
+        assert_eq!(req.headers()["last-event-id"], "7");
+        assert!(wants_close(&req));
+    }
+}

@@ -1,0 +1,422 @@
+//! SSE streams written on the bare socket: the plain-connection path of the standalone server.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for the whole life of an HTTP/1
+//! connection (16 KiB more with HTTP/1-or-2 detection), which for an idle SSE stream is nearly
+//! all of its memory (BENCHMARKS.md, "Where an idle connection's memory goes"). So the server
+//! reads a connection's first request head itself ([`super::head`]); a stream request goes
+//! through the same router as any other (the endpoint, the application's channel function,
+//! every limit), with a [`StreamSlot`] in which the endpoint leaves the stream's body. The
+//! response head is then written here, and the body's frames as HTTP/1.1 chunks straight from
+//! the shared, pre-encoded frames: between events a stream holds no buffer at all. Refusals
+//! (4xx, or `retry:` when full) are written here too, and the connection is kept alive for the
+//! next request; anything that is not a stream request goes to hyper with the bytes read so
+//! far, and hyper serves the connection from then on.
+//!
+//! Like hyper, a stream ends when the client closes its side; what a client sends while its
+//! stream is open is kept (up to the head limit) as the next pipelined request.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::head::{Head, HeadLimits, read_head, wants_close};
+use crate::metrics::{Metrics, Refusal};
+use crate::sse::{SseBody, StreamSlot};
+
+/// What a plain connection needs from its server.
+pub(super) struct StreamsContext {
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    pub limits: HeadLimits,
+    /// Cancelled when the server shuts down: idle keep-alive connections close.
+    pub stop: CancellationToken,
+}
+
+/// How a plain connection goes on after the server served what it could.
+pub(super) enum Handoff {
+    /// Closed, or to be closed.
+    Done,
+    /// hyper serves the rest; the bytes already read come first.
+    Hyper(Vec<u8>),
+}
+
+/// Adds a connection's extensions (its peer) to each of its requests.
+pub(super) type Extend<'a> = &'a (dyn Fn(&mut http::Extensions) + Send + Sync);
+
+/// Serves the stream requests of a connection until it closes or a request for hyper comes.
+///
+/// What this future keeps while a stream is open is what an idle stream costs besides the
+/// socket, so the head read and the router call are boxed and only the writer's state lives
+/// across that await.
+pub(super) async fn serve<IO>(io: &mut IO, ctx: &StreamsContext, extend: Extend<'_>) -> Handoff
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::new();
+    loop {
+        // Boxed too: the timer and the read are only needed until the head is in.
+        let (request, len) = match Box::pin(read_head(io, &mut buf, ctx.limits, &ctx.stop)).await {
+            Head::Stream(request, len) => (request, len),
+            Head::Other => return Handoff::Hyper(buf),
+            Head::Closed => return Handoff::Done,
+            Head::TimedOut => {
+                ctx.metrics.refused(Refusal::HeaderTimeout);
+                tracing::info!("refused a connection: request head not received in time");
+                return Handoff::Done;
+            }
+        };
+        // What follows the head is the next request; an empty buffer gives its memory back.
+        buf.drain(..len);
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+        let close = wants_close(&request);
+        let (head, body) = match Box::pin(answer(ctx, request, close, extend)).await {
+            Some(answer) => answer,
+            None => return Handoff::Done,
+        };
+        let write = ChunkedStream {
+            io: &mut *io,
+            body,
+            pending: Some(Chunk::raw(head)),
+            last_chunk: false,
+            next_request: &mut buf,
+            max_next: ctx.limits.max_bytes,
+        };
+        let finished = write.await == StreamEnd::Finished;
+        if !finished || close || ctx.stop.is_cancelled() {
+            return Handoff::Done;
+        }
+    }
+}
+
+/// Runs the request through the router: the response head, and the stream's body (or the
+/// complete response, refusals and `retry:` when full, as the head and an ended body).
+async fn answer(
+    ctx: &StreamsContext,
+    request: Request<()>,
+    close: bool,
+    extend: Extend<'_>,
+) -> Option<(Bytes, Option<SseBody>)> {
+    let slot = StreamSlot::default();
+    let mut request = request.map(|()| Body::empty());
+    extend(request.extensions_mut());
+    request.extensions_mut().insert(slot.clone());
+    let response: Response<Body> = match ctx.router.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    if let Some(stream) = slot.take() {
+        let head = encode_head(parts.status, &parts.headers, None, close);
+        return Some((head.into(), Some(stream)));
+    }
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            tracing::debug!(error = %e, "response body failed");
+            return None;
+        }
+    };
+    let mut out = encode_head(parts.status, &parts.headers, Some(body.len()), close);
+    out.extend_from_slice(&body);
+    Some((out.into(), None))
+}
+
+/// The response head, in the form hyper writes it: the headers as given, the body's framing
+/// (`content-length`, or chunks when `length` is `None`), and `date`.
+fn encode_head(
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    length: Option<usize>,
+    close: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match length {
+        Some(len) => out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes()),
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How a stream written here ended.
+#[derive(Debug, PartialEq, Eq)]
+enum StreamEnd {
+    /// The body ended (long polling, shutdown) and the last chunk was written.
+    Finished,
+    /// The client left, a write failed, or the client was too slow.
+    Broken,
+}
+
+/// One chunk being written: its size line, the frame, and the closing CRLF (or bytes as they
+/// are: the response head).
+struct Chunk {
+    size_line: [u8; 18],
+    size_len: u8,
+    framed: bool,
+    data: Bytes,
+    /// Bytes of size line + data + CRLF written so far.
+    written: usize,
+}
+
+impl Chunk {
+    fn new(data: Bytes) -> Self {
+        let mut size_line = [0u8; 18];
+        let mut len = data.len();
+        let mut digits = [0u8; 16];
+        let mut n = 0;
+        loop {
+            digits[n] = b"0123456789abcdef"[len & 0xf];
+            n += 1;
+            len >>= 4;
+            if len == 0 {
+                break;
+            }
+        }
+        for i in 0..n {
+            size_line[i] = digits[n - 1 - i];
+        }
+        size_line[n] = b'\r';
+        size_line[n + 1] = b'\n';
+        Chunk {
+            size_line,
+            size_len: (n + 2) as u8,
+            framed: true,
+            data,
+            written: 0,
+        }
+    }
+
+    /// Bytes written as they are.
+    fn raw(data: Bytes) -> Self {
+        Chunk {
+            size_line: [0; 18],
+            size_len: 0,
+            framed: false,
+            data,
+            written: 0,
+        }
+    }
+
+    /// The terminating zero-size chunk.
+    fn last() -> Self {
+        let mut size_line = [0u8; 18];
+        size_line[..3].copy_from_slice(b"0\r\n");
+        Chunk {
+            size_line,
+            size_len: 3,
+            framed: true,
+            data: Bytes::new(),
+            written: 0,
+        }
+    }
+
+    fn crlf(&self) -> &'static [u8] {
+        if self.framed { b"\r\n" } else { b"" }
+    }
+
+    fn total(&self) -> usize {
+        self.size_len as usize + self.data.len() + self.crlf().len()
+    }
+
+    /// Writes what is left; `Ready(Ok)` once all of it is written.
+    fn poll_write<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.written < self.total() {
+            let size = &self.size_line[..self.size_len as usize];
+            let (a, b, c) = split_at(self.written, size, &self.data, self.crlf());
+            let slices = [IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)];
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The three parts after skipping `skip` bytes of their concatenation.
+fn split_at<'a>(
+    skip: usize,
+    a: &'a [u8],
+    b: &'a [u8],
+    c: &'a [u8],
+) -> (&'a [u8], &'a [u8], &'a [u8]) {
+    let sa = skip.min(a.len());
+    let sb = (skip - sa).min(b.len());
+    let sc = (skip - sa - sb).min(c.len());
+    (&a[sa..], &b[sb..], &c[sc..])
+}
+
+/// Writes a stream's body as chunks until it ends or the client leaves.
+struct ChunkedStream<'a, IO> {
+    io: &'a mut IO,
+    /// `None` for a complete response, written as `pending`.
+    body: Option<SseBody>,
+    pending: Option<Chunk>,
+    /// The pending chunk is the last one.
+    last_chunk: bool,
+    /// Bytes the client sent meanwhile: its next request.
+    next_request: &'a mut Vec<u8>,
+    max_next: usize,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ChunkedStream<'_, IO> {
+    /// Reads what the client sent, to see it leave: `Ready` when it closed or sent more than a
+    /// request head can hold.
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [0u8; 512];
+        loop {
+            let mut read = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *self.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {
+                    if self.next_request.len() + read.filled().len() > self.max_next {
+                        return Poll::Ready(());
+                    }
+                    self.next_request.extend_from_slice(read.filled());
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Future for ChunkedStream<'_, IO> {
+    type Output = StreamEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<StreamEnd> {
+        let this = self.get_mut();
+        loop {
+            if let Some(chunk) = &mut this.pending {
+                match chunk.poll_write(this.io, cx) {
+                    Poll::Ready(Ok(())) => this.pending = None,
+                    Poll::Ready(Err(_)) => return Poll::Ready(StreamEnd::Broken),
+                    Poll::Pending => {
+                        // A client that does not read is closed as soon as its queue is full,
+                        // not when it reads again.
+                        let slow = this.body.as_mut().is_some_and(|b| b.poll_slow(cx));
+                        if slow || this.poll_client_gone(cx).is_ready() {
+                            return Poll::Ready(StreamEnd::Broken);
+                        }
+                        return Poll::Pending;
+                    }
+                }
+                if this.last_chunk {
+                    return Poll::Ready(StreamEnd::Finished);
+                }
+            }
+            let Some(body) = &mut this.body else {
+                return Poll::Ready(StreamEnd::Finished);
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        this.pending = Some(Chunk::new(data));
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(StreamEnd::Broken),
+                Poll::Ready(None) => {
+                    this.pending = Some(Chunk::last());
+                    this.last_chunk = true;
+                }
+                Poll::Pending => {
+                    if this.poll_client_gone(cx).is_ready() {
+                        return Poll::Ready(StreamEnd::Broken);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for (len, line) in [
+            (0usize, "0\r\n"),
+            (9, "9\r\n"),
+            (26, "1a\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let c = Chunk::new(Bytes::from(vec![b'x'; len]));
+            assert_eq!(&c.size_line[..c.size_len as usize], line.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_partly_written_chunk_goes_on_where_it_stopped() {
+        let (a, b, c) = split_at(5, b"3\r\n", b"abc", b"\r\n");
+        assert_eq!((a, b, c), (&b""[..], &b"c"[..], &b"\r\n"[..]));
+        let (a, b, c) = split_at(1, b"3\r\n", b"abc", b"\r\n");
+        assert_eq!((a, b, c), (&b"\r\n"[..], &b"abc"[..], &b"\r\n"[..]));
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_as_chunks_then_the_last_chunk() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut next = Vec::new();
+        let write = ChunkedStream {
+            io: &mut server,
+            body: Some(SseBody::full(Bytes::from_static(b"data: hi\n\n"))),
+            pending: Some(Chunk::raw(Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"))),
+            last_chunk: false,
+            next_request: &mut next,
+            max_next: 1024,
+        };
+        assert_eq!(write.await, StreamEnd::Finished);
+        drop(server);
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut client, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\n\r\na\r\ndata: hi\n\n\r\n0\r\n\r\n");
+    }
+}

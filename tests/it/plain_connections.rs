@@ -1,0 +1,274 @@
+//! The standalone server writes stream responses on the bare socket (plain TCP and unix
+//! sockets) and hands anything else to hyper: these tests check that path at the byte level with
+//! raw sockets. A connection carries several requests in turn (keep-alive after a long-polling
+//! stream or a refusal, then a publish that hyper serves, then a stream served by hyper);
+//! requests pipelined behind a stream are answered after it; `Connection: close` is honoured;
+//! a client that leaves is unregistered at once; idle keep-alive connections close at shutdown.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+
+use crate::support::raw::{read_to_close, stream_request};
+use crate::support::server::TestServer;
+use crate::support::{Backend, PATIENCE};
+
+/// One HTTP/1.1 response read from a raw connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    /// Header lines, names lowercased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads HTTP/1.1 responses from one connection, keeping what follows for the next.
+struct RawReader {
+    buf: Vec<u8>,
+}
+
+impl RawReader {
+    fn new() -> Self {
+        RawReader { buf: Vec::new() }
+    }
+
+    async fn fill(&mut self, tcp: &mut TcpStream, deadline: Instant) {
+        let mut chunk = [0u8; 4096];
+        match timeout_at(deadline, tcp.read(&mut chunk)).await {
+            Err(_) => panic!(
+                "no complete response in time; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => panic!(
+                "connection closed mid-response; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+            Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+
+    async fn line(&mut self, tcp: &mut TcpStream, deadline: Instant) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf[..end].to_vec()).expect("UTF-8 line");
+                self.buf.drain(..end + 2);
+                return line;
+            }
+            self.fill(tcp, deadline).await;
+        }
+    }
+
+    async fn take(&mut self, tcp: &mut TcpStream, n: usize, deadline: Instant) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.fill(tcp, deadline).await;
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads one whole response (by `content-length` or chunks).
+    async fn response(&mut self, tcp: &mut TcpStream) -> RawResponse {
+        let deadline = Instant::now() + PATIENCE;
+        let status_line = self.line(tcp, deadline).await;
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.line(tcp, deadline).await;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line");
+            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let mut res = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(len) = res.header("content-length") {
+            let len: usize = len.parse().expect("content-length");
+            res.body = self.take(tcp, len, deadline).await;
+            return res;
+        }
+        assert_eq!(res.header("transfer-encoding"), Some("chunked"), "{res:?}");
+        loop {
+            let size = self.line(tcp, deadline).await;
+            let size = usize::from_str_radix(&size, 16).expect("chunk size");
+            let data = self.take(tcp, size + 2, deadline).await;
+            assert_eq!(&data[size..], b"\r\n", "chunk not closed by CRLF");
+            if size == 0 {
+                return res;
+            }
+            res.body.extend_from_slice(&data[..size]);
+        }
+    }
+}
+
+async fn wait_connections(server: &TestServer, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while server.redisse.connections() != n {
+        assert!(
+            Instant::now() < deadline,
+            "streams open: {} instead of {n}",
+            server.redisse.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const POST_BYE: &[u8] =
+    b"POST /publish/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nbye";
+
+#[tokio::test]
+async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut reader = RawReader::new();
+
+    // A long-polling stream, written on the bare socket: chunks, then the last chunk.
+    tcp.write_all(&stream_request("/?a&polling", &[]))
+        .await
+        .unwrap();
+    wait_connections(&server, 1).await;
+    server.publish("a", "message", "hello").await;
+    let res = reader.response(&mut tcp).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("content-type"), Some("text/event-stream"));
+    assert_eq!(res.header("cache-control"), Some("no-cache"));
+    assert_eq!(res.header("x-accel-buffering"), Some("no"));
+    assert!(res.header("date").is_some(), "{res:?}");
+    assert_eq!(
+        String::from_utf8(res.body).unwrap(),
+        "id: 1\nevent: message\ndata: hello\n\n"
+    );
+    wait_connections(&server, 0).await;
+
+    // A refusal keeps the connection.
+    tcp.write_all(&stream_request("/", &[])).await.unwrap();
+    let res = reader.response(&mut tcp).await;
+    assert_eq!(res.status, 404);
+    assert_eq!(res.body, b"404 Not Found\n");
+
+    // A publish: hyper takes the connection from here.
+    tcp.write_all(POST_BYE).await.unwrap();
+    let res = reader.response(&mut tcp).await;
+    assert_eq!((res.status, res.body.as_slice()), (200, &b"{\"id\":2}"[..]));
+
+    // And serves the next stream the same way.
+    tcp.write_all(&stream_request("/?a&polling", &["Last-Event-ID: 1"]))
+        .await
+        .unwrap();
+    let res = reader.response(&mut tcp).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        String::from_utf8(res.body).unwrap(),
+        "id: 2\nevent: message\ndata: bye\n\n"
+    );
+}
+
+#[tokio::test]
+async fn requests_pipelined_behind_a_stream_are_answered_after_it() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut reader = RawReader::new();
+    // The second request comes with the first, the third while the stream is open.
+    let mut both = stream_request("/?a&polling", &[]);
+    both.extend_from_slice(&stream_request("/", &[]));
+    tcp.write_all(&both).await.unwrap();
+    wait_connections(&server, 1).await;
+    tcp.write_all(POST_BYE).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.redisse.connections(), 1, "the stream is still open");
+    server.publish("a", "message", "first").await;
+    let first = reader.response(&mut tcp).await;
+    assert_eq!(first.status, 200);
+    assert!(
+        String::from_utf8(first.body)
+            .unwrap()
+            .contains("data: first\n")
+    );
+    assert_eq!(reader.response(&mut tcp).await.status, 404);
+    let third = reader.response(&mut tcp).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(third.body, b"{\"id\":2}");
+}
+
+#[tokio::test]
+async fn connection_close_is_honoured_after_a_stream_and_after_a_refusal() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&stream_request("/?a&polling", &["Connection: close"]))
+        .await
+        .unwrap();
+    wait_connections(&server, 1).await;
+    server.publish("a", "message", "last").await;
+    let all = String::from_utf8(read_to_close(&mut tcp, PATIENCE).await).unwrap();
+    assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
+    assert!(all.ends_with("data: last\n\n\r\n0\r\n\r\n"), "{all}");
+
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&stream_request("/", &["Connection: close"]))
+        .await
+        .unwrap();
+    let all = String::from_utf8(read_to_close(&mut tcp, PATIENCE).await).unwrap();
+    assert!(all.starts_with("HTTP/1.1 404 Not Found\r\n"), "{all}");
+    assert!(all.ends_with("\r\n\r\n404 Not Found\n"), "{all}");
+}
+
+#[tokio::test]
+async fn a_client_leaving_an_idle_stream_is_unregistered_at_once() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(&stream_request(&format!("/?c{i}"), &[]))
+            .await
+            .unwrap();
+        clients.push(tcp);
+    }
+    wait_connections(&server, 20).await;
+    // Nothing is published: only the closed sockets can tell the server.
+    let started = Instant::now();
+    clients.truncate(5);
+    wait_connections(&server, 5).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(clients);
+    wait_connections(&server, 0).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_closes_at_shutdown() {
+    let mut server = TestServer::start(Backend::memory().config()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut reader = RawReader::new();
+    tcp.write_all(&stream_request("/", &[])).await.unwrap();
+    assert_eq!(reader.response(&mut tcp).await.status, 404);
+    let started = Instant::now();
+    tokio::time::timeout(PATIENCE, server.shutdown())
+        .await
+        .expect("the server waited for an idle connection");
+    assert!(read_to_close(&mut tcp, PATIENCE).await.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
