@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
 /// What a frame is, for counting and for long polling.
@@ -93,9 +93,20 @@ pub(crate) struct Conn {
     state: Mutex<State>,
 }
 
+/// Queued frames taken in one poll, joined into one write.
+pub(crate) struct Batch {
+    pub bytes: Bytes,
+    /// Frames in the batch.
+    pub frames: usize,
+    /// `missedevents` frames among them.
+    pub missed: usize,
+    /// Whether one of them is a real event (not `lastEventId`): starts the long-polling delay.
+    pub real: bool,
+}
+
 /// What the body takes from the queue in one poll.
 pub(crate) enum Drained {
-    Frames(Vec<Frame>),
+    Frames(Batch),
     Heartbeat,
     Slow,
     Retry(u64),
@@ -273,19 +284,7 @@ impl Conn {
             return Drained::Slow;
         }
         if st.ready && !st.queue.is_empty() {
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while let Some(frame) = st.queue.front() {
-                if !batch.is_empty() && bytes + frame.bytes.len() > max_batch_bytes {
-                    break;
-                }
-                bytes += frame.bytes.len();
-                if let Some(frame) = st.queue.pop_front() {
-                    batch.push(frame);
-                }
-            }
-            st.queued_bytes -= bytes;
-            return Drained::Frames(batch);
+            return Drained::Frames(take_batch(&mut st, max_batch_bytes));
         }
         // Ending: what was ready has been written above; a stream still waiting for its
         // replay ends too (its client resumes from the same position).
@@ -302,6 +301,49 @@ impl Conn {
         }
         Drained::Nothing
     }
+}
+
+/// Takes the queued frames up to `max_bytes` (at least one). A single frame, the usual case in a
+/// fan-out, is handed on as it is: no allocation and no copy.
+fn take_batch(st: &mut State, max_bytes: usize) -> Batch {
+    let mut batch = Batch {
+        bytes: Bytes::new(),
+        frames: 0,
+        missed: 0,
+        real: false,
+    };
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = st.queue.front() {
+        let len = frame.bytes.len();
+        if batch.frames > 0
+            && batch.bytes.len() + joined.as_ref().map_or(0, |j| j.len()) + len > max_bytes
+        {
+            break;
+        }
+        let Some(frame) = st.queue.pop_front() else {
+            break;
+        };
+        st.queued_bytes -= len;
+        batch.frames += 1;
+        batch.missed += usize::from(frame.kind == FrameKind::MissedEvents);
+        batch.real |= frame.kind != FrameKind::LastEventId;
+        match &mut joined {
+            Some(j) => j.extend_from_slice(&frame.bytes),
+            None if batch.frames == 1 => batch.bytes = frame.bytes,
+            None => {
+                let rest: usize = st.queue.iter().map(|f| f.bytes.len()).sum();
+                let mut j =
+                    BytesMut::with_capacity((batch.bytes.len() + len + rest).min(max_bytes));
+                j.extend_from_slice(&std::mem::take(&mut batch.bytes));
+                j.extend_from_slice(&frame.bytes);
+                joined = Some(j);
+            }
+        }
+    }
+    if let Some(j) = joined {
+        batch.bytes = j.freeze();
+    }
+    batch
 }
 
 fn wake(mut st: MutexGuard<'_, State>) {
@@ -323,10 +365,18 @@ mod tests {
     fn ids(conn: &Conn) -> Vec<u64> {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        match conn.drain(&mut cx, usize::MAX) {
-            Drained::Frames(f) => f.iter().map(|f| f.id).collect(),
-            _ => vec![],
+        let mut ids = Vec::new();
+        // One frame per drain, so that each frame's id can be read back from its bytes.
+        while let Drained::Frames(b) = conn.drain(&mut cx, 1) {
+            let text = std::str::from_utf8(&b.bytes).unwrap();
+            ids.push(
+                text.strip_prefix("id: ")
+                    .and_then(|t| t.split('\n').next())
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0),
+            );
         }
+        ids
     }
 
     #[test]
@@ -385,6 +435,29 @@ mod tests {
         conn.reset(missed());
         conn.push(&frame(1), false);
         assert_eq!(ids(&conn), [51, 0, 1]);
+    }
+
+    #[test]
+    fn queued_frames_are_joined_up_to_the_batch_limit() {
+        let conn = Conn::new(1, 1 << 20);
+        assert!(conn.start(vec![], vec![], 0, 0));
+        for id in 1..=4 {
+            conn.push(&frame(id), false);
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // Each frame is 9 bytes: three fit in 27.
+        let Drained::Frames(b) = conn.drain(&mut cx, 27) else {
+            panic!("nothing drained")
+        };
+        assert_eq!((b.frames, b.missed, b.real), (3, 0, true));
+        assert_eq!(&b.bytes[..], b"id: 1\n\nid: 2\n\nid: 3\n\n");
+        let Drained::Frames(b) = conn.drain(&mut cx, 27) else {
+            panic!("nothing drained")
+        };
+        assert_eq!(&b.bytes[..], b"id: 4\n\n");
+        assert!(matches!(conn.drain(&mut cx, 27), Drained::Nothing));
+        assert_eq!(conn.lock().queued_bytes, 0);
     }
 
     #[test]

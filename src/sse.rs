@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Frame as BodyFrame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::conn::{Drained, Frame, FrameKind};
+use crate::conn::{Batch, Drained};
 use crate::event::{HEARTBEAT_FRAME, retry_frame};
 use crate::hub::Registration;
 
@@ -161,9 +161,9 @@ impl Stream {
                 self.ended = true;
                 retry_frame(ms)
             }
-            Drained::Frames(frames) => {
-                self.count(&frames);
-                join(frames)
+            Drained::Frames(batch) => {
+                self.count(&batch);
+                batch.bytes
             }
         };
         self.reg
@@ -175,34 +175,18 @@ impl Stream {
     }
 
     /// Counts what is sent and arms the long-polling timer on the first real event.
-    fn count(&mut self, frames: &[Frame]) {
+    fn count(&mut self, batch: &Batch) {
         let metrics = &self.reg.hub.metrics;
-        metrics.events_sent.fetch_add(frames.len() as u64, Relaxed);
-        let missed = frames
-            .iter()
-            .filter(|f| f.kind == FrameKind::MissedEvents)
-            .count();
-        if missed > 0 {
-            metrics.missed_sent.fetch_add(missed as u64, Relaxed);
+        metrics.events_sent.fetch_add(batch.frames as u64, Relaxed);
+        if batch.missed > 0 {
+            metrics.missed_sent.fetch_add(batch.missed as u64, Relaxed);
         }
         if let Some((delay, timer @ None)) = &mut self.polling
-            && frames.iter().any(|f| f.kind != FrameKind::LastEventId)
+            && batch.real
         {
             *timer = Some(Box::pin(tokio::time::sleep(*delay)));
         }
     }
-}
-
-fn join(mut frames: Vec<Frame>) -> Bytes {
-    if frames.len() == 1 {
-        return frames.pop().map(|f| f.bytes).unwrap_or_default();
-    }
-    let len = frames.iter().map(|f| f.bytes.len()).sum();
-    let mut out = BytesMut::with_capacity(len);
-    for f in frames {
-        out.extend_from_slice(&f.bytes);
-    }
-    out.freeze()
 }
 
 #[cfg(test)]
