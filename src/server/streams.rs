@@ -12,7 +12,9 @@
 //! next request; anything that is not a stream request goes to hyper with the bytes read so
 //! far, and hyper serves the connection from then on.
 //!
-//! Like hyper, a stream ends when the client closes its side; what a client sends while its
+//! Other routes of the router (an application serving its own router through
+//! [`crate::server::serve`]) may answer such a request too: a body of unknown length is written
+//! as chunks the same way. Like hyper, a stream ends when the client closes its side; what a client sends while its
 //! stream is open is kept (up to the head limit) as the next pipelined request.
 
 use std::future::Future;
@@ -103,14 +105,42 @@ where
     }
 }
 
-/// Runs the request through the router: the response head, and the stream's body (or the
-/// complete response, refusals and `retry:` when full, as the head and an ended body).
+/// Bodies of known length up to this size are written whole, with their head; larger ones as
+/// chunks.
+const MAX_WHOLE_BODY: u64 = 64 * 1024;
+
+/// A body written as chunks: a stream of the endpoint, or whatever another route of the
+/// application's router answered without a known length.
+enum ChunkedBody {
+    Sse(SseBody),
+    Other(Body),
+}
+
+impl ChunkedBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+        let frame = match self {
+            ChunkedBody::Sse(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(drop)),
+            ChunkedBody::Other(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(drop)),
+        };
+        Poll::Ready(frame.map(|f| f.map(|f| f.into_data().unwrap_or_default())))
+    }
+
+    fn poll_slow(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            ChunkedBody::Sse(b) => b.poll_slow(cx),
+            ChunkedBody::Other(_) => false,
+        }
+    }
+}
+
+/// Runs the request through the router: the response head, and the body to write as chunks;
+/// a small body of known length (refusals, `retry:` when full) is written whole, with the head.
 async fn answer(
     ctx: &StreamsContext,
     request: Request<()>,
     close: bool,
     extend: Extend<'_>,
-) -> Option<(Bytes, Option<SseBody>)> {
+) -> Option<(Bytes, Option<ChunkedBody>)> {
     let slot = StreamSlot::default();
     let mut request = request.map(|()| Body::empty());
     extend(request.extensions_mut());
@@ -122,7 +152,15 @@ async fn answer(
     let (parts, body) = response.into_parts();
     if let Some(stream) = slot.take() {
         let head = encode_head(parts.status, &parts.headers, None, close);
-        return Some((head.into(), Some(stream)));
+        return Some((head.into(), Some(ChunkedBody::Sse(stream))));
+    }
+    if body
+        .size_hint()
+        .exact()
+        .is_none_or(|len| len > MAX_WHOLE_BODY)
+    {
+        let head = encode_head(parts.status, &parts.headers, None, close);
+        return Some((head.into(), Some(ChunkedBody::Other(body))));
     }
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
@@ -292,7 +330,7 @@ fn split_at<'a>(
 struct ChunkedStream<'a, IO> {
     io: &'a mut IO,
     /// `None` for a complete response, written as `pending`.
-    body: Option<SseBody>,
+    body: Option<ChunkedBody>,
     pending: Option<Chunk>,
     /// The pending chunk is the last one.
     last_chunk: bool,
@@ -350,11 +388,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for ChunkedStream<'_, IO> {
             let Some(body) = &mut this.body else {
                 return Poll::Ready(StreamEnd::Finished);
             };
-            match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
+            match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    if !data.is_empty() {
                         this.pending = Some(Chunk::new(data));
                     }
                 }
@@ -405,7 +441,9 @@ mod tests {
         let mut next = Vec::new();
         let write = ChunkedStream {
             io: &mut server,
-            body: Some(SseBody::full(Bytes::from_static(b"data: hi\n\n"))),
+            body: Some(ChunkedBody::Sse(SseBody::full(Bytes::from_static(
+                b"data: hi\n\n",
+            )))),
             pending: Some(Chunk::raw(Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"))),
             last_chunk: false,
             next_request: &mut next,

@@ -3,7 +3,8 @@
 //! raw sockets. A connection carries several requests in turn (keep-alive after a long-polling
 //! stream or a refusal, then a publish that hyper serves, then a stream served by hyper);
 //! requests pipelined behind a stream are answered after it; `Connection: close` is honoured;
-//! a client that leaves is unregistered at once; idle keep-alive connections close at shutdown.
+//! a client that leaves is unregistered at once; idle keep-alive connections close at shutdown;
+//! another route's body of unknown length is streamed, not buffered.
 
 use std::time::Duration;
 
@@ -271,4 +272,45 @@ async fn an_idle_keep_alive_connection_closes_at_shutdown() {
         "shutdown took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn another_route_answering_a_stream_request_with_its_own_body_is_streamed_as_it_comes() {
+    use axum::body::Body;
+    use futures_util::StreamExt as _;
+
+    let redisse = redisse::Redisse::new(Backend::memory().config()).unwrap();
+    // An application's own route, streaming a body that never ends: buffering it whole would
+    // send nothing.
+    let app = redisse.router().route(
+        "/ticks",
+        axum::routing::get(|| async {
+            let parts = futures_util::stream::iter(["tick 1\n", "tick 2\n"])
+                .map(Ok::<_, std::io::Error>)
+                .chain(futures_util::stream::pending());
+            Body::from_stream(parts)
+        }),
+    );
+    let server = TestServer::start_router(redisse, app).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&stream_request("/ticks", &[])).await.unwrap();
+    let mut reader = RawReader::new();
+    let deadline = Instant::now() + PATIENCE;
+    assert_eq!(reader.line(&mut tcp, deadline).await, "HTTP/1.1 200 OK");
+    let mut chunked = false;
+    loop {
+        let line = reader.line(&mut tcp, deadline).await;
+        if line.is_empty() {
+            break;
+        }
+        chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked");
+    }
+    assert!(chunked, "a body of unknown length goes as chunks");
+    for tick in ["tick 1\n", "tick 2\n"] {
+        assert_eq!(reader.line(&mut tcp, deadline).await, "7");
+        assert_eq!(
+            reader.take(&mut tcp, 9, deadline).await,
+            format!("{tick}\r\n").as_bytes()
+        );
+    }
 }
