@@ -34,8 +34,10 @@ use crate::resume::channel_may_have_lost;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Channels per SUBSCRIBE command when resubscribing.
+/// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const SUBSCRIBE_CHUNK: usize = 512;
+/// Commands taken from the hub's queue at once.
+const MAX_BATCH: usize = 4096;
 
 pub(crate) struct Subscriber {
     pub client: redis::Client,
@@ -264,14 +266,14 @@ impl Subscriber {
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => {
-                    let result = match cmd {
-                        None => return Exit::Stop,
-                        Some(SubCommand::Barrier(tx)) => {
-                            self.barrier(con, tx, active, barriers).await
-                        }
-                        Some(change) => apply_change(con, change, active).await,
-                    };
-                    if let Err(e) = result {
+                    let Some(first) = cmd else { return Exit::Stop };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH
+                        && let Ok(cmd) = self.commands.try_recv()
+                    {
+                        batch.push(cmd);
+                    }
+                    if let Err(e) = self.apply(con, batch, active, barriers).await {
                         return Exit::Lost(e.to_string());
                     }
                 }
@@ -294,67 +296,88 @@ impl Subscriber {
 }
 
 impl Subscriber {
-    /// Answers `first` and the barriers queued right behind it with one PING. Its reply follows
-    /// every message Redis pushed before it, and the answers go through the dispatcher, so a
-    /// barrier is answered once those messages reached the connections. On failure the
-    /// barriers wait for the reconnection, like those that arrive meanwhile. A subscription
-    /// change found behind them is applied after.
-    async fn barrier(
+    /// Applies a batch of queued commands in order: consecutive subscriptions go as one
+    /// `SUBSCRIBE` (consecutive removals as one `UNSUBSCRIBE`), so that a burst of new streams
+    /// costs a few round trips rather than two each; then one PING answers every barrier of the
+    /// batch. Its reply follows every message Redis pushed before it, and the answers go through
+    /// the dispatcher, so a barrier is answered once those messages reached the connections. A
+    /// barrier answered after later changes too is still correct: what it waits for is in effect.
+    /// On failure, the changes are recorded for the resubscription and the barriers wait for the
+    /// reconnection.
+    async fn apply(
         &mut self,
         con: &mut MultiplexedConnection,
-        first: oneshot::Sender<()>,
+        batch: Vec<SubCommand>,
         active: &mut HashSet<Arc<str>>,
         barriers: &mut Vec<oneshot::Sender<()>>,
     ) -> redis::RedisResult<()> {
-        let mut batch = vec![first];
-        let mut behind = None;
-        while let Ok(cmd) = self.commands.try_recv() {
-            match cmd {
-                SubCommand::Barrier(tx) => batch.push(tx),
-                change => {
-                    behind = Some(change);
-                    break;
+        let mut waiting = Vec::new();
+        let mut run: Vec<Arc<str>> = Vec::new();
+        let mut run_subscribes = true;
+        let mut failed = None;
+        for cmd in batch {
+            if failed.is_some() {
+                record(cmd, active, barriers);
+                continue;
+            }
+            let (ch, subscribe) = match cmd {
+                SubCommand::Barrier(tx) => {
+                    waiting.push(tx);
+                    continue;
                 }
+                SubCommand::Subscribe(ch) => (ch, true),
+                SubCommand::Unsubscribe(ch) => (ch, false),
+            };
+            if subscribe != run_subscribes || run.len() >= SUBSCRIBE_CHUNK {
+                if let Err(e) = send_run(con, &run, run_subscribes).await {
+                    failed = Some(e);
+                }
+                run.clear();
+                run_subscribes = subscribe;
             }
+            if subscribe {
+                active.insert(ch.clone());
+            } else {
+                active.remove(&ch);
+            }
+            run.push(ch);
         }
-        if let Err(e) = redis::cmd("PING").query_async::<Value>(con).await {
-            barriers.extend(batch);
-            if let Some(change) = behind {
-                record(change, active, barriers);
-            }
+        if failed.is_none()
+            && let Err(e) = send_run(con, &run, run_subscribes).await
+        {
+            failed = Some(e);
+        }
+        if failed.is_none()
+            && !waiting.is_empty()
+            && let Err(e) = redis::cmd("PING").query_async::<Value>(con).await
+        {
+            failed = Some(e);
+        }
+        if let Some(e) = failed {
+            barriers.extend(waiting);
             return Err(e);
         }
-        for tx in batch {
+        for tx in waiting {
             let _ = self.dispatch.send(Dispatch::Barrier(tx));
         }
-        match behind {
-            Some(change) => apply_change(con, change, active).await,
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
-/// Applies a subscription change on the connection. Barriers never come here: `serve` hands
-/// them to [`Subscriber::barrier`].
-async fn apply_change(
+/// Sends one run of subscriptions or removals (nothing when empty).
+async fn send_run(
     con: &mut MultiplexedConnection,
-    change: SubCommand,
-    active: &mut HashSet<Arc<str>>,
+    channels: &[Arc<str>],
+    subscribe: bool,
 ) -> redis::RedisResult<()> {
-    match change {
-        SubCommand::Subscribe(ch) => {
-            active.insert(ch.clone());
-            con.subscribe(&*ch).await
-        }
-        SubCommand::Unsubscribe(ch) => {
-            active.remove(&ch);
-            con.unsubscribe(&*ch).await
-        }
-        SubCommand::Barrier(tx) => {
-            // Not reachable from `serve`; answering is better than dropping it.
-            let _ = tx.send(());
-            Ok(())
-        }
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = channels.iter().map(|c| &**c).collect();
+    if subscribe {
+        con.subscribe(names).await
+    } else {
+        con.unsubscribe(names).await
     }
 }
 
