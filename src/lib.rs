@@ -50,7 +50,9 @@
 //! * `redirect`: [`RedirectEndpoint`], the nginx X-Accel-Redirect handler.
 //! * `metrics`: the instance's counters, as the gem's JSON stats and Prometheus text.
 //! * `server`: the accept loop, socket options, request-head limits (size, timeouts on the first
-//!   bytes), closing the socket of a slow client, and graceful shutdown; `tls`: HTTPS.
+//!   bytes), closing the socket of a slow client, and graceful shutdown; on plain connections,
+//!   `server::head` reads the first request head and `server::streams` writes stream responses on
+//!   the bare socket, handing other requests to hyper (`server::rewind`); `tls`: HTTPS.
 //! * `cli` (feature `cli`): the `redisse` command line, also callable as [`cli::run`].
 //! * `instance`: [`Redisse`], the handle that ties them together.
 

@@ -10,7 +10,9 @@
 //! by [`streams`], which writes SSE responses on the bare socket and so keeps no HTTP buffer per
 //! idle stream (about 2.5 KiB per stream instead of about 23 KiB under hyper, BENCHMARKS.md);
 //! the first request that is not a stream request hands the connection to hyper. TLS
-//! connections are served by hyper throughout.
+//! connections are served by hyper throughout. Stream requests still go through the router and
+//! its layers, which may change the response head; a layer that rewrites response bodies does
+//! not see a stream's body, which the endpoint hands to the server directly.
 //!
 //! Each hyper connection also carries a [`ConnectionCloser`] in its requests' extensions: when its
 //! stream falls behind, the SSE queue cancels it and the connection task drops the socket at
