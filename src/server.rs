@@ -7,14 +7,14 @@
 //! forever, tokio-rs/axum#2673), then waits a bounded time for connections to finish.
 //!
 //! On plain connections (TCP without TLS, unix sockets) stream requests are read and answered
-//! by [`streams`], which writes SSE responses on the bare socket and so keeps no HTTP buffer per
+//! by `streams`, which writes SSE responses on the bare socket and so keeps no HTTP buffer per
 //! idle stream (about 2.5 KiB per stream instead of about 23 KiB under hyper, BENCHMARKS.md);
 //! the first request that is not a stream request hands the connection to hyper. TLS
 //! connections are served by hyper throughout. Stream requests still go through the router and
 //! its layers, which may change the response head; a layer that rewrites response bodies does
 //! not see a stream's body, which the endpoint hands to the server directly.
 //!
-//! Each hyper connection also carries a [`ConnectionCloser`] in its requests' extensions: when its
+//! Each hyper connection also carries a `ConnectionCloser` in its requests' extensions: when its
 //! stream falls behind, the SSE queue cancels it and the connection task drops the socket at
 //! once, because hyper, blocked writing to a client that does not read, would never poll the
 //! body to see it end. Refused request heads (too large, too slow, malformed) are counted in
@@ -255,7 +255,7 @@ where
 }
 
 /// Serves a plain (not TLS) connection: its stream requests on the bare socket
-/// ([`streams`]), and from the first other request on, hyper.
+/// (`streams`), and from the first other request on, hyper.
 fn spawn_plain<IO, P>(ctx: &ConnectionContext<'_>, mut io: IO, peer: P)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -1,7 +1,7 @@
 //! The `redisse` command line (SPEC 7): `redisse [serve] [options]` and `redisse publish`.
 //!
 //! Raw flags (clap, each with its environment variable) are turned into a validated
-//! [`Config`]; this is the only place that reads the environment, installs the log subscriber
+//! [`Config`](crate::Config); this is the only place that reads the environment, installs the log subscriber
 //! and handles signals. [`run`] is the whole binary; [`run_with`] is the same binary around an
 //! application's own channel function, like the gem's `bin/sse_server`.
 
