@@ -107,4 +107,10 @@ pub mod fuzzing {
     pub fn parse_stored_id(payload: &[u8]) -> Option<u64> {
         crate::event::parse_stored_id(payload)
     }
+
+    /// How the standalone server sorts a plain connection's first bytes: `None` while the head
+    /// is incomplete, `Some(None)` for hyper, `Some(Some(len))` for a stream request.
+    pub fn request_head(bytes: &[u8]) -> Option<Option<usize>> {
+        crate::server::decide_request_head(bytes)
+    }
 }

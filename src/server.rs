@@ -46,6 +46,8 @@ use tower::ServiceExt;
 
 use self::first_bytes::FirstBytesDeadline;
 use self::head::HeadLimits;
+#[cfg(fuzzing)]
+pub(crate) use self::head::decide as decide_request_head;
 use self::rewind::Rewind;
 use self::streams::{Handoff, StreamsContext};
 use crate::instance::Redisse;

@@ -132,6 +132,16 @@ fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     Some(request)
 }
 
+/// For the fuzz target: `None` while the head is incomplete, `Some(None)` for hyper, and
+/// `Some(Some(len))` for a stream request whose head is `len` bytes.
+#[cfg(fuzzing)]
+pub(crate) fn decide(buf: &[u8]) -> Option<Option<usize>> {
+    sort(buf).map(|head| match head {
+        Head::Stream(_, len) => Some(len),
+        _ => None,
+    })
+}
+
 /// Whether the request asks to close the connection after the response.
 pub(super) fn wants_close(req: &Request<()>) -> bool {
     req.headers()
@@ -180,6 +190,54 @@ mod tests {
         assert_eq!(sorted(b"GARBAGE\r\n\r\n"), "other");
         assert_eq!(sorted(b"PRI * HTTP/2.0\r\n"), "partial");
         assert_eq!(sorted(H2_PREFACE), "other");
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, sorting never panics; a stream request's head ends within
+        /// the bytes and is decided the same without what follows it.
+        #[test]
+        fn any_bytes_are_sorted_and_a_head_does_not_depend_on_what_follows(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..50),
+        ) {
+            if let Some(Head::Stream(req, len)) = sort(&bytes) {
+                proptest::prop_assert!(len <= bytes.len());
+                proptest::prop_assert_eq!(req.method(), Method::GET);
+                let again = sort(&bytes[..len]);
+                proptest::prop_assert!(matches!(again, Some(Head::Stream(_, l)) if l == len));
+                let mut longer = bytes.clone();
+                longer.extend_from_slice(&tail);
+                let longer = sort(&longer);
+                proptest::prop_assert!(matches!(longer, Some(Head::Stream(_, l)) if l == len));
+            }
+        }
+
+        /// A well-formed stream request is a stream request, with or without bytes after it.
+        #[test]
+        fn generated_stream_requests_are_recognised(
+            path in "/[a-z0-9?&=.%-]{0,40}",
+            extra in proptest::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,12}", "[ -~]{0,30}"), 0..5),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..50),
+        ) {
+            let mut head = format!("GET {path} HTTP/1.1\r\nAccept: text/event-stream\r\n");
+            for (name, value) in &extra {
+                let lower = name.to_ascii_lowercase();
+                if ["content-length", "transfer-encoding", "upgrade", "expect", "accept"]
+                    .contains(&lower.as_str())
+                {
+                    continue;
+                }
+                head.push_str(&format!("{name}: {}\r\n", value.trim()));
+            }
+            head.push_str("\r\n");
+            let mut bytes = head.clone().into_bytes();
+            bytes.extend_from_slice(&tail);
+            let sorted = sort(&bytes);
+            proptest::prop_assert!(
+                matches!(sorted, Some(Head::Stream(_, len)) if len == head.len()),
+                "{head:?} sorted as {sorted:?}"
+            );
+        }
     }
 
     #[test]
