@@ -435,6 +435,28 @@ mod tests {
         assert_eq!((a, b, c), (&b"\r\n"[..], &b"abc"[..], &b"\r\n"[..]));
     }
 
+    /// What an idle stream's connection task holds besides the socket is this future (and the
+    /// task's header): printed for BENCHMARKS.md (`cargo test --lib per_stream_state --
+    /// --nocapture`), bounded so that it stays small.
+    #[test]
+    fn per_stream_state_of_a_plain_connection() {
+        let ctx = StreamsContext {
+            router: Router::new(),
+            metrics: Arc::new(Metrics::default()),
+            limits: HeadLimits {
+                max_bytes: 1024,
+                timeout: std::time::Duration::from_secs(1),
+            },
+            stop: CancellationToken::new(),
+        };
+        let (_client, mut server) = tokio::io::duplex(64);
+        let extend = |_: &mut http::Extensions| {};
+        let serve = super::serve(&mut server, &ctx, &extend);
+        let size = std::mem::size_of_val(&serve);
+        println!("plain connection future (streams::serve) {size} B");
+        assert!(size <= 512, "streams::serve is {size} B");
+    }
+
     #[tokio::test]
     async fn frames_are_written_as_chunks_then_the_last_chunk() {
         let (mut client, mut server) = tokio::io::duplex(1024);
