@@ -68,12 +68,18 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::new();
+    let mut served = false;
     loop {
         // Boxed too: the timer and the read are only needed until the head is in.
         let (request, len) = match Box::pin(read_head(io, &mut buf, ctx.limits, &ctx.stop)).await {
             Head::Stream(request, len) => (request, len),
             Head::Other => return Handoff::Hyper(buf),
             Head::Closed => return Handoff::Done,
+            Head::TimedOut if served && buf.is_empty() => {
+                // A kept-alive connection that stayed idle: it expires, nobody was refused.
+                tracing::debug!("closed an idle keep-alive connection");
+                return Handoff::Done;
+            }
             Head::TimedOut => {
                 ctx.metrics.refused(Refusal::HeaderTimeout);
                 tracing::info!("refused a connection: request head not received in time");
@@ -99,6 +105,7 @@ where
             max_next: ctx.limits.max_bytes,
         };
         let finished = write.await == StreamEnd::Finished;
+        served = true;
         if !finished || close || ctx.stop.is_cancelled() {
             return Handoff::Done;
         }

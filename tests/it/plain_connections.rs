@@ -4,7 +4,8 @@
 //! stream or a refusal, then a publish that hyper serves, then a stream served by hyper);
 //! requests pipelined behind a stream are answered after it; `Connection: close` is honoured;
 //! a client that leaves is unregistered at once; idle keep-alive connections close at shutdown;
-//! another route's body of unknown length is streamed, not buffered.
+//! another route's body of unknown length is streamed, not buffered; an idle kept-alive connection
+//! expires after the header read timeout without counting as a refused slow-loris.
 
 use std::time::Duration;
 
@@ -313,4 +314,33 @@ async fn another_route_answering_a_stream_request_with_its_own_body_is_streamed_
             format!("{tick}\r\n").as_bytes()
         );
     }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_expires_without_counting_a_refusal() {
+    let mut config = Backend::memory().config();
+    config.header_read_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let timeouts = || {
+        server
+            .redisse
+            .metrics()
+            .refusals(redisse::metrics::Refusal::HeaderTimeout)
+    };
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut reader = RawReader::new();
+    tcp.write_all(&stream_request("/", &[])).await.unwrap();
+    assert_eq!(reader.response(&mut tcp).await.status, 404);
+    let started = Instant::now();
+    assert!(read_to_close(&mut tcp, PATIENCE).await.is_empty());
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(2),
+        "closed after {idle:?}"
+    );
+    assert_eq!(timeouts(), 0, "an idle keep-alive expiry is not a refusal");
+    // A connection that never sends a head still is one.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    assert!(read_to_close(&mut silent, PATIENCE).await.is_empty());
+    assert_eq!(timeouts(), 1);
 }
