@@ -14,8 +14,12 @@
 //!
 //! Other routes of the router (an application serving its own router through
 //! [`crate::server::serve`]) may answer such a request too: a body of unknown length is written
-//! as chunks the same way. Like hyper, a stream ends when the client closes its side; what a client sends while its
-//! stream is open is kept (up to the head limit) as the next pipelined request.
+//! as chunks the same way.
+//!
+//! Like hyper, a stream ends when the client closes its side; what a client sends while its
+//! stream is open is kept (up to the head limit) as the next pipelined request. Also as with
+//! hyper, a kept-alive connection waits for its next request head at most the header read
+//! timeout; one that expires idle after a response closes without counting as a refusal.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -158,15 +162,24 @@ async fn answer(
     };
     let (parts, body) = response.into_parts();
     if let Some(stream) = slot.take() {
-        let head = encode_head(parts.status, &parts.headers, None, close);
+        let head = encode_head(parts.status, &parts.headers, Framing::Chunked, close);
         return Some((head.into(), Some(ChunkedBody::Sse(stream))));
+    }
+    let status = parts.status;
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        // Responses that never have a body (RFC 9110, 15.3.5 and 15.4.5).
+        let head = encode_head(status, &parts.headers, Framing::None, close);
+        return Some((head.into(), None));
     }
     if body
         .size_hint()
         .exact()
         .is_none_or(|len| len > MAX_WHOLE_BODY)
     {
-        let head = encode_head(parts.status, &parts.headers, None, close);
+        let head = encode_head(status, &parts.headers, Framing::Chunked, close);
         return Some((head.into(), Some(ChunkedBody::Other(body))));
     }
     let body = match body.collect().await {
@@ -176,17 +189,26 @@ async fn answer(
             return None;
         }
     };
-    let mut out = encode_head(parts.status, &parts.headers, Some(body.len()), close);
+    let mut out = encode_head(status, &parts.headers, Framing::Length(body.len()), close);
     out.extend_from_slice(&body);
     Some((out.into(), None))
 }
 
-/// The response head, in the form hyper writes it: the headers as given, the body's framing
-/// (`content-length`, or chunks when `length` is `None`), and `date`.
+/// How a response's body is delimited.
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    /// No body at all (204, 304, 1xx).
+    None,
+}
+
+/// The response head, in the form hyper writes it: the headers as given, the body's framing,
+/// and `date`.
 fn encode_head(
     status: http::StatusCode,
     headers: &HeaderMap,
-    length: Option<usize>,
+    framing: Framing,
     close: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
@@ -204,9 +226,12 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match length {
-        Some(len) => out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes()),
-        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    match framing {
+        Framing::Length(len) => {
+            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None => {}
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

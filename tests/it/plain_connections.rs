@@ -344,3 +344,37 @@ async fn an_idle_keep_alive_connection_expires_without_counting_a_refusal() {
     assert!(read_to_close(&mut silent, PATIENCE).await.is_empty());
     assert_eq!(timeouts(), 1);
 }
+
+#[tokio::test]
+async fn a_bodyless_status_from_another_route_gets_no_length_and_no_body() {
+    let redisse = redisse::Redisse::new(Backend::memory().config()).unwrap();
+    let app = redisse.router().route(
+        "/nothing",
+        axum::routing::get(|| async { http::StatusCode::NO_CONTENT }),
+    );
+    let server = TestServer::start_router(redisse, app).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&stream_request("/nothing", &[]))
+        .await
+        .unwrap();
+    let mut reader = RawReader::new();
+    let deadline = Instant::now() + PATIENCE;
+    assert_eq!(
+        reader.line(&mut tcp, deadline).await,
+        "HTTP/1.1 204 No Content"
+    );
+    loop {
+        let line = reader.line(&mut tcp, deadline).await;
+        if line.is_empty() {
+            break;
+        }
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        assert!(
+            name != "content-length" && name != "transfer-encoding",
+            "a 204 with {line:?}"
+        );
+    }
+    // Nothing follows the head but the next response.
+    tcp.write_all(&stream_request("/", &[])).await.unwrap();
+    assert_eq!(reader.response(&mut tcp).await.status, 404);
+}
