@@ -130,7 +130,9 @@ async fn from_first_live(
 async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        shared.broker.subscriptions_ready().await;
+        // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
+        // alive at once, and only the part in use should take memory.
+        Box::pin(shared.broker.subscriptions_ready()).await;
         if Arc::strong_count(&conn) == 1 || conn.is_ending() {
             return;
         }
@@ -147,11 +149,13 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
             LastEventId::At(id) => Some(id),
             _ => None,
         };
-        match shared.broker.snapshot(&channels, after).await {
+        match Box::pin(shared.broker.snapshot(&channels, after)).await {
             Ok(snapshot) => {
                 let counter = snapshot.counter.unwrap_or(0);
                 let (last, snapshot) = match last {
-                    LastEventId::None => from_first_live(&shared, &conn, &channels, snapshot).await,
+                    LastEventId::None => {
+                        Box::pin(from_first_live(&shared, &conn, &channels, snapshot)).await
+                    }
                     _ => (last, snapshot),
                 };
                 shared.hub.counter_seen.fetch_max(counter, Relaxed);
