@@ -5,7 +5,8 @@
 //! requests pipelined behind a stream are answered after it; `Connection: close` is honoured;
 //! a client that leaves is unregistered at once; idle keep-alive connections close at shutdown;
 //! another route's body of unknown length is streamed, not buffered; an idle kept-alive connection
-//! expires after the header read timeout without counting as a refused slow-loris.
+//! expires after the header read timeout without counting as a refused slow-loris; a seeded
+//! random mix of streams and refusals, pipelined and split mid-head, is answered in order.
 
 use std::time::Duration;
 
@@ -377,4 +378,62 @@ async fn a_bodyless_status_from_another_route_gets_no_length_and_no_body() {
     // Nothing follows the head but the next response.
     tcp.write_all(&stream_request("/", &[])).await.unwrap();
     assert_eq!(reader.response(&mut tcp).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_random_mix_of_requests_pipelined_or_not_is_answered_in_order_on_one_connection() {
+    let mut config = Backend::memory().config();
+    config.polling_delay = Duration::from_millis(5);
+    let server = TestServer::start(config).await;
+    let before = server.publish("r", "message", "before").await;
+    let id = server.publish("r", "message", "kept").await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut reader = RawReader::new();
+    // A small fixed-seed generator: the sequence is the same on every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let replay = "/?r&polling";
+    let last = format!("Last-Event-ID: {before}");
+    let mut sent = 0;
+    while sent < 60 {
+        // One to three requests written at once, each a replayed polling stream or a refusal.
+        let batch = 1 + (next() % 3) as usize;
+        let mut bytes = Vec::new();
+        let mut kinds = Vec::new();
+        for _ in 0..batch {
+            let stream = next() % 2 == 0;
+            kinds.push(stream);
+            bytes.extend_from_slice(&if stream {
+                stream_request(replay, &[&last])
+            } else {
+                stream_request("/", &[])
+            });
+        }
+        // Sometimes split the batch mid-head, as TCP may.
+        let cut = (next() as usize) % bytes.len();
+        tcp.write_all(&bytes[..cut]).await.unwrap();
+        tcp.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(next() % 3)).await;
+        tcp.write_all(&bytes[cut..]).await.unwrap();
+        for stream in kinds {
+            let res = reader.response(&mut tcp).await;
+            if stream {
+                assert_eq!(res.status, 200, "request {sent}: {res:?}");
+                assert_eq!(
+                    String::from_utf8(res.body).unwrap(),
+                    format!("id: {id}\nevent: message\ndata: kept\n\n"),
+                    "request {sent}"
+                );
+            } else {
+                assert_eq!(res.status, 404, "request {sent}: {res:?}");
+            }
+            sent += 1;
+        }
+    }
+    wait_connections(&server, 0).await;
 }
