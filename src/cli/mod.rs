@@ -32,10 +32,17 @@ pub fn run_with<P: ChannelPolicy>(policy: P) -> ExitCode {
         eprintln!("redisse: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = match &cli.command {
+        Some(Command::Serve(args)) => args.threads,
+        Some(Command::Publish(_)) => None,
+        None => cli.serve.threads,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("redisse-worker");
+    if let Some(n) = threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("redisse: cannot start the runtime: {e}");

@@ -99,6 +99,7 @@ async fn help_documents_every_option_with_its_environment_variable() {
         ("--max-publish-bytes", "REDISSE_MAX_PUBLISH_BYTES"),
         ("--max-header-bytes", "REDISSE_MAX_HEADER_BYTES"),
         ("--max-channel-name-bytes", "REDISSE_MAX_CHANNEL_NAME_BYTES"),
+        ("--threads", "REDISSE_THREADS"),
     ] {
         let (_, description) = blocks
             .iter()
@@ -185,6 +186,8 @@ async fn bad_options_exit_non_zero_with_a_message() {
         (&["--heartbeat", "0"][..], "--heartbeat"),
         (&["--polling-delay=-1"][..], "--polling-delay"),
         (&["--max-queue-bytes", "lots"][..], "--max-queue-bytes"),
+        (&["--threads", "0"][..], "--threads"),
+        (&["--threads", "many"][..], "--threads"),
         (&["serve", "extra-argument"][..], "extra-argument"),
         (&["publish"][..], "CHANNEL"),
         (
@@ -261,6 +264,39 @@ fn port_of(line: &str) -> u16 {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().unwrap()
+}
+
+/// Threads of a process whose name (truncated to 15 bytes by the kernel) starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn threads_sets_the_number_of_worker_threads() {
+    for (args, env, expected) in [
+        (&["--threads", "1"][..], &[][..], 1),
+        (&[][..], &[("REDISSE_THREADS", "3")][..], 3),
+    ] {
+        let mut all = vec!["-a", "127.0.0.1", "-p", "0"];
+        all.extend_from_slice(args);
+        let mut r = start(&all, env).await;
+        let pid = r.child.id().expect("pid");
+        // A thread takes its name once it runs: wait for the count to settle.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut count = threads_named(pid, "redisse-worker");
+        while count < expected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            count = threads_named(pid, "redisse-worker");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        count = threads_named(pid, "redisse-worker");
+        assert_eq!(count, expected, "{args:?} {env:?}");
+        r.child.kill().await.unwrap();
+    }
 }
 
 #[tokio::test]
