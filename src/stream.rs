@@ -52,6 +52,15 @@ pub(crate) fn stream_response(body: SseBody) -> Response<SseBody> {
     res
 }
 
+/// "Come back later": 200 with a jittered `retry:` (any other status makes `EventSource` give up
+/// for good), and `Connection: close`, so that a server short of connections gets the socket back.
+fn come_back_later(shared: &Shared, id: u64) -> Response<SseBody> {
+    let mut res = stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
 /// Opens the stream, or answers "come back later" (200 with `retry:`) when full or closing.
 pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> {
     let hub = &shared.hub;
@@ -62,7 +71,7 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
             limit = shared.config.max_connections,
             "connection limit reached"
         );
-        return stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
+        return come_back_later(shared, id);
     }
     let conn = Conn::new(id, shared.config.max_queue_bytes);
     if let Some(closer) = spec.closer {
@@ -71,7 +80,7 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
     // One span per connection (never per event): its logs carry the id and channel count.
     let span = tracing::info_span!("sse", conn = id, channels = spec.channels.len());
     if !hub.register(&conn, &spec.channels) {
-        return stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
+        return come_back_later(shared, id);
     }
     if shared.config.verbose {
         let names: Vec<&str> = spec.channels.iter().map(|c| &**c).collect();

@@ -142,9 +142,10 @@ pub(crate) fn decide(buf: &[u8]) -> Option<Option<usize>> {
     })
 }
 
-/// Whether the request asks to close the connection after the response.
-pub(super) fn wants_close(req: &Request<()>) -> bool {
-    req.headers()
+/// Whether these headers (of a request or a response) ask to close the connection after the
+/// response.
+pub(super) fn wants_close(headers: &http::HeaderMap) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -249,6 +250,6 @@ mod tests {
         assert_eq!(len, bytes.len() - 3);
         assert_eq!(req.uri().query(), Some("a&b"));
         assert_eq!(req.headers()["last-event-id"], "7");
-        assert!(wants_close(&req));
+        assert!(wants_close(req.headers()));
     }
 }

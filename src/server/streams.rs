@@ -95,8 +95,8 @@ where
         if buf.is_empty() {
             buf = Vec::new();
         }
-        let close = wants_close(&request);
-        let (head, body) = match Box::pin(answer(ctx, request, close, extend)).await {
+        let close = wants_close(request.headers());
+        let (head, body, close) = match Box::pin(answer(ctx, request, close, extend)).await {
             Some(answer) => answer,
             None => return Handoff::Done,
         };
@@ -144,14 +144,15 @@ impl ChunkedBody {
     }
 }
 
-/// Runs the request through the router: the response head, and the body to write as chunks;
-/// a small body of known length (refusals, `retry:` when full) is written whole, with the head.
+/// Runs the request through the router: the response head, the body to write as chunks (a
+/// small body of known length, a refusal or `retry:` when full, is written whole, with the head),
+/// and whether to close the connection after it (the request or the response asked to).
 async fn answer(
     ctx: &StreamsContext,
     request: Request<()>,
     close: bool,
     extend: Extend<'_>,
-) -> Option<(Bytes, Option<ChunkedBody>)> {
+) -> Option<(Bytes, Option<ChunkedBody>, bool)> {
     let slot = StreamSlot::default();
     let mut request = request.map(|()| Body::empty());
     extend(request.extensions_mut());
@@ -161,9 +162,10 @@ async fn answer(
         Err(never) => match never {},
     };
     let (parts, body) = response.into_parts();
+    let close = close || wants_close(&parts.headers);
     if let Some(stream) = slot.take() {
         let head = encode_head(parts.status, &parts.headers, Framing::Chunked, close);
-        return Some((head.into(), Some(ChunkedBody::Sse(stream))));
+        return Some((head.into(), Some(ChunkedBody::Sse(stream)), close));
     }
     let status = parts.status;
     if status.is_informational()
@@ -172,7 +174,7 @@ async fn answer(
     {
         // Responses that never have a body (RFC 9110, 15.3.5 and 15.4.5).
         let head = encode_head(status, &parts.headers, Framing::None, close);
-        return Some((head.into(), None));
+        return Some((head.into(), None, close));
     }
     if body
         .size_hint()
@@ -180,7 +182,7 @@ async fn answer(
         .is_none_or(|len| len > MAX_WHOLE_BODY)
     {
         let head = encode_head(status, &parts.headers, Framing::Chunked, close);
-        return Some((head.into(), Some(ChunkedBody::Other(body))));
+        return Some((head.into(), Some(ChunkedBody::Other(body)), close));
     }
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
@@ -191,7 +193,7 @@ async fn answer(
     };
     let mut out = encode_head(status, &parts.headers, Framing::Length(body.len()), close);
     out.extend_from_slice(&body);
-    Some((out.into(), None))
+    Some((out.into(), None, close))
 }
 
 /// How a response's body is delimited.
@@ -233,7 +235,7 @@ fn encode_head(
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None => {}
     }
-    if close {
+    if close && !headers.contains_key(header::CONNECTION) {
         out.extend_from_slice(b"connection: close\r\n");
     }
     if !headers.contains_key(header::DATE) {

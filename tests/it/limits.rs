@@ -54,7 +54,20 @@ async fn past_the_connection_limit_a_stream_gets_a_retry_and_is_closed() {
             .unwrap_or_else(|| panic!("the body is not one retry frame: {raw:?}"));
         assert!((2000..=4000).contains(&retry), "retry {retry} out of range");
     }
-    assert_eq!(refusals(&server, Refusal::MaxConnections), 5);
+    // The connection itself is closed too, so that refused clients do not keep sockets open
+    // (a kept-alive one would stay open for the header read timeout, 10 s).
+    let answer = exchange(
+        server.addr,
+        &stream_request("/?a", &[]),
+        Duration::from_secs(2),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+    assert_eq!(refusals(&server, Refusal::MaxConnections), 6);
     assert!(
         logs.has_line(&["connection limit reached"]),
         "{}",
