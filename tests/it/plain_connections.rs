@@ -437,3 +437,15 @@ async fn a_random_mix_of_requests_pipelined_or_not_is_answered_in_order_on_one_c
     }
     wait_connections(&server, 0).await;
 }
+
+#[tokio::test]
+async fn conflicting_lengths_on_a_stream_request_are_refused_not_taken_as_a_next_request() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let mut request = stream_request("/?a", &["Content-Length: 0", "Content-Length: 5"]);
+    request.extend_from_slice(&stream_request("/?b", &[]));
+    let answer = crate::support::raw::exchange(server.addr, &request, PATIENCE).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    assert_eq!(server.redisse.connections(), 0);
+}
