@@ -57,10 +57,20 @@ pub(super) async fn read_head<IO: AsyncRead + Unpin>(
     stop: &CancellationToken,
 ) -> Head {
     let read = async {
+        // Parsing starts over from the first byte each time, so after the first read (which
+        // catches garbage and TLS hellos at once) it waits for the end of a head: a client
+        // trickling a large head byte by byte then costs linear time, not quadratic.
+        let mut scanned: usize = 0;
+        let mut first = true;
         loop {
-            if let Some(head) = sort(buf) {
+            let ended = head_end(&buf[scanned.saturating_sub(3)..]);
+            scanned = buf.len();
+            if (first || ended)
+                && let Some(head) = sort(buf)
+            {
                 return head;
             }
+            first = false;
             if buf.len() >= limits.max_bytes {
                 return Head::Other;
             }
@@ -79,6 +89,12 @@ pub(super) async fn read_head<IO: AsyncRead + Unpin>(
         head = tokio::time::timeout(limits.timeout, read) => head.unwrap_or(Head::TimedOut),
         _ = stop.cancelled() => Head::Closed,
     }
+}
+
+/// Whether `bytes` hold the blank line that ends a head (CRLF CRLF, or bare LFs as httparse
+/// accepts them; the HTTP/2 preface has one too).
+fn head_end(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Sorts the buffered bytes: `None` while the head is incomplete.
@@ -242,6 +258,21 @@ mod tests {
                 matches!(sorted, Some(Head::Stream(_, len)) if len == head.len()),
                 "{head:?} sorted as {sorted:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_reads() {
+        assert!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\n"));
+        assert!(head_end(b"\n\r\n"));
+        assert!(head_end(b"GET / HTTP/1.1\nA: b\n\n"));
+        assert!(!head_end(b"GET / HTTP/1.1\r\nA: b\r\n"));
+        // The caller searches from three bytes before the new ones, so a terminator split
+        // between two reads is found.
+        let head = b"GET / HTTP/1.1\r\nA: b\r\n\r\n";
+        for cut in 1..head.len() {
+            let found = head_end(&head[..cut]) || head_end(&head[cut.saturating_sub(3)..]);
+            assert!(found, "cut at {cut}");
         }
     }
 
