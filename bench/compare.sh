@@ -102,6 +102,7 @@ summary() {
         row(s, "publish_per_s", "publishes / s")
         row(s, "server_us_per_event", "server CPU us / event")
         row(s, "server_broker_us_per_event", "+ redis CPU us / event")
+        row(s, "server_kernel_pct", "server CPU in kernel %")
         row(s, "client_us_per_delivery", "client CPU us / delivery")
       }
       print ""

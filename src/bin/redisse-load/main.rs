@@ -185,6 +185,8 @@ pub struct Report {
     pub outcome: Option<Arc<publisher::Outcome>>,
     pub publish_secs: f64,
     pub server_cpu: f64,
+    /// The part of `server_cpu` spent in the kernel (system time).
+    pub server_sys_cpu: f64,
     pub broker_cpu: f64,
     pub client_cpu: f64,
     pub timed_out: bool,
@@ -220,10 +222,12 @@ async fn run(args: &Args, shape: &Shape) -> Report {
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let mem_held = measure::memory(&server_pids);
     let cpu = || {
+        let (user, system) = measure::cpu_split(&server_pids);
         (
-            measure::cpu_seconds(&server_pids),
+            user + system,
             measure::cpu_seconds(&args.broker_pids),
             measure::own_cpu_seconds(),
+            system,
         )
     };
     let before = cpu();
@@ -269,6 +273,7 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         outcome,
         publish_secs,
         server_cpu: after.0 - before.0,
+        server_sys_cpu: after.3 - before.3,
         broker_cpu: after.1 - before.1,
         client_cpu: after.2 - before.2,
         timed_out,

@@ -78,17 +78,24 @@ impl Histogram {
 
 /// CPU time (user + system) of a set of processes, from `/proc/<pid>/stat`, in seconds.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let (user, system) = cpu_split(pids);
+    user + system
+}
+
+/// User and system (kernel) CPU time of a set of processes, in seconds.
+pub fn cpu_split(pids: &[u32]) -> (f64, f64) {
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .filter_map(|stat| {
             // Fields after the command name (which may hold spaces) start at field 3.
             let rest = &stat[stat.rfind(')')? + 2..];
             let f: Vec<&str> = rest.split(' ').collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            let user = f.get(11)?.parse::<u64>().ok()?;
+            let system = f.get(12)?.parse::<u64>().ok()?;
             // USER_HZ is 100 on Linux for every architecture's /proc ABI.
-            Some(ticks as f64 / 100.0)
+            Some((user as f64 / 100.0, system as f64 / 100.0))
         })
-        .sum()
+        .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
 }
 
 /// This process's CPU time (all threads), in seconds.

@@ -79,6 +79,14 @@ pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
             ),
             ("window_s", format!("{:.2}", r.publish_secs)),
             ("server_cpu_s", format!("{:.2}", r.server_cpu)),
+            (
+                "server_kernel_pct",
+                if r.server_cpu > 0.0 {
+                    format!("{:.0}", 100.0 * r.server_sys_cpu / r.server_cpu)
+                } else {
+                    String::new()
+                },
+            ),
             ("broker_cpu_s", format!("{:.2}", r.broker_cpu)),
             ("client_cpu_s", format!("{:.2}", r.client_cpu)),
             (
