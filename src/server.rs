@@ -20,6 +20,48 @@
 //! body to see it end. Refused request heads (too large, too slow, malformed) are counted in
 //! the metrics and logged here, since hyper answers them before any service sees a request.
 
+/// `AsyncWrite` for an IO wrapper whose `io` field does the writing: the wrappers here
+/// (`first_bytes`, `rewind`) only change how a connection is read.
+macro_rules! forward_async_write {
+    ($wrapper:ident) => {
+        impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<IO> {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.io.is_write_vectored()
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
 mod first_bytes;
 mod head;
 mod rewind;
@@ -64,10 +106,9 @@ pub(crate) struct ConnectionCloser(pub CancellationToken);
 struct ConnectionContext<'a> {
     builder: Arc<Builder<TokioExecutor>>,
     graceful: &'a GracefulShutdown,
-    metrics: Arc<Metrics>,
-    head_timeout: Duration,
     tls: Option<Tls>,
-    /// The plain-connection path (no TLS): streams written on the bare socket.
+    /// The router, the metrics and the head limits; on plain connections, streams are written
+    /// on the bare socket with them.
     streams: Arc<StreamsContext>,
 }
 
@@ -154,8 +195,6 @@ pub async fn serve_with_tls(
     let ctx = ConnectionContext {
         builder: Arc::new(builder),
         graceful: &graceful,
-        metrics: redisse.shared.metrics.clone(),
-        head_timeout: config.header_read_timeout,
         tls,
         streams: Arc::new(StreamsContext {
             router: router.clone(),
@@ -174,12 +213,9 @@ pub async fn serve_with_tls(
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    if ctx.tls.is_some() {
-                        let closer = CancellationToken::new();
-                        let svc = connection_service(&router, ConnectInfo(peer), &closer);
-                        spawn_connection(&ctx, stream, svc, closer);
-                    } else {
-                        spawn_plain(&ctx, stream, ConnectInfo(peer));
+                    match &ctx.tls {
+                        Some(tls) => spawn_tls(&ctx, tls, stream, ConnectInfo(peer)),
+                        None => spawn_plain(&ctx, stream, ConnectInfo(peer)),
                     }
                 }
                 Ok(Accepted::Unix(stream)) => spawn_plain(&ctx, stream, UnixPeer),
@@ -228,24 +264,17 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
     }
 }
 
-fn spawn_connection<S, IO>(ctx: &ConnectionContext<'_>, io: IO, svc: S, closer: CancellationToken)
+/// Serves a TLS connection with hyper throughout (HTTP/1 or HTTP/2 by ALPN); the handshake must
+/// complete within the header read timeout.
+fn spawn_tls<P>(ctx: &ConnectionContext<'_>, tls: &Tls, io: tokio::net::TcpStream, peer: P)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnectionService,
+    P: Clone + Send + Sync + 'static,
 {
-    let conn = Connection {
-        builder: ctx.builder.clone(),
-        watcher: ctx.graceful.watcher(),
-        metrics: ctx.metrics.clone(),
-        head_timeout: ctx.head_timeout,
-        closer,
-    };
-    let tls = ctx.tls.clone();
+    let conn = Connection::new(ctx.builder.clone(), ctx.graceful.watcher(), &ctx.streams);
+    let svc = connection_service(&ctx.streams.router, peer, &conn.closer);
+    let acceptor = tls.acceptor.clone();
     tokio::spawn(async move {
-        let Some(tls) = tls else {
-            return conn.drive(io, svc).await;
-        };
-        match tokio::time::timeout(conn.head_timeout, tls.acceptor.accept(io)).await {
+        match tokio::time::timeout(conn.head_timeout, acceptor.accept(io)).await {
             Ok(Ok(stream)) => conn.drive(stream, svc).await,
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => {
@@ -266,20 +295,13 @@ where
     // Held until the task ends, so that the graceful shutdown waits for it.
     let watcher = ctx.graceful.watcher();
     let builder = ctx.builder.clone();
-    let (metrics, head_timeout) = (ctx.metrics.clone(), ctx.head_timeout);
     let streams = ctx.streams.clone();
     let task = async move {
         let extend = |ext: &mut http::Extensions| {
             ext.insert(peer.clone());
         };
         if let Handoff::Hyper(read) = streams::serve(&mut io, &streams, &extend).await {
-            let conn = Connection {
-                builder,
-                watcher,
-                metrics,
-                head_timeout,
-                closer: CancellationToken::new(),
-            };
+            let conn = Connection::new(builder, watcher, &streams);
             let svc = connection_service(&streams.router, peer, &conn.closer);
             // Boxed: hyper's connection is large, and most connections never get here.
             Box::pin(conn.drive(Rewind::new(read, io), svc)).await;
@@ -338,6 +360,21 @@ struct Connection {
 }
 
 impl Connection {
+    /// A connection served by hyper; `watcher` keeps the graceful shutdown waiting for it.
+    fn new(
+        builder: Arc<Builder<TokioExecutor>>,
+        watcher: hyper_util::server::graceful::Watcher,
+        streams: &StreamsContext,
+    ) -> Self {
+        Connection {
+            builder,
+            watcher,
+            metrics: streams.metrics.clone(),
+            head_timeout: streams.limits.timeout,
+            closer: CancellationToken::new(),
+        }
+    }
+
     /// Serves HTTP on `io` until the client leaves, the server shuts down, or the stream
     /// falls behind (the closer is cancelled).
     async fn drive<IO, S>(self, io: IO, svc: S)

@@ -22,14 +22,6 @@ fn refusals(server: &TestServer, reason: Refusal) -> u64 {
     server.redisse.metrics().refusals(reason)
 }
 
-async fn wait_connections(server: &TestServer, n: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    while server.redisse.connections() != n {
-        assert!(Instant::now() < deadline, "connections never reached {n}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn past_the_connection_limit_a_stream_gets_a_retry_and_is_closed() {
     let (logs, _guard) = Logs::capture();
@@ -75,7 +67,7 @@ async fn past_the_connection_limit_a_stream_gets_a_retry_and_is_closed() {
     );
     // Room again once a stream ends.
     drop(open.pop());
-    wait_connections(&server, 2).await;
+    server.wait_connections(2).await;
     let mut again = server.stream("/?a", &[]).await;
     assert_eq!(again.next().await.event, "lastEventId");
 }

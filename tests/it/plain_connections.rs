@@ -121,18 +121,6 @@ impl RawReader {
     }
 }
 
-async fn wait_connections(server: &TestServer, n: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    while server.redisse.connections() != n {
-        assert!(
-            Instant::now() < deadline,
-            "streams open: {} instead of {n}",
-            server.redisse.connections()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 const POST_BYE: &[u8] =
     b"POST /publish/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nbye";
 
@@ -146,7 +134,7 @@ async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
     tcp.write_all(&stream_request("/?a&polling", &[]))
         .await
         .unwrap();
-    wait_connections(&server, 1).await;
+    server.wait_connections(1).await;
     server.publish("a", "message", "hello").await;
     let res = reader.response(&mut tcp).await;
     assert_eq!(res.status, 200);
@@ -158,7 +146,7 @@ async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
         String::from_utf8(res.body).unwrap(),
         "id: 1\nevent: message\ndata: hello\n\n"
     );
-    wait_connections(&server, 0).await;
+    server.wait_connections(0).await;
 
     // A refusal keeps the connection.
     tcp.write_all(&stream_request("/", &[])).await.unwrap();
@@ -192,7 +180,7 @@ async fn requests_pipelined_behind_a_stream_are_answered_after_it() {
     let mut both = stream_request("/?a&polling", &[]);
     both.extend_from_slice(&stream_request("/", &[]));
     tcp.write_all(&both).await.unwrap();
-    wait_connections(&server, 1).await;
+    server.wait_connections(1).await;
     tcp.write_all(POST_BYE).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(server.redisse.connections(), 1, "the stream is still open");
@@ -217,7 +205,7 @@ async fn connection_close_is_honoured_after_a_stream_and_after_a_refusal() {
     tcp.write_all(&stream_request("/?a&polling", &["Connection: close"]))
         .await
         .unwrap();
-    wait_connections(&server, 1).await;
+    server.wait_connections(1).await;
     server.publish("a", "message", "last").await;
     let all = String::from_utf8(read_to_close(&mut tcp, PATIENCE).await).unwrap();
     assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
@@ -243,18 +231,18 @@ async fn a_client_leaving_an_idle_stream_is_unregistered_at_once() {
             .unwrap();
         clients.push(tcp);
     }
-    wait_connections(&server, 20).await;
+    server.wait_connections(20).await;
     // Nothing is published: only the closed sockets can tell the server.
     let started = Instant::now();
     clients.truncate(5);
-    wait_connections(&server, 5).await;
+    server.wait_connections(5).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "took {:?}",
         started.elapsed()
     );
     drop(clients);
-    wait_connections(&server, 0).await;
+    server.wait_connections(0).await;
 }
 
 #[tokio::test]
@@ -435,7 +423,7 @@ async fn a_random_mix_of_requests_pipelined_or_not_is_answered_in_order_on_one_c
             sent += 1;
         }
     }
-    wait_connections(&server, 0).await;
+    server.wait_connections(0).await;
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use redisse::{Config, Redisse};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::PATIENCE;
 use super::sse::SseStream;
 
 pub struct TestServer {
@@ -73,6 +74,19 @@ impl TestServer {
             .publish(channel, redisse::Event::new(event_type, data))
             .await
             .expect("publish")
+    }
+
+    /// Waits until exactly `n` streams are open (fails the test after [`PATIENCE`]).
+    pub async fn wait_connections(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.redisse.connections() != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "streams open: {} instead of {n}",
+                self.redisse.connections()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Triggers the graceful shutdown and waits for `serve` to return.
