@@ -5,12 +5,13 @@
 #   bench/compare.sh --quick         # small and short: checks that everything works
 #   bench/compare.sh --only "fanout routing" --servers "redisse-mem nchan-mem"
 #
-# It installs Nchan if missing (Debian: libnginx-mod-nchan nginx), builds redisse and
-# redisse-load in release mode, starts a private redis-server on a free port (never the
-# machine's 6379), then for each scenario and each server starts the server fresh (so memory
-# figures start from a clean process), runs redisse-load against it, and stops it. The RESULT
-# lines go to $OUT (default /tmp/redisse-bench/results-<time>.txt); a summary with ratios
-# (redisse / Nchan, and redisse's Redis broker / its in-memory broker) is printed at the end.
+# It installs Nchan if missing and asked for (Debian: libnginx-mod-nchan nginx), builds redisse
+# and redisse-load (the workspace member bench/load) in release mode, starts a private
+# redis-server on a free port (never the machine's 6379), then for each scenario and each server
+# starts the server fresh (so memory figures start from a clean process), runs redisse-load
+# against it, and stops it. The RESULT lines go to $OUT (default
+# /tmp/redisse-bench/results-<time>.txt); a summary with ratios (redisse / Nchan, and redisse's
+# Redis broker / its in-memory broker) is printed at the end.
 # Everything listens on 127.0.0.1 only; every step has a time limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
     --servers) SERVERS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --summary) SUMMARY_ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -116,7 +117,9 @@ if [[ -n ${SUMMARY_ONLY:-} ]]; then
   exit 0
 fi
 
-if ! [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]] || ! command -v nginx >/dev/null; then
+NCHAN=0
+[[ " $SERVERS " == *" nchan-"* ]] && NCHAN=1
+if [[ $NCHAN == 1 ]] && { ! [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]] || ! command -v nginx >/dev/null; }; then
   echo "compare: installing Nchan (libnginx-mod-nchan, nginx)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq libnginx-mod-nchan nginx >/dev/null
@@ -126,7 +129,8 @@ command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y
 mkdir -p "$WORK/bin" "$WORK/nchan" "$WORK/redis"
 OUT=${OUT:-$WORK/results-$(date +%Y%m%d-%H%M%S).txt}
 echo "compare: building (release)"
-cargo build --release --bins -q
+cargo build --release -q --bin redisse
+cargo build --release -q -p redisse-load
 # Copies, so that another build during the run does not change what is measured.
 cp target/release/redisse target/release/redisse-load "$WORK/bin/"
 LOAD=$WORK/bin/redisse-load
@@ -164,9 +168,11 @@ for p in $REDISSE_PORT $NCHAN_MEM_PORT $NCHAN_REDIS_PORT; do
   if (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "compare: port $p is busy" >&2; exit 1; fi
 done
 
-sed -e "s#@DIR@#$WORK/nchan#g; s/@MEM_PORT@/$NCHAN_MEM_PORT/; s/@REDIS_STORE_PORT@/$NCHAN_REDIS_PORT/; s/@REDIS_PORT@/$REDIS_PORT/" \
-  bench/nchan.conf.in > "$WORK/nchan/nchan.conf"
-nginx -t -q -p "$WORK/nchan" -c "$WORK/nchan/nchan.conf" -e "$WORK/nchan/error.log"
+if [[ $NCHAN == 1 ]]; then
+  sed -e "s#@DIR@#$WORK/nchan#g; s/@MEM_PORT@/$NCHAN_MEM_PORT/; s/@REDIS_STORE_PORT@/$NCHAN_REDIS_PORT/; s/@REDIS_PORT@/$REDIS_PORT/" \
+    bench/nchan.conf.in > "$WORK/nchan/nchan.conf"
+  nginx -t -q -p "$WORK/nchan" -c "$WORK/nchan/nchan.conf" -e "$WORK/nchan/error.log"
+fi
 
 # Starts one server; sets SERVER_PID, PORT and EXTRA (more redisse-load options).
 start_server() {
@@ -196,10 +202,13 @@ start_server() {
   sleep 0.5
 }
 
+SOFTWARE="redisse $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo '+changes')"
+[[ $NCHAN == 1 ]] && SOFTWARE="$SOFTWARE; $(nginx -v 2>&1); nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null)"
+SOFTWARE="$SOFTWARE; $(redis-server --version | cut -d' ' -f3)"
 {
   echo "# redisse vs Nchan, $(date -u +%FT%TZ), quick=$QUICK"
   echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), nofile $(ulimit -n)"
-  echo "# redisse $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo '+changes'); $(nginx -v 2>&1); nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null); $(redis-server --version | cut -d' ' -f3)"
+  echo "# $SOFTWARE"
 } | tee "$OUT"
 
 for scenario in $SCENARIOS; do
