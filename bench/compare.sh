@@ -4,6 +4,7 @@
 #   bench/compare.sh                 # every scenario at full scale (several minutes)
 #   bench/compare.sh --quick         # small and short: checks that everything works
 #   bench/compare.sh --only "fanout routing" --servers "redisse-mem nchan-mem"
+#   bench/compare.sh --baseline main --servers "redisse-mem base-mem redisse-redis base-redis"
 #
 # It installs Nchan if missing and asked for (Debian: libnginx-mod-nchan nginx), builds redisse
 # and redisse-load (the workspace member bench/load) in release mode, starts a private
@@ -11,13 +12,25 @@
 # starts the server fresh (so memory figures start from a clean process), runs redisse-load
 # against it, and stops it. The RESULT lines go to $OUT (default
 # /tmp/redisse-bench/results-<time>.txt); a summary with ratios (redisse / Nchan, and redisse's
-# Redis broker / its in-memory broker) is printed at the end.
-# Everything listens on 127.0.0.1 only; every step has a time limit.
+# Redis broker / its in-memory broker) is printed at the end. Everything listens on 127.0.0.1
+# only; every step has a time limit.
+#
+# --baseline REV measures an older redisse in the same run: it checks REV out in a detached git
+# worktree ($BASE_SRC, default /tmp/redisse-baseline-src), builds its `redisse` binary in release
+# mode there (target dir $BASE_TARGET, default /tmp/redisse-baseline-target; kept and reused while
+# it was built from the same commit) and adds the servers base-mem and base-redis, which run that
+# binary exactly as redisse-mem and redisse-redis run the current one (same flags, same port).
+# Without --servers, they are added to the default list. The summary then also gives
+# current / baseline (mem/base = redisse-mem / base-mem, rds/base = redisse-redis / base-redis).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIOS="idle fanout saturated routing publish"
 SERVERS="redisse-mem redisse-redis redisse-redis-direct nchan-mem nchan-redis"
+SERVERS_GIVEN=0
+BASELINE=""
+BASE_SRC=${BASE_SRC:-/tmp/redisse-baseline-src}
+BASE_TARGET=${BASE_TARGET:-/tmp/redisse-baseline-target}
 QUICK=0
 WORK=/tmp/redisse-bench
 OUT=""
@@ -25,7 +38,8 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --only) SCENARIOS="$2"; shift ;;
-    --servers) SERVERS="$2"; shift ;;
+    --servers) SERVERS="$2"; SERVERS_GIVEN=1; shift ;;
+    --baseline) BASELINE="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --summary) SUMMARY_ONLY="$2"; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -33,6 +47,20 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
+
+[[ -n $BASELINE && $SERVERS_GIVEN == 0 ]] && SERVERS="$SERVERS base-mem base-redis"
+for server in $SERVERS; do
+  case $server in
+    redisse-mem|redisse-redis|redisse-redis-direct|nchan-mem|nchan-redis) ;;
+    base-mem|base-redis)
+      [[ -n $BASELINE ]] || { echo "compare: $server needs --baseline REV" >&2; exit 2; } ;;
+    *) echo "compare: unknown server $server" >&2; exit 2 ;;
+  esac
+done
+if [[ -n $BASELINE ]]; then
+  BASE_COMMIT=$(git rev-parse --verify --quiet "$BASELINE^{commit}") \
+    || { echo "compare: --baseline $BASELINE is not a commit here" >&2; exit 2; }
+fi
 
 REDISSE_PORT=18190
 NCHAN_MEM_PORT=18180
@@ -69,22 +97,34 @@ summary() {
       key = kv["scenario"] SUBSEP kv["label"]
       for (k in kv) r[key, k] = kv[k]
       seen[kv["scenario"]] = 1
+      labelseen[kv["label"]] = 1
     }
+    /^# baseline / { baseline = substr($0, 3) }
     function get(s, l, k) { return ((s, l, k) in r) ? r[s, l, k] : "" }
-    function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "   n/a" : sprintf("%6.2f", a / b) }
-    function row(s, metric, title,    l, line) {
+    function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
+    function row(s, metric, title,    j, v, line) {
       line = sprintf("  %-26s", title)
       for (j = 1; j <= nl; j++) { v = get(s, labels[j], metric); line = line sprintf(" %14s", v == "" ? "-" : v) }
-      line = line sprintf("   %s  %s  %s", ratio(get(s, "redisse-mem", metric), get(s, "nchan-mem", metric)),
-        ratio(get(s, "redisse-redis", metric), get(s, "nchan-redis", metric)),
-        ratio(get(s, "redisse-redis", metric), get(s, "redisse-mem", metric)))
+      line = line "  "
+      for (j = 1; j <= nq; j++) line = line sprintf(" %8s", ratio(get(s, qnum[j], metric), get(s, qden[j], metric)))
       print line
     }
     END {
-      nl = split("redisse-mem redisse-redis redisse-redis-direct nchan-mem nchan-redis", labels, " ")
+      # Columns: the servers that have results, in this order; ratios: those whose two servers do.
+      nall = split("redisse-mem base-mem redisse-redis base-redis redisse-redis-direct nchan-mem nchan-redis", all, " ")
+      nl = 0
+      for (j = 1; j <= nall; j++) if (all[j] in labelseen) labels[++nl] = all[j]
+      nspec = split("redisse-mem/nchan-mem/r/n mem,redisse-redis/nchan-redis/r/n rds,redisse-redis/redisse-mem/rds/mem,redisse-mem/base-mem/mem/base,redisse-redis/base-redis/rds/base", specs, ",")
+      nq = 0
+      for (j = 1; j <= nspec; j++) {
+        split(specs[j], f, "/")
+        if (!(f[1] in labelseen) || !(f[2] in labelseen)) continue
+        nq++; qnum[nq] = f[1]; qden[nq] = f[2]; qtitle[nq] = f[3] "/" f[4]
+      }
       hdr = sprintf("  %-26s", "")
       for (j = 1; j <= nl; j++) hdr = hdr sprintf(" %14s", labels[j])
-      hdr = hdr "   r/n mem r/n rds rds/mem"
+      hdr = hdr "  "
+      for (j = 1; j <= nq; j++) hdr = hdr sprintf(" %8s", qtitle[j])
       split("idle fanout saturated routing publish", order, " ")
       for (o = 1; o <= 5; o++) {
         s = order[o]
@@ -107,8 +147,9 @@ summary() {
         row(s, "client_us_per_delivery", "client CPU us / delivery")
       }
       print ""
-      print "  r/n mem = redisse-mem / nchan-mem; r/n rds = redisse-redis / nchan-redis;"
-      print "  rds/mem = redisse-redis / redisse-mem (lower is better for every row but held, deliveries and publishes/s)"
+      for (j = 1; j <= nq; j++) printf "  %-8s = %s / %s\n", qtitle[j], qnum[j], qden[j]
+      if (nq > 0) print "  (for each ratio, lower is better on every row but held, deliveries and publishes/s)"
+      if (baseline != "") print "  " baseline
     }' "$file"
 }
 
@@ -134,6 +175,34 @@ cargo build --release -q -p redisse-load
 # Copies, so that another build during the run does not change what is measured.
 cp target/release/redisse target/release/redisse-load "$WORK/bin/"
 LOAD=$WORK/bin/redisse-load
+
+# --baseline: REV's redisse, built in its own detached worktree and target dir.
+if [[ -n $BASELINE ]]; then
+  if [[ -e $BASE_SRC ]]; then
+    # Only a clean checkout of this repository, moved to the commit if needed.
+    if [[ $(git -C "$BASE_SRC" rev-parse --show-toplevel 2>/dev/null) != "$BASE_SRC" ]] \
+      || ! git -C "$BASE_SRC" cat-file -e "$BASE_COMMIT" 2>/dev/null \
+      || [[ -n $(git -C "$BASE_SRC" status --porcelain --untracked-files=no) ]]; then
+      echo "compare: $BASE_SRC is not a clean worktree of this repository; remove it or set BASE_SRC" >&2
+      exit 1
+    fi
+    [[ $(git -C "$BASE_SRC" rev-parse HEAD) == "$BASE_COMMIT" ]] \
+      || git -C "$BASE_SRC" checkout -q --detach "$BASE_COMMIT"
+  else
+    git worktree prune
+    git worktree add -q --detach "$BASE_SRC" "$BASE_COMMIT"
+  fi
+  BASE_STAMP=$BASE_TARGET/release/redisse.commit
+  if [[ -x $BASE_TARGET/release/redisse && $(cat "$BASE_STAMP" 2>/dev/null) == "$BASE_COMMIT" ]]; then
+    echo "compare: baseline ${BASE_COMMIT:0:7} already built in $BASE_TARGET"
+  else
+    echo "compare: building baseline ${BASE_COMMIT:0:7} (release) in $BASE_SRC"
+    rm -f "$BASE_STAMP"
+    (cd "$BASE_SRC" && CARGO_TARGET_DIR=$BASE_TARGET cargo build --release -q --bin redisse)
+    echo "$BASE_COMMIT" >"$BASE_STAMP"
+  fi
+  cp "$BASE_TARGET/release/redisse" "$WORK/bin/redisse-base"
+fi
 
 free_port() {
   local p=$1
@@ -179,10 +248,12 @@ start_server() {
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   EXTRA=""
   case $1 in
-    redisse-mem|redisse-redis|redisse-redis-direct)
-      local redis=()
-      [[ $1 != redisse-mem ]] && redis=(--redis "redis://127.0.0.1:$REDIS_PORT/")
-      "$WORK/bin/redisse" -a 127.0.0.1 -p $REDISSE_PORT "${redis[@]}" >"$WORK/redisse.log" 2>&1 &
+    redisse-mem|redisse-redis|redisse-redis-direct|base-mem|base-redis)
+      # base-* is the --baseline binary, run exactly as the current one.
+      local bin=redisse redis=()
+      [[ $1 == base-* ]] && bin=redisse-base
+      [[ $1 != redisse-mem && $1 != base-mem ]] && redis=(--redis "redis://127.0.0.1:$REDIS_PORT/")
+      "$WORK/bin/$bin" -a 127.0.0.1 -p $REDISSE_PORT "${redis[@]}" >"$WORK/$bin.log" 2>&1 &
       SERVER_PID=$!
       PORT=$REDISSE_PORT
       EXTRA="--target redisse"
@@ -209,6 +280,7 @@ SOFTWARE="$SOFTWARE; $(redis-server --version | cut -d' ' -f3)"
   echo "# redisse vs Nchan, $(date -u +%FT%TZ), quick=$QUICK"
   echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), nofile $(ulimit -n)"
   echo "# $SOFTWARE"
+  [[ -z $BASELINE ]] || echo "# baseline base-* = redisse ${BASE_COMMIT:0:7} (--baseline $BASELINE)"
 } | tee "$OUT"
 
 for scenario in $SCENARIOS; do
