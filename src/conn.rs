@@ -11,37 +11,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Waker};
 
+use crate::event::{Frame, FrameKind};
+use crate::transport::SlowWatch;
 use bytes::{Bytes, BytesMut};
-use tokio_util::sync::CancellationToken;
-
-/// What a frame is, for counting and for long polling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FrameKind {
-    /// A published event (replayed or live).
-    Event,
-    /// The `lastEventId` event: counted, but does not start the long-polling delay.
-    LastEventId,
-    /// The `missedevents` event.
-    MissedEvents,
-}
-
-/// An encoded frame; `id` is 0 for frames without an id, which are never deduplicated.
-#[derive(Clone, Debug)]
-pub(crate) struct Frame {
-    pub id: u64,
-    pub bytes: Bytes,
-    pub kind: FrameKind,
-}
-
-impl Frame {
-    pub fn event(id: u64, bytes: Bytes) -> Self {
-        Frame {
-            id,
-            bytes,
-            kind: FrameKind::Event,
-        }
-    }
-}
 
 /// Why a connection's stream is ending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,10 +49,11 @@ struct State {
     /// one must read it again before it starts.
     resets: u64,
     end: Option<End>,
+    /// The body's task, woken by every change.
     waker: Option<Waker>,
-    /// Closes the client's socket when it becomes slow (set by the standalone server): the
-    /// body cannot end the response itself while hyper waits for the client to read.
-    closer: Option<CancellationToken>,
+    /// A server blocked writing to this client, woken when it becomes slow (see
+    /// [`SlowWatch`]); its own slot, as it may be another task than the body's.
+    slow_waker: Option<Waker>,
 }
 
 /// The shared half of one connection.
@@ -149,10 +122,10 @@ impl Conn {
             st.queue = VecDeque::new();
             st.queued_bytes = 0;
             st.end = Some(End::Slow);
-            let closer = st.closer.take();
+            let slow_waker = st.slow_waker.take();
             wake(st);
-            if let Some(closer) = closer {
-                closer.cancel();
+            if let Some(w) = slow_waker {
+                w.wake();
             }
             return Push::BecameSlow;
         }
@@ -234,26 +207,6 @@ impl Conn {
         wake(st);
     }
 
-    /// Cancels `closer` when the client becomes slow, so that the server closes the socket
-    /// even while a write to the client is pending.
-    pub fn close_when_slow(&self, closer: CancellationToken) {
-        self.lock().closer = Some(closer);
-    }
-
-    /// Whether the client became slow; otherwise the next push or ending wakes `cx`. For a
-    /// writer blocked on a client that does not read, which must still notice it is too slow.
-    pub fn watch_slow(&self, cx: &mut Context<'_>) -> bool {
-        let mut st = self.lock();
-        if st.end == Some(End::Slow) {
-            return true;
-        }
-        match &st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.waker = Some(cx.waker().clone()),
-        }
-        false
-    }
-
     /// Asks for a heartbeat at the next poll.
     pub fn heartbeat(&self) {
         let mut st = self.lock();
@@ -300,6 +253,21 @@ impl Conn {
             _ => st.waker = Some(cx.waker().clone()),
         }
         Drained::Nothing
+    }
+}
+
+/// For a writer blocked on a client that does not read, which must still notice it is too slow.
+impl SlowWatch for Conn {
+    fn poll_slow(&self, cx: &mut Context<'_>) -> bool {
+        let mut st = self.lock();
+        if st.end == Some(End::Slow) {
+            return true;
+        }
+        match &st.slow_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.slow_waker = Some(cx.waker().clone()),
+        }
+        false
     }
 }
 

@@ -1,5 +1,5 @@
-//! The SSE endpoint as a `tower` service (SPEC 4): content negotiation, the query, the
-//! application's channel function, limits, then the stream.
+//! The SSE endpoint as a `tower` service: content negotiation, the query, the application's
+//! channel function, limits, then the stream.
 //!
 //! A GET is answered in this order: `Accept` with `application/json` gets the stats; `Accept`
 //! without `text/event-stream` gets 406; a malformed query gets 400; the channel function may
@@ -14,14 +14,12 @@ use std::task::{Context, Poll};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::event::LastEventId;
+use crate::extract::{SseRequest, open_stream};
+use crate::headers::Accepts;
 use crate::instance::{Redisse, Shared};
-use crate::metrics::Refusal;
 use crate::policy::ChannelPolicy;
-use crate::query::StreamQuery;
-use crate::server::ConnectionCloser;
-use crate::sse::{SseBody, StreamSlot};
-use crate::stream::{StreamSpec, open};
+use crate::refusal::Refused;
+use crate::sse::SseBody;
 
 /// The SSE endpoint: a `tower::Service` that mounts in an `axum` router.
 ///
@@ -37,6 +35,12 @@ use crate::stream::{StreamSpec, open};
 pub struct SseEndpoint<P> {
     shared: Arc<Shared>,
     policy: Arc<P>,
+}
+
+impl<P> std::fmt::Debug for SseEndpoint<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SseEndpoint")
+    }
 }
 
 impl<P> Clone for SseEndpoint<P> {
@@ -83,129 +87,23 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
                 .insert(header::ALLOW, HeaderValue::from_static("GET"));
             return res;
         }
-        if accepts(&parts.headers, "application/json") {
+        if Accepts::of(&mut parts.extensions, &parts.headers).json {
             return stats(shared);
         }
-        if !accepts(&parts.headers, "text/event-stream") {
-            shared.metrics.refused(Refusal::NotAcceptable);
-            return text(
-                StatusCode::NOT_ACCEPTABLE,
-                "406 Not Acceptable\nThis resource can only be represented as text/event-stream.\n",
-            );
-        }
-        let query = match StreamQuery::parse(parts.uri.query().unwrap_or("")) {
-            Ok(q) => q,
-            Err(e) => {
-                return refuse(
-                    shared,
-                    Refusal::BadQuery,
-                    StatusCode::BAD_REQUEST,
-                    &e.to_string(),
-                );
-            }
+        let request = match SseRequest::from_head(&mut parts) {
+            Ok(request) => request,
+            Err(refused) => return refused.respond(&shared.metrics).map(SseBody::full),
         };
-        let polling = query.polling;
-        let last = last_event_id(&parts.headers, query.last_event_id.as_deref());
-        parts.extensions.insert(query);
+        parts.extensions.insert(request.query().clone());
         let names = match self.policy.channels(&parts).await {
             Ok(names) => names,
             Err(rejection) => {
-                shared.metrics.refused(Refusal::Policy);
-                tracing::info!(status = %rejection.status(), "channel function rejected a request");
-                return text(rejection.status(), &format!("{}\n", rejection.message()));
+                let refused = Refused::policy(rejection.status(), rejection.message());
+                return refused.respond(&shared.metrics).map(SseBody::full);
             }
         };
-        let channels = match validate(shared, names) {
-            Ok(c) => c,
-            Err(res) => return res,
-        };
-        if channels.is_empty() {
-            shared.metrics.refused(Refusal::NotAcceptable);
-            return text(StatusCode::NOT_FOUND, "404 Not Found\n");
-        }
-        open(
-            shared,
-            StreamSpec {
-                channels,
-                polling,
-                last,
-                closer: parts
-                    .extensions
-                    .get::<ConnectionCloser>()
-                    .map(|c| c.0.clone()),
-                slot: parts.extensions.remove::<StreamSlot>(),
-            },
-        )
+        open_stream(shared, request, names)
     }
-}
-
-/// Drops empty and repeated names and applies the channel limits.
-#[allow(clippy::result_large_err)] // the error is the response itself, built once
-fn validate(shared: &Shared, names: Vec<String>) -> Result<Vec<Arc<str>>, Response<SseBody>> {
-    let config = &shared.config;
-    let mut channels: Vec<Arc<str>> = Vec::with_capacity(names.len());
-    for name in names {
-        if name.is_empty() || channels.iter().any(|c| **c == *name) {
-            continue;
-        }
-        if name.len() > config.max_channel_name_bytes {
-            let msg = format!(
-                "a channel name is longer than {} bytes",
-                config.max_channel_name_bytes
-            );
-            return Err(refuse(
-                shared,
-                Refusal::ChannelNameTooLong,
-                StatusCode::BAD_REQUEST,
-                &msg,
-            ));
-        }
-        channels.push(Arc::from(name));
-        if channels.len() > config.max_channels {
-            let msg = format!(
-                "more than {} channels on one connection",
-                config.max_channels
-            );
-            return Err(refuse(
-                shared,
-                Refusal::MaxChannels,
-                StatusCode::BAD_REQUEST,
-                &msg,
-            ));
-        }
-    }
-    Ok(channels)
-}
-
-/// The position from `Last-Event-ID`, else the `lastEventId` query parameter (SPEC 4).
-fn last_event_id(headers: &http::HeaderMap, query: Option<&str>) -> LastEventId {
-    match headers.get("last-event-id") {
-        Some(value) => match value.to_str() {
-            Ok(v) => LastEventId::parse(v.trim()),
-            Err(_) => LastEventId::Unknown,
-        },
-        None => query.map_or(LastEventId::None, LastEventId::parse),
-    }
-}
-
-/// Whether an `Accept` header lists `media` (parameters and case ignored; `q=0` excludes).
-pub(crate) fn accepts(headers: &http::HeaderMap, media: &str) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|range| {
-            let mut params = range.split(';');
-            let kind = params.next().unwrap_or("").trim();
-            kind.eq_ignore_ascii_case(media)
-                && !params.any(|p| {
-                    let p = p.trim();
-                    p.len() > 2
-                        && p[..2].eq_ignore_ascii_case("q=")
-                        && p[2..].trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-                })
-        })
 }
 
 fn stats(shared: &Shared) -> Response<SseBody> {
@@ -218,55 +116,11 @@ fn stats(shared: &Shared) -> Response<SseBody> {
     res
 }
 
-fn refuse(
-    shared: &Shared,
-    reason: Refusal,
-    status: StatusCode,
-    message: &str,
-) -> Response<SseBody> {
-    shared.metrics.refused(reason);
-    tracing::info!(%status, reason = message, "refused a stream request");
-    text(
-        status,
-        &format!(
-            "{} {}\n{message}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        ),
-    )
-}
-
+/// A plain-text answer that is not a refusal to count (405, the redirect handler's).
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<SseBody> {
     let mut res = Response::new(SseBody::full(body.to_owned()));
     *res.status_mut() = status;
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn accept(v: &str, media: &str) -> bool {
-        let mut h = http::HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
-        accepts(&h, media)
-    }
-
-    #[test]
-    fn accept_matching() {
-        assert!(accept("text/event-stream", "text/event-stream"));
-        assert!(accept(
-            "Text/Event-Stream; charset=utf-8",
-            "text/event-stream"
-        ));
-        assert!(accept(
-            "text/html, text/event-stream;q=0.5",
-            "text/event-stream"
-        ));
-        assert!(!accept("text/event-stream;q=0", "text/event-stream"));
-        assert!(!accept("*/*", "text/event-stream"));
-        assert!(!accept("text/event-streams", "text/event-stream"));
-    }
 }

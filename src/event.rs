@@ -1,4 +1,5 @@
-//! Events, event ids and their Server-Sent Events encoding.
+//! Events, event ids, their Server-Sent Events encoding, and the encoded [`Frame`]s that travel
+//! from a broker to the sockets.
 //!
 //! An event is encoded exactly once, when it enters the process, into shared [`Bytes`]; every
 //! subscriber then receives a reference-counted clone of the same frame (see `hub`). The encoding
@@ -145,13 +146,61 @@ fn itoa_u64(n: u64) -> String {
     n.to_string()
 }
 
+/// What a frame is, for counting and for long polling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    /// A published event (replayed or live).
+    Event,
+    /// The `lastEventId` event: counted, but does not start the long-polling delay.
+    LastEventId,
+    /// The `missedevents` event.
+    MissedEvents,
+}
+
+/// An encoded frame; `id` is 0 for frames without an id, which are never deduplicated.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame {
+    pub id: u64,
+    pub bytes: Bytes,
+    pub kind: FrameKind,
+}
+
+impl Frame {
+    /// A published event, encoded.
+    pub fn event(id: u64, bytes: Bytes) -> Self {
+        Frame {
+            id,
+            bytes,
+            kind: FrameKind::Event,
+        }
+    }
+
+    /// The `missedevents` frame.
+    pub fn missed_events() -> Self {
+        Frame {
+            id: 0,
+            bytes: missed_events_frame(),
+            kind: FrameKind::MissedEvents,
+        }
+    }
+
+    /// The `lastEventId` frame that gives a client the counter as its position.
+    pub fn last_event_id(counter: u64) -> Self {
+        Frame {
+            id: 0,
+            bytes: last_event_id_frame(counter),
+            kind: FrameKind::LastEventId,
+        }
+    }
+}
+
 /// `event: missedevents` with empty data and no id: some events may have been lost.
-pub(crate) fn missed_events_frame() -> Bytes {
+fn missed_events_frame() -> Bytes {
     Bytes::from_static(b"event: missedevents\ndata: \n\n")
 }
 
 /// The `lastEventId` event that gives a client a position to resume from.
-pub(crate) fn last_event_id_frame(counter: u64) -> Bytes {
+fn last_event_id_frame(counter: u64) -> Bytes {
     Bytes::from(format!("id: {counter}\nevent: lastEventId\ndata: \n\n"))
 }
 
@@ -202,6 +251,7 @@ impl LastEventId {
 
 /// Reads the id of a stored SSE event (`id: N\n...\n\n`), as written by any publisher that
 /// follows SPEC 2. Anything else is malformed: it is skipped, never forwarded.
+#[cfg(any(feature = "redis", fuzzing))]
 pub(crate) fn parse_stored_id(payload: &[u8]) -> Option<u64> {
     let rest = payload.strip_prefix(b"id: ")?;
     let end = rest.iter().position(|&b| b == b'\n')?;
@@ -266,6 +316,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn parses_stored_payloads_and_refuses_others() {
         assert_eq!(parse_stored_id(b"id: 42\nevent: m\ndata: x\n\n"), Some(42));
         assert_eq!(parse_stored_id(b"id: 42\nevent: m\ndata: x\n"), None);

@@ -11,45 +11,10 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use tokio::sync::mpsc;
-
-use crate::conn::{Conn, Frame, FrameKind, Push};
-use crate::event::missed_events_frame;
+use crate::conn::{Conn, Push};
+use crate::dispatch::{Dispatch, DispatchReceiver, SubCommand, SubSender};
+use crate::event::Frame;
 use crate::metrics::Metrics;
-
-/// Messages to the dispatcher task.
-#[derive(Debug)]
-pub(crate) enum Dispatch {
-    /// An event for a channel, already encoded.
-    Live { channel: String, frame: Frame },
-    /// The broker lost its subscriber connection: hold live events until [`Dispatch::Resume`].
-    Hold,
-    /// The subscriber is back: deliver what was published meanwhile, then the held events.
-    Resume(Resume),
-    /// Answered once every message before it is handled, so that a stream that waits for its
-    /// subscriptions reads history only after any reset before them reached its connection.
-    Barrier(tokio::sync::oneshot::Sender<()>),
-}
-
-/// What the broker found in history after a subscriber reconnection.
-#[derive(Debug, Default)]
-pub(crate) struct Resume {
-    /// Events published while disconnected, ascending ids, with their channel.
-    pub events: Vec<(Arc<str>, Frame)>,
-    /// Channels whose history no longer reaches back to the last id seen.
-    pub missed: Vec<Arc<str>>,
-    /// The id counter went backwards: Redis lost its data.
-    pub reset: bool,
-}
-
-/// Subscription changes for the broker, sent in the order the registry changed.
-#[derive(Debug)]
-pub(crate) enum SubCommand {
-    Subscribe(Arc<str>),
-    Unsubscribe(Arc<str>),
-    /// Answered once every command sent before it is in effect on the broker.
-    Barrier(tokio::sync::oneshot::Sender<()>),
-}
 
 #[derive(Default)]
 struct Registry {
@@ -61,31 +26,19 @@ struct Registry {
 pub(crate) struct Hub {
     registry: Mutex<Registry>,
     /// Where subscription changes go (the Redis subscriber); `None` in memory.
-    subscriptions: Option<mpsc::UnboundedSender<SubCommand>>,
+    subscriptions: Option<SubSender>,
     pub metrics: Arc<Metrics>,
-    /// Highest event id dispatched, where a reconnected subscriber resumes.
-    pub last_seen: Arc<AtomicU64>,
-    /// Highest id counter read by a stream's history snapshot: streams start from it even when
-    /// no event was dispatched here, so a reconnected subscriber that finds a lower counter
-    /// knows that Redis lost its data (see [`Resume::reset`]).
-    pub counter_seen: Arc<AtomicU64>,
     closing: AtomicBool,
     next_conn_id: AtomicU64,
     verbose: bool,
 }
 
 impl Hub {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        subscriptions: Option<mpsc::UnboundedSender<SubCommand>>,
-        verbose: bool,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, subscriptions: Option<SubSender>, verbose: bool) -> Self {
         Hub {
             registry: Mutex::default(),
             subscriptions,
             metrics,
-            last_seen: Arc::new(AtomicU64::new(0)),
-            counter_seen: Arc::new(AtomicU64::new(0)),
             closing: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             verbose,
@@ -191,10 +144,8 @@ impl Hub {
 
     /// Offers an event to the channel's listeners; `refill` marks events read from history
     /// after a subscriber reconnection (see [`Conn::push`]).
-    fn deliver(&self, channel: &str, frame: Frame, refill: bool) {
-        if frame.id != 0 {
-            self.last_seen.fetch_max(frame.id, Relaxed);
-        }
+    fn deliver(&self, rx: &DispatchReceiver, channel: &str, frame: Frame, refill: bool) {
+        rx.delivered(frame.id);
         self.metrics.received.fetch_add(1, Relaxed);
         if self.verbose {
             tracing::info!(
@@ -210,11 +161,7 @@ impl Hub {
     /// to everybody after a reset.
     fn signal_missed(&self, channels: &[Arc<str>], reset: bool) {
         let reg = self.lock();
-        let frame = Frame {
-            id: 0,
-            bytes: missed_events_frame(),
-            kind: FrameKind::MissedEvents,
-        };
+        let frame = Frame::missed_events();
         if reset {
             for conn in reg.conns.values() {
                 conn.reset(frame.clone());
@@ -233,21 +180,26 @@ impl Hub {
 
     /// The dispatcher task: runs until every sender is gone or the hub is dropped. It holds the
     /// hub weakly, so that dropping the last [`crate::Redisse`] stops every task.
-    pub async fn dispatch(hub: Weak<Self>, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
+    pub async fn dispatch(hub: Weak<Self>, mut rx: DispatchReceiver) {
         let mut held: Option<Vec<(String, Frame)>> = None;
         while let Some(msg) = rx.recv().await {
             let Some(this) = hub.upgrade() else {
                 return;
             };
-            this.handle(msg, &mut held);
+            this.handle(&rx, msg, &mut held);
         }
     }
 
-    fn handle(&self, msg: Dispatch, held: &mut Option<Vec<(String, Frame)>>) {
+    fn handle(
+        &self,
+        rx: &DispatchReceiver,
+        msg: Dispatch,
+        held: &mut Option<Vec<(String, Frame)>>,
+    ) {
         match msg {
             Dispatch::Live { channel, frame } => match held {
                 Some(buffer) => buffer.push((channel, frame)),
-                None => self.deliver(&channel, frame, false),
+                None => self.deliver(rx, &channel, frame, false),
             },
             Dispatch::Hold => {
                 held.get_or_insert_with(Vec::new);
@@ -257,17 +209,16 @@ impl Hub {
             }
             Dispatch::Resume(resume) => {
                 if resume.reset {
-                    self.last_seen.store(0, Relaxed);
-                    self.counter_seen.store(0, Relaxed);
+                    rx.reset();
                 }
                 if resume.reset || !resume.missed.is_empty() {
                     self.signal_missed(&resume.missed, resume.reset);
                 }
                 for (channel, frame) in resume.events {
-                    self.deliver(&channel, frame, true);
+                    self.deliver(rx, &channel, frame, true);
                 }
                 for (channel, frame) in held.take().unwrap_or_default() {
-                    self.deliver(&channel, frame, false);
+                    self.deliver(rx, &channel, frame, false);
                 }
             }
         }

@@ -6,15 +6,11 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use tokio::sync::mpsc;
-
-use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::{RedisBroker, command_connection, snapshot_script};
-use crate::broker::subscriber::Subscriber;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::Broker;
 use crate::config::Config;
+use crate::dispatch;
+use crate::error::Error;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Stats};
 
@@ -36,6 +32,15 @@ pub struct Redisse {
     pub(crate) shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Redisse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redisse")
+            .field("broker", &self.shared.config.broker_description())
+            .field("connections", &self.connections())
+            .finish()
+    }
+}
+
 pub(crate) struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
@@ -45,61 +50,13 @@ pub(crate) struct Shared {
     jitter: RandomState,
 }
 
-/// Why an instance could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The Redis URL is invalid.
-    #[error("invalid redis URL: {0}")]
-    RedisUrl(#[source] redis::RedisError),
-    /// The broker could not be set up.
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-}
-
 impl Redisse {
     /// Starts an instance on the broker `config` names (in memory when `redis_url` is `None`).
     pub fn new(config: Config) -> Result<Self, Error> {
         let metrics = Arc::new(Metrics::default());
-        let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
-        let (hub, broker) = match &config.redis_url {
-            None => {
-                metrics
-                    .broker_up
-                    .store(1, std::sync::atomic::Ordering::Relaxed);
-                let hub = Arc::new(Hub::new(metrics.clone(), None, config.verbose));
-                let broker = MemoryBroker::new(dispatch_tx, config.history_size);
-                (hub, Broker::Memory(broker))
-            }
-            Some(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(Error::RedisUrl)?;
-                let client = with_resp3(client).map_err(Error::RedisUrl)?;
-                let (sub_tx, sub_rx) = mpsc::unbounded_channel();
-                let hub = Arc::new(Hub::new(
-                    metrics.clone(),
-                    Some(sub_tx.clone()),
-                    config.verbose,
-                ));
-                let up = Arc::new(AtomicBool::new(false));
-                let subscriber = Subscriber {
-                    client: client.clone(),
-                    metrics: metrics.clone(),
-                    last_seen: hub.last_seen.clone(),
-                    counter_seen: hub.counter_seen.clone(),
-                    dispatch: dispatch_tx,
-                    commands: sub_rx,
-                    history: command_connection(&client)?,
-                    snapshot_script: snapshot_script(),
-                    history_size: config.history_size,
-                    up: up.clone(),
-                    ping_interval: config.redis_ping_interval,
-                    ping_timeout: config.redis_ping_timeout,
-                };
-                tokio::spawn(subscriber.run());
-                let broker =
-                    RedisBroker::new(&client, config.history_size, sub_tx, up, metrics.clone())?;
-                (hub, Broker::Redis(broker))
-            }
-        };
+        let (dispatch_tx, dispatch_rx) = dispatch::channel();
+        let (broker, subscriptions) = Broker::start(&config, dispatch_tx, &metrics)?;
+        let hub = Arc::new(Hub::new(metrics.clone(), subscriptions, config.verbose));
         tokio::spawn(Hub::dispatch(Arc::downgrade(&hub), dispatch_rx));
         spawn_heartbeat(&hub, config.heartbeat);
         Ok(Redisse {
@@ -161,16 +118,6 @@ impl Shared {
         }
         lo + self.jitter.hash_one(salt) % (hi - lo)
     }
-}
-
-/// Pub/sub messages arrive as RESP3 pushes on the multiplexed connection.
-fn with_resp3(client: redis::Client) -> Result<redis::Client, redis::RedisError> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
 }
 
 fn spawn_heartbeat(hub: &Arc<Hub>, period: std::time::Duration) {

@@ -59,13 +59,21 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+// Listed bottom-up: each module imports only modules above it in this list.
+mod backoff;
 mod broker;
+mod channel;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 mod conn;
+mod dispatch;
 mod endpoint;
+mod error;
 mod event;
+mod extract;
+mod headers;
+mod history;
 mod hub;
 mod instance;
 pub mod metrics;
@@ -73,24 +81,29 @@ mod policy;
 mod publish;
 mod query;
 mod redirect;
+mod refusal;
 mod resume;
 mod routes;
 pub mod server;
 mod sse;
 mod stream;
+#[cfg(feature = "tls")]
 mod tls;
+mod transport;
 
-pub use broker::BrokerError;
+pub use channel::InvalidChannel;
 pub use config::Config;
 pub use endpoint::SseEndpoint;
+pub use error::{BrokerError, Error};
 pub use event::{DEFAULT_EVENT_TYPE, Event, InvalidEvent, LastEventId, MAX_EVENT_ID};
-pub use instance::{Error, Redisse};
+pub use extract::{SseRejection, SseRequest};
+pub use instance::Redisse;
 pub use policy::{ChannelPolicy, QueryChannels, Rejection};
 pub use publish::{PublishError, PublishedEvent, Publisher, TestRecorder};
-pub use query::{QueryError, StreamQuery, form_decode, form_encode};
+pub use query::{QueryError, StreamQuery};
 pub use redirect::RedirectEndpoint;
-pub use routes::UnixPeer;
 pub use sse::{SlowClient, SseBody};
+#[cfg(feature = "tls")]
 pub use tls::Tls;
 
 /// The README's Rust examples are compiled as doctests.
@@ -98,18 +111,29 @@ pub use tls::Tls;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// What the `fuzz/` targets need beyond the public API; only built by `cargo fuzz`, which sets
-/// `--cfg fuzzing`.
-#[cfg(fuzzing)]
+/// What the `fuzz/` targets and the integration tests need beyond the public API. Hidden and
+/// outside any compatibility promise: it may change in any release.
 #[doc(hidden)]
 pub mod fuzzing {
+    /// Decodes one `application/x-www-form-urlencoded` component strictly.
+    pub fn form_decode(input: &str) -> Result<String, crate::QueryError> {
+        crate::query::form_decode(input)
+    }
+
+    /// Encodes a string as a form component, as Ruby's `URI.encode_www_form` does.
+    pub fn form_encode(input: &str) -> String {
+        crate::query::form_encode(input)
+    }
+
     /// The id of a payload stored in Redis or received by pub/sub, `None` when it is malformed.
+    #[cfg(fuzzing)]
     pub fn parse_stored_id(payload: &[u8]) -> Option<u64> {
         crate::event::parse_stored_id(payload)
     }
 
     /// How the standalone server sorts a plain connection's first bytes: `None` while the head
     /// is incomplete, `Some(None)` for hyper, `Some(Some(len))` for a stream request.
+    #[cfg(fuzzing)]
     pub fn request_head(bytes: &[u8]) -> Option<Option<usize>> {
         crate::server::decide_request_head(bytes)
     }

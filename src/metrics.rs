@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a request was refused, the label of `redisse_refused_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Refusal {
     /// The connection limit was reached.
     MaxConnections,
@@ -111,6 +112,17 @@ impl Metrics {
             served: self.served.load(Relaxed),
             missing: self.missed_sent.load(Relaxed),
         }
+    }
+
+    /// Records whether the broker is reachable: the gauge is the broker's one up flag.
+    pub(crate) fn set_broker_up(&self, up: bool) {
+        self.broker_up.store(u64::from(up), Relaxed);
+    }
+
+    /// Whether the broker is reachable.
+    #[cfg(feature = "redis")]
+    pub(crate) fn broker_up(&self) -> bool {
+        self.broker_up.load(Relaxed) == 1
     }
 
     pub(crate) fn refused(&self, reason: Refusal) {

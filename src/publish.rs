@@ -1,21 +1,23 @@
-//! Publishing from Rust (SPEC 5): a [`Publisher`] for a running instance, for Redis alone (an
+//! Publishing from Rust: a [`Publisher`] for a running instance, for Redis alone (an
 //! application process that serves no streams), or recording events for application tests (the
 //! gem's `test_mode!`, `test_filter=` and `published`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use redis::Script;
-use redis::aio::ConnectionManager;
-
-use crate::broker::BrokerError;
-use crate::broker::redis::{command_connection, publish_script};
+#[cfg(feature = "redis")]
+use crate::broker::redis::RedisPublisher;
+use crate::channel::{ChannelName, InvalidChannel};
+#[cfg(feature = "redis")]
 use crate::config::DEFAULT_HISTORY_SIZE;
+use crate::config::DEFAULT_MAX_CHANNEL_NAME_BYTES;
+use crate::error::BrokerError;
 use crate::event::{Event, InvalidEvent};
 use crate::instance::{Redisse, Shared};
 
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The event itself is invalid (a line break in its type).
     #[error(transparent)]
@@ -23,6 +25,13 @@ pub enum PublishError {
     /// The channel name is empty.
     #[error("the channel name is empty")]
     EmptyChannel,
+    /// The channel name is longer than subscribers may ask for
+    /// (`Config::max_channel_name_bytes`), so nobody could listen to it.
+    #[error("the channel name is longer than {max} bytes")]
+    ChannelNameTooLong {
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -46,17 +55,36 @@ pub struct Publisher {
     target: Target,
 }
 
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = match &self.target {
+            Target::Instance(_) => "instance",
+            #[cfg(feature = "redis")]
+            Target::Redis(_) => "redis",
+            Target::Test(_) => "test",
+        };
+        f.debug_struct("Publisher")
+            .field("target", &target)
+            .finish()
+    }
+}
+
 #[derive(Clone)]
 enum Target {
     Instance(Arc<Shared>),
-    Redis(Arc<RedisTarget>),
+    /// The broker's own publish path, without an instance.
+    #[cfg(feature = "redis")]
+    Redis(RedisPublisher),
     Test(TestRecorder),
 }
 
-struct RedisTarget {
-    connection: ConnectionManager,
-    script: Script,
-    history_size: usize,
+impl From<InvalidChannel> for PublishError {
+    fn from(e: InvalidChannel) -> Self {
+        match e {
+            InvalidChannel::Empty => PublishError::EmptyChannel,
+            InvalidChannel::TooLong { max } => PublishError::ChannelNameTooLong { max },
+        }
+    }
 }
 
 impl Redisse {
@@ -70,20 +98,18 @@ impl Redisse {
 
 impl Publisher {
     /// A publisher that writes to Redis directly, in the gem's layout, with the default history
-    /// size. It connects on first use and reconnects by itself.
+    /// size. It connects on first use and reconnects by itself. Channel names are held to the
+    /// default length limit ([`DEFAULT_MAX_CHANNEL_NAME_BYTES`]).
+    #[cfg(feature = "redis")]
     pub fn redis(url: &str) -> Result<Self, PublishError> {
         Publisher::redis_with_history(url, DEFAULT_HISTORY_SIZE)
     }
 
     /// Like [`Publisher::redis`], keeping `history_size` events per channel.
+    #[cfg(feature = "redis")]
     pub fn redis_with_history(url: &str, history_size: usize) -> Result<Self, PublishError> {
-        let client = redis::Client::open(url).map_err(BrokerError::from)?;
         Ok(Publisher {
-            target: Target::Redis(Arc::new(RedisTarget {
-                connection: command_connection(&client)?,
-                script: publish_script(),
-                history_size,
-            })),
+            target: Target::Redis(RedisPublisher::connect(url, history_size)?),
         })
     }
 
@@ -104,27 +130,19 @@ impl Publisher {
     ) -> Result<u64, PublishError> {
         let event = event.into();
         event.validate()?;
-        if channel.is_empty() {
-            return Err(PublishError::EmptyChannel);
-        }
+        let max = match &self.target {
+            Target::Instance(shared) => shared.config.max_channel_name_bytes,
+            _ => DEFAULT_MAX_CHANNEL_NAME_BYTES,
+        };
+        ChannelName::check(channel, max)?;
         match &self.target {
             Target::Instance(shared) => {
                 let id = shared.broker.publish(channel, &event).await?;
                 shared.metrics.published.fetch_add(1, Relaxed);
                 Ok(id)
             }
-            Target::Redis(r) => {
-                let mut con = r.connection.clone();
-                let id = crate::broker::redis::publish(
-                    &mut con,
-                    &r.script,
-                    channel,
-                    &event,
-                    r.history_size,
-                )
-                .await?;
-                Ok(id)
-            }
+            #[cfg(feature = "redis")]
+            Target::Redis(r) => Ok(r.publish(channel, &event).await?),
             Target::Test(recorder) => Ok(recorder.record(channel, event)),
         }
     }
@@ -154,6 +172,14 @@ pub struct TestRecorder {
 struct Recorded {
     events: Vec<PublishedEvent>,
     filter: Option<TypeFilter>,
+}
+
+impl std::fmt::Debug for TestRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRecorder")
+            .field("events", &self.lock().events.len())
+            .finish()
+    }
 }
 
 impl TestRecorder {

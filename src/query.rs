@@ -61,7 +61,7 @@ impl StreamQuery {
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component strictly.
-pub fn form_decode(input: &str) -> Result<String, QueryError> {
+pub(crate) fn form_decode(input: &str) -> Result<String, QueryError> {
     if !input.contains(['%', '+']) {
         return Ok(input.to_owned());
     }
@@ -89,7 +89,7 @@ pub fn form_decode(input: &str) -> Result<String, QueryError> {
 
 /// Encodes a string as a form component: alphanumerics and `*-._` stay, a space becomes `+`,
 /// everything else `%XX` (what Ruby's `URI.encode_www_form` does).
-pub fn form_encode(input: &str) -> String {
+pub(crate) fn form_encode(input: &str) -> String {
     let mut out = String::with_capacity(input.len());
     for &b in input.as_bytes() {
         match b {

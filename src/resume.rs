@@ -11,9 +11,10 @@
 //! not this channel's event; an id retained nowhere might have been. A channel that was never
 //! trimmed lost nothing, and a last id that came from another channel is no reason by itself.
 
-use crate::broker::Snapshot;
-use crate::conn::{Frame, FrameKind};
-use crate::event::{LastEventId, last_event_id_frame, missed_events_frame};
+#[cfg(test)]
+use crate::event::FrameKind;
+use crate::event::{Frame, LastEventId};
+use crate::history::{Snapshot, channel_may_have_lost};
 
 /// The frames a stream starts with.
 #[derive(Debug, Default)]
@@ -37,22 +38,6 @@ impl Plan {
     }
 }
 
-fn missed() -> Frame {
-    Frame {
-        id: 0,
-        bytes: missed_events_frame(),
-        kind: FrameKind::MissedEvents,
-    }
-}
-
-fn last_event_id(counter: u64) -> Frame {
-    Frame {
-        id: 0,
-        bytes: last_event_id_frame(counter),
-        kind: FrameKind::LastEventId,
-    }
-}
-
 /// Builds the plan. `snapshot` was read with `after = Some(l)` when `last` is `At(l)`.
 pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -> Plan {
     let counter = snapshot.counter.unwrap_or(0);
@@ -63,12 +48,12 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
         // up is planned as a resume from just before them instead: see `stream::setup`.)
         LastEventId::None => None,
         LastEventId::Unknown => {
-            plan.preamble.push(missed());
+            plan.preamble.push(Frame::missed_events());
             None
         }
         LastEventId::At(l) if l > counter => {
             // The store lost its data: everything retained is newer than the client knows.
-            plan.preamble.push(missed());
+            plan.preamble.push(Frame::missed_events());
             plan.replay = merge(snapshot);
             plan.position = 0;
             return with_counter_hint(plan, counter);
@@ -79,7 +64,7 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
         return with_counter_hint(plan, counter);
     };
     if may_have_lost(from, &snapshot, history_size) {
-        plan.preamble.push(missed());
+        plan.preamble.push(Frame::missed_events());
     }
     plan.replay = merge(snapshot);
     plan.position = from;
@@ -90,7 +75,7 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
 /// position is then the counter, so that no live event comes after the hint with a lower id.
 fn with_counter_hint(mut plan: Plan, counter: u64) -> Plan {
     if plan.replay.is_empty() && counter > 0 {
-        plan.preamble.push(last_event_id(counter));
+        plan.preamble.push(Frame::last_event_id(counter));
         plan.position = plan.position.max(counter);
     }
     plan
@@ -98,31 +83,6 @@ fn with_counter_hint(mut plan: Plan, counter: u64) -> Plan {
 
 fn may_have_lost(from: u64, snapshot: &Snapshot, history_size: usize) -> bool {
     (0..snapshot.channels.len()).any(|i| channel_may_have_lost(from, i, snapshot, history_size))
-}
-
-/// Whether channel `index` of the snapshot may have lost events after `from` (the rule in the
-/// module documentation). The snapshot must hold every channel's events after `from`.
-pub(crate) fn channel_may_have_lost(
-    from: u64,
-    index: usize,
-    snapshot: &Snapshot,
-    history_size: usize,
-) -> bool {
-    let ch = &snapshot.channels[index];
-    let Some(oldest) = ch.oldest else {
-        return false;
-    };
-    if ch.len < history_size || oldest <= from + 1 {
-        return false;
-    }
-    let gap = oldest - from - 1;
-    let retained = snapshot
-        .channels
-        .iter()
-        .flat_map(|c| &c.events)
-        .filter(|f| f.id > from && f.id < oldest)
-        .count() as u64;
-    retained < gap
 }
 
 fn merge(snapshot: Snapshot) -> Vec<Frame> {
@@ -139,7 +99,7 @@ fn merge(snapshot: Snapshot) -> Vec<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ChannelHistory;
+    use crate::history::ChannelHistory;
     use bytes::Bytes;
 
     fn history(ids: &[u64], len: usize, after: u64) -> ChannelHistory {

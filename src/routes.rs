@@ -1,4 +1,4 @@
-//! The standalone server's routes (SPEC 4, 5 and 8): the SSE endpoint on every path, and
+//! The standalone server's routes: the SSE endpoint on every path, and
 //! `GET /metrics`, `GET /health` and `POST /publish/<channel>` beside it.
 //!
 //! `/metrics` and `/health` answer only requests that do not ask for `text/event-stream`; a
@@ -18,17 +18,16 @@ use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
 
-use crate::endpoint::{SseEndpoint, accepts};
+use crate::channel::ChannelName;
+use crate::endpoint::SseEndpoint;
 use crate::event::Event;
+use crate::headers::Accepts;
 use crate::instance::{Redisse, Shared};
 use crate::metrics::Refusal;
 use crate::policy::{ChannelPolicy, QueryChannels};
 use crate::publish::PublishError;
 use crate::query::{QueryError, form_decode};
-
-/// Marks a request that came through a unix socket: a local peer, allowed to publish.
-#[derive(Clone, Copy, Debug)]
-pub struct UnixPeer;
+use crate::refusal::Refused;
 
 impl Redisse {
     /// The standalone server's router, with channels from the query string.
@@ -76,10 +75,14 @@ fn unless_stream<P: ChannelPolicy>(
 + Sync
 + 'static {
     let (shared, endpoint) = (shared.clone(), endpoint.clone());
-    move |req: Request<Body>| {
+    move |mut req: Request<Body>| {
         let (shared, endpoint) = (shared.clone(), endpoint.clone());
         Box::pin(async move {
-            if accepts(req.headers(), "text/event-stream") {
+            let (parts, body) = req.into_parts();
+            let mut parts = parts;
+            let accepts = Accepts::of(&mut parts.extensions, &parts.headers);
+            req = Request::from_parts(parts, body);
+            if accepts.event_stream {
                 return endpoint.oneshot(req).await.into_response();
             }
             page(&shared)
@@ -104,10 +107,15 @@ fn health(shared: &Shared) -> Response {
     }
 }
 
-fn refuse(shared: &Shared, reason: Refusal, status: StatusCode, msg: &str) -> Response {
-    shared.metrics.refused(reason);
-    tracing::info!(%status, reason = msg, "refused a publish request");
-    (status, format!("{msg}\n")).into_response()
+fn refuse(
+    shared: &Shared,
+    reason: Refusal,
+    status: StatusCode,
+    msg: impl std::fmt::Display,
+) -> Response {
+    Refused::publish(reason, status, msg)
+        .respond(&shared.metrics)
+        .into_response()
 }
 
 /// `POST /publish/<channel>?type=T` with the data as body: answers `{"id": N}`.
@@ -119,18 +127,18 @@ async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
         Ok(t) => t,
         Err(msg) => return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, &msg),
     };
-    if channel.len() > shared.config.max_channel_name_bytes {
-        let msg = format!(
-            "the channel name is longer than {} bytes",
-            shared.config.max_channel_name_bytes
-        );
-        return refuse(
-            shared,
-            Refusal::ChannelNameTooLong,
-            StatusCode::BAD_REQUEST,
-            &msg,
-        );
-    }
+    let channel = match ChannelName::new(&channel, shared.config.max_channel_name_bytes) {
+        Ok(channel) => channel,
+        Err(e @ crate::channel::InvalidChannel::TooLong { .. }) => {
+            return refuse(
+                shared,
+                Refusal::ChannelNameTooLong,
+                StatusCode::BAD_REQUEST,
+                e,
+            );
+        }
+        Err(e) => return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, e),
+    };
     let limit = shared.config.max_publish_bytes;
     let too_large = || {
         let msg = format!("the body is larger than {limit} bytes");
@@ -169,7 +177,7 @@ async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
     }
     .publisher();
     match publisher
-        .publish(&channel, Event::new(event_type, data))
+        .publish(channel.as_str(), Event::new(event_type, data))
         .await
     {
         Ok(id) => {
@@ -188,12 +196,7 @@ async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
             )
                 .into_response()
         }
-        Err(e) => refuse(
-            shared,
-            Refusal::BadPublish,
-            StatusCode::BAD_REQUEST,
-            &e.to_string(),
-        ),
+        Err(e) => refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, e),
     }
 }
 
@@ -210,18 +213,16 @@ fn authorize(shared: &Shared, req: &Request<Body>) -> Result<(), Response> {
         if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return Ok(());
         }
-        let mut res = refuse(
-            shared,
+        let refused = Refused::publish(
             Refusal::PublishUnauthorized,
             StatusCode::UNAUTHORIZED,
             "publishing requires Authorization: Bearer <token>",
-        );
-        res.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(res);
+        )
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(refused.respond(&shared.metrics).into_response());
     }
     let ext = req.extensions();
-    let local = ext.get::<UnixPeer>().is_some()
+    let local = unix_peer(ext)
         || ext
             .get::<ConnectInfo<SocketAddr>>()
             .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
@@ -237,6 +238,19 @@ fn authorize(shared: &Shared, req: &Request<Body>) -> Result<(), Response> {
     }
 }
 
+/// Whether the request came through a unix socket (the server puts the peer's address in the
+/// extensions, as `axum::serve` does).
+#[cfg(unix)]
+fn unix_peer(ext: &http::Extensions) -> bool {
+    ext.get::<ConnectInfo<tokio::net::unix::SocketAddr>>()
+        .is_some()
+}
+
+#[cfg(not(unix))]
+fn unix_peer(_: &http::Extensions) -> bool {
+    false
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -245,17 +259,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn target(uri: &http::Uri) -> Result<(String, String), String> {
     let raw = uri.path().strip_prefix("/publish/").unwrap_or("");
     let channel = percent_decode_path(raw)?;
-    if channel.is_empty() {
-        return Err("the channel name is empty".into());
-    }
     let mut event_type = String::new();
     for item in uri.query().unwrap_or("").split('&') {
         if let Some(v) = item.strip_prefix("type=") {
             event_type = form_decode(v).map_err(|e| e.to_string())?;
         }
-    }
-    if event_type.contains(['\r', '\n']) {
-        return Err("the event type must not contain CR or LF".into());
     }
     Ok((channel, event_type))
 }

@@ -1,24 +1,28 @@
-//! The accept loop: sockets, HTTP settings, and graceful shutdown.
+//! The transport: serves any axum `Router` (usually [`Redisse::router`]) on any listener, with
+//! the sockets, HTTP settings and graceful shutdown a push server needs.
 //!
 //! We drive hyper ourselves rather than through `axum::serve` to set what a push server needs:
-//! `TCP_NODELAY` on every socket (small frames must not wait for Nagle), a request-head size
-//! limit (431 past it) and a header read timeout against slow-loris clients, and a shutdown that
-//! first ends every SSE stream (they would otherwise keep hyper's graceful shutdown waiting
-//! forever, tokio-rs/axum#2673), then waits a bounded time for connections to finish.
+//! `TCP_NODELAY` on every socket (small frames must not wait for Nagle; [`Tcp`] sets it), a
+//! request-head size limit (431 past it) and a header read timeout against slow-loris clients,
+//! and a shutdown that first ends every SSE stream (they would otherwise keep hyper's graceful
+//! shutdown waiting forever, tokio-rs/axum#2673), then waits a bounded time for connections to
+//! finish. Listeners are axum's [`Listener`] trait, so anything that composes with
+//! `axum::serve` (`ListenerExt::tap_io`, a listener of the application's own) serves here too;
+//! the peer's address is in every request's extensions as `ConnectInfo<L::Addr>`.
 //!
 //! On plain connections (TCP without TLS, unix sockets) stream requests are read and answered
-//! by `streams`, which writes SSE responses on the bare socket and so keeps no HTTP buffer per
+//! by `plain`, which writes SSE responses on the bare socket and so keeps no HTTP buffer per
 //! idle stream (about 2.5 KiB per stream instead of about 23 KiB under hyper, BENCHMARKS.md);
 //! the first request that is not a stream request hands the connection to hyper. TLS
-//! connections are served by hyper throughout. Stream requests still go through the router and
-//! its layers, which may change the response head; a layer that rewrites response bodies does
-//! not see a stream's body, which the endpoint hands to the server directly.
+//! connections are served by hyper throughout. Stream requests go through the router and its
+//! layers like any other; the server recognises a stream response by the handle in its
+//! extensions (`transport::StreamHandle`) and writes its body as chunks.
 //!
-//! Each hyper connection also carries a `ConnectionCloser` in its requests' extensions: when its
-//! stream falls behind, the SSE queue cancels it and the connection task drops the socket at
-//! once, because hyper, blocked writing to a client that does not read, would never poll the
-//! body to see it end. Refused request heads (too large, too slow, malformed) are counted in
-//! the metrics and logged here, since hyper answers them before any service sees a request.
+//! A client that does not read leaves the server blocked on a write, where nobody polls the
+//! body. On both paths the server then watches the stream's handle (`slow`) and closes the
+//! connection as soon as the client's queue overflowed. Refused request heads (too large, too
+//! slow, malformed) are counted in the metrics and logged here, since hyper answers them before
+//! any service sees a request.
 
 /// `AsyncWrite` for an IO wrapper whose `io` field does the writing: the wrappers here
 /// (`first_bytes`, `rewind`) only change how a connection is read.
@@ -64,25 +68,25 @@ macro_rules! forward_async_write {
 
 mod first_bytes;
 mod head;
+mod listen;
+mod plain;
 mod rewind;
-mod streams;
+mod slow;
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+pub use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -90,95 +94,84 @@ use self::first_bytes::FirstBytesDeadline;
 use self::head::HeadLimits;
 #[cfg(fuzzing)]
 pub(crate) use self::head::decide as decide_request_head;
-use self::rewind::Rewind;
-use self::streams::{Handoff, StreamsContext};
+#[cfg(unix)]
+pub use self::listen::Unix;
+pub use self::listen::{LISTEN_BACKLOG, Tcp};
+use self::plain::{PlainConnection, PlainContext};
+use self::slow::SlowStreams;
 use crate::instance::Redisse;
 use crate::metrics::{Metrics, Refusal};
-use crate::routes::UnixPeer;
+use crate::refusal::Refused;
+#[cfg(feature = "tls")]
 use crate::tls::Tls;
-
-/// Closes one client connection when cancelled; found in the extensions of every request the
-/// standalone server passes on.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnectionCloser(pub CancellationToken);
+use crate::transport::StreamHandle;
 
 /// What a connection task needs besides the socket and the service.
 struct ConnectionContext<'a> {
     builder: Arc<Builder<TokioExecutor>>,
     graceful: &'a GracefulShutdown,
+    #[cfg(feature = "tls")]
     tls: Option<Tls>,
     /// The router, the metrics and the head limits; on plain connections, streams are written
     /// on the bare socket with them.
-    streams: Arc<StreamsContext>,
+    plain: Arc<PlainContext>,
 }
 
-/// Connections the kernel queues before they are accepted. The standard library's 128 drops
-/// SYNs when hundreds of clients connect at once (a reconnect storm after a restart), and each
-/// dropped SYN costs its client a one-second retransmission; the kernel caps this value at
-/// `net.core.somaxconn` (4096 by default).
-const LISTEN_BACKLOG: u32 = 1024;
-
-/// Where the server listens.
-#[derive(Debug)]
-pub enum Listener {
-    /// A TCP socket.
-    Tcp(TcpListener),
-    /// A unix domain socket, and its path (removed on shutdown).
-    Unix(UnixListener, PathBuf),
-}
-
-impl Listener {
-    /// Binds a TCP address.
-    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        // As `TcpListener::bind` does, so a restarted server can bind at once.
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
-    }
-
-    /// Binds a unix socket at `path`, replacing a stale socket file.
-    pub fn bind_unix(path: impl Into<PathBuf>) -> io::Result<Self> {
-        let path = path.into();
-        if std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
-            std::fs::remove_file(&path)?;
-        }
-        Ok(Listener::Unix(UnixListener::bind(&path)?, path))
-    }
-
-    /// The TCP address, when listening on TCP (useful after binding port 0).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Listener::Tcp(l) => l.local_addr().ok(),
-            Listener::Unix(..) => None,
-        }
-    }
-}
-
-/// Serves `router` (usually [`Redisse::router`]) until `shutdown` completes, then ends every
-/// stream of `redisse` with a jittered `retry:` and waits at most the configured shutdown timeout
-/// for connections to close.
-pub async fn serve(
-    listener: Listener,
+/// Serves `router` (usually [`Redisse::router`]) on `listener` until `shutdown` completes, then
+/// ends every stream of `redisse` with a jittered `retry:` and waits at most the configured
+/// shutdown timeout for connections to close.
+pub async fn serve<L>(
+    listener: L,
     redisse: Redisse,
     router: Router,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    serve_with_tls(listener, None, redisse, router, shutdown).await
+) -> io::Result<()>
+where
+    L: Listener,
+    L::Addr: Clone + Send + Sync + 'static,
+{
+    serve_inner(listener, Secure::Plain, redisse, router, shutdown).await
 }
 
-/// [`serve`], with HTTPS when `tls` is given: the TLS handshake must complete within the header
-/// read timeout.
-pub async fn serve_with_tls(
-    listener: Listener,
+/// [`serve`], with HTTPS when `tls` is given (feature `tls`): the TLS handshake must complete
+/// within the header read timeout.
+#[cfg(feature = "tls")]
+pub async fn serve_with_tls<L>(
+    listener: L,
     tls: Option<Tls>,
     redisse: Redisse,
     router: Router,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    L: Listener,
+    L::Addr: Clone + Send + Sync + 'static,
+{
+    let secure = match tls {
+        Some(tls) => Secure::Tls(tls),
+        None => Secure::Plain,
+    };
+    serve_inner(listener, secure, redisse, router, shutdown).await
+}
+
+/// Whether connections are TLS.
+enum Secure {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(Tls),
+}
+
+async fn serve_inner<L>(
+    mut listener: L,
+    secure: Secure,
+    redisse: Redisse,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    L: Listener,
+    L::Addr: Clone + Send + Sync + 'static,
+{
     let config = redisse.config();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -195,8 +188,12 @@ pub async fn serve_with_tls(
     let ctx = ConnectionContext {
         builder: Arc::new(builder),
         graceful: &graceful,
-        tls,
-        streams: Arc::new(StreamsContext {
+        #[cfg(feature = "tls")]
+        tls: match secure {
+            Secure::Tls(tls) => Some(tls),
+            Secure::Plain => None,
+        },
+        plain: Arc::new(PlainContext {
             router: router.clone(),
             metrics: redisse.shared.metrics.clone(),
             limits: HeadLimits {
@@ -206,25 +203,21 @@ pub async fn serve_with_tls(
             stop: stop.clone(),
         }),
     };
+    #[cfg(not(feature = "tls"))]
+    let Secure::Plain = secure;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = accept(&listener) => match accepted {
-                Ok(Accepted::Tcp(stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    match &ctx.tls {
-                        Some(tls) => spawn_tls(&ctx, tls, stream, ConnectInfo(peer)),
-                        None => spawn_plain(&ctx, stream, ConnectInfo(peer)),
-                    }
+            (io, addr) = listener.accept() => {
+                let peer = ConnectInfo(addr);
+                #[cfg(feature = "tls")]
+                if let Some(tls) = &ctx.tls {
+                    spawn_tls(&ctx, tls, io, peer);
+                    continue;
                 }
-                Ok(Accepted::Unix(stream)) => spawn_plain(&ctx, stream, UnixPeer),
-                Err(e) => {
-                    // Out of file descriptors, mostly: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+                spawn_plain(&ctx, io, peer);
+            }
         }
     }
     drop(ctx);
@@ -235,9 +228,7 @@ pub async fn serve_with_tls(
         "shutting down: ending streams"
     );
     redisse.shutdown();
-    if let Listener::Unix(_, path) = &listener {
-        let _ = std::fs::remove_file(path);
-    }
+    // A unix socket's file goes with its listener.
     drop(listener);
     let timeout = config.shutdown_timeout;
     if tokio::time::timeout(timeout, graceful.shutdown())
@@ -252,42 +243,30 @@ pub async fn serve_with_tls(
     Ok(())
 }
 
-enum Accepted {
-    Tcp(tokio::net::TcpStream, SocketAddr),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &Listener) -> io::Result<Accepted> {
-    match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
-    }
-}
-
 /// Serves a TLS connection with hyper throughout (HTTP/1 or HTTP/2 by ALPN); the handshake must
 /// complete within the header read timeout.
-fn spawn_tls<P>(ctx: &ConnectionContext<'_>, tls: &Tls, io: tokio::net::TcpStream, peer: P)
+#[cfg(feature = "tls")]
+fn spawn_tls<IO, P>(ctx: &ConnectionContext<'_>, tls: &Tls, io: IO, peer: P)
 where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Clone + Send + Sync + 'static,
 {
-    let conn = Connection::new(ctx.builder.clone(), ctx.graceful.watcher(), &ctx.streams);
-    let svc = connection_service(&ctx.streams.router, peer, &conn.closer);
+    let conn = Connection::new(ctx.builder.clone(), ctx.graceful.watcher(), &ctx.plain);
+    let svc = connection_service(&ctx.plain.router, peer, &conn.slow);
     let acceptor = tls.acceptor.clone();
     tokio::spawn(async move {
         match tokio::time::timeout(conn.head_timeout, acceptor.accept(io)).await {
             Ok(Ok(stream)) => conn.drive(stream, svc).await,
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-            Err(_) => {
-                conn.metrics.refused(Refusal::HeaderTimeout);
-                tracing::info!("refused a connection: TLS handshake not done in time");
-            }
+            Err(_) => Refused::connection(Refusal::HeaderTimeout, "TLS handshake not done in time")
+                .record(&conn.metrics),
         }
     });
 }
 
-/// Serves a plain (not TLS) connection: its stream requests on the bare socket
-/// (`streams`), and from the first other request on, hyper.
-fn spawn_plain<IO, P>(ctx: &ConnectionContext<'_>, mut io: IO, peer: P)
+/// Serves a plain (not TLS) connection: its stream requests on the bare socket (`plain`), and
+/// from the first other request on, hyper.
+fn spawn_plain<IO, P>(ctx: &ConnectionContext<'_>, io: IO, peer: P)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Clone + Send + Sync + 'static,
@@ -295,33 +274,41 @@ where
     // Held until the task ends, so that the graceful shutdown waits for it.
     let watcher = ctx.graceful.watcher();
     let builder = ctx.builder.clone();
-    let streams = ctx.streams.clone();
+    let plain = ctx.plain.clone();
     let task = async move {
         let extend = |ext: &mut http::Extensions| {
             ext.insert(peer.clone());
         };
-        if let Handoff::Hyper(read) = streams::serve(&mut io, &streams, &extend).await {
-            let conn = Connection::new(builder, watcher, &streams);
-            let svc = connection_service(&streams.router, peer, &conn.closer);
+        if let Some(io) = PlainConnection::new(io).serve(&plain, &extend).await {
+            let conn = Connection::new(builder, watcher, &plain);
+            let svc = connection_service(&plain.router, peer, &conn.slow);
             // Boxed: hyper's connection is large, and most connections never get here.
-            Box::pin(conn.drive(Rewind::new(read, io), svc)).await;
+            Box::pin(conn.drive(io, svc)).await;
         }
     };
     tokio::spawn(task);
 }
 
-/// The router, with the connection's peer and closer in every request's extensions.
+/// The router, with the connection's peer in every request's extensions; the handles of the
+/// streams it answers are watched for slow clients.
 fn connection_service<P: Clone + Send + Sync + 'static>(
     router: &Router,
     peer: P,
-    closer: &CancellationToken,
+    slow: &SlowStreams,
 ) -> impl ConnectionService {
     let router = router.clone();
-    let closer = ConnectionCloser(closer.clone());
+    let slow = slow.clone();
     tower::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
-        req.extensions_mut().insert(closer.clone());
-        router.clone().oneshot(req)
+        let slow = slow.clone();
+        let response = router.clone().oneshot(req);
+        async move {
+            let response = response.await?;
+            if let Some(handle) = response.extensions().get::<StreamHandle>() {
+                slow.watch(handle.clone());
+            }
+            Ok(response)
+        }
     })
 }
 
@@ -350,13 +337,14 @@ impl<S> ConnectionService for S where
 {
 }
 
-/// One accepted connection's task state.
+/// One connection served by hyper.
 struct Connection {
     builder: Arc<Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     metrics: Arc<Metrics>,
     head_timeout: Duration,
-    closer: CancellationToken,
+    /// The streams this connection carries, watched for slow clients.
+    slow: SlowStreams,
 }
 
 impl Connection {
@@ -364,19 +352,20 @@ impl Connection {
     fn new(
         builder: Arc<Builder<TokioExecutor>>,
         watcher: hyper_util::server::graceful::Watcher,
-        streams: &StreamsContext,
+        plain: &PlainContext,
     ) -> Self {
         Connection {
             builder,
             watcher,
-            metrics: streams.metrics.clone(),
-            head_timeout: streams.limits.timeout,
-            closer: CancellationToken::new(),
+            metrics: plain.metrics.clone(),
+            head_timeout: plain.limits.timeout,
+            slow: SlowStreams::default(),
         }
     }
 
-    /// Serves HTTP on `io` until the client leaves, the server shuts down, or the stream
-    /// falls behind (the closer is cancelled).
+    /// Serves HTTP on `io` until the client leaves, the server shuts down, or one of its
+    /// streams' clients falls behind (then the whole connection closes: over HTTP/2 its other
+    /// streams too).
     async fn drive<IO, S>(self, io: IO, svc: S)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -393,7 +382,7 @@ impl Connection {
                     connection_error(&self.metrics, &*e);
                 }
             }
-            _ = self.closer.cancelled() => {
+            _ = self.slow.any_slow() => {
                 tracing::debug!("closed the connection of a slow client");
             }
         }
@@ -422,8 +411,7 @@ fn connection_error(metrics: &Metrics, e: &(dyn std::error::Error + 'static)) {
     };
     match refusal {
         Some((reason, message)) => {
-            metrics.refused(reason);
-            tracing::info!(error = %e, "refused a connection: {message}");
+            Refused::connection(reason, format_args!("{message}: {e}")).record(metrics)
         }
         None => tracing::debug!(error = %e, "connection ended with an error"),
     }

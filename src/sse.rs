@@ -4,11 +4,11 @@
 //! one write), heartbeats when the hub asks, closes a long-polling stream a delay after its first
 //! real event, ends with `retry:` on shutdown, and ends with an error when the client was too
 //! slow, which makes hyper close the socket instead of waiting to write a final chunk to a
-//! client that does not read. Dropping the body unregisters the connection.
+//! client that does not read (a server blocked on such a client watches the response's
+//! `transport::StreamHandle` instead). Dropping the body unregisters the connection.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,7 +23,8 @@ use crate::hub::Registration;
 /// Frames joined into one write at most.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-/// The body of every response of the SSE endpoint.
+/// The body of every response of the SSE endpoint: a stream that drains one connection's
+/// queue, or a complete body (errors, stats, `retry:`).
 pub struct SseBody {
     inner: Inner,
 }
@@ -45,28 +46,25 @@ struct Stream {
     ended: bool,
 }
 
-/// Where the standalone server takes a stream's body to write it on the bare socket itself
-/// (`server::streams`): when a request carries a slot, the endpoint leaves the body of a stream
-/// it opens here, and answers with the stream's headers and an empty body.
-#[derive(Clone, Default)]
-pub(crate) struct StreamSlot(Arc<Mutex<Option<SseBody>>>);
-
-impl StreamSlot {
-    /// Leaves `body` in the slot.
-    pub(crate) fn put(&self, body: SseBody) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
-    }
-
-    /// The stream's body, if the endpoint opened one.
-    pub(crate) fn take(&self) -> Option<SseBody> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
 /// The stream ended because the client did not read fast enough.
 #[derive(Debug, thiserror::Error)]
 #[error("slow client: its queue reached the limit; disconnected")]
 pub struct SlowClient;
+
+impl std::fmt::Debug for SseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Full(b) => f
+                .debug_struct("SseBody")
+                .field("full", &b.as_ref().map(|b| b.len()))
+                .finish(),
+            Inner::Stream(s) => f
+                .debug_struct("SseBody")
+                .field("conn", &s.reg.conn.id)
+                .finish(),
+        }
+    }
+}
 
 impl SseBody {
     pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
@@ -87,23 +85,6 @@ impl SseBody {
                 polling: polling.map(|d| (d, None)),
                 ended: false,
             })),
-        }
-    }
-}
-
-impl SseBody {
-    /// For a writer blocked on the socket: whether the client became too slow, in which case
-    /// the connection is to be closed at once; otherwise `cx` is woken by the next event.
-    pub(crate) fn poll_slow(&mut self, cx: &mut Context<'_>) -> bool {
-        match &self.inner {
-            Inner::Full(_) => false,
-            Inner::Stream(stream) => {
-                let slow = stream.reg.conn.watch_slow(cx);
-                if slow {
-                    tracing::info!(parent: &stream.span, "slow client: closing its connection");
-                }
-                slow
-            }
         }
     }
 }

@@ -1,5 +1,4 @@
-//! Opening a stream: register, wait for the broker, replay, then go live (ARCHITECTURE.md's
-//! request path after the channel function).
+//! Opening a stream: register, wait for the broker, replay, then go live.
 //!
 //! The response (200 and the headers) goes out at once. A setup task registers the connection
 //! (so live events start to buffer), waits until the broker has the subscriptions, reads the
@@ -14,29 +13,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, header};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::broker::Snapshot;
+use crate::backoff::Backoff;
 use crate::conn::Conn;
 use crate::event::{LastEventId, MAX_EVENT_ID, retry_frame};
+use crate::history::Snapshot;
 use crate::hub::Registration;
 use crate::instance::Shared;
-use crate::metrics::Refusal;
+use crate::refusal::Refused;
 use crate::resume::plan;
-use crate::sse::{SseBody, StreamSlot};
+use crate::sse::SseBody;
+use crate::transport::StreamHandle;
 
 /// What a stream asks for once the request is accepted.
 pub(crate) struct StreamSpec {
     pub channels: Vec<Arc<str>>,
     pub polling: bool,
     pub last: LastEventId,
-    /// Closes the client's socket if it becomes slow (standalone server only).
-    pub closer: Option<CancellationToken>,
-    /// Where the standalone server takes the body to write it itself (see [`StreamSlot`]).
-    pub slot: Option<StreamSlot>,
 }
 
 /// The headers of every stream (SPEC 4, step 4).
@@ -52,35 +47,29 @@ pub(crate) fn stream_response(body: SseBody) -> Response<SseBody> {
     res
 }
 
-/// "Come back later": 200 with a jittered `retry:` (any other status makes `EventSource` give up
-/// for good), and `Connection: close`, so that a server short of connections gets the socket back.
-fn come_back_later(shared: &Shared, id: u64) -> Response<SseBody> {
-    let mut res = stream_response(SseBody::full(retry_frame(shared.retry_millis(id))));
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    res
+/// "Come back later" with a jittered `retry:` (see [`Refused::come_back_later`]); `limit` when
+/// the connection limit is the reason.
+fn come_back_later(shared: &Shared, id: u64, limit: Option<usize>) -> Response<SseBody> {
+    let retry = retry_frame(shared.retry_millis(id));
+    let retry = String::from_utf8_lossy(&retry).into_owned();
+    Refused::come_back_later(retry, limit)
+        .respond(&shared.metrics)
+        .map(SseBody::full)
 }
 
 /// Opens the stream, or answers "come back later" (200 with `retry:`) when full or closing.
 pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> {
     let hub = &shared.hub;
     let id = hub.next_conn_id();
-    if hub.connections() >= shared.config.max_connections {
-        shared.metrics.refused(Refusal::MaxConnections);
-        tracing::warn!(
-            limit = shared.config.max_connections,
-            "connection limit reached"
-        );
-        return come_back_later(shared, id);
+    let limit = shared.config.max_connections;
+    if hub.connections() >= limit {
+        return come_back_later(shared, id, Some(limit));
     }
     let conn = Conn::new(id, shared.config.max_queue_bytes);
-    if let Some(closer) = spec.closer {
-        conn.close_when_slow(closer);
-    }
     // One span per connection (never per event): its logs carry the id and channel count.
     let span = tracing::info_span!("sse", conn = id, channels = spec.channels.len());
     if !hub.register(&conn, &spec.channels) {
-        return come_back_later(shared, id);
+        return come_back_later(shared, id, None);
     }
     if shared.config.verbose {
         let names: Vec<&str> = spec.channels.iter().map(|c| &**c).collect();
@@ -92,16 +81,12 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         conn: conn.clone(),
         channels: channels.clone(),
     };
+    let handle = StreamHandle::new(conn.clone());
     tokio::spawn(setup(shared.clone(), conn, channels, spec.last).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
-    let body = SseBody::stream(reg, polling, span);
-    match spec.slot {
-        Some(slot) => {
-            slot.put(body);
-            stream_response(SseBody::full(Bytes::new()))
-        }
-        None => stream_response(body),
-    }
+    let mut res = stream_response(SseBody::stream(reg, polling, span));
+    res.extensions_mut().insert(handle);
+    res
 }
 
 /// A stream without a position starts at the counter its snapshot read, unless it already
@@ -137,7 +122,7 @@ async fn from_first_live(
 /// Waits for the broker, reads history and starts the connection. Retries through outages
 /// until it succeeds or the client leaves.
 async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
         // alive at once, and only the part in use should take memory.
@@ -160,14 +145,12 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
         };
         match Box::pin(shared.broker.snapshot(&channels, after)).await {
             Ok(snapshot) => {
-                let counter = snapshot.counter.unwrap_or(0);
                 let (last, snapshot) = match last {
                     LastEventId::None => {
                         Box::pin(from_first_live(&shared, &conn, &channels, snapshot)).await
                     }
                     _ => (last, snapshot),
                 };
-                shared.hub.counter_seen.fetch_max(counter, Relaxed);
                 let plan = plan(last, snapshot, shared.config.history_size);
                 shared
                     .metrics
@@ -183,8 +166,7 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
             }
             Err(e) => {
                 tracing::warn!(conn = conn.id, error = %e, "cannot read history yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redisse::{StreamQuery, form_encode};
+use redisse::StreamQuery;
+use redisse::fuzzing::form_encode;
 
 fuzz_target!(|query: &str| {
     let Ok(parsed) = StreamQuery::parse(query) else {

@@ -7,12 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
-
-use super::{ChannelHistory, Snapshot};
-use crate::conn::Frame;
-use crate::event::Event;
-use crate::hub::Dispatch;
+use crate::dispatch::{Dispatch, DispatchSender};
+use crate::event::{Event, Frame};
+use crate::history::{ChannelHistory, Snapshot};
 
 #[derive(Default)]
 struct State {
@@ -22,12 +19,12 @@ struct State {
 
 pub(crate) struct MemoryBroker {
     state: Mutex<State>,
-    dispatch: mpsc::UnboundedSender<Dispatch>,
+    dispatch: DispatchSender,
     history_size: usize,
 }
 
 impl MemoryBroker {
-    pub fn new(dispatch: mpsc::UnboundedSender<Dispatch>, history_size: usize) -> Self {
+    pub fn new(dispatch: DispatchSender, history_size: usize) -> Self {
         MemoryBroker {
             state: Mutex::default(),
             dispatch,
@@ -51,9 +48,8 @@ impl MemoryBroker {
                 ring.pop_front();
             }
         }
-        // Sent under the lock so the dispatcher receives ids in order. The dispatcher lives as
-        // long as the instance, so a failed send only happens during teardown.
-        let _ = self.dispatch.send(Dispatch::Live {
+        // Sent under the lock so the dispatcher receives ids in order.
+        self.dispatch.send(Dispatch::Live {
             channel: channel.to_owned(),
             frame,
         });
@@ -62,10 +58,7 @@ impl MemoryBroker {
 
     /// Waits until the dispatcher has handled every event published before.
     pub async fn flush(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.dispatch.send(Dispatch::Barrier(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.dispatch.barrier().await;
     }
 
     pub fn snapshot(&self, channels: &[Arc<str>], after: Option<u64>) -> Snapshot {

@@ -1,64 +1,62 @@
 //! Brokers carry events between publishers and servers and keep each channel's short history.
 //!
 //! Two implementations with one behaviour, so one test suite runs against both:
-//! [`memory`] (one process, the default) and [`redis`] (any number of processes, the gem's Redis
-//! layout). A broker assigns ids from one counter for all channels, stores each event in its
-//! channel's history (the newest `history_size`), and hands it, encoded once, to the hub's
-//! dispatcher of every process with local listeners.
+//! [`memory`] (one process, the default) and `redis` (feature `redis`: any number of processes,
+//! the gem's Redis layout). A broker assigns ids from one counter for all channels, stores each
+//! event in its channel's history (the newest `history_size`), and hands it, encoded once, to
+//! the hub's dispatcher of every process with local listeners. Each broker owns what it needs
+//! to do so: the Redis broker starts and supervises its own pub/sub subscriber.
 
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
-pub(crate) mod subscriber;
 
 use std::sync::Arc;
 
-use crate::conn::Frame;
+use crate::config::Config;
+use crate::dispatch::{DispatchSender, SubSender};
+use crate::error::{BrokerError, Error};
 use crate::event::Event;
-
-/// Why a broker operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// Redis answered with an error or could not be reached.
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-    /// Redis answered something this layout does not expect.
-    #[error("unexpected reply from redis: {0}")]
-    Protocol(String),
-}
-
-/// One channel's history as seen at one instant.
-#[derive(Debug, Default)]
-pub(crate) struct ChannelHistory {
-    /// Events retained (trimmed to the history size).
-    pub len: usize,
-    /// Lowest id retained.
-    pub oldest: Option<u64>,
-    /// Retained events with an id above the requested position, ascending.
-    pub events: Vec<Frame>,
-}
-
-/// The id counter and the requested channels' histories, read atomically.
-#[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    /// The last id given, or `None` when no event was ever published.
-    pub counter: Option<u64>,
-    /// One entry per requested channel, in the order requested.
-    pub channels: Vec<ChannelHistory>,
-    /// History entries skipped because they were not SSE events (written by someone else).
-    pub malformed: u64,
-}
+use crate::history::Snapshot;
+use crate::metrics::Metrics;
 
 /// The broker of one instance.
 pub(crate) enum Broker {
     Memory(memory::MemoryBroker),
+    #[cfg(feature = "redis")]
     Redis(redis::RedisBroker),
 }
 
 impl Broker {
+    /// Starts the broker `config` names: in memory, or Redis (whose subscriber task starts
+    /// here). Returns it with where the hub sends subscription changes (`None` in memory).
+    pub fn start(
+        config: &Config,
+        dispatch: DispatchSender,
+        metrics: &Arc<Metrics>,
+    ) -> Result<(Broker, Option<SubSender>), Error> {
+        match &config.redis_url {
+            None => {
+                metrics.set_broker_up(true);
+                let broker = memory::MemoryBroker::new(dispatch, config.history_size);
+                Ok((Broker::Memory(broker), None))
+            }
+            #[cfg(feature = "redis")]
+            Some(url) => {
+                let (broker, subscriptions) =
+                    redis::RedisBroker::start(url, config, dispatch, metrics.clone())?;
+                Ok((Broker::Redis(broker), Some(subscriptions)))
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(_) => Err(Error::RedisNotBuilt),
+        }
+    }
+
     /// Assigns an id, stores the event in history and delivers it to every subscriber.
     pub async fn publish(&self, channel: &str, event: &Event) -> Result<u64, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.publish(channel, event)),
+            #[cfg(feature = "redis")]
             Broker::Redis(b) => b.publish(channel, event).await,
         }
     }
@@ -72,11 +70,8 @@ impl Broker {
     ) -> Result<Snapshot, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.snapshot(channels, after)),
-            Broker::Redis(b) => {
-                let snapshot = b.snapshot(channels, after).await?;
-                b.count_malformed(snapshot.malformed);
-                Ok(snapshot)
-            }
+            #[cfg(feature = "redis")]
+            Broker::Redis(b) => b.snapshot(channels, after).await,
         }
     }
 
@@ -86,6 +81,7 @@ impl Broker {
     pub async fn subscriptions_ready(&self) {
         match self {
             Broker::Memory(_) => {}
+            #[cfg(feature = "redis")]
             Broker::Redis(b) => b.subscriptions_ready().await,
         }
     }
@@ -98,6 +94,7 @@ impl Broker {
             Broker::Memory(b) => b.flush().await,
             // The subscriber answers a barrier after a PING on the pub/sub connection, whose
             // reply follows every message Redis pushed before it.
+            #[cfg(feature = "redis")]
             Broker::Redis(b) => b.subscriptions_ready().await,
         }
     }
@@ -106,6 +103,7 @@ impl Broker {
     pub fn is_up(&self) -> bool {
         match self {
             Broker::Memory(_) => true,
+            #[cfg(feature = "redis")]
             Broker::Redis(b) => b.is_up(),
         }
     }

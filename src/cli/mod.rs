@@ -1,4 +1,4 @@
-//! The `redisse` command line (SPEC 7): `redisse [serve] [options]` and `redisse publish`.
+//! The `redisse` command line: `redisse [serve] [options]` and `redisse publish`.
 //!
 //! Raw flags (clap, each with its environment variable) are turned into a validated
 //! [`Config`](crate::Config); this is the only place that reads the environment, installs the log subscriber
@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
+use self::args::{Cli, Command};
 use crate::policy::{ChannelPolicy, QueryChannels};
-pub use args::{Cli, Command, PublishArgs, ServeArgs};
 
 /// Runs the `redisse` binary with channels from the query string.
 pub fn run() -> ExitCode {

@@ -9,7 +9,6 @@ use hyper_util::rt::TokioIo;
 
 use super::args::PublishArgs;
 use crate::event::Event;
-use crate::publish::Publisher;
 use crate::query::form_encode;
 
 pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
@@ -20,13 +19,21 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     let event = Event::new(args.event_type.clone(), data);
     event.validate().map_err(|e| e.to_string())?;
     let id = match &args.redis {
+        #[cfg(feature = "redis")]
         Some(url) => {
-            let publisher =
-                Publisher::redis_with_history(url, args.history_size).map_err(|e| e.to_string())?;
+            let publisher = crate::publish::Publisher::redis_with_history(url, args.history_size)
+                .map_err(|e| e.to_string())?;
             publisher
                 .publish(&args.channel, event)
                 .await
                 .map_err(|e| e.to_string())?
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => {
+            return Err(
+                "--redis: this build of redisse has no Redis support (cargo feature `redis`)"
+                    .into(),
+            );
         }
         None => {
             let server = args.server.as_deref().unwrap_or("http://127.0.0.1:8080");

@@ -10,13 +10,15 @@ use tracing_subscriber::EnvFilter;
 use super::args::ServeArgs;
 use crate::instance::Redisse;
 use crate::policy::ChannelPolicy;
-use crate::server::{Listener, serve_with_tls};
+use crate::server::{self, Listener, Tcp};
+#[cfg(feature = "tls")]
 use crate::tls::Tls;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<(), String> {
     let config = args.to_config()?;
     init_logs(&args)?;
+    #[cfg(feature = "tls")]
     let tls = match (args.ssl, &args.ssl_cert, &args.ssl_key) {
         (true, Some(cert), Some(key)) => {
             Some(Tls::from_pem_files(cert, key).map_err(|e| format!("--ssl: {e}"))?)
@@ -24,21 +26,40 @@ pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<
         (true, _, _) => return Err("--ssl needs --ssl-key and --ssl-cert".into()),
         (false, _, _) => None,
     };
+    #[cfg(not(feature = "tls"))]
+    if args.ssl {
+        return Err("--ssl: this build of redisse has no TLS support (cargo feature `tls`)".into());
+    }
+    #[cfg(not(feature = "tls"))]
+    let tls: MaybeTls = ();
+    #[cfg(feature = "tls")]
     let scheme = if tls.is_some() { "https" } else { "http" };
+    #[cfg(not(feature = "tls"))]
+    let scheme = "http";
     let listener = match &args.socket {
-        Some(path) => Listener::bind_unix(path)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+        #[cfg(unix)]
+        Some(path) => Bound::Unix(
+            server::Unix::bind(path)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+        ),
+        #[cfg(not(unix))]
+        Some(_) => return Err("-S: unix sockets need a unix system".into()),
         None => {
             let addr = SocketAddr::new(args.address, args.port);
-            Listener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?
+            Bound::Tcp(
+                Tcp::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            )
         }
     };
-    let address = match (&args.socket, listener.local_addr()) {
-        (Some(path), _) => format!("unix:{}", path.display()),
-        (None, Some(addr)) => format!("{scheme}://{addr}"),
-        (None, None) => String::from("?"),
+    let address = match &listener {
+        #[cfg(unix)]
+        Bound::Unix(l) => format!("unix:{}", l.path().display()),
+        Bound::Tcp(l) => match l.local_addr() {
+            Ok(addr) => format!("{scheme}://{addr}"),
+            Err(_) => String::from("?"),
+        },
     };
     tracing::info!(
         "redisse {} listening on {address} with the {} broker",
@@ -51,15 +72,51 @@ pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<
     }
     let redisse = Redisse::new(config).map_err(|e| e.to_string())?;
     let router = redisse.router_with(policy);
-    let result = serve_with_tls(listener, tls, redisse, router, signals())
-        .await
-        .map_err(|e| e.to_string());
+    let result = match listener {
+        #[cfg(unix)]
+        Bound::Unix(l) => serve(l, tls, redisse, router).await,
+        Bound::Tcp(l) => serve(l, tls, redisse, router).await,
+    }
+    .map_err(|e| e.to_string());
     if let Some(pid) = &args.pid {
         let _ = std::fs::remove_file(pid);
     }
     tracing::info!("stopped");
     result
 }
+
+/// The listener the command line asked for.
+enum Bound {
+    Tcp(Tcp),
+    #[cfg(unix)]
+    Unix(server::Unix),
+}
+
+/// Serves until a signal, with TLS when built with it and asked for.
+async fn serve<L>(
+    listener: L,
+    tls: MaybeTls,
+    redisse: Redisse,
+    router: axum::Router,
+) -> std::io::Result<()>
+where
+    L: Listener,
+    L::Addr: Clone + Send + Sync + 'static,
+{
+    #[cfg(feature = "tls")]
+    return server::serve_with_tls(listener, tls, redisse, router, signals()).await;
+    #[cfg(not(feature = "tls"))]
+    {
+        let () = tls;
+        server::serve(listener, redisse, router, signals()).await
+    }
+}
+
+/// The TLS acceptor, when the build has TLS (nothing otherwise).
+#[cfg(feature = "tls")]
+type MaybeTls = Option<Tls>;
+#[cfg(not(feature = "tls"))]
+type MaybeTls = ();
 
 fn broker_name(description: &str) -> String {
     if description == "in-memory" {
@@ -70,6 +127,7 @@ fn broker_name(description: &str) -> String {
 }
 
 /// Completes on the first SIGTERM or SIGINT; a second one exits the process at once.
+#[cfg(unix)]
 async fn signals() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -126,4 +184,19 @@ fn init_logs(args: &ServeArgs) -> Result<(), String> {
             .try_init()
     };
     installed.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+/// Completes on the first Ctrl-C; a second one exits the process at once.
+#[cfg(not(unix))]
+async fn signals() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        tracing::error!("cannot install the Ctrl-C handler");
+        return std::future::pending().await;
+    }
+    tracing::info!("Ctrl-C received: shutting down (press it again to exit at once)");
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("redisse: second signal: exiting now");
+        std::process::exit(130);
+    });
 }

@@ -1,6 +1,6 @@
 //! Reading one request head from a plain connection, to decide who serves it.
 //!
-//! The server writes SSE streams on the bare socket itself (`server::streams`), so that an
+//! The server writes SSE streams on the bare socket itself (`server::plain`), so that an
 //! idle stream keeps no HTTP read or write buffer; hyper serves everything else. This module
 //! reads until the first request head is complete and sorts it: a plain HTTP/1.1 `GET` that
 //! asks for `text/event-stream` and carries no body is a [`Head::Stream`]; anything else (other
@@ -16,7 +16,7 @@ use http::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoint::accepts;
+use crate::headers::Accepts;
 
 /// The HTTP/2 connection preface (h2c with prior knowledge goes to hyper).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -138,13 +138,16 @@ fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     // or conflicting lengths are a 400 there, not a body taken for the next request).
     let has_body =
         map.contains_key(header::CONTENT_LENGTH) || map.contains_key(header::TRANSFER_ENCODING);
+    let accepts = Accepts::parse(map);
     if has_body
         || map.contains_key(header::UPGRADE)
         || map.contains_key(header::EXPECT)
-        || !accepts(map, "text/event-stream")
+        || !accepts.event_stream
     {
         return None;
     }
+    // Parsed once: the endpoint reads it from here.
+    request.extensions_mut().insert(accepts);
     Some(request)
 }
 
@@ -156,17 +159,6 @@ pub(crate) fn decide(buf: &[u8]) -> Option<Option<usize>> {
         Head::Stream(_, len) => Some(len),
         _ => None,
     })
-}
-
-/// Whether these headers (of a request or a response) ask to close the connection after the
-/// response.
-pub(super) fn wants_close(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 #[cfg(test)]
@@ -285,6 +277,6 @@ mod tests {
         assert_eq!(len, bytes.len() - 3);
         assert_eq!(req.uri().query(), Some("a&b"));
         assert_eq!(req.headers()["last-event-id"], "7");
-        assert!(wants_close(req.headers()));
+        assert!(crate::headers::wants_close(req.headers()));
     }
 }

@@ -9,7 +9,8 @@
 //!   follows SPEC 4 for everything else (an independent model decides).
 
 use proptest::prelude::*;
-use redisse::{Event, LastEventId, MAX_EVENT_ID, StreamQuery, form_decode, form_encode};
+use redisse::fuzzing::{form_decode, form_encode};
+use redisse::{Event, LastEventId, MAX_EVENT_ID, StreamQuery};
 
 /// One event as the WHATWG "interpret an event stream" algorithm dispatches it.
 #[derive(Debug, PartialEq, Eq)]

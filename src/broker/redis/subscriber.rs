@@ -16,21 +16,21 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, PushInfo, PushKind, Script, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::BrokerError;
-use super::redis::snapshot;
-use crate::conn::Frame;
-use crate::event::{MAX_EVENT_ID, parse_stored_id};
-use crate::hub::{Dispatch, Resume, SubCommand};
+use super::HistoryReader;
+use crate::backoff::Backoff;
+use crate::dispatch::{Dispatch, DispatchSender, Resume, SubCommand};
+use crate::error::BrokerError;
+use crate::event::{Frame, MAX_EVENT_ID, parse_stored_id};
+use crate::history::channel_may_have_lost;
 use crate::metrics::Metrics;
-use crate::resume::channel_may_have_lost;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -39,19 +39,18 @@ const SUBSCRIBE_CHUNK: usize = 512;
 /// Commands taken from the hub's queue at once.
 const MAX_BATCH: usize = 4096;
 
-pub(crate) struct Subscriber {
+/// The subscriber task's state; built and started by [`super::RedisBroker::start`].
+pub(super) struct Subscriber {
     pub client: redis::Client,
     pub metrics: Arc<Metrics>,
-    /// The hub's highest dispatched id.
-    pub last_seen: Arc<AtomicU64>,
-    /// The highest counter streams started from (their positions may be past `last_seen`).
+    /// The highest counter streams started from (their positions may be past the highest id
+    /// delivered, the dispatch channel's cursor).
     pub counter_seen: Arc<AtomicU64>,
-    pub dispatch: mpsc::UnboundedSender<Dispatch>,
+    pub dispatch: DispatchSender,
     pub commands: mpsc::UnboundedReceiver<SubCommand>,
-    pub history: ConnectionManager,
-    pub snapshot_script: Script,
+    /// On a connection of its own, so a refill never waits behind streams' reads.
+    pub history: HistoryReader,
     pub history_size: usize,
-    pub up: Arc<AtomicBool>,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
 }
@@ -68,32 +67,36 @@ impl Subscriber {
     pub async fn run(mut self) {
         let mut active: HashSet<Arc<str>> = HashSet::new();
         let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut connected_before = false;
         loop {
             let lost = Arc::new(Notify::new());
             let mut con = match self.connect(lost.clone()).await {
                 Ok(con) => con,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "redis subscriber cannot connect");
-                    if !self.wait(backoff, &mut active, &mut barriers).await {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "redis subscriber cannot connect");
+                    if !self.wait(delay, &mut active, &mut barriers).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
             if !self.apply_pending(&mut active, &mut barriers) {
                 return;
             }
-            let _ = self.dispatch.send(Dispatch::Hold);
+            self.dispatch.send(Dispatch::Hold);
             if let Err(e) = self.resubscribe(&mut con, &active, connected_before).await {
                 tracing::warn!(error = %e, "redis subscriber could not resubscribe");
                 // Live events stay held: releasing them without the refill would move
-                // `last_seen` past events published during the outage, which the next
+                // the delivered cursor past events published during the outage, which the next
                 // refill would then skip.
-                self.wait(backoff, &mut active, &mut barriers).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if !self
+                    .wait(backoff.next_delay(), &mut active, &mut barriers)
+                    .await
+                {
+                    return;
+                }
                 continue;
             }
             if connected_before {
@@ -101,10 +104,10 @@ impl Subscriber {
                 tracing::info!("redis subscriber reconnected");
             }
             connected_before = true;
-            backoff = MIN_BACKOFF;
-            self.set_up(true);
+            backoff.reset();
+            self.metrics.set_broker_up(true);
             for b in barriers.drain(..) {
-                let _ = self.dispatch.send(Dispatch::Barrier(b));
+                self.dispatch.send(Dispatch::Barrier(b));
             }
             match self
                 .serve(&mut con, &lost, &mut active, &mut barriers)
@@ -113,15 +116,10 @@ impl Subscriber {
                 Exit::Stop => return,
                 Exit::Lost(why) => {
                     tracing::warn!(reason = %why, "redis subscriber connection lost");
-                    self.set_up(false);
+                    self.metrics.set_broker_up(false);
                 }
             }
         }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Relaxed);
-        self.metrics.broker_up.store(up as u64, Relaxed);
     }
 
     async fn connect(&self, lost: Arc<Notify>) -> Result<MultiplexedConnection, BrokerError> {
@@ -135,10 +133,10 @@ impl Subscriber {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(self.ping_timeout))
             .set_push_sender(sender);
-        Ok(self
-            .client
+        self.client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+            .await
+            .map_err(BrokerError::redis)
     }
 
     /// Sleeps while still taking subscription changes. Returns `false` when told to stop.
@@ -187,14 +185,14 @@ impl Subscriber {
         let channels: Vec<Arc<str>> = active.iter().cloned().collect();
         for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
             let names: Vec<&str> = chunk.iter().map(|c| &**c).collect();
-            con.subscribe(names).await?;
+            con.subscribe(names).await.map_err(BrokerError::redis)?;
         }
         let resume = if refill && !channels.is_empty() {
             self.refill(&channels).await?
         } else {
             Resume::default()
         };
-        let _ = self.dispatch.send(Dispatch::Resume(resume));
+        self.dispatch.send(Dispatch::Resume(resume));
         Ok(())
     }
 
@@ -202,27 +200,19 @@ impl Subscriber {
     /// counter below an id this process knew (dispatched, or a stream's starting counter) means
     /// Redis lost its data: then every retained event is new.
     async fn refill(&mut self, channels: &[Arc<str>]) -> Result<Resume, BrokerError> {
-        let last = self.last_seen.load(Relaxed);
+        let last = self.dispatch.delivered();
         let known = last.max(self.counter_seen.load(Relaxed));
-        let mut snap = snapshot(
-            &mut self.history,
-            &self.snapshot_script,
-            channels,
-            Some(last),
-        )
-        .await?;
-        self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
+        let mut snap = self.history.snapshot(channels, Some(last)).await?;
         let counter = snap.counter.unwrap_or(0);
         let reset = counter < known;
+        if reset {
+            // Ids start again below what streams started from: forget the old counter, the
+            // new ids are the ones to compare with from now on.
+            self.counter_seen.store(0, Relaxed);
+        }
         if reset && last <= counter {
             // Read again past any counter, which returns every retained event.
-            snap = snapshot(
-                &mut self.history,
-                &self.snapshot_script,
-                channels,
-                Some(MAX_EVENT_ID),
-            )
-            .await?;
+            snap = self.history.snapshot(channels, Some(MAX_EVENT_ID)).await?;
         }
         let missed = if reset {
             Vec::new()
@@ -358,7 +348,7 @@ impl Subscriber {
             return Err(e);
         }
         for tx in waiting {
-            let _ = self.dispatch.send(Dispatch::Barrier(tx));
+            self.dispatch.send(Dispatch::Barrier(tx));
         }
         Ok(())
     }
@@ -399,12 +389,7 @@ fn record(
 }
 
 /// Runs on the Redis connection's task: must never block.
-fn forward_push(
-    push: PushInfo,
-    dispatch: &mpsc::UnboundedSender<Dispatch>,
-    metrics: &Metrics,
-    lost: &Notify,
-) {
+fn forward_push(push: PushInfo, dispatch: &DispatchSender, metrics: &Metrics, lost: &Notify) {
     match push.kind {
         PushKind::Message => {
             let mut data = push.data.into_iter();
@@ -423,7 +408,7 @@ fn forward_push(
                 return;
             };
             let frame = Frame::event(id, Bytes::from(payload));
-            let _ = dispatch.send(Dispatch::Live { channel, frame });
+            dispatch.send(Dispatch::Live { channel, frame });
         }
         PushKind::Disconnection => lost.notify_one(),
         _ => {}

@@ -1,20 +1,18 @@
-//! SSE streams written on the bare socket: the plain-connection path of the standalone server.
+//! SSE streams written on the bare socket: the plain-connection path of the server.
 //!
 //! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for the whole life of an HTTP/1
 //! connection (16 KiB more with HTTP/1-or-2 detection), which for an idle SSE stream is nearly
 //! all of its memory (BENCHMARKS.md, "Where an idle connection's memory goes"). So the server
-//! reads a connection's first request head itself ([`super::head`]); a stream request goes
-//! through the same router as any other (the endpoint, the application's channel function,
-//! every limit), with a [`StreamSlot`] in which the endpoint leaves the stream's body. The
-//! response head is then written here, and the body's frames as HTTP/1.1 chunks straight from
-//! the shared, pre-encoded frames: between events a stream holds no buffer at all. Refusals
-//! (4xx, or `retry:` when full) are written here too, and the connection is kept alive for the
-//! next request; anything that is not a stream request goes to hyper with the bytes read so
-//! far, and hyper serves the connection from then on.
-//!
-//! Other routes of the router (an application serving its own router through
-//! [`crate::server::serve`]) may answer such a request too: a body of unknown length is written
-//! as chunks the same way.
+//! reads a connection's first request head itself ([`super::head`]) into the buffer that a
+//! [`PlainConnection`] keeps beside its socket; a stream request goes through the same router
+//! as any other (the endpoint, the application's channel function, every limit and layer). The
+//! response head is then written here, and a body of unknown length (a stream's) as HTTP/1.1
+//! chunks straight from the frames it yields, which for a stream are the shared, pre-encoded
+//! frames: between events a stream holds no buffer at all. While a write is blocked, the
+//! stream's handle (`transport::StreamHandle`, in the response's extensions) says when the
+//! client became too slow. Refusals (4xx, or `retry:` when full) are written here too, and the
+//! connection is kept alive for the next request; anything that is not a stream request goes
+//! to hyper with the bytes read so far, and hyper serves the connection from then on.
 //!
 //! Like hyper, a stream ends when the client closes its side; what a client sends while its
 //! stream is open is kept (up to the head limit) as the next pipelined request. Also as with
@@ -38,12 +36,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::head::{Head, HeadLimits, read_head, wants_close};
+use super::head::{Head, HeadLimits, read_head};
+use super::rewind::Rewind;
+use crate::headers::wants_close;
 use crate::metrics::{Metrics, Refusal};
-use crate::sse::{SseBody, StreamSlot};
+use crate::refusal::Refused;
+use crate::transport::StreamHandle;
 
 /// What a plain connection needs from its server.
-pub(super) struct StreamsContext {
+pub(super) struct PlainContext {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub limits: HeadLimits,
@@ -51,67 +52,96 @@ pub(super) struct StreamsContext {
     pub stop: CancellationToken,
 }
 
-/// How a plain connection goes on after the server served what it could.
-pub(super) enum Handoff {
-    /// Closed, or to be closed.
-    Done,
-    /// hyper serves the rest; the bytes already read come first.
-    Hyper(Vec<u8>),
-}
-
 /// Adds a connection's extensions (its peer) to each of its requests.
 pub(super) type Extend<'a> = &'a (dyn Fn(&mut http::Extensions) + Send + Sync);
 
-/// Serves the stream requests of a connection until it closes or a request for hyper comes.
-///
-/// What this future keeps while a stream is open is what an idle stream costs besides the
-/// socket, so the head read and the router call are boxed and only the writer's state lives
-/// across that await.
-pub(super) async fn serve<IO>(io: &mut IO, ctx: &StreamsContext, extend: Extend<'_>) -> Handoff
+/// A plain connection: the socket, and the bytes read from it that no request took yet.
+pub(super) struct PlainConnection<IO> {
+    io: IO,
+    buf: Vec<u8>,
+}
+
+impl<IO> PlainConnection<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = Vec::new();
-    let mut served = false;
-    loop {
-        // Boxed too: the timer and the read are only needed until the head is in.
-        let (request, len) = match Box::pin(read_head(io, &mut buf, ctx.limits, &ctx.stop)).await {
-            Head::Stream(request, len) => (request, len),
-            Head::Other => return Handoff::Hyper(buf),
-            Head::Closed => return Handoff::Done,
-            Head::TimedOut if served && buf.is_empty() => {
-                // A kept-alive connection that stayed idle: it expires, nobody was refused.
-                tracing::debug!("closed an idle keep-alive connection");
-                return Handoff::Done;
-            }
-            Head::TimedOut => {
-                ctx.metrics.refused(Refusal::HeaderTimeout);
-                tracing::info!("refused a connection: request head not received in time");
-                return Handoff::Done;
-            }
-        };
-        // What follows the head is the next request; an empty buffer gives its memory back.
-        buf.drain(..len);
-        if buf.is_empty() {
-            buf = Vec::new();
+    pub fn new(io: IO) -> Self {
+        PlainConnection {
+            io,
+            buf: Vec::new(),
         }
-        let close = wants_close(request.headers());
-        let (head, body, close) = match Box::pin(answer(ctx, request, close, extend)).await {
-            Some(answer) => answer,
-            None => return Handoff::Done,
-        };
-        let write = ChunkedStream {
-            io: &mut *io,
+    }
+
+    /// Serves the connection's stream requests until it closes (`None`) or a request for
+    /// hyper comes: then the socket, with the bytes already read coming first.
+    ///
+    /// What this future keeps while a stream is open is what an idle stream costs besides the
+    /// socket, so the head read and the router call are boxed and only the writer's state
+    /// lives across that await.
+    pub async fn serve(mut self, ctx: &PlainContext, extend: Extend<'_>) -> Option<Rewind<IO>> {
+        let mut served = false;
+        loop {
+            // Boxed too: the timer and the read are only needed until the head is in.
+            let head = Box::pin(read_head(
+                &mut self.io,
+                &mut self.buf,
+                ctx.limits,
+                &ctx.stop,
+            ));
+            let (request, len) = match head.await {
+                Head::Stream(request, len) => (request, len),
+                Head::Other => return Some(Rewind::new(self.buf, self.io)),
+                Head::Closed => return None,
+                Head::TimedOut if served && self.buf.is_empty() => {
+                    // A kept-alive connection that stayed idle: it expires, nobody was refused.
+                    tracing::debug!("closed an idle keep-alive connection");
+                    return None;
+                }
+                Head::TimedOut => {
+                    Refused::connection(
+                        Refusal::HeaderTimeout,
+                        "request head not received in time",
+                    )
+                    .record(&ctx.metrics);
+                    return None;
+                }
+            };
+            self.consume(len);
+            let close = wants_close(request.headers());
+            let (head, body, close) = Box::pin(answer(ctx, request, close, extend)).await?;
+            let finished =
+                self.write(head, body, ctx.limits.max_bytes).await == StreamEnd::Finished;
+            served = true;
+            if !finished || close || ctx.stop.is_cancelled() {
+                return None;
+            }
+        }
+    }
+
+    /// Drops a request head of `len` bytes from the buffer: what follows it is the next
+    /// request, and an empty buffer gives its memory back.
+    fn consume(&mut self, len: usize) {
+        self.buf.drain(..len);
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Writes a response head and its body as chunks; what the client sends meanwhile is kept
+    /// (up to `max_next` bytes) as its next request.
+    fn write(
+        &mut self,
+        head: Bytes,
+        body: Option<ChunkedBody>,
+        max_next: usize,
+    ) -> ChunkedStream<'_, IO> {
+        ChunkedStream {
+            io: &mut self.io,
             body,
             pending: Some(Chunk::raw(head)),
             last_chunk: false,
-            next_request: &mut buf,
-            max_next: ctx.limits.max_bytes,
-        };
-        let finished = write.await == StreamEnd::Finished;
-        served = true;
-        if !finished || close || ctx.stop.is_cancelled() {
-            return Handoff::Done;
+            next_request: &mut self.buf,
+            max_next,
         }
     }
 }
@@ -120,27 +150,22 @@ where
 /// chunks.
 const MAX_WHOLE_BODY: u64 = 64 * 1024;
 
-/// A body written as chunks: a stream of the endpoint, or whatever another route of the
+/// A body written as chunks: a stream (with its handle), or whatever another route of the
 /// application's router answered without a known length.
-enum ChunkedBody {
-    Sse(SseBody),
-    Other(Body),
+struct ChunkedBody {
+    body: Body,
+    stream: Option<StreamHandle>,
 }
 
 impl ChunkedBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
-        let frame = match self {
-            ChunkedBody::Sse(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(drop)),
-            ChunkedBody::Other(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(drop)),
-        };
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx)).map(|f| f.map_err(drop));
         Poll::Ready(frame.map(|f| f.map(|f| f.into_data().unwrap_or_default())))
     }
 
+    /// Whether the stream's client fell behind (never for other bodies).
     fn poll_slow(&mut self, cx: &mut Context<'_>) -> bool {
-        match self {
-            ChunkedBody::Sse(b) => b.poll_slow(cx),
-            ChunkedBody::Other(_) => false,
-        }
+        self.stream.as_ref().is_some_and(|s| s.poll_slow(cx))
     }
 }
 
@@ -148,25 +173,20 @@ impl ChunkedBody {
 /// small body of known length, a refusal or `retry:` when full, is written whole, with the head),
 /// and whether to close the connection after it (the request or the response asked to).
 async fn answer(
-    ctx: &StreamsContext,
+    ctx: &PlainContext,
     request: Request<()>,
     close: bool,
     extend: Extend<'_>,
 ) -> Option<(Bytes, Option<ChunkedBody>, bool)> {
-    let slot = StreamSlot::default();
     let mut request = request.map(|()| Body::empty());
     extend(request.extensions_mut());
-    request.extensions_mut().insert(slot.clone());
     let response: Response<Body> = match ctx.router.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let close = close || wants_close(&parts.headers);
-    if let Some(stream) = slot.take() {
-        let head = encode_head(parts.status, &parts.headers, Framing::Chunked, close);
-        return Some((head.into(), Some(ChunkedBody::Sse(stream)), close));
-    }
+    let stream = parts.extensions.remove::<StreamHandle>();
     let status = parts.status;
     if status.is_informational()
         || status == http::StatusCode::NO_CONTENT
@@ -182,7 +202,7 @@ async fn answer(
         .is_none_or(|len| len > MAX_WHOLE_BODY)
     {
         let head = encode_head(status, &parts.headers, Framing::Chunked, close);
-        return Some((head.into(), Some(ChunkedBody::Other(body)), close));
+        return Some((head.into(), Some(ChunkedBody { body, stream }), close));
     }
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
@@ -474,7 +494,7 @@ mod tests {
     /// --nocapture`), bounded so that it stays small.
     #[test]
     fn per_stream_state_of_a_plain_connection() {
-        let ctx = StreamsContext {
+        let ctx = PlainContext {
             router: Router::new(),
             metrics: Arc::new(Metrics::default()),
             limits: HeadLimits {
@@ -483,12 +503,12 @@ mod tests {
             },
             stop: CancellationToken::new(),
         };
-        let (_client, mut server) = tokio::io::duplex(64);
+        let (_client, server) = tokio::io::duplex(64);
         let extend = |_: &mut http::Extensions| {};
-        let serve = super::serve(&mut server, &ctx, &extend);
+        let serve = PlainConnection::new(server).serve(&ctx, &extend);
         let size = std::mem::size_of_val(&serve);
-        println!("plain connection future (streams::serve) {size} B");
-        assert!(size <= 512, "streams::serve is {size} B");
+        println!("plain connection future (PlainConnection::serve) {size} B");
+        assert!(size <= 512, "PlainConnection::serve is {size} B");
     }
 
     #[tokio::test]
@@ -497,9 +517,14 @@ mod tests {
         let mut next = Vec::new();
         let write = ChunkedStream {
             io: &mut server,
-            body: Some(ChunkedBody::Sse(SseBody::full(Bytes::from_static(
-                b"data: hi\n\n",
-            )))),
+            body: Some(ChunkedBody {
+                body: Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+                    [Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                        Bytes::from_static(b"data: hi\n\n"),
+                    ))],
+                ))),
+                stream: None,
+            }),
             pending: Some(Chunk::raw(Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"))),
             last_chunk: false,
             next_request: &mut next,

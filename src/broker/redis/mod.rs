@@ -1,0 +1,350 @@
+//! The Redis broker: the Ruby gem's layout, published atomically.
+//!
+//! - ids come from `INCR redisse:lastEventId`, one counter for all channels;
+//! - an event is `PUBLISH`ed on the channel's name, verbatim, as its complete SSE text;
+//! - the channel's history is the sorted set named after the channel, trimmed to the newest N.
+//!
+//! Our publisher runs those steps in one Lua script, so no reader ever sees an event published
+//! but missing from history, or history out of id order; history is read by another script that
+//! returns the counter and every requested channel at one instant. What the gem's non-atomic
+//! publisher writes is read the same way.
+//!
+//! The broker owns everything its Redis side needs: the command connections, the publish path
+//! (shared with `Publisher::redis`, so there is one way to write an event), the history reader,
+//! and the pub/sub [`subscriber`] task it starts, with the one cursor they share (the highest
+//! counter a stream started from). Whether Redis is up is the `broker_up` gauge of the metrics,
+//! written by the subscriber alone.
+
+pub(crate) mod subscriber;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use self::subscriber::Subscriber;
+use crate::config::Config;
+use crate::dispatch::{DispatchSender, SubCommand, SubSender};
+use crate::error::{BrokerError, Error};
+use crate::event::{Event, Frame, parse_stored_id};
+use crate::history::{ChannelHistory, Snapshot};
+use crate::metrics::Metrics;
+
+/// The id counter's key, as in the gem.
+pub const COUNTER_KEY: &str = "redisse:lastEventId";
+
+/// Channels read by one history script call; keeps each call's reply bounded.
+const SNAPSHOT_CHUNK: usize = 256;
+
+const PUBLISH_SCRIPT: &str = r"
+local id = redis.call('INCR', KEYS[2])
+local payload = 'id: ' .. string.format('%d', id) .. '\n' .. ARGV[1]
+redis.call('PUBLISH', KEYS[1], payload)
+redis.call('ZADD', KEYS[1], id, payload)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+return id
+";
+
+// KEYS[1] is the counter, the others are channels. ARGV[1] is the position after which events
+// are returned, or -1 for none. A position past the counter (Redis lost its data), or any
+// position when the counter does not exist, returns all.
+// pcall: a key of another type under a channel's name reads as an empty history.
+const SNAPSHOT_SCRIPT: &str = r"
+local raw = redis.pcall('GET', KEYS[1])
+local counter = -1
+if type(raw) == 'string' then counter = tonumber(raw) or -1 end
+local min = '(' .. ARGV[1]
+if ARGV[1] == '-1' then min = nil
+elseif tonumber(ARGV[1]) > counter then min = '-inf' end
+local out = { counter }
+for i = 2, #KEYS do
+  local len = redis.pcall('ZCARD', KEYS[i])
+  if type(len) ~= 'number' then len = 0 end
+  local oldest = ''
+  local events = {}
+  if len > 0 then
+    local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    oldest = first[2]
+    if min then events = redis.call('ZRANGEBYSCORE', KEYS[i], min, '+inf') end
+  end
+  out[#out + 1] = len
+  out[#out + 1] = oldest
+  out[#out + 1] = events
+end
+return out
+";
+
+/// The client for commands (not pub/sub): reconnects by itself, never fails at creation.
+fn command_connection(client: &redis::Client) -> Result<ConnectionManager, BrokerError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(2);
+    client
+        .get_connection_manager_lazy(config)
+        .map_err(BrokerError::redis)
+}
+
+/// Opens a client for `url`, with RESP3: pub/sub messages then arrive as pushes on the
+/// multiplexed connection.
+fn client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
+/// The one way events are written to Redis: the publish script on a command connection.
+#[derive(Clone)]
+pub(crate) struct RedisPublisher {
+    commands: ConnectionManager,
+    script: Script,
+    history_size: usize,
+}
+
+impl RedisPublisher {
+    /// A publisher for `url` that keeps `history_size` events per channel. It connects on first
+    /// use and reconnects by itself.
+    pub fn connect(url: &str, history_size: usize) -> Result<Self, BrokerError> {
+        let client = client(url).map_err(BrokerError::redis)?;
+        Ok(RedisPublisher::new(
+            command_connection(&client)?,
+            history_size,
+        ))
+    }
+
+    fn new(commands: ConnectionManager, history_size: usize) -> Self {
+        RedisPublisher {
+            commands,
+            script: Script::new(PUBLISH_SCRIPT),
+            history_size,
+        }
+    }
+
+    /// Runs the publish script: returns the new event's id.
+    pub async fn publish(&self, channel: &str, event: &Event) -> Result<u64, BrokerError> {
+        let id: u64 = self
+            .script
+            .key(channel)
+            .key(COUNTER_KEY)
+            .arg(event.encode_tail())
+            .arg(self.history_size)
+            .invoke_async(&mut self.commands.clone())
+            .await
+            .map_err(BrokerError::redis)?;
+        Ok(id)
+    }
+}
+
+/// Reads the counter and channels' histories with the history script; shared by streams and,
+/// on its own connection, the subscriber's refill.
+pub(crate) struct HistoryReader {
+    commands: ConnectionManager,
+    script: Script,
+    metrics: Arc<Metrics>,
+}
+
+impl HistoryReader {
+    fn new(commands: ConnectionManager, metrics: Arc<Metrics>) -> Self {
+        HistoryReader {
+            commands,
+            script: Script::new(SNAPSHOT_SCRIPT),
+            metrics,
+        }
+    }
+
+    /// Reads the counter and the channels' histories (see [`super::Broker::snapshot`]);
+    /// entries that are not SSE events are skipped and counted.
+    pub async fn snapshot(
+        &self,
+        channels: &[Arc<str>],
+        after: Option<u64>,
+    ) -> Result<Snapshot, BrokerError> {
+        let after_arg = after.map_or_else(|| "-1".to_owned(), |a| a.to_string());
+        let mut snap = Snapshot::default();
+        let chunks: Vec<&[Arc<str>]> = if channels.is_empty() {
+            vec![&[]]
+        } else {
+            channels.chunks(SNAPSHOT_CHUNK).collect()
+        };
+        let mut con = self.commands.clone();
+        for chunk in chunks {
+            let mut inv = self.script.key(COUNTER_KEY);
+            for ch in chunk {
+                inv.key(&**ch);
+            }
+            let reply: Value = inv
+                .arg(&after_arg)
+                .invoke_async(&mut con)
+                .await
+                .map_err(BrokerError::redis)?;
+            let (counter, histories, malformed) = parse_snapshot(reply)?;
+            snap.counter = snap.counter.max(counter);
+            snap.channels.extend(histories);
+            snap.malformed += malformed;
+        }
+        if snap.malformed > 0 {
+            self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
+        }
+        Ok(snap)
+    }
+}
+
+/// Publishing and history on Redis; subscriptions go to the subscriber task.
+pub(crate) struct RedisBroker {
+    publisher: RedisPublisher,
+    history: HistoryReader,
+    subscriptions: SubSender,
+    /// The highest counter a stream's snapshot read: streams start from it even when no event
+    /// was dispatched here, so a reconnected subscriber that finds a lower counter knows that
+    /// Redis lost its data. Shared with the subscriber.
+    counter_seen: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisBroker {
+    /// Connects lazily to `url` and starts the subscriber task, which lives until the broker
+    /// and the hub are dropped. Returns the broker and where the hub sends subscription changes.
+    pub fn start(
+        url: &str,
+        config: &Config,
+        dispatch: DispatchSender,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, SubSender), Error> {
+        let client = client(url).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        let counter_seen = Arc::new(AtomicU64::new(0));
+        let subscriber = Subscriber {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            counter_seen: counter_seen.clone(),
+            dispatch,
+            commands: sub_rx,
+            history: HistoryReader::new(command_connection(&client)?, metrics.clone()),
+            history_size: config.history_size,
+            ping_interval: config.redis_ping_interval,
+            ping_timeout: config.redis_ping_timeout,
+        };
+        tokio::spawn(subscriber.run());
+        // Publishing and streams' history reads share one command connection: whichever runs
+        // first after an outage reconnects it for both.
+        let commands = command_connection(&client)?;
+        let broker = RedisBroker {
+            publisher: RedisPublisher::new(commands.clone(), config.history_size),
+            history: HistoryReader::new(commands, metrics.clone()),
+            subscriptions: sub_tx.clone(),
+            counter_seen,
+            metrics,
+        };
+        Ok((broker, sub_tx))
+    }
+
+    pub async fn publish(&self, channel: &str, event: &Event) -> Result<u64, BrokerError> {
+        self.publisher.publish(channel, event).await
+    }
+
+    /// A stream's snapshot; its counter is remembered (see `counter_seen`).
+    pub async fn snapshot(
+        &self,
+        channels: &[Arc<str>],
+        after: Option<u64>,
+    ) -> Result<Snapshot, BrokerError> {
+        let snapshot = self.history.snapshot(channels, after).await?;
+        self.counter_seen
+            .fetch_max(snapshot.counter.unwrap_or(0), Relaxed);
+        Ok(snapshot)
+    }
+
+    pub async fn subscriptions_ready(&self) {
+        let (tx, rx) = oneshot::channel();
+        // Order matters: the barrier travels behind every subscription already sent.
+        let _ = self.subscriptions.send(SubCommand::Barrier(tx));
+        let _ = rx.await;
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.metrics.broker_up()
+    }
+}
+
+/// The counter, the histories, and how many entries were skipped as malformed.
+type ParsedSnapshot = (Option<u64>, Vec<ChannelHistory>, u64);
+
+fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
+    let bad = |what: &str| BrokerError::Protocol(format!("history script: {what}"));
+    let Value::Array(items) = reply else {
+        return Err(bad("not an array"));
+    };
+    let mut items = items.into_iter();
+    let counter = match items.next() {
+        Some(Value::Int(n)) if n > 0 => Some(n as u64),
+        Some(Value::Int(_)) => None,
+        _ => return Err(bad("no counter")),
+    };
+    let mut histories = Vec::new();
+    let mut malformed = 0;
+    while let (Some(len), Some(oldest), Some(events)) = (items.next(), items.next(), items.next()) {
+        let Value::Int(len) = len else {
+            return Err(bad("length"));
+        };
+        let (events, skipped) = stored_frames(events);
+        malformed += skipped;
+        histories.push(ChannelHistory {
+            len: len.max(0) as usize,
+            oldest: score(&oldest),
+            events,
+        });
+    }
+    Ok((counter, histories, malformed))
+}
+
+fn score(v: &Value) -> Option<u64> {
+    let text = match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?,
+        Value::SimpleString(s) => s.as_str(),
+        Value::Int(n) => return u64::try_from(*n).ok(),
+        _ => return None,
+    };
+    text.parse::<f64>().ok().map(|f| f as u64)
+}
+
+/// Turns stored payloads into frames, skipping (and logging) what is not an SSE event; returns
+/// how many were skipped.
+fn stored_frames(events: Value) -> (Vec<Frame>, u64) {
+    let Value::Array(events) = events else {
+        return (Vec::new(), 0);
+    };
+    let mut skipped = 0;
+    let frames = events
+        .into_iter()
+        .filter_map(|v| {
+            let bytes = match v {
+                Value::BulkString(bytes) => bytes,
+                _ => {
+                    skipped += 1;
+                    return None;
+                }
+            };
+            match parse_stored_id(&bytes) {
+                Some(id) => Some(Frame::event(id, Bytes::from(bytes))),
+                None => {
+                    skipped += 1;
+                    tracing::warn!(
+                        payload = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]),
+                        "skipping a history entry that is not an SSE event"
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    (frames, skipped)
+}

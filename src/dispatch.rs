@@ -1,0 +1,127 @@
+//! The messages between the brokers and the hub: what the dispatcher receives, and what the
+//! hub asks of the Redis subscriber.
+//!
+//! This is the protocol only. The brokers send [`Dispatch`] messages (events in id order, and
+//! around a Redis reconnection a hold, the refill and barriers); the hub's dispatcher task
+//! receives them and fans events out. The hub sends [`SubCommand`]s, in the order its registry
+//! changed, to whoever keeps the broker's subscriptions (the Redis subscriber; nobody in memory).
+//!
+//! The channel carries one cursor, the highest event id the dispatcher has delivered: a Redis
+//! subscriber that reconnects refills from history after it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::event::Frame;
+
+/// Messages to the dispatcher task. (Without the `redis` feature only the in-memory broker
+/// sends, and it never holds or resumes.)
+#[derive(Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Dispatch {
+    /// An event for a channel, already encoded.
+    Live { channel: String, frame: Frame },
+    /// The broker lost its subscriber connection: hold live events until [`Dispatch::Resume`].
+    Hold,
+    /// The subscriber is back: deliver what was published meanwhile, then the held events.
+    Resume(Resume),
+    /// Answered once every message before it is handled, so that a stream that waits for its
+    /// subscriptions reads history only after any reset before them reached its connection.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// What the broker found in history after a subscriber reconnection.
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    /// Events published while disconnected, ascending ids, with their channel.
+    pub events: Vec<(Arc<str>, Frame)>,
+    /// Channels whose history no longer reaches back to the last id seen.
+    pub missed: Vec<Arc<str>>,
+    /// The id counter went backwards: Redis lost its data.
+    pub reset: bool,
+}
+
+/// Subscription changes for the broker, sent in the order the registry changed. (Nobody
+/// receives them without the `redis` feature.)
+#[derive(Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum SubCommand {
+    Subscribe(Arc<str>),
+    Unsubscribe(Arc<str>),
+    /// Answered once every command sent before it is in effect on the broker.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// A new dispatch channel: the brokers' sending side and the dispatcher's receiving side.
+pub(crate) fn channel() -> (DispatchSender, DispatchReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let delivered = Arc::new(AtomicU64::new(0));
+    (
+        DispatchSender {
+            tx,
+            delivered: delivered.clone(),
+        },
+        DispatchReceiver { rx, delivered },
+    )
+}
+
+/// Where the dispatcher's messages go; cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct DispatchSender {
+    tx: mpsc::UnboundedSender<Dispatch>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by the Redis subscriber
+    delivered: Arc<AtomicU64>,
+}
+
+impl DispatchSender {
+    /// Sends a message. The dispatcher lives as long as the instance, so a send only fails
+    /// during teardown, when nobody listens anymore: it is then dropped.
+    pub fn send(&self, msg: Dispatch) {
+        let _ = self.tx.send(msg);
+    }
+
+    /// Waits until the dispatcher has handled every message sent before.
+    pub async fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Dispatch::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The highest event id delivered so far (0 after a reset).
+    #[cfg(feature = "redis")]
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Relaxed)
+    }
+}
+
+/// The dispatcher's side of the channel.
+#[derive(Debug)]
+pub(crate) struct DispatchReceiver {
+    rx: mpsc::UnboundedReceiver<Dispatch>,
+    delivered: Arc<AtomicU64>,
+}
+
+impl DispatchReceiver {
+    /// The next message; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Dispatch> {
+        self.rx.recv().await
+    }
+
+    /// Records that the event `id` was delivered.
+    pub fn delivered(&self, id: u64) {
+        if id != 0 {
+            self.delivered.fetch_max(id, Relaxed);
+        }
+    }
+
+    /// Ids start again from a lower value (Redis lost its data).
+    pub fn reset(&self) {
+        self.delivered.store(0, Relaxed);
+    }
+}
+
+/// Where the hub's subscription changes go.
+pub(crate) type SubSender = mpsc::UnboundedSender<SubCommand>;

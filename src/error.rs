@@ -1,0 +1,38 @@
+//! The library's error types for what is not a client's fault: an instance that cannot start,
+//! and a broker that fails. They name no dependency's types, so a new Redis client version is
+//! not a breaking change.
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// Redis answered with an error or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Redis answered something this layout does not expect.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+#[cfg(feature = "redis")]
+impl BrokerError {
+    /// Wraps an error of the Redis client (whose type is not part of our API).
+    pub(crate) fn redis(e: ::redis::RedisError) -> Self {
+        BrokerError::Redis(Box::new(e))
+    }
+}
+
+/// Why an instance could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Redis URL is invalid.
+    #[error("invalid redis URL: {0}")]
+    RedisUrl(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A Redis URL was given to a build without the `redis` feature.
+    #[error("this build of redisse has no Redis support (cargo feature `redis`)")]
+    RedisNotBuilt,
+    /// The broker could not be set up.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}

@@ -1,0 +1,47 @@
+//! What the SSE endpoint and the server that carries its streams agree on, below both.
+//!
+//! A stream response is an ordinary `http::Response` whose body never ends by itself, so any
+//! router and any layer can carry it, and any server can write it. One thing a server needs
+//! beyond the body: a client that stops reading leaves the server blocked on a write, and then
+//! nobody polls the body to see that the client's queue overflowed. So every stream response
+//! carries a [`StreamHandle`] in its extensions; a server that writes the body watches the
+//! handle while a write is pending and closes the connection when the client became slow.
+//! `server` does this on both of its paths (the bare socket and hyper); under another server
+//! (`axum::serve`), the body itself ends with an error the next time it is polled.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::Context;
+
+/// Something that knows whether a stream's client fell behind.
+pub(crate) trait SlowWatch: Send + Sync {
+    /// Whether the client became too slow; otherwise `cx` is woken when it does (or when the
+    /// stream ends).
+    fn poll_slow(&self, cx: &mut Context<'_>) -> bool;
+}
+
+/// In the extensions of every stream response: watches its client for slowness.
+#[derive(Clone)]
+pub(crate) struct StreamHandle(Arc<dyn SlowWatch>);
+
+impl StreamHandle {
+    pub fn new(watch: Arc<dyn SlowWatch>) -> Self {
+        StreamHandle(watch)
+    }
+
+    /// See [`SlowWatch::poll_slow`].
+    pub fn poll_slow(&self, cx: &mut Context<'_>) -> bool {
+        self.0.poll_slow(cx)
+    }
+
+    /// Whether the stream is gone: nobody but this handle holds its state anymore.
+    pub fn is_finished(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+}
+
+impl fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StreamHandle")
+    }
+}
