@@ -1,4 +1,4 @@
-//! Settings of a Redisse instance, each default a named constant (SPEC 7).
+//! Settings of a Redisse instance, each default a named constant.
 //!
 //! The library never reads the environment: the `redisse` binary turns its command line and
 //! environment variables into a [`Config`], and an embedding application builds one in code.

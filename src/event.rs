@@ -3,7 +3,7 @@
 //!
 //! An event is encoded exactly once, when it enters the process, into shared [`Bytes`]; every
 //! subscriber then receives a reference-counted clone of the same frame (see `hub`). The encoding
-//! is the Redisse gem's (SPEC 2 and 3): `id:`, `event:`, then one `data:` line per line of data,
+//! is the Redisse gem's: `id:`, `event:`, then one `data:` line per line of data,
 //! and an empty line. Unlike the gem, data is split on `\r\n`, `\r` and `\n`, so a bare carriage
 //! return can never end a field early on the client side.
 
@@ -60,7 +60,7 @@ impl Event {
         &self.data
     }
 
-    /// Checks what SPEC 3 forbids: a CR or LF in the type would inject fields.
+    /// Checks what the SSE format forbids: a CR or LF in the type would inject fields.
     pub fn validate(&self) -> Result<(), InvalidEvent> {
         if self.event_type.contains(['\r', '\n']) {
             return Err(InvalidEvent::TypeHasLineBreak);
@@ -105,6 +105,7 @@ impl From<String> for Event {
 
 /// Why an event cannot be published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidEvent {
     /// A CR or LF in the event type.
     #[error("the event type must not contain CR or LF")]
@@ -212,7 +213,7 @@ pub(crate) fn retry_frame(millis: u64) -> Bytes {
 /// The largest id a client may send: ids are positive 63-bit integers, as Redis INCR gives.
 pub const MAX_EVENT_ID: u64 = i64::MAX as u64;
 
-/// Where a client says it is, from `Last-Event-ID` or `lastEventId` (SPEC 4).
+/// Where a client says it is, from `Last-Event-ID` or `lastEventId`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LastEventId {
     /// No position: absent, empty or `0` (the gem's rule).
@@ -250,7 +251,7 @@ impl LastEventId {
 }
 
 /// Reads the id of a stored SSE event (`id: N\n...\n\n`), as written by any publisher that
-/// follows SPEC 2. Anything else is malformed: it is skipped, never forwarded.
+/// follows the gem's layout. Anything else is malformed: it is skipped, never forwarded.
 #[cfg(any(feature = "redis", fuzzing))]
 pub(crate) fn parse_stored_id(payload: &[u8]) -> Option<u64> {
     let rest = payload.strip_prefix(b"id: ")?;

@@ -27,34 +27,55 @@
 //! }
 //! ```
 //!
+//! # Two ways to choose channels
+//!
+//! A channel function ([`ChannelPolicy`]) mounted with [`Redisse::endpoint`], as above, or an
+//! ordinary axum handler that takes an [`SseRequest`] beside its own extractors and answers
+//! with [`Redisse::stream`].
+//!
+//! # Features
+//!
+//! * `redis` (default): the Redis broker and [`Publisher::redis`]. Without it, the in-memory
+//!   broker only.
+//! * `tls` (default): HTTPS in the server ([`server::serve_with_tls`], [`Tls`]), with rustls.
+//! * `cli` (default): the `redisse` command line ([`cli::run`]) and binary.
+//!
 //! # Layout
 //!
-//! Following an event from publisher to socket:
+//! Modules are declared bottom-up in `lib.rs`: each imports only modules declared before it,
+//! so there is no circle (`tests/it/layering.rs` checks it). Following an event from publisher
+//! to socket:
 //!
-//! * `event`: [`Event`], [`LastEventId`] and the SSE encoding, done once per event.
-//! * `query`: the stream request's query string ([`StreamQuery`]): channels, `polling`,
-//!   `lastEventId`.
-//! * `config`: [`Config`], every default a named constant.
-//! * `broker`: the in-memory and Redis brokers (ids, history, delivery), and the supervised
-//!   Redis subscriber (`broker::subscriber`).
+//! * Foundations: `channel` (the one validated channel name), `config` ([`Config`], every
+//!   default a named constant), `error` ([`Error`], [`BrokerError`]), `event` ([`Event`],
+//!   [`LastEventId`], the SSE encoding done once per event, and the encoded `Frame`), `headers`
+//!   (`Accept` parsed once, `Connection: close`), `query` ([`StreamQuery`]), `backoff` (the
+//!   jittered backoff of every retry loop).
+//! * `transport`: the contract between the endpoint and the server, below both: every stream
+//!   response carries a `StreamHandle` in its extensions, which a server blocked writing to a
+//!   client watches to close it once its queue overflowed.
+//! * `dispatch`: the messages between the brokers and the hub, with the cursor of the highest
+//!   id delivered; `history`: a channel's history snapshot and the rule that decides
+//!   `missedevents`; `metrics`: the counters, as the gem's JSON stats and Prometheus text;
+//!   `refusal`: a refused request, counted, logged and answered in one place.
+//! * `conn`: one connection's bounded queue; a full queue makes the client slow. `resume`: the
+//!   replay plan after `Last-Event-ID`.
+//! * `broker`: the in-memory broker, and `broker::redis` (ids, history, delivery in the gem's
+//!   layout), which starts and owns its supervised pub/sub subscriber.
 //! * `hub`: the registry of local connections by channel and the dispatcher that fans events
-//!   out without ever waiting for a client.
-//! * `conn`: one connection's bounded queue; a full queue disconnects a slow client.
-//! * `resume`: the replay plan after `Last-Event-ID`, and when to send `missedevents`.
-//! * `stream`: opening a stream: register, wait for the broker, replay, go live.
-//! * `sse`: [`SseBody`], the response body that drains a queue into the socket.
-//! * `policy`: [`ChannelPolicy`], the application's channel function, and [`Rejection`].
-//! * `endpoint`: [`SseEndpoint`], the SSE endpoint as a `tower` service.
-//! * `routes`: the standalone router: the endpoint, `/publish`, `/metrics`, `/health`.
-//! * `publish`: [`Publisher`], for an instance, for Redis alone, or recording for tests.
-//! * `redirect`: [`RedirectEndpoint`], the nginx X-Accel-Redirect handler.
-//! * `metrics`: the instance's counters, as the gem's JSON stats and Prometheus text.
-//! * `server`: the accept loop, socket options, request-head limits (size, timeouts on the first
-//!   bytes), closing the socket of a slow client, and graceful shutdown; on plain connections,
-//!   `server::head` reads the first request head and `server::streams` writes stream responses on
-//!   the bare socket, handing other requests to hyper (`server::rewind`); `tls`: HTTPS.
-//! * `cli` (feature `cli`): the `redisse` command line, also callable as [`cli::run`].
-//! * `instance`: [`Redisse`], the handle that ties them together.
+//!   out without ever waiting for a client. `instance`: [`Redisse`], the handle that starts
+//!   the broker, the hub and their tasks.
+//! * `sse`: [`SseBody`], the body that drains a queue; `stream`: opening a stream (register,
+//!   wait for the broker, replay, go live).
+//! * `policy` ([`ChannelPolicy`], [`Rejection`]), `extract` ([`SseRequest`], [`Redisse::stream`]),
+//!   `endpoint` ([`SseEndpoint`], the endpoint as a `tower` service), `publish` ([`Publisher`]),
+//!   `redirect` ([`RedirectEndpoint`], nginx X-Accel-Redirect), `routes` (the standalone
+//!   router: the endpoint, `/publish`, `/metrics`, `/health`).
+//! * `tls` (feature `tls`) and [`server`]: the transport for any axum `Router` on any axum
+//!   `Listener`: socket options, request-head limits, graceful shutdown, streams written on the
+//!   bare socket on plain connections (`server::plain`), everything else by hyper, and slow
+//!   clients closed on both paths (`server::slow`).
+//! * [`cli`] (feature `cli`): the `redisse` command line.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]

@@ -73,6 +73,7 @@ impl Refusal {
 
 /// The gem's stats object, served as JSON to `Accept: application/json`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Streams open now.
     pub connected: u64,

@@ -56,7 +56,7 @@ where
     }
 }
 
-/// The standalone server's policy: the channels named in the query string (SPEC 4, step 3).
+/// The standalone server's policy: the channels named in the query string.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct QueryChannels;
 

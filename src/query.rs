@@ -1,4 +1,4 @@
-//! The SSE request's query string: channels, long polling and `lastEventId` (SPEC 4, step 3).
+//! The SSE request's query string: channels, long polling and `lastEventId`.
 //!
 //! The query is split on `&` and each item is form-decoded whole (`+` is a space, `%XX` a byte),
 //! as the gem does, so `?a=b` names the channel `a=b`. `polling` and `polling=<anything>` turn on
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 /// What a stream request's query string asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamQuery {
     /// The channels named in the query, in order, without empty or repeated names.
     pub channels: Vec<Arc<str>>,
@@ -22,6 +23,7 @@ pub struct StreamQuery {
 
 /// Why a query string was refused (answered with 400).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueryError {
     /// A `%` not followed by two hexadecimal digits.
     #[error("invalid percent-encoding in the query string")]

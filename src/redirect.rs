@@ -1,4 +1,4 @@
-//! The nginx X-Accel-Redirect handler (SPEC 6), for applications that keep SSE requests behind
+//! The nginx X-Accel-Redirect handler, for applications that keep SSE requests behind
 //! their own routes and middleware and let nginx hand the connection to the SSE server.
 //!
 //! It runs the channel function in the application, then answers 200 with an empty body and
@@ -32,6 +32,14 @@ use crate::sse::SseBody;
 pub struct RedirectEndpoint<P> {
     base: Arc<str>,
     policy: Arc<P>,
+}
+
+impl<P> std::fmt::Debug for RedirectEndpoint<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedirectEndpoint")
+            .field("internal_url", &self.base)
+            .finish()
+    }
 }
 
 impl<P> Clone for RedirectEndpoint<P> {
@@ -98,7 +106,7 @@ impl<P: ChannelPolicy> RedirectEndpoint<P> {
     }
 }
 
-/// Names the SSE server reads as options rather than channels (SPEC 4, step 3): `polling`,
+/// Names the SSE server reads as options rather than channels: `polling`,
 /// `polling=<anything>`, `lastEventId` and `lastEventId=<v>`.
 fn is_reserved(name: &str) -> bool {
     ["polling", "lastEventId"].iter().any(|reserved| {

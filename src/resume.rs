@@ -1,4 +1,4 @@
-//! What a new stream sends before live events: the replay plan (SPEC 4, "Resume and history").
+//! What a new stream sends before live events: the replay plan.
 //!
 //! From the client's position and an atomic snapshot of the counter and the requested channels'
 //! histories, decide the preamble (`missedevents`, `lastEventId`), the events to replay (merged

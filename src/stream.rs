@@ -34,7 +34,7 @@ pub(crate) struct StreamSpec {
     pub last: LastEventId,
 }
 
-/// The headers of every stream (SPEC 4, step 4).
+/// The headers of every stream.
 pub(crate) fn stream_response(body: SseBody) -> Response<SseBody> {
     let mut res = Response::new(body);
     let h = res.headers_mut();

@@ -1,4 +1,4 @@
-//! HTTPS for the standalone server (`--ssl --ssl-key FILE --ssl-cert FILE`, SPEC 7).
+//! HTTPS for the standalone server (`--ssl --ssl-key FILE --ssl-cert FILE`).
 //!
 //! The certificate chain and private key are read from PEM files once at start-up; a file that
 //! is missing or holds no usable key or certificate is a start-up error with the file's name.

@@ -1,5 +1,5 @@
 //! An IO that first returns bytes already read from it, so that hyper can take over a
-//! connection whose first request head the server read itself (see `server::streams`).
+//! connection whose first request head the server read itself (see `server::plain`).
 
 use std::io;
 use std::pin::Pin;
