@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 /// Why a channel name is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidChannel {
+pub(crate) enum InvalidChannel {
     /// The name is empty.
     #[error("the channel name is empty")]
     Empty,
@@ -50,7 +49,8 @@ impl ChannelName {
         self.0
     }
 
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
         &self.0
     }
 }

@@ -66,11 +66,11 @@ pub struct Config {
     pub max_queue_bytes: usize,
     /// Default: [`DEFAULT_MAX_PUBLISH_BYTES`].
     pub max_publish_bytes: usize,
-    /// Default: [`DEFAULT_MAX_HEADER_BYTES`]. Applied by [`crate::server`].
+    /// Default: [`DEFAULT_MAX_HEADER_BYTES`]. Applied by the server (`server::serve`).
     pub max_header_bytes: usize,
     /// Default: [`DEFAULT_MAX_CHANNEL_NAME_BYTES`].
     pub max_channel_name_bytes: usize,
-    /// Default: [`DEFAULT_HEADER_READ_TIMEOUT`]. Applied by [`crate::server`].
+    /// Default: [`DEFAULT_HEADER_READ_TIMEOUT`]. Applied by the server (`server::serve`).
     pub header_read_timeout: Duration,
     /// Default: [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,

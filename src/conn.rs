@@ -49,6 +49,8 @@ struct State {
     /// one must read it again before it starts.
     resets: u64,
     end: Option<End>,
+    /// The stream's body is gone (the client left or the response ended).
+    gone: bool,
     /// The body's task, woken by every change.
     waker: Option<Waker>,
     /// A server blocked writing to this client, woken when it becomes slow (see
@@ -106,7 +108,7 @@ impl Conn {
     /// count as the first live event a stream received while being set up.
     pub fn push(&self, frame: &Frame, refill: bool) -> Push {
         let mut st = self.lock();
-        if st.end.is_some() {
+        if st.end.is_some() || st.gone {
             return Push::Skipped;
         }
         if !st.ready && !refill && frame.id != 0 && st.first_live.is_none() {
@@ -147,6 +149,10 @@ impl Conn {
         resets_seen: u64,
     ) -> bool {
         let mut st = self.lock();
+        if st.gone {
+            // Nobody will read it: nothing to start.
+            return true;
+        }
         if st.resets != resets_seen {
             return false;
         }
@@ -225,9 +231,24 @@ impl Conn {
         }
     }
 
-    /// Whether the stream is ending.
+    /// Whether the stream is ending, or already gone.
     pub fn is_ending(&self) -> bool {
-        self.lock().end.is_some()
+        let st = self.lock();
+        st.end.is_some() || st.gone
+    }
+
+    /// The stream's body was dropped: nothing will read the queue again. Frees what is queued
+    /// and wakes a server watching the stream, so that it lets go of it at once.
+    pub fn leave(&self) {
+        let mut st = self.lock();
+        st.gone = true;
+        st.queue = VecDeque::new();
+        st.queued_bytes = 0;
+        let slow_waker = st.slow_waker.take();
+        drop(st);
+        if let Some(w) = slow_waker {
+            w.wake();
+        }
     }
 
     /// Takes what the body should write next, or registers the waker.
@@ -258,6 +279,10 @@ impl Conn {
 
 /// For a writer blocked on a client that does not read, which must still notice it is too slow.
 impl SlowWatch for Conn {
+    fn is_finished(&self) -> bool {
+        self.lock().gone
+    }
+
     fn poll_slow(&self, cx: &mut Context<'_>) -> bool {
         let mut st = self.lock();
         if st.end == Some(End::Slow) {
@@ -426,6 +451,22 @@ mod tests {
         assert_eq!(&b.bytes[..], b"id: 4\n\n");
         assert!(matches!(conn.drain(&mut cx, 27), Drained::Nothing));
         assert_eq!(conn.lock().queued_bytes, 0);
+    }
+
+    #[test]
+    fn a_stream_whose_body_is_gone_takes_nothing_more_and_is_finished() {
+        let conn = Conn::new(1, 1 << 20);
+        assert!(conn.start(vec![], vec![], 0, 0));
+        conn.push(&frame(1), false);
+        assert!(!conn.is_finished() && !conn.is_ending());
+        conn.leave();
+        // A server watching it lets go, its setup task stops, and nothing is queued any more,
+        // whoever else still holds the connection.
+        assert!(conn.is_finished());
+        assert!(conn.is_ending());
+        assert_eq!(conn.push(&frame(2), false), Push::Skipped);
+        assert_eq!(conn.lock().queued_bytes, 0);
+        assert!(conn.lock().queue.is_empty());
     }
 
     #[test]

@@ -62,10 +62,7 @@ impl Event {
 
     /// Checks what the SSE format forbids: a CR or LF in the type would inject fields.
     pub fn validate(&self) -> Result<(), InvalidEvent> {
-        if self.event_type.contains(['\r', '\n']) {
-            return Err(InvalidEvent::TypeHasLineBreak);
-        }
-        Ok(())
+        check_type(&self.event_type)
     }
 
     /// The event's SSE text after its `id:` line: `event: T\ndata: ...\n\n`.
@@ -110,6 +107,15 @@ pub enum InvalidEvent {
     /// A CR or LF in the event type.
     #[error("the event type must not contain CR or LF")]
     TypeHasLineBreak,
+}
+
+/// The one check of an event type: no CR or LF (they would inject fields). For a publish path
+/// that wants to refuse a bad type before reading the data.
+pub(crate) fn check_type(event_type: &str) -> Result<(), InvalidEvent> {
+    if event_type.contains(['\r', '\n']) {
+        return Err(InvalidEvent::TypeHasLineBreak);
+    }
+    Ok(())
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

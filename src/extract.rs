@@ -170,8 +170,12 @@ where
         if name.is_empty() || channels.iter().any(|c| **c == *name) {
             continue;
         }
-        let name = ChannelName::new(name, config.max_channel_name_bytes).map_err(|e| {
-            Refused::stream(Refusal::ChannelNameTooLong, StatusCode::BAD_REQUEST, e)
+        let name = ChannelName::new(name, config.max_channel_name_bytes).map_err(|_| {
+            let msg = format!(
+                "a channel name is longer than {} bytes",
+                config.max_channel_name_bytes
+            );
+            Refused::stream(Refusal::ChannelNameTooLong, StatusCode::BAD_REQUEST, msg)
         })?;
         channels.push(name.into_shared());
         if channels.len() > config.max_channels {

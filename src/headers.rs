@@ -43,15 +43,36 @@ impl Accepts {
     }
 
     /// The request's, parsed at most once: an earlier step (the server's head reader, a route)
-    /// leaves it in the extensions.
+    /// leaves it in the extensions with the header it read, and it is reused only while the
+    /// request still carries that same header (a layer may have rewritten it).
     pub fn of(extensions: &mut http::Extensions, headers: &http::HeaderMap) -> Self {
-        if let Some(accepts) = extensions.get::<Accepts>() {
-            return *accepts;
+        let raw = single_accept(headers);
+        if let (Some(parsed), Some(raw)) = (extensions.get::<ParsedAccept>(), &raw)
+            && parsed.raw == *raw
+        {
+            return parsed.accepts;
         }
         let accepts = Accepts::parse(headers);
-        extensions.insert(accepts);
+        if let Some(raw) = raw {
+            extensions.insert(ParsedAccept { raw, accepts });
+        }
         accepts
     }
+}
+
+/// An `Accept` header and what it lists, kept in a request's extensions.
+#[derive(Clone, Debug)]
+struct ParsedAccept {
+    raw: Option<http::HeaderValue>,
+    accepts: Accepts,
+}
+
+/// The request's `Accept` header when it has at most one (`Some(None)`: none); `None` when it
+/// has several, which are parsed each time (rare, and not worth a copy of each).
+fn single_accept(headers: &http::HeaderMap) -> Option<Option<http::HeaderValue>> {
+    let mut values = headers.get_all(header::ACCEPT).iter();
+    let first = values.next().cloned();
+    values.next().is_none().then_some(first)
 }
 
 /// Whether these headers (of a request or a response) ask to close the connection after the
@@ -99,9 +120,32 @@ mod tests {
         );
         let mut ext = http::Extensions::new();
         assert!(Accepts::of(&mut ext, &h).event_stream);
-        // Once stored, the stored value is what counts.
-        ext.insert(Accepts::default());
+        assert!(
+            ext.get::<ParsedAccept>().is_none(),
+            "several headers are not kept"
+        );
+    }
+
+    #[test]
+    fn a_parsed_accept_is_reused_only_for_the_same_header() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let mut ext = http::Extensions::new();
+        assert!(Accepts::of(&mut ext, &h).event_stream);
+        // The stored result is what is read back for the same header...
+        let stored = ext.get::<ParsedAccept>().cloned().unwrap();
+        ext.insert(ParsedAccept {
+            accepts: Accepts::default(),
+            ..stored
+        });
         assert!(!Accepts::of(&mut ext, &h).event_stream);
+        // ...and a layer that rewrites the header gets it parsed again.
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let again = Accepts::of(&mut ext, &h);
+        assert!(again.json && !again.event_stream);
     }
 
     #[test]

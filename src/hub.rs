@@ -250,6 +250,7 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.conn.leave();
         self.hub.unregister(self.conn.id, &self.channels);
         if self.hub.verbose {
             tracing::info!(conn = self.conn.id, "Unsubscribing");

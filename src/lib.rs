@@ -35,10 +35,10 @@
 //!
 //! # Features
 //!
-//! * `redis` (default): the Redis broker and [`Publisher::redis`]. Without it, the in-memory
+//! * `redis` (default): the Redis broker and `Publisher::redis`. Without it, the in-memory
 //!   broker only.
-//! * `tls` (default): HTTPS in the server ([`server::serve_with_tls`], [`Tls`]), with rustls.
-//! * `cli` (default): the `redisse` command line ([`cli::run`]) and binary.
+//! * `tls` (default): HTTPS in the server (`server::serve_with_tls`, `Tls`), with rustls.
+//! * `cli` (default): the `redisse` command line (`cli::run`) and binary.
 //!
 //! # Layout
 //!
@@ -75,44 +75,58 @@
 //!   `Listener`: socket options, request-head limits, graceful shutdown, streams written on the
 //!   bare socket on plain connections (`server::plain`), everything else by hyper, and slow
 //!   clients closed on both paths (`server::slow`).
-//! * [`cli`] (feature `cli`): the `redisse` command line.
+//! * `cli` (feature `cli`): the `redisse` command line.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
-// Listed bottom-up: each module imports only modules above it in this list.
+// Listed bottom-up, by layer: each module imports only modules above it in this list (the
+// order is kept as written: rustfmt.toml turns off rustfmt's sorting of `mod` lines).
+
+// Foundations: nothing of the crate below them.
 mod backoff;
-mod broker;
 mod channel;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod config;
-mod conn;
-mod dispatch;
-mod endpoint;
 mod error;
 mod event;
-mod extract;
 mod headers;
-mod history;
-mod hub;
-mod instance;
 pub mod metrics;
-mod policy;
-mod publish;
 mod query;
-mod redirect;
-mod refusal;
-mod resume;
-mod routes;
-pub mod server;
-mod sse;
-mod stream;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;
 
-pub use channel::InvalidChannel;
+// What the brokers, the hub and the endpoint share.
+mod dispatch;
+mod history;
+mod policy;
+mod refusal;
+
+// One connection's queue, and its replay plan.
+mod conn;
+mod resume;
+
+// The brokers, the hub, and the instance that starts them.
+mod broker;
+mod hub;
+mod instance;
+
+// Streams: opening one, and its body.
+mod sse;
+mod stream;
+
+// The HTTP surface: the extractor, the endpoint, publishing, the standalone routes.
+mod extract;
+mod endpoint;
+mod publish;
+mod redirect;
+mod routes;
+
+// The transport for any router, and the command line.
+pub mod server;
+#[cfg(feature = "cli")]
+pub mod cli;
+
 pub use config::Config;
 pub use endpoint::SseEndpoint;
 pub use error::{BrokerError, Error};

@@ -53,6 +53,9 @@ pub enum PublishError {
 #[derive(Clone)]
 pub struct Publisher {
     target: Target,
+    /// Longest channel name accepted: the instance's limit, or for Redis and test publishers
+    /// [`DEFAULT_MAX_CHANNEL_NAME_BYTES`] unless set.
+    max_channel_name_bytes: usize,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -92,6 +95,7 @@ impl Redisse {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             target: Target::Instance(self.shared.clone()),
+            max_channel_name_bytes: self.shared.config.max_channel_name_bytes,
         }
     }
 }
@@ -110,6 +114,7 @@ impl Publisher {
     pub fn redis_with_history(url: &str, history_size: usize) -> Result<Self, PublishError> {
         Ok(Publisher {
             target: Target::Redis(RedisPublisher::connect(url, history_size)?),
+            max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
         })
     }
 
@@ -118,11 +123,21 @@ impl Publisher {
         let recorder = TestRecorder::default();
         let publisher = Publisher {
             target: Target::Test(recorder.clone()),
+            max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
         };
         (publisher, recorder)
     }
 
-    /// Publishes `event` on `channel` and returns its id.
+    /// Holds channel names to `max` bytes instead: set it to the servers'
+    /// `max_channel_name_bytes` when they allow longer names than the default (a publisher of
+    /// an instance starts with the instance's limit).
+    pub fn with_max_channel_name_bytes(mut self, max: usize) -> Self {
+        self.max_channel_name_bytes = max;
+        self
+    }
+
+    /// Publishes `event` on `channel` and returns its id. The channel name must be non-empty
+    /// and within the publisher's limit, so that clients can listen to it.
     pub async fn publish(
         &self,
         channel: &str,
@@ -130,11 +145,7 @@ impl Publisher {
     ) -> Result<u64, PublishError> {
         let event = event.into();
         event.validate()?;
-        let max = match &self.target {
-            Target::Instance(shared) => shared.config.max_channel_name_bytes,
-            _ => DEFAULT_MAX_CHANNEL_NAME_BYTES,
-        };
-        ChannelName::check(channel, max)?;
+        ChannelName::check(channel, self.max_channel_name_bytes)?;
         match &self.target {
             Target::Instance(shared) => {
                 let id = shared.broker.publish(channel, &event).await?;
@@ -150,6 +161,7 @@ impl Publisher {
 
 /// An event recorded by a test publisher.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PublishedEvent {
     /// The channel it was published on.
     pub channel: String,

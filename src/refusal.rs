@@ -21,9 +21,12 @@ pub(crate) struct Refused {
     warn: bool,
     status: StatusCode,
     body: String,
-    /// What was refused ("a stream request") and the detail, for the log; `None` for the
-    /// refusals that are part of ordinary negotiation (406, 404), which are only counted.
+    /// The log line ("refused a stream request") and the detail; `None` for the refusals that
+    /// are part of ordinary negotiation (406, 404), which are only counted.
     log: Option<(&'static str, String)>,
+    /// Whether the client gets an answer from us (connection refusals are answered by hyper,
+    /// or not at all): only then is the status logged.
+    answered: bool,
     content_type: &'static str,
     /// Extra headers of the answer.
     headers: Vec<(header::HeaderName, HeaderValue)>,
@@ -42,7 +45,8 @@ impl Refused {
                 status.as_u16(),
                 status.canonical_reason().unwrap_or("")
             ),
-            log: Some(("stream request", message)),
+            log: Some(("refused a stream request", message)),
+            answered: true,
             content_type: "text/plain",
             headers: Vec::new(),
         }
@@ -56,7 +60,8 @@ impl Refused {
             warn: false,
             status,
             body: format!("{message}\n"),
-            log: Some(("publish request", message)),
+            log: Some(("refused a publish request", message)),
+            answered: true,
             content_type: "text/plain; charset=utf-8",
             headers: Vec::new(),
         }
@@ -70,6 +75,7 @@ impl Refused {
             status,
             body: body.to_owned(),
             log: None,
+            answered: true,
             content_type: "text/plain",
             headers: Vec::new(),
         }
@@ -83,7 +89,8 @@ impl Refused {
             warn: false,
             status: StatusCode::BAD_REQUEST,
             body: String::new(),
-            log: Some(("connection", message.to_string())),
+            log: Some(("refused a connection", message.to_string())),
+            answered: false,
             content_type: "text/plain",
             headers: Vec::new(),
         }
@@ -96,10 +103,9 @@ impl Refused {
             warn: false,
             status,
             body: format!("{message}\n"),
-            log: Some((
-                "stream request",
-                format!("the channel function answered {status}"),
-            )),
+            // The status is the detail: the message is the application's, for its client.
+            log: Some(("channel function rejected a request", String::new())),
+            answered: true,
             content_type: "text/plain",
             headers: Vec::new(),
         }
@@ -115,7 +121,13 @@ impl Refused {
             warn: true,
             status: StatusCode::OK,
             body: retry_frame,
-            log: limit.map(|n| ("stream request", format!("connection limit reached ({n})"))),
+            log: limit.map(|n| {
+                (
+                    "refused a stream request",
+                    format!("connection limit reached ({n} streams)"),
+                )
+            }),
+            answered: true,
             content_type: "text/event-stream",
             headers: vec![
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -143,14 +155,14 @@ impl Refused {
     }
 
     fn log(&self) {
-        match &self.log {
-            Some((what, detail)) if self.warn => {
-                tracing::warn!(status = %self.status, reason = %detail, "refused a {what}")
-            }
-            Some((what, detail)) => {
-                tracing::info!(status = %self.status, reason = %detail, "refused a {what}")
-            }
-            None => {}
+        let Some((line, detail)) = &self.log else {
+            return;
+        };
+        match (self.warn, self.answered) {
+            (true, _) => tracing::warn!(status = %self.status, reason = %detail, "{line}"),
+            (false, true) if detail.is_empty() => tracing::info!(status = %self.status, "{line}"),
+            (false, true) => tracing::info!(status = %self.status, reason = %detail, "{line}"),
+            (false, false) => tracing::info!(reason = %detail, "{line}"),
         }
     }
 

@@ -127,8 +127,8 @@ async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
         Ok(t) => t,
         Err(msg) => return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, &msg),
     };
-    let channel = match ChannelName::new(&channel, shared.config.max_channel_name_bytes) {
-        Ok(channel) => channel,
+    match ChannelName::check(&channel, shared.config.max_channel_name_bytes) {
+        Ok(()) => {}
         Err(e @ crate::channel::InvalidChannel::TooLong { .. }) => {
             return refuse(
                 shared,
@@ -177,7 +177,7 @@ async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
     }
     .publisher();
     match publisher
-        .publish(channel.as_str(), Event::new(event_type, data))
+        .publish(&channel, Event::new(event_type, data))
         .await
     {
         Ok(id) => {
@@ -265,6 +265,8 @@ fn target(uri: &http::Uri) -> Result<(String, String), String> {
             event_type = form_decode(v).map_err(|e| e.to_string())?;
         }
     }
+    // Before the body is read: a bad type is refused without reading the data.
+    crate::event::check_type(&event_type).map_err(|e| e.to_string())?;
     Ok((channel, event_type))
 }
 

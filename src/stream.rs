@@ -127,7 +127,8 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
         // alive at once, and only the part in use should take memory.
         Box::pin(shared.broker.subscriptions_ready()).await;
-        if Arc::strong_count(&conn) == 1 || conn.is_ending() {
+        // The client left (the body is gone), or the stream is ending: nothing to set up.
+        if conn.is_ending() {
             return;
         }
         // After a reset (Redis lost its data) the client's position is in ids that no longer

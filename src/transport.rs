@@ -15,9 +15,12 @@ use std::task::Context;
 
 /// Something that knows whether a stream's client fell behind.
 pub(crate) trait SlowWatch: Send + Sync {
-    /// Whether the client became too slow; otherwise `cx` is woken when it does (or when the
-    /// stream ends).
+    /// Whether the client became too slow; otherwise `cx` is woken when it does, or when the
+    /// stream is gone.
     fn poll_slow(&self, cx: &mut Context<'_>) -> bool;
+
+    /// Whether the stream is gone (its body was dropped): there is nothing left to watch.
+    fn is_finished(&self) -> bool;
 }
 
 /// In the extensions of every stream response: watches its client for slowness.
@@ -34,9 +37,9 @@ impl StreamHandle {
         self.0.poll_slow(cx)
     }
 
-    /// Whether the stream is gone: nobody but this handle holds its state anymore.
+    /// See [`SlowWatch::is_finished`].
     pub fn is_finished(&self) -> bool {
-        Arc::strong_count(&self.0) == 1
+        self.0.is_finished()
     }
 }
 

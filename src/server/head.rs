@@ -123,11 +123,11 @@ fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         return None;
     }
     let uri = Uri::try_from(req.path?).ok()?;
-    let mut request = Request::new(());
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    let map = request.headers_mut();
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let map = &mut parts.headers;
     map.reserve(req.headers.len());
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
@@ -136,19 +136,17 @@ fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     }
     // Any framing header, even `Content-Length: 0`, goes to hyper, which validates it (several
     // or conflicting lengths are a 400 there, not a body taken for the next request).
+    let map = &parts.headers;
     let has_body =
         map.contains_key(header::CONTENT_LENGTH) || map.contains_key(header::TRANSFER_ENCODING);
-    let accepts = Accepts::parse(map);
-    if has_body
-        || map.contains_key(header::UPGRADE)
-        || map.contains_key(header::EXPECT)
-        || !accepts.event_stream
-    {
+    if has_body || map.contains_key(header::UPGRADE) || map.contains_key(header::EXPECT) {
         return None;
     }
-    // Parsed once: the endpoint reads it from here.
-    request.extensions_mut().insert(accepts);
-    Some(request)
+    // Parsed once: the endpoint reads it back from the extensions.
+    if !Accepts::of(&mut parts.extensions, &parts.headers).event_stream {
+        return None;
+    }
+    Some(Request::from_parts(parts, ()))
 }
 
 /// For the fuzz target: `None` while the head is incomplete, `Some(None)` for hyper, and

@@ -429,6 +429,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for ChunkedStream<'_, IO> {
                         // A client that does not read is closed as soon as its queue is full,
                         // not when it reads again.
                         let slow = this.body.as_mut().is_some_and(|b| b.poll_slow(cx));
+                        if slow {
+                            tracing::info!("slow client: closing its connection");
+                        }
                         if slow || this.poll_client_gone(cx).is_ready() {
                             return Poll::Ready(StreamEnd::Broken);
                         }

@@ -114,7 +114,9 @@ impl RedisPublisher {
     /// A publisher for `url` that keeps `history_size` events per channel. It connects on first
     /// use and reconnects by itself.
     pub fn connect(url: &str, history_size: usize) -> Result<Self, BrokerError> {
-        let client = client(url).map_err(BrokerError::redis)?;
+        // The protocol the URL asks for (RESP2 by default): only the subscriber needs RESP3,
+        // and a publisher must work with any Redis the gem works with.
+        let client = redis::Client::open(url).map_err(BrokerError::redis)?;
         Ok(RedisPublisher::new(
             command_connection(&client)?,
             history_size,
@@ -149,20 +151,19 @@ impl RedisPublisher {
 pub(crate) struct HistoryReader {
     commands: ConnectionManager,
     script: Script,
-    metrics: Arc<Metrics>,
 }
 
 impl HistoryReader {
-    fn new(commands: ConnectionManager, metrics: Arc<Metrics>) -> Self {
+    fn new(commands: ConnectionManager) -> Self {
         HistoryReader {
             commands,
             script: Script::new(SNAPSHOT_SCRIPT),
-            metrics,
         }
     }
 
     /// Reads the counter and the channels' histories (see [`super::Broker::snapshot`]);
-    /// entries that are not SSE events are skipped and counted.
+    /// entries that are not SSE events are skipped (`Snapshot::malformed` says how many; the
+    /// caller counts them, once per read it acts on).
     pub async fn snapshot(
         &self,
         channels: &[Arc<str>],
@@ -190,9 +191,6 @@ impl HistoryReader {
             snap.counter = snap.counter.max(counter);
             snap.channels.extend(histories);
             snap.malformed += malformed;
-        }
-        if snap.malformed > 0 {
-            self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
         }
         Ok(snap)
     }
@@ -228,7 +226,7 @@ impl RedisBroker {
             counter_seen: counter_seen.clone(),
             dispatch,
             commands: sub_rx,
-            history: HistoryReader::new(command_connection(&client)?, metrics.clone()),
+            history: HistoryReader::new(command_connection(&client)?),
             history_size: config.history_size,
             ping_interval: config.redis_ping_interval,
             ping_timeout: config.redis_ping_timeout,
@@ -239,7 +237,7 @@ impl RedisBroker {
         let commands = command_connection(&client)?;
         let broker = RedisBroker {
             publisher: RedisPublisher::new(commands.clone(), config.history_size),
-            history: HistoryReader::new(commands, metrics.clone()),
+            history: HistoryReader::new(commands),
             subscriptions: sub_tx.clone(),
             counter_seen,
             metrics,
@@ -258,6 +256,11 @@ impl RedisBroker {
         after: Option<u64>,
     ) -> Result<Snapshot, BrokerError> {
         let snapshot = self.history.snapshot(channels, after).await?;
+        if snapshot.malformed > 0 {
+            self.metrics
+                .malformed
+                .fetch_add(snapshot.malformed, Relaxed);
+        }
         self.counter_seen
             .fetch_max(snapshot.counter.unwrap_or(0), Relaxed);
         Ok(snapshot)

@@ -203,13 +203,11 @@ impl Subscriber {
         let last = self.dispatch.delivered();
         let known = last.max(self.counter_seen.load(Relaxed));
         let mut snap = self.history.snapshot(channels, Some(last)).await?;
+        if snap.malformed > 0 {
+            self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
+        }
         let counter = snap.counter.unwrap_or(0);
         let reset = counter < known;
-        if reset {
-            // Ids start again below what streams started from: forget the old counter, the
-            // new ids are the ones to compare with from now on.
-            self.counter_seen.store(0, Relaxed);
-        }
         if reset && last <= counter {
             // Read again past any counter, which returns every retained event.
             snap = self.history.snapshot(channels, Some(MAX_EVENT_ID)).await?;
@@ -234,6 +232,10 @@ impl Subscriber {
                 known,
                 "redis id counter went backwards: data was lost"
             );
+            // Only now that the refill is read: if a read above failed, the next attempt must
+            // still see the old counter, or it would not know of the reset. From here the new
+            // ids are the ones to compare with.
+            self.counter_seen.store(counter, Relaxed);
         }
         Ok(Resume {
             events,
