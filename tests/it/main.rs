@@ -4,10 +4,14 @@
 //! with a clear message when `redis-server` is not installed.
 
 mod bad_input;
+mod body_layers;
+mod channel_names;
 mod churn;
 mod cli;
 mod concurrency;
 mod endpoint;
+mod extractor;
+mod layering;
 mod library;
 mod limits;
 mod metrics;
@@ -20,6 +24,7 @@ mod redis_layout;
 mod resume;
 mod shutdown;
 mod slow_client;
+mod slow_client_hyper;
 mod support;
 mod timing;
 mod tls;
