@@ -87,14 +87,18 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
                 .insert(header::ALLOW, HeaderValue::from_static("GET"));
             return res;
         }
-        if Accepts::of(&mut parts.extensions, &parts.headers).json {
+        let accepts = Accepts::get(&parts.extensions, &parts.headers);
+        if accepts.json {
             return stats(shared);
         }
-        let request = match SseRequest::from_head(&mut parts) {
+        let request = match SseRequest::from_head(&parts, accepts) {
             Ok(request) => request,
             Err(refused) => return refused.respond(&shared.metrics).map(SseBody::full),
         };
-        parts.extensions.insert(request.query().clone());
+        let (query, last) = request.into_parts();
+        let polling = query.polling;
+        // For the channel function (`QueryChannels` reads it).
+        parts.extensions.insert(query);
         let names = match self.policy.channels(&parts).await {
             Ok(names) => names,
             Err(rejection) => {
@@ -102,7 +106,7 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
                 return refused.respond(&shared.metrics).map(SseBody::full);
             }
         };
-        open_stream(shared, request, names)
+        open_stream(shared, polling, last, names)
     }
 }
 

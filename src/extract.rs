@@ -59,10 +59,8 @@ pub struct SseRequest {
 }
 
 impl SseRequest {
-    /// Reads a request head as the endpoint does. `Accept` is parsed at most once (the result
-    /// stays in the extensions).
-    pub(crate) fn from_head(parts: &mut Parts) -> Result<Self, Refused> {
-        let accepts = Accepts::of(&mut parts.extensions, &parts.headers);
+    /// Reads a request head as the endpoint does, with its `Accept` header already read.
+    pub(crate) fn from_head(parts: &Parts, accepts: Accepts) -> Result<Self, Refused> {
         if !accepts.event_stream {
             return Err(Refused::quiet(
                 Refusal::NotAcceptable,
@@ -84,6 +82,11 @@ impl SseRequest {
     /// Where the client says it is.
     pub fn last_event_id(&self) -> LastEventId {
         self.last
+    }
+
+    /// The parts: the query (moved, not copied) and the position.
+    pub(crate) fn into_parts(self) -> (StreamQuery, LastEventId) {
+        (self.query, self.last)
     }
 }
 
@@ -108,7 +111,8 @@ impl<S: Send + Sync> FromRequestParts<S> for SseRequest {
     type Rejection = SseRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, SseRejection> {
-        SseRequest::from_head(parts).map_err(|r| SseRejection(r.respond_uncounted()))
+        let accepts = Accepts::get(&parts.extensions, &parts.headers);
+        SseRequest::from_head(parts, accepts).map_err(|r| SseRejection(r.respond_uncounted()))
     }
 }
 
@@ -121,14 +125,15 @@ impl Redisse {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        open_stream(&self.shared, request, channels)
+        open_stream(&self.shared, request.query.polling, request.last, channels)
     }
 }
 
 /// Validates the channels and opens the stream (shared by the endpoint and [`Redisse::stream`]).
 pub(crate) fn open_stream<I>(
     shared: &Arc<Shared>,
-    request: SseRequest,
+    polling: bool,
+    last: LastEventId,
     channels: I,
 ) -> Response<SseBody>
 where
@@ -151,8 +156,8 @@ where
         shared,
         StreamSpec {
             channels,
-            polling: request.query.polling,
-            last: request.last,
+            polling,
+            last,
         },
     )
 }

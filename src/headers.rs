@@ -42,18 +42,23 @@ impl Accepts {
         out
     }
 
-    /// The request's, parsed at most once: an earlier step (the server's head reader, a route)
-    /// leaves it in the extensions with the header it read, and it is reused only while the
-    /// request still carries that same header (a layer may have rewritten it).
-    pub fn of(extensions: &mut http::Extensions, headers: &http::HeaderMap) -> Self {
+    /// The request's: what an earlier step left in the extensions ([`Accepts::keep`]) while the
+    /// request still carries the header it read (a layer may have rewritten it), else parsed.
+    pub fn get(extensions: &http::Extensions, headers: &http::HeaderMap) -> Self {
         let raw = single_accept(headers);
         if let (Some(parsed), Some(raw)) = (extensions.get::<ParsedAccept>(), &raw)
             && parsed.raw == *raw
         {
             return parsed.accepts;
         }
-        let accepts = Accepts::parse(headers);
-        if let Some(raw) = raw {
+        Accepts::parse(headers)
+    }
+
+    /// [`Accepts::get`], and leaves the result in the extensions for the steps after this one
+    /// (the server's head reader and the standalone routes do, before the endpoint).
+    pub fn keep(extensions: &mut http::Extensions, headers: &http::HeaderMap) -> Self {
+        let accepts = Accepts::get(extensions, headers);
+        if let Some(raw) = single_accept(headers) {
             extensions.insert(ParsedAccept { raw, accepts });
         }
         accepts
@@ -119,7 +124,7 @@ mod tests {
             HeaderValue::from_static("text/event-stream"),
         );
         let mut ext = http::Extensions::new();
-        assert!(Accepts::of(&mut ext, &h).event_stream);
+        assert!(Accepts::keep(&mut ext, &h).event_stream);
         assert!(
             ext.get::<ParsedAccept>().is_none(),
             "several headers are not kept"
@@ -134,17 +139,17 @@ mod tests {
             HeaderValue::from_static("text/event-stream"),
         );
         let mut ext = http::Extensions::new();
-        assert!(Accepts::of(&mut ext, &h).event_stream);
+        assert!(Accepts::keep(&mut ext, &h).event_stream);
         // The stored result is what is read back for the same header...
         let stored = ext.get::<ParsedAccept>().cloned().unwrap();
         ext.insert(ParsedAccept {
             accepts: Accepts::default(),
             ..stored
         });
-        assert!(!Accepts::of(&mut ext, &h).event_stream);
+        assert!(!Accepts::keep(&mut ext, &h).event_stream);
         // ...and a layer that rewrites the header gets it parsed again.
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let again = Accepts::of(&mut ext, &h);
+        let again = Accepts::keep(&mut ext, &h);
         assert!(again.json && !again.event_stream);
     }
 

@@ -80,7 +80,7 @@ fn unless_stream<P: ChannelPolicy>(
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let mut parts = parts;
-            let accepts = Accepts::of(&mut parts.extensions, &parts.headers);
+            let accepts = Accepts::keep(&mut parts.extensions, &parts.headers);
             req = Request::from_parts(parts, body);
             if accepts.event_stream {
                 return endpoint.oneshot(req).await.into_response();

@@ -143,7 +143,7 @@ fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         return None;
     }
     // Parsed once: the endpoint reads it back from the extensions.
-    if !Accepts::of(&mut parts.extensions, &parts.headers).event_stream {
+    if !Accepts::keep(&mut parts.extensions, &parts.headers).event_stream {
         return None;
     }
     Some(Request::from_parts(parts, ()))
