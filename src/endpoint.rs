@@ -95,7 +95,7 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
             Ok(request) => request,
             Err(refused) => return refused.respond(&shared.metrics).map(SseBody::full),
         };
-        let (query, last) = request.into_parts();
+        let (query, last, sink) = request.into_parts();
         let polling = query.polling;
         // For the channel function (`QueryChannels` reads it).
         parts.extensions.insert(query);
@@ -106,7 +106,7 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
                 return refused.respond(&shared.metrics).map(SseBody::full);
             }
         };
-        open_stream(shared, polling, last, names)
+        open_stream(shared, polling, last, sink, names)
     }
 }
 

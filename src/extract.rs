@@ -24,6 +24,7 @@ use crate::query::StreamQuery;
 use crate::refusal::Refused;
 use crate::sse::SseBody;
 use crate::stream::{StreamSpec, open};
+use crate::transport::StreamSink;
 
 /// What a stream request asks for: checked content negotiation, the parsed query, and the
 /// client's position (`Last-Event-ID`, else `lastEventId`).
@@ -56,6 +57,8 @@ use crate::stream::{StreamSpec, open};
 pub struct SseRequest {
     query: StreamQuery,
     last: LastEventId,
+    /// The server's, when it asked for the stream's handle.
+    sink: Option<StreamSink>,
 }
 
 impl SseRequest {
@@ -71,7 +74,8 @@ impl SseRequest {
         let query = StreamQuery::parse(parts.uri.query().unwrap_or(""))
             .map_err(|e| Refused::stream(Refusal::BadQuery, StatusCode::BAD_REQUEST, e))?;
         let last = last_event_id(&parts.headers, query.last_event_id.as_deref());
-        Ok(SseRequest { query, last })
+        let sink = parts.extensions.get::<StreamSink>().cloned();
+        Ok(SseRequest { query, last, sink })
     }
 
     /// The parsed query string: the channels it names, `polling`, `lastEventId`.
@@ -84,9 +88,9 @@ impl SseRequest {
         self.last
     }
 
-    /// The parts: the query (moved, not copied) and the position.
-    pub(crate) fn into_parts(self) -> (StreamQuery, LastEventId) {
-        (self.query, self.last)
+    /// The parts: the query (moved, not copied), the position and the server's sink.
+    pub(crate) fn into_parts(self) -> (StreamQuery, LastEventId, Option<StreamSink>) {
+        (self.query, self.last, self.sink)
     }
 }
 
@@ -125,7 +129,8 @@ impl Redisse {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        open_stream(&self.shared, request.query.polling, request.last, channels)
+        let (query, last, sink) = request.into_parts();
+        open_stream(&self.shared, query.polling, last, sink, channels)
     }
 }
 
@@ -134,6 +139,7 @@ pub(crate) fn open_stream<I>(
     shared: &Arc<Shared>,
     polling: bool,
     last: LastEventId,
+    sink: Option<StreamSink>,
     channels: I,
 ) -> Response<SseBody>
 where
@@ -158,6 +164,7 @@ where
             channels,
             polling,
             last,
+            sink,
         },
     )
 }

@@ -52,8 +52,9 @@
 //!   (`Accept` parsed once, `Connection: close`), `query` ([`StreamQuery`]), `backoff` (the
 //!   jittered backoff of every retry loop).
 //! * `transport`: the contract between the endpoint and the server, below both: every stream
-//!   response carries a `StreamHandle` in its extensions, which a server blocked writing to a
-//!   client watches to close it once its queue overflowed.
+//!   comes with a `StreamHandle` (left in the request's `StreamSink` when the server put one
+//!   there, else in the response's extensions), which a server blocked writing to a client
+//!   watches to close it once its queue overflowed.
 //! * `dispatch`: the messages between the brokers and the hub, with the cursor of the highest
 //!   id delivered; `history`: a channel's history snapshot and the rule that decides
 //!   `missedevents`; `metrics`: the counters, as the gem's JSON stats and Prometheus text;

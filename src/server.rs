@@ -15,8 +15,9 @@
 //! idle stream (about 2.5 KiB per stream instead of about 23 KiB under hyper, BENCHMARKS.md);
 //! the first request that is not a stream request hands the connection to hyper. TLS
 //! connections are served by hyper throughout. Stream requests go through the router and its
-//! layers like any other; the server recognises a stream response by the handle in its
-//! extensions (`transport::StreamHandle`) and writes its body as chunks.
+//! layers like any other; each request carries a `transport::StreamSink` in which the endpoint
+//! leaves the handle of a stream it opens, and the server writes a body of unknown length as
+//! chunks.
 //!
 //! A client that does not read leaves the server blocked on a write, where nobody polls the
 //! body. On both paths the server then watches the stream's handle (`slow`) and closes the
@@ -104,7 +105,7 @@ use crate::metrics::{Metrics, Refusal};
 use crate::refusal::Refused;
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
-use crate::transport::StreamHandle;
+use crate::transport::{StreamHandle, StreamSink};
 
 /// What a connection task needs besides the socket and the service.
 struct ConnectionContext<'a> {
@@ -275,15 +276,16 @@ where
     let watcher = ctx.graceful.watcher();
     let builder = ctx.builder.clone();
     let plain = ctx.plain.clone();
+    let mut plain_conn = PlainConnection::new(io);
     let task = async move {
         let extend = |ext: &mut http::Extensions| {
             ext.insert(peer.clone());
         };
-        if let Some(io) = PlainConnection::new(io).serve(&plain, &extend).await {
+        if plain_conn.serve(&plain, &extend).await {
             let conn = Connection::new(builder, watcher, &plain);
             let svc = connection_service(&plain.router, peer, &conn.slow);
             // Boxed: hyper's connection is large, and most connections never get here.
-            Box::pin(conn.drive(io, svc)).await;
+            Box::pin(conn.drive(plain_conn.into_hyper(), svc)).await;
         }
     };
     tokio::spawn(task);
@@ -300,12 +302,17 @@ fn connection_service<P: Clone + Send + Sync + 'static>(
     let slow = slow.clone();
     tower::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
+        let sink = StreamSink::default();
+        req.extensions_mut().insert(sink.clone());
         let slow = slow.clone();
         let response = router.clone().oneshot(req);
         async move {
             let response = response.await?;
-            if let Some(handle) = response.extensions().get::<StreamHandle>() {
-                slow.watch(handle.clone());
+            let handle = sink
+                .take()
+                .or_else(|| response.extensions().get::<StreamHandle>().cloned());
+            if let Some(handle) = handle {
+                slow.watch(handle);
             }
             Ok(response)
         }

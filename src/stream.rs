@@ -25,13 +25,15 @@ use crate::instance::Shared;
 use crate::refusal::Refused;
 use crate::resume::plan;
 use crate::sse::SseBody;
-use crate::transport::StreamHandle;
+use crate::transport::{StreamHandle, StreamSink};
 
 /// What a stream asks for once the request is accepted.
 pub(crate) struct StreamSpec {
     pub channels: Vec<Arc<str>>,
     pub polling: bool,
     pub last: LastEventId,
+    /// Where the server that writes the response takes the stream's handle, if it asked.
+    pub sink: Option<StreamSink>,
 }
 
 /// The headers of every stream.
@@ -85,7 +87,12 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
     tokio::spawn(setup(shared.clone(), conn, channels, spec.last).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
     let mut res = stream_response(SseBody::stream(reg, polling, span));
-    res.extensions_mut().insert(handle);
+    match spec.sink {
+        Some(sink) => sink.put(handle),
+        None => {
+            res.extensions_mut().insert(handle);
+        }
+    }
     res
 }
 

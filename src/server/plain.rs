@@ -9,7 +9,7 @@
 //! response head is then written here, and a body of unknown length (a stream's) as HTTP/1.1
 //! chunks straight from the frames it yields, which for a stream are the shared, pre-encoded
 //! frames: between events a stream holds no buffer at all. While a write is blocked, the
-//! stream's handle (`transport::StreamHandle`, in the response's extensions) says when the
+//! stream's handle (`transport::StreamHandle`, left in the request's sink) says when the
 //! client became too slow. Refusals (4xx, or `retry:` when full) are written here too, and the
 //! connection is kept alive for the next request; anything that is not a stream request goes
 //! to hyper with the bytes read so far, and hyper serves the connection from then on.
@@ -41,7 +41,7 @@ use super::rewind::Rewind;
 use crate::headers::wants_close;
 use crate::metrics::{Metrics, Refusal};
 use crate::refusal::Refused;
-use crate::transport::StreamHandle;
+use crate::transport::{StreamHandle, StreamSink};
 
 /// What a plain connection needs from its server.
 pub(super) struct PlainContext {
@@ -72,13 +72,14 @@ where
         }
     }
 
-    /// Serves the connection's stream requests until it closes (`None`) or a request for
-    /// hyper comes: then the socket, with the bytes already read coming first.
+    /// Serves the connection's stream requests until it closes (`false`) or a request for
+    /// hyper comes (`true`: then [`PlainConnection::into_hyper`]).
     ///
     /// What this future keeps while a stream is open is what an idle stream costs besides the
     /// socket, so the head read and the router call are boxed and only the writer's state
-    /// lives across that await.
-    pub async fn serve(mut self, ctx: &PlainContext, extend: Extend<'_>) -> Option<Rewind<IO>> {
+    /// lives across that await. It borrows the connection rather than owning it, so that the
+    /// connection task does not hold the socket twice.
+    pub async fn serve(&mut self, ctx: &PlainContext, extend: Extend<'_>) -> bool {
         let mut served = false;
         loop {
             // Boxed too: the timer and the read are only needed until the head is in.
@@ -90,12 +91,12 @@ where
             ));
             let (request, len) = match head.await {
                 Head::Stream(request, len) => (request, len),
-                Head::Other => return Some(Rewind::new(self.buf, self.io)),
-                Head::Closed => return None,
+                Head::Other => return true,
+                Head::Closed => return false,
                 Head::TimedOut if served && self.buf.is_empty() => {
                     // A kept-alive connection that stayed idle: it expires, nobody was refused.
                     tracing::debug!("closed an idle keep-alive connection");
-                    return None;
+                    return false;
                 }
                 Head::TimedOut => {
                     Refused::connection(
@@ -103,19 +104,27 @@ where
                         "request head not received in time",
                     )
                     .record(&ctx.metrics);
-                    return None;
+                    return false;
                 }
             };
             self.consume(len);
             let close = wants_close(request.headers());
-            let (head, body, close) = Box::pin(answer(ctx, request, close, extend)).await?;
+            let Some((head, body, close)) = Box::pin(answer(ctx, request, close, extend)).await
+            else {
+                return false;
+            };
             let finished =
                 self.write(head, body, ctx.limits.max_bytes).await == StreamEnd::Finished;
             served = true;
             if !finished || close || ctx.stop.is_cancelled() {
-                return None;
+                return false;
             }
         }
+    }
+
+    /// The socket for hyper, with the bytes already read coming first.
+    pub fn into_hyper(self) -> Rewind<IO> {
+        Rewind::new(self.buf, self.io)
     }
 
     /// Drops a request head of `len` bytes from the buffer: what follows it is the next
@@ -180,13 +189,17 @@ async fn answer(
 ) -> Option<(Bytes, Option<ChunkedBody>, bool)> {
     let mut request = request.map(|()| Body::empty());
     extend(request.extensions_mut());
+    let sink = StreamSink::default();
+    request.extensions_mut().insert(sink.clone());
     let response: Response<Body> = match ctx.router.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
     let (mut parts, body) = response.into_parts();
     let close = close || wants_close(&parts.headers);
-    let stream = parts.extensions.remove::<StreamHandle>();
+    let stream = sink
+        .take()
+        .or_else(|| parts.extensions.remove::<StreamHandle>());
     let status = parts.status;
     if status.is_informational()
         || status == http::StatusCode::NO_CONTENT
@@ -508,7 +521,8 @@ mod tests {
         };
         let (_client, server) = tokio::io::duplex(64);
         let extend = |_: &mut http::Extensions| {};
-        let serve = PlainConnection::new(server).serve(&ctx, &extend);
+        let mut conn = PlainConnection::new(server);
+        let serve = conn.serve(&ctx, &extend);
         let size = std::mem::size_of_val(&serve);
         println!("plain connection future (PlainConnection::serve) {size} B");
         assert!(size <= 512, "PlainConnection::serve is {size} B");

@@ -2,7 +2,7 @@
 //!
 //! hyper writes a response body only as fast as the client reads; blocked on a client that
 //! does not read, it never polls the body again, so the body cannot end the response itself.
-//! The connection's service hands each stream's [`StreamHandle`] here, and the connection task
+//! The connection's service hands each stream's [`StreamHandle`] (from the request's sink) here, and the connection task
 //! waits on [`SlowStreams::any_slow`] beside hyper: once a client's queue overflows, the task
 //! drops the connection. Handles of finished streams are dropped at the next poll, so a
 //! long-lived HTTP/2 connection keeps at most its open streams' handles.
