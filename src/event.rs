@@ -12,6 +12,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// The type an event gets when the publisher gives none, as in the gem.
 pub const DEFAULT_EVENT_TYPE: &str = "message";
 
+/// The longest `id:` line: `id: ` and 19 digits (the largest id, [`MAX_EVENT_ID`]) and `\n`.
+const ID_LINE_MAX: usize = 4 + 19 + 1;
+
 /// The comment line sent to keep idle connections alive.
 pub(crate) const HEARTBEAT_FRAME: &[u8] = b": hb\n";
 
@@ -74,6 +77,32 @@ impl Event {
         push_data(&mut out, &self.data);
         out.push(b'\n');
         out
+    }
+
+    /// The most bytes this event takes once encoded with any id (its `id:` line at the longest,
+    /// 19 digits), computed without encoding it: what a subscriber's queue must hold.
+    pub(crate) fn max_encoded_len(&self) -> usize {
+        const FIELD: usize = "data: \n".len();
+        let bytes = self.data.as_bytes();
+        let mut len = "event: \n".len() + self.event_type.len() + 1 + ID_LINE_MAX;
+        let (mut lines, mut separators, mut i) = (1, 0, 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                    lines += 1;
+                    separators += 2;
+                    i += 1;
+                }
+                b'\r' | b'\n' => {
+                    lines += 1;
+                    separators += 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        len += bytes.len() - separators + lines * FIELD;
+        len
     }
 
     /// The complete SSE text of this event with the given id.
@@ -299,6 +328,23 @@ mod tests {
             &Event::message("").encode(7)[..],
             b"id: 7\nevent: message\ndata: \n\n"
         );
+    }
+
+    #[test]
+    fn the_encoded_length_is_known_without_encoding() {
+        for (t, data) in [
+            ("m", ""),
+            ("message", "hello"),
+            ("x", "a\rb\r\nc\n\rd"),
+            ("x", "\n\n\n"),
+            ("type", "\r\n\r\n"),
+            ("é", "ünïcode\nline"),
+        ] {
+            let e = Event::new(t, data);
+            let with_longest_id = e.encode(MAX_EVENT_ID).len();
+            assert_eq!(e.max_encoded_len(), with_longest_id, "{t:?} {data:?}");
+            assert!(e.encode(1).len() <= e.max_encoded_len());
+        }
     }
 
     #[test]

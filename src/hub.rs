@@ -31,10 +31,17 @@ pub(crate) struct Hub {
     closing: AtomicBool,
     next_conn_id: AtomicU64,
     verbose: bool,
+    /// A connection's queue limit: an event larger than it could only make every listener slow.
+    max_queue_bytes: usize,
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>, subscriptions: Option<SubSender>, verbose: bool) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        subscriptions: Option<SubSender>,
+        verbose: bool,
+        max_queue_bytes: usize,
+    ) -> Self {
         Hub {
             registry: Mutex::default(),
             subscriptions,
@@ -42,6 +49,7 @@ impl Hub {
             closing: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             verbose,
+            max_queue_bytes,
         }
     }
 
@@ -146,6 +154,19 @@ impl Hub {
     /// after a subscriber reconnection (see [`Conn::push`]).
     fn deliver(&self, rx: &DispatchReceiver, channel: &str, frame: Frame, refill: bool) {
         rx.delivered(frame.id);
+        if frame.bytes.len() > self.max_queue_bytes {
+            // Written by another publisher (ours refuse such events): no queue can hold it, so
+            // offering it would disconnect every listener. Skipped, counted, and logged.
+            self.metrics.oversized.fetch_add(1, Relaxed);
+            tracing::warn!(
+                channel,
+                id = frame.id,
+                bytes = frame.bytes.len(),
+                max = self.max_queue_bytes,
+                "skipping an event larger than a subscriber's queue"
+            );
+            return;
+        }
         self.metrics.received.fetch_add(1, Relaxed);
         if self.verbose {
             tracing::info!(

@@ -56,7 +56,12 @@ impl Redisse {
         let metrics = Arc::new(Metrics::default());
         let (dispatch_tx, dispatch_rx) = dispatch::channel();
         let (broker, subscriptions) = Broker::start(&config, dispatch_tx, &metrics)?;
-        let hub = Arc::new(Hub::new(metrics.clone(), subscriptions, config.verbose));
+        let hub = Arc::new(Hub::new(
+            metrics.clone(),
+            subscriptions,
+            config.verbose,
+            config.max_queue_bytes,
+        ));
         tokio::spawn(Hub::dispatch(Arc::downgrade(&hub), dispatch_rx));
         spawn_heartbeat(&hub, config.heartbeat);
         Ok(Redisse {

@@ -97,6 +97,7 @@ pub struct Metrics {
     pub(crate) published: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) malformed: AtomicU64,
+    pub(crate) oversized: AtomicU64,
     pub(crate) slow_disconnects: AtomicU64,
     pub(crate) broker_up: AtomicU64,
     pub(crate) broker_reconnects: AtomicU64,
@@ -133,6 +134,11 @@ impl Metrics {
     /// The count of refusals for one reason.
     pub fn refusals(&self, reason: Refusal) -> u64 {
         self.refused[reason as usize].load(Relaxed)
+    }
+
+    /// Events from the broker skipped because no subscriber's queue could hold them.
+    pub fn oversized_events(&self) -> u64 {
+        self.oversized.load(Relaxed)
     }
 
     /// Streams disconnected because they fell behind.
@@ -199,6 +205,11 @@ impl Metrics {
                 "redisse_malformed_payloads_total",
                 "Broker payloads skipped because they were not SSE events.",
                 &self.malformed,
+            ),
+            (
+                "redisse_oversized_events_total",
+                "Broker events skipped because they are larger than a subscriber's queue.",
+                &self.oversized,
             ),
             (
                 "redisse_slow_disconnects_total",

@@ -10,7 +10,7 @@ use crate::broker::redis::RedisPublisher;
 use crate::channel::{ChannelName, InvalidChannel};
 #[cfg(feature = "redis")]
 use crate::config::DEFAULT_HISTORY_SIZE;
-use crate::config::DEFAULT_MAX_CHANNEL_NAME_BYTES;
+use crate::config::{DEFAULT_MAX_CHANNEL_NAME_BYTES, DEFAULT_MAX_QUEUE_BYTES};
 use crate::error::BrokerError;
 use crate::event::{Event, InvalidEvent};
 use crate::instance::{Redisse, Shared};
@@ -25,6 +25,17 @@ pub enum PublishError {
     /// The channel name is empty.
     #[error("the channel name is empty")]
     EmptyChannel,
+    /// The event, once encoded, would not fit a subscriber's queue (`Config::max_queue_bytes`):
+    /// every listener would be disconnected as slow. Answered 413 over HTTP.
+    #[error(
+        "the event encodes to {size} bytes, more than a subscriber's queue holds ({max} bytes)"
+    )]
+    EventTooLarge {
+        /// The event's encoded size, at most.
+        size: usize,
+        /// The queue's limit.
+        max: usize,
+    },
     /// The channel name is longer than subscribers may ask for
     /// (`Config::max_channel_name_bytes`), so nobody could listen to it.
     #[error("the channel name is longer than {max} bytes")]
@@ -56,6 +67,8 @@ pub struct Publisher {
     /// Longest channel name accepted: the instance's limit, or for Redis and test publishers
     /// [`DEFAULT_MAX_CHANNEL_NAME_BYTES`] unless set.
     max_channel_name_bytes: usize,
+    /// Largest encoded event: the instance's queue limit, or [`DEFAULT_MAX_QUEUE_BYTES`].
+    max_event_bytes: usize,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -96,6 +109,7 @@ impl Redisse {
         Publisher {
             target: Target::Instance(self.shared.clone()),
             max_channel_name_bytes: self.shared.config.max_channel_name_bytes,
+            max_event_bytes: self.shared.config.max_queue_bytes,
         }
     }
 }
@@ -115,6 +129,7 @@ impl Publisher {
         Ok(Publisher {
             target: Target::Redis(RedisPublisher::connect(url, history_size)?),
             max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
+            max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
         })
     }
 
@@ -124,6 +139,7 @@ impl Publisher {
         let publisher = Publisher {
             target: Target::Test(recorder.clone()),
             max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
+            max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
         };
         (publisher, recorder)
     }
@@ -133,6 +149,14 @@ impl Publisher {
     /// an instance starts with the instance's limit).
     pub fn with_max_channel_name_bytes(mut self, max: usize) -> Self {
         self.max_channel_name_bytes = max;
+        self
+    }
+
+    /// Refuses events that encode past `max` bytes instead: set it to the servers'
+    /// `max_queue_bytes` when they differ from the default (a publisher of an instance starts
+    /// with the instance's).
+    pub fn with_max_event_bytes(mut self, max: usize) -> Self {
+        self.max_event_bytes = max;
         self
     }
 
@@ -146,6 +170,11 @@ impl Publisher {
         let event = event.into();
         event.validate()?;
         ChannelName::check(channel, self.max_channel_name_bytes)?;
+        let size = event.max_encoded_len();
+        if size > self.max_event_bytes {
+            let max = self.max_event_bytes;
+            return Err(PublishError::EventTooLarge { size, max });
+        }
         match &self.target {
             Target::Instance(shared) => {
                 let id = shared.broker.publish(channel, &event).await?;

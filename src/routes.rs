@@ -196,6 +196,12 @@ async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
             )
                 .into_response()
         }
+        Err(e @ PublishError::EventTooLarge { .. }) => refuse(
+            shared,
+            Refusal::PublishTooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            e,
+        ),
         Err(e) => refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, e),
     }
 }

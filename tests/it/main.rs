@@ -16,6 +16,7 @@ mod library;
 mod limits;
 mod metrics;
 mod outage;
+mod oversized;
 mod plain_connections;
 mod properties;
 mod publish;
