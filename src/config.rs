@@ -15,6 +15,11 @@ pub const DEFAULT_POLLING_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Channels one connection may listen to.
 pub const DEFAULT_MAX_CHANNELS: usize = 1024;
+/// Channel subscriptions of all open streams together (a stream on 3 channels holds 3): the
+/// process-wide bound on what the registry and the streams' channel lists hold, whatever the
+/// connection and channel limits allow one by one. Past it, new streams are told to come back
+/// later.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1_000_000;
 /// Bytes waiting to be written to one client before it counts as slow and is disconnected.
 pub const DEFAULT_MAX_QUEUE_BYTES: usize = 1024 * 1024;
 /// Largest body `POST /publish/<channel>` accepts.
@@ -62,6 +67,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Default: [`DEFAULT_MAX_CHANNELS`].
     pub max_channels: usize,
+    /// Default: [`DEFAULT_MAX_SUBSCRIPTIONS`].
+    pub max_subscriptions: usize,
     /// Default: [`DEFAULT_MAX_QUEUE_BYTES`].
     pub max_queue_bytes: usize,
     /// Default: [`DEFAULT_MAX_PUBLISH_BYTES`].
@@ -94,6 +101,7 @@ impl Default for Config {
             publish_token: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_channels: DEFAULT_MAX_CHANNELS,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             max_publish_bytes: DEFAULT_MAX_PUBLISH_BYTES,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,

@@ -20,6 +20,17 @@ use crate::metrics::Metrics;
 struct Registry {
     channels: HashMap<Arc<str>, Vec<Arc<Conn>>>,
     conns: HashMap<u64, Arc<Conn>>,
+    /// Entries in all the channels' lists: the streams' channel subscriptions together.
+    subscriptions: usize,
+}
+
+/// Why a stream was not registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NotRegistered {
+    /// The server is shutting down.
+    Closing,
+    /// The process-wide bound on subscriptions would be passed.
+    Full { max: usize },
 }
 
 /// The hub shared by the HTTP layer, the broker and the dispatcher.
@@ -33,6 +44,8 @@ pub(crate) struct Hub {
     verbose: bool,
     /// A connection's queue limit: an event larger than it could only make every listener slow.
     max_queue_bytes: usize,
+    /// The bound on all streams' channel subscriptions together.
+    max_subscriptions: usize,
 }
 
 impl Hub {
@@ -41,6 +54,7 @@ impl Hub {
         subscriptions: Option<SubSender>,
         verbose: bool,
         max_queue_bytes: usize,
+        max_subscriptions: usize,
     ) -> Self {
         Hub {
             registry: Mutex::default(),
@@ -50,6 +64,7 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             verbose,
             max_queue_bytes,
+            max_subscriptions,
         }
     }
 
@@ -75,12 +90,18 @@ impl Hub {
         self.closing.load(Relaxed)
     }
 
-    /// Adds a connection to its channels. Returns `false` when shutting down.
-    pub fn register(&self, conn: &Arc<Conn>, channels: &[Arc<str>]) -> bool {
+    /// Adds a connection to its channels, unless shutting down or past the subscription bound.
+    pub fn register(&self, conn: &Arc<Conn>, channels: &[Arc<str>]) -> Result<(), NotRegistered> {
         let mut reg = self.lock();
         if self.is_closing() {
-            return false;
+            return Err(NotRegistered::Closing);
         }
+        if reg.subscriptions + channels.len() > self.max_subscriptions {
+            return Err(NotRegistered::Full {
+                max: self.max_subscriptions,
+            });
+        }
+        reg.subscriptions += channels.len();
         reg.conns.insert(conn.id, conn.clone());
         for channel in channels {
             match reg.channels.entry(channel.clone()) {
@@ -94,8 +115,11 @@ impl Hub {
         self.metrics
             .subscriptions
             .store(reg.channels.len() as u64, Relaxed);
+        self.metrics
+            .stream_subscriptions
+            .store(reg.subscriptions as u64, Relaxed);
         self.metrics.connected.fetch_add(1, Relaxed);
-        true
+        Ok(())
     }
 
     /// Removes a connection; the last listener of a channel unsubscribes it.
@@ -104,6 +128,7 @@ impl Hub {
         if reg.conns.remove(&conn_id).is_none() {
             return;
         }
+        reg.subscriptions = reg.subscriptions.saturating_sub(channels.len());
         for channel in channels {
             if let Entry::Occupied(mut e) = reg.channels.entry(channel.clone()) {
                 let list = e.get_mut();
@@ -119,6 +144,9 @@ impl Hub {
         self.metrics
             .subscriptions
             .store(reg.channels.len() as u64, Relaxed);
+        self.metrics
+            .stream_subscriptions
+            .store(reg.subscriptions as u64, Relaxed);
         self.metrics.connected.fetch_sub(1, Relaxed);
         self.metrics.served.fetch_add(1, Relaxed);
     }

@@ -61,6 +61,7 @@ impl Redisse {
             subscriptions,
             config.verbose,
             config.max_queue_bytes,
+            config.max_subscriptions,
         ));
         tokio::spawn(Hub::dispatch(Arc::downgrade(&hub), dispatch_rx));
         spawn_heartbeat(&hub, config.heartbeat);

@@ -15,6 +15,8 @@ pub enum Refusal {
     MaxConnections,
     /// More channels than allowed on one connection.
     MaxChannels,
+    /// The process-wide bound on channel subscriptions was reached.
+    MaxSubscriptions,
     /// A channel name longer than allowed.
     ChannelNameTooLong,
     /// A malformed query string.
@@ -38,9 +40,10 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 12] = [
+    const ALL: [Refusal; 13] = [
         Refusal::MaxConnections,
         Refusal::MaxChannels,
+        Refusal::MaxSubscriptions,
         Refusal::ChannelNameTooLong,
         Refusal::BadQuery,
         Refusal::PublishTooLarge,
@@ -57,6 +60,7 @@ impl Refusal {
         match self {
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxChannels => "max_channels",
+            Refusal::MaxSubscriptions => "max_subscriptions",
             Refusal::ChannelNameTooLong => "channel_name_too_long",
             Refusal::BadQuery => "bad_query",
             Refusal::PublishTooLarge => "publish_too_large",
@@ -102,6 +106,7 @@ pub struct Metrics {
     pub(crate) broker_up: AtomicU64,
     pub(crate) broker_reconnects: AtomicU64,
     pub(crate) subscriptions: AtomicU64,
+    pub(crate) stream_subscriptions: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
 }
 
@@ -160,6 +165,11 @@ impl Metrics {
                 "redisse_subscriptions",
                 "Channels this process is subscribed to on the broker.",
                 &self.subscriptions,
+            ),
+            (
+                "redisse_stream_subscriptions",
+                "Channel subscriptions of all open streams (a stream on 3 channels counts 3).",
+                &self.stream_subscriptions,
             ),
         ];
         for (name, help, value) in gauges {

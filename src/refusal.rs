@@ -113,20 +113,19 @@ impl Refused {
 
     /// "Come back later" to a stream request: 200 with `retry_frame` (any other status makes
     /// `EventSource` give up for good) and `Connection: close`, so that a server short of
-    /// connections gets the socket back. With `limit`, the connection limit was reached
-    /// (counted, and logged as a warning); without, the server is shutting down.
-    pub fn come_back_later(retry_frame: String, limit: Option<usize>) -> Self {
+    /// connections gets the socket back. With `limit`, a limit was reached (counted under its
+    /// reason, and logged as a warning with the detail); without, the server is shutting down.
+    pub fn come_back_later(retry_frame: String, limit: Option<(Refusal, String)>) -> Self {
+        let (reason, log) = match limit {
+            Some((reason, detail)) => (Some(reason), Some(("refused a stream request", detail))),
+            None => (None, None),
+        };
         Refused {
-            reason: limit.map(|_| Refusal::MaxConnections),
+            reason,
             warn: true,
             status: StatusCode::OK,
             body: retry_frame,
-            log: limit.map(|n| {
-                (
-                    "refused a stream request",
-                    format!("connection limit reached ({n} streams)"),
-                )
-            }),
+            log,
             answered: true,
             content_type: "text/event-stream",
             headers: vec![

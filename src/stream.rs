@@ -20,8 +20,9 @@ use crate::backoff::Backoff;
 use crate::conn::Conn;
 use crate::event::{LastEventId, MAX_EVENT_ID, retry_frame};
 use crate::history::Snapshot;
-use crate::hub::Registration;
+use crate::hub::{NotRegistered, Registration};
 use crate::instance::Shared;
+use crate::metrics::Refusal;
 use crate::refusal::Refused;
 use crate::resume::plan;
 use crate::sse::SseBody;
@@ -51,7 +52,11 @@ pub(crate) fn stream_response(body: SseBody) -> Response<SseBody> {
 
 /// "Come back later" with a jittered `retry:` (see [`Refused::come_back_later`]); `limit` when
 /// the connection limit is the reason.
-fn come_back_later(shared: &Shared, id: u64, limit: Option<usize>) -> Response<SseBody> {
+fn come_back_later(
+    shared: &Shared,
+    id: u64,
+    limit: Option<(Refusal, String)>,
+) -> Response<SseBody> {
     let retry = retry_frame(shared.retry_millis(id));
     let retry = String::from_utf8_lossy(&retry).into_owned();
     Refused::come_back_later(retry, limit)
@@ -65,13 +70,19 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
     let id = hub.next_conn_id();
     let limit = shared.config.max_connections;
     if hub.connections() >= limit {
-        return come_back_later(shared, id, Some(limit));
+        let why = format!("connection limit reached ({limit} streams)");
+        return come_back_later(shared, id, Some((Refusal::MaxConnections, why)));
     }
     let conn = Conn::new(id, shared.config.max_queue_bytes);
     // One span per connection (never per event): its logs carry the id and channel count.
     let span = tracing::info_span!("sse", conn = id, channels = spec.channels.len());
-    if !hub.register(&conn, &spec.channels) {
-        return come_back_later(shared, id, None);
+    match hub.register(&conn, &spec.channels) {
+        Ok(()) => {}
+        Err(NotRegistered::Closing) => return come_back_later(shared, id, None),
+        Err(NotRegistered::Full { max }) => {
+            let why = format!("subscription limit reached ({max} channel subscriptions)");
+            return come_back_later(shared, id, Some((Refusal::MaxSubscriptions, why)));
+        }
     }
     if shared.config.verbose {
         let names: Vec<&str> = spec.channels.iter().map(|c| &**c).collect();

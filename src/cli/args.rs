@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// Channels allowed on one connection.
     #[arg(long, env = "REDISSE_MAX_CHANNELS", default_value_t = config::DEFAULT_MAX_CHANNELS)]
     pub max_channels: usize,
+    /// Channel subscriptions of all open streams together (a stream on 3 channels holds 3).
+    #[arg(long, env = "REDISSE_MAX_SUBSCRIPTIONS", default_value_t = config::DEFAULT_MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
     /// Bytes queued for one client before it is disconnected as slow.
     #[arg(long, env = "REDISSE_MAX_QUEUE_BYTES", default_value_t = config::DEFAULT_MAX_QUEUE_BYTES)]
     pub max_queue_bytes: usize,
@@ -182,6 +185,7 @@ impl ServeArgs {
             publish_token: self.publish_token.clone().filter(|t| !t.is_empty()),
             max_connections: self.max_connections,
             max_channels: self.max_channels,
+            max_subscriptions: self.max_subscriptions,
             max_queue_bytes: self.max_queue_bytes,
             max_publish_bytes: self.max_publish_bytes,
             max_header_bytes: self.max_header_bytes,

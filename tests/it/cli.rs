@@ -95,6 +95,7 @@ async fn help_documents_every_option_with_its_environment_variable() {
         ("--publish-token", "REDISSE_PUBLISH_TOKEN"),
         ("--max-connections", "REDISSE_MAX_CONNECTIONS"),
         ("--max-channels", "REDISSE_MAX_CHANNELS"),
+        ("--max-subscriptions", "REDISSE_MAX_SUBSCRIPTIONS"),
         ("--max-queue-bytes", "REDISSE_MAX_QUEUE_BYTES"),
         ("--max-publish-bytes", "REDISSE_MAX_PUBLISH_BYTES"),
         ("--max-header-bytes", "REDISSE_MAX_HEADER_BYTES"),

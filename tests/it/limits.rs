@@ -244,3 +244,46 @@ async fn a_publish_body_larger_than_allowed_is_a_413() {
     assert_eq!(e.data, "z".repeat(1024));
     s.expect_silence(Duration::from_millis(100)).await;
 }
+
+/// The channel subscriptions of all open streams together are bounded: past the bound, a new
+/// stream is told to come back later (200 with `retry:`, as past the connection limit), the
+/// refusal is counted and logged, and the gauge says how many are held; room comes back as
+/// streams end.
+#[tokio::test]
+async fn past_the_subscription_bound_a_stream_gets_a_retry() {
+    let (logs, _guard) = Logs::capture();
+    let mut config = Backend::memory().config();
+    config.max_subscriptions = 5;
+    let server = TestServer::start(config).await;
+    let first = server.live_stream("/?a&b&c").await;
+    let _second = server.live_stream("/?a&d").await;
+    let gauge = |server: &TestServer| {
+        let text = server.redisse.metrics().render_prometheus();
+        text.lines()
+            .find_map(|l| l.strip_prefix("redisse_stream_subscriptions "))
+            .map(str::to_owned)
+    };
+    assert_eq!(gauge(&server).as_deref(), Some("5"));
+    // One more channel would pass the bound, even on a channel already subscribed.
+    let mut refused = server.stream("/?a", &[]).await;
+    assert_eq!(refused.status, 200);
+    refused.until_closed(Duration::from_secs(2)).await;
+    let raw = String::from_utf8(refused.raw.clone()).unwrap();
+    assert!(raw.starts_with("retry: "), "not a retry: {raw:?}");
+    assert_eq!(refusals(&server, Refusal::MaxSubscriptions), 1);
+    assert_eq!(refusals(&server, Refusal::MaxConnections), 0);
+    assert!(
+        logs.has_line(&["subscription limit reached", "5 channel subscriptions"]),
+        "{}",
+        logs.text()
+    );
+    assert_eq!(server.redisse.connections(), 2);
+    // Room again once a stream ends: 2 held, 3 free.
+    drop(first);
+    server.wait_connections(1).await;
+    assert_eq!(gauge(&server).as_deref(), Some("2"));
+    let mut again = server.live_stream("/?x&y&z").await;
+    server.publish("z", "m", "in").await;
+    assert_eq!(again.next().await.data, "in");
+    assert_eq!(gauge(&server).as_deref(), Some("5"));
+}
