@@ -17,8 +17,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_MAX_CHANNELS: usize = 1024;
 /// Channel subscriptions of all open streams together (a stream on 3 channels holds 3): the
 /// process-wide bound on what the registry and the streams' channel lists hold, whatever the
-/// connection and channel limits allow one by one. Past it, new streams are told to come back
-/// later.
+/// connection and channel limits allow one by one (each costs about 136 B of server memory,
+/// BENCHMARKS.md, so the default bounds them at about 130 MiB). Past it, new streams are told
+/// to come back later.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1_000_000;
 /// Bytes waiting to be written to one client before it counts as slow and is disconnected.
 pub const DEFAULT_MAX_QUEUE_BYTES: usize = 1024 * 1024;
