@@ -118,6 +118,33 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Checks the settings that cannot work: a zero period (heartbeat, Redis PING) would stop
+    /// a background task at once, a zero PING timeout would declare Redis dead on every PING,
+    /// and a zero queue or channel-name limit would refuse every event or every channel.
+    /// [`crate::Redisse::new`] calls it.
+    pub fn validate(&self) -> Result<(), String> {
+        let zero = |what: &str| Err(format!("{what} must be more than zero"));
+        if self.heartbeat.is_zero() {
+            return zero("heartbeat");
+        }
+        if self.redis_ping_interval.is_zero() {
+            return zero("redis_ping_interval");
+        }
+        if self.redis_ping_timeout.is_zero() {
+            return zero("redis_ping_timeout");
+        }
+        if self.max_queue_bytes == 0 {
+            return zero("max_queue_bytes");
+        }
+        if self.max_channel_name_bytes == 0 {
+            return zero("max_channel_name_bytes");
+        }
+        if self.retry_range.1 < self.retry_range.0 {
+            return Err("retry_range must not end before it starts".into());
+        }
+        Ok(())
+    }
+
     /// The broker's name for logs: `in-memory`, or the Redis URL without its password.
     pub fn broker_description(&self) -> String {
         match &self.redis_url {
@@ -149,6 +176,31 @@ pub(crate) fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let c = Config {
+            heartbeat: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err("heartbeat must be more than zero".into()));
+        let c = Config {
+            redis_ping_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("redis_ping_interval"));
+        let c = Config {
+            max_queue_bytes: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("max_queue_bytes"));
+        let c = Config {
+            retry_range: (Duration::from_secs(2), Duration::from_secs(1)),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("retry_range"));
+    }
 
     #[test]
     fn passwords_never_reach_the_logs() {

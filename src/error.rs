@@ -29,6 +29,9 @@ pub enum Error {
     /// The Redis URL is invalid.
     #[error("invalid redis URL: {0}")]
     RedisUrl(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A setting cannot work (a zero period, a zero queue); the message names it.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// A Redis URL was given to a build without the `redis` feature.
     #[error("this build of redisse has no Redis support (cargo feature `redis`)")]
     RedisNotBuilt,

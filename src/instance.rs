@@ -53,6 +53,7 @@ pub(crate) struct Shared {
 impl Redisse {
     /// Starts an instance on the broker `config` names (in memory when `redis_url` is `None`).
     pub fn new(config: Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::InvalidConfig)?;
         let metrics = Arc::new(Metrics::default());
         let (dispatch_tx, dispatch_rx) = dispatch::channel();
         let (broker, subscriptions) = Broker::start(&config, dispatch_tx, &metrics)?;

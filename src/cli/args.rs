@@ -67,13 +67,13 @@ pub struct ServeArgs {
     #[arg(long, env = "REDISSE_SSL_CERT", value_name = "FILE")]
     pub ssl_cert: Option<PathBuf>,
     /// Heartbeat period (seconds like 15 or 0.5, or with units like 500ms).
-    #[arg(long, env = "REDISSE_HEARTBEAT", default_value = "15", value_parser = parse_duration)]
+    #[arg(long, env = "REDISSE_HEARTBEAT", default_value = "15", value_parser = parse_duration, allow_negative_numbers = true)]
     pub heartbeat: Duration,
     /// Events kept per channel for Last-Event-ID resume.
     #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
     pub history_size: usize,
     /// How long a long-polling stream stays open after its first event.
-    #[arg(long, env = "REDISSE_POLLING_DELAY", default_value = "1", value_parser = parse_duration)]
+    #[arg(long, env = "REDISSE_POLLING_DELAY", default_value = "1", value_parser = parse_duration, allow_negative_numbers = true)]
     pub polling_delay: Duration,
     /// Token required as `Authorization: Bearer <token>` by POST /publish; without it, only
     /// loopback clients may publish over HTTP.
@@ -101,10 +101,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REDISSE_MAX_CHANNEL_NAME_BYTES", default_value_t = config::DEFAULT_MAX_CHANNEL_NAME_BYTES)]
     pub max_channel_name_bytes: usize,
     /// Time allowed to send a complete request head.
-    #[arg(long, env = "REDISSE_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    #[arg(long, env = "REDISSE_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_duration, allow_negative_numbers = true)]
     pub header_read_timeout: Duration,
     /// Longest wait for connections to close after SIGTERM or SIGINT.
-    #[arg(long, env = "REDISSE_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    #[arg(long, env = "REDISSE_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_duration, allow_negative_numbers = true)]
     pub shutdown_timeout: Duration,
     /// Worker threads; by default one per CPU available to the process (CPU quotas included).
     /// Fewer cost fewer thread wakeups at low event rates, on a machine shared with other work.
@@ -125,7 +125,8 @@ pub struct PublishArgs {
     /// Publish straight to Redis at this URL.
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
-    /// Publish through a running server's POST /publish (default http://127.0.0.1:8080).
+    /// Publish through a running server's POST /publish (default http://127.0.0.1:PORT, PORT
+    /// from REDISSE_PORT or 8080, so that a shell set up for the server publishes to it).
     #[arg(long, env = "REDISSE_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// Bearer token for the server's POST /publish.

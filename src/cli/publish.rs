@@ -36,12 +36,26 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
             );
         }
         None => {
-            let server = args.server.as_deref().unwrap_or("http://127.0.0.1:8080");
-            publish_http(server, &args.channel, &event, args.token.as_deref()).await?
+            let server = match &args.server {
+                Some(server) => server.clone(),
+                None => format!("http://127.0.0.1:{}", default_port()?),
+            };
+            publish_http(&server, &args.channel, &event, args.token.as_deref()).await?
         }
     };
     println!("{id}");
     Ok(())
+}
+
+/// The server's port when `--server` is not given: `REDISSE_PORT`, as the server reads it, else
+/// 8080.
+fn default_port() -> Result<u16, String> {
+    match std::env::var("REDISSE_PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("REDISSE_PORT={port:?} is not a port number")),
+        Err(_) => Ok(8080),
+    }
 }
 
 fn read_stdin() -> Result<String, String> {

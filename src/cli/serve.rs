@@ -17,7 +17,17 @@ use crate::tls::Tls;
 /// Runs the server until SIGTERM or SIGINT.
 pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<(), String> {
     let config = args.to_config()?;
+    // Before anything listens: a setting that cannot work fails with one clear line.
+    config
+        .validate()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     init_logs(&args)?;
+    if !args.ssl && (args.ssl_cert.is_some() || args.ssl_key.is_some()) {
+        return Err(
+            "--ssl-cert and --ssl-key are for --ssl, which is not set (plain HTTP would be served)"
+                .into(),
+        );
+    }
     #[cfg(feature = "tls")]
     let tls = match (args.ssl, &args.ssl_cert, &args.ssl_key) {
         (true, Some(cert), Some(key)) => {

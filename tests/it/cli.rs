@@ -186,8 +186,11 @@ async fn bad_options_exit_non_zero_with_a_message() {
         (&["--heartbeat", "soon"][..], "--heartbeat"),
         (&["--heartbeat", "0"][..], "--heartbeat"),
         (&["--polling-delay=-1"][..], "--polling-delay"),
+        (&["--heartbeat", "-1"][..], "not a positive number"),
         (&["--max-queue-bytes", "lots"][..], "--max-queue-bytes"),
         (&["--threads", "0"][..], "--threads"),
+        (&["--ssl-cert", "cert.pem"][..], "--ssl"),
+        (&["--max-queue-bytes", "0"][..], "max_queue_bytes"),
         (&["--threads", "many"][..], "--threads"),
         (&["serve", "extra-argument"][..], "extra-argument"),
         (&["publish"][..], "CHANNEL"),
@@ -650,4 +653,29 @@ async fn without_verbose_events_are_not_logged() {
     .unwrap();
     assert!(!rest.contains("payload-91c2"), "{rest}");
     assert!(!rest.contains("quiet.channel"), "{rest}");
+}
+
+/// Without `--server`, `redisse publish` posts to the port `REDISSE_PORT` names, as the server
+/// listens on it (a shell set up for the server publishes to it).
+#[tokio::test]
+async fn publish_uses_redisse_port_without_server() {
+    let r = start(&["-a", "127.0.0.1", "-p", "0"], &[]).await;
+    let port = port_of(&r.first_line);
+    let mut cmd = redisse();
+    cmd.args(["publish", "ch", "via the env"])
+        .env("REDISSE_PORT", port.to_string());
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .expect("publish exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "1");
+    let mut cmd = redisse();
+    cmd.args(["publish", "ch", "x"])
+        .env("REDISSE_PORT", "eighty");
+    let out = cmd.output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("eighty"), "{stderr}");
 }

@@ -272,3 +272,19 @@ async fn the_standalone_router_can_take_the_applications_policy() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+/// Settings that cannot work are refused by `Redisse::new` with a message naming them, instead
+/// of a background task panicking (a zero heartbeat period) while `/health` says 200.
+#[tokio::test]
+async fn an_instance_refuses_settings_that_cannot_work() {
+    let mut config = redisse::Config::default();
+    config.heartbeat = std::time::Duration::ZERO;
+    let err = Redisse::new(config).expect_err("a zero heartbeat");
+    assert!(matches!(err, redisse::Error::InvalidConfig(_)), "{err}");
+    assert!(err.to_string().contains("heartbeat"), "{err}");
+    let mut config = redisse::Config::default();
+    config.max_queue_bytes = 0;
+    let err = Redisse::new(config).expect_err("a zero queue");
+    assert!(err.to_string().contains("max_queue_bytes"), "{err}");
+    assert!(Redisse::new(redisse::Config::default()).is_ok());
+}
