@@ -98,7 +98,7 @@ pub(crate) use self::head::decide as decide_request_head;
 #[cfg(unix)]
 pub use self::listen::Unix;
 pub use self::listen::{LISTEN_BACKLOG, Tcp};
-use self::plain::{PlainConnection, PlainContext};
+use self::plain::{Handoff, PlainConnection, PlainContext};
 use self::slow::SlowStreams;
 use crate::instance::Redisse;
 use crate::metrics::{Metrics, Refusal};
@@ -281,11 +281,15 @@ where
         let extend = |ext: &mut http::Extensions| {
             ext.insert(peer.clone());
         };
-        if plain_conn.serve(&plain, &extend).await {
-            let conn = Connection::new(builder, watcher, &plain);
-            let svc = connection_service(&plain.router, peer, &conn.slow);
-            // Boxed: hyper's connection is large, and most connections never get here.
-            Box::pin(conn.drive(plain_conn.into_hyper(), svc)).await;
+        match plain_conn.serve(&plain, &extend).await {
+            Handoff::Done => {}
+            Handoff::Hyper => {
+                let conn = Connection::new(builder, watcher, &plain);
+                let svc = connection_service(&plain.router, peer, &conn.slow);
+                // Boxed: hyper's connection is large, and most connections never get here.
+                Box::pin(conn.drive(plain_conn.into_hyper(), svc)).await;
+            }
+            Handoff::TooLarge => Box::pin(plain_conn.refuse_too_large(&plain.metrics)).await,
         }
     };
     tokio::spawn(task);

@@ -40,6 +40,9 @@ pub(super) enum Head {
     Closed,
     /// The head was not complete within the header read timeout.
     TimedOut,
+    /// The head is larger than the limit (431): refused here, since hyper's own limit cannot
+    /// go below its 8 KiB buffer.
+    TooLarge,
 }
 
 /// Limits of a head read.
@@ -70,9 +73,11 @@ pub(super) async fn read_head<IO: AsyncRead + Unpin>(
             {
                 return head;
             }
-            first = false;
+            // The first bytes read are sorted as soon as they arrive (garbage and TLS hellos
+            // are refused at once), only then does parsing wait for the end of a head.
+            first = buf.is_empty();
             if buf.len() >= limits.max_bytes {
-                return Head::Other;
+                return Head::TooLarge;
             }
             if buf.capacity() == buf.len() {
                 let more = buf.len().max(FIRST_READ).min(limits.max_bytes - buf.len());
@@ -168,7 +173,7 @@ mod tests {
             None => "partial",
             Some(Head::Stream(..)) => "stream",
             Some(Head::Other) => "other",
-            Some(Head::Closed | Head::TimedOut) => unreachable!(),
+            Some(Head::Closed | Head::TimedOut | Head::TooLarge) => unreachable!(),
         }
     }
 

@@ -52,6 +52,17 @@ pub(super) struct PlainContext {
     pub stop: CancellationToken,
 }
 
+/// How a plain connection goes on once [`PlainConnection::serve`] returns.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Handoff {
+    /// Closed, or to be closed.
+    Done,
+    /// hyper serves the rest.
+    Hyper,
+    /// The next head is past the limit: answer 431 and close.
+    TooLarge,
+}
+
 /// Adds a connection's extensions (its peer) to each of its requests.
 pub(super) type Extend<'a> = &'a (dyn Fn(&mut http::Extensions) + Send + Sync);
 
@@ -72,14 +83,15 @@ where
         }
     }
 
-    /// Serves the connection's stream requests until it closes (`false`) or a request for
-    /// hyper comes (`true`: then [`PlainConnection::into_hyper`]).
+    /// Serves the connection's stream requests until it closes, a request for hyper comes (then
+    /// [`PlainConnection::into_hyper`]), or a head is too large (then
+    /// [`PlainConnection::refuse_too_large`]).
     ///
     /// What this future keeps while a stream is open is what an idle stream costs besides the
     /// socket, so the head read and the router call are boxed and only the writer's state
     /// lives across that await. It borrows the connection rather than owning it, so that the
     /// connection task does not hold the socket twice.
-    pub async fn serve(&mut self, ctx: &PlainContext, extend: Extend<'_>) -> bool {
+    pub async fn serve(&mut self, ctx: &PlainContext, extend: Extend<'_>) -> Handoff {
         let mut served = false;
         loop {
             // Boxed too: the timer and the read are only needed until the head is in.
@@ -91,35 +103,48 @@ where
             ));
             let (request, len) = match head.await {
                 Head::Stream(request, len) => (request, len),
-                Head::Other => return true,
-                Head::Closed => return false,
+                Head::Other => return Handoff::Hyper,
+                Head::Closed => return Handoff::Done,
                 Head::TimedOut if served && self.buf.is_empty() => {
                     // A kept-alive connection that stayed idle: it expires, nobody was refused.
                     tracing::debug!("closed an idle keep-alive connection");
-                    return false;
+                    return Handoff::Done;
                 }
+                // Answered by the caller, once this future (and the head) are gone.
+                Head::TooLarge => return Handoff::TooLarge,
                 Head::TimedOut => {
                     Refused::connection(
                         Refusal::HeaderTimeout,
                         "request head not received in time",
                     )
                     .record(&ctx.metrics);
-                    return false;
+                    return Handoff::Done;
                 }
             };
             self.consume(len);
             let close = wants_close(request.headers());
             let Some((head, body, close)) = Box::pin(answer(ctx, request, close, extend)).await
             else {
-                return false;
+                return Handoff::Done;
             };
             let finished =
                 self.write(head, body, ctx.limits.max_bytes).await == StreamEnd::Finished;
             served = true;
             if !finished || close || ctx.stop.is_cancelled() {
-                return false;
+                return Handoff::Done;
             }
         }
+    }
+
+    /// Answers a request head past the limit with 431 and `Connection: close`; the connection
+    /// is then dropped.
+    pub async fn refuse_too_large(mut self, metrics: &Metrics) {
+        Refused::connection(Refusal::HeaderTooLarge, "request head too large (431)")
+            .record(metrics);
+        let answer = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+            content-type: text/plain\r\nconnection: close\r\n\
+            content-length: 30\r\n\r\nthe request head is too large\n";
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut self.io, answer).await;
     }
 
     /// The socket for hyper, with the bytes already read coming first.

@@ -287,3 +287,46 @@ async fn past_the_subscription_bound_a_stream_gets_a_retry() {
     assert_eq!(again.next().await.data, "in");
     assert_eq!(gauge(&server).as_deref(), Some("5"));
 }
+
+/// A head limit below hyper's 8 KiB buffer is still the limit: a 5 KB stream request head with
+/// `max_header_bytes` 2048 is a 431 (it was served, hyper allowing 8 KiB).
+#[tokio::test]
+async fn a_head_limit_below_8_kib_is_enforced() {
+    let mut config = Backend::memory().config();
+    config.max_header_bytes = 2048;
+    let server = TestServer::start(config).await;
+    let big = format!("X-Big: {}", "b".repeat(5000));
+    let res = exchange(server.addr, &stream_request("/?a", &[&big]), PATIENCE).await;
+    assert_eq!(status_of(&res), 431, "{}", String::from_utf8_lossy(&res));
+    assert_eq!(refusals(&server, Refusal::HeaderTooLarge), 1);
+    // A head within the limit is served as before.
+    let mut ok = server.live_stream("/?a").await;
+    server.publish("a", "m", "fits").await;
+    assert_eq!(ok.next().await.data, "fits");
+}
+
+/// Bytes that can never start an HTTP/1 request (a TLS hello on the plain port, garbage without a
+/// line break) are refused at once with 400, not after the whole header read timeout.
+#[tokio::test]
+async fn garbage_without_a_line_break_is_refused_at_once() {
+    let mut config = Backend::memory().config();
+    config.header_read_timeout = Duration::from_secs(10);
+    let server = TestServer::start(config).await;
+    for bytes in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"\x00\x01garbage",
+    ] {
+        let started = std::time::Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, bytes)
+            .await
+            .unwrap();
+        let res = read_to_close(&mut tcp, Duration::from_secs(5)).await;
+        assert_eq!(status_of(&res), 400, "{:?}", String::from_utf8_lossy(&res));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "refused after {:?}",
+            started.elapsed()
+        );
+    }
+}
