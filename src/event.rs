@@ -242,7 +242,12 @@ fn last_event_id_frame(counter: u64) -> Bytes {
 
 /// A `retry:` frame telling the browser when to reconnect, in milliseconds.
 pub(crate) fn retry_frame(millis: u64) -> Bytes {
-    Bytes::from(format!("retry: {millis}\n\n"))
+    Bytes::from(retry_text(millis))
+}
+
+/// The `retry:` frame as text, for an answer built as a string.
+pub(crate) fn retry_text(millis: u64) -> String {
+    format!("retry: {millis}\n\n")
 }
 
 /// The largest id a client may send: ids are positive 63-bit integers, as Redis INCR gives.

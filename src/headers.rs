@@ -80,6 +80,22 @@ fn single_accept(headers: &http::HeaderMap) -> Option<Option<http::HeaderValue>>
     values.next().is_none().then_some(first)
 }
 
+/// The headers of every stream response, the "come back later" answer included.
+pub(crate) fn stream_headers() -> [(header::HeaderName, http::HeaderValue); 3] {
+    use http::HeaderValue;
+    [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            header::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ]
+}
+
 /// Whether these headers (of a request or a response) ask to close the connection after the
 /// response.
 pub(crate) fn wants_close(headers: &http::HeaderMap) -> bool {

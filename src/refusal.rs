@@ -10,6 +10,7 @@ use std::fmt::Display;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::headers::stream_headers;
 use crate::metrics::{Metrics, Refusal};
 
 /// One refused request.
@@ -128,14 +129,10 @@ impl Refused {
             log,
             answered: true,
             content_type: "text/event-stream",
-            headers: vec![
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-                (
-                    header::HeaderName::from_static("x-accel-buffering"),
-                    HeaderValue::from_static("no"),
-                ),
-                (header::CONNECTION, HeaderValue::from_static("close")),
-            ],
+            headers: stream_headers()
+                .into_iter()
+                .chain([(header::CONNECTION, HeaderValue::from_static("close"))])
+                .collect(),
         }
     }
 

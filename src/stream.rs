@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use http::{HeaderValue, Response, header};
+use http::Response;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::conn::Conn;
-use crate::event::{LastEventId, MAX_EVENT_ID, retry_frame};
+use crate::event::{LastEventId, MAX_EVENT_ID, retry_text};
+use crate::headers::stream_headers;
 use crate::history::Snapshot;
 use crate::hub::{NotRegistered, Registration};
 use crate::instance::Shared;
@@ -40,13 +41,7 @@ pub(crate) struct StreamSpec {
 /// The headers of every stream.
 pub(crate) fn stream_response(body: SseBody) -> Response<SseBody> {
     let mut res = Response::new(body);
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res.headers_mut().extend(stream_headers());
     res
 }
 
@@ -57,8 +52,7 @@ fn come_back_later(
     id: u64,
     limit: Option<(Refusal, String)>,
 ) -> Response<SseBody> {
-    let retry = retry_frame(shared.retry_millis(id));
-    let retry = String::from_utf8_lossy(&retry).into_owned();
+    let retry = retry_text(shared.retry_millis(id));
     Refused::come_back_later(retry, limit)
         .respond(&shared.metrics)
         .map(SseBody::full)
