@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod body_layers;
+mod browser;
 mod channel_names;
 mod churn;
 mod cli;

@@ -2,6 +2,7 @@
 //! in-process Redisse server on a free port, and an SSE client that keeps the raw bytes.
 
 pub mod binary;
+pub mod browser;
 pub mod logs;
 pub mod raw;
 pub mod redis;

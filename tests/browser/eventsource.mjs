@@ -1,0 +1,299 @@
+#!/usr/bin/env node
+// Opens one EventSource in headless Chromium and reports what the page saw, as one JSON line on
+// standard output. Used by tests/it/browser.rs; see README.md beside this file.
+//
+// The job is JSON, as the first argument or on standard input:
+//   page             URL of the page the EventSource runs in (its origin is the request's Origin)
+//   url              the EventSource's URL
+//   withCredentials  EventSource's withCredentials (default false)
+//   cookies          cookies to set before the page opens, with the DevTools protocol's
+//                    Network.setCookie (name, value and url, domain, path, secure, httpOnly,
+//                    sameSite...); `url` defaults to the EventSource's URL
+//   types            event types to listen to (default ["message"])
+//   events           stop once this many events arrived (default 0: wait for the timeout)
+//   timeoutMs        the longest the EventSource is watched (default 10000)
+//   fetch            {headers: {...}}: instead of an EventSource, fetch() the stream with these
+//                    request headers (one that is not CORS-safelisted, such as Last-Event-ID or
+//                    Authorization, makes the browser preflight) and read it as an EventSource
+//                    would, without reconnecting; credentials as withCredentials says
+//
+// The result: {opened, messages: [{type, data, lastEventId, origin}], readyState,
+// readyStateName, errors: [{readyState, atMs}], consoleErrors, failedRequests, timedOut,
+// elapsedMs}. The EventSource's end: `events` received, an error that leaves it CLOSED (a
+// refused or CORS-blocked stream ends there; a dropped one reconnects and is watched on), or the
+// timeout. While it runs, progress lines {"progress": "open" | "message" | "error", ...} go to
+// standard error, so a test can publish once the stream is open.
+//
+// Exit status: 0 with a result; 1 when the browser or the page failed (a line with "fatal" on
+// standard output, the cause on standard error); 2 for a bad job. A watchdog kills the browser
+// and exits if anything hangs.
+
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import puppeteer from 'puppeteer-core';
+
+const READY_STATES = ['CONNECTING', 'OPEN', 'CLOSED'];
+const CLOSED = 2;
+const started = Date.now();
+const elapsed = () => Date.now() - started;
+
+function progress(kind, fields) {
+  process.stderr.write(JSON.stringify({ progress: kind, ...fields }) + '\n');
+}
+
+async function readJob() {
+  const text = process.argv[2] ?? (await readFile(0, 'utf8'));
+  let job;
+  try {
+    job = JSON.parse(text);
+  } catch (e) {
+    throw new JobError(`the job is not JSON: ${e.message}`);
+  }
+  for (const key of ['page', 'url']) {
+    if (typeof job[key] !== 'string') throw new JobError(`the job needs "${key}" (a URL)`);
+  }
+  return {
+    page: job.page,
+    url: job.url,
+    withCredentials: job.withCredentials === true,
+    cookies: Array.isArray(job.cookies) ? job.cookies : [],
+    types: Array.isArray(job.types) && job.types.length ? job.types : ['message'],
+    events: Number.isInteger(job.events) && job.events > 0 ? job.events : 0,
+    timeoutMs: Number.isFinite(job.timeoutMs) && job.timeoutMs > 0 ? job.timeoutMs : 10000,
+    fetchHeaders: job.fetch && typeof job.fetch === 'object' ? { ...job.fetch.headers } : null,
+  };
+}
+
+class JobError extends Error {}
+
+let browser;
+let userDataDir;
+
+async function cleanUp() {
+  if (browser) {
+    const proc = browser.process();
+    const closed = browser.close().catch(() => {});
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 5000))]);
+    if (proc && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    browser = undefined;
+  }
+  if (userDataDir) {
+    await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
+    userDataDir = undefined;
+  }
+}
+
+async function run(job) {
+  // A last resort: whatever hangs (the browser's start, a protocol call), the process ends.
+  const watchdog = setTimeout(() => {
+    process.stderr.write(`eventsource.mjs: watchdog: still running after ${elapsed()} ms\n`);
+    const proc = browser?.process();
+    if (proc) proc.kill('SIGKILL');
+    process.stdout.write(JSON.stringify({ fatal: 'watchdog: the run hung' }) + '\n');
+    process.exit(1);
+  }, job.timeoutMs + 30000);
+  watchdog.unref();
+
+  const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+  userDataDir = await mkdtemp(join(tmpdir(), 'redisse-chromium-'));
+  browser = await puppeteer.launch({
+    executablePath,
+    headless: true,
+    userDataDir,
+    // Without the background-networking flags, a closed network makes connections fail.
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+    timeout: 20000,
+    protocolTimeout: 20000,
+  });
+
+  const page = await browser.newPage();
+  const cdp = await page.createCDPSession();
+  const consoleErrors = [];
+  const failedRequests = [];
+  // Puppeteer reports the network stack's log entries (where CORS failures show) as console
+  // messages too.
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') consoleErrors.push(msg.text());
+  });
+  page.on('pageerror', (err) => consoleErrors.push(`page error: ${err.message}`));
+  page.on('requestfailed', (req) => {
+    failedRequests.push({ url: req.url(), error: req.failure()?.errorText ?? 'failed' });
+  });
+
+  for (const cookie of job.cookies) {
+    const params = { url: cookie.domain ? undefined : job.url, ...cookie };
+    const { success } = await cdp.send('Network.setCookie', params);
+    if (success === false) throw new Error(`Network.setCookie refused ${JSON.stringify(cookie)}`);
+  }
+
+  const response = await page.goto(job.page, { waitUntil: 'load', timeout: 10000 });
+  if (!response || !response.ok()) {
+    throw new Error(`the page ${job.page} answered ${response ? response.status() : 'nothing'}`);
+  }
+
+  const messages = [];
+  const errors = [];
+  let opened = false;
+  let finish;
+  const done = new Promise((resolve) => (finish = resolve));
+  const timer = setTimeout(() => finish(true), job.timeoutMs);
+
+  await page.exposeFunction('__redisseReport', (kind, info) => {
+    if (kind === 'open') {
+      opened = true;
+      progress('open', { atMs: elapsed() });
+    } else if (kind === 'message') {
+      messages.push(info);
+      progress('message', { count: messages.length, atMs: elapsed() });
+      if (job.events && messages.length >= job.events) finish(false);
+    } else if (kind === 'error') {
+      errors.push({ readyState: info.readyState, message: info.message, atMs: elapsed() });
+      progress('error', { readyState: info.readyState, atMs: elapsed() });
+      if (info.readyState === CLOSED) finish(false);
+    }
+  });
+
+  await page.evaluate(
+    (url, withCredentials, types, fetchHeaders) => {
+      const report = window.__redisseReport;
+      if (!fetchHeaders) {
+        const es = new EventSource(url, { withCredentials });
+        window.__redisseSource = es;
+        es.addEventListener('open', () => report('open', {}));
+        es.addEventListener('error', () => report('error', { readyState: es.readyState }));
+        for (const type of types) {
+          es.addEventListener(type, (e) =>
+            report('message', { type: e.type, data: e.data, lastEventId: e.lastEventId, origin: e.origin }),
+          );
+        }
+        return;
+      }
+      // fetch() with request headers of the job's: what an EventSource cannot send (a header
+      // that is not CORS-safelisted makes the browser preflight). The stream is read as an
+      // EventSource would, without reconnecting, and reported the same way.
+      const controller = new AbortController();
+      let closed = false;
+      const source = {
+        readyState: 0,
+        close: () => {
+          closed = true;
+          controller.abort();
+        },
+      };
+      window.__redisseSource = source;
+      const fail = (message) => {
+        if (closed || source.readyState === 2) return;
+        source.readyState = 2;
+        report('error', { readyState: 2, message });
+      };
+      (async () => {
+        let res;
+        try {
+          res = await fetch(url, {
+            headers: { Accept: 'text/event-stream', ...fetchHeaders },
+            credentials: withCredentials ? 'include' : 'same-origin',
+            cache: 'no-store',
+            signal: controller.signal,
+          });
+        } catch (e) {
+          return fail(`fetch failed: ${e}`);
+        }
+        const contentType = res.headers.get('content-type') || '';
+        if (res.status !== 200 || !contentType.startsWith('text/event-stream')) {
+          return fail(`status ${res.status}, content type ${contentType}`);
+        }
+        source.readyState = 1;
+        report('open', {});
+        const origin = new URL(res.url).origin;
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = '';
+        let lastEventId = '';
+        for (;;) {
+          let chunk;
+          try {
+            chunk = await reader.read();
+          } catch (e) {
+            return fail(`read failed: ${e}`);
+          }
+          if (chunk.done) return fail('the stream ended');
+          buffer += chunk.value.replace(/\r\n?/g, '\n');
+          let end;
+          while ((end = buffer.indexOf('\n\n')) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            let type = 'message';
+            const data = [];
+            for (const line of block.split('\n')) {
+              if (line.startsWith(':')) continue;
+              const colon = line.indexOf(':');
+              const field = colon < 0 ? line : line.slice(0, colon);
+              let value = colon < 0 ? '' : line.slice(colon + 1);
+              if (value.startsWith(' ')) value = value.slice(1);
+              if (field === 'data') data.push(value);
+              else if (field === 'event') type = value;
+              else if (field === 'id' && !value.includes('\0')) lastEventId = value;
+            }
+            if (data.length && types.includes(type)) {
+              report('message', { type, data: data.join('\n'), lastEventId, origin });
+            }
+          }
+        }
+      })();
+    },
+    job.url,
+    job.withCredentials,
+    job.types,
+    job.fetchHeaders,
+  );
+
+  const timedOut = await done;
+  clearTimeout(timer);
+  const readyState = await page.evaluate(() => {
+    const source = window.__redisseSource;
+    const state = source.readyState;
+    source.close();
+    return state;
+  });
+  // Let the last log entries (a CORS message follows the error event) come in.
+  await new Promise((r) => setTimeout(r, 100));
+  await cleanUp();
+  clearTimeout(watchdog);
+  return {
+    opened,
+    messages,
+    readyState,
+    readyStateName: READY_STATES[readyState] ?? String(readyState),
+    errors,
+    consoleErrors,
+    failedRequests,
+    timedOut,
+    elapsedMs: elapsed(),
+  };
+}
+
+let job;
+try {
+  job = await readJob();
+} catch (e) {
+  process.stderr.write(`eventsource.mjs: ${e.message}\n`);
+  process.exit(2);
+}
+try {
+  const result = await run(job);
+  process.stdout.write(JSON.stringify(result) + '\n');
+  process.exit(0);
+} catch (e) {
+  process.stderr.write(`eventsource.mjs: ${e.stack || e.message}\n`);
+  await cleanUp();
+  process.stdout.write(JSON.stringify({ fatal: e.message }) + '\n');
+  process.exit(1);
+}
