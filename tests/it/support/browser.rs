@@ -152,7 +152,7 @@ pub struct Job {
 
 impl Job {
     /// An `EventSource` on `url` in the page at `page`, without credentials, listening to
-    /// `message` events, watched for at most 10 s.
+    /// `message` events, watched for at most 20 s (a run that gets its events ends at once).
     pub fn new(page: String, url: String) -> Self {
         Job {
             page,
@@ -161,7 +161,7 @@ impl Job {
             cookies: Vec::new(),
             types: vec!["message".into()],
             events: 0,
-            timeout_ms: 10_000,
+            timeout_ms: 20_000,
             fetch: None,
         }
     }
