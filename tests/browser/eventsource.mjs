@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// Opens one EventSource in headless Chromium and reports what the page saw, as one JSON line on
+// Opens EventSources in headless Chromium and reports what each page saw, as one JSON line on
 // standard output. Used by tests/it/browser.rs; see README.md beside this file.
 //
-// The job is JSON, as the first argument or on standard input:
+// The input is JSON, as the first argument or on standard input: one job, or {"jobs": [...]}
+// to run several at once in one browser (each in a browser context of its own: its own page,
+// cookies and cache). A job:
 //   page             URL of the page the EventSource runs in (its origin is the request's Origin)
 //   url              the EventSource's URL
 //   withCredentials  EventSource's withCredentials (default false)
@@ -17,16 +19,17 @@
 //                    Authorization, makes the browser preflight) and read it as an EventSource
 //                    would, without reconnecting; credentials as withCredentials says
 //
-// The result: {opened, messages: [{type, data, lastEventId, origin}], readyState,
-// readyStateName, errors: [{readyState, atMs}], consoleErrors, failedRequests, timedOut,
-// elapsedMs}. The EventSource's end: `events` received, an error that leaves it CLOSED (a
-// refused or CORS-blocked stream ends there; a dropped one reconnects and is watched on), or the
-// timeout. While it runs, progress lines {"progress": "open" | "message" | "error", ...} go to
-// standard error, so a test can publish once the stream is open.
+// A job's result: {opened, messages: [{type, data, lastEventId, origin}], readyState,
+// readyStateName, errors: [{readyState, message, atMs}], consoleErrors, failedRequests,
+// timedOut, elapsedMs}; for {"jobs": [...]}, {"results": [...]} in the jobs' order. A job ends
+// when `events` events arrived, when an error leaves the EventSource CLOSED (a refused or
+// CORS-blocked stream ends there; a dropped one reconnects and is watched on), or at its
+// timeout. While they run, progress lines {"progress": "open" | "message" | "error", "job": N,
+// ...} go to standard error, so a test can publish once a stream is open.
 //
-// Exit status: 0 with a result; 1 when the browser or the page failed (a line with "fatal" on
-// standard output, the cause on standard error); 2 for a bad job. A watchdog kills the browser
-// and exits if anything hangs.
+// Exit status: 0 with a result; 1 when the browser or a page failed (a line with "fatal" on
+// standard output, the cause on standard error); 2 for a bad input. A watchdog kills the
+// browser and exits if anything hangs.
 
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -38,20 +41,23 @@ const CLOSED = 2;
 const started = Date.now();
 const elapsed = () => Date.now() - started;
 
-function progress(kind, fields) {
-  process.stderr.write(JSON.stringify({ progress: kind, ...fields }) + '\n');
+async function readInput() {
+  const text = process.argv[2] ?? (await readFile(0, 'utf8'));
+  let input;
+  try {
+    input = JSON.parse(text);
+  } catch (e) {
+    throw new JobError(`the input is not JSON: ${e.message}`);
+  }
+  const several = input !== null && typeof input === 'object' && 'jobs' in input;
+  const jobs = several ? input.jobs : [input];
+  if (!Array.isArray(jobs) || jobs.length === 0) throw new JobError('"jobs" must be a non-empty list');
+  return { several, jobs: jobs.map(checkJob) };
 }
 
-async function readJob() {
-  const text = process.argv[2] ?? (await readFile(0, 'utf8'));
-  let job;
-  try {
-    job = JSON.parse(text);
-  } catch (e) {
-    throw new JobError(`the job is not JSON: ${e.message}`);
-  }
+function checkJob(job, index) {
   for (const key of ['page', 'url']) {
-    if (typeof job[key] !== 'string') throw new JobError(`the job needs "${key}" (a URL)`);
+    if (typeof job?.[key] !== 'string') throw new JobError(`job ${index} needs "${key}" (a URL)`);
   }
   return {
     page: job.page,
@@ -84,15 +90,16 @@ async function cleanUp() {
   }
 }
 
-async function run(job) {
+async function run(jobs) {
   // A last resort: whatever hangs (the browser's start, a protocol call), the process ends.
+  const longest = Math.max(...jobs.map((job) => job.timeoutMs));
   const watchdog = setTimeout(() => {
     process.stderr.write(`eventsource.mjs: watchdog: still running after ${elapsed()} ms\n`);
     const proc = browser?.process();
     if (proc) proc.kill('SIGKILL');
     process.stdout.write(JSON.stringify({ fatal: 'watchdog: the run hung' }) + '\n');
     process.exit(1);
-  }, job.timeoutMs + 30000);
+  }, longest + 30000);
   watchdog.unref();
 
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -114,8 +121,19 @@ async function run(job) {
     timeout: 20000,
     protocolTimeout: 20000,
   });
+  const results = await Promise.all(jobs.map((job, index) => watch(job, index)));
+  // Let the last log entries (a CORS message follows the error event) come in.
+  await new Promise((r) => setTimeout(r, 100));
+  await cleanUp();
+  clearTimeout(watchdog);
+  return results;
+}
 
-  const page = await browser.newPage();
+async function watch(job, index) {
+  const progress = (kind, fields) =>
+    process.stderr.write(JSON.stringify({ progress: kind, job: index, ...fields }) + '\n');
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
   const cdp = await page.createCDPSession();
   const consoleErrors = [];
   const failedRequests = [];
@@ -263,10 +281,6 @@ async function run(job) {
     source.close();
     return state;
   });
-  // Let the last log entries (a CORS message follows the error event) come in.
-  await new Promise((r) => setTimeout(r, 100));
-  await cleanUp();
-  clearTimeout(watchdog);
   return {
     opened,
     messages,
@@ -280,16 +294,16 @@ async function run(job) {
   };
 }
 
-let job;
+let input;
 try {
-  job = await readJob();
+  input = await readInput();
 } catch (e) {
   process.stderr.write(`eventsource.mjs: ${e.message}\n`);
   process.exit(2);
 }
 try {
-  const result = await run(job);
-  process.stdout.write(JSON.stringify(result) + '\n');
+  const results = await run(input.jobs);
+  process.stdout.write(JSON.stringify(input.several ? { results } : results[0]) + '\n');
   process.exit(0);
 } catch (e) {
   process.stderr.write(`eventsource.mjs: ${e.stack || e.message}\n`);

@@ -4,16 +4,15 @@
 //! makes to redisse is cross-origin and goes through the browser's CORS checks.
 //!
 //! Each case asserts what the page received, so each fails when the server's CORS answer is
-//! missing or wrong. The browser is driven by `tests/browser/eventsource.mjs` (see
+//! missing or wrong. A test's pages run at once in one browser (a browser context each), each
+//! test in a browser of its own. The browser is driven by `tests/browser/eventsource.mjs` (see
 //! tests/browser/README.md); without Node, its `node_modules` or Chromium the tests fail and say
 //! what to install.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::binary::Redisse;
-use crate::support::browser::{
-    CLOSED, EventSourceRun, Job, Message, OPEN, Outcome, PageServer, Start,
-};
+use crate::support::browser::{BrowserRun, CLOSED, Job, Message, OPEN, Outcome, PageServer, Start};
 use crate::support::sse::client;
 
 /// How long a run that must not receive anything is watched.
@@ -47,15 +46,21 @@ fn message(server: &Redisse, event_type: &str, data: &str, id: &str) -> Message 
     }
 }
 
-/// Waits for the run's `EventSource` to open, or fails with what the page saw.
-async fn assert_opens(mut run: EventSourceRun, what: &str) -> EventSourceRun {
-    match run.started().await {
+/// Waits for job `job`'s `EventSource` to open, or fails with what the page saw.
+async fn assert_opens(mut run: BrowserRun, job: usize, what: &str) -> BrowserRun {
+    match run.started(job).await {
         Start::Opened => run,
         other => {
-            let out = run.outcome().await;
+            let out = run.outcomes().await.swap_remove(job);
             panic!("{what}: the EventSource did not open ({other:?}); the page saw {out:#?}")
         }
     }
+}
+
+/// Waits for job `job` to fail before it opens.
+async fn assert_fails_to_open(run: &mut BrowserRun, job: usize, what: &str) {
+    let start = run.started(job).await;
+    assert_ne!(start, Start::Opened, "{what}: the EventSource opened");
 }
 
 /// A run that must never receive an event: it ends CLOSED with an error, without opening.
@@ -78,6 +83,13 @@ fn assert_refused(out: &Outcome, what: &str) {
     );
 }
 
+/// The run's results as an array, one per job.
+async fn outcomes<const N: usize>(run: BrowserRun) -> [Outcome; N] {
+    let outs = run.outcomes().await;
+    outs.try_into()
+        .unwrap_or_else(|outs: Vec<Outcome>| panic!("{N} results expected: {outs:#?}"))
+}
+
 /// (a) A listed origin with `withCredentials: true`: the stream opens and the events published
 /// after it opened arrive in order, with their ids and types.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,12 +100,12 @@ async fn listed_origin_with_credentials_receives_events() {
         .with_credentials()
         .types(&["message", "alert"])
         .events(3);
-    let run = assert_opens(EventSourceRun::start(&job), "listed origin").await;
+    let run = assert_opens(BrowserRun::start(&[job]), 0, "listed origin").await;
 
     let first = publish(&server, "news", None, "one").await;
     let second = publish(&server, "alerts", Some("alert"), "two").await;
     let third = publish(&server, "news", None, "three").await;
-    let out = run.outcome().await;
+    let [out] = outcomes(run).await;
 
     assert_eq!(
         out.messages,
@@ -119,27 +131,20 @@ async fn unlisted_origin_receives_nothing() {
     let listed = PageServer::start().await;
     let server = Redisse::start(&["--cors-origin", &listed.origin("localhost")]);
 
-    // Without credentials: even a request a `*` would allow is refused to an unlisted origin.
-    let mut refused = EventSourceRun::start(
-        &Job::new(unlisted.url("localhost"), server.url("/?news")).timeout(REFUSED_WATCH),
-    );
-    let allowed = EventSourceRun::start(
-        &Job::new(listed.url("localhost"), server.url("/?news"))
+    let run = BrowserRun::start(&[
+        Job::new(listed.url("localhost"), server.url("/?news"))
             .with_credentials()
             .events(2),
-    );
-    let allowed = assert_opens(allowed, "listed origin beside an unlisted one").await;
-    let start = refused.started().await;
-    assert_ne!(
-        start,
-        Start::Opened,
-        "the unlisted origin's EventSource opened"
-    );
+        // Without credentials: even a request a `*` would allow is refused to an unlisted
+        // origin.
+        Job::new(unlisted.url("localhost"), server.url("/?news")).timeout(REFUSED_WATCH),
+    ]);
+    let mut run = assert_opens(run, 0, "listed origin beside an unlisted one").await;
+    assert_fails_to_open(&mut run, 1, "unlisted origin").await;
 
     let first = publish(&server, "news", None, "one").await;
     let second = publish(&server, "news", None, "two").await;
-    let allowed = allowed.outcome().await;
-    let refused = refused.outcome().await;
+    let [allowed, refused] = outcomes(run).await;
 
     assert_eq!(
         allowed.messages,
@@ -159,21 +164,18 @@ async fn wildcard_origin_serves_without_credentials_only() {
     let pages = PageServer::start().await;
     let server = Redisse::start(&["--cors-origin", "*"]);
 
-    let plain =
-        EventSourceRun::start(&Job::new(pages.url("localhost"), server.url("/?news")).events(2));
-    let mut credentialed = EventSourceRun::start(
-        &Job::new(pages.url("localhost"), server.url("/?news"))
+    let run = BrowserRun::start(&[
+        Job::new(pages.url("localhost"), server.url("/?news")).events(2),
+        Job::new(pages.url("localhost"), server.url("/?news"))
             .with_credentials()
             .timeout(REFUSED_WATCH),
-    );
-    let plain = assert_opens(plain, "'*' without credentials").await;
-    let start = credentialed.started().await;
-    assert_ne!(start, Start::Opened, "'*' with credentials opened");
+    ]);
+    let mut run = assert_opens(run, 0, "'*' without credentials").await;
+    assert_fails_to_open(&mut run, 1, "'*' with credentials").await;
 
     let first = publish(&server, "news", None, "one").await;
     let second = publish(&server, "news", None, "two").await;
-    let plain = plain.outcome().await;
-    let credentialed = credentialed.outcome().await;
+    let [plain, credentialed] = outcomes(run).await;
 
     assert_eq!(
         plain.messages,
@@ -208,20 +210,17 @@ async fn preflighted_request_from_listed_origin_only() {
         ("Last-Event-ID", first.as_str()),
         ("Cache-Control", "no-cache"),
     ];
-    let allowed = EventSourceRun::start(
-        &Job::new(listed.url("localhost"), server.url("/?news"))
+    let run = BrowserRun::start(&[
+        Job::new(listed.url("localhost"), server.url("/?news"))
             .with_credentials()
             .fetch_with_headers(&headers)
             .events(2),
-    );
-    let refused = EventSourceRun::start(
-        &Job::new(unlisted.url("localhost"), server.url("/?news"))
+        Job::new(unlisted.url("localhost"), server.url("/?news"))
             .with_credentials()
             .fetch_with_headers(&headers)
             .timeout(REFUSED_WATCH),
-    );
-    let allowed = allowed.outcome().await;
-    let refused = refused.outcome().await;
+    ]);
+    let [allowed, refused] = outcomes(run).await;
 
     assert!(allowed.opened, "the preflighted fetch failed: {allowed:#?}");
     assert_eq!(
@@ -261,8 +260,8 @@ fn token(subscribe: &[&str]) -> String {
 /// cookie the same stream is refused. The same token in `Authorization: Bearer`, which a page
 /// can only send with `fetch()` (preflighted), works from the other site too.
 ///
-/// The page is on `http://127.0.0.1:PAGEPORT`: another origin than redisse (another port), but
-/// the same site. From `localhost`, another site, Chromium does not send a cookie of
+/// The cookie's page is on `http://127.0.0.1:PAGEPORT`: another origin than redisse (another
+/// port), but the same site. From `localhost`, another site, Chromium does not send a cookie of
 /// `127.0.0.1` at all (third-party cookies are blocked in a default profile: the DevTools
 /// protocol gives the reason `UserPreferences`, for `SameSite=None; Secure` too), whatever the
 /// server answers; an application and its redisse under one site (app.example.com and
@@ -282,33 +281,28 @@ async fn jwt_cookie_cross_origin_with_credentials() {
     ]);
     let stream = server.url("/?user.42.feed");
     let token = token(&["user.42.*", "global"]);
-    let with_cookie = EventSourceRun::start(
-        &Job::new(pages.url("127.0.0.1"), stream.clone())
+    let bearer = format!("Bearer {token}");
+    let run = BrowserRun::start(&[
+        Job::new(pages.url("127.0.0.1"), stream.clone())
             .with_credentials()
             .cookie("redisseAuthorization", &token)
             .events(2),
-    );
-    // The token in `Authorization` (a preflighted header), from `localhost`: another site,
-    // where no cookie would go, and a header needs none.
-    let with_header = EventSourceRun::start(
-        &Job::new(pages.url("localhost"), stream.clone())
-            .fetch_with_headers(&[("Authorization", &format!("Bearer {token}"))])
+        // The token in `Authorization` (a preflighted header), from `localhost`: another site,
+        // where no cookie would go, and a header needs none.
+        Job::new(pages.url("localhost"), stream.clone())
+            .fetch_with_headers(&[("Authorization", &bearer)])
             .events(2),
-    );
-    let mut without_cookie = EventSourceRun::start(
-        &Job::new(pages.url("127.0.0.1"), stream)
+        Job::new(pages.url("127.0.0.1"), stream)
             .with_credentials()
             .timeout(REFUSED_WATCH),
-    );
-    let with_cookie = assert_opens(with_cookie, "JWT cookie").await;
-    let start = without_cookie.started().await;
-    assert_ne!(start, Start::Opened, "the stream opened without a token");
+    ]);
+    let run = assert_opens(run, 0, "JWT cookie").await;
+    let mut run = assert_opens(run, 1, "JWT in Authorization").await;
+    assert_fails_to_open(&mut run, 2, "JWT mode without a token").await;
 
     let first = publish(&server, "user.42.feed", None, "for 42").await;
     let second = publish(&server, "user.42.feed", Some("message"), "again").await;
-    let with_cookie = with_cookie.outcome().await;
-    let with_header = with_header.outcome().await;
-    let without_cookie = without_cookie.outcome().await;
+    let [with_cookie, with_header, without_token] = outcomes(run).await;
 
     assert_eq!(
         with_cookie.messages,
@@ -322,5 +316,5 @@ async fn jwt_cookie_cross_origin_with_credentials() {
         with_header.messages, with_cookie.messages,
         "the token in Authorization (preflighted) saw {with_header:#?}"
     );
-    assert_refused(&without_cookie, "JWT mode without a cookie");
+    assert_refused(&without_token, "JWT mode without a token");
 }

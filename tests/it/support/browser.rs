@@ -1,6 +1,6 @@
 //! A real browser for the CORS tests: `tests/browser/eventsource.mjs` (puppeteer-core driving the
-//! system Chromium) opens one `EventSource` in a page and reports what the page saw, and a page
-//! server here gives that page its origin.
+//! system Chromium) opens `EventSource`s in pages, one browser for a test's jobs, and reports
+//! what each page saw; a page server here gives the pages their origin.
 //!
 //! Nothing is skipped: without `node`, `tests/browser/node_modules` or Chromium, the test fails
 //! and says which command installs what is missing (`.ci/run` runs them).
@@ -264,22 +264,24 @@ pub enum Start {
     Ended,
 }
 
-/// `eventsource.mjs` running one job (an `EventSource`, or a `fetch()` read the same way).
-pub struct EventSourceRun {
-    job: Job,
+/// `eventsource.mjs` running a test's jobs at once in one browser (each an `EventSource`, or a
+/// `fetch()` read the same way, in a browser context of its own).
+pub struct BrowserRun {
+    jobs: Vec<Job>,
     child: Child,
-    progress: mpsc::UnboundedReceiver<Value>,
+    progress: Vec<mpsc::UnboundedReceiver<Value>>,
     stderr: Arc<Mutex<String>>,
     stdout: tokio::task::JoinHandle<String>,
 }
 
-impl EventSourceRun {
-    pub fn start(job: &Job) -> Self {
+impl BrowserRun {
+    pub fn start(jobs: &[Job]) -> Self {
         require_tools();
         let dir = browser_dir();
+        let input = serde_json::json!({ "jobs": jobs });
         let mut child = Command::new("node")
             .arg(dir.join("eventsource.mjs"))
-            .arg(serde_json::to_string(job).unwrap())
+            .arg(input.to_string())
             .current_dir(&dir)
             .env("CHROMIUM", chromium())
             .stdin(Stdio::null())
@@ -288,14 +290,21 @@ impl EventSourceRun {
             .kill_on_drop(true)
             .spawn()
             .expect("start node tests/browser/eventsource.mjs");
-        let (tx, progress) = mpsc::unbounded_channel();
+        let (senders, progress): (Vec<_>, Vec<_>) =
+            jobs.iter().map(|_| mpsc::unbounded_channel()).unzip();
         let stderr = Arc::new(Mutex::new(String::new()));
         let log = stderr.clone();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) if v.get("progress").is_some() => {
+                let parsed = serde_json::from_str::<Value>(&line).ok();
+                let job = parsed
+                    .as_ref()
+                    .filter(|v| v.get("progress").is_some())
+                    .and_then(|v| v["job"].as_u64())
+                    .and_then(|i| senders.get(i as usize));
+                match (job, parsed) {
+                    (Some(tx), Some(v)) => {
                         let _ = tx.send(v);
                     }
                     _ => {
@@ -312,8 +321,8 @@ impl EventSourceRun {
             let _ = out.read_to_string(&mut text).await;
             text
         });
-        EventSourceRun {
-            job: job.clone(),
+        BrowserRun {
+            jobs: jobs.to_vec(),
             child,
             progress,
             stderr,
@@ -321,11 +330,21 @@ impl EventSourceRun {
         }
     }
 
-    /// Waits for the `EventSource` to open or fail, or for the run to end.
-    pub async fn started(&mut self) -> Start {
-        let limit = self.job.timeout_duration() + SLACK;
+    fn limit(&self) -> Duration {
+        self.jobs
+            .iter()
+            .map(Job::timeout_duration)
+            .max()
+            .unwrap_or_default()
+            + SLACK
+    }
+
+    /// Waits for job `job`'s `EventSource` to open or fail, or for the run to end.
+    pub async fn started(&mut self, job: usize) -> Start {
+        let limit = self.limit();
+        let progress = &mut self.progress[job];
         let wait = async {
-            while let Some(p) = self.progress.recv().await {
+            while let Some(p) = progress.recv().await {
                 match p["progress"].as_str() {
                     Some("open") => return Start::Opened,
                     Some("error") => {
@@ -343,15 +362,16 @@ impl EventSourceRun {
             Err(_) => panic!(
                 "the browser reported neither open nor error within {limit:?} for {:?}; its \
                  log:\n{}",
-                self.job,
+                self.jobs[job],
                 self.stderr.lock().unwrap()
             ),
         }
     }
 
-    /// Waits for the run to end and returns its result; panics if the script failed.
-    pub async fn outcome(mut self) -> Outcome {
-        let limit = self.job.timeout_duration() + SLACK;
+    /// Waits for the run to end and returns each job's result, in order; panics if the script
+    /// failed.
+    pub async fn outcomes(mut self) -> Vec<Outcome> {
+        let limit = self.limit();
         let status = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.expect("wait for node"),
             Err(_) => {
@@ -370,11 +390,17 @@ impl EventSourceRun {
             status.success(),
             "node tests/browser/eventsource.mjs failed ({status}) for {:?}\nstdout: {stdout}\n\
              stderr:\n{log}",
-            self.job
+            self.jobs
         );
+        #[derive(Deserialize)]
+        struct Results {
+            results: Vec<Outcome>,
+        }
         let line = stdout.lines().last().unwrap_or("");
-        serde_json::from_str(line).unwrap_or_else(|e| {
+        let results: Results = serde_json::from_str(line).unwrap_or_else(|e| {
             panic!("eventsource.mjs printed no result ({e}): {stdout:?}\nstderr:\n{log}")
-        })
+        });
+        assert_eq!(results.results.len(), self.jobs.len(), "one result per job");
+        results.results
     }
 }
