@@ -62,8 +62,19 @@ pub struct Config {
     pub history_size: usize,
     /// Default: [`DEFAULT_POLLING_DELAY`].
     pub polling_delay: Duration,
-    /// Bearer token required by `POST /publish`; without one, only loopback peers may publish.
+    /// A token that lets `POST /publish` on the public router through, sent as
+    /// `Authorization: Bearer <token>` (compared in constant time). Without it and without a
+    /// JWT key, the public router publishes nothing; the internal router always publishes.
     pub publish_token: Option<String>,
+    /// JWT verification: the public router's subscriber authorization mode (channels from the
+    /// token's `redisse.subscribe` claim) and a publish credential (`redisse.publish`).
+    pub jwt: Option<JwtSettings>,
+    /// The auth callback: the public router's subscriber authorization mode where the
+    /// application answers, for each stream request, which channels it may see.
+    pub auth_callback: Option<CallbackSettings>,
+    /// Origins allowed to use the public router from a browser page of another origin (CORS);
+    /// `*` allows every origin, without credentials. Empty: no CORS header is sent.
+    pub cors_origins: Vec<String>,
     /// Default: [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Default: [`DEFAULT_MAX_CHANNELS`].
@@ -100,6 +111,9 @@ impl Default for Config {
             history_size: DEFAULT_HISTORY_SIZE,
             polling_delay: DEFAULT_POLLING_DELAY,
             publish_token: None,
+            jwt: None,
+            auth_callback: None,
+            cors_origins: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_channels: DEFAULT_MAX_CHANNELS,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
@@ -142,6 +156,36 @@ impl Config {
         if self.retry_range.1 < self.retry_range.0 {
             return Err("retry_range must not end before it starts".into());
         }
+        if self.jwt.is_some() && self.auth_callback.is_some() {
+            return Err(
+                "one subscriber authorization mode at a time: JWT or the auth \
+                        callback, not both"
+                    .into(),
+            );
+        }
+        if let Some(jwt) = &self.jwt {
+            jwt.check()?;
+        }
+        if let Some(callback) = &self.auth_callback {
+            if callback.timeout.is_zero() {
+                return zero("the auth callback's timeout");
+            }
+            if !(callback.url.starts_with("http://") || callback.url.starts_with("https://")) {
+                return Err("the auth callback URL must start with http:// or https://".into());
+            }
+        }
+        if self.cors_origins.len() > 1 && self.cors_origins.iter().any(|o| o == "*") {
+            return Err(
+                "the CORS origin `*` (every origin, without credentials) cannot be \
+                        combined with listed origins"
+                    .into(),
+            );
+        }
+        if let Some(bad) = self.cors_origins.iter().find(|o| !valid_origin(o)) {
+            return Err(format!(
+                "{bad:?} is not an origin (scheme://host[:port], without a path), nor `*`"
+            ));
+        }
         Ok(())
     }
 
@@ -152,6 +196,173 @@ impl Config {
             Some(url) => redact_password(url),
         }
     }
+}
+
+/// How the JWT of subscribers and publishers is verified.
+///
+/// The algorithm is fixed here, never by the token's header; `none` is never accepted.
+///
+/// ```
+/// let jwt = redisse::config::JwtSettings::hmac(b"a long random secret".to_vec(), "HS256")
+///     .audience("events")
+///     .issuer("my-app");
+/// let mut config = redisse::Config::default();
+/// config.jwt = Some(jwt);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct JwtSettings {
+    /// The HMAC secret, or the PEM public key (RSA, EC or Ed25519).
+    pub key: JwtKey,
+    /// The one algorithm accepted, by its JOSE name (`HS256`, `RS256`, `ES256`, `EdDSA`...).
+    pub algorithm: String,
+    /// The cookie read when there is no `Authorization: Bearer` header.
+    pub cookie: String,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+}
+
+/// A JWT verification key.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum JwtKey {
+    /// An HMAC secret (`HS256`, `HS384`, `HS512`).
+    Secret(Vec<u8>),
+    /// A public key in PEM (`RS*` and `PS*`: RSA; `ES256`, `ES384`: EC; `EdDSA`: Ed25519).
+    PublicKeyPem(Vec<u8>),
+}
+
+/// The cookie that carries the token by default.
+pub const DEFAULT_JWT_COOKIE: &str = "redisseAuthorization";
+/// The JOSE names [`JwtSettings::algorithm`] takes.
+pub const JWT_ALGORITHMS: [&str; 10] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+];
+
+impl JwtSettings {
+    /// HMAC with `secret`.
+    pub fn hmac(secret: Vec<u8>, algorithm: &str) -> Self {
+        JwtSettings::with_key(JwtKey::Secret(secret), algorithm)
+    }
+
+    /// A PEM public key (RSA, EC or Ed25519).
+    pub fn public_key_pem(pem: Vec<u8>, algorithm: &str) -> Self {
+        JwtSettings::with_key(JwtKey::PublicKeyPem(pem), algorithm)
+    }
+
+    fn with_key(key: JwtKey, algorithm: &str) -> Self {
+        JwtSettings {
+            key,
+            algorithm: algorithm.to_owned(),
+            cookie: DEFAULT_JWT_COOKIE.to_owned(),
+            audience: None,
+            issuer: None,
+        }
+    }
+
+    /// Requires this audience.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Requires this issuer.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Reads the token from this cookie.
+    pub fn cookie(mut self, name: impl Into<String>) -> Self {
+        self.cookie = name.into();
+        self
+    }
+
+    /// The algorithm is known and fits the key; the key itself is parsed when the instance
+    /// starts.
+    fn check(&self) -> Result<(), String> {
+        let alg = self.algorithm.as_str();
+        if !JWT_ALGORITHMS.contains(&alg) {
+            return Err(format!(
+                "unknown JWT algorithm {alg:?} (one of {})",
+                JWT_ALGORITHMS.join(", ")
+            ));
+        }
+        match (&self.key, alg.starts_with("HS")) {
+            (JwtKey::Secret(s), true) if s.is_empty() => Err("the JWT secret is empty".into()),
+            (JwtKey::Secret(_), true) | (JwtKey::PublicKeyPem(_), false) => Ok(()),
+            (JwtKey::Secret(_), false) => Err(format!(
+                "the JWT algorithm {alg} needs a public key, not a secret"
+            )),
+            (JwtKey::PublicKeyPem(_), true) => Err(format!(
+                "the JWT algorithm {alg} needs a secret, not a public key"
+            )),
+        }?;
+        if self.cookie.is_empty() {
+            return Err("the JWT cookie name is empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        let key = match self.key {
+            JwtKey::Secret(_) => "secret",
+            JwtKey::PublicKeyPem(_) => "public key",
+        };
+        f.debug_struct("JwtSettings")
+            .field("key", &key)
+            .field("algorithm", &self.algorithm)
+            .field("cookie", &self.cookie)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+/// Where and how the auth callback is asked.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CallbackSettings {
+    /// `http://` or `https://` URL the server POSTs to.
+    pub url: String,
+    /// How long an answer may take (504 past it). Default: [`DEFAULT_AUTH_CALLBACK_TIMEOUT`].
+    pub timeout: Duration,
+    /// How long an answer is reused for an identical request; `None`: never.
+    pub cache: Option<Duration>,
+}
+
+/// How long the auth callback may take to answer.
+pub const DEFAULT_AUTH_CALLBACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl CallbackSettings {
+    /// The callback at `url`, with the default timeout and no cache.
+    pub fn new(url: impl Into<String>) -> Self {
+        CallbackSettings {
+            url: url.into(),
+            timeout: DEFAULT_AUTH_CALLBACK_TIMEOUT,
+            cache: None,
+        }
+    }
+}
+
+/// `scheme://host[:port]` with nothing after it.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' '])
+        && http::HeaderValue::from_str(origin).is_ok()
 }
 
 /// `redis://user:secret@host/` becomes `redis://user:***@host/`.

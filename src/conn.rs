@@ -65,6 +65,8 @@ pub(crate) struct Conn {
     pub id: u64,
     /// Queued bytes past which the client is slow.
     max_bytes: usize,
+    /// When the stream's grant ends (seconds since the Unix epoch; `u64::MAX`: never).
+    expires_at: u64,
     state: Mutex<State>,
 }
 
@@ -89,10 +91,21 @@ pub(crate) enum Drained {
 }
 
 impl Conn {
+    #[cfg(test)]
     pub fn new(id: u64, max_bytes: usize) -> Arc<Self> {
+        Conn::until(id, max_bytes, None)
+    }
+
+    /// A connection whose grant ends at `expires` (a token's `exp`).
+    pub fn until(id: u64, max_bytes: usize, expires: Option<std::time::SystemTime>) -> Arc<Self> {
+        let expires_at = expires.map_or(u64::MAX, |t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
         Arc::new(Conn {
             id,
             max_bytes,
+            expires_at,
             state: Mutex::new(State::default()),
         })
     }
@@ -211,6 +224,11 @@ impl Conn {
         st.queued_bytes += missed.bytes.len();
         st.queue.push_back(missed);
         wake(st);
+    }
+
+    /// Whether the stream's grant has ended at `now` (seconds since the Unix epoch).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at <= now
     }
 
     /// Asks for a heartbeat at the next poll.

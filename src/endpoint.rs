@@ -99,14 +99,14 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
         let polling = query.polling;
         // For the channel function (`QueryChannels` reads it).
         parts.extensions.insert(query);
-        let names = match self.policy.channels(&parts).await {
-            Ok(names) => names,
+        let (names, expires) = match self.policy.grant(&parts).await {
+            Ok(grant) => grant.into_parts(),
             Err(rejection) => {
                 let refused = Refused::policy(rejection.status(), rejection.message());
                 return refused.respond(&shared.metrics).map(SseBody::full);
             }
         };
-        open_stream(shared, polling, last, sink, names)
+        open_stream(shared, polling, last, sink, names, expires)
     }
 }
 

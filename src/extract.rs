@@ -130,7 +130,7 @@ impl Redisse {
         I::Item: AsRef<str>,
     {
         let (query, last, sink) = request.into_parts();
-        open_stream(&self.shared, query.polling, last, sink, channels)
+        open_stream(&self.shared, query.polling, last, sink, channels, None)
     }
 }
 
@@ -141,6 +141,7 @@ pub(crate) fn open_stream<I>(
     last: LastEventId,
     sink: Option<StreamSink>,
     channels: I,
+    expires: Option<std::time::SystemTime>,
 ) -> Response<SseBody>
 where
     I: IntoIterator,
@@ -164,6 +165,7 @@ where
             channels,
             polling,
             last,
+            expires,
             sink,
         },
     )

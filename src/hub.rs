@@ -273,10 +273,18 @@ impl Hub {
         }
     }
 
-    /// Asks every stream for a heartbeat.
-    pub fn heartbeat_all(&self) {
+    /// Asks every stream for a heartbeat, and ends those whose grant has expired with a
+    /// jittered `retry:` (the client comes back with a fresh credential and its position).
+    pub fn heartbeat_all(&self, retry: impl Fn(u64) -> u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         for conn in self.lock().conns.values() {
-            conn.heartbeat();
+            if conn.expired(now) {
+                conn.end_with_retry(retry(conn.id));
+            } else {
+                conn.heartbeat();
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
+use crate::auth::{AuthCallback, JwtVerifier, PublishCredentials};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::dispatch;
@@ -46,6 +47,12 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
+    /// The configured JWT verifier (subscriber mode and publish credential).
+    pub jwt: Option<JwtVerifier>,
+    /// The configured auth callback (subscriber mode).
+    pub auth_callback: Option<AuthCallback>,
+    /// What lets `POST /publish` through the public router.
+    pub publish_credentials: PublishCredentials,
     /// Keys of the random `retry:` jitter.
     jitter: RandomState,
 }
@@ -54,6 +61,20 @@ impl Redisse {
     /// Starts an instance on the broker `config` names (in memory when `redis_url` is `None`).
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::InvalidConfig)?;
+        let jwt = config
+            .jwt
+            .as_ref()
+            .map(JwtVerifier::new)
+            .transpose()
+            .map_err(Error::InvalidConfig)?;
+        let auth_callback = config
+            .auth_callback
+            .as_ref()
+            .map(AuthCallback::new)
+            .transpose()
+            .map_err(Error::InvalidConfig)?;
+        let publish_credentials =
+            PublishCredentials::new(config.publish_token.as_deref(), jwt.clone());
         let metrics = Arc::new(Metrics::default());
         let (dispatch_tx, dispatch_rx) = dispatch::channel();
         let (broker, subscriptions) = Broker::start(&config, dispatch_tx, &metrics)?;
@@ -65,16 +86,18 @@ impl Redisse {
             config.max_subscriptions,
         ));
         tokio::spawn(Hub::dispatch(Arc::downgrade(&hub), dispatch_rx));
-        spawn_heartbeat(&hub, config.heartbeat);
-        Ok(Redisse {
-            shared: Arc::new(Shared {
-                config,
-                hub,
-                broker,
-                metrics,
-                jitter: RandomState::new(),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            config,
+            hub,
+            broker,
+            metrics,
+            jwt,
+            auth_callback,
+            publish_credentials,
+            jitter: RandomState::new(),
+        });
+        spawn_heartbeat(&shared);
+        Ok(Redisse { shared })
     }
 
     /// The settings this instance runs with.
@@ -127,14 +150,15 @@ impl Shared {
     }
 }
 
-fn spawn_heartbeat(hub: &Arc<Hub>, period: std::time::Duration) {
-    let hub = Arc::downgrade(hub);
+fn spawn_heartbeat(shared: &Arc<Shared>) {
+    let period = shared.config.heartbeat;
+    let shared = Arc::downgrade(shared);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             ticks.tick().await;
-            match hub.upgrade() {
-                Some(hub) => hub.heartbeat_all(),
+            match shared.upgrade() {
+                Some(shared) => shared.hub.heartbeat_all(|conn| shared.retry_millis(conn)),
                 None => return,
             }
         }

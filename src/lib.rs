@@ -58,7 +58,9 @@
 //! * `dispatch`: the messages between the brokers and the hub, with the cursor of the highest
 //!   id delivered; `history`: a channel's history snapshot and the rule that decides
 //!   `missedevents`; `metrics`: the counters, as the gem's JSON stats and Prometheus text;
-//!   `refusal`: a refused request, counted, logged and answered in one place.
+//!   `refusal`: a refused request, counted, logged and answered in one place; [`auth`]: access
+//!   control (JWT and auth-callback channel policies, channel patterns, publish credentials,
+//!   CORS), over `outbound`, the HTTP client for what the server asks of others.
 //! * `conn`: one connection's bounded queue; a full queue makes the client slow. `resume`: the
 //!   replay plan after `Last-Event-ID`.
 //! * `broker`: the in-memory broker, and `broker::redis` (ids, history, delivery in the gem's
@@ -92,6 +94,7 @@ mod error;
 mod event;
 mod headers;
 pub mod metrics;
+mod outbound;
 mod query;
 #[cfg(feature = "tls")]
 mod tls;
@@ -102,6 +105,7 @@ mod dispatch;
 mod history;
 mod policy;
 mod refusal;
+pub mod auth;
 
 // One connection's queue, and its replay plan.
 mod conn;
@@ -134,7 +138,7 @@ pub use error::{BrokerError, Error};
 pub use event::{DEFAULT_EVENT_TYPE, Event, InvalidEvent, LastEventId, MAX_EVENT_ID};
 pub use extract::{SseRejection, SseRequest};
 pub use instance::Redisse;
-pub use policy::{ChannelPolicy, QueryChannels, Rejection};
+pub use policy::{ChannelPolicy, Grant, QueryChannels, Rejection};
 pub use publish::{PublishError, PublishedEvent, Publisher, TestRecorder};
 pub use query::{QueryError, StreamQuery};
 pub use redirect::RedirectEndpoint;
@@ -146,6 +150,11 @@ pub use tls::Tls;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// So are those of docs/access-control.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/access-control.md")]
+pub struct AccessControlDoctests;
 
 /// What the `fuzz/` targets and the integration tests need beyond the public API. Hidden and
 /// outside any compatibility promise: it may change in any release.

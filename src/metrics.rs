@@ -25,8 +25,11 @@ pub enum Refusal {
     PublishTooLarge,
     /// A publish request that was malformed (type, UTF-8, channel).
     BadPublish,
-    /// A publish request without the right token, or from a non-loopback peer.
+    /// A publish request on the public listener without a valid credential (401), or with one
+    /// that does not cover the channel (403).
     PublishUnauthorized,
+    /// A request from a page whose origin is not among the CORS origins (403).
+    CorsOrigin,
     /// The channel function rejected the request.
     Policy,
     /// The request was not acceptable (406) or had no channel (404).
@@ -40,7 +43,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 13] = [
+    const ALL: [Refusal; 14] = [
         Refusal::MaxConnections,
         Refusal::MaxChannels,
         Refusal::MaxSubscriptions,
@@ -49,6 +52,7 @@ impl Refusal {
         Refusal::PublishTooLarge,
         Refusal::BadPublish,
         Refusal::PublishUnauthorized,
+        Refusal::CorsOrigin,
         Refusal::Policy,
         Refusal::NotAcceptable,
         Refusal::HeaderTooLarge,
@@ -66,6 +70,7 @@ impl Refusal {
             Refusal::PublishTooLarge => "publish_too_large",
             Refusal::BadPublish => "bad_publish",
             Refusal::PublishUnauthorized => "publish_unauthorized",
+            Refusal::CorsOrigin => "cors_origin",
             Refusal::Policy => "policy",
             Refusal::NotAcceptable => "not_acceptable",
             Refusal::HeaderTooLarge => "header_too_large",

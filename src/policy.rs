@@ -8,6 +8,7 @@
 //! the user may see.
 
 use std::future::Future;
+use std::time::SystemTime;
 
 use http::StatusCode;
 use http::request::Parts;
@@ -41,6 +42,54 @@ pub trait ChannelPolicy: Send + Sync + 'static {
         &self,
         request: &Parts,
     ) -> impl Future<Output = Result<Vec<String>, Rejection>> + Send;
+
+    /// The channels and how long the grant lasts: the endpoint calls this one. By default the
+    /// channels of [`ChannelPolicy::channels`], for as long as the stream stays open; a policy
+    /// whose grant expires (a token's `exp`) says when, and the stream is then ended with a
+    /// `retry:` so that the client comes back with a fresh credential.
+    fn grant(&self, request: &Parts) -> impl Future<Output = Result<Grant, Rejection>> + Send {
+        let channels = self.channels(request);
+        async move { channels.await.map(Grant::new) }
+    }
+}
+
+/// What a policy grants a stream: its channels, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    channels: Vec<String>,
+    expires: Option<SystemTime>,
+}
+
+impl Grant {
+    /// These channels, for as long as the stream stays open.
+    pub fn new(channels: Vec<String>) -> Self {
+        Grant {
+            channels,
+            expires: None,
+        }
+    }
+
+    /// The same channels until `expires`: the stream is ended at the first heartbeat after it.
+    pub fn until(self, expires: SystemTime) -> Self {
+        Grant {
+            expires: Some(expires),
+            ..self
+        }
+    }
+
+    /// The channels.
+    pub fn channels(&self) -> &[String] {
+        &self.channels
+    }
+
+    /// When the grant ends, if it does.
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.expires
+    }
+
+    pub(crate) fn into_parts(self) -> (Vec<String>, Option<SystemTime>) {
+        (self.channels, self.expires)
+    }
 }
 
 impl<F, Fut> ChannelPolicy for F
@@ -97,7 +146,8 @@ impl Rejection {
         Rejection::new(StatusCode::NOT_FOUND, message)
     }
 
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// Any other status a policy must pass on (an auth callback's 502 or 504, say).
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Rejection {
             status,
             message: message.into(),

@@ -2,8 +2,9 @@
 //!
 //! The query is split on `&` and each item is form-decoded whole (`+` is a space, `%XX` a byte),
 //! as the gem does, so `?a=b` names the channel `a=b`. `polling` and `polling=<anything>` turn on
-//! long polling, `lastEventId=<v>` gives a position, a bare `lastEventId` is ignored, and every
-//! other item is a channel. Empty and repeated channel names are dropped (the gem kept them).
+//! long polling, `lastEventId=<v>` gives a position, a bare `lastEventId` is ignored,
+//! `authorization=<token>` (a subscriber's JWT, read by the JWT policy) is never a channel, and
+//! every other item is a channel. Empty and repeated channel names are dropped (the gem kept them).
 //! Unlike the gem, a malformed percent-escape or a name that is not UTF-8 is refused with a
 //! clear error instead of an internal error.
 
@@ -34,6 +35,10 @@ pub enum QueryError {
 }
 
 impl StreamQuery {
+    /// The query item that carries a subscriber's token: never a channel name (a token must
+    /// not become a Redis key nor reach a log line).
+    pub(crate) const AUTHORIZATION_PREFIX: &'static str = "authorization=";
+
     /// Parses a raw query string (without the `?`).
     ///
     /// ```
@@ -52,7 +57,11 @@ impl StreamQuery {
                 out.polling = true;
             } else if let Some(value) = item.strip_prefix("lastEventId=") {
                 out.last_event_id = Some(value.to_owned());
-            } else if item.is_empty() || item == "lastEventId" {
+            } else if item.is_empty()
+                || item == "lastEventId"
+                || item == "authorization"
+                || item.starts_with(Self::AUTHORIZATION_PREFIX)
+            {
                 continue;
             } else if !out.channels.iter().any(|c| **c == *item) {
                 out.channels.push(Arc::from(item));

@@ -1,53 +1,107 @@
-//! The standalone server's routes: the SSE endpoint on every path, and
-//! `GET /metrics`, `GET /health` and `POST /publish/<channel>` beside it.
+//! The standalone server's two routers.
 //!
-//! `/metrics` and `/health` answer only requests that do not ask for `text/event-stream`; a
-//! stream request on those paths is a stream request like any other, as in the gem, where every
-//! path serves the endpoint.
+//! The *public* router serves the SSE endpoint on every path, `GET /health` (readiness) and
+//! `GET /livez` (liveness) beside it, CORS preflights when origins are configured, and
+//! `POST /publish/<channel>` only with a publish credential (a static token, or a JWT whose
+//! `redisse.publish` claim covers the channel). The *internal* router, for a listener only the
+//! application can reach, serves `POST /publish/<channel>` without a credential, `/metrics`,
+//! `/health`, `/livez` and the gem's JSON stats, and no event streams. Nothing is decided by
+//! the peer's address: behind a reverse proxy every peer is the proxy, on loopback.
+//!
+//! On the public router, `/health` and `/livez` answer only requests that do not ask for
+//! `text/event-stream`; a stream request on those paths is a stream request like any other, as
+//! in the gem, where every path serves the endpoint.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
 
+use crate::auth::cors::{self, Gate, Origins};
+use crate::auth::{JwtPolicy, PublishDenied};
 use crate::channel::ChannelName;
 use crate::endpoint::SseEndpoint;
 use crate::event::Event;
 use crate::headers::Accepts;
 use crate::instance::{Redisse, Shared};
 use crate::metrics::Refusal;
-use crate::policy::{ChannelPolicy, QueryChannels};
+use crate::policy::{ChannelPolicy, Grant, QueryChannels, Rejection};
 use crate::publish::PublishError;
 use crate::query::{QueryError, form_decode};
 use crate::refusal::Refused;
 
-impl Redisse {
-    /// The standalone server's router, with channels from the query string.
-    pub fn router(&self) -> Router {
-        self.router_with(QueryChannels)
+/// Who may publish through a router.
+#[derive(Clone, Copy)]
+enum PublishGate {
+    /// The internal router: whoever reaches it.
+    Open,
+    /// The public router: a credential is required.
+    Credential,
+}
+
+/// The subscriber authorization mode the configuration names.
+enum Configured {
+    Open(QueryChannels),
+    Jwt(JwtPolicy),
+    Callback(crate::auth::AuthCallback),
+}
+
+impl ChannelPolicy for Configured {
+    fn channels(
+        &self,
+        request: &http::request::Parts,
+    ) -> impl Future<Output = Result<Vec<String>, Rejection>> + Send {
+        let grant = self.grant(request);
+        async move { grant.await.map(|g| g.into_parts().0) }
     }
 
-    /// The standalone server's router with another channel function.
+    // The trait's signature is `-> impl Future`; an `async fn` here would not say `Send`.
+    #[allow(clippy::manual_async_fn)]
+    fn grant(
+        &self,
+        request: &http::request::Parts,
+    ) -> impl Future<Output = Result<Grant, Rejection>> + Send {
+        async move {
+            match self {
+                Configured::Open(p) => p.grant(request).await,
+                Configured::Jwt(p) => p.grant(request).await,
+                Configured::Callback(p) => p.grant(request).await,
+            }
+        }
+    }
+}
+
+impl Redisse {
+    /// The public router, with the subscriber authorization mode of the configuration: open
+    /// (channels from the query string), JWT ([`Config::jwt`](crate::Config::jwt)) or the auth
+    /// callback ([`Config::auth_callback`](crate::Config::auth_callback)).
+    pub fn router(&self) -> Router {
+        let shared = &self.shared;
+        let mode = match (&shared.jwt, &shared.auth_callback) {
+            (Some(jwt), _) => Configured::Jwt(JwtPolicy::from_verifier(jwt.clone())),
+            (None, Some(callback)) => Configured::Callback(callback.clone()),
+            (None, None) => Configured::Open(QueryChannels),
+        };
+        self.router_with(mode)
+    }
+
+    /// The public router with another channel function (publish credentials and CORS still
+    /// from the configuration).
     pub fn router_with<P: ChannelPolicy>(&self, policy: P) -> Router {
         let endpoint = self.endpoint(policy);
         let shared = self.shared.clone();
-        let metrics = unless_stream(&shared, &endpoint, prometheus);
         let health = unless_stream(&shared, &endpoint, health);
-        let publish = move |req: Request<Body>| {
-            let shared = shared.clone();
-            async move { publish(&shared, req).await }
-        };
-        Router::new()
-            .route("/metrics", get(metrics).fallback_service(endpoint.clone()))
+        let livez = unless_stream(&shared, &endpoint, livez);
+        let publish = publisher(&shared, PublishGate::Credential);
+        let router = Router::new()
             .route("/health", get(health).fallback_service(endpoint.clone()))
+            .route("/livez", get(livez).fallback_service(endpoint.clone()))
             .route(
                 "/publish/",
                 post(publish.clone()).fallback_service(endpoint.clone()),
@@ -59,8 +113,93 @@ impl Redisse {
             .fallback_service(any(move |req: Request<Body>| {
                 let endpoint = endpoint.clone();
                 async move { endpoint.oneshot(req).await.into_response() }
-            }))
+            }));
+        with_cors(router, &shared)
     }
+
+    /// The internal router: `POST /publish/<channel>` without a credential, `GET /metrics`
+    /// (Prometheus text, whatever the `Accept` header), `/health`, `/livez`, and the gem's JSON
+    /// stats (`Accept: application/json` on any other path). No event streams: serve it only
+    /// where the application alone can reach it (loopback, a unix socket, a private network).
+    pub fn internal_router(&self) -> Router {
+        let shared = self.shared.clone();
+        let page = |page: fn(&Shared) -> Response| {
+            let shared = shared.clone();
+            move || {
+                let shared = shared.clone();
+                async move { page(&shared) }
+            }
+        };
+        let publish = publisher(&shared, PublishGate::Open);
+        let fallback = {
+            let shared = shared.clone();
+            move |req: Request<Body>| {
+                let shared = shared.clone();
+                async move { internal_other(&shared, req) }
+            }
+        };
+        Router::new()
+            .route("/metrics", get(page(prometheus)))
+            .route("/health", get(page(health)))
+            .route("/livez", get(page(livez)))
+            .route("/publish/", post(publish.clone()))
+            .route("/publish/{*channel}", post(publish))
+            .fallback(fallback)
+    }
+}
+
+/// The publish handler for one gate.
+fn publisher(
+    shared: &Arc<Shared>,
+    gate: PublishGate,
+) -> impl Fn(Request<Body>) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    let shared = shared.clone();
+    move |req: Request<Body>| {
+        let shared = shared.clone();
+        Box::pin(async move { publish(&shared, gate, req).await })
+    }
+}
+
+/// CORS on the public router, when origins are configured.
+fn with_cors(router: Router, shared: &Arc<Shared>) -> Router {
+    if shared.config.cors_origins.is_empty() {
+        return router;
+    }
+    // Checked by `Config::validate` when the instance started.
+    let Ok(origins) = Origins::new(&shared.config.cors_origins) else {
+        return router;
+    };
+    let gate = Gate {
+        origins: origins.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    router
+        .layer(origins.layer())
+        .layer(axum::middleware::from_fn_with_state(gate, cors::gate))
+}
+
+/// The internal router's other requests: the stats for JSON, else 404 (it has no streams).
+fn internal_other(shared: &Shared, req: Request<Body>) -> Response {
+    let accepts = Accepts::get(req.extensions(), req.headers());
+    if req.method() == Method::GET && accepts.json {
+        let body = serde_json::to_string(&shared.metrics.stats()).unwrap_or_default();
+        let mut res = body.into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return res;
+    }
+    (
+        StatusCode::NOT_FOUND,
+        "404 Not Found\nThe internal listener serves POST /publish/<channel>, /metrics, \
+         /health, /livez and the JSON stats; event streams are on the public listener.\n",
+    )
+        .into_response()
 }
 
 /// A GET handler that answers with `page`, unless the request asks for `text/event-stream`: then
@@ -99,6 +238,13 @@ fn prometheus(shared: &Shared) -> Response {
     res
 }
 
+/// Liveness: the process serves, whatever the broker does (a probe must not restart a healthy
+/// server because Redis is away).
+fn livez(_: &Shared) -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// Readiness: the broker is reachable.
 fn health(shared: &Shared) -> Response {
     if shared.broker.is_up() {
         (StatusCode::OK, "ok\n").into_response()
@@ -119,14 +265,36 @@ fn refuse(
 }
 
 /// `POST /publish/<channel>?type=T` with the data as body: answers `{"id": N}`.
-async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
-    if let Err(res) = authorize(shared, &req) {
-        return res;
-    }
+async fn publish(shared: &Arc<Shared>, gate: PublishGate, req: Request<Body>) -> Response {
+    let denied = |denied: PublishDenied| match denied {
+        PublishDenied::Unauthorized(why) => {
+            Refused::publish(Refusal::PublishUnauthorized, StatusCode::UNAUTHORIZED, why)
+                .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+                .respond(&shared.metrics)
+                .into_response()
+        }
+        PublishDenied::Forbidden => refuse(
+            shared,
+            Refusal::PublishUnauthorized,
+            StatusCode::FORBIDDEN,
+            "the token does not allow publishing to this channel",
+        ),
+    };
+    // The credential first: a client without one learns nothing about its input.
+    let publisher = match gate {
+        PublishGate::Open => None,
+        PublishGate::Credential => match shared.publish_credentials.authenticate(req.headers()) {
+            Ok(publisher) => Some(publisher),
+            Err(e) => return denied(e),
+        },
+    };
     let (channel, event_type) = match target(req.uri()) {
         Ok(t) => t,
         Err(msg) => return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, &msg),
     };
+    if let Some(Err(e)) = publisher.map(|p| p.may_publish(&channel)) {
+        return denied(e);
+    }
     match ChannelName::check(&channel, shared.config.max_channel_name_bytes) {
         Ok(()) => {}
         Err(e @ crate::channel::InvalidChannel::TooLong { .. }) => {
@@ -204,61 +372,6 @@ async fn publish(shared: &Arc<Shared>, req: Request<Body>) -> Response {
         ),
         Err(e) => refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, e),
     }
-}
-
-/// With a token: `Authorization: Bearer <token>` (else 401). Without: loopback peers only
-/// (else 403), as Redis does in protected mode.
-#[allow(clippy::result_large_err)]
-fn authorize(shared: &Shared, req: &Request<Body>) -> Result<(), Response> {
-    if let Some(token) = &shared.config.publish_token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return Ok(());
-        }
-        let refused = Refused::publish(
-            Refusal::PublishUnauthorized,
-            StatusCode::UNAUTHORIZED,
-            "publishing requires Authorization: Bearer <token>",
-        )
-        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(refused.respond(&shared.metrics).into_response());
-    }
-    let ext = req.extensions();
-    let local = unix_peer(ext)
-        || ext
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
-    if local {
-        Ok(())
-    } else {
-        Err(refuse(
-            shared,
-            Refusal::PublishUnauthorized,
-            StatusCode::FORBIDDEN,
-            "without a publish token, only loopback clients may publish",
-        ))
-    }
-}
-
-/// Whether the request came through a unix socket (the server puts the peer's address in the
-/// extensions, as `axum::serve` does).
-#[cfg(unix)]
-fn unix_peer(ext: &http::Extensions) -> bool {
-    ext.get::<ConnectInfo<tokio::net::unix::SocketAddr>>()
-        .is_some()
-}
-
-#[cfg(not(unix))]
-fn unix_peer(_: &http::Extensions) -> bool {
-    false
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The channel from the path (percent-decoded) and the type from the query.

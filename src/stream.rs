@@ -34,6 +34,8 @@ pub(crate) struct StreamSpec {
     pub channels: Vec<Arc<str>>,
     pub polling: bool,
     pub last: LastEventId,
+    /// When the grant ends (the stream is then ended with a `retry:`).
+    pub expires: Option<std::time::SystemTime>,
     /// Where the server that writes the response takes the stream's handle, if it asked.
     pub sink: Option<StreamSink>,
 }
@@ -67,7 +69,7 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         let why = format!("connection limit reached ({limit} streams)");
         return come_back_later(shared, id, Some((Refusal::MaxConnections, why)));
     }
-    let conn = Conn::new(id, shared.config.max_queue_bytes);
+    let conn = Conn::until(id, shared.config.max_queue_bytes, spec.expires);
     // One span per connection (never per event): its logs carry the id and channel count.
     let span = tracing::info_span!("sse", conn = id, channels = spec.channels.len());
     match hub.register(&conn, &spec.channels) {

@@ -1,13 +1,13 @@
 //! The command line's flags, each with its environment variable, and their conversion into a
 //! [`Config`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::config::{self, CallbackSettings, Config, JwtSettings};
 
 /// Server-Sent Events server: one EventSource, many channels, Redis or in-memory broker.
 #[derive(Debug, Parser)]
@@ -21,11 +21,29 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+/// `redisse publish ...` on its own: parsed without the server's options, so that none of their
+/// environment variables (`REDISSE_HEARTBEAT`, `REDISSE_INTERNAL_ADDRESS`...) is read as a
+/// server option or can make publishing fail.
+#[derive(Debug, Parser)]
+#[command(name = "redisse", version)]
+pub struct PublishCli {
+    /// Always `publish`.
+    #[command(subcommand)]
+    pub command: PublishOnly,
+}
+
+/// The one subcommand of [`PublishCli`].
+#[derive(Debug, Subcommand)]
+pub enum PublishOnly {
+    /// Publish one event and print its id.
+    Publish(PublishArgs),
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the SSE server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish one event and print its id.
     Publish(PublishArgs),
 }
@@ -75,10 +93,63 @@ pub struct ServeArgs {
     /// How long a long-polling stream stays open after its first event.
     #[arg(long, env = "REDISSE_POLLING_DELAY", default_value = "1", value_parser = parse_duration, allow_negative_numbers = true)]
     pub polling_delay: Duration,
-    /// Token required as `Authorization: Bearer <token>` by POST /publish; without it, only
-    /// loopback clients may publish over HTTP.
-    #[arg(long, env = "REDISSE_PUBLISH_TOKEN", value_name = "TOKEN")]
+    /// The internal listener: POST /publish without a credential, /metrics, /health, /livez,
+    /// the stats, no event streams. HOST:PORT, unix:PATH, or `none`. Whoever reaches it may
+    /// publish: keep it on loopback or a private network.
+    #[arg(long, env = "REDISSE_INTERNAL_ADDRESS", value_name = "ADDR", default_value = DEFAULT_INTERNAL_ADDRESS, value_parser = parse_internal_address)]
+    pub internal_address: InternalAddress,
+    /// Lets POST /publish through the public listener with `Authorization: Bearer <token>`.
+    #[arg(
+        long,
+        env = "REDISSE_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub publish_token: Option<String>,
+    /// Subscribers need a JWT signed with this HMAC secret (with --jwt-algorithm HS256, HS384
+    /// or HS512); a JWT's `redisse.publish` claim also lets it publish.
+    #[arg(
+        long,
+        env = "REDISSE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<String>,
+    /// Subscribers need a JWT verified with this PEM public key (RSA, EC or Ed25519).
+    #[arg(long, env = "REDISSE_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// The one JWT algorithm accepted (required with a key): HS256 HS384 HS512 RS256 RS384
+    /// RS512 PS256 ES256 ES384 EdDSA.
+    #[arg(long, env = "REDISSE_JWT_ALGORITHM", value_name = "ALG")]
+    pub jwt_algorithm: Option<String>,
+    /// Cookie that carries the JWT when there is no Authorization header.
+    #[arg(long, env = "REDISSE_JWT_COOKIE", value_name = "NAME", default_value = crate::config::DEFAULT_JWT_COOKIE)]
+    pub jwt_cookie: String,
+    /// Required `aud` of every JWT.
+    #[arg(long, env = "REDISSE_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` of every JWT.
+    #[arg(long, env = "REDISSE_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Ask the application which channels each stream request may see: POST to this URL.
+    #[arg(long, env = "REDISSE_AUTH_CALLBACK", value_name = "URL")]
+    pub auth_callback: Option<String>,
+    /// How long the auth callback may take (504 past it).
+    #[arg(long, env = "REDISSE_AUTH_CALLBACK_TIMEOUT", default_value = "2", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub auth_callback_timeout: Duration,
+    /// Reuse the auth callback's answer for identical requests for this long.
+    #[arg(long, env = "REDISSE_AUTH_CALLBACK_CACHE", value_name = "DURATION", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub auth_callback_cache: Option<Duration>,
+    /// An origin whose pages may connect (CORS), repeatable; `*` for every origin, without
+    /// credentials.
+    #[arg(
+        long = "cors-origin",
+        env = "REDISSE_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Open streams allowed at once.
     #[arg(long, env = "REDISSE_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -125,12 +196,18 @@ pub struct PublishArgs {
     /// Publish straight to Redis at this URL.
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
-    /// Publish through a running server's POST /publish (default http://127.0.0.1:PORT, PORT
-    /// from REDISSE_PORT or 8080, so that a shell set up for the server publishes to it).
+    /// Publish through a server's public POST /publish at this URL (http:// or https://),
+    /// with the token. Without --server and --redis: the internal listener
+    /// (REDISSE_INTERNAL_ADDRESS, else 127.0.0.1:8081), without a token.
     #[arg(long, env = "REDISSE_SERVER", value_name = "URL")]
     pub server: Option<String>,
-    /// Bearer token for the server's POST /publish.
-    #[arg(long, env = "REDISSE_PUBLISH_TOKEN", value_name = "TOKEN")]
+    /// Bearer token (the server's --publish-token, or a JWT) sent with --server.
+    #[arg(
+        long,
+        env = "REDISSE_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Events kept per channel when publishing to Redis.
     #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
@@ -161,6 +238,38 @@ impl PublishArgs {
     }
 }
 
+/// The internal listener's default address.
+pub const DEFAULT_INTERNAL_ADDRESS: &str = "127.0.0.1:8081";
+
+/// Where the internal listener listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InternalAddress {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix socket.
+    Unix(PathBuf),
+    /// No internal listener.
+    None,
+}
+
+/// `HOST:PORT`, `unix:PATH` or `none`.
+pub fn parse_internal_address(s: &str) -> Result<InternalAddress, String> {
+    if s == "none" {
+        return Ok(InternalAddress::None);
+    }
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a path (unix:/run/redisse/internal.sock)".into());
+        }
+        return Ok(InternalAddress::Unix(PathBuf::from(path)));
+    }
+    s.parse::<SocketAddr>()
+        .map(InternalAddress::Tcp)
+        .map_err(|_| {
+            format!("{s:?} is not HOST:PORT (an IP address and a port), unix:PATH or none")
+        })
+}
+
 /// `15`, `0.5` (seconds) or `500ms`, `2m` (units).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<f64>() {
@@ -178,8 +287,57 @@ impl ServeArgs {
         if self.heartbeat.is_zero() {
             return Err("--heartbeat must be more than zero".into());
         }
+        let jwt = match (&self.jwt_secret, &self.jwt_public_key, &self.jwt_algorithm) {
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err("--jwt-algorithm needs --jwt-secret or --jwt-public-key".into());
+            }
+            (_, _, None) => {
+                return Err("--jwt-secret and --jwt-public-key need --jwt-algorithm \
+                            (the token never chooses its algorithm)"
+                    .into());
+            }
+            (Some(secret), _, Some(alg)) => {
+                Some(JwtSettings::hmac(secret.clone().into_bytes(), alg))
+            }
+            (None, Some(path), Some(alg)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("--jwt-public-key: cannot read {}: {e}", path.display())
+                })?;
+                Some(JwtSettings::public_key_pem(pem, alg))
+            }
+        };
+        let jwt = jwt.map(|mut j| {
+            j = j.cookie(self.jwt_cookie.clone());
+            if let Some(aud) = &self.jwt_audience {
+                j = j.audience(aud.clone());
+            }
+            if let Some(iss) = &self.jwt_issuer {
+                j = j.issuer(iss.clone());
+            }
+            j
+        });
+        if jwt.is_some() && self.auth_callback.is_some() {
+            return Err("one subscriber authorization mode at a time: \
+                        --jwt-secret/--jwt-public-key or --auth-callback, not both"
+                .into());
+        }
+        let auth_callback = self.auth_callback.as_ref().map(|url| {
+            let mut c = CallbackSettings::new(url.clone());
+            c.timeout = self.auth_callback_timeout;
+            c.cache = self.auth_callback_cache;
+            c
+        });
         Ok(Config {
             redis_url: self.redis.clone(),
+            jwt,
+            auth_callback,
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
             heartbeat: self.heartbeat,
             history_size: self.history_size,
             polling_delay: self.polling_delay,

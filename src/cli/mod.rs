@@ -13,16 +13,25 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
-use self::args::{Cli, Command};
+use self::args::{Cli, Command, PublishCli, PublishOnly};
 use crate::policy::{ChannelPolicy, QueryChannels};
 
-/// Runs the `redisse` binary with channels from the query string.
+/// Runs the `redisse` binary with the subscriber authorization mode of its options: open
+/// (channels from the query string), JWT or the auth callback.
 pub fn run() -> ExitCode {
-    run_with(QueryChannels)
+    run_inner(None::<QueryChannels>)
 }
 
-/// Runs the `redisse` binary with `policy` as the channel function.
+/// Runs the `redisse` binary with `policy` as the channel function, in place of the mode the
+/// options name (a JWT key still serves as a publish credential).
 pub fn run_with<P: ChannelPolicy>(policy: P) -> ExitCode {
+    run_inner(Some(policy))
+}
+
+fn run_inner<P: ChannelPolicy>(policy: Option<P>) -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "publish") {
+        return run_publish();
+    }
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let (Some(Command::Publish(args)), Some(m)) =
@@ -51,10 +60,42 @@ pub fn run_with<P: ChannelPolicy>(policy: P) -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Publish(args)) => runtime.block_on(publish::run(args)),
-        Some(Command::Serve(args)) => runtime.block_on(serve::run(args, policy)),
+        Some(Command::Serve(args)) => runtime.block_on(serve::run(*args, policy)),
         None => runtime.block_on(serve::run(cli.serve, policy)),
     };
     // Streams and the Redis subscriber may still hold tasks; do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("redisse: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `redisse publish ...`, parsed on its own (see [`PublishCli`]).
+fn run_publish() -> ExitCode {
+    let matches = PublishCli::command().get_matches();
+    let cli = PublishCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let PublishOnly::Publish(mut args) = cli.command;
+    if let Some(m) = matches.subcommand_matches("publish")
+        && let Err(e) = args.resolve_target(m)
+    {
+        eprintln!("redisse: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redisse: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(publish::run(args));
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,

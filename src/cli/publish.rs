@@ -1,5 +1,7 @@
-//! `redisse publish CHANNEL [DATA]`: publish one event straight to Redis or through a server's
-//! `POST /publish`, and print its id.
+//! `redisse publish CHANNEL [DATA]`: publish one event straight to Redis, through a server's
+//! internal listener (the default: `REDISSE_INTERNAL_ADDRESS`, else 127.0.0.1:8081, no
+//! credential), or through its public `POST /publish` (`--server URL`, `http://` or
+//! `https://`, with the token), and print its id.
 
 use std::io::Read;
 
@@ -7,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use super::args::PublishArgs;
+use super::args::{DEFAULT_INTERNAL_ADDRESS, InternalAddress, PublishArgs, parse_internal_address};
 use crate::event::Event;
 use crate::query::form_encode;
 
@@ -35,26 +37,41 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
                     .into(),
             );
         }
-        None => {
-            let server = match &args.server {
-                Some(server) => server.clone(),
-                None => format!("http://127.0.0.1:{}", default_port()?),
-            };
-            publish_http(&server, &args.channel, &event, args.token.as_deref()).await?
-        }
+        None => match &args.server {
+            Some(server) => {
+                publish_url(server, &args.channel, &event, args.token.as_deref()).await?
+            }
+            None => match internal_address()? {
+                InternalAddress::Tcp(addr) => {
+                    publish_url(&format!("http://{addr}"), &args.channel, &event, None).await?
+                }
+                #[cfg(unix)]
+                InternalAddress::Unix(path) => publish_unix(&path, &args.channel, &event).await?,
+                #[cfg(not(unix))]
+                InternalAddress::Unix(_) => {
+                    return Err("unix sockets need a unix system".into());
+                }
+                InternalAddress::None => {
+                    return Err(
+                        "REDISSE_INTERNAL_ADDRESS is none: publish with --server URL \
+                                and a token, or with --redis URL"
+                            .into(),
+                    );
+                }
+            },
+        },
     };
     println!("{id}");
     Ok(())
 }
 
-/// The server's port when `--server` is not given: `REDISSE_PORT`, as the server reads it, else
-/// 8080.
-fn default_port() -> Result<u16, String> {
-    match std::env::var("REDISSE_PORT") {
-        Ok(port) => port
-            .parse()
-            .map_err(|_| format!("REDISSE_PORT={port:?} is not a port number")),
-        Err(_) => Ok(8080),
+/// The internal listener, as the server reads it: `REDISSE_INTERNAL_ADDRESS`, else the default.
+fn internal_address() -> Result<InternalAddress, String> {
+    match std::env::var("REDISSE_INTERNAL_ADDRESS") {
+        Ok(addr) => {
+            parse_internal_address(&addr).map_err(|e| format!("REDISSE_INTERNAL_ADDRESS: {e}"))
+        }
+        Err(_) => parse_internal_address(DEFAULT_INTERNAL_ADDRESS),
     }
 }
 
@@ -77,43 +94,91 @@ fn path_segment(s: &str) -> String {
     form_encode(s).replace('+', "%20")
 }
 
-async fn publish_http(
+/// The request to `POST <base>/publish/<channel>?type=<type>`.
+fn request(
+    base: &str,
+    host: Option<&str>,
+    channel: &str,
+    event: &Event,
+    token: Option<&str>,
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let uri = format!(
+        "{}/publish/{}?type={}",
+        base.trim_end_matches('/'),
+        path_segment(channel),
+        form_encode(event.event_type())
+    );
+    let mut req =
+        http::Request::post(uri).header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if let Some(host) = host {
+        req = req.header(http::header::HOST, host);
+    }
+    if let Some(token) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    req.body(Full::new(Bytes::from(event.data().to_owned())))
+        .map_err(|e| format!("cannot build the request: {e}"))
+}
+
+/// Publishes through an `http://` or `https://` server.
+async fn publish_url(
     server: &str,
     channel: &str,
     event: &Event,
     token: Option<&str>,
 ) -> Result<u64, String> {
-    let base = server.trim_end_matches('/');
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("--server {server:?}: only http:// URLs are supported"))?;
-    // `http://host:port/prefix` (a server mounted under a path): connect to `host:port`.
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let uri = format!(
-        "{base}/publish/{}?type={}",
-        path_segment(channel),
-        form_encode(event.event_type())
-    );
-    let stream = tokio::net::TcpStream::connect(authority)
+    if !crate::outbound::supports(server) {
+        return Err(if server.starts_with("https://") {
+            format!("--server {server:?}: this build of redisse has no TLS (feature `tls`)")
+        } else {
+            format!("--server {server:?}: only http:// and https:// URLs are supported")
+        });
+    }
+    let req = request(server, None, channel, event, token)?;
+    let client = crate::outbound::client()?;
+    let res = client
+        .request(req)
         .await
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+        .map_err(|e| format!("cannot publish to {server}: {}", error_chain(&e)))?;
+    answer(res).await
+}
+
+/// Publishes through a unix socket (the internal listener on `unix:PATH`).
+#[cfg(unix)]
+async fn publish_unix(path: &std::path::Path, channel: &str, event: &Event) -> Result<u64, String> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("cannot connect to unix:{}: {e}", path.display()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
+        .map_err(|e| format!("HTTP handshake on unix:{} failed: {e}", path.display()))?;
     tokio::spawn(conn);
-    let mut req = http::Request::post(uri)
-        .header(http::header::HOST, authority)
-        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    if let Some(token) = token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = req
-        .body(Full::new(Bytes::from(event.data().to_owned())))
-        .map_err(|e| e.to_string())?;
+    let req = request("", Some("localhost"), channel, event, None)?;
     let res = sender
         .send_request(req)
         .await
         .map_err(|e| format!("request failed: {e}"))?;
+    answer(res).await
+}
+
+/// The error and its causes, for a one-line message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The id from a `{"id": N}` answer, or the server's refusal.
+async fn answer<B>(res: http::Response<B>) -> Result<u64, String>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
     let status = res.status();
     let body = res
         .into_body()

@@ -7,15 +7,21 @@ use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
-use super::args::ServeArgs;
+use tokio_util::sync::CancellationToken;
+
+use super::args::{InternalAddress, ServeArgs};
 use crate::instance::Redisse;
 use crate::policy::ChannelPolicy;
 use crate::server::{self, Listener, Tcp};
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
 
-/// Runs the server until SIGTERM or SIGINT.
-pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<(), String> {
+/// Runs the server until SIGTERM or SIGINT, with the configured subscriber mode, or with
+/// `policy` when the binary was built around an application's channel function.
+pub(super) async fn run<P: ChannelPolicy>(
+    args: ServeArgs,
+    policy: Option<P>,
+) -> Result<(), String> {
     let config = args.to_config()?;
     // Before anything listens: a setting that cannot work fails with one clear line.
     config
@@ -71,28 +77,117 @@ pub(super) async fn run<P: ChannelPolicy>(args: ServeArgs, policy: P) -> Result<
             Err(_) => String::from("?"),
         },
     };
+    // Bound before anything is logged as listening: a busy internal address is a startup error.
+    let internal = match &args.internal_address {
+        InternalAddress::None => None,
+        #[cfg(unix)]
+        InternalAddress::Unix(path) => {
+            Some(Bound::Unix(server::Unix::bind(path).map_err(|e| {
+                format!(
+                    "--internal-address: cannot listen on unix:{}: {e}",
+                    path.display()
+                )
+            })?))
+        }
+        #[cfg(not(unix))]
+        InternalAddress::Unix(_) => {
+            return Err("--internal-address unix:PATH needs a unix system".into());
+        }
+        InternalAddress::Tcp(addr) => {
+            Some(Bound::Tcp(Tcp::bind(*addr).await.map_err(|e| {
+                format!("--internal-address: cannot listen on {addr}: {e}")
+            })?))
+        }
+    };
     tracing::info!(
         "redisse {} listening on {address} with the {} broker",
         env!("CARGO_PKG_VERSION"),
         broker_name(&config.broker_description())
     );
+    match &internal {
+        None => tracing::info!("no internal listener (--internal-address none)"),
+        Some(l) => tracing::info!(
+            "internal listener on {}: publish without credentials, /metrics; \
+             whoever reaches it may publish",
+            match l {
+                #[cfg(unix)]
+                Bound::Unix(l) => format!("unix:{}", l.path().display()),
+                Bound::Tcp(l) => l
+                    .local_addr()
+                    .map_or_else(|_| String::from("?"), |a| format!("http://{a}")),
+            }
+        ),
+    }
+    let mode = match (&config.jwt, &config.auth_callback, &policy) {
+        (_, _, Some(_)) => "the application's channel function",
+        (Some(_), _, None) => "JWT",
+        (None, Some(_), None) => "the auth callback",
+        (None, None, None) => "open",
+    };
+    tracing::info!("subscriber authorization: {mode}");
+    if mode == "open" && !public_is_loopback(&listener) {
+        tracing::warn!(
+            "subscriber authorization is open and {address} is not loopback: anyone who \
+             reaches it may subscribe to any channel (see --jwt-secret, --auth-callback)"
+        );
+    }
     if let Some(pid) = &args.pid {
         std::fs::write(pid, format!("{}\n", std::process::id()))
             .map_err(|e| format!("cannot write the pid file {}: {e}", pid.display()))?;
     }
     let redisse = Redisse::new(config).map_err(|e| e.to_string())?;
-    let router = redisse.router_with(policy);
+    let router = match policy {
+        Some(policy) => redisse.router_with(policy),
+        None => redisse.router(),
+    };
+    let stop = CancellationToken::new();
+    let internal_task = internal.map(|l| {
+        let (redisse, stop) = (redisse.clone(), stop.clone());
+        let router = redisse.internal_router();
+        tokio::spawn(async move {
+            match l {
+                #[cfg(unix)]
+                Bound::Unix(l) => server::serve(l, redisse, router, stop.cancelled_owned()).await,
+                Bound::Tcp(l) => server::serve(l, redisse, router, stop.cancelled_owned()).await,
+            }
+        })
+    });
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            signals().await;
+            stop.cancel();
+        });
+    }
     let result = match listener {
         #[cfg(unix)]
-        Bound::Unix(l) => serve(l, tls, redisse, router).await,
-        Bound::Tcp(l) => serve(l, tls, redisse, router).await,
+        Bound::Unix(l) => serve(l, tls, redisse, router, stop.clone().cancelled_owned()).await,
+        Bound::Tcp(l) => serve(l, tls, redisse, router, stop.clone().cancelled_owned()).await,
     }
     .map_err(|e| e.to_string());
+    // The public server returns on a signal or an error; the internal one stops with it.
+    stop.cancel();
+    if let Some(task) = internal_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the internal listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the internal listener's task failed"),
+        }
+    }
     if let Some(pid) = &args.pid {
         let _ = std::fs::remove_file(pid);
     }
     tracing::info!("stopped");
     result
+}
+
+/// Whether the public listener is reachable only from this machine.
+fn public_is_loopback(listener: &Bound) -> bool {
+    match listener {
+        #[cfg(unix)]
+        Bound::Unix(_) => true,
+        Bound::Tcp(l) => l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+    }
 }
 
 /// The listener the command line asked for.
@@ -108,17 +203,18 @@ async fn serve<L>(
     tls: MaybeTls,
     redisse: Redisse,
     router: axum::Router,
+    stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()>
 where
     L: Listener,
     L::Addr: Clone + Send + Sync + 'static,
 {
     #[cfg(feature = "tls")]
-    return server::serve_with_tls(listener, tls, redisse, router, signals()).await;
+    return server::serve_with_tls(listener, tls, redisse, router, stop).await;
     #[cfg(not(feature = "tls"))]
     {
         let () = tls;
-        server::serve(listener, redisse, router, signals()).await
+        server::serve(listener, redisse, router, stop).await
     }
 }
 

@@ -23,7 +23,8 @@ enum Bad {
     LastEventIdHeader(&'static str, &'static str),
     /// The same with the `lastEventId` query parameter.
     LastEventIdQuery(&'static str, &'static str),
-    /// `POST` to this path and query with this body: 400.
+    /// `POST` to this path and query on the internal router (which needs no credential) with
+    /// this body: 400.
     Publish(&'static str, &'static [u8]),
     /// These raw bytes on a new connection get this status, then the connection closes.
     Raw(&'static [u8], u16),
@@ -210,7 +211,7 @@ async fn check_case(server: &TestServer, backend: &Backend, name: &str, bad: &Ba
         }
         Bad::Publish(path, body) => {
             let res = client()
-                .post(server.url(path))
+                .post(server.internal_url(path))
                 .body(body.to_vec())
                 .send()
                 .await

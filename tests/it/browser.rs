@@ -18,9 +18,9 @@ use crate::support::sse::client;
 /// How long a run that must not receive anything is watched.
 const REFUSED_WATCH: Duration = Duration::from_secs(6);
 
-/// Publishes one event through the binary's publish endpoint and returns its id.
+/// Publishes one event through the binary's internal listener and returns its id.
 async fn publish(server: &Redisse, channel: &str, event_type: Option<&str>, data: &str) -> String {
-    let mut url = server.url(&format!("/publish/{channel}"));
+    let mut url = server.internal_url(&format!("/publish/{channel}"));
     if let Some(t) = event_type {
         url.push_str(&format!("?type={t}"));
     }

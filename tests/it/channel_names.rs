@@ -91,7 +91,7 @@ async fn publishing_over_http_to_a_name_too_long_is_a_400_counted_as_such(backen
     config.max_channel_name_bytes = LIMIT;
     let server = TestServer::start(config).await;
     let refused = |reason| server.redisse.metrics().refusals(reason);
-    let post = |path: &str| client().post(server.url(path)).body("data").send();
+    let post = |path: &str| client().post(server.internal_url(path)).body("data").send();
     let res = post("/publish/123456789").await.unwrap();
     assert_eq!(res.status(), 400);
     let body = res.text().await.unwrap();

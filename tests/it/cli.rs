@@ -93,6 +93,17 @@ async fn help_documents_every_option_with_its_environment_variable() {
         ("--history-size", "REDISSE_HISTORY_SIZE"),
         ("--polling-delay", "REDISSE_POLLING_DELAY"),
         ("--publish-token", "REDISSE_PUBLISH_TOKEN"),
+        ("--internal-address", "REDISSE_INTERNAL_ADDRESS"),
+        ("--jwt-secret", "REDISSE_JWT_SECRET"),
+        ("--jwt-public-key", "REDISSE_JWT_PUBLIC_KEY"),
+        ("--jwt-algorithm", "REDISSE_JWT_ALGORITHM"),
+        ("--jwt-cookie", "REDISSE_JWT_COOKIE"),
+        ("--jwt-audience", "REDISSE_JWT_AUDIENCE"),
+        ("--jwt-issuer", "REDISSE_JWT_ISSUER"),
+        ("--auth-callback", "REDISSE_AUTH_CALLBACK"),
+        ("--auth-callback-timeout", "REDISSE_AUTH_CALLBACK_TIMEOUT"),
+        ("--auth-callback-cache", "REDISSE_AUTH_CALLBACK_CACHE"),
+        ("--cors-origin", "REDISSE_CORS_ORIGINS"),
         ("--max-connections", "REDISSE_MAX_CONNECTIONS"),
         ("--max-channels", "REDISSE_MAX_CHANNELS"),
         ("--max-subscriptions", "REDISSE_MAX_SUBSCRIPTIONS"),
@@ -106,8 +117,10 @@ async fn help_documents_every_option_with_its_environment_variable() {
             .iter()
             .find(|(header, _)| header.split([' ', ',']).any(|w| w == option))
             .unwrap_or_else(|| panic!("{option} missing from --help:\n{help}"));
+        // Secrets name their variable without its value (`[env: NAME]`), others with it.
         assert!(
-            description.contains(&format!("[env: {env}=")),
+            description.contains(&format!("[env: {env}="))
+                || description.contains(&format!("[env: {env}]")),
             "{option} does not name {env}: {description:?}"
         );
     }
@@ -138,6 +151,7 @@ async fn help_documents_every_option_with_its_environment_variable() {
         (" ", "--max-publish-bytes", Some("1048576")),
         (" ", "--max-header-bytes", Some("65536")),
         (" ", "--max-channel-name-bytes", Some("1024")),
+        (" ", "--internal-address", Some("127.0.0.1:8081")),
     ] {
         let (header, description) = blocks
             .iter()
@@ -155,6 +169,33 @@ async fn help_documents_every_option_with_its_environment_variable() {
     }
 }
 
+/// The help shows the value of an option's variable when it is set, except for secrets.
+#[tokio::test]
+async fn help_never_shows_the_value_of_a_secret_variable() {
+    let mut cmd = redisse();
+    cmd.arg("--help")
+        .env("REDISSE_PUBLISH_TOKEN", "token-5e1c")
+        .env("REDISSE_JWT_SECRET", "secret-77ad")
+        .env("REDISSE_HEARTBEAT", "7");
+    let out = cmd.output().await.unwrap();
+    assert!(out.status.success());
+    let help = unwrap_help(&String::from_utf8_lossy(&out.stdout));
+    assert!(!help.contains("token-5e1c"), "{help}");
+    assert!(!help.contains("secret-77ad"), "{help}");
+    assert!(help.contains("[env: REDISSE_PUBLISH_TOKEN]"), "{help}");
+    assert!(help.contains("[env: REDISSE_JWT_SECRET]"), "{help}");
+    // A variable that is no secret shows its value (the check above is not vacuous).
+    assert!(help.contains("[env: REDISSE_HEARTBEAT=7]"), "{help}");
+    let mut cmd = redisse();
+    cmd.args(["publish", "--help"])
+        .env("REDISSE_PUBLISH_TOKEN", "token-5e1c");
+    let out = cmd.output().await.unwrap();
+    let help = unwrap_help(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success());
+    assert!(!help.contains("token-5e1c"), "{help}");
+    assert!(help.contains("--token"), "{help}");
+}
+
 #[tokio::test]
 async fn publish_help_documents_its_options() {
     let (ok, _, help, _) = run(&["publish", "--help"]).await;
@@ -167,6 +208,9 @@ async fn publish_help_documents_its_options() {
         "--server",
         "--redis",
         "REDISSE_REDIS",
+        "--token",
+        "REDISSE_PUBLISH_TOKEN",
+        "REDISSE_INTERNAL_ADDRESS",
         "standard input",
     ] {
         assert!(
@@ -236,10 +280,33 @@ struct Running {
     child: Child,
     stderr: BufReader<ChildStderr>,
     first_line: String,
+    /// The second line, which names the internal listener.
+    internal_line: String,
 }
 
+impl Running {
+    /// The internal listener's `127.0.0.1:PORT`, as `REDISSE_INTERNAL_ADDRESS` names it.
+    fn internal_address(&self) -> String {
+        format!("127.0.0.1:{}", port_of(&self.internal_line))
+    }
+}
+
+/// Starts the server; its internal listener on a free port (`--internal-address 127.0.0.1:0`)
+/// unless the arguments or the environment name one (the default port would be shared by
+/// every test). Reads the first two log lines.
 async fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut cmd = redisse();
+    let internal_given = args.iter().any(|a| a.starts_with("--internal-address"))
+        || env.iter().any(|(k, _)| *k == "REDISSE_INTERNAL_ADDRESS");
+    // After the subcommand, when there is one.
+    let (command, args) = match args.split_first() {
+        Some((&"serve", rest)) => (&args[..1], rest),
+        _ => (&[][..], args),
+    };
+    cmd.args(command);
+    if !internal_given {
+        cmd.args(["--internal-address", "127.0.0.1:0"]);
+    }
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -251,14 +318,24 @@ async fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
         .await
         .expect("a first log line in time")
         .unwrap();
+    let mut internal_line = String::new();
+    tokio::time::timeout(PATIENCE, stderr.read_line(&mut internal_line))
+        .await
+        .expect("a second log line in time")
+        .unwrap();
+    assert!(
+        internal_line.contains("internal listener"),
+        "the second line names the internal listener: {first_line:?} {internal_line:?}"
+    );
     Running {
         child,
         stderr,
         first_line,
+        internal_line,
     }
 }
 
-/// The port in the first log line's `http://ADDR:PORT`.
+/// The port in a log line's `http://127.0.0.1:PORT`.
 fn port_of(line: &str) -> u16 {
     let at = line
         .find("http://127.0.0.1:")
@@ -323,6 +400,8 @@ async fn the_port_comes_from_redisse_port() {
     };
     let r = start(&["-a", "127.0.0.1"], &[("REDISSE_PORT", &port.to_string())]).await;
     assert_eq!(port_of(&r.first_line), port, "{:?}", r.first_line);
+    // It is the public listener's port only.
+    assert_ne!(port_of(&r.internal_line), port, "{:?}", r.internal_line);
     // The command line wins over the environment.
     let r = start(&["-a", "127.0.0.1", "-p", "0"], &[("REDISSE_PORT", "1")]).await;
     assert_ne!(port_of(&r.first_line), 1, "{:?}", r.first_line);
@@ -361,7 +440,8 @@ async fn the_first_log_line_names_redis_without_its_password() {
 #[tokio::test]
 async fn logs_go_to_stdout_with_dash_s() {
     let mut cmd = redisse();
-    cmd.args(["-a", "127.0.0.1", "-p", "0", "--stdout"]);
+    cmd.args(["-a", "127.0.0.1", "-p", "0", "--stdout"])
+        .args(["--internal-address", "127.0.0.1:0"]);
     let mut child = cmd.spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -377,21 +457,47 @@ async fn logs_go_to_stdout_with_dash_s() {
     port_of(&line);
 }
 
-/// `redisse publish` against a running server; returns the printed id.
+/// `redisse publish` with the arguments; returns the printed id.
 async fn cli_publish(args: &[&str]) -> u64 {
-    let (ok, _, stdout, stderr) = run(args).await;
-    assert!(ok, "redisse {args:?}: {stderr}");
+    cli_publish_env(args, &[]).await
+}
+
+/// `redisse publish` with the arguments and environment variables; returns the printed id.
+async fn cli_publish_env(args: &[&str], env: &[(&str, &str)]) -> u64 {
+    let mut cmd = redisse();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("redisse {args:?} did not exit"))
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "redisse {args:?}: {stderr}");
     stdout
         .trim_end()
         .parse()
         .unwrap_or_else(|_| panic!("not an id: {stdout:?}"))
 }
 
+/// `redisse publish CHANNEL DATA [more]` through `r`'s internal listener (the default target,
+/// named by `REDISSE_INTERNAL_ADDRESS`); returns the printed id.
+async fn publish_internal(r: &Running, channel: &str, data: &str, more: &[&str]) -> u64 {
+    let mut args = vec!["publish", channel, data];
+    args.extend_from_slice(more);
+    let internal = r.internal_address();
+    cli_publish_env(&args, &[("REDISSE_INTERNAL_ADDRESS", &internal)]).await
+}
+
 #[tokio::test]
 async fn a_started_server_serves_events_published_with_the_cli() {
     let r = start(&["-a", "127.0.0.1", "-p", "0", "--heartbeat", "200ms"], &[]).await;
     let base = format!("http://127.0.0.1:{}", port_of(&r.first_line));
-    let warm = cli_publish(&["publish", "test.warmup", "", "--server", &base]).await;
+    let warm = publish_internal(&r, "test.warmup", "", &[]).await;
     let mut s = SseStream::open(&format!("{base}/?global&other"), &[]).await;
     assert_eq!(s.status, 200);
     let first = s.next().await;
@@ -399,16 +505,7 @@ async fn a_started_server_serves_events_published_with_the_cli() {
         (first.event.as_str(), first.id),
         ("lastEventId", Some(warm.to_string()))
     );
-    let id = cli_publish(&[
-        "publish",
-        "global",
-        "hello\nworld",
-        "--type",
-        "greet",
-        "--server",
-        &base,
-    ])
-    .await;
+    let id = publish_internal(&r, "global", "hello\nworld", &["--type", "greet"]).await;
     let e = s.next().await;
     assert_eq!(e.id, Some(id.to_string()));
     assert_eq!(
@@ -450,8 +547,8 @@ async fn a_started_server_on_redis_serves_events_published_straight_to_redis() {
         (e.event.as_str(), e.data.as_str()),
         ("message", "via redis")
     );
-    // And through the server's POST /publish, which writes to the same Redis.
-    let id2 = cli_publish(&["publish", "global", "via http", "--server", &base]).await;
+    // And through the server's internal POST /publish, which writes to the same Redis.
+    let id2 = publish_internal(&r, "global", "via http", &[]).await;
     assert_eq!(id2, id + 1);
     assert_eq!(s.next().await.data, "via http");
 }
@@ -492,22 +589,50 @@ fn unix_publish(channel: &str, data: &str) -> String {
     )
 }
 
+/// The public listener on a unix socket serves streams but, like on TCP, publishes nothing
+/// without a credential (a peer on the socket is not trusted for being local); the internal
+/// listener on another socket publishes.
 #[tokio::test]
-async fn a_unix_socket_serves_streams_and_local_publishing() {
+async fn a_unix_socket_serves_streams_and_publishing_is_on_the_internal_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("redisse.sock");
-    let r = start(&["-S", path.to_str().unwrap()], &[]).await;
+    let internal = dir.path().join("internal.sock");
+    let internal_arg = format!("unix:{}", internal.display());
+    let r = start(
+        &[
+            "-S",
+            path.to_str().unwrap(),
+            "--internal-address",
+            &internal_arg,
+        ],
+        &[],
+    )
+    .await;
     assert!(r.first_line.contains("in-memory"), "{:?}", r.first_line);
     assert!(
         r.first_line.contains(&format!("unix:{}", path.display())),
         "{:?}",
         r.first_line
     );
-    // A peer on the unix socket is local: it may publish without a token. The warm-up goes to
-    // another channel, so that it cannot reach the stream below (it may still be on its way to
-    // the dispatcher when the stream registers).
-    let answer = unix_request(&path, &unix_publish("elsewhere", "warm-up")).await;
+    assert!(
+        r.internal_line.contains(&internal_arg),
+        "{:?}",
+        r.internal_line
+    );
+    // The public socket refuses to publish without a credential, and publishes nothing.
+    let answer = unix_request(&path, &unix_publish("elsewhere", "refused")).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nwww-authenticate: bearer\r\n"),
+        "{answer}"
+    );
+    // The internal socket publishes; the warm-up goes to another channel, so that it cannot
+    // reach the stream below (it may still be on its way to the dispatcher when the stream
+    // registers). Its id is 1: the refused publish took none.
+    let answer = unix_request(&internal, &unix_publish("elsewhere", "warm-up")).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with(r#"{"id":1}"#), "{answer}");
 
@@ -531,7 +656,7 @@ async fn a_unix_socket_serves_streams_and_local_publishing() {
     };
     // Live once the lastEventId event is there.
     read_until(&mut got, "event: lastEventId").await;
-    let answer = unix_request(&path, &unix_publish("global", "over a socket")).await;
+    let answer = unix_request(&internal, &unix_publish("global", "over a socket")).await;
     assert!(answer.ends_with(r#"{"id":2}"#), "{answer}");
     read_until(&mut got, "data: over a socket\n\n").await;
     let text = String::from_utf8_lossy(&got);
@@ -545,6 +670,14 @@ async fn a_unix_socket_serves_streams_and_local_publishing() {
         text.contains("id: 2\nevent: t\ndata: over a socket\n\n"),
         "{text}"
     );
+    // The internal socket serves no streams.
+    let answer = unix_request(
+        &internal,
+        "GET /?global HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
 
 #[tokio::test]
@@ -553,7 +686,8 @@ async fn pid_and_log_files_are_written() {
     let pid = dir.path().join("redisse.pid");
     let log = dir.path().join("redisse.log");
     let mut cmd = redisse();
-    cmd.args(["-a", "127.0.0.1", "-p", "0", "-P"])
+    cmd.args(["--internal-address", "127.0.0.1:0"])
+        .args(["-a", "127.0.0.1", "-p", "0", "-P"])
         .arg(&pid)
         .arg("-l")
         .arg(&log);
@@ -599,7 +733,7 @@ async fn verbose_logs_each_subscription_and_event_and_serve_is_the_default_comma
     let mut r = start(&["serve", "-a", "127.0.0.1", "-p", "0", "--verbose"], &[]).await;
     assert!(r.first_line.contains("in-memory"), "{:?}", r.first_line);
     let base = format!("http://127.0.0.1:{}", port_of(&r.first_line));
-    cli_publish(&["publish", "test.warmup", "", "--server", &base]).await;
+    publish_internal(&r, "test.warmup", "", &[]).await;
     let mut s = SseStream::open(&format!("{base}/?verbose.channel"), &[]).await;
     assert_eq!(s.next().await.event, "lastEventId");
     let line = log_line_where(&mut r, "the subscription", |l| {
@@ -607,14 +741,7 @@ async fn verbose_logs_each_subscription_and_event_and_serve_is_the_default_comma
     })
     .await;
     assert!(!line.is_empty());
-    cli_publish(&[
-        "publish",
-        "verbose.channel",
-        "payload-7f3a",
-        "--server",
-        &base,
-    ])
-    .await;
+    publish_internal(&r, "verbose.channel", "payload-7f3a", &[]).await;
     assert_eq!(s.next().await.data, "payload-7f3a");
     log_line_where(&mut r, "the event", |l| l.contains("payload-7f3a")).await;
 }
@@ -623,17 +750,10 @@ async fn verbose_logs_each_subscription_and_event_and_serve_is_the_default_comma
 async fn without_verbose_events_are_not_logged() {
     let mut r = start(&["-a", "127.0.0.1", "-p", "0"], &[]).await;
     let base = format!("http://127.0.0.1:{}", port_of(&r.first_line));
-    cli_publish(&["publish", "test.warmup", "", "--server", &base]).await;
+    publish_internal(&r, "test.warmup", "", &[]).await;
     let mut s = SseStream::open(&format!("{base}/?quiet.channel"), &[]).await;
     assert_eq!(s.next().await.event, "lastEventId");
-    cli_publish(&[
-        "publish",
-        "quiet.channel",
-        "payload-91c2",
-        "--server",
-        &base,
-    ])
-    .await;
+    publish_internal(&r, "quiet.channel", "payload-91c2", &[]).await;
     assert_eq!(s.next().await.data, "payload-91c2");
     // Stop the server: every log line it wrote is then readable, up to the end.
     drop(s);
@@ -655,27 +775,80 @@ async fn without_verbose_events_are_not_logged() {
     assert!(!rest.contains("quiet.channel"), "{rest}");
 }
 
-/// Without `--server`, `redisse publish` posts to the port `REDISSE_PORT` names, as the server
-/// listens on it (a shell set up for the server publishes to it).
+/// Without `--server`, `redisse publish` posts to the internal listener that
+/// `REDISSE_INTERNAL_ADDRESS` names, as the server listens on it (a shell set up for the
+/// server publishes to it), without a token; `REDISSE_PORT` (the public port) plays no part.
 #[tokio::test]
-async fn publish_uses_redisse_port_without_server() {
+async fn publish_uses_redisse_internal_address_without_server() {
     let r = start(&["-a", "127.0.0.1", "-p", "0"], &[]).await;
     let port = port_of(&r.first_line);
-    let mut cmd = redisse();
-    cmd.args(["publish", "ch", "via the env"])
-        .env("REDISSE_PORT", port.to_string());
-    let out = tokio::time::timeout(PATIENCE, cmd.output())
+    let base = format!("http://127.0.0.1:{port}");
+    let internal = r.internal_address();
+    // A warm-up on another channel makes the counter exist: the stream then starts with
+    // `lastEventId` once it is live.
+    let warm = crate::support::sse::client()
+        .post(format!("http://{internal}/publish/warm"))
+        .send()
         .await
-        .expect("publish exits")
         .unwrap();
+    assert_eq!(warm.status(), 200);
+    let mut s = SseStream::open(&format!("{base}/?ch"), &[]).await;
+    assert_eq!(s.next().await.event, "lastEventId");
+    let publish = async |env: &[(&str, &str)]| {
+        let mut cmd = redisse();
+        cmd.args(["publish", "ch", "via the env"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::time::timeout(PATIENCE, cmd.output())
+            .await
+            .expect("publish exits")
+            .unwrap()
+    };
+    let out = publish(&[
+        ("REDISSE_INTERNAL_ADDRESS", &internal),
+        ("REDISSE_PORT", "1"),
+    ])
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "1");
-    let mut cmd = redisse();
-    cmd.args(["publish", "ch", "x"])
-        .env("REDISSE_PORT", "eighty");
-    let out = cmd.output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "2");
+    let e = s.next().await;
+    assert_eq!(
+        (e.id.as_deref(), e.data.as_str()),
+        (Some("2"), "via the env")
+    );
+    // The public port in REDISSE_PORT is not a target: with the internal address pointing at
+    // nothing, the publish fails instead of going there.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let out = publish(&[
+        ("REDISSE_INTERNAL_ADDRESS", &closed),
+        ("REDISSE_PORT", &port.to_string()),
+    ])
+    .await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&closed),
+        "the message names the target: {stderr}"
+    );
+    s.expect_silence(Duration::from_millis(200)).await;
+    // An address that is not one, and `none`, are clear errors.
+    let out = publish(&[("REDISSE_INTERNAL_ADDRESS", "eighty")]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // (clap reads the variable as the serve option's and names the option.)
+    assert!(
+        stderr.contains("REDISSE_INTERNAL_ADDRESS") || stderr.contains("--internal-address"),
+        "{stderr}"
+    );
     assert!(stderr.contains("eighty"), "{stderr}");
+    let out = publish(&[("REDISSE_INTERNAL_ADDRESS", "none")]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--server"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }

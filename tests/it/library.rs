@@ -244,7 +244,9 @@ async fn the_endpoint_is_a_tower_service_with_any_body() {
 
 #[tokio::test]
 async fn the_standalone_router_can_take_the_applications_policy() {
-    let redisse = Redisse::new(Backend::memory().config()).unwrap();
+    let mut config = Backend::memory().config();
+    config.publish_token = Some("s3cret".into());
+    let redisse = Redisse::new(config).unwrap();
     let router = redisse
         .router_with(|parts: &Parts| std::future::ready(user_channels(parts)))
         .layer(middleware::from_fn(authenticate));
@@ -255,6 +257,7 @@ async fn the_standalone_router_can_take_the_applications_policy() {
         let res = client()
             .post(server.url(&format!("/publish/{channel}?type=t")))
             .header("x-user", "dana")
+            .bearer_auth("s3cret")
             .body(format!("to {channel}"))
             .send()
             .await
@@ -263,14 +266,27 @@ async fn the_standalone_router_can_take_the_applications_policy() {
     }
     assert_eq!(s.next().await.data, "to user.dana");
     s.expect_silence(Duration::from_millis(100)).await;
-    // The application's layer guards publishing too.
+    // The application's layer guards publishing too, even with the publish token.
     let res = client()
         .post(server.url("/publish/global"))
+        .bearer_auth("s3cret")
         .body("x")
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    assert_eq!(res.text().await.unwrap(), "who are you?\n");
+    // And past the application's layer, the router still wants the publish credential.
+    let res = client()
+        .post(server.url("/publish/user.dana"))
+        .header("x-user", "dana")
+        .body("no token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    s.expect_silence(Duration::from_millis(100)).await;
 }
 
 /// Settings that cannot work are refused by `Redisse::new` with a message naming them, instead

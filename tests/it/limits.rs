@@ -118,7 +118,7 @@ async fn a_channel_name_longer_than_allowed_is_a_400() {
     assert_eq!(s.status, 400);
     // Publishing on such a channel is refused too.
     let res = client()
-        .post(server.url("/publish/123456789"))
+        .post(server.internal_url("/publish/123456789"))
         .body("x")
         .send()
         .await
@@ -211,7 +211,7 @@ async fn a_publish_body_larger_than_allowed_is_a_413() {
     let mut s = server.live_stream("/?a").await;
     // Declared too large.
     let res = client()
-        .post(server.url("/publish/a"))
+        .post(server.internal_url("/publish/a"))
         .body("x".repeat(1025))
         .send()
         .await
@@ -222,7 +222,7 @@ async fn a_publish_body_larger_than_allowed_is_a_413() {
     let chunks: Vec<Result<String, std::io::Error>> =
         vec![Ok("y".repeat(800)), Ok("y".repeat(800))];
     let res = client()
-        .post(server.url("/publish/a"))
+        .post(server.internal_url("/publish/a"))
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
         )))
@@ -234,7 +234,7 @@ async fn a_publish_body_larger_than_allowed_is_a_413() {
     assert!(logs.has_line(&["refused a publish request", "larger than 1024"]));
     // Exactly the limit is fine, and nothing refused was published.
     let res = client()
-        .post(server.url("/publish/a"))
+        .post(server.internal_url("/publish/a"))
         .body("z".repeat(1024))
         .send()
         .await

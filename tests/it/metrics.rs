@@ -1,6 +1,7 @@
 //! GET /metrics and GET /health (SPEC 8).
 //!
-//! `/metrics` is checked with a small strict parser of the Prometheus text format (only `HELP`
+//! `/metrics` is served by the internal router (the public one has none: there `/metrics` is a
+//! path of the SSE endpoint like any other). It is checked with a small strict parser of the Prometheus text format (only `HELP`
 //! and `TYPE` comments, one of each per metric and before its samples, samples of a metric
 //! together, valid names, quoted label values, numeric values, no duplicate series), and its
 //! counters must move exactly as events flow. No series may be labelled by channel.
@@ -165,8 +166,13 @@ fn the_parser_is_strict() {
     }
 }
 
+/// `GET /metrics` on the internal router.
 async fn scrape(server: &TestServer) -> Samples {
-    let res = client().get(server.url("/metrics")).send().await.unwrap();
+    let res = client()
+        .get(server.internal_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
@@ -295,23 +301,32 @@ async fn metrics_and_health_with_accept_event_stream_are_streams() {
 async fn every_refusal_reason_and_metric_is_exposed() {
     let server = TestServer::start(Backend::memory().config()).await;
     let samples = scrape(&server).await;
-    for reason in [
+    let reasons = [
         "max_connections",
         "max_channels",
+        "max_subscriptions",
         "channel_name_too_long",
         "bad_query",
         "publish_too_large",
         "bad_publish",
         "publish_unauthorized",
+        "cors_origin",
         "policy",
         "not_acceptable",
         "header_too_large",
         "header_timeout",
         "bad_request",
-    ] {
+    ];
+    for reason in reasons {
         let key = format!("redisse_refused_total{{reason=\"{reason}\"}}");
         assert_eq!(samples.get(&key), Some(&0.0), "{key}");
     }
+    // And no reason beyond these (a new one must be added to this list).
+    let exposed: Vec<&String> = samples
+        .keys()
+        .filter(|k| k.starts_with("redisse_refused_total{"))
+        .collect();
+    assert_eq!(exposed.len(), reasons.len(), "{exposed:?}");
     for name in [
         "redisse_connections",
         "redisse_connections_total",

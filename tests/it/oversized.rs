@@ -57,7 +57,7 @@ async fn over_http_such_an_event_is_a_413(backend: Backend) {
     let server = TestServer::start(config(&backend)).await;
     let mut s = server.live_stream("/?a").await;
     let res = client()
-        .post(server.url("/publish/a"))
+        .post(server.internal_url("/publish/a"))
         .body("\n".repeat(200))
         .send()
         .await
@@ -73,7 +73,7 @@ async fn over_http_such_an_event_is_a_413(backend: Backend) {
         1
     );
     let res = client()
-        .post(server.url("/publish/a"))
+        .post(server.internal_url("/publish/a"))
         .body("fits")
         .send()
         .await

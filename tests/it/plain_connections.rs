@@ -121,12 +121,20 @@ impl RawReader {
     }
 }
 
-const POST_BYE: &[u8] =
-    b"POST /publish/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nbye";
+/// A publish on the public router, with the publish token of [`with_token`].
+const POST_BYE: &[u8] = b"POST /publish/a HTTP/1.1\r\nHost: localhost\r\n\
+    Authorization: Bearer s3cret\r\nContent-Length: 3\r\n\r\nbye";
+
+/// A server whose public router publishes with `Authorization: Bearer s3cret`.
+async fn with_token() -> TestServer {
+    let mut config = Backend::memory().config();
+    config.publish_token = Some("s3cret".into());
+    TestServer::start(config).await
+}
 
 #[tokio::test]
 async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
-    let server = TestServer::start(Backend::memory().config()).await;
+    let server = with_token().await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut reader = RawReader::new();
 
@@ -173,7 +181,7 @@ async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
 
 #[tokio::test]
 async fn requests_pipelined_behind_a_stream_are_answered_after_it() {
-    let server = TestServer::start(Backend::memory().config()).await;
+    let server = with_token().await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut reader = RawReader::new();
     // The second request comes with the first, the third while the stream is open.

@@ -1,4 +1,5 @@
-//! Publishing by Rust, the command line, HTTP (token and loopback rule) and a raw Redis client (SPEC 5).
+//! Publishing by Rust, the command line, HTTP (the internal router without a credential, the
+//! public one only with a token: never for a peer's address) and a raw Redis client (SPEC 5).
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -203,6 +204,15 @@ fn cli() -> tokio::process::Command {
     cmd
 }
 
+/// `redisse publish` aimed at `server`'s internal router, the default target without
+/// `--server` (named by `REDISSE_INTERNAL_ADDRESS`).
+fn cli_to_internal(server: &TestServer) -> tokio::process::Command {
+    let mut cmd = cli();
+    let internal = server.internal_addr.expect("an internal router");
+    cmd.env("REDISSE_INTERNAL_ADDRESS", internal.to_string());
+    cmd
+}
+
 async fn run_cli(mut cmd: tokio::process::Command, stdin: Option<&[u8]>) -> (bool, String, String) {
     if stdin.is_some() {
         cmd.stdin(Stdio::piped());
@@ -224,18 +234,21 @@ async fn run_cli(mut cmd: tokio::process::Command, stdin: Option<&[u8]>) -> (boo
     )
 }
 
+/// Through the internal listener by default, through the public one with `--server` and the
+/// token.
 async fn the_cli_publishes_through_a_server(backend: Backend) {
-    let server = TestServer::start(backend.config()).await;
+    let mut config = backend.config();
+    config.publish_token = Some("cli-token".into());
+    let server = TestServer::start(config).await;
     let mut s = server.live_stream("/?global").await;
-    let mut cmd = cli();
+    let mut cmd = cli_to_internal(&server);
     cmd.args([
         "publish",
         "global",
         "hello from the shell",
         "--type",
         "greeting",
-    ])
-    .args(["--server", &format!("http://{}", server.addr)]);
+    ]);
     let (ok, stdout, stderr) = run_cli(cmd, None).await;
     assert!(ok, "stderr: {stderr}");
     let id: u64 = stdout
@@ -256,7 +269,7 @@ async fn the_cli_publishes_through_a_server(backend: Backend) {
     // A channel that needs escaping, and the default type.
     let mut s = server.live_stream("/?caf%C3%A9+%26+th%C3%A9%2F1").await;
     let mut cmd = cli();
-    cmd.args(["publish", "café & thé/1", "x"])
+    cmd.args(["publish", "café & thé/1", "x", "--token", "cli-token"])
         .args(["--server", &format!("http://{}/", server.addr)]);
     let (ok, stdout, stderr) = run_cli(cmd, None).await;
     assert!(ok, "stderr: {stderr}");
@@ -274,13 +287,8 @@ async fn the_cli_reads_data_from_stdin_without_one_trailing_newline(backend: Bac
         ("no newline", "no newline"),
         ("", ""),
     ] {
-        let mut cmd = cli();
-        cmd.args([
-            "publish",
-            "global",
-            "--server",
-            &format!("http://{}", server.addr),
-        ]);
+        let mut cmd = cli_to_internal(&server);
+        cmd.args(["publish", "global"]);
         let (ok, stdout, stderr) = run_cli(cmd, Some(input.as_bytes())).await;
         assert!(ok, "stderr: {stderr}");
         let e = s.next().await;
@@ -334,7 +342,17 @@ async fn the_cli_fails_clearly_when_publishing_is_impossible() {
     let (ok, stdout, stderr) = run_cli(cmd, None).await;
     assert!(!ok);
     assert_eq!(stdout, "");
-    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.to_lowercase().contains("connect"), "{stderr}");
+    // A public listener with no credential configured refuses, and says where to publish.
+    let mut cmd = cli();
+    cmd.args(["publish", "global", "x", "--token", "anything"])
+        .args(["--server", &format!("http://{}", server.addr)]);
+    let (ok, stdout, stderr) = run_cli(cmd, None).await;
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(stderr.contains("internal listener"), "{stderr}");
     // The server refuses: the status is reported.
     let mut config = Backend::memory().config();
     config.publish_token = Some("secret".into());
@@ -351,7 +369,15 @@ async fn the_cli_fails_clearly_when_publishing_is_impossible() {
     assert!(!ok);
     assert!(stderr.contains("401"), "{stderr}");
     let mut cmd = cli();
-    cmd.args(["publish", "global", "x", "--token", "secret"])
+    cmd.args(["publish", "global", "x", "--token", "wrong"])
+        .args(["--server", &format!("http://{}", guarded.addr)]);
+    let (ok, _, stderr) = run_cli(cmd, None).await;
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    // The token from the environment, as the server reads its own; the refusals took no id.
+    let mut cmd = cli();
+    cmd.env("REDISSE_PUBLISH_TOKEN", "secret")
+        .args(["publish", "global", "x"])
         .args(["--server", &format!("http://{}", guarded.addr)]);
     let (ok, stdout, stderr) = run_cli(cmd, None).await;
     assert!(ok, "{stderr}");
@@ -360,6 +386,25 @@ async fn the_cli_fails_clearly_when_publishing_is_impossible() {
 
 // ---- HTTP ----
 
+/// `POST` on the internal router (no credential needed).
+async fn post_internal(
+    server: &TestServer,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, String) {
+    send(client().post(server.internal_url(path)).body(body)).await
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, String) {
+    let res = tokio::time::timeout(PATIENCE, req.send())
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap())
+}
+
+/// `POST` on the public router, with this `Authorization` header.
 async fn post(
     server: &TestServer,
     path: &str,
@@ -370,12 +415,7 @@ async fn post(
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
-    let res = tokio::time::timeout(PATIENCE, req.send())
-        .await
-        .expect("answer in time")
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.text().await.unwrap())
+    send(req).await
 }
 
 fn id_of(body: &str) -> u64 {
@@ -391,7 +431,7 @@ async fn http_publish_answers_the_id_and_delivers(backend: Backend) {
     let server = TestServer::start(backend.config()).await;
     let mut s = server.live_stream("/?global&a%20b&caf%C3%A9").await;
     let res = client()
-        .post(server.url("/publish/global?type=foo"))
+        .post(server.internal_url("/publish/global?type=foo"))
         .body("bar")
         .send()
         .await
@@ -412,7 +452,7 @@ async fn http_publish_answers_the_id_and_delivers(backend: Backend) {
         ("/publish/a%20b?type=x+y", "x y", "space"),
         ("/publish/caf%C3%A9?type=%C3%A9t%C3%A9", "été", "unicode"),
     ] {
-        let (status, body) = post(&server, path, channel_data, None).await;
+        let (status, body) = post_internal(&server, path, channel_data).await;
         assert_eq!(status, 200, "{path}: {body}");
         let id = id_of(&body);
         let e = s.next().await;
@@ -424,7 +464,7 @@ async fn http_publish_answers_the_id_and_delivers(backend: Backend) {
         );
     }
     // Multi-line data survives.
-    let (status, _) = post(&server, "/publish/global", "l1\r\nl2\nl3", None).await;
+    let (status, _) = post_internal(&server, "/publish/global", "l1\r\nl2\nl3").await;
     assert_eq!(status, 200);
     assert_eq!(s.next().await.data, "l1\nl2\nl3");
 }
@@ -440,7 +480,7 @@ async fn http_publish_refuses_bad_requests_with_400(backend: Backend) {
         ("/publish/global", vec![0xc3]),
         ("/publish/", b"x".to_vec()),
     ] {
-        let (status, text) = post(&server, path, body.clone(), None).await;
+        let (status, text) = post_internal(&server, path, body.clone()).await;
         assert_eq!(status, 400, "{path} {body:?}: {text}");
         assert!(!text.is_empty(), "a 400 says why");
     }
@@ -455,15 +495,15 @@ async fn http_publish_refuses_bodies_over_the_limit_with_413(backend: Backend) {
     config.max_publish_bytes = 100;
     let server = TestServer::start(config).await;
     let mut s = server.live_stream("/?global").await;
-    let (status, body) = post(&server, "/publish/global", "x".repeat(100), None).await;
+    let (status, body) = post_internal(&server, "/publish/global", "x".repeat(100)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.next().await.data.len(), 100);
-    let (status, _) = post(&server, "/publish/global", "x".repeat(101), None).await;
+    let (status, _) = post_internal(&server, "/publish/global", "x".repeat(101)).await;
     assert_eq!(status, 413);
     // Without a Content-Length (chunked), the limit still holds.
     let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![Ok(&[b'y'; 60]), Ok(&[b'y'; 60])];
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let (status, _) = post(&server, "/publish/global", streamed, None).await;
+    let (status, _) = post_internal(&server, "/publish/global", streamed).await;
     assert_eq!(status, 413);
     server.publish("global", "after", "").await;
     assert_eq!(s.next().await.event, "after");
@@ -505,6 +545,11 @@ async fn http_publish_with_a_token_requires_the_bearer(backend: Backend) {
             Some("Bearer")
         );
     }
+    let refused = server
+        .redisse
+        .metrics()
+        .refusals(redisse::metrics::Refusal::PublishUnauthorized);
+    assert_eq!(refused, 7);
     let (status, body) = post(
         &server,
         "/publish/global?type=ok",
@@ -513,9 +558,11 @@ async fn http_publish_with_a_token_requires_the_bearer(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // The first event since the warm-up: none of the refused requests was published.
     let e = s.next().await;
     assert_eq!(e.id, Some(id_of(&body).to_string()));
     assert_eq!(e.event, "ok");
+    assert_eq!(id_of(&body), 2, "the warm-up, then this one");
 }
 
 fn publish_request(connect_info: Option<SocketAddr>, auth: Option<&str>) -> http::Request<Body> {
@@ -536,36 +583,52 @@ async fn call(router: axum::Router, req: http::Request<Body>) -> (u16, String) {
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// No peer address is trusted: behind a reverse proxy every peer is the proxy, on loopback.
+/// Without a configured credential the public router publishes for nobody (401, counted);
+/// the internal router publishes for anyone who reaches it.
 #[tokio::test]
-async fn without_a_token_only_loopback_peers_may_publish() {
+async fn without_a_credential_the_public_router_publishes_for_no_peer_not_even_loopback() {
     let redisse = redisse::Redisse::new(Backend::memory().config()).unwrap();
     let router = redisse.router();
-    for peer in [
-        "192.0.2.7:5000",
-        "10.0.0.1:80",
-        "[2001:db8::1]:443",
-        "0.0.0.0:1",
-    ] {
-        let (status, body) = call(
-            router.clone(),
-            publish_request(Some(peer.parse().unwrap()), None),
-        )
-        .await;
-        assert_eq!(status, 403, "{peer}: {body}");
-        assert!(body.contains("loopback"), "{body}");
+    let peers = [
+        Some("192.0.2.7:5000"),
+        Some("10.0.0.1:80"),
+        Some("[2001:db8::1]:443"),
+        Some("127.0.0.1:5000"),
+        Some("127.9.9.9:1"),
+        Some("[::1]:5000"),
+        None,
+    ];
+    for peer in peers {
+        for auth in [None, Some("Bearer anything")] {
+            let req = publish_request(peer.map(|p| p.parse().unwrap()), auth);
+            let res = router.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), 401, "{peer:?} {auth:?}");
+            assert_eq!(
+                res.headers()
+                    .get("www-authenticate")
+                    .map(|v| v.to_str().unwrap()),
+                Some("Bearer"),
+                "{peer:?}"
+            );
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("internal listener"), "{peer:?}: {body}");
+        }
     }
-    let (status, _) = call(router.clone(), publish_request(None, None)).await;
-    assert_eq!(status, 403, "a request with no known peer is not local");
-    for peer in ["127.0.0.1:5000", "127.9.9.9:1", "[::1]:5000"] {
-        let (status, body) = call(
-            router.clone(),
-            publish_request(Some(peer.parse().unwrap()), None),
-        )
-        .await;
-        assert_eq!(status, 200, "{peer}: {body}");
-    }
-    // Three ids were given out, to the loopback peers only.
-    assert_eq!(redisse.publisher().publish("global", "x").await.unwrap(), 4);
+    let refused = redisse
+        .metrics()
+        .refusals(redisse::metrics::Refusal::PublishUnauthorized);
+    assert_eq!(refused, 2 * peers.len() as u64);
+    // The internal router publishes, whatever the peer (or none known), without a credential.
+    let internal = redisse.internal_router();
+    let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+    let (status, body) = call(internal.clone(), publish_request(Some(remote), None)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"id":1}"#));
+    let (status, body) = call(internal, publish_request(None, None)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"id":2}"#));
+    // Only those two took ids.
+    assert_eq!(redisse.publisher().publish("global", "x").await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -672,13 +735,15 @@ async fn events_published_by_the_gems_four_commands_are_delivered() {
 async fn a_cli_option_wins_over_the_other_targets_environment_variable() {
     let backend = Backend::redis();
     let url = backend.redis_server().url();
-    let server = TestServer::start(backend.config()).await;
+    let mut config = backend.config();
+    config.publish_token = Some("tok".into());
+    let server = TestServer::start(config).await;
     let mut s = server.live_stream("/?global").await;
     let dead = "redis://127.0.0.1:1/";
     // A shell that exports REDISSE_REDIS (for the server) can still publish with --server.
     let mut cmd = cli();
     cmd.env("REDISSE_REDIS", dead)
-        .args(["publish", "global", "via http"])
+        .args(["publish", "global", "via http", "--token", "tok"])
         .args(["--server", &format!("http://{}", server.addr)]);
     let (ok, stdout, stderr) = run_cli(cmd, None).await;
     assert!(ok, "{stderr}");
@@ -737,7 +802,9 @@ async fn a_redis_publisher_reports_an_unreachable_or_invalid_redis() {
 
 #[tokio::test]
 async fn the_cli_publishes_to_a_server_mounted_under_a_path() {
-    let redisse = redisse::Redisse::new(Backend::memory().config()).unwrap();
+    let mut config = Backend::memory().config();
+    config.publish_token = Some("tok".into());
+    let redisse = redisse::Redisse::new(config).unwrap();
     let app = axum::Router::new().nest("/sse", redisse.router());
     let server = TestServer::start_router(redisse, app).await;
     let mut s = server.live_stream("/sse/events?global").await;
@@ -746,7 +813,8 @@ async fn the_cli_publishes_to_a_server_mounted_under_a_path() {
         format!("http://{}/sse/", server.addr),
     ] {
         let mut cmd = cli();
-        cmd.args(["publish", "global", "under a prefix", "--server", &base]);
+        cmd.args(["publish", "global", "under a prefix", "--server", &base])
+            .args(["--token", "tok"]);
         let (ok, stdout, stderr) = run_cli(cmd, None).await;
         assert!(ok, "--server {base}: {stderr}");
         let e = s.next().await;

@@ -78,6 +78,9 @@ async fn streams_and_publishing_work_over_tls() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
         .args(["-a", "127.0.0.1", "-p", "0", "--ssl"])
         .args(["--ssl-cert", &cert_path, "--ssl-key", &key_path])
+        // Publishing over TLS is the public listener's, with the token; no internal listener
+        // (its default port would collide between tests).
+        .args(["--publish-token", "s3cret", "--internal-address", "none"])
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -122,7 +125,8 @@ async fn streams_and_publishing_work_over_tls() {
         &cert,
         port,
         &format!(
-            "POST /publish/secure HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /publish/secure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -174,6 +178,8 @@ async fn unusable_certificate_files_stop_the_start_with_a_message() {
                 cert,
                 "--ssl-key",
                 key,
+                "--internal-address",
+                "none",
             ])
             .output()
             .await
@@ -187,7 +193,7 @@ async fn unusable_certificate_files_stop_the_start_with_a_message() {
         );
     }
     let out = Command::new(env!("CARGO_BIN_EXE_redisse"))
-        .args(["-p", "0", "--ssl"])
+        .args(["-p", "0", "--ssl", "--internal-address", "none"])
         .output()
         .await
         .unwrap();

@@ -1,5 +1,7 @@
 //! The real `redisse` binary, started on a free port (`-p 0`, the port read from its first log
-//! line), with its standard error captured.
+//! line) with its internal listener on another (`--internal-address 127.0.0.1:0` unless the
+//! test gives one, the port read from the log line that names it), its standard error
+//! captured.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -11,14 +13,23 @@ use super::sse::client;
 /// The `redisse` binary, running.
 pub struct Redisse {
     pub port: u16,
+    /// The internal listener's port, when it listens on TCP.
+    pub internal_port: Option<u16>,
     child: Child,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Redisse {
     pub fn start(extra: &[&str]) -> Self {
+        let internal_given = extra.iter().any(|a| a.starts_with("--internal-address"));
+        let internal: &[&str] = if internal_given {
+            &[]
+        } else {
+            &["--internal-address", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
             .args(["-a", "127.0.0.1", "-p", "0"])
+            .args(internal)
             .args(extra)
             .env("NO_COLOR", "1")
             .env_remove("REDISSE_REDIS")
@@ -29,16 +40,19 @@ impl Redisse {
             .expect("start the redisse binary");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (port_tx, port_rx) = mpsc::channel();
+        let (internal_tx, internal_rx) = mpsc::channel();
         let lines = BufReader::new(child.stderr.take().unwrap());
         let log = stderr.clone();
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
-                if let Some(port) = line
+                let port = line
                     .split("http://127.0.0.1:")
                     .nth(1)
                     .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|p| p.parse::<u16>().ok())
-                {
+                    .and_then(|p| p.parse::<u16>().ok());
+                if line.contains("internal listener") {
+                    let _ = internal_tx.send(port);
+                } else if line.contains(" listening on ") {
                     let _ = port_tx.send(port);
                 }
                 let mut log = log.lock().unwrap();
@@ -48,16 +62,36 @@ impl Redisse {
         });
         let port = port_rx
             .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("no listening line: {}", stderr.lock().unwrap()));
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no listening line: {}", stderr.lock().unwrap()));
+        let internal_port = internal_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no internal listener line: {}", stderr.lock().unwrap()));
         Redisse {
             child,
             port,
+            internal_port,
             stderr,
         }
     }
 
+    /// A URL on the public listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A URL on the internal listener (which must listen on TCP).
+    pub fn internal_url(&self, path: &str) -> String {
+        let port = self
+            .internal_port
+            .expect("this test's binary has no internal listener on TCP");
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, name: &str) {
@@ -87,9 +121,10 @@ impl Redisse {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Publishes through the internal listener.
     pub async fn publish(&self, channel: &str, data: String) {
         let res = client()
-            .post(self.url(&format!("/publish/{channel}")))
+            .post(self.internal_url(&format!("/publish/{channel}")))
             .body(data)
             .send()
             .await

@@ -1,10 +1,11 @@
-//! A Redisse server inside the test process, on a free loopback port.
+//! A Redisse server inside the test process: the public router on a free loopback port, and
+//! (with [`TestServer::start`]) the internal router on another.
 
 use std::net::SocketAddr;
 
 use redisse::server::{Listener, Tcp, serve};
 use redisse::{Config, Redisse};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::PATIENCE;
@@ -12,9 +13,17 @@ use super::sse::SseStream;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The internal router's address, when it is served.
+    pub internal_addr: Option<SocketAddr>,
     pub redisse: Redisse,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<watch::Sender<bool>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    internal_task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Completes when `stop` says so (or is dropped).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 impl TestServer {
@@ -22,7 +31,21 @@ impl TestServer {
     pub async fn start(config: Config) -> Self {
         let redisse = Redisse::new(config).expect("redisse instance");
         let router = redisse.router();
-        Self::start_router(redisse, router).await
+        let mut server = Self::start_router(redisse, router).await;
+        let listener = Tcp::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        server.internal_addr = Some(listener.local_addr().expect("tcp addr"));
+        let redisse = server.redisse.clone();
+        let router = redisse.internal_router();
+        let stop = server.stop.as_ref().expect("running").subscribe();
+        server.internal_task = Some(tokio::spawn(serve(
+            listener,
+            redisse,
+            router,
+            stopped(stop),
+        )));
+        server
     }
 
     /// Serves `router` for `redisse`.
@@ -31,20 +54,29 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("tcp addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, redisse.clone(), router, async move {
-            let _ = stopped.await;
-        }));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, redisse.clone(), router, stopped(stop_rx)));
         TestServer {
             addr,
+            internal_addr: None,
             redisse,
             stop: Some(stop),
             task: Some(task),
+            internal_task: None,
         }
     }
 
+    /// A URL of the public router.
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// A URL of the internal router (served by [`TestServer::start`]).
+    pub fn internal_url(&self, path_and_query: &str) -> String {
+        let addr = self
+            .internal_addr
+            .expect("this server has no internal router");
+        format!("http://{addr}{path_and_query}")
     }
 
     /// Opens a stream with `Accept: text/event-stream` and the extra headers.
@@ -93,10 +125,13 @@ impl TestServer {
     /// Triggers the graceful shutdown and waits for `serve` to return.
     pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("serve");
+        }
+        if let Some(task) = self.internal_task.take() {
+            task.await.expect("internal server task").expect("serve");
         }
     }
 }
@@ -104,7 +139,7 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
     }
 }
