@@ -3,7 +3,10 @@
 //! The library never reads the environment: the `redisse` binary turns its command line and
 //! environment variables into a [`Config`], and an embedding application builds one in code.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::redis_url;
 
 /// Period of the `: hb` comment that keeps idle streams alive.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -55,7 +58,14 @@ pub const DEFAULT_REDIS_PING_TIMEOUT: Duration = Duration::from_secs(3);
 #[non_exhaustive]
 pub struct Config {
     /// Redis URL; `None` runs the in-memory broker (one process). Default: `None`.
+    ///
+    /// `redis://[user:password@]host[:port][/db]` (an ACL user, or `:password` alone),
+    /// `rediss://...` for TLS, or `unix:///path/redis.sock?db=0&user=...&pass=...`.
     pub redis_url: Option<String>,
+    /// PEM file of the CA certificates a `rediss://` server's certificate must chain to,
+    /// instead of the system's roots (a private CA); only with a `rediss://` URL. Read when the
+    /// instance starts. Default: `None`.
+    pub redis_tls_ca: Option<PathBuf>,
     /// Default: [`DEFAULT_HEARTBEAT`].
     pub heartbeat: Duration,
     /// Default: [`DEFAULT_HISTORY_SIZE`].
@@ -107,6 +117,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             redis_url: None,
+            redis_tls_ca: None,
             heartbeat: DEFAULT_HEARTBEAT,
             history_size: DEFAULT_HISTORY_SIZE,
             polling_delay: DEFAULT_POLLING_DELAY,
@@ -186,14 +197,23 @@ impl Config {
                 "{bad:?} is not an origin (scheme://host[:port], without a path), nor `*`"
             ));
         }
+        if self.redis_tls_ca.is_some()
+            && !self.redis_url.as_deref().is_some_and(redis_url::is_tls_url)
+        {
+            return Err(
+                "redis_tls_ca is for a TLS Redis: redis_url must be a rediss:// URL".into(),
+            );
+        }
         Ok(())
     }
 
-    /// The broker's name for logs: `in-memory`, or the Redis URL without its password.
+    /// The broker's name for logs: `in-memory`, or the Redis server as the Redis client
+    /// understood the URL, without its password (`redis://alice@10.0.0.1:6379/0`,
+    /// `unix:///run/redis.sock (db 0)`).
     pub fn broker_description(&self) -> String {
         match &self.redis_url {
             None => "in-memory".to_owned(),
-            Some(url) => redact_password(url),
+            Some(url) => redis_url::describe(url),
         }
     }
 }
@@ -365,25 +385,6 @@ fn valid_origin(origin: &str) -> bool {
         && http::HeaderValue::from_str(origin).is_ok()
 }
 
-/// `redis://user:secret@host/` becomes `redis://user:***@host/`.
-pub(crate) fn redact_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,9 +416,40 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_the_logs() {
-        assert_eq!(redact_password("redis://:pw@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(redact_password("redis://u:pw@h/"), "redis://u:***@h/");
-        assert_eq!(redact_password("redis://h:6379/"), "redis://h:6379/");
-        assert_eq!(redact_password("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+        let described = |url: &str| {
+            Config {
+                redis_url: Some(url.into()),
+                ..Config::default()
+            }
+            .broker_description()
+        };
+        assert_eq!(Config::default().broker_description(), "in-memory");
+        for url in [
+            "redis://:pw@h:1/0",
+            "redis://u:pw@h/",
+            "rediss://u:pw@h/",
+            "unix:///tmp/r.sock?pass=pw",
+            "unix:///tmp/r.sock?user=u&pass=pw&db=1",
+            "redis://u:pw@h:bad/",
+            "pw",
+        ] {
+            let d = described(url);
+            assert!(!d.contains("pw"), "{url} -> {d}");
+        }
+    }
+
+    #[test]
+    fn a_tls_ca_needs_a_tls_url() {
+        let with = |url: Option<&str>| Config {
+            redis_url: url.map(Into::into),
+            redis_tls_ca: Some("ca.pem".into()),
+            ..Config::default()
+        };
+        assert_eq!(with(Some("rediss://h:6380/")).validate(), Ok(()));
+        assert_eq!(with(Some("REDISS://h/")).validate(), Ok(()));
+        for url in [None, Some("redis://h/"), Some("unix:///r.sock")] {
+            let e = with(url).validate().unwrap_err();
+            assert!(e.contains("redis_tls_ca") && e.contains("rediss://"), "{e}");
+        }
     }
 }

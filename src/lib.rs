@@ -89,6 +89,7 @@
 // Foundations: nothing of the crate below them.
 mod backoff;
 mod channel;
+mod redis_url;
 pub mod config;
 mod error;
 mod event;

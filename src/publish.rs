@@ -46,6 +46,10 @@ pub enum PublishError {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The publisher cannot be built as asked (a CA file that cannot be read, a CA for a URL
+    /// without TLS); the message says why.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// Publishes events; cheap to clone.
@@ -126,8 +130,34 @@ impl Publisher {
     /// Like [`Publisher::redis`], keeping `history_size` events per channel.
     #[cfg(feature = "redis")]
     pub fn redis_with_history(url: &str, history_size: usize) -> Result<Self, PublishError> {
+        Publisher::redis_with_tls_ca(url, history_size, None)
+    }
+
+    /// Like [`Publisher::redis_with_history`]; with `ca`, a `rediss://` server's certificate
+    /// must chain to the CA certificates of that PEM file instead of the system's roots (as
+    /// [`Config::redis_tls_ca`](crate::Config::redis_tls_ca)). The file is read here: one that
+    /// cannot be read or holds no certificate, or a `ca` for a URL without TLS, is
+    /// [`PublishError::InvalidConfig`].
+    #[cfg(feature = "redis")]
+    pub fn redis_with_tls_ca(
+        url: &str,
+        history_size: usize,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, PublishError> {
+        let ca = match ca {
+            Some(_) if !crate::redis_url::is_tls_url(url) => {
+                return Err(PublishError::InvalidConfig(
+                    "a TLS CA is for a rediss:// URL".into(),
+                ));
+            }
+            Some(path) => Some(
+                crate::broker::redis::read_ca(path)
+                    .map_err(|e| PublishError::InvalidConfig(format!("TLS CA: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Publisher {
-            target: Target::Redis(RedisPublisher::connect(url, history_size)?),
+            target: Target::Redis(RedisPublisher::connect(url, ca.as_deref(), history_size)?),
             max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
             max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
         })

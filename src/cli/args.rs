@@ -2,7 +2,7 @@
 //! [`Config`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -60,9 +60,14 @@ pub struct ServeArgs {
     /// Listen on this unix socket instead of TCP.
     #[arg(short = 'S', long, env = "REDISSE_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Redis URL (redis://, rediss://, unix://); without it, the in-memory broker.
+    /// Redis URL (redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS,
+    /// unix:///PATH?pass=PASSWORD); without it, the in-memory broker.
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
+    /// PEM file of the CA that signed the rediss:// server's certificate (a private CA);
+    /// without it, the system's roots.
+    #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
     /// Log to standard output instead of standard error.
     #[arg(short = 's', long, env = "REDISSE_STDOUT")]
     pub stdout: bool,
@@ -196,6 +201,9 @@ pub struct PublishArgs {
     /// Publish straight to Redis at this URL.
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
+    /// PEM file of the CA that signed the rediss:// server's certificate, for --redis.
+    #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
     /// Publish through a server's public POST /publish at this URL (http:// or https://),
     /// with the token. Without --server and --redis: the internal listener
     /// (REDISSE_INTERNAL_ADDRESS, else 127.0.0.1:8081), without a token.
@@ -218,23 +226,31 @@ impl PublishArgs {
     /// `--redis` and `--server` are two ways to publish; when both have a value, the one given
     /// on the command line wins over the other's environment variable (a shell that exports
     /// `REDISSE_REDIS` for the server can still publish with `--server`). Both on the command
-    /// line, or both from the environment, is an error.
+    /// line, or both from the environment, is an error. `--redis-tls-ca` is then checked as
+    /// the server checks it when publishing to Redis, refused on the command line with
+    /// `--server`, and ignored from the environment (where the server's settings may be).
     pub fn resolve_target(&mut self, matches: &clap::ArgMatches) -> Result<(), String> {
-        if self.redis.is_none() || self.server.is_none() {
-            return Ok(());
-        }
         let explicit =
             |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-        match (explicit("redis"), explicit("server")) {
-            (true, false) => self.server = None,
-            (false, true) => self.redis = None,
-            _ => {
-                return Err("--redis and --server cannot be used together \
-                            (nor REDISSE_REDIS and REDISSE_SERVER)"
-                    .into());
+        if self.redis.is_some() && self.server.is_some() {
+            match (explicit("redis"), explicit("server")) {
+                (true, false) => self.server = None,
+                (false, true) => self.redis = None,
+                _ => {
+                    return Err("--redis and --server cannot be used together \
+                                (nor REDISSE_REDIS and REDISSE_SERVER)"
+                        .into());
+                }
             }
         }
-        Ok(())
+        if self.redis.is_some() {
+            check_redis_tls_ca(self.redis.as_deref(), self.redis_tls_ca.as_deref())
+        } else if explicit("redis_tls_ca") {
+            Err("--redis-tls-ca is for publishing to Redis with --redis rediss://...".into())
+        } else {
+            self.redis_tls_ca = None;
+            Ok(())
+        }
     }
 }
 
@@ -268,6 +284,23 @@ pub fn parse_internal_address(s: &str) -> Result<InternalAddress, String> {
         .map_err(|_| {
             format!("{s:?} is not HOST:PORT (an IP address and a port), unix:PATH or none")
         })
+}
+
+/// `--redis-tls-ca` only with a `rediss://` URL, and a file of certificates (read here, so that
+/// the error names the option; the library reads it again when it starts).
+fn check_redis_tls_ca(redis: Option<&str>, ca: Option<&Path>) -> Result<(), String> {
+    let Some(ca) = ca else {
+        return Ok(());
+    };
+    if !redis.is_some_and(crate::redis_url::is_tls_url) {
+        return Err("--redis-tls-ca is for a TLS Redis: --redis must be a rediss:// URL".into());
+    }
+    #[cfg(feature = "redis")]
+    crate::broker::redis::read_ca(ca).map_err(|e| format!("--redis-tls-ca: {e}"))?;
+    // Without the Redis client, `--redis` itself is refused later.
+    #[cfg(not(feature = "redis"))]
+    let _ = ca;
+    Ok(())
 }
 
 /// `15`, `0.5` (seconds) or `500ms`, `2m` (units).
@@ -328,8 +361,10 @@ impl ServeArgs {
             c.cache = self.auth_callback_cache;
             c
         });
+        check_redis_tls_ca(self.redis.as_deref(), self.redis_tls_ca.as_deref())?;
         Ok(Config {
             redis_url: self.redis.clone(),
+            redis_tls_ca: self.redis_tls_ca.clone(),
             jwt,
             auth_callback,
             cors_origins: self

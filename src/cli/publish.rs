@@ -23,8 +23,10 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     let id = match &args.redis {
         #[cfg(feature = "redis")]
         Some(url) => {
-            let publisher = crate::publish::Publisher::redis_with_history(url, args.history_size)
-                .map_err(|e| e.to_string())?;
+            let ca = args.redis_tls_ca.as_deref();
+            let publisher =
+                crate::publish::Publisher::redis_with_tls_ca(url, args.history_size, ca)
+                    .map_err(|e| e.to_string())?;
             publisher
                 .publish(&args.channel, event)
                 .await

@@ -409,10 +409,17 @@ async fn the_port_comes_from_redisse_port() {
 
 #[tokio::test]
 async fn the_first_log_line_names_redis_without_its_password() {
-    // Nothing listens on port 1: the line is written before the broker connects.
-    for url in [
-        "redis://:hunter2@127.0.0.1:1/",
-        "redis://user:hunter2@127.0.0.1:1/0",
+    // Nothing listens on port 1: the line is written before the broker connects. The server is
+    // named as the Redis client parsed the URL: user, host, port and database.
+    for (url, described) in [
+        (
+            "redis://:hunter2@127.0.0.1:1/",
+            "Redis redis://127.0.0.1:1/0 broker",
+        ),
+        (
+            "redis://user:hunter2@127.0.0.1:1/0",
+            "Redis redis://user@127.0.0.1:1/0 broker",
+        ),
     ] {
         let r = start(&["-a", "127.0.0.1", "-p", "0", "--redis", url], &[]).await;
         let line = &r.first_line;
@@ -420,8 +427,7 @@ async fn the_first_log_line_names_redis_without_its_password() {
             !line.contains("hunter2"),
             "the password is in the log: {line:?}"
         );
-        assert!(line.contains("Redis"), "{line:?}");
-        assert!(line.contains(&url.replace("hunter2", "***")), "{line:?}");
+        assert!(line.contains(described), "{line:?}");
         port_of(line);
     }
     // Through the environment too.
@@ -431,7 +437,7 @@ async fn the_first_log_line_names_redis_without_its_password() {
     )
     .await;
     assert!(
-        r.first_line.contains("redis://:***@127.0.0.1:1/"),
+        r.first_line.contains("redis://127.0.0.1:1/0") && !r.first_line.contains("hunter2"),
         "{:?}",
         r.first_line
     );

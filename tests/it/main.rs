@@ -25,6 +25,7 @@ mod properties;
 mod publish;
 mod redirect;
 mod redis_layout;
+mod redis_tls;
 mod resume;
 mod shutdown;
 mod slow_client;

@@ -14,16 +14,22 @@
 //! and the pub/sub [`subscriber`] task it starts, with the one cursor they share (the highest
 //! counter a stream started from). Whether Redis is up is the `broker_up` gauge of the metrics,
 //! written by the subscriber alone.
+//!
+//! Every client is built by [`client`]: `rediss://` is TLS by rustls (ring, the process's
+//! default provider), trusting the system's roots or only the CA file of `redis_tls_ca`.
 
 pub(crate) mod subscriber;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, Script, Value};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::{mpsc, oneshot};
 
 use self::subscriber::Subscriber;
@@ -90,16 +96,69 @@ fn command_connection(client: &redis::Client) -> Result<ConnectionManager, Broke
         .map_err(BrokerError::redis)
 }
 
-/// Opens a client for `url`, with RESP3: pub/sub messages then arrive as pushes on the
-/// multiplexed connection.
-fn client(url: &str) -> Result<redis::Client, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
+/// Opens a client for `url`; with `ca` (PEM certificates, see [`read_ca`]) a `rediss://`
+/// server's certificate must chain to them instead of the system's roots. `resp3` sets the
+/// protocol: the subscriber's pub/sub messages then arrive as pushes on its multiplexed
+/// connection; other clients keep what the URL asks for (RESP2 by default), so that they work
+/// with any Redis the gem works with.
+pub(crate) fn client(
+    url: &str,
+    ca: Option<&[u8]>,
+    resp3: bool,
+) -> Result<redis::Client, redis::RedisError> {
+    let mut info = url.into_connection_info()?;
+    if resp3 {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        info = info.set_redis_settings(settings);
+    }
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        install_crypto_provider();
+    }
+    match ca {
+        None => redis::Client::open(info),
+        // Refuses a URL that is not `rediss://` (`Config::validate` says so first).
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+    }
+}
+
+/// The Redis client builds its rustls configuration with the process's default crypto
+/// provider, which rustls cannot choose by itself when more than one is compiled in (it would
+/// panic at the first `rediss://` connection): ring, as for the server's TLS, unless the
+/// application installed one.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // An error means another thread installed one meanwhile, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// Reads the PEM file of CA certificates a `rediss://` server's certificate must chain to; the
+/// error says what is wrong with it (unreadable, no certificate, one that is not a CA).
+pub(crate) fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
+    let name = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{name}: not a PEM certificate file ({e})"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{name}: a certificate that cannot be a trust anchor ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{name}: no certificate in it (a PEM file of -----BEGIN CERTIFICATE----- blocks)"
+        ));
+    }
+    Ok(pem)
 }
 
 /// The one way events are written to Redis: the publish script on a command connection.
@@ -111,12 +170,10 @@ pub(crate) struct RedisPublisher {
 }
 
 impl RedisPublisher {
-    /// A publisher for `url` that keeps `history_size` events per channel. It connects on first
-    /// use and reconnects by itself.
-    pub fn connect(url: &str, history_size: usize) -> Result<Self, BrokerError> {
-        // The protocol the URL asks for (RESP2 by default): only the subscriber needs RESP3,
-        // and a publisher must work with any Redis the gem works with.
-        let client = redis::Client::open(url).map_err(BrokerError::redis)?;
+    /// A publisher for `url` (trusting `ca`, see [`client`]) that keeps `history_size` events
+    /// per channel. It connects on first use and reconnects by itself.
+    pub fn connect(url: &str, ca: Option<&[u8]>, history_size: usize) -> Result<Self, BrokerError> {
+        let client = client(url, ca, false).map_err(BrokerError::redis)?;
         Ok(RedisPublisher::new(
             command_connection(&client)?,
             history_size,
@@ -217,7 +274,13 @@ impl RedisBroker {
         dispatch: DispatchSender,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, SubSender), Error> {
-        let client = client(url).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+        let ca = match &config.redis_tls_ca {
+            Some(path) => Some(
+                read_ca(path).map_err(|e| Error::InvalidConfig(format!("redis_tls_ca: {e}")))?,
+            ),
+            None => None,
+        };
+        let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let counter_seen = Arc::new(AtomicU64::new(0));
         let subscriber = Subscriber {
@@ -350,4 +413,50 @@ fn stored_frames(events: Value) -> (Vec<Frame>, u64) {
         })
         .collect();
     (frames, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_files_are_read_or_refused_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("redisse-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        assert!(read_ca(&missing).unwrap_err().contains("cannot read"));
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "hello\n").unwrap();
+        assert!(read_ca(&garbage).unwrap_err().contains("no certificate"));
+        let broken = dir.join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(read_ca(&broken).is_err());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        assert_eq!(read_ca(&good).unwrap(), ca.pem().into_bytes());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_tls_client_is_built_without_a_provider_panic() {
+        let pem = {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.self_signed(&key).unwrap().pem().into_bytes()
+        };
+        assert!(client("rediss://127.0.0.1:1/", Some(&pem), true).is_ok());
+        assert!(client("rediss://127.0.0.1:1/", None, false).is_ok());
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        // A CA for a plain URL is refused by the client too.
+        assert!(client("redis://127.0.0.1:1/", Some(&pem), false).is_err());
+    }
 }

@@ -1,15 +1,37 @@
 //! A private `redis-server` per test, on a free loopback port, that the test can stop, restart
 //! on the same port, and whose pub/sub clients it can kill. It never touches the machine's own
-//! Redis on the standard port.
+//! Redis on the standard port. [`RedisServer::start_with`] adds options of the test's own, and
+//! can serve TLS only (`--port 0 --tls-port`) with certificate files the test made.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
+    /// The port clients use: plain TCP, or TLS when `tls` is set.
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Options after the usual ones.
+    extra: Vec<String>,
+    tls: Option<TlsFiles>,
+}
+
+/// Why a server did not start.
+enum Failure {
+    /// Its port was taken between `free_port` and its bind.
+    PortTaken,
+    Other(String),
+}
+
+/// PEM files for a TLS-only server: its certificate and key, and the CA that signed them (which
+/// the harness's own connections trust).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -20,19 +42,61 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server; fails the test with a clear message when `redis-server` is missing.
     pub fn start() -> Self {
+        RedisServer::start_with(&[], None)
+    }
+
+    /// Starts a server with `extra` options after the usual ones and, with `tls`, on a TLS port
+    /// only (`--port 0 --tls-port`, clients not asked for certificates); [`RedisServer::url`]
+    /// is then a `rediss://` URL. Fails the test with a clear message when the server does not
+    /// start (a `redis-server` built without TLS, an option it refuses), with its own log.
+    pub fn start_with(extra: &[String], tls: Option<TlsFiles>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
             port: free_port(),
             dir,
             child: None,
+            extra: extra.to_vec(),
+            tls,
         };
-        server.spawn();
-        server
+        // The free port may be taken again between `free_port` and the server's bind (by
+        // another test's server or connection): then the server exits, and another port is
+        // tried. A restart keeps its port, so there a lost port fails the test.
+        for _ in 0..3 {
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(Failure::PortTaken) => server.port = free_port(),
+                Err(Failure::Other(e)) => panic!("{e}"),
+            }
+        }
+        panic!("redis-server found no free port in 3 tries")
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        match self.try_spawn() {
+            Ok(()) => {}
+            Err(Failure::PortTaken) => panic!("port {} was taken meanwhile", self.port),
+            Err(Failure::Other(e)) => panic!("{e}"),
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), Failure> {
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let log = std::fs::File::create(self.log_path()).expect("create the redis log file");
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -43,7 +107,8 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
-            .stdout(Stdio::null())
+            .args(&self.extra)
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -53,25 +118,78 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Waits for this server's PING answer, checked to come from our process (plain
+    /// servers), or for its log's ready line (TLS servers, which the harness does not connect
+    /// to: the TLS client under test is redisse's).
+    fn wait_ready(&mut self) -> Result<(), Failure> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(self.url()).expect("client");
+        let pid = self.child.as_ref().map(Child::id);
+        let mut last_error = String::new();
         loop {
-            if let Ok(mut con) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut con).is_ok()
-            {
-                return;
+            if self.tls.is_some() {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                if log.contains("Ready to accept connections") {
+                    return Ok(());
+                }
+            } else {
+                match self.client().get_connection() {
+                    Ok(mut con) => match redis::cmd("INFO").arg("server").query::<String>(&mut con)
+                    {
+                        Ok(info) => {
+                            let theirs = info.lines().find_map(|l| {
+                                l.trim().strip_prefix("process_id:")?.parse::<u32>().ok()
+                            });
+                            if theirs == pid {
+                                return Ok(());
+                            }
+                            last_error = format!("port {} is another server's", self.port);
+                        }
+                        Err(e) => last_error = e.to_string(),
+                    },
+                    Err(e) => last_error = e.to_string(),
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let log_path = self.log_path();
+            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            if exited.is_some() && log().contains("Address already in use") {
+                self.child = None;
+                return Err(Failure::PortTaken);
+            }
+            if exited.is_some() || Instant::now() >= deadline {
+                self.stop();
+                let hint = if self.tls.is_some() {
+                    " (TLS: is this redis-server built with TLS support? Debian's is)"
+                } else {
+                    ""
+                };
+                return Err(Failure::Other(format!(
+                    "redis-server did not start on port {}{hint}: exit {exited:?}, \
+                     last error {last_error:?}, its log:\n{}",
+                    self.port,
+                    log()
+                )));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn client(&self) -> redis::Client {
+        assert!(
+            self.tls.is_none(),
+            "the harness connects to plain servers only; use redisse's client for TLS"
+        );
+        redis::Client::open(self.url()).expect("client")
     }
 
     #[allow(dead_code)] // part of the harness's API; no test needs the bare port yet
@@ -79,8 +197,14 @@ impl RedisServer {
         self.port
     }
 
+    /// `redis://127.0.0.1:PORT/`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the server (as a crash would: nothing is saved) and waits for it to exit.
@@ -136,8 +260,7 @@ impl RedisServer {
 
     /// A synchronous connection, for setting up and inspecting data.
     pub fn con(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .expect("client")
+        self.client()
             .get_connection()
             .expect("connect to the test redis")
     }
