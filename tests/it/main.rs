@@ -17,6 +17,7 @@ mod library;
 mod limits;
 mod listeners;
 mod metrics;
+mod nginx;
 mod outage;
 mod oversized;
 mod plain_connections;
