@@ -3,6 +3,8 @@
 //! Tests that need Redis start their own `redis-server` on a free loopback port; they fail
 //! with a clear message when `redis-server` is not installed.
 
+mod auth_callback;
+mod auth_support;
 mod bad_input;
 mod body_layers;
 mod channel_names;
@@ -10,8 +12,10 @@ mod churn;
 mod cli;
 mod doc_snippets;
 mod concurrency;
+mod cors;
 mod endpoint;
 mod extractor;
+mod jwt;
 mod layering;
 mod library;
 mod limits;
