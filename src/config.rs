@@ -184,6 +184,10 @@ impl Config {
             if !(callback.url.starts_with("http://") || callback.url.starts_with("https://")) {
                 return Err("the auth callback URL must start with http:// or https://".into());
             }
+            callback
+                .url
+                .parse::<http::Uri>()
+                .map_err(|e| format!("the auth callback URL is not a URL: {e}"))?;
         }
         if self.cors_origins.len() > 1 && self.cors_origins.iter().any(|o| o == "*") {
             return Err(

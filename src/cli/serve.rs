@@ -27,6 +27,15 @@ pub(super) async fn run<P: ChannelPolicy>(
     config
         .validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
+    // The JWT key and the callback are parsed here too (again by `Redisse::new`): a file that
+    // is not a key of the algorithm's type fails before anything listens.
+    if let Some(jwt) = &config.jwt {
+        crate::auth::JwtVerifier::new(jwt).map_err(|e| format!("invalid configuration: {e}"))?;
+    }
+    if let Some(callback) = &config.auth_callback {
+        crate::auth::AuthCallback::new(callback)
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+    }
     init_logs(&args)?;
     if !args.ssl && (args.ssl_cert.is_some() || args.ssl_key.is_some()) {
         return Err(

@@ -3,6 +3,8 @@
 //! Tests that need Redis start their own `redis-server` on a free loopback port; they fail
 //! with a clear message when `redis-server` is not installed.
 
+mod auth_callback;
+mod auth_support;
 mod bad_input;
 mod body_layers;
 mod browser;
@@ -11,13 +13,16 @@ mod churn;
 mod cli;
 mod doc_snippets;
 mod concurrency;
+mod cors;
 mod endpoint;
 mod extractor;
+mod jwt;
 mod layering;
 mod library;
 mod limits;
 mod listeners;
 mod metrics;
+mod nginx;
 mod outage;
 mod oversized;
 mod plain_connections;

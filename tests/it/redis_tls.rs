@@ -311,7 +311,7 @@ async fn a_server_signed_by_another_ca_is_unreachable_and_said_so() {
     assert_eq!(health(&server).await, 503);
     // A publish through the server fails (the broker is unreachable), it does not crash it.
     let res = client()
-        .post(server.url("/publish/global"))
+        .post(server.internal_url("/publish/global"))
         .body("lost")
         .send()
         .await
@@ -515,7 +515,7 @@ async fn a_wrong_password_is_said_so_without_being_logged() {
         );
         assert_eq!(health(&server).await, 503);
         let res = client()
-            .post(server.url("/publish/global"))
+            .post(server.internal_url("/publish/global"))
             .body("x")
             .send()
             .await

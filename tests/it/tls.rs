@@ -199,3 +199,67 @@ async fn unusable_certificate_files_stop_the_start_with_a_message() {
         .unwrap();
     assert!(!out.status.success(), "--ssl without files is refused");
 }
+
+/// `redisse publish --server https://...` verifies the server against the system's roots
+/// (here the test certificate, given as `SSL_CERT_FILE`, which the system-roots loader reads)
+/// and sends the token; an untrusted certificate is refused with a message that says so.
+#[tokio::test]
+async fn redisse_publish_speaks_https_and_verifies_the_certificate() {
+    let cert = Certificate::new();
+    let (cert_path, key_path) = (cert.path("cert.pem"), cert.path("key.pem"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
+        .args(["-a", "127.0.0.1", "-p", "0", "--ssl"])
+        .args(["--ssl-cert", &cert_path, "--ssl-key", &key_path])
+        .args(["--publish-token", "s3cret", "--internal-address", "none"])
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn redisse");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, stderr.read_line(&mut line))
+        .await
+        .expect("first log line")
+        .unwrap();
+    let at = line
+        .find("https://127.0.0.1:")
+        .expect("an https address in the first line");
+    let port: String = line[at + 18..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let server = format!("https://localhost:{port}");
+    let publish = |trust: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redisse"));
+        cmd.args([
+            "publish", "secure", "hello", "--server", &server, "--token", "s3cret",
+        ])
+        .env_remove("REDISSE_REDIS")
+        .env_remove("SSL_CERT_DIR")
+        .kill_on_drop(true);
+        match trust {
+            Some(file) => cmd.env("SSL_CERT_FILE", file),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        cmd.output()
+    };
+    let trusted = tokio::time::timeout(PATIENCE, publish(Some(&cert_path)))
+        .await
+        .expect("redisse publish exits in time")
+        .unwrap();
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "1");
+    let untrusted = tokio::time::timeout(PATIENCE, publish(None))
+        .await
+        .expect("redisse publish exits in time")
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let err = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+    child.kill().await.ok();
+}
