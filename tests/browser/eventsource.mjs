@@ -31,6 +31,7 @@
 // standard output, the cause on standard error); 2 for a bad input. A watchdog kills the
 // browser and exits if anything hangs.
 
+import { rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -76,6 +77,28 @@ class JobError extends Error {}
 let browser;
 let userDataDir;
 
+// At once, on a signal or the watchdog: Chromium runs in a process group of its own (puppeteer
+// starts it detached), so it would outlive this process.
+function killBrowserNow() {
+  const proc = browser?.process();
+  if (proc && proc.exitCode === null && proc.signalCode === null) {
+    try {
+      process.kill(-proc.pid, 'SIGKILL');
+    } catch {
+      proc.kill('SIGKILL');
+    }
+  }
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+}
+
+for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130], ['SIGHUP', 129]]) {
+  process.on(signal, () => {
+    process.stderr.write(`eventsource.mjs: ${signal}: closing the browser\n`);
+    killBrowserNow();
+    process.exit(code);
+  });
+}
+
 async function cleanUp() {
   if (browser) {
     const proc = browser.process();
@@ -95,8 +118,7 @@ async function run(jobs) {
   const longest = Math.max(...jobs.map((job) => job.timeoutMs));
   const watchdog = setTimeout(() => {
     process.stderr.write(`eventsource.mjs: watchdog: still running after ${elapsed()} ms\n`);
-    const proc = browser?.process();
-    if (proc) proc.kill('SIGKILL');
+    killBrowserNow();
     process.stdout.write(JSON.stringify({ fatal: 'watchdog: the run hung' }) + '\n');
     process.exit(1);
   }, longest + 30000);
@@ -120,6 +142,10 @@ async function run(jobs) {
     ],
     timeout: 20000,
     protocolTimeout: 20000,
+    // The signal handlers above close the browser and exit.
+    handleSIGINT: false,
+    handleSIGTERM: false,
+    handleSIGHUP: false,
   });
   const results = await Promise.all(jobs.map((job, index) => watch(job, index)));
   // Let the last log entries (a CORS message follows the error event) come in.

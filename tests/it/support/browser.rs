@@ -287,7 +287,6 @@ impl BrowserRun {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("start node tests/browser/eventsource.mjs");
         let (senders, progress): (Vec<_>, Vec<_>) =
@@ -375,14 +374,14 @@ impl BrowserRun {
         let status = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.expect("wait for node"),
             Err(_) => {
-                let _ = self.child.kill().await;
+                // Dropping the run stops node and its browser.
                 panic!(
                     "node tests/browser/eventsource.mjs still running after {limit:?}; its log:\n{}",
                     self.stderr.lock().unwrap()
                 );
             }
         };
-        let stdout = self.stdout.await.unwrap_or_default();
+        let stdout = (&mut self.stdout).await.unwrap_or_default();
         // The stderr reader may still be draining; give it a moment for the log below.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let log = self.stderr.lock().unwrap().clone();
@@ -402,5 +401,26 @@ impl BrowserRun {
         });
         assert_eq!(results.results.len(), self.jobs.len(), "one result per job");
         results.results
+    }
+}
+
+/// A run dropped before its end (a failing assertion) stops node with SIGTERM, on which
+/// puppeteer kills its Chromium: a SIGKILL would leave the browser running (it is started in
+/// a process group of its own), for good if nothing else ended it.
+impl Drop for BrowserRun {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.start_kill();
     }
 }
