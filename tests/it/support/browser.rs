@@ -34,6 +34,27 @@ fn chromium() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
 
+/// The puppeteer-core version tests/browser/package.json pins.
+fn wanted_version(dir: &Path) -> String {
+    let wanted: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("package.json"))
+            .expect("read tests/browser/package.json"),
+    )
+    .expect("tests/browser/package.json is JSON");
+    wanted["dependencies"]["puppeteer-core"]
+        .as_str()
+        .expect("tests/browser/package.json pins puppeteer-core")
+        .to_owned()
+}
+
+/// The puppeteer-core version installed in tests/browser/node_modules.
+fn installed_version(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("node_modules/puppeteer-core/package.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|pkg| pkg["version"].as_str().map(str::to_owned))
+}
+
 /// Fails the test, with the command that fixes it, when a tool the browser tests need is missing.
 fn require_tools() {
     let node = std::process::Command::new("node")
@@ -58,30 +79,32 @@ fn require_tools() {
         "the browser tests need Node.js 18 or later, `node --version` says {version:?}"
     );
 
-    let dir = browser_dir();
-    let wanted: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("package.json"))
-            .expect("read tests/browser/package.json"),
-    )
-    .expect("tests/browser/package.json is JSON");
-    let wanted = wanted["dependencies"]["puppeteer-core"]
-        .as_str()
-        .expect("tests/browser/package.json pins puppeteer-core");
-    let installed = std::fs::read_to_string(dir.join("node_modules/puppeteer-core/package.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-        .and_then(|pkg| pkg["version"].as_str().map(str::to_owned));
-    match installed {
-        None => panic!(
-            "the browser tests need tests/browser/node_modules (puppeteer-core), which is not \
-             installed: run `npm ci --prefix tests/browser` (it downloads no browser)"
-        ),
-        Some(v) if v != wanted => panic!(
-            "tests/browser/node_modules has puppeteer-core {v}, package.json pins {wanted}: run \
-             `npm ci --prefix tests/browser`"
-        ),
-        Some(_) => {}
+    // The npm packages are installed here when missing or stale (`npm ci`, once per test
+    // process), so that README's test command works on a machine with Node.js and Chromium.
+    static NPM: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut checked = NPM.lock().unwrap_or_else(|e| e.into_inner());
+    if !*checked {
+        let dir = browser_dir();
+        if installed_version(&dir).as_deref() != Some(wanted_version(&dir).as_str()) {
+            let status = std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("the browser tests need npm to install tests/browser's packages: {e}; install it with `apt-get install -y npm`")
+                });
+            assert!(status.success(), "`npm ci` in tests/browser failed");
+        }
+        let (wanted, installed) = (wanted_version(&dir), installed_version(&dir));
+        assert_eq!(
+            installed.as_deref(),
+            Some(wanted.as_str()),
+            "tests/browser/node_modules has puppeteer-core {installed:?}, package.json pins \
+             {wanted}: run `npm ci --prefix tests/browser`"
+        );
+        *checked = true;
     }
+    drop(checked);
 
     let chromium = chromium();
     assert!(
