@@ -233,7 +233,7 @@ cleanup() {
 trap cleanup EXIT
 echo "compare: private redis-server on 127.0.0.1:$REDIS_PORT"
 
-for p in $REDISSE_PORT $NCHAN_MEM_PORT $NCHAN_REDIS_PORT; do
+for p in $REDISSE_PORT $((REDISSE_PORT + 1)) $NCHAN_MEM_PORT $NCHAN_REDIS_PORT; do
   if (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "compare: port $p is busy" >&2; exit 1; fi
 done
 
@@ -253,10 +253,17 @@ start_server() {
       local bin=redisse redis=()
       [[ $1 == base-* ]] && bin=redisse-base
       [[ $1 != redisse-mem && $1 != base-mem ]] && redis=(--redis "redis://127.0.0.1:$REDIS_PORT/")
-      "$WORK/bin/$bin" -a 127.0.0.1 -p $REDISSE_PORT "${redis[@]}" >"$WORK/$bin.log" 2>&1 &
+      # A redisse with an internal listener publishes there (its public port needs a
+      # credential); an older one publishes on its public port (loopback was enough).
+      local internal=()
+      EXTRA="--target redisse"
+      if "$WORK/bin/$bin" --help | grep -q -- --internal-address; then
+        internal=(--internal-address "127.0.0.1:$((REDISSE_PORT + 1))")
+        EXTRA="$EXTRA --publish-server 127.0.0.1:$((REDISSE_PORT + 1))"
+      fi
+      "$WORK/bin/$bin" -a 127.0.0.1 -p $REDISSE_PORT "${internal[@]}" "${redis[@]}" >"$WORK/$bin.log" 2>&1 &
       SERVER_PID=$!
       PORT=$REDISSE_PORT
-      EXTRA="--target redisse"
       [[ $1 == redisse-redis-direct ]] && EXTRA="$EXTRA --publish-redis redis://127.0.0.1:$REDIS_PORT/"
       ;;
     nchan-mem|nchan-redis)

@@ -75,6 +75,10 @@ struct Args {
     /// Publishing connections.
     #[arg(long)]
     publishers: Option<usize>,
+    /// Where to publish over HTTP, when not `--server` (redisse publishes without a credential
+    /// on its internal listener).
+    #[arg(long)]
+    publish_server: Option<SocketAddr>,
     /// Publish straight to Redis at this URL (redisse's layout) instead of over HTTP.
     #[arg(long)]
     publish_redis: Option<String>,
@@ -237,7 +241,7 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         let schedule = Schedule {
             via: match &args.publish_redis {
                 Some(url) => Via::Redis(url.clone()),
-                None => Via::Http(args.target, args.server),
+                None => Via::Http(args.target, args.publish_server.unwrap_or(args.server)),
             },
             events: shape.events,
             rate: shape.rate,
