@@ -110,7 +110,8 @@ impl<P: ChannelPolicy> SseEndpoint<P> {
     }
 }
 
-fn stats(shared: &Shared) -> Response<SseBody> {
+/// The gem's JSON stats (the endpoint's and the internal router's).
+pub(crate) fn stats(shared: &Shared) -> Response<SseBody> {
     let body = serde_json::to_string(&shared.metrics.stats()).unwrap_or_default();
     let mut res = Response::new(SseBody::full(body));
     res.headers_mut().insert(

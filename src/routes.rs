@@ -186,13 +186,7 @@ fn with_cors(router: Router, shared: &Arc<Shared>) -> Router {
 fn internal_other(shared: &Shared, req: Request<Body>) -> Response {
     let accepts = Accepts::get(req.extensions(), req.headers());
     if req.method() == Method::GET && accepts.json {
-        let body = serde_json::to_string(&shared.metrics.stats()).unwrap_or_default();
-        let mut res = body.into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return res;
+        return crate::endpoint::stats(shared).map(Body::new);
     }
     (
         StatusCode::NOT_FOUND,

@@ -63,7 +63,12 @@ fn run_inner<P: ChannelPolicy>(policy: Option<P>) -> ExitCode {
         Some(Command::Serve(args)) => runtime.block_on(serve::run(*args, policy)),
         None => runtime.block_on(serve::run(cli.serve, policy)),
     };
-    // Streams and the Redis subscriber may still hold tasks; do not wait for them.
+    finish(runtime, result)
+}
+
+/// Leaves the runtime (streams and the Redis subscriber may still hold tasks: they are not
+/// waited for) and turns the result into the exit status.
+fn finish(runtime: tokio::runtime::Runtime, result: Result<(), String>) -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,12 +101,5 @@ fn run_publish() -> ExitCode {
         }
     };
     let result = runtime.block_on(publish::run(args));
-    runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("redisse: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(runtime, result)
 }

@@ -128,16 +128,19 @@ pub async fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Both listeners on free loopback ports.
+const LOOPBACK: [&str; 6] = [
+    "-a",
+    "127.0.0.1",
+    "-p",
+    "0",
+    "--internal-address",
+    "127.0.0.1:0",
+];
+
 /// `redisse serve` with `args` must exit non-zero before serving; returns its standard error.
 pub async fn fails_to_start(args: &[&str]) -> String {
-    let mut all = vec![
-        "-a",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--internal-address",
-        "127.0.0.1:0",
-    ];
+    let mut all = LOOPBACK.to_vec();
     all.extend_from_slice(args);
     let (ok, _, stderr) = run(&all).await;
     assert!(!ok, "redisse {args:?} started: {stderr}");
@@ -157,14 +160,7 @@ pub struct WithEnv {
 
 impl WithEnv {
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut all = vec![
-            "-a",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--internal-address",
-            "127.0.0.1:0",
-        ];
+        let mut all = LOOPBACK.to_vec();
         all.extend_from_slice(args);
         let mut child = command(&all, env).spawn().expect("spawn redisse");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();

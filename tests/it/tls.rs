@@ -71,15 +71,13 @@ async fn tls_request(
     tls
 }
 
-#[tokio::test]
-async fn streams_and_publishing_work_over_tls() {
-    let cert = Certificate::new();
-    let (cert_path, key_path) = (cert.path("cert.pem"), cert.path("key.pem"));
+/// The binary serving HTTPS with the certificate files, its publish token `s3cret` and no
+/// internal listener (its default port would collide between tests); its port, read from the
+/// first log line.
+async fn start_tls_server(cert_path: &str, key_path: &str) -> (tokio::process::Child, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
         .args(["-a", "127.0.0.1", "-p", "0", "--ssl"])
-        .args(["--ssl-cert", &cert_path, "--ssl-key", &key_path])
-        // Publishing over TLS is the public listener's, with the token; no internal listener
-        // (its default port would collide between tests).
+        .args(["--ssl-cert", cert_path, "--ssl-key", key_path])
         .args(["--publish-token", "s3cret", "--internal-address", "none"])
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
@@ -95,12 +93,24 @@ async fn streams_and_publishing_work_over_tls() {
     let at = line
         .find("https://127.0.0.1:")
         .expect("an https address in the first line");
-    let port: u16 = line[at + 18..]
+    let port = line[at + 18..]
         .chars()
         .take_while(char::is_ascii_digit)
         .collect::<String>()
         .parse()
         .unwrap();
+    // The rest of the log is drained, so that the server never blocks on a full pipe.
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+    });
+    (child, port)
+}
+
+#[tokio::test]
+async fn streams_and_publishing_work_over_tls() {
+    let cert = Certificate::new();
+    let (cert_path, key_path) = (cert.path("cert.pem"), cert.path("key.pem"));
+    let (mut child, port) = start_tls_server(&cert_path, &key_path).await;
 
     let mut stream = tls_request(
         &cert,
@@ -207,28 +217,7 @@ async fn unusable_certificate_files_stop_the_start_with_a_message() {
 async fn redisse_publish_speaks_https_and_verifies_the_certificate() {
     let cert = Certificate::new();
     let (cert_path, key_path) = (cert.path("cert.pem"), cert.path("key.pem"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
-        .args(["-a", "127.0.0.1", "-p", "0", "--ssl"])
-        .args(["--ssl-cert", &cert_path, "--ssl-key", &key_path])
-        .args(["--publish-token", "s3cret", "--internal-address", "none"])
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn redisse");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    tokio::time::timeout(PATIENCE, stderr.read_line(&mut line))
-        .await
-        .expect("first log line")
-        .unwrap();
-    let at = line
-        .find("https://127.0.0.1:")
-        .expect("an https address in the first line");
-    let port: String = line[at + 18..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let (mut child, port) = start_tls_server(&cert_path, &key_path).await;
     let server = format!("https://localhost:{port}");
     let publish = |trust: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_redisse"));
