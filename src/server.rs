@@ -2,7 +2,8 @@
 //! the sockets, HTTP settings and graceful shutdown a push server needs.
 //!
 //! We drive hyper ourselves rather than through `axum::serve` to set what a push server needs:
-//! `TCP_NODELAY` on every socket (small frames must not wait for Nagle; [`Tcp`] sets it), a
+//! `TCP_NODELAY` on every socket (small frames must not wait for Nagle), keepalive and
+//! `TCP_USER_TIMEOUT` (a peer that vanished is found within two minutes; [`Tcp`] sets them), a
 //! request-head size limit (431 past it) and a header read timeout against slow-loris clients,
 //! and a shutdown that first ends every SSE stream (they would otherwise keep hyper's graceful
 //! shutdown waiting forever, tokio-rs/axum#2673), then waits a bounded time for connections to

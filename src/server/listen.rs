@@ -20,8 +20,71 @@ pub const LISTEN_BACKLOG: u32 = 1024;
 /// How long to wait after a failed accept (out of file descriptors, mostly) before the next.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// A TCP listener whose connections have `TCP_NODELAY` set: small frames must not wait for
-/// Nagle's algorithm.
+// A peer that vanished without a FIN or RST (a phone that lost its network, a host switched
+// off, a NAT that dropped its mapping) would otherwise hold its socket, its queue and its
+// subscriptions for as long as the kernel likes: hours without keepalive when the stream is
+// idle, about 15 minutes of retransmissions when we are writing to it. Both cases are bounded
+// at two minutes:
+// - idle (nothing in flight): the first keepalive probe after 60 s of silence, then one every
+//   10 s, and the connection is dropped after 6 unanswered ones: 60 + 6 × 10 = 120 s. The
+//   heartbeat (15 s by default) usually means data is in flight instead, which is the next case;
+//   60 s stays under the idle timeouts of common NATs and load balancers.
+// - writing (data unacknowledged): TCP_USER_TIMEOUT drops the connection once data has stayed
+//   unacknowledged for 120 s, the same bound, long enough for a mobile client to cross a
+//   tunnel or switch networks. Linux also applies it to the keepalive probes, so the two agree.
+// Not configurable: no deployment has needed another value yet.
+/// Silence before the first keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Between two keepalive probes.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "freebsd"
+))]
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the connection is dropped.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "freebsd"
+))]
+const KEEPALIVE_PROBES: u32 = 6;
+/// Longest time sent data may stay unacknowledged (`TCP_USER_TIMEOUT`, Linux).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const USER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sets the options of an accepted connection: `TCP_NODELAY` (small frames must not wait for
+/// Nagle's algorithm), keepalive and `TCP_USER_TIMEOUT` (a dead peer is found within two
+/// minutes). A failure leaves the connection served without the option, as the kernel's
+/// defaults would.
+fn set_options(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    // Where the kernel lets the interval and the count be set per socket.
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    ))]
+    let keepalive = keepalive
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket.set_tcp_user_timeout(Some(USER_TIMEOUT)) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+/// A TCP listener whose connections have `TCP_NODELAY` set (small frames must not wait for
+/// Nagle's algorithm), and keepalive and `TCP_USER_TIMEOUT` so that a peer that vanished is
+/// found within two minutes.
 #[derive(Debug)]
 pub struct Tcp(tokio::net::TcpListener);
 
@@ -53,7 +116,7 @@ impl Listener for Tcp {
         loop {
             match self.0.accept().await {
                 Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
+                    set_options(&stream);
                     return (stream, addr);
                 }
                 Err(e) => {
@@ -124,5 +187,30 @@ impl Listener for Unix {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.listener.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket options are read back from the server's side of a connection accepted
+    /// through [`Tcp`]'s own `accept`.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_keepalive_and_a_user_timeout() {
+        let mut listener = Tcp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap(), "SO_KEEPALIVE is off");
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+            assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+        }
     }
 }
