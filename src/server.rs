@@ -82,6 +82,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 pub use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -254,7 +255,7 @@ where
     P: Clone + Send + Sync + 'static,
 {
     let conn = Connection::new(ctx.builder.clone(), ctx.graceful.watcher(), &ctx.plain);
-    let svc = connection_service(&ctx.plain.router, peer, &conn.slow);
+    let svc = connection_service(&ctx.plain, peer, &conn.slow);
     let acceptor = tls.acceptor.clone();
     tokio::spawn(async move {
         match tokio::time::timeout(conn.head_timeout, acceptor.accept(io)).await {
@@ -286,7 +287,7 @@ where
             Handoff::Done => {}
             Handoff::Hyper => {
                 let conn = Connection::new(builder, watcher, &plain);
-                let svc = connection_service(&plain.router, peer, &conn.slow);
+                let svc = connection_service(&plain, peer, &conn.slow);
                 // Boxed: hyper's connection is large, and most connections never get here.
                 Box::pin(conn.drive(plain_conn.into_hyper(), svc)).await;
             }
@@ -297,21 +298,29 @@ where
 }
 
 /// The router, with the connection's peer in every request's extensions; the handles of the
-/// streams it answers are watched for slow clients.
+/// streams it answers are watched for slow clients. A head larger than the limit is answered
+/// 431 here: hyper's own limit cannot go below its 8 KiB buffer.
 fn connection_service<P: Clone + Send + Sync + 'static>(
-    router: &Router,
+    plain: &PlainContext,
     peer: P,
     slow: &SlowStreams,
 ) -> impl ConnectionService {
-    let router = router.clone();
+    let router = plain.router.clone();
+    let metrics = plain.metrics.clone();
+    let max_head = plain.limits.max_bytes;
     let slow = slow.clone();
     tower::service_fn(move |mut req: http::Request<Incoming>| {
+        let too_large =
+            (head::parsed_size(&req) > max_head).then(|| head_too_large(&req, &metrics));
         req.extensions_mut().insert(peer.clone());
         let sink = StreamSink::default();
         req.extensions_mut().insert(sink.clone());
         let slow = slow.clone();
         let response = router.clone().oneshot(req);
         async move {
+            if let Some(refused) = too_large {
+                return Ok(refused);
+            }
             let response = response.await?;
             let handle = sink
                 .take()
@@ -322,6 +331,24 @@ fn connection_service<P: Clone + Send + Sync + 'static>(
             Ok(response)
         }
     })
+}
+
+/// The 431 for a head past the limit, counted and logged like the ones hyper and `plain`
+/// answer; an HTTP/1 connection is closed after it (the body, if any, is not read).
+fn head_too_large<B>(req: &http::Request<B>, metrics: &Metrics) -> axum::response::Response {
+    Refused::connection(Refusal::HeaderTooLarge, "request head too large (431)").record(metrics);
+    let mut res = (
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "the request head is too large\n",
+    )
+        .into_response();
+    if req.version() < http::Version::HTTP_2 {
+        res.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// The service a connection runs: the router with the connection's extensions.

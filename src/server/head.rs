@@ -164,9 +164,52 @@ pub(crate) fn decide(buf: &[u8]) -> Option<Option<usize>> {
     })
 }
 
+/// The size of a request's head as hyper parsed it, written the shortest way HTTP/1.1 allows:
+/// request line, each header as `name: value` and CRLFs. Hyper cannot refuse a head smaller
+/// than its 8 KiB read buffer, so the server compares this with a lower limit itself; the bytes
+/// on the wire are at least as many (optional whitespace, folded lines), never fewer.
+pub(super) fn parsed_size<B>(req: &Request<B>) -> usize {
+    let target = match req.uri().path_and_query() {
+        // Origin form (`/path?query`), as HTTP/1 clients send it; HTTP/2 requests carry the
+        // scheme and the authority in pseudo-headers of about the same size.
+        Some(pq) if req.uri().scheme().is_none() => pq.as_str().len(),
+        _ => req.uri().to_string().len(),
+    };
+    // `GET /path HTTP/1.1\r\n`
+    let line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1".len() + 2;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parsed_head_counts_as_its_shortest_http_1_1_form() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n";
+        let req = Request::builder()
+            .uri("/a?b=1")
+            .header("Host", "x")
+            .header("Accept", "text/event-stream")
+            .body(())
+            .unwrap();
+        assert_eq!(parsed_size(&req), raw.len());
+        // An absolute URI (HTTP/2, or a proxy's absolute form) counts whole.
+        let req = Request::builder()
+            .method("POST")
+            .uri("https://example.com/p")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            parsed_size(&req),
+            "POST https://example.com/p HTTP/1.1\r\n\r\n".len()
+        );
+    }
 
     fn sorted(bytes: &[u8]) -> &'static str {
         match sort(bytes) {

@@ -305,6 +305,44 @@ async fn a_head_limit_below_8_kib_is_enforced() {
     assert_eq!(ok.next().await.data, "fits");
 }
 
+/// The same limit on requests hyper serves: after a first request that is not a stream (the
+/// connection then belongs to hyper), a 5 KB head with `max_header_bytes` 2048 is a 431 too (it
+/// was served: hyper's buffer is at least 8 KiB).
+#[tokio::test]
+async fn a_head_limit_below_8_kib_is_enforced_on_requests_hyper_serves() {
+    let mut config = Backend::memory().config();
+    config.max_header_bytes = 2048;
+    let server = TestServer::start(config).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut first),
+    )
+    .await
+    .expect("an answer to the first request")
+    .unwrap();
+    assert_eq!(status_of(&first[..n]), 200);
+    let big = format!(
+        "GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    tcp.write_all(big.as_bytes()).await.unwrap();
+    let res = read_to_close(&mut tcp, PATIENCE).await;
+    assert_eq!(status_of(&res), 431, "{}", String::from_utf8_lossy(&res));
+    assert_eq!(refusals(&server, Refusal::HeaderTooLarge), 1);
+    // Just under the limit is served.
+    let fits = format!(
+        "GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Fits: {}\r\n\r\n",
+        "f".repeat(1900)
+    );
+    let res = exchange(server.addr, fits.as_bytes(), PATIENCE).await;
+    assert_eq!(status_of(&res), 200, "{}", String::from_utf8_lossy(&res));
+}
+
 /// Bytes that can never start an HTTP/1 request (a TLS hello on the plain port, garbage without a
 /// line break) are refused at once with 400, not after the whole header read timeout.
 #[tokio::test]

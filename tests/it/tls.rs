@@ -75,10 +75,20 @@ async fn tls_request(
 /// internal listener (its default port would collide between tests); its port, read from the
 /// first log line.
 async fn start_tls_server(cert_path: &str, key_path: &str) -> (tokio::process::Child, u16) {
+    start_tls_server_with(cert_path, key_path, &[]).await
+}
+
+/// [`start_tls_server`] with more options.
+async fn start_tls_server_with(
+    cert_path: &str,
+    key_path: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
         .args(["-a", "127.0.0.1", "-p", "0", "--ssl"])
         .args(["--ssl-cert", cert_path, "--ssl-key", key_path])
         .args(["--publish-token", "s3cret", "--internal-address", "none"])
+        .args(extra)
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -166,6 +176,48 @@ async fn streams_and_publishing_work_over_tls() {
     let head = String::from_utf8_lossy(&received);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
+    child.kill().await.ok();
+}
+
+/// TLS connections are hyper's throughout: a head limit below hyper's 8 KiB buffer is still
+/// the limit there (a 5 KB head with `--max-header-bytes 2048` was served), for streams and
+/// other requests alike; a head within it is served.
+#[tokio::test]
+async fn a_head_limit_below_8_kib_is_enforced_over_tls() {
+    let cert = Certificate::new();
+    let (cert_path, key_path) = (cert.path("cert.pem"), cert.path("key.pem"));
+    let (mut child, port) =
+        start_tls_server_with(&cert_path, &key_path, &["--max-header-bytes", "2048"]).await;
+    let big = "b".repeat(5000);
+    for request in [
+        format!("GET /?a HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nX-Big: {big}\r\n\r\n"),
+        format!("GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+    ] {
+        let mut tls = tls_request(&cert, port, &request).await;
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer))
+            .await
+            .expect("an answer, then the connection closed")
+            .ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+    let mut tls = tls_request(
+        &cert,
+        port,
+        &format!(
+            "GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Fits: {}\r\n\r\n",
+            "f".repeat(1900)
+        ),
+    )
+    .await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     child.kill().await.ok();
 }
 
