@@ -35,6 +35,17 @@ pub enum Error {
     /// A Redis URL was given to a build without the `redis` feature.
     #[error("this build of redisse has no Redis support (cargo feature `redis`)")]
     RedisNotBuilt,
+    /// The broker did not answer when the instance started ([`crate::Redisse::connect`]).
+    #[error("{message}{}", waited.map(|w| format!(", still after waiting {w:?}")).unwrap_or_default())]
+    BrokerUnreachable {
+        /// The broker (named without its password) and the cause: `Redis redis://10.0.0.1:6379/0:
+        /// connection refused`, `...: authentication failed (WRONGPASS: ...)`, `...: not a
+        /// Redis server ...`, `...: cannot resolve the host ...`, `...: no answer`.
+        message: String,
+        /// How long it was waited for, when waiting longer might have helped (refused, no
+        /// answer, an unknown host); `None` when it cannot (a wrong password, not Redis).
+        waited: Option<std::time::Duration>,
+    },
     /// The broker could not be set up.
     #[error(transparent)]
     Broker(#[from] BrokerError),

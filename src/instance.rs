@@ -100,6 +100,35 @@ impl Redisse {
         Ok(Redisse { shared })
     }
 
+    /// Starts an instance as [`Redisse::new`] does, once its broker answers: waits at most
+    /// `timeout` for Redis to answer a PING on a real connection (with the URL's password and
+    /// TLS), and fails with [`Error::BrokerUnreachable`] naming the cause (refused, no answer,
+    /// an unknown host, a wrong password, not a Redis server) when it does not. A wrong
+    /// password or a server that is not Redis fails at once. A zero `timeout` does not wait,
+    /// and the in-memory broker never does.
+    ///
+    /// Only the start is checked: once running, the instance survives Redis outages (streams
+    /// wait, `/health` answers 503 until Redis is back). [`Redisse::new`] never waits: the
+    /// broker connects in the background.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut config = redisse::Config::default();
+    /// config.redis_url = Some("redis://127.0.0.1:1/".into()); // nothing listens there
+    /// let err = redisse::Redisse::connect(config, Duration::from_millis(200)).await.unwrap_err();
+    /// assert!(err.to_string().contains("connection refused"), "{err}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(config: Config, timeout: std::time::Duration) -> Result<Self, Error> {
+        config.validate().map_err(Error::InvalidConfig)?;
+        if !timeout.is_zero() {
+            Broker::wait_until_answered(&config, timeout).await?;
+        }
+        Redisse::new(config)
+    }
+
     /// The settings this instance runs with.
     pub fn config(&self) -> &Config {
         &self.shared.config

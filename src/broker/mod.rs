@@ -52,6 +52,24 @@ impl Broker {
         }
     }
 
+    /// Waits at most `timeout` for the broker `config` names to answer (at once in memory),
+    /// before any of its tasks starts: see `redis::probe`.
+    pub async fn wait_until_answered(
+        config: &Config,
+        timeout: std::time::Duration,
+    ) -> Result<(), Error> {
+        match &config.redis_url {
+            None => Ok(()),
+            #[cfg(feature = "redis")]
+            Some(url) => redis::wait_until_answered(url, config, timeout).await,
+            #[cfg(not(feature = "redis"))]
+            Some(_) => {
+                let _ = timeout;
+                Err(Error::RedisNotBuilt)
+            }
+        }
+    }
+
     /// Assigns an id, stores the event in history and delivers it to every subscriber.
     pub async fn publish(&self, channel: &str, event: &Event) -> Result<u64, BrokerError> {
         match self {

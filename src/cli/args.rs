@@ -68,6 +68,11 @@ pub struct ServeArgs {
     /// without it, the system's roots.
     #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
+    /// At startup, how long to wait for Redis to answer a PING (a Redis still starting) before
+    /// exiting with the cause; 0 starts without waiting (the broker then connects in the
+    /// background). Once started, outages are waited out whatever this says.
+    #[arg(long, env = "REDISSE_REDIS_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub redis_connect_timeout: Duration,
     /// Log to standard output instead of standard error.
     #[arg(short = 's', long, env = "REDISSE_STDOUT")]
     pub stdout: bool,

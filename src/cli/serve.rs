@@ -57,6 +57,35 @@ pub(super) async fn run<P: ChannelPolicy>(
     }
     #[cfg(not(feature = "tls"))]
     let tls: MaybeTls = ();
+    // Written before anything listens (an unwritable path is a startup error), removed however
+    // the server ends.
+    if let Some(pid) = &args.pid {
+        std::fs::write(pid, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write the pid file {}: {e}", pid.display()))?;
+    }
+    let result = run_with_pid_file(&args, config, tls, policy).await;
+    if let Some(pid) = &args.pid {
+        let _ = std::fs::remove_file(pid);
+    }
+    result
+}
+
+/// What follows the pid file: the broker's answer, the listeners, serving.
+async fn run_with_pid_file<P: ChannelPolicy>(
+    args: &ServeArgs,
+    config: crate::config::Config,
+    tls: MaybeTls,
+    policy: Option<P>,
+) -> Result<(), String> {
+    let description = config.broker_description();
+    let redisse = Redisse::connect(config, args.redis_connect_timeout)
+        .await
+        .map_err(|e| match e {
+            crate::Error::BrokerUnreachable {
+                waited: Some(_), ..
+            } => format!("cannot start: {e} (see --redis-connect-timeout)"),
+            e => format!("cannot start: {e}"),
+        })?;
     #[cfg(feature = "tls")]
     let scheme = if tls.is_some() { "https" } else { "http" };
     #[cfg(not(feature = "tls"))]
@@ -111,7 +140,7 @@ pub(super) async fn run<P: ChannelPolicy>(
     tracing::info!(
         "redisse {} listening on {address} with the {} broker",
         env!("CARGO_PKG_VERSION"),
-        broker_name(&config.broker_description())
+        broker_name(&description)
     );
     match &internal {
         None => tracing::info!("no internal listener (--internal-address none)"),
@@ -127,6 +156,7 @@ pub(super) async fn run<P: ChannelPolicy>(
             }
         ),
     }
+    let config = redisse.config();
     let mode = match (&config.jwt, &config.auth_callback, &policy) {
         (_, _, Some(_)) => "the application's channel function",
         (Some(_), _, None) => "JWT",
@@ -140,11 +170,6 @@ pub(super) async fn run<P: ChannelPolicy>(
              reaches it may subscribe to any channel (see --jwt-secret, --auth-callback)"
         );
     }
-    if let Some(pid) = &args.pid {
-        std::fs::write(pid, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write the pid file {}: {e}", pid.display()))?;
-    }
-    let redisse = Redisse::new(config).map_err(|e| e.to_string())?;
     let router = match policy {
         Some(policy) => redisse.router_with(policy),
         None => redisse.router(),
@@ -182,9 +207,6 @@ pub(super) async fn run<P: ChannelPolicy>(
             Ok(Err(e)) => tracing::warn!(error = %e, "the internal listener failed"),
             Err(e) => tracing::warn!(error = %e, "the internal listener's task failed"),
         }
-    }
-    if let Some(pid) = &args.pid {
-        let _ = std::fs::remove_file(pid);
     }
     tracing::info!("stopped");
     result

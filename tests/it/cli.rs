@@ -82,6 +82,7 @@ async fn help_documents_every_option_with_its_environment_variable() {
         ("--port", "REDISSE_PORT"),
         ("--socket", "REDISSE_SOCKET"),
         ("--redis", "REDISSE_REDIS"),
+        ("--redis-connect-timeout", "REDISSE_REDIS_CONNECT_TIMEOUT"),
         ("--stdout", "REDISSE_STDOUT"),
         ("--log", "REDISSE_LOG_FILE"),
         ("--verbose", "REDISSE_VERBOSE"),
@@ -146,6 +147,7 @@ async fn help_documents_every_option_with_its_environment_variable() {
         (" ", "--heartbeat", Some("15")),
         (" ", "--history-size", Some("100")),
         (" ", "--polling-delay", Some("1")),
+        (" ", "--redis-connect-timeout", Some("5")),
         (" ", "--max-channels", Some("1024")),
         (" ", "--max-queue-bytes", Some("1048576")),
         (" ", "--max-publish-bytes", Some("1048576")),
@@ -409,8 +411,10 @@ async fn the_port_comes_from_redisse_port() {
 
 #[tokio::test]
 async fn the_first_log_line_names_redis_without_its_password() {
-    // Nothing listens on port 1: the line is written before the broker connects. The server is
-    // named as the Redis client parsed the URL: user, host, port and database.
+    // Nothing listens on port 1: `--redis-connect-timeout 0` starts without waiting for Redis,
+    // and the line is written before the broker connects. The server is named as the Redis
+    // client parsed the URL: user, host, port and database. (That a failed start names it
+    // without its password too is tests/it/startup.rs.)
     for (url, described) in [
         (
             "redis://:hunter2@127.0.0.1:1/",
@@ -421,7 +425,20 @@ async fn the_first_log_line_names_redis_without_its_password() {
             "Redis redis://user@127.0.0.1:1/0 broker",
         ),
     ] {
-        let r = start(&["-a", "127.0.0.1", "-p", "0", "--redis", url], &[]).await;
+        let r = start(
+            &[
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--redis",
+                url,
+                "--redis-connect-timeout",
+                "0",
+            ],
+            &[],
+        )
+        .await;
         let line = &r.first_line;
         assert!(
             !line.contains("hunter2"),
@@ -433,7 +450,10 @@ async fn the_first_log_line_names_redis_without_its_password() {
     // Through the environment too.
     let r = start(
         &["-a", "127.0.0.1", "-p", "0"],
-        &[("REDISSE_REDIS", "redis://:hunter2@127.0.0.1:1/")],
+        &[
+            ("REDISSE_REDIS", "redis://:hunter2@127.0.0.1:1/"),
+            ("REDISSE_REDIS_CONNECT_TIMEOUT", "0"),
+        ],
     )
     .await;
     assert!(

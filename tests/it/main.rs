@@ -35,6 +35,7 @@ mod resume;
 mod shutdown;
 mod slow_client;
 mod slow_client_hyper;
+mod startup;
 mod support;
 mod timing;
 mod tls;

@@ -144,6 +144,25 @@ async fn log_line(server: &Redisse, words: &[&str]) -> String {
     }
 }
 
+/// Runs the binary, which must fail to start (the startup check, tests/it/startup.rs): its
+/// standard error, checked to name no listener.
+async fn start_fails(args: &[&str]) -> String {
+    let mut all = vec![
+        "-a",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--internal-address",
+        "127.0.0.1:0",
+    ];
+    all.extend_from_slice(args);
+    let (ok, _, stderr) = run(&all).await;
+    assert!(!ok, "{args:?} started");
+    assert!(stderr.starts_with("redisse: cannot start: "), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    stderr
+}
+
 /// The process is still running and nothing panicked.
 fn alive_without_panic(server: &mut Redisse) {
     assert_eq!(
@@ -302,7 +321,17 @@ async fn a_server_signed_by_another_ca_is_unreachable_and_said_so() {
     let pki = Pki::new();
     let other = Pki::new();
     let redis = tls_redis(&pki);
-    let mut server = Redisse::start(&["--redis", &redis.url(), "--redis-tls-ca", &other.ca()]);
+    let err = start_fails(&["--redis", &redis.url(), "--redis-tls-ca", &other.ca()]).await;
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // Started without waiting for Redis, it keeps saying why.
+    let mut server = Redisse::start(&[
+        "--redis",
+        &redis.url(),
+        "--redis-tls-ca",
+        &other.ca(),
+        "--redis-connect-timeout",
+        "0",
+    ]);
     let line = log_line(&server, &["redis subscriber cannot connect"]).await;
     assert!(
         line.to_lowercase().contains("certificate"),
@@ -336,11 +365,14 @@ async fn a_server_signed_by_another_ca_is_unreachable_and_said_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_without_a_ca_trusts_the_system_roots_only() {
-    // The test CA is in no system store: the server starts, and says why Redis is unreachable
-    // (it used to refuse to start: "can't connect with TLS, the feature is not enabled").
+    // The test CA is in no system store: the start fails and says so; started without waiting
+    // it says why Redis is unreachable (it used to refuse to start for another reason: "can't
+    // connect with TLS, the feature is not enabled").
     let pki = Pki::new();
     let redis = tls_redis(&pki);
-    let mut server = Redisse::start(&["--redis", &redis.url()]);
+    let err = start_fails(&["--redis", &redis.url()]).await;
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let mut server = Redisse::start(&["--redis", &redis.url(), "--redis-connect-timeout", "0"]);
     let line = log_line(&server, &["redis subscriber cannot connect"]).await;
     assert!(line.to_lowercase().contains("certificate"), "{line}");
     assert_eq!(health(&server).await, 503);
@@ -507,7 +539,11 @@ async fn a_wrong_password_is_said_so_without_being_logged() {
         acl.url(":wr0ng-pw"),
         format!("unix://{socket}?user=alice&pass=wr0ng-pw"),
     ] {
-        let mut server = Redisse::start(&["--redis", &url]);
+        let err = start_fails(&["--redis", &url]).await;
+        assert!(err.contains("authentication failed"), "{err}");
+        no_password(&err);
+        // Started without waiting for Redis, it keeps saying why.
+        let mut server = Redisse::start(&["--redis", &url, "--redis-connect-timeout", "0"]);
         let line = log_line(&server, &["redis subscriber cannot connect"]).await;
         assert!(
             line.contains("WRONGPASS") || line.to_lowercase().contains("auth"),

@@ -18,6 +18,7 @@
 //! Every client is built by [`client`]: `rediss://` is TLS by rustls (ring, the process's
 //! default provider), trusting the system's roots or only the CA file of `redis_tls_ca`.
 
+pub(crate) mod probe;
 pub(crate) mod subscriber;
 
 use std::path::Path;
@@ -253,6 +254,39 @@ impl HistoryReader {
     }
 }
 
+/// Reads the CA file of `config`, if any (see [`read_ca`]).
+fn config_ca(config: &Config) -> Result<Option<Vec<u8>>, Error> {
+    match &config.redis_tls_ca {
+        Some(path) => {
+            Ok(Some(read_ca(path).map_err(|e| {
+                Error::InvalidConfig(format!("redis_tls_ca: {e}"))
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Waits at most `timeout` for the Redis at `url` to answer a PING, on a connection made as the
+/// subscriber's is (see [`probe`]).
+pub(crate) async fn wait_until_answered(
+    url: &str,
+    config: &Config,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let ca = config_ca(config)?;
+    let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+    probe::wait_until_answered(&client, timeout)
+        .await
+        .map_err(|failure| Error::BrokerUnreachable {
+            message: format!(
+                "Redis {}: {}",
+                crate::redis_url::describe(url),
+                failure.cause
+            ),
+            waited: failure.transient.then_some(timeout),
+        })
+}
+
 /// Publishing and history on Redis; subscriptions go to the subscriber task.
 pub(crate) struct RedisBroker {
     publisher: RedisPublisher,
@@ -274,12 +308,7 @@ impl RedisBroker {
         dispatch: DispatchSender,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, SubSender), Error> {
-        let ca = match &config.redis_tls_ca {
-            Some(path) => Some(
-                read_ca(path).map_err(|e| Error::InvalidConfig(format!("redis_tls_ca: {e}")))?,
-            ),
-            None => None,
-        };
+        let ca = config_ca(config)?;
         let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let counter_seen = Arc::new(AtomicU64::new(0));

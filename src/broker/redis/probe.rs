@@ -1,0 +1,161 @@
+//! The startup check of a Redis broker: is there a Redis that answers, with these credentials?
+//!
+//! Once running, the broker survives any outage (the subscriber reconnects for ever), which is
+//! right for an outage and wrong for a typo: a wrong host, port or password would otherwise
+//! start a server that logs a warning every two seconds and serves nothing. So before anything
+//! listens, [`wait_until_answered`] opens a real connection with the client the subscriber uses
+//! (same URL, password, TLS and protocol) and sends a PING, retrying for a bounded time what
+//! may pass by itself (a Redis still starting: refused, closed, loading, a name not yet in the
+//! DNS) and failing at once on what will not (a wrong password, a server that is not Redis, a
+//! certificate that does not verify). The error names the cause in one sentence; it never
+//! contains a password (the server is named by `redis_url::describe`, and the client's errors
+//! carry no URL).
+
+use std::time::Duration;
+
+use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError, ServerErrorKind, Value};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+
+/// Pauses between attempts: short, since a Redis that is starting answers within moments.
+const MIN_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// Why the check failed.
+#[derive(Debug)]
+pub(crate) struct Unanswered {
+    /// One sentence, without the server's name: "connection refused".
+    pub cause: String,
+    /// Whether waiting longer could have helped (the last attempt's failure may pass by
+    /// itself); `false` for a wrong password or a server that is not Redis.
+    pub transient: bool,
+}
+
+impl Unanswered {
+    fn transient(cause: impl Into<String>) -> Self {
+        Unanswered {
+            cause: cause.into(),
+            transient: true,
+        }
+    }
+
+    fn fatal(cause: impl Into<String>) -> Self {
+        Unanswered {
+            cause: cause.into(),
+            transient: false,
+        }
+    }
+}
+
+/// Waits at most `timeout` for the Redis of `client` to answer a PING on a new connection.
+pub(crate) async fn wait_until_answered(
+    client: &redis::Client,
+    timeout: Duration,
+) -> Result<(), Unanswered> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new(MIN_PAUSE, MAX_PAUSE);
+    let mut last: Option<Unanswered> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(last.unwrap_or_else(|| Unanswered::transient("no answer")));
+        }
+        let failure = match tokio::time::timeout(remaining, attempt(client, remaining)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(failure)) => failure,
+            // Cut short by the deadline: the attempt before it says more (refused, say).
+            Err(_) => last
+                .take()
+                .unwrap_or_else(|| Unanswered::transient("no answer")),
+        };
+        if !failure.transient {
+            return Err(failure);
+        }
+        last = Some(failure);
+        let pause = backoff
+            .next_delay()
+            .min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// One connection and one PING, each bounded by `remaining`.
+async fn attempt(client: &redis::Client, remaining: Duration) -> Result<(), Unanswered> {
+    if let ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } =
+        client.get_connection_info().addr()
+    {
+        // Resolved here first, so that a host the DNS does not know is said so.
+        let resolved = tokio::net::lookup_host((host.as_str(), *port)).await;
+        if let Err(e) = resolved {
+            return Err(Unanswered::transient(format!(
+                "cannot resolve the host {host}: {e}"
+            )));
+        }
+    }
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(remaining))
+        .set_response_timeout(Some(remaining));
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| classify(&e))?;
+    let pong: Value = redis::cmd("PING")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| classify(&e))?;
+    match pong {
+        Value::SimpleString(s) if s == "PONG" => Ok(()),
+        Value::BulkString(b) if b == b"PONG" => Ok(()),
+        other => Err(Unanswered::fatal(format!(
+            "not a Redis server (it answered PING with {other:?})"
+        ))),
+    }
+}
+
+/// The client's error on one line (its parse errors span several).
+fn one_line(e: &RedisError) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a failed connection or PING says about the server.
+fn classify(e: &RedisError) -> Unanswered {
+    let code = e.code().unwrap_or("");
+    let text = one_line(e);
+    match e.kind() {
+        ErrorKind::AuthenticationFailed => {
+            return Unanswered::fatal(format!("authentication failed ({text})"));
+        }
+        _ if code == "NOAUTH" || code == "WRONGPASS" => {
+            return Unanswered::fatal(format!("authentication failed ({text})"));
+        }
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
+            return Unanswered::fatal(format!(
+                "not a Redis server (its reply is not the Redis protocol: {text})"
+            ));
+        }
+        ErrorKind::RESP3NotSupported => {
+            return Unanswered::fatal(
+                "a Redis older than 6.0, which lacks the RESP3 protocol redisse needs",
+            );
+        }
+        ErrorKind::Server(ServerErrorKind::BusyLoading) => {
+            return Unanswered::transient("Redis is loading its data");
+        }
+        _ => {}
+    }
+    if e.is_connection_refusal() {
+        Unanswered::transient("connection refused")
+    } else if e.is_timeout() {
+        Unanswered::transient("no answer")
+    } else if e.is_connection_dropped() {
+        Unanswered::transient(format!(
+            "the connection was closed without an answer ({text})"
+        ))
+    } else {
+        Unanswered::fatal(text)
+    }
+}
