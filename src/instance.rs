@@ -14,6 +14,7 @@ use crate::dispatch;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Stats};
+use crate::tasks::Tasks;
 
 /// A running Redisse instance. Cheap to clone; all clones share the same state.
 ///
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub auth_callback: Option<AuthCallback>,
     /// What lets `POST /publish` through the public router.
     pub publish_credentials: PublishCredentials,
+    /// The background tasks, watched (`/health` and `/livez` report one that stopped).
+    pub tasks: Tasks,
     /// Keys of the random `retry:` jitter.
     jitter: RandomState,
 }
@@ -77,7 +80,8 @@ impl Redisse {
             PublishCredentials::new(config.publish_token.as_deref(), jwt.clone());
         let metrics = Arc::new(Metrics::default());
         let (dispatch_tx, dispatch_rx) = dispatch::channel();
-        let (broker, subscriptions) = Broker::start(&config, dispatch_tx, &metrics)?;
+        let tasks = Tasks::default();
+        let (broker, subscriptions) = Broker::start(&config, dispatch_tx, &metrics, &tasks)?;
         let hub = Arc::new(Hub::new(
             metrics.clone(),
             subscriptions,
@@ -85,7 +89,10 @@ impl Redisse {
             config.max_queue_bytes,
             config.max_subscriptions,
         ));
-        tokio::spawn(Hub::dispatch(Arc::downgrade(&hub), dispatch_rx));
+        tasks.spawn(
+            "dispatcher",
+            Hub::dispatch(Arc::downgrade(&hub), dispatch_rx),
+        );
         let shared = Arc::new(Shared {
             config,
             hub,
@@ -94,6 +101,7 @@ impl Redisse {
             jwt,
             auth_callback,
             publish_credentials,
+            tasks,
             jitter: RandomState::new(),
         });
         spawn_heartbeat(&shared);
@@ -181,8 +189,9 @@ impl Shared {
 
 fn spawn_heartbeat(shared: &Arc<Shared>) {
     let period = shared.config.heartbeat;
+    let tasks = &shared.tasks;
     let shared = Arc::downgrade(shared);
-    tokio::spawn(async move {
+    tasks.spawn("heartbeat", async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             ticks.tick().await;
@@ -192,4 +201,63 @@ fn spawn_heartbeat(shared: &Arc<Shared>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// `/health` and `/livez` on the internal router: status and body.
+    async fn page(redisse: &Redisse, path: &str) -> (u16, String) {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        let res = redisse.internal_router().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A background task that stops (ended here with the watcher's abort handle, as a panic
+    /// would end it: `tasks::tests` checks a real panic is recorded the same way) turns
+    /// `/health` and `/livez` to 503 naming it: it never comes back.
+    #[tokio::test]
+    async fn a_stopped_background_task_fails_health_and_livez() {
+        for name in ["heartbeat", "dispatcher"] {
+            let redisse = Redisse::new(Config::default()).unwrap();
+            assert_eq!(page(&redisse, "/health").await.0, 200);
+            assert_eq!(page(&redisse, "/livez").await.0, 200);
+            redisse.shared.tasks.abort(name);
+            let mut health = page(&redisse, "/health").await;
+            for _ in 0..500 {
+                if health.0 != 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                health = page(&redisse, "/health").await;
+            }
+            assert_eq!(health.0, 503, "{name}: {health:?}");
+            assert!(health.1.contains(name), "{health:?}");
+            let livez = page(&redisse, "/livez").await;
+            assert_eq!(livez.0, 503, "{name}: {livez:?}");
+            assert!(livez.1.contains(name), "{livez:?}");
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn the_redis_subscriber_is_watched_too() {
+        let config = Config {
+            redis_url: Some("redis://127.0.0.1:1/".into()),
+            ..Config::default()
+        };
+        let redisse = Redisse::new(config).unwrap();
+        let mut names = redisse.shared.tasks.names();
+        names.sort_unstable();
+        assert_eq!(names, ["dispatcher", "heartbeat", "redis subscriber"]);
+    }
 }

@@ -97,6 +97,7 @@ mod headers;
 pub mod metrics;
 mod outbound;
 mod query;
+mod tasks;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;

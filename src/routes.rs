@@ -233,18 +233,36 @@ fn prometheus(shared: &Shared) -> Response {
 }
 
 /// Liveness: the process serves, whatever the broker does (a probe must not restart a healthy
-/// server because Redis is away).
-fn livez(_: &Shared) -> Response {
-    (StatusCode::OK, "ok\n").into_response()
+/// server because Redis is away), unless a background task stopped: it never comes back, and
+/// without it no event (dispatcher, subscriber) or no heartbeat goes out, so a restart is due.
+fn livez(shared: &Shared) -> Response {
+    match stopped_task(shared) {
+        Some(dead) => dead,
+        None => (StatusCode::OK, "ok\n").into_response(),
+    }
 }
 
-/// Readiness: the broker is reachable.
+/// Readiness: every background task runs and the broker is reachable.
 fn health(shared: &Shared) -> Response {
-    if shared.broker.is_up() {
+    if let Some(dead) = stopped_task(shared) {
+        dead
+    } else if shared.broker.is_up() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n").into_response()
     }
+}
+
+/// The 503 for a background task that no longer runs, naming it.
+fn stopped_task(shared: &Shared) -> Option<Response> {
+    let why = shared.tasks.stopped()?;
+    Some(
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}: restart the process\n"),
+        )
+            .into_response(),
+    )
 }
 
 fn refuse(

@@ -19,6 +19,7 @@ use crate::error::{BrokerError, Error};
 use crate::event::Event;
 use crate::history::Snapshot;
 use crate::metrics::Metrics;
+use crate::tasks::Tasks;
 
 /// The broker of one instance.
 pub(crate) enum Broker {
@@ -29,11 +30,12 @@ pub(crate) enum Broker {
 
 impl Broker {
     /// Starts the broker `config` names: in memory, or Redis (whose subscriber task starts
-    /// here). Returns it with where the hub sends subscription changes (`None` in memory).
+    /// here, watched in `tasks`). Returns it with where the hub sends subscription changes (`None` in memory).
     pub fn start(
         config: &Config,
         dispatch: DispatchSender,
         metrics: &Arc<Metrics>,
+        tasks: &Tasks,
     ) -> Result<(Broker, Option<SubSender>), Error> {
         match &config.redis_url {
             None => {
@@ -44,11 +46,14 @@ impl Broker {
             #[cfg(feature = "redis")]
             Some(url) => {
                 let (broker, subscriptions) =
-                    redis::RedisBroker::start(url, config, dispatch, metrics.clone())?;
+                    redis::RedisBroker::start(url, config, dispatch, metrics.clone(), tasks)?;
                 Ok((Broker::Redis(broker), Some(subscriptions)))
             }
             #[cfg(not(feature = "redis"))]
-            Some(_) => Err(Error::RedisNotBuilt),
+            Some(_) => {
+                let _ = tasks;
+                Err(Error::RedisNotBuilt)
+            }
         }
     }
 

@@ -40,6 +40,7 @@ use crate::error::{BrokerError, Error};
 use crate::event::{Event, Frame, parse_stored_id};
 use crate::history::{ChannelHistory, Snapshot};
 use crate::metrics::Metrics;
+use crate::tasks::Tasks;
 
 /// The id counter's key, as in the gem.
 pub const COUNTER_KEY: &str = "redisse:lastEventId";
@@ -307,6 +308,7 @@ impl RedisBroker {
         config: &Config,
         dispatch: DispatchSender,
         metrics: Arc<Metrics>,
+        tasks: &Tasks,
     ) -> Result<(Self, SubSender), Error> {
         let ca = config_ca(config)?;
         let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
@@ -323,7 +325,7 @@ impl RedisBroker {
             ping_interval: config.redis_ping_interval,
             ping_timeout: config.redis_ping_timeout,
         };
-        tokio::spawn(subscriber.run());
+        tasks.spawn("redis subscriber", subscriber.run());
         // Publishing and streams' history reads share one command connection: whichever runs
         // first after an outage reconnects it for both.
         let commands = command_connection(&client)?;
