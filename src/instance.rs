@@ -130,11 +130,16 @@ impl Redisse {
     /// # Ok(()) }
     /// ```
     pub async fn connect(config: Config, timeout: std::time::Duration) -> Result<Self, Error> {
-        config.validate().map_err(Error::InvalidConfig)?;
-        if !timeout.is_zero() {
-            Broker::wait_until_answered(&config, timeout).await?;
-        }
+        Redisse::check(&config, timeout).await?;
         Redisse::new(config)
+    }
+
+    /// What [`Redisse::connect`] checks before it starts anything: the settings, the broker's
+    /// URL and CA file, and (unless `timeout` is zero) that the broker answers. The command
+    /// line checks before it listens and starts the instance after its first log line.
+    pub(crate) async fn check(config: &Config, timeout: std::time::Duration) -> Result<(), Error> {
+        config.validate().map_err(Error::InvalidConfig)?;
+        Broker::wait_until_answered(config, timeout).await
     }
 
     /// The settings this instance runs with.

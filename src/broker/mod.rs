@@ -58,7 +58,8 @@ impl Broker {
     }
 
     /// Waits at most `timeout` for the broker `config` names to answer (at once in memory),
-    /// before any of its tasks starts: see `redis::probe`.
+    /// before any of its tasks starts: see `redis::probe`. A zero `timeout` only checks the
+    /// settings (URL, CA file).
     pub async fn wait_until_answered(
         config: &Config,
         timeout: std::time::Duration,

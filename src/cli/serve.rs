@@ -77,8 +77,9 @@ async fn run_with_pid_file<P: ChannelPolicy>(
     tls: MaybeTls,
     policy: Option<P>,
 ) -> Result<(), String> {
-    let description = config.broker_description();
-    let redisse = Redisse::connect(config, args.redis_connect_timeout)
+    // Before anything listens, so that "listening" is never followed by a failure to start;
+    // the instance (and its subscriber's log lines) starts after the first line.
+    Redisse::check(&config, args.redis_connect_timeout)
         .await
         .map_err(|e| match e {
             crate::Error::BrokerUnreachable {
@@ -140,7 +141,7 @@ async fn run_with_pid_file<P: ChannelPolicy>(
     tracing::info!(
         "redisse {} listening on {address} with the {} broker",
         env!("CARGO_PKG_VERSION"),
-        broker_name(&description)
+        broker_name(&config.broker_description())
     );
     match &internal {
         None => tracing::info!("no internal listener (--internal-address none)"),
@@ -156,7 +157,6 @@ async fn run_with_pid_file<P: ChannelPolicy>(
             }
         ),
     }
-    let config = redisse.config();
     let mode = match (&config.jwt, &config.auth_callback, &policy) {
         (_, _, Some(_)) => "the application's channel function",
         (Some(_), _, None) => "JWT",
@@ -170,6 +170,8 @@ async fn run_with_pid_file<P: ChannelPolicy>(
              reaches it may subscribe to any channel (see --jwt-secret, --auth-callback)"
         );
     }
+    // Checked above: this can fail only if a file changed meanwhile.
+    let redisse = Redisse::new(config).map_err(|e| format!("cannot start: {e}"))?;
     let router = match policy {
         Some(policy) => redisse.router_with(policy),
         None => redisse.router(),
