@@ -56,6 +56,9 @@ struct State {
     /// A server blocked writing to this client, woken when it becomes slow (see
     /// [`SlowWatch`]); its own slot, as it may be another task than the body's.
     slow_waker: Option<Waker>,
+    /// The stream's setup task, woken when the stream ends or its client leaves (so that a
+    /// setup waiting for the broker lets go of everything at once).
+    setup_waker: Option<Waker>,
 }
 
 /// The shared half of one connection.
@@ -137,9 +140,9 @@ impl Conn {
             st.queue = VecDeque::new();
             st.queued_bytes = 0;
             st.end = Some(End::Slow);
-            let slow_waker = st.slow_waker.take();
+            let others = [st.slow_waker.take(), st.setup_waker.take()];
             wake(st);
-            if let Some(w) = slow_waker {
+            for w in others.into_iter().flatten() {
                 w.wake();
             }
             return Push::BecameSlow;
@@ -245,7 +248,11 @@ impl Conn {
         let mut st = self.lock();
         if st.end.is_none() {
             st.end = Some(End::Retry(millis));
+            let setup = st.setup_waker.take();
             wake(st);
+            if let Some(w) = setup {
+                w.wake();
+            }
         }
     }
 
@@ -256,17 +263,36 @@ impl Conn {
     }
 
     /// The stream's body was dropped: nothing will read the queue again. Frees what is queued
-    /// and wakes a server watching the stream, so that it lets go of it at once.
+    /// and wakes a server watching the stream and the setup task, so that they let go of it at
+    /// once.
     pub fn leave(&self) {
         let mut st = self.lock();
         st.gone = true;
         st.queue = VecDeque::new();
         st.queued_bytes = 0;
         let slow_waker = st.slow_waker.take();
+        let setup_waker = st.setup_waker.take();
         drop(st);
-        if let Some(w) = slow_waker {
+        for w in [slow_waker, setup_waker].into_iter().flatten() {
             w.wake();
         }
+    }
+
+    /// Resolves once the stream is ending or its client has left: what a setup task races
+    /// against each of its waits.
+    pub async fn ended(&self) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.lock();
+            if st.end.is_some() || st.gone {
+                return std::task::Poll::Ready(());
+            }
+            match &st.setup_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.setup_waker = Some(cx.waker().clone()),
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Takes what the body should write next, or registers the waker.

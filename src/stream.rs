@@ -134,8 +134,36 @@ async fn from_first_live(
 }
 
 /// Waits for the broker, reads history and starts the connection. Retries through outages
-/// until it succeeds or the client leaves.
+/// until it succeeds, the stream ends or the client leaves; every wait is raced against the
+/// stream's end, so a client that leaves frees its setup (channel list, connection, barrier)
+/// at once rather than when the broker comes back.
 async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
+    let _starting = Starting::new(&shared);
+    let ended = conn.clone();
+    tokio::select! {
+        biased;
+        () = ended.ended() => {}
+        () = set_up(&shared, &conn, &channels, last) => {}
+    }
+}
+
+/// Counts a stream in the `redisse_streams_starting` gauge while its setup runs.
+struct Starting(Arc<Shared>);
+
+impl Starting {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.metrics.streams_starting.fetch_add(1, Relaxed);
+        Starting(shared.clone())
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.metrics.streams_starting.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastEventId) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
@@ -158,11 +186,11 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
             LastEventId::At(id) => Some(id),
             _ => None,
         };
-        match Box::pin(shared.broker.snapshot(&channels, after)).await {
+        match Box::pin(shared.broker.snapshot(channels, after)).await {
             Ok(snapshot) => {
                 let (last, snapshot) = match last {
                     LastEventId::None => {
-                        Box::pin(from_first_live(&shared, &conn, &channels, snapshot)).await
+                        Box::pin(from_first_live(shared, conn, channels, snapshot)).await
                     }
                     _ => (last, snapshot),
                 };

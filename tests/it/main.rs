@@ -16,6 +16,7 @@ mod concurrency;
 mod cors;
 mod endpoint;
 mod extractor;
+mod held_streams;
 mod jwt;
 mod layering;
 mod library;

@@ -386,7 +386,15 @@ fn record(
         SubCommand::Unsubscribe(ch) => {
             active.remove(&ch);
         }
-        SubCommand::Barrier(tx) => barriers.push(tx),
+        SubCommand::Barrier(tx) => {
+            // A stream that waited and left has dropped its receiver: its barrier is forgotten,
+            // so that through an outage with clients coming and going only the barriers of
+            // streams still waiting are kept (pruned at each doubling: amortized O(1)).
+            if barriers.len() >= 64 && barriers.len().is_power_of_two() {
+                barriers.retain(|b| !b.is_closed());
+            }
+            barriers.push(tx);
+        }
     }
 }
 
