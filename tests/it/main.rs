@@ -20,6 +20,7 @@ mod held_streams;
 mod jwt;
 mod layering;
 mod library;
+mod lying_ids;
 mod limits;
 mod listeners;
 mod metrics;

@@ -361,8 +361,24 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
         let Value::Int(len) = len else {
             return Err(bad("length"));
         };
-        let (events, skipped) = stored_frames(events);
+        let (mut events, skipped) = stored_frames(events);
         malformed += skipped;
+        // An entry past the counter read in the same atomic snapshot was not given its id by
+        // the counter (every publisher takes the id from it before writing): a lie, which would
+        // move the stream's position past every real event. Refused like any malformed entry.
+        if let Some(counter) = counter {
+            let before = events.len();
+            events.retain(|f| f.id <= counter);
+            let lies = (before - events.len()) as u64;
+            if lies > 0 {
+                tracing::warn!(
+                    counter,
+                    entries = lies,
+                    "skipping history entries whose id is past the id counter"
+                );
+                malformed += lies;
+            }
+        }
         histories.push(ChannelHistory {
             len: len.max(0) as usize,
             oldest: score(&oldest),
