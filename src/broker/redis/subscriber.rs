@@ -229,7 +229,7 @@ impl Subscriber {
     async fn refill(&mut self, channels: &[Arc<str>]) -> Result<Resume, BrokerError> {
         let last = self.dispatch.delivered();
         let known = last.max(self.counter_seen.load(Relaxed));
-        let mut snap = self.history.snapshot(channels, Some(last)).await?;
+        let mut snap = self.history.snapshot(channels, Some(last), 0).await?;
         if snap.malformed > 0 {
             self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
         }
@@ -237,7 +237,10 @@ impl Subscriber {
         let reset = counter < known;
         if reset && last <= counter {
             // Read again past any counter, which returns every retained event.
-            snap = self.history.snapshot(channels, Some(MAX_EVENT_ID)).await?;
+            snap = self
+                .history
+                .snapshot(channels, Some(MAX_EVENT_ID), 0)
+                .await?;
         }
         let missed = if reset {
             Vec::new()
