@@ -56,7 +56,29 @@ struct State {
     /// A server blocked writing to this client, woken when it becomes slow (see
     /// [`SlowWatch`]); its own slot, as it may be another task than the body's.
     slow_waker: Option<Waker>,
+    /// The stream's setup task, woken when the stream ends or its client leaves (so that a
+    /// setup waiting for the broker lets go of everything at once), and while it replays in
+    /// pages, when the body took frames from the queue.
+    setup_waker: Option<Waker>,
+    /// Set while a replay larger than one page is under way (boxed: most streams never page).
+    paging: Option<Box<Paging>>,
 }
+
+/// A replay in pages: the queue holds replay frames the body may drain, the setup task reads
+/// the next page once there is room, and live frames wait here until the replay reaches them.
+#[derive(Debug, Default)]
+struct Paging {
+    /// Live frames received meanwhile, bounded like the queue: when full they are dropped,
+    /// since history holds them too, and a later page reads them.
+    held: VecDeque<Frame>,
+    held_bytes: usize,
+    /// Times `held` was dropped: a page read before the last drop cannot be the last page.
+    overflows: u64,
+}
+
+/// Why a paging stream ends when Redis loses its data: its client comes back with its
+/// position after this many milliseconds and gets a plan made from the new ids.
+const RESET_RETRY_MS: u64 = 1000;
 
 /// The shared half of one connection.
 #[derive(Debug)]
@@ -127,6 +149,9 @@ impl Conn {
         if !st.ready && !refill && frame.id != 0 && st.first_live.is_none() {
             st.first_live = Some(frame.id);
         }
+        if st.paging.is_some() {
+            return hold(&mut st, frame, self.max_bytes);
+        }
         if st.ready && frame.id != 0 {
             if frame.id <= st.last_id {
                 return Push::Skipped;
@@ -137,9 +162,9 @@ impl Conn {
             st.queue = VecDeque::new();
             st.queued_bytes = 0;
             st.end = Some(End::Slow);
-            let slow_waker = st.slow_waker.take();
+            let others = [st.slow_waker.take(), st.setup_waker.take()];
             wake(st);
-            if let Some(w) = slow_waker {
+            for w in others.into_iter().flatten() {
                 w.wake();
             }
             return Push::BecameSlow;
@@ -172,21 +197,106 @@ impl Conn {
         let live = std::mem::take(&mut st.queue);
         let mut last = position;
         let mut queue: VecDeque<Frame> = preamble.into();
-        for frame in replay.into_iter().chain(live) {
-            if frame.id != 0 {
-                if frame.id <= last {
-                    continue;
-                }
-                last = frame.id;
-            }
-            queue.push_back(frame);
-        }
+        append_newer(&mut queue, &mut last, replay.into_iter().chain(live));
         st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
         st.queue = queue;
         st.last_id = last;
         st.ready = true;
         wake(st);
         true
+    }
+
+    /// Like [`Conn::start`] for the first page of a replay larger than one: the preamble and
+    /// the page go to the queue, the live frames buffered so far wait (see [`Paging`]) until
+    /// [`Conn::next_page`] brings the last page.
+    pub fn start_paged(
+        &self,
+        preamble: Vec<Frame>,
+        page: Vec<Frame>,
+        position: u64,
+        resets_seen: u64,
+    ) -> bool {
+        let mut st = self.lock();
+        if st.gone {
+            return true;
+        }
+        if st.resets != resets_seen {
+            return false;
+        }
+        let mut paging = Box::<Paging>::default();
+        paging.held_bytes = st.queued_bytes;
+        paging.held = std::mem::take(&mut st.queue);
+        let mut last = position;
+        let mut queue: VecDeque<Frame> = preamble.into();
+        append_newer(&mut queue, &mut last, page);
+        st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
+        st.queue = queue;
+        st.last_id = last;
+        st.ready = true;
+        st.paging = Some(paging);
+        wake(st);
+        true
+    }
+
+    /// Where a paging replay stands: the last id queued (the next page starts after it), and
+    /// the count of live drops to pass back to [`Conn::next_page`].
+    pub fn replayed_to(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.last_id, st.paging.as_ref().map_or(0, |p| p.overflows))
+    }
+
+    /// Queues the next page of a paging replay (after `missedevents` when `missed`): its frames
+    /// newer than the last queued. When `last` (the page reached the end of history) and no
+    /// live frame was dropped since the page was read (`overflows_seen`), the held live frames
+    /// follow and the stream is live. Returns whether the replay is over (or the stream gone).
+    pub fn next_page(
+        &self,
+        missed: bool,
+        page: Vec<Frame>,
+        last: bool,
+        overflows_seen: u64,
+    ) -> bool {
+        let mut st = self.lock();
+        if st.end.is_some() || st.gone {
+            return true;
+        }
+        let Some(mut paging) = st.paging.take() else {
+            return true;
+        };
+        let mut last_id = st.last_id;
+        let mut queue = std::mem::take(&mut st.queue);
+        if missed {
+            queue.push_back(Frame::missed_events());
+        }
+        append_newer(&mut queue, &mut last_id, page);
+        let done = last && paging.overflows == overflows_seen;
+        if done {
+            append_newer(&mut queue, &mut last_id, std::mem::take(&mut paging.held));
+        } else {
+            st.paging = Some(paging);
+        }
+        st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
+        st.queue = queue;
+        st.last_id = last_id;
+        wake(st);
+        done
+    }
+
+    /// Resolves once at most `bytes` are queued (or the stream is ending): a paging replay
+    /// reads its next page then.
+    pub async fn room(&self, bytes: usize) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.lock();
+            if st.end.is_some() || st.gone || st.queued_bytes <= bytes {
+                return std::task::Poll::Ready(());
+            }
+            match &st.setup_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.setup_waker = Some(cx.waker().clone()),
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// The id of the first live event the stream received before it started, which the
@@ -214,6 +324,17 @@ impl Conn {
             return;
         }
         st.resets += 1;
+        if st.paging.take().is_some() {
+            // Part of the replay was sent with ids that no longer exist, and the rest cannot
+            // be placed among the new ones: the client resumes with a plan made from them.
+            st.end = Some(End::Retry(RESET_RETRY_MS));
+            let setup = st.setup_waker.take();
+            wake(st);
+            if let Some(w) = setup {
+                w.wake();
+            }
+            return;
+        }
         if !st.ready {
             st.queue.clear();
             st.queued_bytes = 0;
@@ -245,7 +366,11 @@ impl Conn {
         let mut st = self.lock();
         if st.end.is_none() {
             st.end = Some(End::Retry(millis));
+            let setup = st.setup_waker.take();
             wake(st);
+            if let Some(w) = setup {
+                w.wake();
+            }
         }
     }
 
@@ -256,17 +381,36 @@ impl Conn {
     }
 
     /// The stream's body was dropped: nothing will read the queue again. Frees what is queued
-    /// and wakes a server watching the stream, so that it lets go of it at once.
+    /// and wakes a server watching the stream and the setup task, so that they let go of it at
+    /// once.
     pub fn leave(&self) {
         let mut st = self.lock();
         st.gone = true;
         st.queue = VecDeque::new();
         st.queued_bytes = 0;
         let slow_waker = st.slow_waker.take();
+        let setup_waker = st.setup_waker.take();
         drop(st);
-        if let Some(w) = slow_waker {
+        for w in [slow_waker, setup_waker].into_iter().flatten() {
             w.wake();
         }
+    }
+
+    /// Resolves once the stream is ending or its client has left: what a setup task races
+    /// against each of its waits.
+    pub async fn ended(&self) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.lock();
+            if st.end.is_some() || st.gone {
+                return std::task::Poll::Ready(());
+            }
+            match &st.setup_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.setup_waker = Some(cx.waker().clone()),
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Takes what the body should write next, or registers the waker.
@@ -276,7 +420,14 @@ impl Conn {
             return Drained::Slow;
         }
         if st.ready && !st.queue.is_empty() {
-            return Drained::Frames(take_batch(&mut st, max_batch_bytes));
+            let batch = take_batch(&mut st, max_batch_bytes);
+            if st.paging.is_some()
+                && let Some(setup) = st.setup_waker.take()
+            {
+                drop(st);
+                setup.wake();
+            }
+            return Drained::Frames(batch);
         }
         // Ending: what was ready has been written above; a stream still waiting for its
         // replay ends too (its client resumes from the same position).
@@ -312,6 +463,44 @@ impl SlowWatch for Conn {
         }
         false
     }
+}
+
+/// Appends the frames with an id above `last` (and those without an id), moving `last`.
+fn append_newer(
+    queue: &mut VecDeque<Frame>,
+    last: &mut u64,
+    frames: impl IntoIterator<Item = Frame>,
+) {
+    for frame in frames {
+        if frame.id != 0 {
+            if frame.id <= *last {
+                continue;
+            }
+            *last = frame.id;
+        }
+        queue.push_back(frame);
+    }
+}
+
+/// A live frame offered while a replay is paging: kept for the end of the replay, unless the
+/// replay already queued it; when the held frames would pass the bound they are all dropped
+/// (history holds them, and the next page reads them).
+fn hold(st: &mut State, frame: &Frame, max_bytes: usize) -> Push {
+    if frame.id != 0 && frame.id <= st.last_id {
+        return Push::Skipped;
+    }
+    let Some(paging) = st.paging.as_mut() else {
+        return Push::Skipped;
+    };
+    if paging.held_bytes + frame.bytes.len() > max_bytes {
+        paging.held = VecDeque::new();
+        paging.held_bytes = 0;
+        paging.overflows += 1;
+        return Push::Skipped;
+    }
+    paging.held_bytes += frame.bytes.len();
+    paging.held.push_back(frame.clone());
+    Push::Queued
 }
 
 /// Takes the queued frames up to `max_bytes` (at least one). A single frame, the usual case in a
@@ -485,6 +674,52 @@ mod tests {
         assert_eq!(conn.push(&frame(2), false), Push::Skipped);
         assert_eq!(conn.lock().queued_bytes, 0);
         assert!(conn.lock().queue.is_empty());
+    }
+
+    #[test]
+    fn a_paged_replay_holds_live_frames_until_its_last_page() {
+        let conn = Conn::new(1, 1 << 20);
+        conn.push(&frame(5), false);
+        assert!(conn.start_paged(vec![], vec![frame(3), frame(4)], 2, 0));
+        conn.push(&frame(6), false);
+        assert_eq!(ids(&conn), [3, 4], "live frames wait for the replay");
+        assert_eq!(conn.replayed_to(), (4, 0));
+        // The last page overlaps the held frames: each id once, in order.
+        assert!(conn.next_page(false, vec![frame(5), frame(6)], true, 0));
+        conn.push(&frame(7), false);
+        assert_eq!(ids(&conn), [5, 6, 7]);
+    }
+
+    #[test]
+    fn held_frames_past_the_bound_are_dropped_and_read_again() {
+        // Each frame is 9 bytes: two fit in 20.
+        let conn = Conn::new(1, 20);
+        assert!(conn.start_paged(vec![], vec![frame(1)], 0, 0));
+        for id in 2..=4 {
+            assert_ne!(conn.push(&frame(id), false), Push::BecameSlow);
+        }
+        let (from, overflows) = conn.replayed_to();
+        assert_eq!((from, overflows), (1, 1));
+        // A last page read before the drop is not the end; one read after it is.
+        assert!(!conn.next_page(false, vec![frame(2)], true, 0));
+        assert!(conn.next_page(false, vec![frame(3), frame(4)], true, 1));
+        assert_eq!(ids(&conn), [1, 2, 3, 4]);
+        assert!(!conn.is_ending(), "never slow while paging");
+    }
+
+    #[test]
+    fn a_reset_while_paging_ends_the_stream_with_a_retry() {
+        let conn = Conn::new(1, 1 << 20);
+        assert!(conn.start_paged(vec![], vec![frame(8)], 7, 0));
+        conn.reset(missed());
+        assert!(conn.is_ending());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(conn.drain(&mut cx, 1024), Drained::Frames(_)));
+        assert!(matches!(
+            conn.drain(&mut cx, 1024),
+            Drained::Retry(RESET_RETRY_MS)
+        ));
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub(crate) struct Snapshot {
     pub counter: Option<u64>,
     /// One entry per requested channel, in the order requested.
     pub channels: Vec<ChannelHistory>,
+    /// The read stopped at its byte budget: `channels` hold a prefix of the events after the
+    /// position (every event up to the highest id returned, merged across channels), and the
+    /// rest is read by a later page.
+    pub truncated: bool,
     /// History entries skipped because they were not SSE events (written by someone else).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // always 0 in memory
     pub malformed: u64,

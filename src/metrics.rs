@@ -112,6 +112,7 @@ pub struct Metrics {
     pub(crate) broker_reconnects: AtomicU64,
     pub(crate) subscriptions: AtomicU64,
     pub(crate) stream_subscriptions: AtomicU64,
+    pub(crate) streams_starting: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
 }
 
@@ -175,6 +176,11 @@ impl Metrics {
                 "redisse_stream_subscriptions",
                 "Channel subscriptions of all open streams (a stream on 3 channels counts 3).",
                 &self.stream_subscriptions,
+            ),
+            (
+                "redisse_streams_starting",
+                "Streams accepted but not live yet: waiting for the broker or reading history.",
+                &self.streams_starting,
             ),
         ];
         for (name, help, value) in gauges {

@@ -85,7 +85,8 @@ fn may_have_lost(from: u64, snapshot: &Snapshot, history_size: usize) -> bool {
     (0..snapshot.channels.len()).any(|i| channel_may_have_lost(from, i, snapshot, history_size))
 }
 
-fn merge(snapshot: Snapshot) -> Vec<Frame> {
+/// The snapshot's events across channels, ascending ids, once each.
+pub(crate) fn merge(snapshot: Snapshot) -> Vec<Frame> {
     let mut all: Vec<Frame> = snapshot
         .channels
         .into_iter()
@@ -118,6 +119,7 @@ mod tests {
         Snapshot {
             counter: Some(counter),
             channels,
+            truncated: false,
             malformed: 0,
         }
     }

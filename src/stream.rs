@@ -21,11 +21,12 @@ use crate::conn::Conn;
 use crate::event::{LastEventId, MAX_EVENT_ID, retry_text};
 use crate::headers::stream_headers;
 use crate::history::Snapshot;
+use crate::history::channel_may_have_lost;
 use crate::hub::{NotRegistered, Registration};
 use crate::instance::Shared;
 use crate::metrics::Refusal;
 use crate::refusal::Refused;
-use crate::resume::plan;
+use crate::resume::{merge, plan};
 use crate::sse::SseBody;
 use crate::transport::{StreamHandle, StreamSink};
 
@@ -125,7 +126,11 @@ async fn from_first_live(
     if from >= counter {
         return (LastEventId::None, snapshot);
     }
-    match shared.broker.snapshot(channels, Some(from)).await {
+    match shared
+        .broker
+        .snapshot(channels, Some(from), page_budget(shared))
+        .await
+    {
         Ok(again) => (LastEventId::At(from), again),
         // Planned from the first snapshot: consistent, the events before the counter are
         // before the client's position.
@@ -134,8 +139,36 @@ async fn from_first_live(
 }
 
 /// Waits for the broker, reads history and starts the connection. Retries through outages
-/// until it succeeds or the client leaves.
+/// until it succeeds, the stream ends or the client leaves; every wait is raced against the
+/// stream's end, so a client that leaves frees its setup (channel list, connection, barrier)
+/// at once rather than when the broker comes back.
 async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
+    let _starting = Starting::new(&shared);
+    let ended = conn.clone();
+    tokio::select! {
+        biased;
+        () = ended.ended() => {}
+        () = set_up(&shared, &conn, &channels, last) => {}
+    }
+}
+
+/// Counts a stream in the `redisse_streams_starting` gauge while its setup runs.
+struct Starting(Arc<Shared>);
+
+impl Starting {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.metrics.streams_starting.fetch_add(1, Relaxed);
+        Starting(shared.clone())
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.metrics.streams_starting.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastEventId) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
@@ -158,14 +191,16 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
             LastEventId::At(id) => Some(id),
             _ => None,
         };
-        match Box::pin(shared.broker.snapshot(&channels, after)).await {
+        let budget = page_budget(shared);
+        match Box::pin(shared.broker.snapshot(channels, after, budget)).await {
             Ok(snapshot) => {
                 let (last, snapshot) = match last {
                     LastEventId::None => {
-                        Box::pin(from_first_live(&shared, &conn, &channels, snapshot)).await
+                        Box::pin(from_first_live(shared, conn, channels, snapshot)).await
                     }
                     _ => (last, snapshot),
                 };
+                let paged = snapshot.truncated;
                 let plan = plan(last, snapshot, shared.config.history_size);
                 shared
                     .metrics
@@ -174,10 +209,57 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
                 if shared.config.verbose && !plan.replay.is_empty() {
                     tracing::info!("Sending {} history events", plan.replay.len());
                 }
-                if conn.start(plan.preamble, plan.replay, plan.position, resets) {
+                if !paged {
+                    if conn.start(plan.preamble, plan.replay, plan.position, resets) {
+                        return;
+                    }
+                } else if conn.start_paged(plan.preamble, plan.replay, plan.position, resets) {
+                    Box::pin(replay_pages(shared, conn, channels, budget)).await;
                     return;
                 }
                 // A reset came while reading: the snapshot may predate it. Read again.
+            }
+            Err(e) => {
+                tracing::warn!(conn = conn.id, error = %e, "cannot read history yet; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// The bytes of history one read brings to a stream: half its queue, so that a replay never
+/// holds more than the queue however large the backlog (the page and what the body has not
+/// written yet).
+fn page_budget(shared: &Shared) -> usize {
+    (shared.config.max_queue_bytes / 2).max(1)
+}
+
+/// The rest of a replay larger than one page: each time the body has written the queue down to
+/// half a page, the next page is read after the last id queued and checked with the same loss
+/// rule as the first (history may have been trimmed meanwhile), until a page reaches the end of
+/// history and the held live events follow.
+async fn replay_pages(shared: &Shared, conn: &Conn, channels: &[Arc<str>], budget: usize) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        conn.room(budget / 2).await;
+        if conn.is_ending() {
+            return;
+        }
+        let (from, overflows) = conn.replayed_to();
+        match Box::pin(shared.broker.snapshot(channels, Some(from), budget)).await {
+            Ok(page) => {
+                let missed = (0..page.channels.len())
+                    .any(|i| channel_may_have_lost(from, i, &page, shared.config.history_size));
+                let last = !page.truncated;
+                let frames = merge(page);
+                shared
+                    .metrics
+                    .replayed
+                    .fetch_add(frames.len() as u64, Relaxed);
+                if conn.next_page(missed, frames, last, overflows) {
+                    return;
+                }
+                backoff.reset();
             }
             Err(e) => {
                 tracing::warn!(conn = conn.id, error = %e, "cannot read history yet; retrying");

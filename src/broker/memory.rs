@@ -61,7 +61,8 @@ impl MemoryBroker {
         self.dispatch.barrier().await;
     }
 
-    pub fn snapshot(&self, channels: &[Arc<str>], after: Option<u64>) -> Snapshot {
+    /// See [`super::Broker::snapshot`]; the frames share their bytes with the history.
+    pub fn snapshot(&self, channels: &[Arc<str>], after: Option<u64>, budget: usize) -> Snapshot {
         let st = self.lock();
         let counter = (st.counter > 0).then_some(st.counter);
         let after = after.map(|a| if a > st.counter { 0 } else { a });
@@ -82,10 +83,80 @@ impl MemoryBroker {
                 }
             })
             .collect();
-        Snapshot {
+        let mut snapshot = Snapshot {
             counter,
             channels,
+            truncated: false,
             malformed: 0,
+        };
+        if budget > 0 {
+            keep_page(&mut snapshot, budget);
         }
+        snapshot
+    }
+}
+
+/// Cuts a snapshot to its first page: the events in id order, across channels, up to `budget`
+/// bytes (at least one).
+fn keep_page(snapshot: &mut Snapshot, budget: usize) {
+    let mut ids: Vec<(u64, usize)> = snapshot
+        .channels
+        .iter()
+        .flat_map(|c| &c.events)
+        .map(|f| (f.id, f.bytes.len()))
+        .collect();
+    ids.sort_unstable();
+    let mut bytes = 0;
+    let mut last = None;
+    for (id, len) in ids {
+        if last.is_some() && bytes + len > budget {
+            snapshot.truncated = true;
+            break;
+        }
+        bytes += len;
+        last = Some(id);
+    }
+    if snapshot.truncated
+        && let Some(last) = last
+    {
+        for channel in &mut snapshot.channels {
+            channel.events.retain(|f| f.id <= last);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch;
+
+    #[test]
+    fn a_page_is_a_prefix_of_the_merged_events_within_its_budget() {
+        let (tx, _rx) = dispatch::channel();
+        let broker = MemoryBroker::new(tx, 100);
+        for i in 0..6 {
+            let channel = if i % 2 == 0 { "a" } else { "b" };
+            broker.publish(channel, &Event::message("0123456789"));
+        }
+        let channels: Vec<Arc<str>> = vec!["a".into(), "b".into()];
+        let all = broker.snapshot(&channels, Some(0), 0);
+        let size = all.channels[0].events[0].bytes.len();
+        assert!(!all.truncated);
+        let page = broker.snapshot(&channels, Some(0), size * 3);
+        assert!(page.truncated);
+        let ids: Vec<Vec<u64>> = page
+            .channels
+            .iter()
+            .map(|c| c.events.iter().map(|f| f.id).collect())
+            .collect();
+        assert_eq!(ids, [vec![1, 3], vec![2]]);
+        // Metadata is whole: the loss rule reads it.
+        assert_eq!(page.channels[0].len, 3);
+        // At least one event, however small the budget.
+        let one = broker.snapshot(&channels, Some(0), 1);
+        assert_eq!(
+            one.channels.iter().map(|c| c.events.len()).sum::<usize>(),
+            1
+        );
     }
 }

@@ -87,15 +87,18 @@ impl Broker {
 
     /// Reads the counter and, when `after` is given, each channel's events after it. When
     /// `after` is beyond the counter (the store lost its data), every retained event is read.
+    /// A `budget` other than 0 reads one page: the events in id order (merged across channels)
+    /// up to about that many bytes (at least one event), with `truncated` set when more remain.
     pub async fn snapshot(
         &self,
         channels: &[Arc<str>],
         after: Option<u64>,
+        budget: usize,
     ) -> Result<Snapshot, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b.snapshot(channels, after)),
+            Broker::Memory(b) => Ok(b.snapshot(channels, after, budget)),
             #[cfg(feature = "redis")]
-            Broker::Redis(b) => b.snapshot(channels, after).await,
+            Broker::Redis(b) => b.snapshot(channels, after, budget).await,
         }
     }
 

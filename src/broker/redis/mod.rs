@@ -59,7 +59,10 @@ return id
 
 // KEYS[1] is the counter, the others are channels. ARGV[1] is the position after which events
 // are returned, or -1 for none. A position past the counter (Redis lost its data), or any
-// position when the counter does not exist, returns all.
+// position when the counter does not exist, returns all. ARGV[2] is the byte budget of the
+// page, 0 for all: events are then taken in id order across the channels (a merge of their
+// sorted sets, read 32 at a time) until the next would pass the budget (at least one is taken),
+// and the second element of the reply is 1 when some were left for a later page.
 // pcall: a key of another type under a channel's name reads as an empty history.
 const SNAPSHOT_SCRIPT: &str = r"
 local raw = redis.pcall('GET', KEYS[1])
@@ -68,7 +71,9 @@ if type(raw) == 'string' then counter = tonumber(raw) or -1 end
 local min = '(' .. ARGV[1]
 if ARGV[1] == '-1' then min = nil
 elseif tonumber(ARGV[1]) > counter then min = '-inf' end
-local out = { counter }
+local budget = tonumber(ARGV[2]) or 0
+local out = { counter, 0 }
+local heads = {}
 for i = 2, #KEYS do
   local len = redis.pcall('ZCARD', KEYS[i])
   if type(len) ~= 'number' then len = 0 end
@@ -77,11 +82,48 @@ for i = 2, #KEYS do
   if len > 0 then
     local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
     oldest = first[2]
-    if min then events = redis.call('ZRANGEBYSCORE', KEYS[i], min, '+inf') end
+    if min and budget == 0 then
+      events = redis.call('ZRANGEBYSCORE', KEYS[i], min, '+inf')
+    elseif min then
+      heads[#heads + 1] = { key = KEYS[i], min = min, events = events, batch = {}, pos = 1 }
+    end
   end
   out[#out + 1] = len
   out[#out + 1] = oldest
   out[#out + 1] = events
+end
+local function fetch(h)
+  h.batch = redis.call('ZRANGEBYSCORE', h.key, h.min, '+inf', 'WITHSCORES', 'LIMIT', 0, 32)
+  h.pos = 1
+  return #h.batch > 0
+end
+local open = {}
+for _, h in ipairs(heads) do
+  if fetch(h) then open[#open + 1] = h end
+end
+local bytes = 0
+while #open > 0 do
+  local best = 1
+  for j = 2, #open do
+    if tonumber(open[j].batch[open[j].pos + 1]) < tonumber(open[best].batch[open[best].pos + 1]) then
+      best = j
+    end
+  end
+  local h = open[best]
+  local member = h.batch[h.pos]
+  if bytes > 0 and bytes + #member > budget then
+    out[2] = 1
+    break
+  end
+  h.events[#h.events + 1] = member
+  bytes = bytes + #member
+  local score = h.batch[h.pos + 1]
+  h.pos = h.pos + 2
+  if h.pos > #h.batch then
+    local more = #h.batch == 64
+    h.min = '(' .. score
+    if not (more and fetch(h)) then table.remove(open, best) end
+  end
 end
 return out
 ";
@@ -227,8 +269,13 @@ impl HistoryReader {
         &self,
         channels: &[Arc<str>],
         after: Option<u64>,
+        budget: usize,
     ) -> Result<Snapshot, BrokerError> {
         let after_arg = after.map_or_else(|| "-1".to_owned(), |a| a.to_string());
+        // The lowest of the last ids of the chunks that stopped at their budget: each chunk's
+        // page is a prefix of its channels' merged events, so up to it the pages together are
+        // a prefix of all.
+        let mut cut: Option<u64> = None;
         let mut snap = Snapshot::default();
         let chunks: Vec<&[Arc<str>]> = if channels.is_empty() {
             vec![&[]]
@@ -243,13 +290,31 @@ impl HistoryReader {
             }
             let reply: Value = inv
                 .arg(&after_arg)
+                .arg(budget)
                 .invoke_async(&mut con)
                 .await
                 .map_err(BrokerError::redis)?;
-            let (counter, histories, malformed) = parse_snapshot(reply)?;
-            snap.counter = snap.counter.max(counter);
-            snap.channels.extend(histories);
-            snap.malformed += malformed;
+            let page = parse_snapshot(reply)?;
+            if page.truncated {
+                let last = page
+                    .histories
+                    .iter()
+                    .flat_map(|h| &h.events)
+                    .map(|f| f.id)
+                    .max();
+                if let Some(last) = last {
+                    cut = Some(cut.map_or(last, |c| c.min(last)));
+                }
+            }
+            snap.counter = snap.counter.max(page.counter);
+            snap.channels.extend(page.histories);
+            snap.malformed += page.malformed;
+        }
+        if let Some(cut) = cut {
+            snap.truncated = true;
+            for channel in &mut snap.channels {
+                channel.events.retain(|f| f.id <= cut);
+            }
         }
         Ok(snap)
     }
@@ -346,13 +411,14 @@ impl RedisBroker {
         self.publisher.publish(channel, event).await
     }
 
-    /// A stream's snapshot; its counter is remembered (see `counter_seen`).
+    /// A stream's snapshot or page; its counter is remembered (see `counter_seen`).
     pub async fn snapshot(
         &self,
         channels: &[Arc<str>],
         after: Option<u64>,
+        budget: usize,
     ) -> Result<Snapshot, BrokerError> {
-        let snapshot = self.history.snapshot(channels, after).await?;
+        let snapshot = self.history.snapshot(channels, after, budget).await?;
         if snapshot.malformed > 0 {
             self.metrics
                 .malformed
@@ -375,8 +441,15 @@ impl RedisBroker {
     }
 }
 
-/// The counter, the histories, and how many entries were skipped as malformed.
-type ParsedSnapshot = (Option<u64>, Vec<ChannelHistory>, u64);
+/// One history script reply.
+struct ParsedSnapshot {
+    counter: Option<u64>,
+    /// The page stopped at its budget.
+    truncated: bool,
+    histories: Vec<ChannelHistory>,
+    /// Entries skipped as malformed.
+    malformed: u64,
+}
 
 fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
     let bad = |what: &str| BrokerError::Protocol(format!("history script: {what}"));
@@ -389,21 +462,43 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
         Some(Value::Int(_)) => None,
         _ => return Err(bad("no counter")),
     };
+    let truncated = matches!(items.next(), Some(Value::Int(1)));
     let mut histories = Vec::new();
     let mut malformed = 0;
     while let (Some(len), Some(oldest), Some(events)) = (items.next(), items.next(), items.next()) {
         let Value::Int(len) = len else {
             return Err(bad("length"));
         };
-        let (events, skipped) = stored_frames(events);
+        let (mut events, skipped) = stored_frames(events);
         malformed += skipped;
+        // An entry past the counter read in the same atomic snapshot was not given its id by
+        // the counter (every publisher takes the id from it before writing): a lie, which would
+        // move the stream's position past every real event. Refused like any malformed entry.
+        if let Some(counter) = counter {
+            let before = events.len();
+            events.retain(|f| f.id <= counter);
+            let lies = (before - events.len()) as u64;
+            if lies > 0 {
+                tracing::warn!(
+                    counter,
+                    entries = lies,
+                    "skipping history entries whose id is past the id counter"
+                );
+                malformed += lies;
+            }
+        }
         histories.push(ChannelHistory {
             len: len.max(0) as usize,
             oldest: score(&oldest),
             events,
         });
     }
-    Ok((counter, histories, malformed))
+    Ok(ParsedSnapshot {
+        counter,
+        truncated,
+        histories,
+        malformed,
+    })
 }
 
 fn score(v: &Value) -> Option<u64> {

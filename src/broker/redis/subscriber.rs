@@ -38,6 +38,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const SUBSCRIBE_CHUNK: usize = 512;
 /// Commands taken from the hub's queue at once.
 const MAX_BATCH: usize = 4096;
+/// How far past the highest counter this process has read a live event's id may be. Every
+/// publisher takes its id from the counter before publishing, so a real id is at most the
+/// counter at that moment; the counter is read at each connection, each stream's history read
+/// and each watchdog tick, so a real id leads the last reading only by what was published
+/// since (ten million ids in one ping interval is far beyond what one Redis can publish). An id
+/// further ahead was written by a client that does not take ids from the counter: delivering
+/// it would move every position it reaches (a stream's last id, the refill's cursor) past the
+/// real events, so it is refused and counted as malformed.
+pub(crate) const MAX_ID_LEAD: u64 = 10_000_000;
 
 /// The subscriber task's state; built and started by [`super::RedisBroker::start`].
 pub(super) struct Subscriber {
@@ -125,18 +134,36 @@ impl Subscriber {
     async fn connect(&self, lost: Arc<Notify>) -> Result<MultiplexedConnection, BrokerError> {
         let dispatch = self.dispatch.clone();
         let metrics = self.metrics.clone();
+        let counter_seen = self.counter_seen.clone();
         let sender = move |push: PushInfo| -> Result<(), ()> {
-            forward_push(push, &dispatch, &metrics, &lost);
+            forward_push(push, &dispatch, &metrics, &counter_seen, &lost);
             Ok(())
         };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(self.ping_timeout))
             .set_push_sender(sender);
-        self.client
+        let mut con = self
+            .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(BrokerError::redis)
+            .map_err(BrokerError::redis)?;
+        // Before any subscription: the counter that live ids are checked against.
+        self.read_counter(&mut con)
+            .await
+            .map_err(BrokerError::redis)?;
+        Ok(con)
+    }
+
+    /// Reads the id counter (which also proves the connection alive) and remembers it in
+    /// `counter_seen`, the reading live ids are checked against (see [`MAX_ID_LEAD`]).
+    async fn read_counter(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let counter: Option<u64> = redis::cmd("GET")
+            .arg(super::COUNTER_KEY)
+            .query_async(con)
+            .await?;
+        self.counter_seen.fetch_max(counter.unwrap_or(0), Relaxed);
+        Ok(())
     }
 
     /// Sleeps while still taking subscription changes. Returns `false` when told to stop.
@@ -202,7 +229,7 @@ impl Subscriber {
     async fn refill(&mut self, channels: &[Arc<str>]) -> Result<Resume, BrokerError> {
         let last = self.dispatch.delivered();
         let known = last.max(self.counter_seen.load(Relaxed));
-        let mut snap = self.history.snapshot(channels, Some(last)).await?;
+        let mut snap = self.history.snapshot(channels, Some(last), 0).await?;
         if snap.malformed > 0 {
             self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
         }
@@ -210,7 +237,10 @@ impl Subscriber {
         let reset = counter < known;
         if reset && last <= counter {
             // Read again past any counter, which returns every retained event.
-            snap = self.history.snapshot(channels, Some(MAX_EVENT_ID)).await?;
+            snap = self
+                .history
+                .snapshot(channels, Some(MAX_EVENT_ID), 0)
+                .await?;
         }
         let missed = if reset {
             Vec::new()
@@ -270,15 +300,13 @@ impl Subscriber {
                     }
                 }
                 _ = ping.tick() => {
-                    let ping_cmd = redis::cmd("PING");
-                    let pong = tokio::time::timeout(
-                        self.ping_timeout,
-                        ping_cmd.query_async::<Value>(con),
-                    );
+                    // The watchdog's command reads the counter: a reply proves the connection
+                    // alive, and the reading keeps live ids' plausibility check current.
+                    let pong = tokio::time::timeout(self.ping_timeout, self.read_counter(con));
                     match pong.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Exit::Lost(format!("PING failed: {e}")),
-                        Err(_) => return Exit::Lost("PING timed out".into()),
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Exit::Lost(format!("watchdog GET failed: {e}")),
+                        Err(_) => return Exit::Lost("watchdog GET timed out".into()),
                     }
                 }
                 _ = lost.notified() => return Exit::Lost("disconnected".into()),
@@ -386,12 +414,26 @@ fn record(
         SubCommand::Unsubscribe(ch) => {
             active.remove(&ch);
         }
-        SubCommand::Barrier(tx) => barriers.push(tx),
+        SubCommand::Barrier(tx) => {
+            // A stream that waited and left has dropped its receiver: its barrier is forgotten,
+            // so that through an outage with clients coming and going only the barriers of
+            // streams still waiting are kept (pruned at each doubling: amortized O(1)).
+            if barriers.len() >= 64 && barriers.len().is_power_of_two() {
+                barriers.retain(|b| !b.is_closed());
+            }
+            barriers.push(tx);
+        }
     }
 }
 
 /// Runs on the Redis connection's task: must never block.
-fn forward_push(push: PushInfo, dispatch: &DispatchSender, metrics: &Metrics, lost: &Notify) {
+fn forward_push(
+    push: PushInfo,
+    dispatch: &DispatchSender,
+    metrics: &Metrics,
+    counter_seen: &AtomicU64,
+    lost: &Notify,
+) {
     match push.kind {
         PushKind::Message => {
             let mut data = push.data.into_iter();
@@ -409,6 +451,17 @@ fn forward_push(push: PushInfo, dispatch: &DispatchSender, metrics: &Metrics, lo
                 );
                 return;
             };
+            let known = counter_seen.load(Relaxed).max(dispatch.delivered());
+            if id > known.saturating_add(MAX_ID_LEAD) {
+                metrics.malformed.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    channel = ?channel,
+                    id,
+                    counter = known,
+                    "skipping a pub/sub message whose id is far past the id counter"
+                );
+                return;
+            }
             let frame = Frame::event(id, Bytes::from(payload));
             dispatch.send(Dispatch::Live { channel, frame });
         }
