@@ -16,6 +16,7 @@ mod concurrency;
 mod cors;
 mod endpoint;
 mod extractor;
+mod history_loss;
 mod jwt;
 mod layering;
 mod library;
