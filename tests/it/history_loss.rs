@@ -322,3 +322,63 @@ async fn a_trim_during_a_pubsub_outage_gives_missedevents_to_that_channels_strea
     sa.expect_silence(QUIET).await;
     sb.expect_silence(Duration::from_millis(10)).await;
 }
+
+/// What the gem's publisher writes: the counter, the text published and stored, the history
+/// trimmed to `size`, and nothing recorded.
+fn gem_publish(con: &mut redis::Connection, channel: &str, data: &str, size: i64) -> u64 {
+    let id: u64 = redis::cmd("INCR")
+        .arg("redisse:lastEventId")
+        .query(con)
+        .unwrap();
+    let payload = format!("id: {id}\nevent: message\ndata: {data}\n\n");
+    let _: () = redis::pipe()
+        .cmd("PUBLISH")
+        .arg(channel)
+        .arg(&payload)
+        .ignore()
+        .cmd("ZADD")
+        .arg(channel)
+        .arg(id)
+        .arg(&payload)
+        .ignore()
+        .cmd("ZREMRANGEBYRANK")
+        .arg(channel)
+        .arg(0)
+        .arg(-(size + 1))
+        .ignore()
+        .query(con)
+        .unwrap();
+    id
+}
+
+/// The gem's publisher records no trim: at the servers' size, a full history with a gap still
+/// tells; our publisher trimming the same channel afterwards adds its record to that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gems_unrecorded_trims_at_the_servers_size_are_still_detected() {
+    let backend = Backend::redis();
+    let redis = backend.redis_server();
+    let mut config = backend.config();
+    config.history_size = 3;
+    let server = TestServer::start(config).await;
+    let mut con = redis.con();
+    let id: Vec<u64> = (1..=5)
+        .map(|i| gem_publish(&mut con, "a", &format!("g{i}"), 3))
+        .collect();
+    let trimmed: Option<String> = redis::cmd("HGET")
+        .arg("redisse:trimmed")
+        .arg("a")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(trimmed, None, "the gem records nothing");
+    let mut s = resume(&server.url("/?a"), id[0]).await;
+    assert_eq!(s.next().await.event, "missedevents");
+    assert_eq!(ids(&s.take(3).await), id[2..]);
+    let mut s = resume(&server.url("/?a"), id[1]).await;
+    let got = s.take(3).await;
+    assert_eq!(got[0].event, "message", "{got:?}");
+    s.expect_silence(QUIET).await;
+    let ours = server.publish("a", "m", "ours").await;
+    let mut s = resume(&server.url("/?a"), id[1]).await;
+    assert_eq!(s.next().await.event, "missedevents");
+    assert_eq!(ids(&s.take(3).await), [id[3], id[4], ours]);
+}
