@@ -68,7 +68,9 @@ pub struct Config {
     pub redis_tls_ca: Option<PathBuf>,
     /// Default: [`DEFAULT_HEARTBEAT`].
     pub heartbeat: Duration,
-    /// Default: [`DEFAULT_HISTORY_SIZE`].
+    /// Events kept per channel for resume (the newest). A client that resumes from before an
+    /// event trimmed away gets `missedevents`; 0 keeps none, so every resume across an event
+    /// gets it. Default: [`DEFAULT_HISTORY_SIZE`].
     pub history_size: usize,
     /// Default: [`DEFAULT_POLLING_DELAY`].
     pub polling_delay: Duration,

@@ -25,8 +25,12 @@ use crate::tasks::Tasks;
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use redisse::{Config, Event, Redisse};
 /// let redisse = Redisse::new(Config::default())?;
-/// let id = redisse.publisher().publish("news", Event::message("hello")).await?;
-/// assert_eq!(id, 1);
+/// let publisher = redisse.publisher();
+/// let first = publisher.publish("news", Event::message("hello")).await?;
+/// // In memory, ids start from the clock (so that a restart does not reuse them), then go up
+/// // by one per event.
+/// assert!(first > 1_000_000_000_000_000);
+/// assert_eq!(publisher.publish("news", "again").await?, first + 1);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

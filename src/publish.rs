@@ -127,7 +127,9 @@ impl Publisher {
         Publisher::redis_with_history(url, DEFAULT_HISTORY_SIZE)
     }
 
-    /// Like [`Publisher::redis`], keeping `history_size` events per channel.
+    /// Like [`Publisher::redis`], keeping `history_size` events per channel (0: none). Each trim
+    /// records the newest id it removed (`redisse:trimmed`), so servers that keep more events
+    /// still send `missedevents` to clients that resume from before them.
     #[cfg(feature = "redis")]
     pub fn redis_with_history(url: &str, history_size: usize) -> Result<Self, PublishError> {
         Publisher::redis_with_tls_ca(url, history_size, None)

@@ -4,12 +4,14 @@
 //! histories, decide the preamble (`missedevents`, `lastEventId`), the events to replay (merged
 //! across channels in id order) and the position after which live events are new.
 //!
-//! `missedevents` is sent exactly when events may have been lost: some requested channel's
-//! history is full (it holds the configured maximum, so it has been trimmed) and some id between
-//! the client's last id and that channel's oldest retained event is retained in none of the
-//! requested channels' histories. Ids are unique across channels, so an id retained elsewhere was
-//! not this channel's event; an id retained nowhere might have been. A channel that was never
-//! trimmed lost nothing, and a last id that came from another channel is no reason by itself.
+//! `missedevents` is sent exactly when events may have been lost, by the rule of `history`
+//! ([`channel_may_have_lost`]): some requested channel had an event after the client's last id
+//! removed by a recorded trim (exact, whatever size it was trimmed to), or, where publishers may
+//! trim without recording (the gem's, on Redis), some requested channel's history is full and
+//! some id between the client's last id and that channel's oldest retained event is retained in
+//! none of the requested channels' histories. A channel that was never trimmed lost nothing,
+//! and a last id that came from another channel is no reason by itself. A last id that is not a
+//! number, or beyond the counter (the store lost its data), is told too.
 
 #[cfg(test)]
 use crate::event::FrameKind;
@@ -107,6 +109,7 @@ mod tests {
         ChannelHistory {
             len,
             oldest: ids.first().copied(),
+            trimmed: 0,
             events: ids
                 .iter()
                 .filter(|&&i| i > after)
@@ -115,13 +118,20 @@ mod tests {
         }
     }
 
+    /// A snapshot as Redis reads it, where the gem may trim without recording.
     fn snap(counter: u64, channels: Vec<ChannelHistory>) -> Snapshot {
         Snapshot {
             counter: Some(counter),
             channels,
             truncated: false,
             malformed: 0,
+            unrecorded_trims: true,
         }
+    }
+
+    fn trimmed_up_to(mut h: ChannelHistory, trimmed: u64) -> ChannelHistory {
+        h.trimmed = trimmed;
+        h
     }
 
     #[test]
@@ -191,5 +201,47 @@ mod tests {
         );
         assert!(p.signals_missed());
         assert_eq!(p.replay.len(), 2);
+    }
+
+    #[test]
+    fn a_recorded_trim_below_the_servers_size_signals_loss_then_replays_what_is_kept() {
+        // Another publisher kept 3 (5,6,7) and recorded trimming up to 4; the server keeps 100.
+        let a = trimmed_up_to(history(&[5, 6, 7], 3, 2), 4);
+        let p = plan(LastEventId::At(2), snap(7, vec![a]), 100);
+        assert!(p.signals_missed());
+        assert_eq!(p.replay.iter().map(|f| f.id).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(p.position, 2);
+        // From the newest trimmed id: nothing lost.
+        let a = trimmed_up_to(history(&[5, 6, 7], 3, 4), 4);
+        let p = plan(LastEventId::At(4), snap(7, vec![a]), 100);
+        assert!(!p.signals_missed());
+        assert_eq!(p.replay.len(), 3);
+    }
+
+    #[test]
+    fn only_the_trimmed_channel_matters_and_nothing_kept_still_gives_the_hint() {
+        // Size 0 on a (everything trimmed, up to 6); b kept 4. From 3: a lost 5 or 6.
+        let a = trimmed_up_to(history(&[], 0, 3), 6);
+        let b = history(&[4], 1, 3);
+        let p = plan(LastEventId::At(3), snap(6, vec![a, b]), 100);
+        assert!(p.signals_missed());
+        assert_eq!(p.replay.iter().map(|f| f.id).collect::<Vec<_>>(), [4]);
+        let a = trimmed_up_to(history(&[], 0, 6), 6);
+        let p = plan(LastEventId::At(6), snap(6, vec![a]), 100);
+        assert!(!p.signals_missed());
+        assert_eq!(
+            &p.preamble[0].bytes[..],
+            b"id: 6\nevent: lastEventId\ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn in_memory_a_full_history_alone_is_no_loss() {
+        // Every trim is recorded in memory: a kept 5,6,7 at size 3 and trimmed nothing above 2.
+        let mut s = snap(7, vec![trimmed_up_to(history(&[5, 6, 7], 3, 2), 2)]);
+        s.unrecorded_trims = false;
+        let p = plan(LastEventId::At(2), s, 3);
+        assert!(!p.signals_missed());
+        assert_eq!(p.replay.len(), 3);
     }
 }

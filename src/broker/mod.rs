@@ -3,7 +3,8 @@
 //! Two implementations with one behaviour, so one test suite runs against both:
 //! [`memory`] (one process, the default) and `redis` (feature `redis`: any number of processes,
 //! the gem's Redis layout). A broker assigns ids from one counter for all channels, stores each
-//! event in its channel's history (the newest `history_size`), and hands it, encoded once, to
+//! event in its channel's history (the newest `history_size`, recording the newest id each trim
+//! removed, see `history`), and hands it, encoded once, to
 //! the hub's dispatcher of every process with local listeners. Each broker owns what it needs
 //! to do so: the Redis broker starts and supervises its own pub/sub subscriber.
 

@@ -97,7 +97,8 @@ pub struct ServeArgs {
     /// Heartbeat period (seconds like 15 or 0.5, or with units like 500ms).
     #[arg(long, env = "REDISSE_HEARTBEAT", default_value = "15", value_parser = parse_duration, allow_negative_numbers = true)]
     pub heartbeat: Duration,
-    /// Events kept per channel for Last-Event-ID resume.
+    /// Events kept per channel for Last-Event-ID resume; 0 keeps none, so that every resume
+    /// across an event gets `missedevents`.
     #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
     pub history_size: usize,
     /// How long a long-polling stream stays open after its first event.
@@ -222,7 +223,8 @@ pub struct PublishArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
-    /// Events kept per channel when publishing to Redis.
+    /// Events kept per channel when publishing to Redis (trims are recorded, so servers that keep
+    /// more still tell resuming clients of the loss); 0 keeps none.
     #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
     pub history_size: usize,
 }

@@ -293,7 +293,9 @@ async fn answers_are_cached_for_identical_requests_only() {
     app.set(Mode::Status(403, "changed"));
     open("sid=1").await;
     assert_eq!(app.calls(), 2);
-    // Another requested channel is another question too.
+    // Another requested channel is another question too. (The streams above were dropped:
+    // wait until the server saw them go, since `refused` checks that none is open.)
+    wait_connected(&r, 0).await;
     refused(&r, "/?other", &[("cookie", "sid=1")], 403).await;
     assert_eq!(app.calls(), 3);
 }

@@ -24,6 +24,10 @@ async fn an_instances_publisher_holds_names_to_the_instances_limit(backend: Back
     config.max_channel_name_bytes = LIMIT;
     let redisse = Redisse::new(config).expect("instance");
     let publisher = redisse.publisher();
+    let before = publisher
+        .publish("before", Event::message("x"))
+        .await
+        .unwrap();
     for name in [
         "123456789",
         "éééé5",
@@ -53,8 +57,8 @@ async fn an_instances_publisher_holds_names_to_the_instances_limit(backend: Back
         .publish("éééé", Event::message("fits too"))
         .await
         .expect("8 bytes in 4 characters");
-    // Nothing refused took an id: these are the instance's first two events.
-    assert_eq!((a, b), (1, 2));
+    // Nothing refused took an id: these are the two events right after the first.
+    assert_eq!((a, b), (before + 1, before + 2));
 }
 
 #[tokio::test]
@@ -92,6 +96,8 @@ async fn publishing_over_http_to_a_name_too_long_is_a_400_counted_as_such(backen
     let server = TestServer::start(config).await;
     let refused = |reason| server.redisse.metrics().refusals(reason);
     let post = |path: &str| client().post(server.internal_url(path)).body("data").send();
+    // An event before the refusals: the next id after it tells whether they took any.
+    let warm = server.publish("t.warm", "warmup", "").await;
     let res = post("/publish/123456789").await.unwrap();
     assert_eq!(res.status(), 400);
     let body = res.text().await.unwrap();
@@ -109,12 +115,19 @@ async fn publishing_over_http_to_a_name_too_long_is_a_400_counted_as_such(backen
     assert_eq!(refused(Refusal::ChannelNameTooLong), 2);
     assert_eq!(refused(Refusal::BadPublish), 1);
     // Eight bytes are published, and a stream on that name receives it.
-    let mut s = server.live_stream("/?12345678").await;
+    let mut s = server.stream("/?12345678", &[]).await;
+    let first = s.next().await;
+    assert_eq!(
+        (first.event.as_str(), first.id),
+        ("lastEventId", Some(warm.to_string()))
+    );
     let res = post("/publish/12345678?type=m").await.unwrap();
     assert_eq!(res.status(), 200);
-    // The second event of the instance (after `live_stream`'s warm-up): nothing refused took
-    // an id.
-    assert_eq!(res.text().await.unwrap(), r#"{"id":2}"#);
+    // The event right after the warm-up: nothing refused took an id.
+    assert_eq!(
+        res.text().await.unwrap(),
+        format!(r#"{{"id":{}}}"#, warm + 1)
+    );
     let e = s.next().await;
     assert_eq!((e.event.as_str(), e.data.as_str()), ("m", "data"));
     assert_eq!(refused(Refusal::ChannelNameTooLong), 2);

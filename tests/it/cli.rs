@@ -657,10 +657,16 @@ async fn a_unix_socket_serves_streams_and_publishing_is_on_the_internal_socket()
     );
     // The internal socket publishes; the warm-up goes to another channel, so that it cannot
     // reach the stream below (it may still be on its way to the dispatcher when the stream
-    // registers). Its id is 1: the refused publish took none.
+    // registers). It is the instance's first event: the refused publish took no id, so the next
+    // one is right after it.
     let answer = unix_request(&internal, &unix_publish("elsewhere", "warm-up")).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with(r#"{"id":1}"#), "{answer}");
+    let warm: u64 = answer
+        .rsplit_once(r#"{"id":"#)
+        .and_then(|(_, id)| id.strip_suffix('}'))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {answer}"));
+    let next = warm + 1;
 
     let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
     stream
@@ -683,7 +689,7 @@ async fn a_unix_socket_serves_streams_and_publishing_is_on_the_internal_socket()
     // Live once the lastEventId event is there.
     read_until(&mut got, "event: lastEventId").await;
     let answer = unix_request(&internal, &unix_publish("global", "over a socket")).await;
-    assert!(answer.ends_with(r#"{"id":2}"#), "{answer}");
+    assert!(answer.ends_with(&format!(r#"{{"id":{next}}}"#)), "{answer}");
     read_until(&mut got, "data: over a socket\n\n").await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -693,7 +699,7 @@ async fn a_unix_socket_serves_streams_and_publishing_is_on_the_internal_socket()
         "{text}"
     );
     assert!(
-        text.contains("id: 2\nevent: t\ndata: over a socket\n\n"),
+        text.contains(&format!("id: {next}\nevent: t\ndata: over a socket\n\n")),
         "{text}"
     );
     // The internal socket serves no streams.
@@ -819,7 +825,9 @@ async fn publish_uses_redisse_internal_address_without_server() {
         .unwrap();
     assert_eq!(warm.status(), 200);
     let mut s = SseStream::open(&format!("{base}/?ch"), &[]).await;
-    assert_eq!(s.next().await.event, "lastEventId");
+    let first = s.next().await;
+    assert_eq!(first.event, "lastEventId");
+    let next = first.id.as_deref().unwrap().parse::<u64>().unwrap() + 1;
     let publish = async |env: &[(&str, &str)]| {
         let mut cmd = redisse();
         cmd.args(["publish", "ch", "via the env"]);
@@ -838,11 +846,14 @@ async fn publish_uses_redisse_internal_address_without_server() {
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "2");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        next.to_string()
+    );
     let e = s.next().await;
     assert_eq!(
-        (e.id.as_deref(), e.data.as_str()),
-        (Some("2"), "via the env")
+        (e.id, e.data.as_str()),
+        (Some(next.to_string()), "via the env")
     );
     // The public port in REDISSE_PORT is not a target: with the internal address pointing at
     // nothing, the publish fails instead of going there.

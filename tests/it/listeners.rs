@@ -155,7 +155,13 @@ async fn the_internal_router_publishes_without_a_credential_and_serves_no_stream
 
 async fn the_public_router_publishes_nothing_without_a_configured_credential(backend: Backend) {
     let server = TestServer::start(backend.config()).await;
-    let mut s = server.live_stream("/?a").await;
+    let warm = server.publish("warm", "m", "").await;
+    let mut s = server.stream("/?a", &[]).await;
+    let first = s.next().await;
+    assert_eq!(
+        (first.event.as_str(), first.id),
+        ("lastEventId", Some(warm.to_string()))
+    );
     // The requests come from 127.0.0.1, which is trusted for nothing.
     assert!(server.addr.ip().is_loopback());
     for auth in [None, Some("Bearer anything"), Some("Basic eDp5")] {
@@ -172,11 +178,14 @@ async fn the_public_router_publishes_nothing_without_a_configured_credential(bac
         3
     );
     s.expect_silence(Duration::from_millis(100)).await;
-    // Nothing took an id: the next one follows the warm-up's (1).
+    // Nothing took an id: the next one follows the warm-up's.
     let (status, _, body) = post(&server.internal_url("/publish/a"), "internal", None).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"id":2}"#));
+    assert_eq!((status, body), (200, format!(r#"{{"id":{}}}"#, warm + 1)));
     let e = s.next().await;
-    assert_eq!((e.id.as_deref(), e.data.as_str()), (Some("2"), "internal"));
+    assert_eq!(
+        (e.id, e.data.as_str()),
+        (Some((warm + 1).to_string()), "internal")
+    );
 }
 
 async fn the_authorization_query_item_is_never_a_channel(backend: Backend) {
@@ -414,7 +423,10 @@ async fn the_binary_publishes_on_the_public_listener_only_with_the_token() {
     let server = Redisse::start(&["--publish-token", "tok-3a9f"]);
     server.publish("warm", String::new()).await;
     let mut s = SseStream::open(&server.url("/?a"), &[]).await;
-    assert_eq!(s.next().await.event, "lastEventId");
+    let first = s.next().await;
+    assert_eq!(first.event, "lastEventId");
+    let warm: u64 = first.id.as_deref().unwrap().parse().unwrap();
+    let id = |n: u64| format!(r#"{{"id":{}}}"#, warm + n);
     let url = server.url("/publish/a");
     for auth in [
         None,
@@ -427,14 +439,14 @@ async fn the_binary_publishes_on_the_public_listener_only_with_the_token() {
         assert_eq!(challenge.as_deref(), Some("Bearer"), "{auth:?}");
     }
     let (status, _, body) = post(&url, "with the token", Some("Bearer tok-3a9f")).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"id":2}"#));
+    assert_eq!((status, body), (200, id(1)));
     let e = s.next().await;
     assert_eq!(
-        (e.id.as_deref(), e.data.as_str()),
-        (Some("2"), "with the token")
+        (e.id, e.data.as_str()),
+        (Some((warm + 1).to_string()), "with the token")
     );
     let (status, _, body) = post(&server.internal_url("/publish/a"), "internal", None).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"id":3}"#));
+    assert_eq!((status, body), (200, id(2)));
     assert_eq!(s.next().await.data, "internal");
     let (_, _, metrics) = get(&server.internal_url("/metrics"), None).await;
     assert!(
@@ -450,7 +462,9 @@ async fn the_cli_publishes_through_the_public_listener_with_the_token() {
     let server = Redisse::start(&["--publish-token", "tok-77"]);
     server.publish("warm", String::new()).await;
     let mut s = SseStream::open(&server.url("/?news"), &[]).await;
-    assert_eq!(s.next().await.event, "lastEventId");
+    let first = s.next().await;
+    assert_eq!(first.event, "lastEventId");
+    let warm: u64 = first.id.as_deref().unwrap().parse().unwrap();
     let base = server.url("");
     let (ok, stdout, stderr) = cli_publish(
         &["news", "by token", "--server", &base, "--token", "tok-77"],
@@ -458,7 +472,7 @@ async fn the_cli_publishes_through_the_public_listener_with_the_token() {
     )
     .await;
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "2\n");
+    assert_eq!(stdout, format!("{}\n", warm + 1));
     assert_eq!(s.next().await.data, "by token");
     let (ok, stdout, stderr) = cli_publish(
         &["news", "by env token", "--server", &base],
@@ -466,7 +480,7 @@ async fn the_cli_publishes_through_the_public_listener_with_the_token() {
     )
     .await;
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "3\n");
+    assert_eq!(stdout, format!("{}\n", warm + 2));
     assert_eq!(s.next().await.data, "by env token");
     // Without the token, or a wrong one: 401, said plainly, nothing printed nor published.
     for extra in [&[][..], &["--token", "nope"][..]] {
@@ -533,17 +547,17 @@ async fn internal_address_unix_path_publishes_with_the_cli() {
     let env = [("REDISSE_INTERNAL_ADDRESS", address.as_str())];
     let (ok, stdout, stderr) = cli_publish(&["warm", ""], &env).await;
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "1\n");
+    let warm: u64 = stdout.trim_end().parse().expect("an id");
     let mut s = SseStream::open(&server.url("/?over.unix"), &[]).await;
     assert_eq!(s.next().await.event, "lastEventId");
     let (ok, stdout, stderr) =
         cli_publish(&["over.unix", "through the socket", "-t", "sock"], &env).await;
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "2\n");
+    assert_eq!(stdout, format!("{}\n", warm + 1));
     let e = s.next().await;
     assert_eq!(
-        (e.id.as_deref(), e.event.as_str(), e.data.as_str()),
-        (Some("2"), "sock", "through the socket")
+        (e.id, e.event.as_str(), e.data.as_str()),
+        (Some((warm + 1).to_string()), "sock", "through the socket")
     );
     // The socket is the internal router: /metrics, and no streams.
     let mut con = tokio::net::UnixStream::connect(&path).await.unwrap();

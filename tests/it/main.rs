@@ -17,6 +17,7 @@ mod cors;
 mod endpoint;
 mod extractor;
 mod held_streams;
+mod history_loss;
 mod jwt;
 mod layering;
 mod library;

@@ -143,7 +143,7 @@ async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
         .await
         .unwrap();
     server.wait_connections(1).await;
-    server.publish("a", "message", "hello").await;
+    let hello = server.publish("a", "message", "hello").await;
     let res = reader.response(&mut tcp).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), Some("text/event-stream"));
@@ -152,7 +152,7 @@ async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
     assert!(res.header("date").is_some(), "{res:?}");
     assert_eq!(
         String::from_utf8(res.body).unwrap(),
-        "id: 1\nevent: message\ndata: hello\n\n"
+        format!("id: {hello}\nevent: message\ndata: hello\n\n")
     );
     server.wait_connections(0).await;
 
@@ -165,17 +165,22 @@ async fn one_connection_carries_streams_refusals_and_a_publish_in_turn() {
     // A publish: hyper takes the connection from here.
     tcp.write_all(POST_BYE).await.unwrap();
     let res = reader.response(&mut tcp).await;
-    assert_eq!((res.status, res.body.as_slice()), (200, &b"{\"id\":2}"[..]));
+    let bye = hello + 1;
+    assert_eq!(
+        (res.status, String::from_utf8(res.body).unwrap()),
+        (200, format!(r#"{{"id":{bye}}}"#))
+    );
 
     // And serves the next stream the same way.
-    tcp.write_all(&stream_request("/?a&polling", &["Last-Event-ID: 1"]))
+    let last = format!("Last-Event-ID: {hello}");
+    tcp.write_all(&stream_request("/?a&polling", &[&last]))
         .await
         .unwrap();
     let res = reader.response(&mut tcp).await;
     assert_eq!(res.status, 200);
     assert_eq!(
         String::from_utf8(res.body).unwrap(),
-        "id: 2\nevent: message\ndata: bye\n\n"
+        format!("id: {bye}\nevent: message\ndata: bye\n\n")
     );
 }
 
@@ -192,7 +197,7 @@ async fn requests_pipelined_behind_a_stream_are_answered_after_it() {
     tcp.write_all(POST_BYE).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(server.redisse.connections(), 1, "the stream is still open");
-    server.publish("a", "message", "first").await;
+    let first_id = server.publish("a", "message", "first").await;
     let first = reader.response(&mut tcp).await;
     assert_eq!(first.status, 200);
     assert!(
@@ -203,7 +208,11 @@ async fn requests_pipelined_behind_a_stream_are_answered_after_it() {
     assert_eq!(reader.response(&mut tcp).await.status, 404);
     let third = reader.response(&mut tcp).await;
     assert_eq!(third.status, 200);
-    assert_eq!(third.body, b"{\"id\":2}");
+    // The publish waited behind the stream: its id is the next one.
+    assert_eq!(
+        String::from_utf8(third.body).unwrap(),
+        format!(r#"{{"id":{}}}"#, first_id + 1)
+    );
 }
 
 #[tokio::test]

@@ -69,6 +69,7 @@ async fn the_instance_publisher_gives_increasing_ids_and_delivers(backend: Backe
 async fn the_publisher_refuses_invalid_events() {
     let server = TestServer::start(Backend::memory().config()).await;
     let publisher = server.redisse.publisher();
+    let before = publisher.publish("other", "before").await.unwrap();
     for t in ["a\nb", "a\rb", "\r\n"] {
         let err = publisher
             .publish("ch", Event::new(t, "x"))
@@ -79,7 +80,7 @@ async fn the_publisher_refuses_invalid_events() {
     let err = publisher.publish("", "x").await.unwrap_err();
     assert!(matches!(err, PublishError::EmptyChannel), "{err}");
     // Nothing took an id.
-    assert_eq!(publisher.publish("ch", "ok").await.unwrap(), 1);
+    assert_eq!(publisher.publish("ch", "ok").await.unwrap(), before + 1);
 }
 
 #[tokio::test]
@@ -357,6 +358,7 @@ async fn the_cli_fails_clearly_when_publishing_is_impossible() {
     let mut config = Backend::memory().config();
     config.publish_token = Some("secret".into());
     let guarded = TestServer::start(config).await;
+    let before = guarded.publish("other", "m", "before").await;
     let mut cmd = cli();
     cmd.args([
         "publish",
@@ -381,7 +383,7 @@ async fn the_cli_fails_clearly_when_publishing_is_impossible() {
         .args(["--server", &format!("http://{}", guarded.addr)]);
     let (ok, stdout, stderr) = run_cli(cmd, None).await;
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "1\n");
+    assert_eq!(stdout, format!("{}\n", before + 1));
 }
 
 // ---- HTTP ----
@@ -513,7 +515,13 @@ async fn http_publish_with_a_token_requires_the_bearer(backend: Backend) {
     let mut config = backend.config();
     config.publish_token = Some("s3cret-token".into());
     let server = TestServer::start(config).await;
-    let mut s = server.live_stream("/?global").await;
+    let warm = server.publish("warm", "m", "").await;
+    let mut s = server.stream("/?global", &[]).await;
+    let first = s.next().await;
+    assert_eq!(
+        (first.event.as_str(), first.id),
+        ("lastEventId", Some(warm.to_string()))
+    );
     for auth in [
         None,
         Some("Bearer wrong"),
@@ -562,7 +570,7 @@ async fn http_publish_with_a_token_requires_the_bearer(backend: Backend) {
     let e = s.next().await;
     assert_eq!(e.id, Some(id_of(&body).to_string()));
     assert_eq!(e.event, "ok");
-    assert_eq!(id_of(&body), 2, "the warm-up, then this one");
+    assert_eq!(id_of(&body), warm + 1, "the warm-up, then this one");
 }
 
 fn publish_request(connect_info: Option<SocketAddr>, auth: Option<&str>) -> http::Request<Body> {
@@ -589,6 +597,12 @@ async fn call(router: axum::Router, req: http::Request<Body>) -> (u16, String) {
 #[tokio::test]
 async fn without_a_credential_the_public_router_publishes_for_no_peer_not_even_loopback() {
     let redisse = redisse::Redisse::new(Backend::memory().config()).unwrap();
+    let before = redisse
+        .publisher()
+        .publish("other", "before")
+        .await
+        .unwrap();
+    let id = |n: u64| format!(r#"{{"id":{}}}"#, before + n);
     let router = redisse.router();
     let peers = [
         Some("192.0.2.7:5000"),
@@ -624,11 +638,14 @@ async fn without_a_credential_the_public_router_publishes_for_no_peer_not_even_l
     let internal = redisse.internal_router();
     let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
     let (status, body) = call(internal.clone(), publish_request(Some(remote), None)).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"id":1}"#));
+    assert_eq!((status, body), (200, id(1)));
     let (status, body) = call(internal, publish_request(None, None)).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"id":2}"#));
+    assert_eq!((status, body), (200, id(2)));
     // Only those two took ids.
-    assert_eq!(redisse.publisher().publish("global", "x").await.unwrap(), 3);
+    assert_eq!(
+        redisse.publisher().publish("global", "x").await.unwrap(),
+        before + 3
+    );
 }
 
 #[tokio::test]
@@ -636,6 +653,11 @@ async fn with_a_token_any_peer_may_publish_with_it() {
     let mut config = Backend::memory().config();
     config.publish_token = Some("tok".into());
     let redisse = redisse::Redisse::new(config).unwrap();
+    let before = redisse
+        .publisher()
+        .publish("other", "before")
+        .await
+        .unwrap();
     let router = redisse.router();
     let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
     let (status, _) = call(router.clone(), publish_request(Some(remote), None)).await;
@@ -651,7 +673,8 @@ async fn with_a_token_any_peer_may_publish_with_it() {
         publish_request(Some(remote), Some("Bearer tok")),
     )
     .await;
-    assert_eq!((status, body.as_str()), (200, r#"{"id":1}"#));
+    // The refusals took no id.
+    assert_eq!((status, body), (200, format!(r#"{{"id":{}}}"#, before + 1)));
     let (status, _) = call(router, publish_request(None, Some("Bearer tok"))).await;
     assert_eq!(status, 200);
 }

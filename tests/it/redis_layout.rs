@@ -189,6 +189,49 @@ async fn history_is_trimmed_to_the_configured_size() {
         .collect();
     assert_eq!(scores, [10.0, 11.0, 12.0]);
     assert_eq!(get_counter(redis).as_deref(), Some("12"));
+    // Beside the gem's keys, one hash records the newest id each trim removed, per channel.
+    assert_eq!(key_type(redis, "redisse:trimmed"), "hash");
+    let trimmed: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("redisse:trimmed")
+        .query(&mut redis.con())
+        .unwrap();
+    let mut trimmed = trimmed;
+    trimmed.sort();
+    assert_eq!(
+        trimmed,
+        [("five".into(), "3".into()), ("three".into(), "9".into())]
+    );
+}
+
+/// Something else under our hash's name: publishing refuses with a clear error and changes
+/// nothing; reading history still works (as from a history with nothing recorded).
+#[tokio::test]
+async fn a_trimmed_key_of_another_type_refuses_publishing_and_keeps_reads_working() {
+    let backend = Backend::redis();
+    let redis = backend.redis_server();
+    let server = TestServer::start(backend.config()).await;
+    let before = server.publish("a", "m", "before").await;
+    let first = server.publish("a", "m", "kept").await;
+    let _: () = redis::cmd("SET")
+        .arg("redisse:trimmed")
+        .arg("not a hash")
+        .query(&mut redis.con())
+        .unwrap();
+    let err = server
+        .redisse
+        .publisher()
+        .publish("a", "refused")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("redisse:trimmed"), "{err}");
+    assert_eq!(get_counter(redis), Some(first.to_string()));
+    assert_eq!(history(redis, "a").len(), 2);
+    let mut s = server
+        .stream("/?a", &[("last-event-id", &before.to_string())])
+        .await;
+    let e = s.next().await;
+    assert_eq!((e.data.as_str(), e.id), ("kept", Some(first.to_string())));
+    s.expect_silence(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]

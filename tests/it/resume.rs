@@ -246,10 +246,22 @@ async fn a_last_id_from_another_channel_is_no_reason_for_missedevents(backend: B
     let mut s = resume(&server, "/?a", &id_header(id[2])).await;
     assert_eq!(ids(&s.take(3).await), id[3..]);
     s.expect_silence(QUIET).await;
-    // From a's 1, asking for a only: 2 and 3 are in no requested history, they may have been a's.
+    // From a's 1, asking for a only: 2 and 3 are in no requested history. The in-memory broker
+    // knows every trim it made (a's newest trimmed is 1), so nothing was lost; on Redis the
+    // gem's publisher may have trimmed a without recording it, so they may have been a's.
     let mut s = resume(&server, "/?a", &id_header(id[0])).await;
-    assert_eq!(s.next().await.event, "missedevents");
-    assert_eq!(ids(&s.take(3).await), id[3..]);
+    match backend {
+        Backend::Memory => {
+            let got = s.take(3).await;
+            assert_eq!(got[0].event, "m", "no missedevents in memory: {got:?}");
+            assert_eq!(ids(&got), id[3..]);
+            s.expect_silence(QUIET).await;
+        }
+        Backend::Redis(_) => {
+            assert_eq!(s.next().await.event, "missedevents");
+            assert_eq!(ids(&s.take(3).await), id[3..]);
+        }
+    }
 }
 
 async fn a_channel_never_trimmed_never_gives_missedevents(backend: Backend) {

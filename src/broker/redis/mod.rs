@@ -4,6 +4,11 @@
 //! - an event is `PUBLISH`ed on the channel's name, verbatim, as its complete SSE text;
 //! - the channel's history is the sorted set named after the channel, trimmed to the newest N.
 //!
+//! Beside it, one key of our own: the hash `redisse:trimmed` records, per channel, the newest
+//! id a trim by our publisher removed, so that a history trimmed to fewer events than a server
+//! keeps (or to none) still tells its readers what was lost (see `history`). The gem ignores it;
+//! its own publisher records nothing, which only the full-history part of the rule can see.
+//!
 //! Our publisher runs those steps in one Lua script, so no reader ever sees an event published
 //! but missing from history, or history out of id order; history is read by another script that
 //! returns the counter and every requested channel at one instant. What the gem's non-atomic
@@ -48,22 +53,46 @@ pub const COUNTER_KEY: &str = "redisse:lastEventId";
 /// Channels read by one history script call; keeps each call's reply bounded.
 const SNAPSHOT_CHUNK: usize = 256;
 
+/// The hash of trimmed watermarks: field = channel name, value = the newest id a trim by our
+/// publisher removed from that channel's history. The gem neither writes nor reads it.
+pub const TRIMMED_KEY: &str = "redisse:trimmed";
+
+// KEYS[1] is the channel, KEYS[2] the counter, KEYS[3] the trimmed hash. ARGV[1] is the event's
+// text after its `id:` line, ARGV[2] the history size. The channel's set and members are the
+// gem's; when the trim removes anything, the newest id removed (the score of rank excess - 1,
+// read before removing) goes into the hash if it is above what is there. Another type under the
+// hash's name refuses the publish before anything is written.
 const PUBLISH_SCRIPT: &str = r"
+local kind = redis.call('TYPE', KEYS[3])['ok']
+if kind ~= 'none' and kind ~= 'hash' then
+  return redis.error_reply(KEYS[3] .. ' is a ' .. kind .. ', not the hash of trimmed ids: publishing would lose track of trims')
+end
 local id = redis.call('INCR', KEYS[2])
 local payload = 'id: ' .. string.format('%d', id) .. '\n' .. ARGV[1]
 redis.call('PUBLISH', KEYS[1], payload)
 redis.call('ZADD', KEYS[1], id, payload)
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+if excess > 0 then
+  local newest = redis.call('ZRANGE', KEYS[1], excess - 1, excess - 1, 'WITHSCORES')[2]
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
+  local known = tonumber(redis.call('HGET', KEYS[3], KEYS[1]))
+  if not known or tonumber(newest) > known then
+    redis.call('HSET', KEYS[3], KEYS[1], newest)
+  end
+end
 return id
 ";
 
-// KEYS[1] is the counter, the others are channels. ARGV[1] is the position after which events
-// are returned, or -1 for none. A position past the counter (Redis lost its data), or any
-// position when the counter does not exist, returns all. ARGV[2] is the byte budget of the
-// page, 0 for all: events are then taken in id order across the channels (a merge of their
-// sorted sets, read 32 at a time) until the next would pass the budget (at least one is taken),
-// and the second element of the reply is 1 when some were left for a later page.
-// pcall: a key of another type under a channel's name reads as an empty history.
+// KEYS[1] is the counter, KEYS[2] the trimmed hash, the others are channels. ARGV[1] is the
+// position after which events are returned, or -1 for none. A position past the counter (Redis
+// lost its data), or any position when the counter does not exist, returns all. Each channel
+// gives its length, oldest score ('' when empty), trimmed watermark (0 when none) and events.
+// ARGV[2] is the byte budget of the page, 0 for all: events are then taken in id order across
+// the channels (a merge of their sorted sets, read 32 at a time) until the next would pass the
+// budget (at least one is taken), and the second element of the reply is 1 when some were left
+// for a later page.
+// pcall: a key of another type under a channel's name reads as an empty history, and under the
+// hash's name as nothing recorded.
 const SNAPSHOT_SCRIPT: &str = r"
 local raw = redis.pcall('GET', KEYS[1])
 local counter = -1
@@ -74,7 +103,7 @@ elseif tonumber(ARGV[1]) > counter then min = '-inf' end
 local budget = tonumber(ARGV[2]) or 0
 local out = { counter, 0 }
 local heads = {}
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local len = redis.pcall('ZCARD', KEYS[i])
   if type(len) ~= 'number' then len = 0 end
   local oldest = ''
@@ -88,8 +117,11 @@ for i = 2, #KEYS do
       heads[#heads + 1] = { key = KEYS[i], min = min, events = events, batch = {}, pos = 1 }
     end
   end
+  local trimmed = redis.pcall('HGET', KEYS[2], KEYS[i])
+  if type(trimmed) == 'string' then trimmed = tonumber(trimmed) or 0 else trimmed = 0 end
   out[#out + 1] = len
   out[#out + 1] = oldest
+  out[#out + 1] = trimmed
   out[#out + 1] = events
 end
 local function fetch(h)
@@ -238,6 +270,7 @@ impl RedisPublisher {
             .script
             .key(channel)
             .key(COUNTER_KEY)
+            .key(TRIMMED_KEY)
             .arg(event.encode_tail())
             .arg(self.history_size)
             .invoke_async(&mut self.commands.clone())
@@ -276,7 +309,10 @@ impl HistoryReader {
         // page is a prefix of its channels' merged events, so up to it the pages together are
         // a prefix of all.
         let mut cut: Option<u64> = None;
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            unrecorded_trims: true,
+            ..Snapshot::default()
+        };
         let chunks: Vec<&[Arc<str>]> = if channels.is_empty() {
             vec![&[]]
         } else {
@@ -285,6 +321,7 @@ impl HistoryReader {
         let mut con = self.commands.clone();
         for chunk in chunks {
             let mut inv = self.script.key(COUNTER_KEY);
+            inv.key(TRIMMED_KEY);
             for ch in chunk {
                 inv.key(&**ch);
             }
@@ -465,9 +502,17 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
     let truncated = matches!(items.next(), Some(Value::Int(1)));
     let mut histories = Vec::new();
     let mut malformed = 0;
-    while let (Some(len), Some(oldest), Some(events)) = (items.next(), items.next(), items.next()) {
+    while let Some(len) = items.next() {
+        let (Some(oldest), Some(trimmed), Some(events)) =
+            (items.next(), items.next(), items.next())
+        else {
+            return Err(bad("a channel's entry is incomplete"));
+        };
         let Value::Int(len) = len else {
             return Err(bad("length"));
+        };
+        let Value::Int(trimmed) = trimmed else {
+            return Err(bad("trimmed watermark"));
         };
         let (mut events, skipped) = stored_frames(events);
         malformed += skipped;
@@ -490,6 +535,7 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
         histories.push(ChannelHistory {
             len: len.max(0) as usize,
             oldest: score(&oldest),
+            trimmed: trimmed.max(0) as u64,
             events,
         });
     }
@@ -547,6 +593,51 @@ fn stored_frames(events: Value) -> (Vec<Frame>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_snapshot_reply_gives_each_channels_watermark() {
+        let reply = Value::Array(vec![
+            Value::Int(9),
+            Value::Int(0),
+            Value::Int(2),
+            bulk("8"),
+            Value::Int(7),
+            Value::Array(vec![bulk("id: 9\nevent: m\ndata: x\n\n")]),
+            Value::Int(0),
+            bulk(""),
+            Value::Int(0),
+            Value::Array(vec![]),
+        ]);
+        let page = parse_snapshot(reply).unwrap();
+        assert_eq!(
+            (page.counter, page.truncated, page.malformed),
+            (Some(9), false, 0)
+        );
+        let histories = page.histories;
+        let a = &histories[0];
+        assert_eq!(
+            (a.len, a.oldest, a.trimmed, a.events.len()),
+            (2, Some(8), 7, 1)
+        );
+        let b = &histories[1];
+        assert_eq!(
+            (b.len, b.oldest, b.trimmed, b.events.len()),
+            (0, None, 0, 0)
+        );
+        // A reply in the old shape (three items per channel) is refused, not misread.
+        let old = Value::Array(vec![
+            Value::Int(9),
+            Value::Int(0),
+            Value::Int(0),
+            bulk(""),
+            Value::Array(vec![]),
+        ]);
+        assert!(parse_snapshot(old).is_err());
+    }
 
     #[test]
     fn ca_files_are_read_or_refused_with_the_reason() {
