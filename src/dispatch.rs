@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::event::Frame;
 
@@ -29,8 +30,13 @@ pub(crate) enum Dispatch {
     Resume(Resume),
     /// Answered once every message before it is handled, so that a stream that waits for its
     /// subscriptions reads history only after any reset before them reached its connection.
-    Barrier(oneshot::Sender<()>),
+    Barrier { tx: Ready, at: Instant },
 }
+
+/// Answered with the instant from which the subscriptions before a barrier were known active
+/// (the reply to the PING that followed them), which streams' history reads are compared with
+/// (see `broker::redis::shared_reads`).
+pub(crate) type Ready = oneshot::Sender<Instant>;
 
 /// What the broker found in history after a subscriber reconnection.
 #[derive(Debug, Default)]
@@ -51,7 +57,7 @@ pub(crate) enum SubCommand {
     Subscribe(Arc<str>),
     Unsubscribe(Arc<str>),
     /// Answered once every command sent before it is in effect on the broker.
-    Barrier(oneshot::Sender<()>),
+    Barrier(Ready),
 }
 
 /// A new dispatch channel: the brokers' sending side and the dispatcher's receiving side.
@@ -85,7 +91,8 @@ impl DispatchSender {
     /// Waits until the dispatcher has handled every message sent before.
     pub async fn barrier(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Dispatch::Barrier(tx)).is_ok() {
+        let at = Instant::now();
+        if self.tx.send(Dispatch::Barrier { tx, at }).is_ok() {
             let _ = rx.await;
         }
     }

@@ -23,7 +23,7 @@
 use crate::event::Frame;
 
 /// One channel's history as seen at one instant.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ChannelHistory {
     /// Events retained (trimmed to the history size).
     pub len: usize,
@@ -36,7 +36,7 @@ pub(crate) struct ChannelHistory {
 }
 
 /// The id counter and the requested channels' histories, read atomically.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Snapshot {
     /// The last id given, or `None` when no event was ever published.
     pub counter: Option<u64>,

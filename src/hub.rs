@@ -253,8 +253,8 @@ impl Hub {
             Dispatch::Hold => {
                 held.get_or_insert_with(Vec::new);
             }
-            Dispatch::Barrier(tx) => {
-                let _ = tx.send(());
+            Dispatch::Barrier { tx, at } => {
+                let _ = tx.send(at);
             }
             Dispatch::Resume(resume) => {
                 if resume.reset {

@@ -113,6 +113,7 @@ pub struct Metrics {
     pub(crate) subscriptions: AtomicU64,
     pub(crate) stream_subscriptions: AtomicU64,
     pub(crate) streams_starting: AtomicU64,
+    pub(crate) shared_history_reads: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
 }
 
@@ -231,6 +232,11 @@ impl Metrics {
                 "redisse_oversized_events_total",
                 "Broker events skipped because they are larger than a subscriber's queue.",
                 &self.oversized,
+            ),
+            (
+                "redisse_shared_history_reads_total",
+                "Streams' history reads answered by an identical read another stream made at the same time.",
+                &self.shared_history_reads,
             ),
             (
                 "redisse_slow_disconnects_total",

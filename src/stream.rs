@@ -118,6 +118,7 @@ async fn from_first_live(
     snapshot: Snapshot,
 ) -> (LastEventId, Snapshot) {
     shared.broker.flush().await;
+    let ready = tokio::time::Instant::now();
     let counter = snapshot.counter.unwrap_or(0);
     let Some(first) = conn.first_buffered() else {
         return (LastEventId::None, snapshot);
@@ -128,7 +129,7 @@ async fn from_first_live(
     }
     match shared
         .broker
-        .snapshot(channels, Some(from), page_budget(shared))
+        .snapshot(channels, Some(from), page_budget(shared), ready)
         .await
     {
         Ok(again) => (LastEventId::At(from), again),
@@ -173,7 +174,7 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
     loop {
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
         // alive at once, and only the part in use should take memory.
-        Box::pin(shared.broker.subscriptions_ready()).await;
+        let ready = Box::pin(shared.broker.subscriptions_ready()).await;
         // The client left (the body is gone), or the stream is ending: nothing to set up.
         if conn.is_ending() {
             return;
@@ -192,7 +193,7 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
             _ => None,
         };
         let budget = page_budget(shared);
-        match Box::pin(shared.broker.snapshot(channels, after, budget)).await {
+        match Box::pin(shared.broker.snapshot(channels, after, budget, ready)).await {
             Ok(snapshot) => {
                 let (last, snapshot) = match last {
                     LastEventId::None => {
@@ -214,7 +215,7 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
                         return;
                     }
                 } else if conn.start_paged(plan.preamble, plan.replay, plan.position, resets) {
-                    Box::pin(replay_pages(shared, conn, channels, budget)).await;
+                    Box::pin(replay_pages(shared, conn, channels, budget, ready)).await;
                     return;
                 }
                 // A reset came while reading: the snapshot may predate it. Read again.
@@ -238,7 +239,13 @@ fn page_budget(shared: &Shared) -> usize {
 /// half a page, the next page is read after the last id queued and checked with the same loss
 /// rule as the first (history may have been trimmed meanwhile), until a page reaches the end of
 /// history and the held live events follow.
-async fn replay_pages(shared: &Shared, conn: &Conn, channels: &[Arc<str>], budget: usize) {
+async fn replay_pages(
+    shared: &Shared,
+    conn: &Conn,
+    channels: &[Arc<str>],
+    budget: usize,
+    ready: tokio::time::Instant,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         conn.room(budget / 2).await;
@@ -246,7 +253,7 @@ async fn replay_pages(shared: &Shared, conn: &Conn, channels: &[Arc<str>], budge
             return;
         }
         let (from, overflows) = conn.replayed_to();
-        match Box::pin(shared.broker.snapshot(channels, Some(from), budget)).await {
+        match Box::pin(shared.broker.snapshot(channels, Some(from), budget, ready)).await {
             Ok(page) => {
                 let missed = (0..page.channels.len())
                     .any(|i| channel_may_have_lost(from, i, &page, shared.config.history_size));

@@ -90,25 +90,32 @@ impl Broker {
     /// `after` is beyond the counter (the store lost its data), every retained event is read.
     /// A `budget` other than 0 reads one page: the events in id order (merged across channels)
     /// up to about that many bytes (at least one event), with `truncated` set when more remain.
+    /// `ready` is when the caller's subscriptions were last known active (after
+    /// [`Broker::subscriptions_ready`]): a Redis read that started after it may be shared.
     pub async fn snapshot(
         &self,
         channels: &[Arc<str>],
         after: Option<u64>,
         budget: usize,
+        ready: tokio::time::Instant,
     ) -> Result<Snapshot, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b.snapshot(channels, after, budget)),
+            Broker::Memory(b) => {
+                let _ = ready;
+                Ok(b.snapshot(channels, after, budget))
+            }
             #[cfg(feature = "redis")]
-            Broker::Redis(b) => b.snapshot(channels, after, budget).await,
+            Broker::Redis(b) => b.snapshot(channels, after, budget, ready).await,
         }
     }
 
     /// Waits until every subscription registered before this call is active on the broker, so
     /// that a history read made afterwards and the live events overlap instead of leaving a gap.
-    /// During a Redis outage this waits for the reconnection.
-    pub async fn subscriptions_ready(&self) {
+    /// During a Redis outage this waits for the reconnection. Returns the instant from which
+    /// they were known active.
+    pub async fn subscriptions_ready(&self) -> tokio::time::Instant {
         match self {
-            Broker::Memory(_) => {}
+            Broker::Memory(_) => tokio::time::Instant::now(),
             #[cfg(feature = "redis")]
             Broker::Redis(b) => b.subscriptions_ready().await,
         }
@@ -123,7 +130,9 @@ impl Broker {
             // The subscriber answers a barrier after a PING on the pub/sub connection, whose
             // reply follows every message Redis pushed before it.
             #[cfg(feature = "redis")]
-            Broker::Redis(b) => b.subscriptions_ready().await,
+            Broker::Redis(b) => {
+                b.subscriptions_ready().await;
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 
 use crate::support::raw::{self, rss_kib, stream_request};
-use crate::support::{Backend, PATIENCE, TestServer};
+use crate::support::{Backend, PATIENCE, SseStream, TestServer};
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
@@ -222,4 +222,61 @@ fn clients_that_never_read_hold_at_most_their_queue_of_replay() {
         assert_eq!(server.redisse.connections(), 10, "none was disconnected");
         drop(clients);
     });
+}
+
+fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = server.redisse.metrics().render_prometheus();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Calls of the history script Redis has run (`EVALSHA` in `INFO commandstats`).
+fn history_script_calls(redis: &crate::support::RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.con())
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+/// 200 streams come back at once with the same channels and `Last-Event-ID`, as after a
+/// deploy: Redis runs far fewer history reads than there are streams (the identical reads made
+/// at the same time are shared), and every stream still gets every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_burst_shares_its_history_reads() {
+    let backend = Backend::redis();
+    let server = TestServer::start(backend.config()).await;
+    let redis = backend.redis_server();
+    let first = server.publish("s1", "m", "position").await;
+    let want = fill_history(&server, &["s1", "s2"], 5, 100).await;
+    let before = tokio::task::block_in_place(|| history_script_calls(redis));
+    let position = first.to_string();
+    let headers = [("Last-Event-ID", position.as_str())];
+    let url = server.url("/?s1&s2");
+    let mut streams =
+        futures_util::future::join_all((0..200).map(|_| SseStream::open(&url, &headers))).await;
+    for stream in &mut streams {
+        let got: Vec<u64> = stream
+            .take(want.len())
+            .await
+            .iter()
+            .map(|e| e.id.as_deref().expect("an id").parse().expect("numeric"))
+            .collect();
+        assert_eq!(got, want);
+    }
+    let reads = tokio::task::block_in_place(|| history_script_calls(redis)) - before;
+    let shared = metric(&server, "redisse_shared_history_reads_total");
+    println!("200 resuming streams: {reads} history reads in Redis, {shared} shared");
+    assert!(shared > 0, "no read was shared");
+    assert!(
+        reads < 100,
+        "{reads} history reads for 200 identical resumes"
+    );
 }

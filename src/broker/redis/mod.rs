@@ -24,6 +24,7 @@
 //! default provider), trusting the system's roots or only the CA file of `redis_tls_ca`.
 
 pub(crate) mod probe;
+mod shared_reads;
 pub(crate) mod subscriber;
 
 use std::path::Path;
@@ -38,6 +39,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::sync::{mpsc, oneshot};
 
+use self::shared_reads::SharedReads;
 use self::subscriber::Subscriber;
 use crate::config::Config;
 use crate::dispatch::{DispatchSender, SubCommand, SubSender};
@@ -403,6 +405,8 @@ pub(crate) struct RedisBroker {
     /// Redis lost its data. Shared with the subscriber.
     counter_seen: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// Streams' identical history reads made at the same time, shared.
+    shared_reads: SharedReads,
 }
 
 impl RedisBroker {
@@ -440,6 +444,7 @@ impl RedisBroker {
             subscriptions: sub_tx.clone(),
             counter_seen,
             metrics,
+            shared_reads: SharedReads::default(),
         };
         Ok((broker, sub_tx))
     }
@@ -448,14 +453,22 @@ impl RedisBroker {
         self.publisher.publish(channel, event).await
     }
 
-    /// A stream's snapshot or page; its counter is remembered (see `counter_seen`).
+    /// A stream's snapshot or page (shared with identical reads that started after `ready`,
+    /// when the stream's subscriptions were active: see [`shared_reads`]); its counter is
+    /// remembered (see `counter_seen`).
     pub async fn snapshot(
         &self,
         channels: &[Arc<str>],
         after: Option<u64>,
         budget: usize,
+        ready: tokio::time::Instant,
     ) -> Result<Snapshot, BrokerError> {
-        let snapshot = self.history.snapshot(channels, after, budget).await?;
+        let snapshot = self
+            .shared_reads
+            .read(channels, after, budget, ready, &self.metrics, || {
+                self.history.snapshot(channels, after, budget)
+            })
+            .await?;
         if snapshot.malformed > 0 {
             self.metrics
                 .malformed
@@ -466,11 +479,13 @@ impl RedisBroker {
         Ok(snapshot)
     }
 
-    pub async fn subscriptions_ready(&self) {
+    /// Returns when the subscriptions were confirmed active (see `dispatch::Ready`).
+    pub async fn subscriptions_ready(&self) -> tokio::time::Instant {
         let (tx, rx) = oneshot::channel();
         // Order matters: the barrier travels behind every subscription already sent.
         let _ = self.subscriptions.send(SubCommand::Barrier(tx));
-        let _ = rx.await;
+        // Unanswered only during teardown: then nothing is shared anyway.
+        rx.await.unwrap_or_else(|_| tokio::time::Instant::now())
     }
 
     pub fn is_up(&self) -> bool {

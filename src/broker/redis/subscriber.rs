@@ -22,11 +22,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 use super::HistoryReader;
 use crate::backoff::Backoff;
-use crate::dispatch::{Dispatch, DispatchSender, Resume, SubCommand};
+use crate::dispatch::{Dispatch, DispatchSender, Ready, Resume, SubCommand};
 use crate::error::BrokerError;
 use crate::event::{Frame, MAX_EVENT_ID, parse_stored_id};
 use crate::history::channel_may_have_lost;
@@ -75,7 +76,7 @@ enum Exit {
 impl Subscriber {
     pub async fn run(mut self) {
         let mut active: HashSet<Arc<str>> = HashSet::new();
-        let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut barriers: Vec<Ready> = Vec::new();
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut connected_before = false;
         loop {
@@ -115,8 +116,9 @@ impl Subscriber {
             connected_before = true;
             backoff.reset();
             self.metrics.set_broker_up(true);
-            for b in barriers.drain(..) {
-                self.dispatch.send(Dispatch::Barrier(b));
+            let at = Instant::now();
+            for tx in barriers.drain(..) {
+                self.dispatch.send(Dispatch::Barrier { tx, at });
             }
             match self
                 .serve(&mut con, &lost, &mut active, &mut barriers)
@@ -171,7 +173,7 @@ impl Subscriber {
         &mut self,
         delay: Duration,
         active: &mut HashSet<Arc<str>>,
-        barriers: &mut Vec<oneshot::Sender<()>>,
+        barriers: &mut Vec<Ready>,
     ) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -187,11 +189,7 @@ impl Subscriber {
     }
 
     /// Takes the changes that arrived while disconnected.
-    fn apply_pending(
-        &mut self,
-        active: &mut HashSet<Arc<str>>,
-        barriers: &mut Vec<oneshot::Sender<()>>,
-    ) -> bool {
+    fn apply_pending(&mut self, active: &mut HashSet<Arc<str>>, barriers: &mut Vec<Ready>) -> bool {
         loop {
             match self.commands.try_recv() {
                 Ok(cmd) => record(cmd, active, barriers),
@@ -280,7 +278,7 @@ impl Subscriber {
         con: &mut MultiplexedConnection,
         lost: &Notify,
         active: &mut HashSet<Arc<str>>,
-        barriers: &mut Vec<oneshot::Sender<()>>,
+        barriers: &mut Vec<Ready>,
     ) -> Exit {
         let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -329,7 +327,7 @@ impl Subscriber {
         con: &mut MultiplexedConnection,
         batch: Vec<SubCommand>,
         active: &mut HashSet<Arc<str>>,
-        barriers: &mut Vec<oneshot::Sender<()>>,
+        barriers: &mut Vec<Ready>,
     ) -> redis::RedisResult<()> {
         let mut waiting = Vec::new();
         let mut run: Vec<Arc<str>> = Vec::new();
@@ -377,8 +375,9 @@ impl Subscriber {
             barriers.extend(waiting);
             return Err(e);
         }
+        let at = Instant::now();
         for tx in waiting {
-            self.dispatch.send(Dispatch::Barrier(tx));
+            self.dispatch.send(Dispatch::Barrier { tx, at });
         }
         Ok(())
     }
@@ -402,11 +401,7 @@ async fn send_run(
 }
 
 /// Applies a subscription change while no connection is up.
-fn record(
-    cmd: SubCommand,
-    active: &mut HashSet<Arc<str>>,
-    barriers: &mut Vec<oneshot::Sender<()>>,
-) {
+fn record(cmd: SubCommand, active: &mut HashSet<Arc<str>>, barriers: &mut Vec<Ready>) {
     match cmd {
         SubCommand::Subscribe(ch) => {
             active.insert(ch);
