@@ -77,7 +77,8 @@
 //! * `tls` (feature `tls`) and [`server`]: the transport for any axum `Router` on any axum
 //!   `Listener`: socket options, request-head limits, graceful shutdown, streams written on the
 //!   bare socket on plain connections (`server::plain`), everything else by hyper, and slow
-//!   clients closed on both paths (`server::slow`).
+//!   clients closed on both paths (`server::slow`; over HTTP/2 only the slow stream is reset,
+//!   `server::h2_streams`).
 //! * `cli` (feature `cli`): the `redisse` command line.
 
 #![forbid(unsafe_code)]

@@ -35,6 +35,7 @@ mod resume;
 mod shutdown;
 mod slow_client;
 mod slow_client_hyper;
+mod slow_h2_stream;
 mod support;
 mod timing;
 mod tls;
