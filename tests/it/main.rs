@@ -16,6 +16,7 @@ mod concurrency;
 mod cors;
 mod endpoint;
 mod extractor;
+mod foreign_payloads;
 mod jwt;
 mod layering;
 mod library;
