@@ -66,6 +66,8 @@ pub struct Config {
     /// instead of the system's roots (a private CA); only with a `rediss://` URL. Read when the
     /// instance starts. Default: `None`.
     pub redis_tls_ca: Option<PathBuf>,
+    /// The period of the `: hb` comment on idle streams; over HTTP/2 (served by `server`), also
+    /// how long a client may stay silent before a PING, and then how long it has to answer it.
     /// Default: [`DEFAULT_HEARTBEAT`].
     pub heartbeat: Duration,
     /// Events kept per channel for resume (the newest). A client that resumes from before an

@@ -290,23 +290,6 @@ impl LastEventId {
     }
 }
 
-/// Reads the id of a stored SSE event (`id: N\n...\n\n`), as written by any publisher that
-/// follows the gem's layout. Anything else is malformed: it is skipped, never forwarded.
-#[cfg(any(feature = "redis", fuzzing))]
-pub(crate) fn parse_stored_id(payload: &[u8]) -> Option<u64> {
-    let rest = payload.strip_prefix(b"id: ")?;
-    let end = rest.iter().position(|&b| b == b'\n')?;
-    let digits = &rest[..end];
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if !payload.ends_with(b"\n\n") || std::str::from_utf8(payload).is_err() {
-        return None;
-    }
-    let id: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    (1..=MAX_EVENT_ID).contains(&id).then_some(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,21 +354,6 @@ mod tests {
             Event::new("a\rb", "x").validate(),
             Err(InvalidEvent::TypeHasLineBreak)
         );
-    }
-
-    #[test]
-    #[cfg(feature = "redis")]
-    fn parses_stored_payloads_and_refuses_others() {
-        assert_eq!(parse_stored_id(b"id: 42\nevent: m\ndata: x\n\n"), Some(42));
-        assert_eq!(parse_stored_id(b"id: 42\nevent: m\ndata: x\n"), None);
-        assert_eq!(parse_stored_id(b"hello"), None);
-        assert_eq!(parse_stored_id(b"id: \ndata: x\n\n"), None);
-        assert_eq!(parse_stored_id(b"id: 0\ndata: x\n\n"), None);
-        assert_eq!(
-            parse_stored_id(b"id: 99999999999999999999\ndata: x\n\n"),
-            None
-        );
-        assert_eq!(parse_stored_id(b"id: 1\ndata: \xff\n\n"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use crate::conn::{Conn, Push};
 use crate::dispatch::{Dispatch, DispatchReceiver, SubCommand, SubSender};
 use crate::event::Frame;
+use crate::logtext::Escaped;
 use crate::metrics::Metrics;
 
 #[derive(Default)]
@@ -197,11 +198,7 @@ impl Hub {
         }
         self.metrics.received.fetch_add(1, Relaxed);
         if self.verbose {
-            tracing::info!(
-                channel,
-                "Sending:\n{}",
-                String::from_utf8_lossy(&frame.bytes)
-            );
+            tracing::info!(channel, "Sending: {}", Escaped(&frame.bytes));
         }
         self.fan_out(channel, &frame, refill);
     }

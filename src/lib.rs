@@ -48,7 +48,9 @@
 //!
 //! * Foundations: `channel` (the one validated channel name), `config` ([`Config`], every
 //!   default a named constant), `error` ([`Error`], [`BrokerError`]), `event` ([`Event`],
-//!   [`LastEventId`], the SSE encoding done once per event, and the encoded `Frame`), `headers`
+//!   [`LastEventId`], the SSE encoding done once per event, and the encoded `Frame`), `stored`
+//!   (a payload read from Redis: exactly one event, or refused), `logtext` (others' text made
+//!   safe for a log line), `headers`
 //!   (`Accept` parsed once, `Connection: close`), `query` ([`StreamQuery`]), `backoff` (the
 //!   jittered backoff of every retry loop).
 //! * `transport`: the contract between the endpoint and the server, below both: every stream
@@ -77,7 +79,8 @@
 //! * `tls` (feature `tls`) and [`server`]: the transport for any axum `Router` on any axum
 //!   `Listener`: socket options, request-head limits, graceful shutdown, streams written on the
 //!   bare socket on plain connections (`server::plain`), everything else by hyper, and slow
-//!   clients closed on both paths (`server::slow`).
+//!   clients closed on both paths (`server::slow`; over HTTP/2 only the slow stream is reset,
+//!   `server::h2_streams`).
 //! * `cli` (feature `cli`): the `redisse` command line.
 
 #![forbid(unsafe_code)]
@@ -94,9 +97,12 @@ pub mod config;
 mod error;
 mod event;
 mod headers;
+mod logtext;
 pub mod metrics;
 mod outbound;
 mod query;
+#[cfg(any(feature = "redis", fuzzing))]
+mod stored;
 mod tasks;
 #[cfg(feature = "tls")]
 mod tls;
@@ -172,10 +178,11 @@ pub mod fuzzing {
         crate::query::form_encode(input)
     }
 
-    /// The id of a payload stored in Redis or received by pub/sub, `None` when it is malformed.
+    /// The id of a payload stored in Redis or received by pub/sub and the bytes sent for it,
+    /// `None` when it is not exactly one SSE event.
     #[cfg(fuzzing)]
-    pub fn parse_stored_id(payload: &[u8]) -> Option<u64> {
-        crate::event::parse_stored_id(payload)
+    pub fn parse_stored(payload: &[u8]) -> Option<(u64, bytes::Bytes)> {
+        crate::stored::parse_stored(payload.to_vec()).ok()
     }
 
     /// How the standalone server sorts a plain connection's first bytes: `None` while the head

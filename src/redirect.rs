@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use crate::endpoint::text;
+use crate::logtext::escaped;
 use crate::policy::ChannelPolicy;
 use crate::query::{StreamQuery, form_encode};
 use crate::sse::SseBody;
@@ -86,7 +87,7 @@ impl<P: ChannelPolicy> RedirectEndpoint<P> {
                 let msg = format!(
                     "500 Internal Server Error\nReserved channel {name:?}: it cannot be passed to the SSE server\n"
                 );
-                tracing::error!(channel = %name, "the channel function returned a reserved name");
+                tracing::error!(channel = %escaped(name), "the channel function returned a reserved name");
                 return text(StatusCode::INTERNAL_SERVER_ERROR, &msg);
             }
             items.push(form_encode(name));

@@ -11,6 +11,7 @@ use std::fmt::Display;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::headers::stream_headers;
+use crate::logtext::escaped;
 use crate::metrics::{Metrics, Refusal};
 
 /// One refused request.
@@ -154,11 +155,13 @@ impl Refused {
         let Some((line, detail)) = &self.log else {
             return;
         };
+        // The detail may quote what the client sent (a channel name, an origin).
+        let reason = escaped(detail);
         match (self.warn, self.answered) {
-            (true, _) => tracing::warn!(status = %self.status, reason = %detail, "{line}"),
+            (true, _) => tracing::warn!(status = %self.status, %reason, "{line}"),
             (false, true) if detail.is_empty() => tracing::info!(status = %self.status, "{line}"),
-            (false, true) => tracing::info!(status = %self.status, reason = %detail, "{line}"),
-            (false, false) => tracing::info!(reason = %detail, "{line}"),
+            (false, true) => tracing::info!(status = %self.status, %reason, "{line}"),
+            (false, false) => tracing::info!(%reason, "{line}"),
         }
     }
 

@@ -21,8 +21,11 @@
 //! chunks.
 //!
 //! A client that does not read leaves the server blocked on a write, where nobody polls the
-//! body. On both paths the server then watches the stream's handle (`slow`) and closes the
-//! connection as soon as the client's queue overflowed. Refused request heads (too large, too
+//! body. On both paths the server then watches the stream's handle and ends the stream as soon
+//! as the client's queue overflowed: over HTTP/1 (the bare socket, or hyper) by closing the
+//! connection (`slow`), over HTTP/2 by resetting that stream alone, since the connection's
+//! other streams may be read fine (`h2_streams`; a client that reads nothing at all is closed by
+//! HTTP/2 PINGs). Refused request heads (too large, too
 //! slow, malformed) are counted in the metrics and logged here, since hyper answers them before
 //! any service sees a request.
 
@@ -69,6 +72,7 @@ macro_rules! forward_async_write {
 }
 
 mod first_bytes;
+mod h2_streams;
 mod head;
 mod listen;
 mod plain;
@@ -85,7 +89,7 @@ use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 pub use axum::serve::Listener;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -94,6 +98,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use self::first_bytes::FirstBytesDeadline;
+use self::h2_streams::StreamExecutor;
 use self::head::HeadLimits;
 #[cfg(fuzzing)]
 pub(crate) use self::head::decide as decide_request_head;
@@ -111,7 +116,7 @@ use crate::transport::{StreamHandle, StreamSink};
 
 /// What a connection task needs besides the socket and the service.
 struct ConnectionContext<'a> {
-    builder: Arc<Builder<TokioExecutor>>,
+    builder: Arc<Builder<StreamExecutor>>,
     graceful: &'a GracefulShutdown,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
@@ -176,16 +181,22 @@ where
     L::Addr: Clone + Send + Sync + 'static,
 {
     let config = redisse.config();
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(StreamExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192));
+    // A stream that is not read is reset alone (`h2_streams`); a client that reads nothing at
+    // all any more answers no PING: after a heartbeat period without a frame from it, one is
+    // sent, and without an answer within another the connection closes (even when its socket is
+    // full: tests/it/slow_h2_stream.rs checks both).
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(config.max_header_bytes as u32);
+        .max_header_list_size(config.max_header_bytes as u32)
+        .keep_alive_interval(config.heartbeat)
+        .keep_alive_timeout(config.heartbeat);
     let graceful = GracefulShutdown::new();
     let stop = CancellationToken::new();
     let ctx = ConnectionContext {
@@ -325,7 +336,11 @@ fn connection_service<P: Clone + Send + Sync + 'static>(
             let handle = sink
                 .take()
                 .or_else(|| response.extensions().get::<StreamHandle>().cloned());
-            if let Some(handle) = handle {
+            // Over HTTP/2 the stream's own task watches it (and resets that stream alone); over
+            // HTTP/1 the connection does.
+            if let Some(handle) = handle
+                && let Err(handle) = h2_streams::adopt(handle)
+            {
                 slow.watch(handle);
             }
             Ok(response)
@@ -378,7 +393,7 @@ impl<S> ConnectionService for S where
 
 /// One connection served by hyper.
 struct Connection {
-    builder: Arc<Builder<TokioExecutor>>,
+    builder: Arc<Builder<StreamExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     metrics: Arc<Metrics>,
     head_timeout: Duration,
@@ -389,7 +404,7 @@ struct Connection {
 impl Connection {
     /// A connection served by hyper; `watcher` keeps the graceful shutdown waiting for it.
     fn new(
-        builder: Arc<Builder<TokioExecutor>>,
+        builder: Arc<Builder<StreamExecutor>>,
         watcher: hyper_util::server::graceful::Watcher,
         plain: &PlainContext,
     ) -> Self {
@@ -402,9 +417,9 @@ impl Connection {
         }
     }
 
-    /// Serves HTTP on `io` until the client leaves, the server shuts down, or one of its
-    /// streams' clients falls behind (then the whole connection closes: over HTTP/2 its other
-    /// streams too).
+    /// Serves HTTP on `io` until the client leaves, the server shuts down, or (HTTP/1) its
+    /// stream's client falls behind. Over HTTP/2 a stream whose client falls behind is reset by
+    /// its own task (`h2_streams`) and the connection goes on.
     async fn drive<IO, S>(self, io: IO, svc: S)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,

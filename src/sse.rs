@@ -3,9 +3,9 @@
 //! It writes the shared, pre-encoded frames as they are (several queued frames are joined into
 //! one write), heartbeats when the hub asks, closes a long-polling stream a delay after its first
 //! real event, ends with `retry:` on shutdown, and ends with an error when the client was too
-//! slow, which makes hyper close the socket instead of waiting to write a final chunk to a
-//! client that does not read (a server blocked on such a client watches the response's
-//! `transport::StreamHandle` instead). Dropping the body unregisters the connection.
+//! slow, which makes hyper close the socket (HTTP/1) or reset the stream (HTTP/2) instead of
+//! waiting to write a final chunk to a client that does not read (a server blocked on such a
+//! client watches the response's `transport::StreamHandle` instead). Dropping the body unregisters the connection.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;

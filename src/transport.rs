@@ -5,7 +5,8 @@
 //! beyond the body: a client that stops reading leaves the server blocked on a write, and then
 //! nobody polls the body to see that the client's queue overflowed. So every stream comes with
 //! a [`StreamHandle`]; a server that writes the body watches the handle while a write is
-//! pending and closes the connection when the client became slow. A server that wants the
+//! pending and ends the stream when the client became slow (closing an HTTP/1 connection,
+//! resetting an HTTP/2 stream). A server that wants the
 //! handle puts a [`StreamSink`] in the request's extensions, and the endpoint leaves the handle
 //! there; without a sink, the handle is in the response's extensions. (The sink is what the
 //! server uses: a response's extensions cost a map of their own per stream, which measured

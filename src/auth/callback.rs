@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::CallbackSettings;
+use crate::logtext::escaped;
 use crate::outbound::{self, HttpClient};
 use crate::policy::{ChannelPolicy, Rejection};
 use crate::query::StreamQuery;
@@ -215,7 +216,7 @@ impl AuthCallback {
 
     async fn call(&self, forwarded: Forwarded) -> Result<Vec<String>, Rejection> {
         let bad_gateway = |why: &str| {
-            tracing::warn!("auth callback failed: {why}");
+            tracing::warn!("auth callback failed: {}", escaped(why));
             Rejection::new(
                 StatusCode::BAD_GATEWAY,
                 "the authorization service failed to answer",

@@ -94,7 +94,8 @@ pub struct ServeArgs {
     /// PEM certificate chain for --ssl.
     #[arg(long, env = "REDISSE_SSL_CERT", value_name = "FILE")]
     pub ssl_cert: Option<PathBuf>,
-    /// Heartbeat period (seconds like 15 or 0.5, or with units like 500ms).
+    /// Heartbeat period (seconds like 15 or 0.5, or with units like 500ms); also how long an
+    /// HTTP/2 client may stay silent before a PING, and then how long it has to answer it.
     #[arg(long, env = "REDISSE_HEARTBEAT", default_value = "15", value_parser = parse_duration, allow_negative_numbers = true)]
     pub heartbeat: Duration,
     /// Events kept per channel for Last-Event-ID resume; 0 keeps none, so that every resume

@@ -1,11 +1,13 @@
-//! Watching the streams of a connection served by hyper for a client that fell behind.
+//! Watching the stream of an HTTP/1 connection served by hyper for a client that fell behind.
 //!
 //! hyper writes a response body only as fast as the client reads; blocked on a client that
 //! does not read, it never polls the body again, so the body cannot end the response itself.
 //! The connection's service hands each stream's [`StreamHandle`] (from the request's sink) here, and the connection task
 //! waits on [`SlowStreams::any_slow`] beside hyper: once a client's queue overflows, the task
 //! drops the connection. Handles of finished streams are dropped at the next poll, so a
-//! long-lived HTTP/2 connection keeps at most its open streams' handles.
+//! kept-alive connection holds the handle of its current stream at most. HTTP/2 streams are
+//! watched one by one instead, by their own tasks (`h2_streams`): there, one slow stream must
+//! not end the others.
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, Script, Value};
 use rustls::pki_types::CertificateDer;
@@ -44,9 +43,11 @@ use self::subscriber::Subscriber;
 use crate::config::Config;
 use crate::dispatch::{DispatchSender, SubCommand, SubSender};
 use crate::error::{BrokerError, Error};
-use crate::event::{Event, Frame, parse_stored_id};
+use crate::event::{Event, Frame};
 use crate::history::{ChannelHistory, Snapshot};
+use crate::logtext::Escaped;
 use crate::metrics::Metrics;
+use crate::stored::parse_stored;
 use crate::tasks::Tasks;
 
 /// The id counter's key, as in the gem.
@@ -572,7 +573,8 @@ fn score(v: &Value) -> Option<u64> {
     text.parse::<f64>().ok().map(|f| f as u64)
 }
 
-/// Turns stored payloads into frames, skipping (and logging) what is not an SSE event; returns
+/// Turns stored payloads into frames (`stored`), skipping and logging what is not one SSE
+/// event; returns
 /// how many were skipped.
 fn stored_frames(events: Value) -> (Vec<Frame>, u64) {
     let Value::Array(events) = events else {
@@ -589,13 +591,14 @@ fn stored_frames(events: Value) -> (Vec<Frame>, u64) {
                     return None;
                 }
             };
-            match parse_stored_id(&bytes) {
-                Some(id) => Some(Frame::event(id, Bytes::from(bytes))),
-                None => {
+            match parse_stored(bytes) {
+                Ok((id, bytes)) => Some(Frame::event(id, bytes)),
+                Err((why, bytes)) => {
                     skipped += 1;
                     tracing::warn!(
-                        payload = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]),
-                        "skipping a history entry that is not an SSE event"
+                        reason = %why,
+                        payload = %Escaped(&bytes),
+                        "skipping a history entry that is not one SSE event"
                     );
                     None
                 }

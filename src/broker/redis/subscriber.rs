@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
@@ -29,9 +28,11 @@ use super::HistoryReader;
 use crate::backoff::Backoff;
 use crate::dispatch::{Dispatch, DispatchSender, Ready, Resume, SubCommand};
 use crate::error::BrokerError;
-use crate::event::{Frame, MAX_EVENT_ID, parse_stored_id};
+use crate::event::{Frame, MAX_EVENT_ID};
 use crate::history::channel_may_have_lost;
+use crate::logtext::Escaped;
 use crate::metrics::Metrics;
+use crate::stored::parse_stored;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -437,28 +438,43 @@ fn forward_push(
             else {
                 return;
             };
-            let (Ok(channel), Some(id)) = (String::from_utf8(channel), parse_stored_id(&payload))
-            else {
-                metrics.malformed.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    payload = %String::from_utf8_lossy(&payload[..payload.len().min(80)]),
-                    "skipping a pub/sub message that is not an SSE event"
-                );
-                return;
+            let channel = match String::from_utf8(channel) {
+                Ok(channel) => channel,
+                Err(e) => {
+                    metrics.malformed.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        channel = %Escaped(e.as_bytes()),
+                        "skipping a pub/sub message on a channel whose name is not UTF-8"
+                    );
+                    return;
+                }
             };
-            let known = counter_seen.load(Relaxed).max(dispatch.delivered());
-            if id > known.saturating_add(MAX_ID_LEAD) {
-                metrics.malformed.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    channel = ?channel,
-                    id,
-                    counter = known,
-                    "skipping a pub/sub message whose id is far past the id counter"
-                );
-                return;
+            match parse_stored(payload) {
+                Ok((id, bytes)) => {
+                    let known = counter_seen.load(Relaxed).max(dispatch.delivered());
+                    if id > known.saturating_add(MAX_ID_LEAD) {
+                        metrics.malformed.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            channel = %Escaped(channel.as_bytes()),
+                            id,
+                            counter = known,
+                            "skipping a pub/sub message whose id is far past the id counter"
+                        );
+                        return;
+                    }
+                    let frame = Frame::event(id, bytes);
+                    dispatch.send(Dispatch::Live { channel, frame });
+                }
+                Err((why, payload)) => {
+                    metrics.malformed.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        channel = %Escaped(channel.as_bytes()),
+                        reason = %why,
+                        payload = %Escaped(&payload),
+                        "skipping a pub/sub message that is not one SSE event"
+                    );
+                }
             }
-            let frame = Frame::event(id, Bytes::from(payload));
-            dispatch.send(Dispatch::Live { channel, frame });
         }
         PushKind::Disconnection => lost.notify_one(),
         _ => {}

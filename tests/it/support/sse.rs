@@ -37,7 +37,8 @@ pub struct SseStream {
     pub raw: Vec<u8>,
     /// Comment lines seen (heartbeats).
     pub comments: Vec<String>,
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    /// The body's chunks; an error ends the stream.
+    body: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
     pending: Vec<u8>,
     fields: Option<SseEvent>,
     data_lines: Vec<String>,
@@ -59,12 +60,26 @@ impl SseStream {
             .await
             .expect("response headers in time")
             .expect("request");
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body = res
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| e.to_string()));
+        SseStream::from_parts(status, headers, body)
+    }
+
+    /// A stream whose response came some other way (an HTTP/2 client's, say): its status, its
+    /// headers and its body's chunks.
+    pub fn from_parts(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: impl Stream<Item = Result<Bytes, String>> + Send + 'static,
+    ) -> Self {
         SseStream {
-            status: res.status(),
-            headers: res.headers().clone(),
+            status,
+            headers,
             raw: Vec::new(),
             comments: Vec::new(),
-            body: Box::pin(res.bytes_stream()),
+            body: Box::pin(body),
             pending: Vec::new(),
             fields: None,
             data_lines: Vec::new(),
