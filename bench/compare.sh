@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCENARIOS="idle fanout saturated routing publish"
+SCENARIOS="idle fanout saturated routing publish storm"
 SERVERS="redisse-mem redisse-redis redisse-redis-direct nchan-mem nchan-redis"
 SERVERS_GIVEN=0
 BASELINE=""
@@ -76,6 +76,7 @@ scenario_args() {
       saturated) echo "--scenario saturated --subscribers 200 --events 500 --settle 1" ;;
       routing) echo "--scenario routing --subscribers 300 --events 1000 --rate 500 --settle 1" ;;
       publish) echo "--scenario publish --events 2000 --settle 0" ;;
+      storm) echo "--scenario storm --subscribers 300 --channels 10 --rate 50 --cut-after 1 --after-live 1 --storm-timeout 20 --settle 1" ;;
     esac
   else
     case $s in
@@ -84,6 +85,7 @@ scenario_args() {
       saturated) echo "--scenario saturated --subscribers 2000 --events 2000 --settle 2" ;;
       routing) echo "--scenario routing --subscribers 10000 --events 20000 --rate 2000 --settle 3" ;;
       publish) echo "--scenario publish --events 20000 --settle 0" ;;
+      storm) echo "--scenario storm --subscribers 10000 --channels 40 --rate 200 --cut-after 3 --after-live 3 --settle 2" ;;
     esac
   fi
 }
@@ -125,12 +127,23 @@ summary() {
       for (j = 1; j <= nl; j++) hdr = hdr sprintf(" %14s", labels[j])
       hdr = hdr "  "
       for (j = 1; j <= nq; j++) hdr = hdr sprintf(" %8s", qtitle[j])
-      split("idle fanout saturated routing publish", order, " ")
-      for (o = 1; o <= 5; o++) {
+      split("idle fanout saturated routing publish storm", order, " ")
+      for (o = 1; o <= 6; o++) {
         s = order[o]
         if (!(s in seen)) continue
         print ""; print "== " s; print hdr
         if (s == "idle") { row(s, "held", "connections held"); row(s, "rss_kib_per_conn", "RSS KiB / connection"); row(s, "pss_kib_per_conn", "PSS KiB / connection"); continue }
+        if (s == "storm") {
+          row(s, "at_cut", "streams cut"); row(s, "live_again", "live again"); row(s, "storm_s", "cut -> all live s")
+          row(s, "back_p50_ms", "back (head) p50 ms"); row(s, "back_p99_ms", "back (head) p99 ms")
+          row(s, "live_p50_ms", "live p50 ms"); row(s, "live_p99_ms", "live p99 ms"); row(s, "live_max_ms", "live max ms")
+          row(s, "lost", "events lost"); row(s, "duplicates", "duplicates"); row(s, "missed_events", "missedevents received")
+          row(s, "failed_attempts", "failed reconnect attempts")
+          row(s, "expected", "deliveries expected"); row(s, "delivered", "deliveries received")
+          row(s, "rss_at_cut_mib", "server RSS at cut MiB"); row(s, "rss_peak_mib", "server RSS peak MiB")
+          row(s, "storm_server_cpu_s", "server CPU s, cut -> live"); row(s, "steady_server_cpu_pct", "server CPU % before cut")
+          continue
+        }
         row(s, "held", "connections held")
         if (s != "publish") {
           row(s, "expected", "deliveries expected"); row(s, "delivered", "deliveries received")
