@@ -139,6 +139,10 @@ struct Args {
     /// Storm: milliseconds before trying again after a failed reconnection.
     #[arg(long, default_value_t = 100)]
     retry_ms: u64,
+    /// Storm: instead of dropping the client sockets, run this shell command at the cut: it
+    /// stops the server and starts it again, and prints the new server's process id last.
+    #[arg(long)]
+    restart_command: Option<String>,
 }
 
 /// The resolved numbers of a run.
@@ -176,6 +180,10 @@ impl Args {
             subscribers.max(1)
         } else {
             chans
+        };
+        let name = match self.restart_command {
+            Some(_) if name == "storm" => "storm-restart",
+            _ => name,
         };
         Shape {
             scenario: name,
@@ -262,6 +270,7 @@ async fn run(args: &Args, shape: &Shape) -> Report {
             max_seq: shape.events.div_ceil(shape.channels as u64),
             retry: Duration::from_millis(args.retry_ms),
             deadline,
+            restart: args.restart_command.clone(),
             counts: Default::default(),
         })
     });
@@ -269,8 +278,11 @@ async fn run(args: &Args, shape: &Shape) -> Report {
     let connect_secs = connect(args, shape, (&plan, storm.as_ref()), &channels, deadline).await;
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let mem_held = measure::memory(&server_pids);
-    let cpu = || {
-        let (user, system) = measure::cpu_split(&server_pids);
+    // The server's CPU through a tracker: a restarted server's first process counts until it exits.
+    let mut server_cpu = measure::CpuTracker::default();
+    let cpu = |tracker: &mut measure::CpuTracker, pids: &[u32]| {
+        tracker.sample(pids);
+        let (user, system) = tracker.total();
         (
             user + system,
             measure::cpu_seconds(&args.broker_pids),
@@ -278,7 +290,7 @@ async fn run(args: &Args, shape: &Shape) -> Report {
             system,
         )
     };
-    let before = cpu();
+    let before = cpu(&mut server_cpu, &server_pids);
     let t0 = Instant::now();
     let mut timed_out = false;
     let mut storm_summary = None;
@@ -309,8 +321,11 @@ async fn run(args: &Args, shape: &Shape) -> Report {
                 &plan,
                 storm,
                 (shape.subscribers as u64, &server_pids),
-                Duration::from_secs_f64(args.cut_after),
-                Duration::from_secs_f64(args.storm_timeout),
+                &mut server_cpu,
+                (
+                    Duration::from_secs_f64(args.cut_after),
+                    Duration::from_secs_f64(args.storm_timeout),
+                ),
             )
             .await;
             storm_summary = Some(summary);
@@ -330,7 +345,11 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         None
     };
     let publish_secs = t0.elapsed().as_secs_f64();
-    let after = cpu();
+    let pids_now = match storm_summary.as_ref().and_then(|s| s.restarted.as_ref()) {
+        Some(&(pid, _)) => measure::with_children(&[pid]),
+        None => server_pids.clone(),
+    };
+    let after = cpu(&mut server_cpu, &pids_now);
     if let Some(storm) = &storm {
         storm::finish(storm, shape.subscribers as u64, Duration::from_secs(10)).await;
     }

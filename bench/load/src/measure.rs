@@ -98,6 +98,33 @@ pub fn cpu_split(pids: &[u32]) -> (f64, f64) {
         .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
 }
 
+/// CPU time of processes that may come and go (a server restarted during the run): the last
+/// value read for each process is kept, so a process that exited still counts what it used
+/// until its last sample.
+#[derive(Debug, Default)]
+pub struct CpuTracker {
+    seen: std::collections::HashMap<u32, (f64, f64)>,
+}
+
+impl CpuTracker {
+    /// Reads the CPU time of `pids` now.
+    pub fn sample(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            let (user, system) = cpu_split(&[pid]);
+            if user + system > 0.0 || !self.seen.contains_key(&pid) {
+                self.seen.insert(pid, (user, system));
+            }
+        }
+    }
+
+    /// User and system time of every process sampled so far, in seconds.
+    pub fn total(&self) -> (f64, f64) {
+        self.seen
+            .values()
+            .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
+    }
+}
+
 /// This process's CPU time (all threads), in seconds.
 pub fn own_cpu_seconds() -> f64 {
     cpu_seconds(&[std::process::id()])

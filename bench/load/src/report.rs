@@ -117,6 +117,13 @@ pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
             ("gave_up", c.gave_up.load(Relaxed).to_string()),
             ("all_live", summary.all_live.to_string()),
             ("storm_s", format!("{:.2}", summary.storm_s)),
+            (
+                "restart_s",
+                summary
+                    .restarted
+                    .as_ref()
+                    .map_or(String::new(), |(_, s)| format!("{s:.2}")),
+            ),
             ("back_p50_ms", quantile(&c.back, 0.5)),
             ("back_p99_ms", quantile(&c.back, 0.99)),
             ("back_max_ms", quantile(&c.back, 1.0)),

@@ -4,6 +4,11 @@
 //! a failed attempt (refused, or a stream the server ends) is tried again after a short fixed
 //! delay, also without jitter.
 //!
+//! The cut is the client's (every subscriber drops its socket), or with a restart command the
+//! server's: the command stops the server and starts it again (a deploy), and the subscribers
+//! come back when their streams end. Only a server whose history survives a restart (on Redis)
+//! can resume them all.
+//!
 //! Each subscriber keeps the set of sequence numbers it received on its channel. At the end, the
 //! events whose publish the server accepted on that channel and that the subscriber never
 //! received are `lost`; those received more than once are `duplicates`. A subscriber is *back*
@@ -50,6 +55,9 @@ pub struct Storm {
     pub retry: Duration,
     /// Reconnection stops here.
     pub deadline: Instant,
+    /// The server is restarted at the cut (by this shell command, which prints the new server's
+    /// process id last): subscribers keep their streams until the server ends them.
+    pub restart: Option<String>,
     pub counts: Counts,
 }
 
@@ -265,8 +273,10 @@ pub async fn subscriber(
         }
         if now_phase == Phase::Cut && !cut_seen {
             cut_seen = true;
-            if conn.take().is_some() {
+            if conn.is_some() {
                 storm.counts.at_cut.fetch_add(1, Relaxed);
+            }
+            if storm.restart.is_none() && conn.take().is_some() {
                 plan.tally.open.fetch_sub(1, Relaxed);
             }
         }
@@ -285,10 +295,15 @@ pub async fn subscriber(
                     plan.tally.open.fetch_sub(1, Relaxed);
                     plan.tally.closed.fetch_add(1, Relaxed);
                     conn = None;
-                    if !cut_seen {
+                    if storm.cut_ns.load(Relaxed) == 0 {
                         // Ended by the server before the cut: counted, not resumed.
                         storm.counts.not_at_cut.fetch_add(1, Relaxed);
                         break;
+                    }
+                    if !cut_seen {
+                        // The restart ended it before this task saw the cut.
+                        cut_seen = true;
+                        storm.counts.at_cut.fetch_add(1, Relaxed);
                     }
                 }
             },
@@ -357,55 +372,93 @@ pub struct Summary {
     pub all_live: bool,
     pub rss_at_cut: u64,
     pub rss_peak: u64,
+    /// With a restart: the new server's process id, and how long the command took.
+    pub restarted: Option<(u32, f64)>,
 }
 
-/// Waits `cut_after` after the first publish, cuts, and watches until every subscriber that
-/// held a stream is live again (or `timeout`), sampling the server's memory and CPU.
+/// Waits `cut_after` after the first publish, cuts (or restarts the server), and watches until
+/// every subscriber that held a stream is live again (or `timeout`), sampling the server's
+/// memory and CPU (into `cpu`, which keeps counting a server process that exited).
 pub async fn cut_and_watch(
     plan: &Plan,
     storm: &Storm,
     (subscribers, server_pids): (u64, &[u32]),
-    cut_after: Duration,
-    timeout: Duration,
+    cpu: &mut measure::CpuTracker,
+    (cut_after, timeout): (Duration, Duration),
 ) -> Summary {
     let outcome = &storm.outcome;
+    let mut pids = server_pids.to_vec();
+    let sum = |(user, system): (f64, f64)| user + system;
     while outcome.first_ns.load(Relaxed) == u64::MAX && Instant::now() < storm.deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let steady_from = (Instant::now(), measure::cpu_seconds(server_pids));
+    cpu.sample(&pids);
+    let steady_from = (Instant::now(), sum(cpu.total()));
     tokio::time::sleep(cut_after).await;
-    let steady_cpu_per_s =
-        (measure::cpu_seconds(server_pids) - steady_from.1) / steady_from.0.elapsed().as_secs_f64();
-    let rss_at_cut = measure::memory(server_pids).rss;
-    let cpu_at_cut = measure::cpu_seconds(server_pids);
+    cpu.sample(&pids);
+    let cpu_at_cut = sum(cpu.total());
+    let steady_cpu_per_s = (cpu_at_cut - steady_from.1) / steady_from.0.elapsed().as_secs_f64();
+    let rss_at_cut = measure::memory(&pids).rss;
     let cut = Instant::now();
     storm
         .cut_ns
         .store(plan.start.elapsed().as_nanos() as u64, Relaxed);
     storm.phase.send_replace(Phase::Cut);
+    let mut restart = storm.restart.clone().map(|command| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &command])
+                .stderr(std::process::Stdio::inherit())
+                .output();
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            text.ok()
+                .and_then(|t| t.split_whitespace().last()?.parse::<u32>().ok())
+        })
+    });
+    let mut restarted = None;
     let end = (cut + timeout).min(storm.deadline);
     let mut rss_peak = rss_at_cut;
     let c = &storm.counts;
     let mut all_live = false;
+    let mut rounds = 0u64;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        rss_peak = rss_peak.max(measure::memory(server_pids).rss);
+        if restart.as_ref().is_some_and(|r| r.is_finished())
+            && let Some(done) = restart.take()
+        {
+            match done.await.ok().flatten() {
+                Some(pid) => restarted = Some((pid, cut.elapsed().as_secs_f64())),
+                None => eprintln!("the restart command printed no process id"),
+            }
+        }
+        // nginx's master forks its workers after it listens: look for them again now and then.
+        if let Some((pid, _)) = restarted
+            && (pids.first() != Some(&pid) || rounds.is_multiple_of(10))
+        {
+            pids = measure::with_children(&[pid]);
+        }
+        rounds += 1;
+        cpu.sample(&pids);
+        rss_peak = rss_peak.max(measure::memory(&pids).rss);
         // Every subscriber saw the cut, and every one that held a stream is back and live.
         let at_cut = c.at_cut.load(Relaxed);
-        if at_cut + c.not_at_cut.load(Relaxed) >= subscribers
+        if restart.is_none()
+            && at_cut + c.not_at_cut.load(Relaxed) >= subscribers
             && c.live.load(Relaxed) + c.gave_up.load(Relaxed) >= at_cut
         {
             all_live = c.gave_up.load(Relaxed) == 0;
             break;
         }
     }
+    cpu.sample(&pids);
     Summary {
         steady_cpu_per_s,
-        storm_cpu_s: measure::cpu_seconds(server_pids) - cpu_at_cut,
+        storm_cpu_s: sum(cpu.total()) - cpu_at_cut,
         storm_s: cut.elapsed().as_secs_f64(),
         all_live,
         rss_at_cut,
         rss_peak,
+        restarted,
     }
 }
 
