@@ -151,7 +151,8 @@ summary() {
           row(s, "failed_attempts", "failed reconnect attempts")
           row(s, "expected", "deliveries expected"); row(s, "delivered", "deliveries received")
           row(s, "rss_at_cut_mib", "server RSS at cut MiB"); row(s, "rss_peak_mib", "server RSS peak MiB")
-          row(s, "storm_server_cpu_s", "server CPU s, cut -> live"); row(s, "steady_server_cpu_pct", "server CPU % before cut")
+          row(s, "storm_server_cpu_s", "server CPU s, cut -> live"); row(s, "storm_client_cpu_s", "client CPU s, cut -> live")
+          row(s, "steady_server_cpu_pct", "server CPU % before cut")
           continue
         }
         row(s, "held", "connections held")

@@ -142,6 +142,7 @@ pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
             ("rss_at_cut_mib", mib(summary.rss_at_cut)),
             ("rss_peak_mib", mib(summary.rss_peak)),
             ("storm_server_cpu_s", format!("{:.2}", summary.storm_cpu_s)),
+            ("storm_client_cpu_s", format!("{:.2}", summary.client_cpu_s)),
             (
                 "steady_server_cpu_pct",
                 format!("{:.0}", 100.0 * summary.steady_cpu_per_s),

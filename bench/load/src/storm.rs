@@ -367,6 +367,8 @@ pub struct Summary {
     pub steady_cpu_per_s: f64,
     /// Server CPU from the cut until every subscriber was live (or the time-out).
     pub storm_cpu_s: f64,
+    /// The load generator's own CPU meanwhile (it shares the machine).
+    pub client_cpu_s: f64,
     /// Seconds from the cut until every subscriber was live (or the time-out).
     pub storm_s: f64,
     pub all_live: bool,
@@ -399,6 +401,7 @@ pub async fn cut_and_watch(
     let cpu_at_cut = sum(cpu.total());
     let steady_cpu_per_s = (cpu_at_cut - steady_from.1) / steady_from.0.elapsed().as_secs_f64();
     let rss_at_cut = measure::memory(&pids).rss;
+    let client_at_cut = measure::own_cpu_seconds();
     let cut = Instant::now();
     storm
         .cut_ns
@@ -454,6 +457,7 @@ pub async fn cut_and_watch(
     Summary {
         steady_cpu_per_s,
         storm_cpu_s: sum(cpu.total()) - cpu_at_cut,
+        client_cpu_s: measure::own_cpu_seconds() - client_at_cut,
         storm_s: cut.elapsed().as_secs_f64(),
         all_live,
         rss_at_cut,
