@@ -148,7 +148,7 @@ summary() {
           row(s, "back_p50_ms", "back (head) p50 ms"); row(s, "back_p99_ms", "back (head) p99 ms")
           row(s, "live_p50_ms", "live p50 ms"); row(s, "live_p99_ms", "live p99 ms"); row(s, "live_max_ms", "live max ms")
           row(s, "lost", "events lost"); row(s, "duplicates", "duplicates"); row(s, "missed_events", "missedevents received")
-          row(s, "failed_attempts", "failed reconnect attempts")
+          row(s, "failed_attempts", "failed reconnect attempts"); row(s, "listen_overflows", "listen queue overflows")
           row(s, "expected", "deliveries expected"); row(s, "delivered", "deliveries received")
           row(s, "rss_at_cut_mib", "server RSS at cut MiB"); row(s, "rss_peak_mib", "server RSS peak MiB")
           row(s, "storm_server_cpu_s", "server CPU s, cut -> live"); row(s, "storm_client_cpu_s", "client CPU s, cut -> live")

@@ -193,6 +193,19 @@ pub fn with_children(pids: &[u32]) -> Vec<u32> {
     all
 }
 
+/// The kernel's count of connections dropped because a listen queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`; machine-wide). A dropped SYN is sent again
+/// by the client's kernel after a second, so each one costs its client at least that.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut rows = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (rows.next()?, rows.next()?);
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// Raises the soft limit on open files to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -233,5 +246,13 @@ mod tests {
         let p50 = h.quantile(0.5) as f64;
         assert!((p50 - 500_000.0).abs() / 500_000.0 < 0.02, "{p50}");
         assert_eq!(h.quantile(1.0), 1_000_000);
+    }
+
+    #[test]
+    fn listen_overflows_are_read_on_linux() {
+        assert!(
+            listen_overflows().is_some(),
+            "no TcpExt ListenOverflows in /proc/net/netstat"
+        );
     }
 }

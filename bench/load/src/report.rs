@@ -144,6 +144,12 @@ pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
             ("storm_server_cpu_s", format!("{:.2}", summary.storm_cpu_s)),
             ("storm_client_cpu_s", format!("{:.2}", summary.client_cpu_s)),
             (
+                "listen_overflows",
+                summary
+                    .listen_overflows
+                    .map_or(String::new(), |n| n.to_string()),
+            ),
+            (
                 "steady_server_cpu_pct",
                 format!("{:.0}", 100.0 * summary.steady_cpu_per_s),
             ),

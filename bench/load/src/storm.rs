@@ -369,6 +369,8 @@ pub struct Summary {
     pub storm_cpu_s: f64,
     /// The load generator's own CPU meanwhile (it shares the machine).
     pub client_cpu_s: f64,
+    /// Connections the kernel dropped meanwhile because a listen queue was full (machine-wide).
+    pub listen_overflows: Option<u64>,
     /// Seconds from the cut until every subscriber was live (or the time-out).
     pub storm_s: f64,
     pub all_live: bool,
@@ -402,6 +404,7 @@ pub async fn cut_and_watch(
     let steady_cpu_per_s = (cpu_at_cut - steady_from.1) / steady_from.0.elapsed().as_secs_f64();
     let rss_at_cut = measure::memory(&pids).rss;
     let client_at_cut = measure::own_cpu_seconds();
+    let overflows_at_cut = measure::listen_overflows();
     let cut = Instant::now();
     storm
         .cut_ns
@@ -458,6 +461,9 @@ pub async fn cut_and_watch(
         steady_cpu_per_s,
         storm_cpu_s: sum(cpu.total()) - cpu_at_cut,
         client_cpu_s: measure::own_cpu_seconds() - client_at_cut,
+        listen_overflows: overflows_at_cut
+            .zip(measure::listen_overflows())
+            .map(|(before, after)| after.saturating_sub(before)),
         storm_s: cut.elapsed().as_secs_f64(),
         all_live,
         rss_at_cut,
