@@ -15,6 +15,13 @@
 # Redis broker / its in-memory broker) is printed at the end. Everything listens on 127.0.0.1
 # only; every step has a time limit.
 #
+# storm cuts every stream at once (the load generator drops its sockets) while events flow, and
+# every subscriber comes back at once with Last-Event-ID; storm-restart is the deploy instead:
+# at the cut, redisse-load runs $WORK/restart.sh (written by start_server for the server under
+# test), which stops the server with SIGTERM, starts it again with the same command and prints
+# the new process id. Only the servers on Redis keep their history across a restart, so
+# storm-restart runs on redisse-redis, base-redis and nchan-redis only.
+#
 # --baseline REV measures an older redisse in the same run: it checks REV out in a detached git
 # worktree ($BASE_SRC, default /tmp/redisse-baseline-src), builds its `redisse` binary in release
 # mode there (target dir $BASE_TARGET, default /tmp/redisse-baseline-target; kept and reused while
@@ -25,7 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCENARIOS="idle fanout saturated routing publish"
+SCENARIOS="idle fanout saturated routing publish storm storm-restart"
 SERVERS="redisse-mem redisse-redis redisse-redis-direct nchan-mem nchan-redis"
 SERVERS_GIVEN=0
 BASELINE=""
@@ -76,6 +83,8 @@ scenario_args() {
       saturated) echo "--scenario saturated --subscribers 200 --events 500 --settle 1" ;;
       routing) echo "--scenario routing --subscribers 300 --events 1000 --rate 500 --settle 1" ;;
       publish) echo "--scenario publish --events 2000 --settle 0" ;;
+      storm) echo "--scenario storm --subscribers 300 --channels 10 --rate 50 --cut-after 1 --after-live 1 --storm-timeout 20 --settle 1" ;;
+      storm-restart) echo "$(scenario_args storm) --restart-command $WORK/restart.sh" ;;
     esac
   else
     case $s in
@@ -84,6 +93,8 @@ scenario_args() {
       saturated) echo "--scenario saturated --subscribers 2000 --events 2000 --settle 2" ;;
       routing) echo "--scenario routing --subscribers 10000 --events 20000 --rate 2000 --settle 3" ;;
       publish) echo "--scenario publish --events 20000 --settle 0" ;;
+      storm) echo "--scenario storm --subscribers 10000 --channels 40 --rate 200 --cut-after 3 --after-live 3 --settle 2" ;;
+      storm-restart) echo "$(scenario_args storm) --restart-command $WORK/restart.sh" ;;
     esac
   fi
 }
@@ -125,12 +136,25 @@ summary() {
       for (j = 1; j <= nl; j++) hdr = hdr sprintf(" %14s", labels[j])
       hdr = hdr "  "
       for (j = 1; j <= nq; j++) hdr = hdr sprintf(" %8s", qtitle[j])
-      split("idle fanout saturated routing publish", order, " ")
-      for (o = 1; o <= 5; o++) {
+      split("idle fanout saturated routing publish storm storm-restart", order, " ")
+      for (o = 1; o <= 7; o++) {
         s = order[o]
         if (!(s in seen)) continue
         print ""; print "== " s; print hdr
         if (s == "idle") { row(s, "held", "connections held"); row(s, "rss_kib_per_conn", "RSS KiB / connection"); row(s, "pss_kib_per_conn", "PSS KiB / connection"); continue }
+        if (s == "storm" || s == "storm-restart") {
+          row(s, "at_cut", "streams cut"); row(s, "live_again", "live again"); row(s, "storm_s", "cut -> all live s")
+          if (s == "storm-restart") { row(s, "restart_s", "restart command s"); row(s, "publish_errors", "publishes refused") }
+          row(s, "back_p50_ms", "back (head) p50 ms"); row(s, "back_p99_ms", "back (head) p99 ms")
+          row(s, "live_p50_ms", "live p50 ms"); row(s, "live_p99_ms", "live p99 ms"); row(s, "live_max_ms", "live max ms")
+          row(s, "lost", "events lost"); row(s, "duplicates", "duplicates"); row(s, "missed_events", "missedevents received")
+          row(s, "failed_attempts", "failed reconnect attempts"); row(s, "listen_overflows", "listen queue overflows")
+          row(s, "expected", "deliveries expected"); row(s, "delivered", "deliveries received")
+          row(s, "rss_at_cut_mib", "server RSS at cut MiB"); row(s, "rss_peak_mib", "server RSS peak MiB")
+          row(s, "storm_server_cpu_s", "server CPU s, cut -> live"); row(s, "storm_client_cpu_s", "client CPU s, cut -> live")
+          row(s, "steady_server_cpu_pct", "server CPU % before cut")
+          continue
+        }
         row(s, "held", "connections held")
         if (s != "publish") {
           row(s, "expected", "deliveries expected"); row(s, "delivered", "deliveries received")
@@ -243,6 +267,31 @@ if [[ $NCHAN == 1 ]]; then
   nginx -t -q -p "$WORK/nchan" -c "$WORK/nchan/nchan.conf" -e "$WORK/nchan/error.log"
 fi
 
+# A process that exists and is not a zombie (a server that compare.sh has not reaped yet).
+alive() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
+
+# Writes $WORK/restart.sh for storm-restart: it stops the server whose id is in
+# $WORK/server.pid (SIGTERM, as a deploy does), starts it again with the same command, waits for
+# its port, and prints the new process id (redisse-load measures that one from then on).
+write_restart() {
+  local start=$1 pidcmd=$2
+  cat >"$WORK/restart.sh" <<EOF
+#!/usr/bin/env bash
+set -u
+$(declare -f alive)
+old=\$(cat "$WORK/server.pid")
+kill -TERM "\$old" 2>/dev/null
+for _ in \$(seq 300); do alive "\$old" || break; sleep 0.05; done
+alive "\$old" && kill -KILL "\$old"
+$start
+$pidcmd >"$WORK/server.pid"
+for _ in \$(seq 200); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+cat "$WORK/server.pid"
+EOF
+  chmod +x "$WORK/restart.sh"
+  echo "$SERVER_PID" >"$WORK/server.pid"
+}
+
 # Starts one server; sets SERVER_PID, PORT and EXTRA (more redisse-load options).
 start_server() {
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
@@ -261,9 +310,11 @@ start_server() {
         internal=(--internal-address "127.0.0.1:$((REDISSE_PORT + 1))")
         EXTRA="$EXTRA --publish-server 127.0.0.1:$((REDISSE_PORT + 1))"
       fi
-      "$WORK/bin/$bin" -a 127.0.0.1 -p $REDISSE_PORT "${internal[@]}" "${redis[@]}" >"$WORK/$bin.log" 2>&1 &
+      local cmd=("$WORK/bin/$bin" -a 127.0.0.1 -p $REDISSE_PORT "${internal[@]}" "${redis[@]}")
+      "${cmd[@]}" >"$WORK/$bin.log" 2>&1 &
       SERVER_PID=$!
       PORT=$REDISSE_PORT
+      write_restart "setsid $(printf '%q ' "${cmd[@]}") >>$WORK/$bin.log 2>&1 </dev/null & echo \$! >$WORK/new.pid" "cat $WORK/new.pid"
       [[ $1 == redisse-redis-direct ]] && EXTRA="$EXTRA --publish-redis redis://127.0.0.1:$REDIS_PORT/"
       ;;
     nchan-mem|nchan-redis)
@@ -274,6 +325,7 @@ start_server() {
       PORT=$NCHAN_MEM_PORT
       [[ $1 == nchan-redis ]] && PORT=$NCHAN_REDIS_PORT
       EXTRA="--target nchan"
+      write_restart "rm -f $WORK/nchan/nginx.pid; nginx -p $WORK/nchan -c $WORK/nchan/nchan.conf -e $WORK/nchan/error.log; for _ in \$(seq 50); do [[ -s $WORK/nchan/nginx.pid ]] && break; sleep 0.1; done" "cat $WORK/nchan/nginx.pid"
       ;;
   esac
   wait_port "$PORT"
@@ -294,6 +346,8 @@ for scenario in $SCENARIOS; do
   for server in $SERVERS; do
     # Publishing straight to Redis only makes sense where there is publishing.
     [[ $server == redisse-redis-direct && ( $scenario == idle || $scenario == publish ) ]] && continue
+    # A restart keeps history only in Redis; the direct publisher would not see the restart.
+    [[ $scenario == storm-restart && $server != *-redis ]] && continue
     echo "compare: $scenario on $server"
     start_server "$server"
     # shellcheck disable=SC2046,SC2086
@@ -301,6 +355,8 @@ for scenario in $SCENARIOS; do
       --broker-pid "$REDIS_PID" --label "$server" $(scenario_args "$scenario") --max-time 240 \
       >"$WORK/last-run.txt" 2>&1 || echo "compare: redisse-load failed ($?)"
     grep '^RESULT' "$WORK/last-run.txt" | tee -a "$OUT" || tail -5 "$WORK/last-run.txt"
+    # storm-restart started another server process.
+    [[ $scenario == storm-restart ]] && SERVER_PID=$(cat "$WORK/server.pid")
     stop_pid "$SERVER_PID"
     SERVER_PID=""
     sleep 1

@@ -13,14 +13,20 @@
 //!     --scenario saturated --subscribers 2000
 //! ```
 //!
-//! Layout: `parse` (chunked framing and `data:` lines), `subscriber` (the connections),
-//! `publisher` (pacing, HTTP and Redis), `measure` (histogram, `/proc`), `report` (the output).
+//! The storm scenario cuts every stream at once while events flow and has every subscriber
+//! come back with `Last-Event-ID`: it reports how long until all are live again, the events
+//! lost and received twice, and the server's peak memory and CPU meanwhile.
+//!
+//! Layout, bottom-up: `measure` (histogram, `/proc`), `parse` (chunked framing and SSE fields),
+//! `subscriber` (the connections), `publisher` (pacing, HTTP and Redis), `storm` (the cut and
+//! the reconnections), `report` (the output).
 
 mod measure;
 mod parse;
-mod publisher;
-mod report;
 mod subscriber;
+mod publisher;
+mod storm;
+mod report;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +51,9 @@ enum Scenario {
     Routing,
     /// No subscriber, 20,000 events on 1,000 channels over 4 connections, as fast as possible.
     Publish,
+    /// 10,000 subscribers on 40 channels, 200 events/s; after 3 s every stream is cut at once
+    /// and every subscriber reconnects at once with `Last-Event-ID`.
+    Storm,
 }
 
 /// Load generator for SSE servers (redisse, Nchan).
@@ -118,6 +127,22 @@ struct Args {
     /// Seconds to wait for the last deliveries after the last event was published.
     #[arg(long, default_value_t = 10.0)]
     drain: f64,
+    /// Storm: seconds of publishing before the cut.
+    #[arg(long, default_value_t = 3.0)]
+    cut_after: f64,
+    /// Storm: seconds to wait for every subscriber to be live again after the cut.
+    #[arg(long, default_value_t = 60.0)]
+    storm_timeout: f64,
+    /// Storm: seconds of publishing once every subscriber is live again.
+    #[arg(long, default_value_t = 3.0)]
+    after_live: f64,
+    /// Storm: milliseconds before trying again after a failed reconnection.
+    #[arg(long, default_value_t = 100)]
+    retry_ms: u64,
+    /// Storm: instead of dropping the client sockets, run this shell command at the cut: it
+    /// stops the server and starts it again, and prints the new server's process id last.
+    #[arg(long)]
+    restart_command: Option<String>,
 }
 
 /// The resolved numbers of a run.
@@ -139,6 +164,15 @@ impl Args {
             Scenario::Saturated => ("saturated", 2_000, 1, 2_000, 0.0, 1),
             Scenario::Routing => ("routing", 10_000, 0, 20_000, 2_000.0, 4),
             Scenario::Publish => ("publish", 0, 1_000, 20_000, 0.0, 4),
+            // Events: enough for the whole storm at the rate; publishing stops earlier.
+            Scenario::Storm => ("storm", 10_000, 40, 0, 200.0, 1),
+        };
+        let rate = self.rate.unwrap_or(rate);
+        let events = match self.scenario {
+            Scenario::Storm if rate > 0.0 => {
+                (rate * (self.cut_after + self.storm_timeout + self.after_live)).ceil() as u64
+            }
+            _ => events,
         };
         let subscribers = self.subscribers.unwrap_or(subs);
         // 0 in the table: one channel per subscriber.
@@ -147,12 +181,16 @@ impl Args {
         } else {
             chans
         };
+        let name = match self.restart_command {
+            Some(_) if name == "storm" => "storm-restart",
+            _ => name,
+        };
         Shape {
             scenario: name,
             subscribers,
             channels: self.channels.unwrap_or(chans).max(1),
             events: self.events.unwrap_or(events),
-            rate: self.rate.unwrap_or(rate),
+            rate,
             publishers: self.publishers.unwrap_or(pubs).max(1),
         }
     }
@@ -194,6 +232,8 @@ pub struct Report {
     pub broker_cpu: f64,
     pub client_cpu: f64,
     pub timed_out: bool,
+    /// The storm scenario's own figures.
+    pub storm: Option<(Arc<storm::Storm>, storm::Summary)>,
 }
 
 async fn run(args: &Args, shape: &Shape) -> Report {
@@ -221,12 +261,28 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         start,
         tally: Tally::default(),
     });
+    let outcome = Arc::new(publisher::Outcome::new(shape.channels, shape.events));
+    let storm = (args.scenario == Scenario::Storm).then(|| {
+        Arc::new(storm::Storm {
+            phase: tokio::sync::watch::Sender::new(storm::Phase::Run),
+            cut_ns: Default::default(),
+            outcome: outcome.clone(),
+            max_seq: shape.events.div_ceil(shape.channels as u64),
+            retry: Duration::from_millis(args.retry_ms),
+            deadline,
+            restart: args.restart_command.clone(),
+            counts: Default::default(),
+        })
+    });
     let mem_before = measure::memory(&server_pids);
-    let connect_secs = connect(args, shape, &plan, &channels, deadline).await;
+    let connect_secs = connect(args, shape, (&plan, storm.as_ref()), &channels, deadline).await;
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let mem_held = measure::memory(&server_pids);
-    let cpu = || {
-        let (user, system) = measure::cpu_split(&server_pids);
+    // The server's CPU through a tracker: a restarted server's first process counts until it exits.
+    let mut server_cpu = measure::CpuTracker::default();
+    let cpu = |tracker: &mut measure::CpuTracker, pids: &[u32]| {
+        tracker.sample(pids);
+        let (user, system) = tracker.total();
         (
             user + system,
             measure::cpu_seconds(&args.broker_pids),
@@ -234,10 +290,12 @@ async fn run(args: &Args, shape: &Shape) -> Report {
             system,
         )
     };
-    let before = cpu();
+    let before = cpu(&mut server_cpu, &server_pids);
     let t0 = Instant::now();
     let mut timed_out = false;
+    let mut storm_summary = None;
     let outcome = if shape.events > 0 {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let schedule = Schedule {
             via: match &args.publish_redis {
                 Some(url) => Via::Redis(url.clone()),
@@ -251,10 +309,30 @@ async fn run(args: &Args, shape: &Shape) -> Report {
             payload_bytes: args.payload,
             start,
             deadline,
+            stop: stop.clone(),
+            keep_going: storm.is_some(),
         };
-        let outcome = tokio::task::spawn_blocking(move || publisher::run(schedule))
-            .await
-            .expect("publisher");
+        let publishing = {
+            let outcome = outcome.clone();
+            tokio::task::spawn_blocking(move || publisher::run(schedule, outcome))
+        };
+        if let Some(storm) = &storm {
+            let summary = storm::cut_and_watch(
+                &plan,
+                storm,
+                (shape.subscribers as u64, &server_pids),
+                &mut server_cpu,
+                (
+                    Duration::from_secs_f64(args.cut_after),
+                    Duration::from_secs_f64(args.storm_timeout),
+                ),
+            )
+            .await;
+            storm_summary = Some(summary);
+            tokio::time::sleep(Duration::from_secs_f64(args.after_live)).await;
+            stop.store(true, Relaxed);
+        }
+        let outcome = publishing.await.expect("publisher");
         timed_out = !drain(
             &plan,
             &outcome,
@@ -267,7 +345,14 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         None
     };
     let publish_secs = t0.elapsed().as_secs_f64();
-    let after = cpu();
+    let pids_now = match storm_summary.as_ref().and_then(|s| s.restarted.as_ref()) {
+        Some(&(pid, _)) => measure::with_children(&[pid]),
+        None => server_pids.clone(),
+    };
+    let after = cpu(&mut server_cpu, &pids_now);
+    if let Some(storm) = &storm {
+        storm::finish(storm, shape.subscribers as u64, Duration::from_secs(10)).await;
+    }
     Report {
         server_pids,
         connect_secs,
@@ -281,6 +366,7 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         broker_cpu: after.1 - before.1,
         client_cpu: after.2 - before.2,
         timed_out,
+        storm: storm.zip(storm_summary),
     }
 }
 
@@ -288,7 +374,7 @@ async fn run(args: &Args, shape: &Shape) -> Report {
 async fn connect(
     args: &Args,
     shape: &Shape,
-    plan: &Arc<Plan>,
+    (plan, storm): (&Arc<Plan>, Option<&Arc<storm::Storm>>),
     channels: &Arc<Vec<String>>,
     deadline: Instant,
 ) -> f64 {
@@ -298,8 +384,14 @@ async fn connect(
         let Ok(permit) = gate.clone().acquire_owned().await else {
             break;
         };
-        let (plan, channel) = (plan.clone(), channels[i % shape.channels].clone());
-        tokio::spawn(subscriber::run(plan, i, channel, permit));
+        let (plan, c) = (plan.clone(), i % shape.channels);
+        match storm {
+            Some(storm) => {
+                let channel = (c, channels[c].clone());
+                tokio::spawn(storm::subscriber(plan, storm.clone(), i, channel, permit))
+            }
+            None => tokio::spawn(subscriber::run(plan, i, channels[c].clone(), permit)),
+        };
         if Instant::now() >= deadline {
             break;
         }

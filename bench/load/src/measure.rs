@@ -98,6 +98,33 @@ pub fn cpu_split(pids: &[u32]) -> (f64, f64) {
         .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
 }
 
+/// CPU time of processes that may come and go (a server restarted during the run): the last
+/// value read for each process is kept, so a process that exited still counts what it used
+/// until its last sample.
+#[derive(Debug, Default)]
+pub struct CpuTracker {
+    seen: std::collections::HashMap<u32, (f64, f64)>,
+}
+
+impl CpuTracker {
+    /// Reads the CPU time of `pids` now.
+    pub fn sample(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            let (user, system) = cpu_split(&[pid]);
+            if user + system > 0.0 || !self.seen.contains_key(&pid) {
+                self.seen.insert(pid, (user, system));
+            }
+        }
+    }
+
+    /// User and system time of every process sampled so far, in seconds.
+    pub fn total(&self) -> (f64, f64) {
+        self.seen
+            .values()
+            .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
+    }
+}
+
 /// This process's CPU time (all threads), in seconds.
 pub fn own_cpu_seconds() -> f64 {
     cpu_seconds(&[std::process::id()])
@@ -166,6 +193,19 @@ pub fn with_children(pids: &[u32]) -> Vec<u32> {
     all
 }
 
+/// The kernel's count of connections dropped because a listen queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`; machine-wide). A dropped SYN is sent again
+/// by the client's kernel after a second, so each one costs its client at least that.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut rows = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (rows.next()?, rows.next()?);
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// Raises the soft limit on open files to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -206,5 +246,13 @@ mod tests {
         let p50 = h.quantile(0.5) as f64;
         assert!((p50 - 500_000.0).abs() / 500_000.0 < 0.02, "{p50}");
         assert_eq!(h.quantile(1.0), 1_000_000);
+    }
+
+    #[test]
+    fn listen_overflows_are_read_on_linux() {
+        assert!(
+            listen_overflows().is_some(),
+            "no TcpExt ListenOverflows in /proc/net/netstat"
+        );
     }
 }

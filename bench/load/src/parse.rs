@@ -1,9 +1,21 @@
 //! A minimal, allocation-free reader of an SSE response body: HTTP/1.1 chunked framing (or a
-//! plain body), then lines; only `data:` lines are handed on, because every event this tool
-//! publishes has exactly one, holding `<seq> <send time in ns> [padding]`.
+//! plain body), then lines; the `data:`, `id:` and `event:` fields are handed on, and the blank
+//! line that ends an event. Every event this tool publishes has exactly one `data:` line,
+//! holding `<seq> <send time in ns> [padding]`; the reconnecting subscribers of the storm
+//! scenario also need the ids (an id counts once its event is complete, as in a browser).
 //!
-//! Everything else (`id:`, `event:`, comments, heartbeats, Nchan's `: hi`) is skipped. A line that
+//! Everything else (`retry:`, comments, heartbeats, Nchan's `: hi`) is skipped. A line that
 //! spans two reads or two chunks is carried over in a small buffer.
+
+/// One field of an event, or the event's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field<'a> {
+    Data(&'a [u8]),
+    Id(&'a [u8]),
+    Event(&'a [u8]),
+    /// The blank line that dispatches the event (comments alone end one too: harmless).
+    End,
+}
 
 /// Where the reader is in the chunked framing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,18 +60,18 @@ impl Body {
         self.chunk == Chunk::Done
     }
 
-    /// Feeds raw bytes from the socket; calls `on_data` with the value of each `data:` line.
-    pub fn feed(&mut self, mut raw: &[u8], on_data: &mut impl FnMut(&[u8])) {
+    /// Feeds raw bytes from the socket; calls `on_field` with each field and each event's end.
+    pub fn feed(&mut self, mut raw: &[u8], on_field: &mut impl FnMut(Field<'_>)) {
         while !raw.is_empty() {
             match self.chunk {
                 Chunk::Plain => {
-                    self.lines(raw, on_data);
+                    self.lines(raw, on_field);
                     return;
                 }
                 Chunk::Done => return,
                 Chunk::Data(left) => {
                     let n = left.min(raw.len());
-                    self.lines(&raw[..n], on_data);
+                    self.lines(&raw[..n], on_field);
                     raw = &raw[n..];
                     self.chunk = if n == left {
                         Chunk::DataEnd
@@ -97,17 +109,17 @@ impl Body {
         }
     }
 
-    /// Splits body bytes into lines and hands on the `data:` values.
-    fn lines(&mut self, mut bytes: &[u8], on_data: &mut impl FnMut(&[u8])) {
+    /// Splits body bytes into lines and hands on the fields.
+    fn lines(&mut self, mut bytes: &[u8], on_field: &mut impl FnMut(Field<'_>)) {
         while let Some(pos) = memchr::memchr(b'\n', bytes) {
             let line = &bytes[..pos];
             bytes = &bytes[pos + 1..];
             if self.carry.is_empty() {
-                data_line(line, on_data);
+                field_line(line, on_field);
             } else {
                 self.carry.extend_from_slice(line);
                 let carry = std::mem::take(&mut self.carry);
-                data_line(&carry, on_data);
+                field_line(&carry, on_field);
                 self.carry = carry;
                 self.carry.clear();
             }
@@ -116,10 +128,21 @@ impl Body {
     }
 }
 
-fn data_line(line: &[u8], on_data: &mut impl FnMut(&[u8])) {
+fn field_line(line: &[u8], on_field: &mut impl FnMut(Field<'_>)) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if let Some(value) = line.strip_prefix(b"data:") {
-        on_data(value.strip_prefix(b" ").unwrap_or(value));
+    if line.is_empty() {
+        return on_field(Field::End);
+    }
+    let value = |name: &[u8]| {
+        let v = line.strip_prefix(name)?;
+        Some(v.strip_prefix(b" ").unwrap_or(v))
+    };
+    if let Some(v) = value(b"data:") {
+        on_field(Field::Data(v));
+    } else if let Some(v) = value(b"id:") {
+        on_field(Field::Id(v));
+    } else if let Some(v) = value(b"event:") {
+        on_field(Field::Event(v));
     }
 }
 
@@ -145,8 +168,10 @@ mod tests {
     fn all(body: &mut Body, pieces: &[&[u8]]) -> Vec<String> {
         let mut out = Vec::new();
         for p in pieces {
-            body.feed(p, &mut |d| {
-                out.push(String::from_utf8_lossy(d).into_owned())
+            body.feed(p, &mut |f| {
+                if let Field::Data(d) = f {
+                    out.push(String::from_utf8_lossy(d).into_owned())
+                }
             });
         }
         out
@@ -174,6 +199,47 @@ mod tests {
             let got = all(&mut body, &[&wire[..split], &wire[split..]]);
             assert_eq!(got, ["1 2 xx", "2 3", "4"], "split at {split}");
             assert!(body.is_done());
+        }
+    }
+
+    #[test]
+    fn ids_and_event_ends_split_anywhere() {
+        let wire = chunked(&[
+            "id: 12\nevent: lastEventId\ndata: \n\n",
+            ": keepalive\n\nid: 1701:0\r\ndata: 1 2\r\n\r\n",
+            "event: missedevents\ndata: \n\nid: 13\ndata: 2",
+            " 3\n\n",
+        ]);
+        let expected = [
+            "id 12",
+            "event lastEventId",
+            "data ",
+            "end",
+            "end",
+            "id 1701:0",
+            "data 1 2",
+            "end",
+            "event missedevents",
+            "data ",
+            "end",
+            "id 13",
+            "data 2 3",
+            "end",
+        ];
+        for split in 0..wire.len() {
+            let mut body = Body::new(true);
+            let mut got = Vec::new();
+            for piece in [&wire[..split], &wire[split..]] {
+                body.feed(piece, &mut |f| {
+                    got.push(match f {
+                        Field::Data(v) => format!("data {}", String::from_utf8_lossy(v)),
+                        Field::Id(v) => format!("id {}", String::from_utf8_lossy(v)),
+                        Field::Event(v) => format!("event {}", String::from_utf8_lossy(v)),
+                        Field::End => "end".to_owned(),
+                    })
+                });
+            }
+            assert_eq!(got, expected, "split at {split}");
         }
     }
 

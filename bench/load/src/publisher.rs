@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,10 +39,14 @@ pub struct Schedule {
     pub start: Instant,
     /// Publishing stops here even if events are left.
     pub deadline: Instant,
+    /// Publishing stops when this is set (the storm scenario's end), even if events are left.
+    pub stop: Arc<AtomicBool>,
+    /// A failed publish is counted and publishing goes on (reconnecting), instead of ending the
+    /// connection's share: a server restarted under the load refuses for a while.
+    pub keep_going: bool,
 }
 
 /// What the publishers did.
-#[derive(Default)]
 pub struct Outcome {
     pub published: AtomicU64,
     pub errors: AtomicU64,
@@ -53,15 +57,65 @@ pub struct Outcome {
     /// When the first and the last event were sent, in ns since the start.
     pub first_ns: AtomicU64,
     pub last_ns: AtomicU64,
+    /// Per channel, the sequence numbers whose publish succeeded.
+    pub accepted: Vec<Seqs>,
+}
+
+impl Outcome {
+    /// Nothing published yet, for `channels` channels and at most `events` events.
+    pub fn new(channels: usize, events: u64) -> Self {
+        let per_channel = events.div_ceil(channels.max(1) as u64);
+        Outcome {
+            published: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            round_trip: Histogram::default(),
+            first_ns: AtomicU64::new(u64::MAX),
+            last_ns: AtomicU64::new(0),
+            accepted: (0..channels).map(|_| Seqs::new(per_channel)).collect(),
+        }
+    }
+}
+
+/// A fixed set of sequence numbers `1..=max`, filled from several tasks (one bit each).
+pub struct Seqs {
+    words: Box<[AtomicU64]>,
+}
+
+impl Seqs {
+    pub fn new(max: u64) -> Self {
+        Seqs {
+            words: (0..max.div_ceil(64) + 1)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Adds `seq`; false when it is out of range (and so not added).
+    pub fn insert(&self, seq: u64) -> bool {
+        match self.words.get((seq / 64) as usize) {
+            Some(w) if seq > 0 => {
+                w.fetch_or(1 << (seq % 64), Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The members, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, w)| {
+            let bits = w.load(Relaxed);
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| i as u64 * 64 + b)
+        })
+    }
 }
 
 /// Publishes on a thread of its own (a current-thread runtime), so that pacing does not depend
-/// on how busy the subscribers' runtime is. Returns when done or at the deadline.
-pub fn run(schedule: Schedule) -> Arc<Outcome> {
-    let outcome = Arc::new(Outcome {
-        first_ns: AtomicU64::new(u64::MAX),
-        ..Outcome::default()
-    });
+/// on how busy the subscribers' runtime is. Returns when done, stopped or at the deadline.
+pub fn run(schedule: Schedule, outcome: Arc<Outcome>) -> Arc<Outcome> {
     let out = outcome.clone();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -124,7 +178,7 @@ async fn lane_loop(
             let at = t0 + Duration::from_secs_f64(i as f64 / s.rate);
             tokio::time::sleep_until(at.into()).await;
         }
-        if Instant::now() >= s.deadline {
+        if Instant::now() >= s.deadline || s.stop.load(Relaxed) {
             break;
         }
         let seq = i / channels + 1;
@@ -134,14 +188,24 @@ async fn lane_loop(
         let name = &s.channels[channel];
         let ok = match (&mut http, &redis) {
             (Some((target, addr, sender)), _) => {
-                match http_publish(sender, *target, *addr, name, data.clone()).await {
+                let first = http_publish(sender, *target, *addr, name, data.clone()).await;
+                // The server closed the keep-alive connection (nginx does after
+                // `keepalive_requests`, 1,000 by default): reconnect and send it again.
+                let again = match first {
+                    Ok(ok) => Ok(ok),
+                    Err(_) => match http_connect(*addr).await {
+                        Ok(fresh) => {
+                            *sender = fresh;
+                            http_publish(sender, *target, *addr, name, data).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match again {
                     Ok(ok) => ok,
-                    // The server closed the keep-alive connection (nginx does after
-                    // `keepalive_requests`, 1,000 by default): reconnect and send it again.
-                    Err(_) => {
-                        *sender = http_connect(*addr).await?;
-                        http_publish(sender, *target, *addr, name, data).await?
-                    }
+                    // Counted as an error below; the next event tries the connection again.
+                    Err(_) if s.keep_going => false,
+                    Err(e) => return Err(e),
                 }
             }
             (None, Some(p)) => p.publish(name, redisse::Event::message(data)).await.is_ok(),
@@ -152,6 +216,7 @@ async fn lane_loop(
         outcome.first_ns.fetch_min(sent, Relaxed);
         outcome.last_ns.fetch_max(sent, Relaxed);
         if ok {
+            outcome.accepted[channel].insert(seq);
             outcome.published.fetch_add(1, Relaxed);
             outcome.expected.fetch_add(s.subscribers[channel], Relaxed);
         } else {

@@ -107,6 +107,54 @@ pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
             ),
         ]);
     }
+    if let Some((storm, summary)) = &r.storm {
+        let c = &storm.counts;
+        let at_cut = c.at_cut.load(Relaxed);
+        let quantile = |h: &crate::measure::Histogram, q: f64| format!("{:.1}", ms(h.quantile(q)));
+        kv.extend([
+            ("at_cut", at_cut.to_string()),
+            ("live_again", c.live.load(Relaxed).to_string()),
+            ("gave_up", c.gave_up.load(Relaxed).to_string()),
+            ("all_live", summary.all_live.to_string()),
+            ("storm_s", format!("{:.2}", summary.storm_s)),
+            (
+                "restart_s",
+                summary
+                    .restarted
+                    .as_ref()
+                    .map_or(String::new(), |(_, s)| format!("{s:.2}")),
+            ),
+            ("back_p50_ms", quantile(&c.back, 0.5)),
+            ("back_p99_ms", quantile(&c.back, 0.99)),
+            ("back_max_ms", quantile(&c.back, 1.0)),
+            ("live_p50_ms", quantile(&c.live_after, 0.5)),
+            ("live_p99_ms", quantile(&c.live_after, 0.99)),
+            ("live_max_ms", quantile(&c.live_after, 1.0)),
+            ("lost", c.lost.load(Relaxed).to_string()),
+            ("duplicates", c.duplicates.load(Relaxed).to_string()),
+            ("missed_events", c.missed_events.load(Relaxed).to_string()),
+            (
+                "failed_attempts",
+                c.failed_attempts.load(Relaxed).to_string(),
+            ),
+            ("bad_fields", c.bad.load(Relaxed).to_string()),
+            ("accounted", c.finished.load(Relaxed).to_string()),
+            ("rss_at_cut_mib", mib(summary.rss_at_cut)),
+            ("rss_peak_mib", mib(summary.rss_peak)),
+            ("storm_server_cpu_s", format!("{:.2}", summary.storm_cpu_s)),
+            ("storm_client_cpu_s", format!("{:.2}", summary.client_cpu_s)),
+            (
+                "listen_overflows",
+                summary
+                    .listen_overflows
+                    .map_or(String::new(), |n| n.to_string()),
+            ),
+            (
+                "steady_server_cpu_pct",
+                format!("{:.0}", 100.0 * summary.steady_cpu_per_s),
+            ),
+        ]);
+    }
     for (k, v) in &kv {
         println!("{k:>28}: {v}");
     }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::measure::Histogram;
-use crate::parse::{Body, payload};
+use crate::parse::{Body, Field, payload};
 
 /// Which server speaks on the other end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -80,8 +80,7 @@ pub async fn run(
     channel: String,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let source = Ipv4Addr::new(127, 0, 0, 2 + (index % plan.sources as usize) as u8);
-    let connected = connect(&plan, source, &channel).await;
+    let connected = connect(&plan, source(&plan, index), &channel, None).await;
     drop(permit);
     let stream = match connected {
         Ok(s) => s,
@@ -98,17 +97,27 @@ pub async fn run(
     plan.tally.closed.fetch_add(1, Relaxed);
 }
 
-async fn connect(
+/// The source address of subscriber `index`.
+pub fn source(plan: &Plan, index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (index % plan.sources as usize) as u8)
+}
+
+/// Connects from `source` and subscribes to `channel`, resuming after `last_id` when given (the
+/// caller checked that it is printable ASCII); returns the socket, the body's parser and the
+/// bytes read past the response head.
+pub async fn connect(
     plan: &Plan,
     source: Ipv4Addr,
     channel: &str,
+    last_id: Option<&str>,
 ) -> std::io::Result<(TcpStream, Body, Vec<u8>)> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source.into(), 0))?;
     let mut stream = socket.connect(plan.server).await?;
     stream.set_nodelay(true)?;
+    let resume = last_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
         plan.target.subscribe_path(channel),
         plan.server
     );
@@ -147,6 +156,12 @@ struct Sequence {
 }
 
 impl Sequence {
+    fn on_field(&mut self, tally: &Tally, now_ns: u64, field: Field<'_>) {
+        if let Field::Data(data) = field {
+            self.on_data(tally, now_ns, data);
+        }
+    }
+
     fn on_data(&mut self, tally: &Tally, now_ns: u64, data: &[u8]) {
         match payload(data) {
             Some((seq, sent)) => {
@@ -182,7 +197,7 @@ async fn read(plan: &Plan, (mut stream, mut body, rest): (TcpStream, Body, Vec<u
     let mut seq = Sequence { next: 1, count: 0 };
     let now = || plan.start.elapsed().as_nanos() as u64;
     let t = now();
-    body.feed(&rest, &mut |d| seq.on_data(tally, t, d));
+    body.feed(&rest, &mut |f| seq.on_field(tally, t, f));
     seq.flush(tally, t);
     let mut buf = vec![0u8; plan.read_buf];
     while !body.is_done() {
@@ -191,7 +206,7 @@ async fn read(plan: &Plan, (mut stream, mut body, rest): (TcpStream, Body, Vec<u
             Ok(n) => n,
         };
         let t = now();
-        body.feed(&buf[..n], &mut |d| seq.on_data(tally, t, d));
+        body.feed(&buf[..n], &mut |f| seq.on_field(tally, t, f));
         seq.flush(tally, t);
     }
 }
