@@ -11,6 +11,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Waker};
 
+use tokio::time::Instant;
+
 use crate::event::{Frame, FrameKind};
 use crate::transport::SlowWatch;
 use bytes::{Bytes, BytesMut};
@@ -74,6 +76,21 @@ struct Paging {
     held_bytes: usize,
     /// Times `held` was dropped: a page read before the last drop cannot be the last page.
     overflows: u64,
+    /// When `held` was last dropped: a history read shared with another stream must have
+    /// started after it to be this stream's last page.
+    dropped_at: Option<Instant>,
+    /// `missedevents` was sent during this replay: a loss is told once, not once per page.
+    missed_sent: bool,
+}
+
+/// Where a paging replay stands, as [`Conn::replayed_to`] reads it before the next page.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PageFrom {
+    /// The next page starts after this id.
+    pub after: u64,
+    overflows: u64,
+    /// When live frames were last dropped (see [`Paging::dropped_at`]).
+    pub dropped_at: Option<Instant>,
 }
 
 /// Why a paging stream ends when Redis loses its data: its client comes back with its
@@ -186,6 +203,31 @@ impl Conn {
         position: u64,
         resets_seen: u64,
     ) -> bool {
+        self.begin(preamble, replay, position, resets_seen, None)
+    }
+
+    /// Like [`Conn::start`] for the first page of a replay larger than one, read up to
+    /// `page_end`: the preamble and the page go to the queue, the live frames buffered so far
+    /// wait (see [`Paging`]) until [`Conn::next_page`] brings the last page.
+    pub fn start_paged(
+        &self,
+        preamble: Vec<Frame>,
+        page: Vec<Frame>,
+        position: u64,
+        resets_seen: u64,
+        page_end: u64,
+    ) -> bool {
+        self.begin(preamble, page, position, resets_seen, Some(page_end))
+    }
+
+    fn begin(
+        &self,
+        preamble: Vec<Frame>,
+        replay: Vec<Frame>,
+        position: u64,
+        resets_seen: u64,
+        page_end: Option<u64>,
+    ) -> bool {
         let mut st = self.lock();
         if st.gone {
             // Nobody will read it: nothing to start.
@@ -197,7 +239,21 @@ impl Conn {
         let live = std::mem::take(&mut st.queue);
         let mut last = position;
         let mut queue: VecDeque<Frame> = preamble.into();
-        append_newer(&mut queue, &mut last, replay.into_iter().chain(live));
+        if let Some(end) = page_end {
+            let missed_sent = queue.iter().any(|f| f.kind == FrameKind::MissedEvents);
+            st.paging = Some(Box::new(Paging {
+                held: live,
+                held_bytes: st.queued_bytes,
+                overflows: 0,
+                dropped_at: None,
+                missed_sent,
+            }));
+            append_newer(&mut queue, &mut last, replay);
+            // Entries up to the page's end that were refused were read all the same.
+            last = last.max(end);
+        } else {
+            append_newer(&mut queue, &mut last, replay.into_iter().chain(live));
+        }
         st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
         st.queue = queue;
         st.last_id = last;
@@ -206,55 +262,29 @@ impl Conn {
         true
     }
 
-    /// Like [`Conn::start`] for the first page of a replay larger than one: the preamble and
-    /// the page go to the queue, the live frames buffered so far wait (see [`Paging`]) until
-    /// [`Conn::next_page`] brings the last page.
-    pub fn start_paged(
-        &self,
-        preamble: Vec<Frame>,
-        page: Vec<Frame>,
-        position: u64,
-        resets_seen: u64,
-    ) -> bool {
-        let mut st = self.lock();
-        if st.gone {
-            return true;
-        }
-        if st.resets != resets_seen {
-            return false;
-        }
-        let mut paging = Box::<Paging>::default();
-        paging.held_bytes = st.queued_bytes;
-        paging.held = std::mem::take(&mut st.queue);
-        let mut last = position;
-        let mut queue: VecDeque<Frame> = preamble.into();
-        append_newer(&mut queue, &mut last, page);
-        st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
-        st.queue = queue;
-        st.last_id = last;
-        st.ready = true;
-        st.paging = Some(paging);
-        wake(st);
-        true
-    }
-
-    /// Where a paging replay stands: the last id queued (the next page starts after it), and
-    /// the count of live drops to pass back to [`Conn::next_page`].
-    pub fn replayed_to(&self) -> (u64, u64) {
+    /// Where a paging replay stands, to read the next page from and pass back to
+    /// [`Conn::next_page`].
+    pub fn replayed_to(&self) -> PageFrom {
         let st = self.lock();
-        (st.last_id, st.paging.as_ref().map_or(0, |p| p.overflows))
+        PageFrom {
+            after: st.last_id,
+            overflows: st.paging.as_ref().map_or(0, |p| p.overflows),
+            dropped_at: st.paging.as_ref().and_then(|p| p.dropped_at),
+        }
     }
 
-    /// Queues the next page of a paging replay (after `missedevents` when `missed`): its frames
-    /// newer than the last queued. When `last` (the page reached the end of history) and no
-    /// live frame was dropped since the page was read (`overflows_seen`), the held live frames
-    /// follow and the stream is live. Returns whether the replay is over (or the stream gone).
+    /// Queues the next page of a paging replay, read from `from`: `missedevents` first when
+    /// `missed` (once per replay), then its frames newer than the last queued; `page_end` is
+    /// where the page stopped at its budget (`None`: it reached the end of history). The held
+    /// live frames follow and the stream is live once a last page was read after the last
+    /// drop of live frames and they all fit the queue's bound with it; otherwise another page
+    /// follows. Returns whether the replay is over (or the stream gone).
     pub fn next_page(
         &self,
         missed: bool,
         page: Vec<Frame>,
-        last: bool,
-        overflows_seen: u64,
+        page_end: Option<u64>,
+        from: PageFrom,
     ) -> bool {
         let mut st = self.lock();
         if st.end.is_some() || st.gone {
@@ -265,11 +295,19 @@ impl Conn {
         };
         let mut last_id = st.last_id;
         let mut queue = std::mem::take(&mut st.queue);
-        if missed {
+        if missed && !paging.missed_sent {
+            paging.missed_sent = true;
             queue.push_back(Frame::missed_events());
         }
         append_newer(&mut queue, &mut last_id, page);
-        let done = last && paging.overflows == overflows_seen;
+        last_id = last_id.max(page_end.unwrap_or(0));
+        // What the replay now holds need not wait any more.
+        paging.held.retain(|f| f.id == 0 || f.id > last_id);
+        paging.held_bytes = paging.held.iter().map(|f| f.bytes.len()).sum();
+        let queued: usize = queue.iter().map(|f| f.bytes.len()).sum();
+        let done = page_end.is_none()
+            && paging.overflows == from.overflows
+            && queued + paging.held_bytes <= self.max_bytes;
         if done {
             append_newer(&mut queue, &mut last_id, std::mem::take(&mut paging.held));
         } else {
@@ -280,6 +318,11 @@ impl Conn {
         st.last_id = last_id;
         wake(st);
         done
+    }
+
+    /// The setup task is done: its waker must not keep the finished task's memory.
+    pub fn forget_setup(&self) {
+        self.lock().setup_waker = None;
     }
 
     /// Resolves once at most `bytes` are queued (or the stream is ending): a paging replay
@@ -496,6 +539,7 @@ fn hold(st: &mut State, frame: &Frame, max_bytes: usize) -> Push {
         paging.held = VecDeque::new();
         paging.held_bytes = 0;
         paging.overflows += 1;
+        paging.dropped_at = Some(Instant::now());
         return Push::Skipped;
     }
     paging.held_bytes += frame.bytes.len();
@@ -680,12 +724,13 @@ mod tests {
     fn a_paged_replay_holds_live_frames_until_its_last_page() {
         let conn = Conn::new(1, 1 << 20);
         conn.push(&frame(5), false);
-        assert!(conn.start_paged(vec![], vec![frame(3), frame(4)], 2, 0));
+        assert!(conn.start_paged(vec![], vec![frame(3), frame(4)], 2, 0, 4));
         conn.push(&frame(6), false);
         assert_eq!(ids(&conn), [3, 4], "live frames wait for the replay");
-        assert_eq!(conn.replayed_to(), (4, 0));
+        let from = conn.replayed_to();
+        assert_eq!((from.after, from.overflows), (4, 0));
         // The last page overlaps the held frames: each id once, in order.
-        assert!(conn.next_page(false, vec![frame(5), frame(6)], true, 0));
+        assert!(conn.next_page(false, vec![frame(5), frame(6)], None, from));
         conn.push(&frame(7), false);
         assert_eq!(ids(&conn), [5, 6, 7]);
     }
@@ -694,23 +739,57 @@ mod tests {
     fn held_frames_past_the_bound_are_dropped_and_read_again() {
         // Each frame is 9 bytes: two fit in 20.
         let conn = Conn::new(1, 20);
-        assert!(conn.start_paged(vec![], vec![frame(1)], 0, 0));
+        let before = conn.replayed_to();
+        assert!(conn.start_paged(vec![], vec![frame(1)], 0, 0, 1));
         for id in 2..=4 {
             assert_ne!(conn.push(&frame(id), false), Push::BecameSlow);
         }
-        let (from, overflows) = conn.replayed_to();
-        assert_eq!((from, overflows), (1, 1));
+        let from = conn.replayed_to();
+        assert_eq!((from.after, from.overflows), (1, 1));
+        assert!(from.dropped_at.is_some());
         // A last page read before the drop is not the end; one read after it is.
-        assert!(!conn.next_page(false, vec![frame(2)], true, 0));
-        assert!(conn.next_page(false, vec![frame(3), frame(4)], true, 1));
-        assert_eq!(ids(&conn), [1, 2, 3, 4]);
+        assert!(!conn.next_page(false, vec![frame(2)], None, before));
+        assert_eq!(ids(&conn), [1, 2]);
+        assert!(conn.next_page(false, vec![frame(3), frame(4)], None, from));
+        assert_eq!(ids(&conn), [3, 4]);
         assert!(!conn.is_ending(), "never slow while paging");
+    }
+
+    #[test]
+    fn a_page_of_refused_entries_still_moves_the_replay_on_and_a_loss_is_told_once() {
+        let conn = Conn::new(1, 1 << 20);
+        // The first page read up to 9 but every entry was refused: the next starts after 9.
+        assert!(conn.start_paged(vec![], vec![], 2, 0, 9));
+        let from = conn.replayed_to();
+        assert_eq!(from.after, 9);
+        assert!(!conn.next_page(true, vec![frame(10)], Some(12), from));
+        let from = conn.replayed_to();
+        assert_eq!(from.after, 12);
+        assert!(conn.next_page(true, vec![frame(13)], None, from));
+        assert_eq!(ids(&conn), [0, 10, 13], "one missedevents, then the events");
+    }
+
+    #[test]
+    fn a_replay_goes_live_only_when_its_held_frames_fit_the_queue() {
+        // Frames of 9 bytes, a bound of 30: a page of two and two held frames do not fit.
+        let conn = Conn::new(1, 30);
+        assert!(conn.start_paged(vec![], vec![frame(1)], 0, 0, 1));
+        conn.push(&frame(4), false);
+        conn.push(&frame(5), false);
+        let from = conn.replayed_to();
+        assert!(!conn.next_page(false, vec![frame(2), frame(3)], None, from));
+        assert_eq!(ids(&conn), [1, 2, 3]);
+        // Drained: the next (last) page and what is held fit, and the stream goes live.
+        let from = conn.replayed_to();
+        assert!(conn.next_page(false, vec![], None, from));
+        assert_eq!(ids(&conn), [4, 5]);
+        assert!(!conn.is_ending());
     }
 
     #[test]
     fn a_reset_while_paging_ends_the_stream_with_a_retry() {
         let conn = Conn::new(1, 1 << 20);
-        assert!(conn.start_paged(vec![], vec![frame(8)], 7, 0));
+        assert!(conn.start_paged(vec![], vec![frame(8)], 7, 0, 8));
         conn.reset(missed());
         assert!(conn.is_ending());
         let waker = futures_util::task::noop_waker();

@@ -42,10 +42,10 @@ pub(crate) struct Snapshot {
     pub counter: Option<u64>,
     /// One entry per requested channel, in the order requested.
     pub channels: Vec<ChannelHistory>,
-    /// The read stopped at its byte budget: `channels` hold a prefix of the events after the
-    /// position (every event up to the highest id returned, merged across channels), and the
-    /// rest is read by a later page.
-    pub truncated: bool,
+    /// Set when the read stopped at its byte budget: the last id it read (whether that entry
+    /// was an event or was refused), up to which `channels` hold every event after the position
+    /// merged across channels; the rest is read by a later page, after this id.
+    pub page_end: Option<u64>,
     /// History entries skipped because they were not SSE events (written by someone else).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // always 0 in memory
     pub malformed: u64,
@@ -113,7 +113,7 @@ mod tests {
         Snapshot {
             counter: Some(100),
             channels,
-            truncated: false,
+            page_end: None,
             malformed: 0,
             unrecorded_trims,
         }

@@ -11,6 +11,8 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use tokio::time::Instant;
+
 use crate::conn::{Conn, Push};
 use crate::dispatch::{Dispatch, DispatchReceiver, SubCommand, SubSender};
 use crate::event::Frame;
@@ -47,6 +49,8 @@ pub(crate) struct Hub {
     max_queue_bytes: usize,
     /// The bound on all streams' channel subscriptions together.
     max_subscriptions: usize,
+    /// When a reset (Redis lost its data) last reached the connections.
+    last_reset: Mutex<Option<Instant>>,
 }
 
 impl Hub {
@@ -66,7 +70,15 @@ impl Hub {
             verbose,
             max_queue_bytes,
             max_subscriptions,
+            last_reset: Mutex::new(None),
         }
+    }
+
+    /// `ready`, or the instant the last reset reached the connections if that came later: a
+    /// history read shared between streams must postdate both (see `broker::redis::shared_reads`).
+    pub fn after_last_reset(&self, ready: Instant) -> Instant {
+        let last = *self.last_reset.lock().unwrap_or_else(|e| e.into_inner());
+        last.map_or(ready, |at| ready.max(at))
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -209,6 +221,9 @@ impl Hub {
         let reg = self.lock();
         let frame = Frame::missed_events();
         if reset {
+            // Written before the connections count the reset: a stream that sees the new count
+            // (`Conn::resets`) then sees this instant too.
+            *self.last_reset.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             for conn in reg.conns.values() {
                 conn.reset(frame.clone());
             }

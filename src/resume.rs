@@ -43,6 +43,13 @@ impl Plan {
 /// Builds the plan. `snapshot` was read with `after = Some(l)` when `last` is `At(l)`.
 pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -> Plan {
     let counter = snapshot.counter.unwrap_or(0);
+    // A first page that is not the whole replay (however empty, when all it read was refused)
+    // is never a reason for the counter hint: more events follow it.
+    let hint = if snapshot.page_end.is_some() {
+        0
+    } else {
+        counter
+    };
     let mut plan = Plan::default();
     let from = match last {
         // Without a position the stream starts at the counter, which the `lastEventId` hint
@@ -58,19 +65,19 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
             plan.preamble.push(Frame::missed_events());
             plan.replay = merge(snapshot);
             plan.position = 0;
-            return with_counter_hint(plan, counter);
+            return with_counter_hint(plan, hint);
         }
         LastEventId::At(l) => Some(l),
     };
     let Some(from) = from else {
-        return with_counter_hint(plan, counter);
+        return with_counter_hint(plan, hint);
     };
     if may_have_lost(from, &snapshot, history_size) {
         plan.preamble.push(Frame::missed_events());
     }
     plan.replay = merge(snapshot);
     plan.position = from;
-    with_counter_hint(plan, counter)
+    with_counter_hint(plan, hint)
 }
 
 /// Adds the `lastEventId` event when nothing is replayed and the counter exists; the stream's
@@ -123,7 +130,7 @@ mod tests {
         Snapshot {
             counter: Some(counter),
             channels,
-            truncated: false,
+            page_end: None,
             malformed: 0,
             unrecorded_trims: true,
         }

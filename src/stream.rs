@@ -144,7 +144,7 @@ async fn from_first_live(
 /// stream's end, so a client that leaves frees its setup (channel list, connection, barrier)
 /// at once rather than when the broker comes back.
 async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
-    let _starting = Starting::new(&shared);
+    let _starting = Starting::new(&shared, &conn);
     let ended = conn.clone();
     tokio::select! {
         biased;
@@ -153,19 +153,21 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, 
     }
 }
 
-/// Counts a stream in the `redisse_streams_starting` gauge while its setup runs.
-struct Starting(Arc<Shared>);
+/// Counts a stream in the `redisse_streams_starting` gauge while its setup runs; when it ends,
+/// the connection forgets the setup task's waker, which would keep the finished task's memory.
+struct Starting(Arc<Shared>, Arc<Conn>);
 
 impl Starting {
-    fn new(shared: &Arc<Shared>) -> Self {
+    fn new(shared: &Arc<Shared>, conn: &Arc<Conn>) -> Self {
         shared.metrics.streams_starting.fetch_add(1, Relaxed);
-        Starting(shared.clone())
+        Starting(shared.clone(), conn.clone())
     }
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
         self.0.metrics.streams_starting.fetch_sub(1, Relaxed);
+        self.1.forget_setup();
     }
 }
 
@@ -193,6 +195,8 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
             _ => None,
         };
         let budget = page_budget(shared);
+        // A shared read must also postdate the last reset, which `resets` already counts.
+        let ready = shared.hub.after_last_reset(ready);
         match Box::pin(shared.broker.snapshot(channels, after, budget, ready)).await {
             Ok(snapshot) => {
                 let (last, snapshot) = match last {
@@ -201,7 +205,7 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
                     }
                     _ => (last, snapshot),
                 };
-                let paged = snapshot.truncated;
+                let page_end = snapshot.page_end;
                 let plan = plan(last, snapshot, shared.config.history_size);
                 shared
                     .metrics
@@ -210,13 +214,19 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
                 if shared.config.verbose && !plan.replay.is_empty() {
                     tracing::info!("Sending {} history events", plan.replay.len());
                 }
-                if !paged {
-                    if conn.start(plan.preamble, plan.replay, plan.position, resets) {
-                        return;
+                match page_end {
+                    None => {
+                        if conn.start(plan.preamble, plan.replay, plan.position, resets) {
+                            return;
+                        }
                     }
-                } else if conn.start_paged(plan.preamble, plan.replay, plan.position, resets) {
-                    Box::pin(replay_pages(shared, conn, channels, budget, ready)).await;
-                    return;
+                    Some(end) => {
+                        let (preamble, replay) = (plan.preamble, plan.replay);
+                        if conn.start_paged(preamble, replay, plan.position, resets, end) {
+                            Box::pin(replay_pages(shared, conn, channels, budget, ready)).await;
+                            return;
+                        }
+                    }
                 }
                 // A reset came while reading: the snapshot may predate it. Read again.
             }
@@ -252,18 +262,28 @@ async fn replay_pages(
         if conn.is_ending() {
             return;
         }
-        let (from, overflows) = conn.replayed_to();
-        match Box::pin(shared.broker.snapshot(channels, Some(from), budget, ready)).await {
+        let from = conn.replayed_to();
+        // A read shared with another stream must have started after this stream last dropped
+        // the live events it held, or it may miss some of them.
+        let ready = from.dropped_at.map_or(ready, |at| ready.max(at));
+        match Box::pin(
+            shared
+                .broker
+                .snapshot(channels, Some(from.after), budget, ready),
+        )
+        .await
+        {
             Ok(page) => {
+                let history_size = shared.config.history_size;
                 let missed = (0..page.channels.len())
-                    .any(|i| channel_may_have_lost(from, i, &page, shared.config.history_size));
-                let last = !page.truncated;
+                    .any(|i| channel_may_have_lost(from.after, i, &page, history_size));
+                let page_end = page.page_end;
                 let frames = merge(page);
                 shared
                     .metrics
                     .replayed
                     .fetch_add(frames.len() as u64, Relaxed);
-                if conn.next_page(missed, frames, last, overflows) {
+                if conn.next_page(missed, frames, page_end, from) {
                     return;
                 }
                 backoff.reset();

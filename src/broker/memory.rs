@@ -144,7 +144,7 @@ impl MemoryBroker {
         let mut snapshot = Snapshot {
             counter: st.last,
             channels,
-            truncated: false,
+            page_end: None,
             malformed: 0,
             unrecorded_trims: false,
         };
@@ -169,17 +169,15 @@ fn keep_page(snapshot: &mut Snapshot, budget: usize) {
     let mut last = None;
     for (id, len) in ids {
         if last.is_some() && bytes + len > budget {
-            snapshot.truncated = true;
+            snapshot.page_end = last;
             break;
         }
         bytes += len;
         last = Some(id);
     }
-    if snapshot.truncated
-        && let Some(last) = last
-    {
+    if let Some(end) = snapshot.page_end {
         for channel in &mut snapshot.channels {
-            channel.events.retain(|f| f.id <= last);
+            channel.events.retain(|f| f.id <= end);
         }
     }
 }
@@ -250,9 +248,9 @@ mod tests {
         let from = Some(ids[0] - 1);
         let all = broker.snapshot(&channels, from, 0);
         let size = all.channels[0].events[0].bytes.len();
-        assert!(!all.truncated);
+        assert_eq!(all.page_end, None);
         let page = broker.snapshot(&channels, from, size * 3);
-        assert!(page.truncated);
+        assert_eq!(page.page_end, Some(ids[2]));
         let got: Vec<Vec<u64>> = page
             .channels
             .iter()

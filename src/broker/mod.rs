@@ -89,7 +89,7 @@ impl Broker {
     /// Reads the counter and, when `after` is given, each channel's events after it. When
     /// `after` is beyond the counter (the store lost its data), every retained event is read.
     /// A `budget` other than 0 reads one page: the events in id order (merged across channels)
-    /// up to about that many bytes (at least one event), with `truncated` set when more remain.
+    /// up to about that many bytes (at least one event), with `page_end` set when more remain.
     /// `ready` is when the caller's subscriptions were last known active (after
     /// [`Broker::subscriptions_ready`]): a Redis read that started after it may be shared.
     pub async fn snapshot(

@@ -57,17 +57,58 @@ pub(super) async fn run<P: ChannelPolicy>(
     }
     #[cfg(not(feature = "tls"))]
     let tls: MaybeTls = ();
-    // Written before anything listens (an unwritable path is a startup error), removed however
-    // the server ends.
-    if let Some(pid) = &args.pid {
-        std::fs::write(pid, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write the pid file {}: {e}", pid.display()))?;
+    // Checked before anything listens (an unwritable path is a startup error) without
+    // touching the pid of another instance that may own the file; written once this one
+    // listens, and removed when it ends.
+    let pid_file = args.pid.as_deref().map(PidFile::check).transpose()?;
+    run_with_pid_file(&args, config, tls, policy, pid_file.as_ref()).await
+}
+
+/// The `--pid` file: checked before listening, written once listening, removed at the end if
+/// this process wrote it (or created it empty while checking).
+struct PidFile {
+    path: std::path::PathBuf,
+    created: bool,
+    written: std::cell::Cell<bool>,
+}
+
+impl PidFile {
+    fn check(path: &std::path::Path) -> Result<Self, String> {
+        let cannot =
+            |e: std::io::Error| format!("cannot write the pid file {}: {e}", path.display());
+        let created = match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .map_err(cannot)?;
+                true
+            }
+            Err(e) => return Err(cannot(e)),
+        };
+        Ok(PidFile {
+            path: path.to_owned(),
+            created,
+            written: std::cell::Cell::new(false),
+        })
     }
-    let result = run_with_pid_file(&args, config, tls, policy).await;
-    if let Some(pid) = &args.pid {
-        let _ = std::fs::remove_file(pid);
+
+    fn write(&self) -> Result<(), String> {
+        std::fs::write(&self.path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write the pid file {}: {e}", self.path.display()))?;
+        self.written.set(true);
+        Ok(())
     }
-    result
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if self.written.get() || self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// What follows the pid file: the broker's answer, the listeners, serving.
@@ -76,6 +117,7 @@ async fn run_with_pid_file<P: ChannelPolicy>(
     config: crate::config::Config,
     tls: MaybeTls,
     policy: Option<P>,
+    pid_file: Option<&PidFile>,
 ) -> Result<(), String> {
     // Before anything listens, so that "listening" is never followed by a failure to start;
     // the instance (and its subscriber's log lines) starts after the first line.
@@ -138,6 +180,9 @@ async fn run_with_pid_file<P: ChannelPolicy>(
             })?))
         }
     };
+    if let Some(pid_file) = pid_file {
+        pid_file.write()?;
+    }
     tracing::info!(
         "redisse {} listening on {address} with the {} broker",
         env!("CARGO_PKG_VERSION"),

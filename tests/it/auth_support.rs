@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::binary::Redisse;
+use crate::support::binary::{LOOPBACK, Redisse};
 use crate::support::sse::client;
 use crate::support::{PATIENCE, SseStream};
 
@@ -127,16 +127,6 @@ pub async fn run(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
-
-/// Both listeners on free loopback ports.
-const LOOPBACK: [&str; 6] = [
-    "-a",
-    "127.0.0.1",
-    "-p",
-    "0",
-    "--internal-address",
-    "127.0.0.1:0",
-];
 
 /// `redisse serve` with `args` must exit non-zero before serving; returns its standard error.
 pub async fn fails_to_start(args: &[&str]) -> String {

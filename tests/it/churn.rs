@@ -144,11 +144,7 @@ async fn thousands_of_cycles_leave_no_connection_subscription_or_task(backend: B
 }
 
 fn reconnects(server: &TestServer) -> u64 {
-    let text = server.redisse.metrics().render_prometheus();
-    text.lines()
-        .find_map(|l| l.strip_prefix("redisse_broker_reconnects_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("the reconnect counter")
+    server.metric("redisse_broker_reconnects_total")
 }
 
 /// Waits until nothing is left: no connection, no local or Redis subscription, and at most

@@ -45,17 +45,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
-/// `redisse_streams_starting` from the metrics text: streams set up but not live yet.
-fn starting(server: &TestServer) -> u64 {
-    let text = server.redisse.metrics().render_prometheus();
-    text.lines()
-        .find_map(|l| l.strip_prefix("redisse_streams_starting "))
-        .expect("the redisse_streams_starting gauge")
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 /// The bound on resident memory growth after 800 requests of 1000 channels each came and went
 /// during an outage (before the fix: 76-95 MiB, held until Redis came back).
 const OUTAGE_RSS_BOUND_KIB: u64 = 16 * 1024;
@@ -94,7 +83,7 @@ fn requests_that_leave_during_an_outage_free_their_setup() {
                 drop(tcp);
             }
             wait_for("every stream to end", || server.redisse.connections() == 0).await;
-            wait_for("every setup to end", || starting(&server) == 0).await;
+            wait_for("every setup to end", || server.metric("redisse_streams_starting") == 0).await;
             let after = rss_kib();
             let growth = after.saturating_sub(before);
             println!(
@@ -224,16 +213,6 @@ fn clients_that_never_read_hold_at_most_their_queue_of_replay() {
     });
 }
 
-fn metric(server: &TestServer, name: &str) -> u64 {
-    let text = server.redisse.metrics().render_prometheus();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in the metrics"))
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 /// Calls of the history script Redis has run (`EVALSHA` in `INFO commandstats`).
 fn history_script_calls(redis: &crate::support::RedisServer) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -272,11 +251,51 @@ async fn a_reconnect_burst_shares_its_history_reads() {
         assert_eq!(got, want);
     }
     let reads = tokio::task::block_in_place(|| history_script_calls(redis)) - before;
-    let shared = metric(&server, "redisse_shared_history_reads_total");
+    let shared = server.metric("redisse_shared_history_reads_total");
     println!("200 resuming streams: {reads} history reads in Redis, {shared} shared");
     assert!(shared > 0, "no read was shared");
     assert!(
         reads < 100,
         "{reads} history reads for 200 identical resumes"
     );
+}
+
+/// A page whose only entry is refused (not an SSE event, and larger than the page) still
+/// moves the replay on: the events after it are replayed, none skipped. (Before: the page
+/// looked complete and empty, the stream started at the counter and the events after the
+/// refused entry were lost without `missedevents`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_refused_entries_does_not_end_the_replay() {
+    let backend = Backend::redis();
+    let mut config = backend.config();
+    config.max_queue_bytes = 64 * 1024;
+    let server = TestServer::start(config).await;
+    let redis = backend.redis_server();
+    let position = server.publish("g", "m", "position").await;
+    tokio::task::block_in_place(|| {
+        let mut con = redis.con();
+        let id: u64 = redis::cmd("INCR")
+            .arg("redisse:lastEventId")
+            .query(&mut con)
+            .expect("INCR");
+        let garbage = format!("not an event {}", "x".repeat(40_000));
+        let _: i64 = redis::cmd("ZADD")
+            .arg("g")
+            .arg(id)
+            .arg(garbage)
+            .query(&mut con)
+            .expect("ZADD");
+    });
+    let after = [
+        server.publish("g", "m", "after 1").await,
+        server.publish("g", "m", "after 2").await,
+    ];
+    let mut stream = server
+        .stream("/?g", &[("Last-Event-ID", &position.to_string())])
+        .await;
+    for want in after {
+        let e = stream.next().await;
+        assert_eq!(e.id, Some(want.to_string()), "{e:?}");
+    }
+    assert!(server.metric("redisse_malformed_payloads_total") >= 1);
 }

@@ -17,18 +17,8 @@ use crate::support::{Backend, PATIENCE, RedisServer, TestServer};
 const LIE: &str = "id: 9223372036854775807\nevent: lie\ndata: forged\n\n";
 const LIE_ID: u64 = 9_223_372_036_854_775_807;
 
-fn counter(server: &TestServer, name: &str) -> u64 {
-    let text = server.redisse.metrics().render_prometheus();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in the metrics"))
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 fn malformed(server: &TestServer) -> u64 {
-    counter(server, "redisse_malformed_payloads_total")
+    server.metric("redisse_malformed_payloads_total")
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -70,10 +60,10 @@ async fn a_lying_live_id_on_one_channel_does_not_stop_the_others() {
 
     // A pub/sub reconnection afterwards refills from the real last id: no missedevents, no
     // duplicate, for either stream.
-    let reconnects = counter(&server, "redisse_broker_reconnects_total");
+    let reconnects = server.metric("redisse_broker_reconnects_total");
     tokio::task::block_in_place(|| redis.kill_pubsub_clients());
     wait_for("the subscriber to reconnect", || {
-        counter(&server, "redisse_broker_reconnects_total") > reconnects
+        server.metric("redisse_broker_reconnects_total") > reconnects
     })
     .await;
     let last = server.publish("b", "m", "after the reconnection").await;

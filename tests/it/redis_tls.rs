@@ -9,7 +9,7 @@ use std::time::Duration;
 use redisse::{Config, Event, PublishError, Publisher, Redisse as Instance};
 use tokio::process::Command;
 
-use crate::support::binary::Redisse;
+use crate::support::binary::{LOOPBACK, Redisse};
 use crate::support::redis::TlsFiles;
 use crate::support::sse::client;
 use crate::support::{PATIENCE, RedisServer, SseStream, TestServer};
@@ -101,33 +101,6 @@ async fn cli_publish(args: &[&str]) -> u64 {
         .unwrap_or_else(|_| panic!("not an id: {stdout:?}"))
 }
 
-async fn health(server: &Redisse) -> u16 {
-    client()
-        .get(server.url("/health"))
-        .send()
-        .await
-        .expect("GET /health")
-        .status()
-        .as_u16()
-}
-
-/// Waits until `/health` answers `status`.
-async fn health_becomes(server: &Redisse, status: u16) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let got = health(server).await;
-        if got == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health stays {got}, not {status}; log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits for a log line of `server` containing every one of `words`; returns it.
 async fn log_line(server: &Redisse, words: &[&str]) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -147,14 +120,7 @@ async fn log_line(server: &Redisse, words: &[&str]) -> String {
 /// Runs the binary, which must fail to start (the startup check, tests/it/startup.rs): its
 /// standard error, checked to name no listener.
 async fn start_fails(args: &[&str]) -> String {
-    let mut all = vec![
-        "-a",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--internal-address",
-        "127.0.0.1:0",
-    ];
+    let mut all = LOOPBACK.to_vec();
     all.extend_from_slice(args);
     let (ok, _, stderr) = run(&all).await;
     assert!(!ok, "{args:?} started");
@@ -197,7 +163,7 @@ async fn the_binary_and_the_cli_speak_tls_to_redis_with_a_private_ca() {
         first.contains(&format!("Redis rediss://127.0.0.1:{}/0", redis.port())),
         "{first}"
     );
-    health_becomes(&server, 200).await;
+    server.health_becomes(200).await;
     let mut s = live_stream(&server, "global").await;
 
     // `redisse publish` straight to Redis over TLS.
@@ -337,7 +303,7 @@ async fn a_server_signed_by_another_ca_is_unreachable_and_said_so() {
         line.to_lowercase().contains("certificate"),
         "the line does not say why: {line}"
     );
-    assert_eq!(health(&server).await, 503);
+    assert_eq!(server.health().await, 503);
     // A publish through the server fails (the broker is unreachable), it does not crash it.
     let res = client()
         .post(server.internal_url("/publish/global"))
@@ -375,7 +341,7 @@ async fn rediss_without_a_ca_trusts_the_system_roots_only() {
     let mut server = Redisse::start(&["--redis", &redis.url(), "--redis-connect-timeout", "0"]);
     let line = log_line(&server, &["redis subscriber cannot connect"]).await;
     assert!(line.to_lowercase().contains("certificate"), "{line}");
-    assert_eq!(health(&server).await, 503);
+    assert_eq!(server.health().await, 503);
     alive_without_panic(&mut server);
 }
 
@@ -492,7 +458,7 @@ async fn an_acl_user_works_end_to_end_and_its_password_is_never_logged() {
         )),
         "{first}"
     );
-    health_becomes(&server, 200).await;
+    server.health_becomes(200).await;
     let mut s = live_stream(&server, "global").await;
     let id = cli_publish(&["publish", "global", "as alice", "--redis", &url]).await;
     let e = s.next().await;
@@ -519,7 +485,7 @@ async fn passwords_of_the_default_user_and_of_unix_urls_are_never_logged() {
         let server = Redisse::start(&["--redis", &url, "--verbose"]);
         let first = log_line(&server, &["listening"]).await;
         assert!(first.contains(&described), "{first}");
-        health_becomes(&server, 200).await;
+        server.health_becomes(200).await;
         let mut s = live_stream(&server, "global").await;
         server.publish("global", "hello".into()).await;
         assert_eq!(s.next().await.data, "hello");
@@ -549,7 +515,7 @@ async fn a_wrong_password_is_said_so_without_being_logged() {
             line.contains("WRONGPASS") || line.to_lowercase().contains("auth"),
             "the line does not say why: {line}"
         );
-        assert_eq!(health(&server).await, 503);
+        assert_eq!(server.health().await, 503);
         let res = client()
             .post(server.internal_url("/publish/global"))
             .body("x")

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
-use crate::support::binary::Redisse;
+use crate::support::binary::{LOOPBACK, Redisse};
 use crate::support::sse::client;
 use crate::support::{PATIENCE, RedisServer};
 
@@ -24,14 +24,7 @@ async fn fails_to_start(args: &[&str]) -> String {
     let out = tokio::time::timeout(
         PATIENCE,
         Command::new(env!("CARGO_BIN_EXE_redisse"))
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                "0",
-                "--internal-address",
-                "127.0.0.1:0",
-            ])
+            .args(LOOPBACK)
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("REDISSE_REDIS")
@@ -207,27 +200,45 @@ async fn an_unwritable_pid_file_stops_the_start() {
     assert!(err.contains("cannot write the pid file"), "{err}");
 }
 
-/// Whether `/health` answers `status` within the test's patience.
-async fn health_becomes(server: &Redisse, status: u16) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let got = client()
-            .get(server.url("/health"))
-            .send()
-            .await
-            .expect("GET /health")
-            .status()
-            .as_u16();
-        if got == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health stays {got}, not {status}; log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A second instance given the same pid file that cannot start (its port is taken) leaves the
+/// running instance's pid file as it was; the running one removes it when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_that_fails_leaves_the_pid_file_of_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("redisse.pid");
+    let pid_arg = pid.display().to_string();
+    let mut first = Redisse::start(&["--pid", &pid_arg]);
+    let written = std::fs::read_to_string(&pid).expect("the pid file");
+    assert_eq!(written.trim(), first.pid().to_string());
+    let port = first.port.to_string();
+    let out = tokio::time::timeout(
+        PATIENCE,
+        Command::new(env!("CARGO_BIN_EXE_redisse"))
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--internal-address",
+                "127.0.0.1:0",
+            ])
+            .args(["--pid", &pid_arg])
+            .env("NO_COLOR", "1")
+            .output(),
+    )
+    .await
+    .expect("the second instance exits")
+    .expect("run the binary");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    let after = std::fs::read_to_string(&pid).expect("the pid file is still there");
+    assert_eq!(after, written, "the first instance's pid file was changed");
+    first.signal("-TERM");
+    assert!(
+        first.exit_within(PATIENCE).is_some(),
+        "the first instance exits"
+    );
+    assert!(!pid.exists(), "removed by the instance that wrote it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +263,7 @@ async fn a_redis_that_comes_up_within_the_timeout_is_waited_for() {
         "listened before Redis was up: {:?}",
         started.elapsed()
     );
-    health_becomes(&server, 200).await;
+    server.health_becomes(200).await;
     assert!(!server.log().contains("cannot connect"), "{}", server.log());
 }
 
@@ -264,7 +275,7 @@ async fn a_zero_connect_timeout_starts_without_waiting_for_redis() {
     })
     .await
     .unwrap();
-    health_becomes(&server, 503).await;
+    server.health_becomes(503).await;
     let livez = client().get(server.url("/livez")).send().await.unwrap();
     assert_eq!(livez.status(), 200);
     assert_eq!(server.exit_within(Duration::from_millis(300)), None);
@@ -277,12 +288,12 @@ async fn once_started_a_redis_outage_is_survived() {
     let mut server = tokio::task::spawn_blocking(move || Redisse::start(&["--redis", &url]))
         .await
         .unwrap();
-    health_becomes(&server, 200).await;
+    server.health_becomes(200).await;
     redis.stop();
-    health_becomes(&server, 503).await;
+    server.health_becomes(503).await;
     let livez = client().get(server.url("/livez")).send().await.unwrap();
     assert_eq!(livez.status(), 200);
     assert_eq!(server.exit_within(Duration::from_millis(300)), None);
     redis.start_again();
-    health_becomes(&server, 200).await;
+    server.health_becomes(200).await;
 }

@@ -91,9 +91,10 @@ return id
 // lost its data), or any position when the counter does not exist, returns all. Each channel
 // gives its length, oldest score ('' when empty), trimmed watermark (0 when none) and events.
 // ARGV[2] is the byte budget of the page, 0 for all: events are then taken in id order across
-// the channels (a merge of their sorted sets, read 32 at a time) until the next would pass the
-// budget (at least one is taken), and the second element of the reply is 1 when some were left
-// for a later page.
+// the channels (a merge of their sorted sets, each read 1, 2, 4 ... up to 32 members at a time,
+// so that a page never reads much more than its budget) until the next would pass the budget
+// (at least one is taken); the second element of the reply is then the score of the last one
+// taken when some were left for a later page, '' otherwise.
 // pcall: a key of another type under a channel's name reads as an empty history, and under the
 // hash's name as nothing recorded.
 const SNAPSHOT_SCRIPT: &str = r"
@@ -104,7 +105,7 @@ local min = '(' .. ARGV[1]
 if ARGV[1] == '-1' then min = nil
 elseif tonumber(ARGV[1]) > counter then min = '-inf' end
 local budget = tonumber(ARGV[2]) or 0
-local out = { counter, 0 }
+local out = { counter, '' }
 local heads = {}
 for i = 3, #KEYS do
   local len = redis.pcall('ZCARD', KEYS[i])
@@ -117,7 +118,7 @@ for i = 3, #KEYS do
     if min and budget == 0 then
       events = redis.call('ZRANGEBYSCORE', KEYS[i], min, '+inf')
     elseif min then
-      heads[#heads + 1] = { key = KEYS[i], min = min, events = events, batch = {}, pos = 1 }
+      heads[#heads + 1] = { key = KEYS[i], min = min, skip = 0, events = events, batch = {}, pos = 1, n = 1 }
     end
   end
   local trimmed = redis.pcall('HGET', KEYS[2], KEYS[i])
@@ -128,7 +129,7 @@ for i = 3, #KEYS do
   out[#out + 1] = events
 end
 local function fetch(h)
-  h.batch = redis.call('ZRANGEBYSCORE', h.key, h.min, '+inf', 'WITHSCORES', 'LIMIT', 0, 32)
+  h.batch = redis.call('ZRANGEBYSCORE', h.key, h.min, '+inf', 'WITHSCORES', 'LIMIT', h.skip, h.n)
   h.pos = 1
   return #h.batch > 0
 end
@@ -137,6 +138,7 @@ for _, h in ipairs(heads) do
   if fetch(h) then open[#open + 1] = h end
 end
 local bytes = 0
+local taken = nil
 while #open > 0 do
   local best = 1
   for j = 2, #open do
@@ -146,17 +148,23 @@ while #open > 0 do
   end
   local h = open[best]
   local member = h.batch[h.pos]
-  if bytes > 0 and bytes + #member > budget then
-    out[2] = 1
+  if taken and bytes + #member > budget then
+    out[2] = taken
     break
   end
   h.events[#h.events + 1] = member
   bytes = bytes + #member
   local score = h.batch[h.pos + 1]
+  -- Members sharing a score (only a foreign writer makes them) are counted, so that the next
+  -- read resumes at this score past the ones taken.
+  if score == h.score then h.same = h.same + 1 else h.score = score; h.same = 1 end
+  taken = score
   h.pos = h.pos + 2
   if h.pos > #h.batch then
-    local more = #h.batch == 64
-    h.min = '(' .. score
+    local more = #h.batch == 2 * h.n
+    h.min = score
+    h.skip = h.same
+    if h.n < 32 then h.n = h.n * 2 end
     if not (more and fetch(h)) then table.remove(open, best) end
   end
 end
@@ -312,6 +320,7 @@ impl HistoryReader {
         // page is a prefix of its channels' merged events, so up to it the pages together are
         // a prefix of all.
         let mut cut: Option<u64> = None;
+        let mut lowest_counter: Option<u64> = None;
         let mut snap = Snapshot {
             unrecorded_trims: true,
             ..Snapshot::default()
@@ -335,23 +344,32 @@ impl HistoryReader {
                 .await
                 .map_err(BrokerError::redis)?;
             let page = parse_snapshot(reply)?;
-            if page.truncated {
-                let last = page
-                    .histories
-                    .iter()
-                    .flat_map(|h| &h.events)
-                    .map(|f| f.id)
-                    .max();
-                if let Some(last) = last {
-                    cut = Some(cut.map_or(last, |c| c.min(last)));
-                }
+            if let Some(end) = page.page_end {
+                cut = Some(cut.map_or(end, |c| c.min(end)));
             }
+            // Chunks are read one after the other: an event published between two reads on a
+            // channel of an earlier chunk may have a lower id than events a later chunk
+            // returned. A page ends at the lowest counter read, where every chunk was whole.
+            lowest_counter = match (lowest_counter, page.counter) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             snap.counter = snap.counter.max(page.counter);
             snap.channels.extend(page.histories);
             snap.malformed += page.malformed;
         }
+        if let Some(low) = lowest_counter
+            && budget > 0
+            && snap
+                .channels
+                .iter()
+                .flat_map(|c| &c.events)
+                .any(|f| f.id > low)
+        {
+            cut = Some(cut.map_or(low, |c| c.min(low)));
+        }
         if let Some(cut) = cut {
-            snap.truncated = true;
+            snap.page_end = Some(cut);
             for channel in &mut snap.channels {
                 channel.events.retain(|f| f.id <= cut);
             }
@@ -497,8 +515,8 @@ impl RedisBroker {
 /// One history script reply.
 struct ParsedSnapshot {
     counter: Option<u64>,
-    /// The page stopped at its budget.
-    truncated: bool,
+    /// Where the page stopped at its budget (the score of the last entry it read).
+    page_end: Option<u64>,
     histories: Vec<ChannelHistory>,
     /// Entries skipped as malformed.
     malformed: u64,
@@ -515,7 +533,7 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
         Some(Value::Int(_)) => None,
         _ => return Err(bad("no counter")),
     };
-    let truncated = matches!(items.next(), Some(Value::Int(1)));
+    let page_end = items.next().as_ref().and_then(score);
     let mut histories = Vec::new();
     let mut malformed = 0;
     while let Some(len) = items.next() {
@@ -557,7 +575,7 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
     }
     Ok(ParsedSnapshot {
         counter,
-        truncated,
+        page_end,
         histories,
         malformed,
     })
@@ -620,7 +638,7 @@ mod tests {
     fn a_snapshot_reply_gives_each_channels_watermark() {
         let reply = Value::Array(vec![
             Value::Int(9),
-            Value::Int(0),
+            bulk(""),
             Value::Int(2),
             bulk("8"),
             Value::Int(7),
@@ -632,8 +650,8 @@ mod tests {
         ]);
         let page = parse_snapshot(reply).unwrap();
         assert_eq!(
-            (page.counter, page.truncated, page.malformed),
-            (Some(9), false, 0)
+            (page.counter, page.page_end, page.malformed),
+            (Some(9), None, 0)
         );
         let histories = page.histories;
         let a = &histories[0];

@@ -155,7 +155,50 @@ fn classify(e: &RedisError) -> Unanswered {
         Unanswered::transient(format!(
             "the connection was closed without an answer ({text})"
         ))
+    } else if network_not_up(e) {
+        // As while a container's network comes up: worth waiting for.
+        Unanswered::transient(format!("the network does not reach Redis ({text})"))
     } else {
         Unanswered::fatal(text)
+    }
+}
+
+/// Whether `e` is an I/O error saying the network is not (yet) there. (The client keeps the
+/// I/O error behind an `Arc`, its error's source.)
+fn network_not_up(e: &RedisError) -> bool {
+    use std::error::Error as _;
+    use std::io::ErrorKind::{HostUnreachable, NetworkDown, NetworkUnreachable};
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let io = e.source().and_then(|s| match s.downcast_ref::<Shared>() {
+        Some(inner) => inner.downcast_ref::<std::io::Error>(),
+        None => s.downcast_ref::<std::io::Error>(),
+    });
+    io.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            HostUnreachable | NetworkUnreachable | NetworkDown
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_that_is_not_up_yet_is_waited_for() {
+        for kind in [
+            std::io::ErrorKind::NetworkUnreachable,
+            std::io::ErrorKind::HostUnreachable,
+        ] {
+            let e = RedisError::from(std::io::Error::new(kind, "no route"));
+            let why = classify(&e);
+            assert!(why.transient, "{kind:?}: {}", why.cause);
+        }
+        let e = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "denied",
+        ));
+        assert!(!classify(&e).transient);
     }
 }

@@ -9,8 +9,9 @@
 //! Sharing must not lose an event: a stream's read must start after its subscriptions became
 //! active (then every event is either in the history read or delivered live). So a stream joins
 //! a read only if it started after the instant its own subscriptions were ready; otherwise it
-//! starts a new one, which later streams join. A failed read is not shared: each waiter then
-//! reads by itself. Hand-written (a map of `tokio::sync::OnceCell`s) because the joining rule
+//! starts a new one, which later streams join. A failed read fails its waiters too (each
+//! retries after its own backoff) rather than each trying again in turn behind a Redis that
+//! does not answer. Hand-written (a map of `tokio::sync::OnceCell`s) because the joining rule
 //! depends on when each waiter became ready, which a plain memoizing cache does not know.
 
 use std::collections::HashMap;
@@ -34,7 +35,29 @@ struct ReadKey {
 
 struct Flight {
     started: Instant,
-    answer: OnceCell<Snapshot>,
+    answer: OnceCell<Result<Snapshot, Arc<BrokerError>>>,
+}
+
+/// A shared read's failure, as each of its waiters returns it.
+#[derive(Debug)]
+struct Failed(Arc<BrokerError>);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            BrokerError::Redis(inner) => inner.fmt(f),
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Failed {}
+
+fn failed(e: &Arc<BrokerError>) -> BrokerError {
+    match &**e {
+        BrokerError::Protocol(what) => BrokerError::Protocol(what.clone()),
+        BrokerError::Redis(_) => BrokerError::Redis(Box::new(Failed(e.clone()))),
+    }
 }
 
 /// The reads in flight, by what they read.
@@ -110,15 +133,15 @@ impl SharedReads {
         let mut ran = false;
         let answer = flight
             .answer
-            .get_or_try_init(|| {
+            .get_or_init(|| {
                 ran = true;
-                read()
+                async { read().await.map_err(Arc::new) }
             })
-            .await
-            .cloned();
+            .await;
         if !ran && answer.is_ok() {
             metrics.shared_history_reads.fetch_add(1, Relaxed);
         }
+        let answer = answer.clone().map_err(|e| failed(&e));
         drop(landing);
         answer
     }
@@ -172,5 +195,36 @@ mod tests {
         assert_eq!(calls.load(Relaxed), 2, "two reads for three callers");
         assert_eq!(metrics.shared_history_reads.load(Relaxed), 1);
         assert!(reads.lock().is_empty(), "finished reads are forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_read_fails_its_waiters_without_each_trying_again() {
+        let reads = Arc::new(SharedReads::default());
+        let metrics = Arc::new(Metrics::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let go = Arc::new(Semaphore::new(0));
+        let ready = Instant::now();
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let (reads, metrics, calls, go) =
+                    (reads.clone(), metrics.clone(), calls.clone(), go.clone());
+                tokio::spawn(async move {
+                    reads
+                        .read(&channels(), Some(7), 100, ready, &metrics, || async move {
+                            calls.fetch_add(1, Relaxed);
+                            let _permit = go.acquire().await;
+                            Err(BrokerError::Protocol("no answer".into()))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        go.add_permits(3);
+        for task in tasks {
+            let err = task.await.expect("no panic").expect_err("the read failed");
+            assert!(err.to_string().contains("no answer"), "{err}");
+        }
+        assert_eq!(calls.load(Relaxed), 1, "one read for three waiters");
     }
 }

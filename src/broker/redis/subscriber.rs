@@ -451,7 +451,9 @@ fn forward_push(
             };
             match parse_stored(payload) {
                 Ok((id, bytes)) => {
-                    let known = counter_seen.load(Relaxed).max(dispatch.delivered());
+                    // Only what Redis's counter said: an accepted id (even a lie within the
+                    // lead) must not raise the bound the next one is checked against.
+                    let known = counter_seen.load(Relaxed);
                     if id > known.saturating_add(MAX_ID_LEAD) {
                         metrics.malformed.fetch_add(1, Relaxed);
                         tracing::warn!(

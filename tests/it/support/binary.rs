@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 use super::sse::client;
 
+/// Both listeners on free loopback ports, for tests that run the binary themselves.
+pub const LOOPBACK: [&str; 6] = [
+    "-a",
+    "127.0.0.1",
+    "-p",
+    "0",
+    "--internal-address",
+    "127.0.0.1:0",
+];
+
 /// The `redisse` binary, running.
 pub struct Redisse {
     pub port: u16,
@@ -119,6 +129,34 @@ impl Redisse {
 
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The status of `GET /health` on the public listener.
+    pub async fn health(&self) -> u16 {
+        client()
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("GET /health")
+            .status()
+            .as_u16()
+    }
+
+    /// Waits until `/health` answers `status` (fails the test after its patience).
+    pub async fn health_becomes(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        loop {
+            let got = self.health().await;
+            if got == status {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/health stays {got}, not {status}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Publishes through the internal listener.

@@ -100,6 +100,16 @@ impl TestServer {
         stream
     }
 
+    /// The value of an unlabelled metric in the instance's Prometheus text (fails the test
+    /// when it is missing).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.redisse.metrics().render_prometheus();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+    }
+
     /// Publishes through the instance's Rust publisher.
     pub async fn publish(&self, channel: &str, event_type: &str, data: &str) -> u64 {
         self.redisse
