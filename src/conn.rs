@@ -14,6 +14,7 @@ use std::task::{Context, Waker};
 use tokio::time::Instant;
 
 use crate::event::{Frame, FrameKind};
+use crate::seen::{Offer, Seen};
 use crate::transport::SlowWatch;
 use bytes::{Bytes, BytesMut};
 
@@ -42,8 +43,8 @@ struct State {
     queued_bytes: usize,
     /// Replay is done and the queue may be drained.
     ready: bool,
-    /// Highest id queued so far (or the client's position).
-    last_id: u64,
+    /// The ids queued so far: the highest (or the client's position) and a window below it.
+    seen: Seen,
     heartbeat_due: bool,
     /// Id of the first live event (not a refill) received before the stream started.
     first_live: Option<u64>,
@@ -169,12 +170,19 @@ impl Conn {
         if st.paging.is_some() {
             return hold(&mut st, frame, self.max_bytes);
         }
-        if st.ready && frame.id != 0 {
-            if frame.id <= st.last_id {
-                return Push::Skipped;
+        let late;
+        let frame = if st.ready && frame.id != 0 {
+            match st.seen.offer(frame.id) {
+                Offer::Seen => return Push::Skipped,
+                Offer::New => frame,
+                Offer::Late => {
+                    late = frame.without_id();
+                    &late
+                }
             }
-            st.last_id = frame.id;
-        }
+        } else {
+            frame
+        };
         if st.queued_bytes + frame.bytes.len() > self.max_bytes {
             st.queue = VecDeque::new();
             st.queued_bytes = 0;
@@ -237,7 +245,7 @@ impl Conn {
             return false;
         }
         let live = std::mem::take(&mut st.queue);
-        let mut last = position;
+        let mut last = Seen::at(position);
         let mut queue: VecDeque<Frame> = preamble.into();
         if let Some(end) = page_end {
             let missed_sent = queue.iter().any(|f| f.kind == FrameKind::MissedEvents);
@@ -250,13 +258,13 @@ impl Conn {
             }));
             append_newer(&mut queue, &mut last, replay);
             // Entries up to the page's end that were refused were read all the same.
-            last = last.max(end);
+            last.advance(end);
         } else {
             append_newer(&mut queue, &mut last, replay.into_iter().chain(live));
         }
         st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
         st.queue = queue;
-        st.last_id = last;
+        st.seen = last;
         st.ready = true;
         wake(st);
         true
@@ -267,7 +275,7 @@ impl Conn {
     pub fn replayed_to(&self) -> PageFrom {
         let st = self.lock();
         PageFrom {
-            after: st.last_id,
+            after: st.seen.last(),
             overflows: st.paging.as_ref().map_or(0, |p| p.overflows),
             dropped_at: st.paging.as_ref().and_then(|p| p.dropped_at),
         }
@@ -293,29 +301,29 @@ impl Conn {
         let Some(mut paging) = st.paging.take() else {
             return true;
         };
-        let mut last_id = st.last_id;
+        let mut seen = st.seen;
         let mut queue = std::mem::take(&mut st.queue);
         if missed && !paging.missed_sent {
             paging.missed_sent = true;
             queue.push_back(Frame::missed_events());
         }
-        append_newer(&mut queue, &mut last_id, page);
-        last_id = last_id.max(page_end.unwrap_or(0));
+        append_newer(&mut queue, &mut seen, page);
+        seen.advance(page_end.unwrap_or(0));
         // What the replay now holds need not wait any more.
-        paging.held.retain(|f| f.id == 0 || f.id > last_id);
+        paging.held.retain(|f| f.id == 0 || !seen.has(f.id));
         paging.held_bytes = paging.held.iter().map(|f| f.bytes.len()).sum();
         let queued: usize = queue.iter().map(|f| f.bytes.len()).sum();
         let done = page_end.is_none()
             && paging.overflows == from.overflows
             && queued + paging.held_bytes <= self.max_bytes;
         if done {
-            append_newer(&mut queue, &mut last_id, std::mem::take(&mut paging.held));
+            append_newer(&mut queue, &mut seen, std::mem::take(&mut paging.held));
         } else {
             st.paging = Some(paging);
         }
         st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
         st.queue = queue;
-        st.last_id = last_id;
+        st.seen = seen;
         wake(st);
         done
     }
@@ -384,7 +392,7 @@ impl Conn {
             st.first_live = None;
             return;
         }
-        st.last_id = 0;
+        st.seen = Seen::at(0);
         st.queued_bytes += missed.bytes.len();
         st.queue.push_back(missed);
         wake(st);
@@ -508,20 +516,23 @@ impl SlowWatch for Conn {
     }
 }
 
-/// Appends the frames with an id above `last` (and those without an id), moving `last`.
+/// Appends the frames not queued yet (see [`Seen`]; a late one without its `id:` line) and
+/// those without an id, recording them in `seen`.
 fn append_newer(
     queue: &mut VecDeque<Frame>,
-    last: &mut u64,
+    seen: &mut Seen,
     frames: impl IntoIterator<Item = Frame>,
 ) {
     for frame in frames {
-        if frame.id != 0 {
-            if frame.id <= *last {
-                continue;
-            }
-            *last = frame.id;
+        if frame.id == 0 {
+            queue.push_back(frame);
+            continue;
         }
-        queue.push_back(frame);
+        match seen.offer(frame.id) {
+            Offer::New => queue.push_back(frame),
+            Offer::Late => queue.push_back(frame.without_id()),
+            Offer::Seen => {}
+        }
     }
 }
 
@@ -529,7 +540,7 @@ fn append_newer(
 /// replay already queued it; when the held frames would pass the bound they are all dropped
 /// (history holds them, and the next page reads them).
 fn hold(st: &mut State, frame: &Frame, max_bytes: usize) -> Push {
-    if frame.id != 0 && frame.id <= st.last_id {
+    if frame.id != 0 && st.seen.has(frame.id) {
         return Push::Skipped;
     }
     let Some(paging) = st.paging.as_mut() else {

@@ -211,6 +211,23 @@ impl Frame {
         }
     }
 
+    /// The same event without its `id:` line (a late event, see `seen`): the browser's last
+    /// event id stays where it is. Shares the bytes.
+    pub fn without_id(&self) -> Frame {
+        let bytes = match self.bytes.strip_prefix(b"id: ") {
+            Some(rest) => match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => self.bytes.slice(4 + end + 1..),
+                None => self.bytes.clone(),
+            },
+            None => self.bytes.clone(),
+        };
+        Frame {
+            id: self.id,
+            bytes,
+            kind: self.kind,
+        }
+    }
+
     /// The `missedevents` frame.
     pub fn missed_events() -> Self {
         Frame {

@@ -116,6 +116,7 @@ mod refusal;
 pub mod auth;
 
 // One connection's queue, and its replay plan.
+mod seen;
 mod conn;
 mod resume;
 

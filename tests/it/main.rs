@@ -20,6 +20,7 @@ mod foreign_payloads;
 mod held_streams;
 mod history_loss;
 mod jwt;
+mod late_ids;
 mod layering;
 mod library;
 mod lying_ids;

@@ -32,6 +32,7 @@ use crate::event::{Frame, MAX_EVENT_ID};
 use crate::history::channel_may_have_lost;
 use crate::logtext::Escaped;
 use crate::metrics::Metrics;
+use crate::seen::LATE_WINDOW;
 use crate::stored::parse_stored;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -228,7 +229,11 @@ impl Subscriber {
     async fn refill(&mut self, channels: &[Arc<str>]) -> Result<Resume, BrokerError> {
         let last = self.dispatch.delivered();
         let known = last.max(self.counter_seen.load(Relaxed));
-        let mut snap = self.history.snapshot(channels, Some(last), 0).await?;
+        // From a window before the last id delivered: an event a racing gem publisher
+        // published late, while this connection was down, is still offered (each connection
+        // delivers what it has not, see `seen`).
+        let from = last.saturating_sub(LATE_WINDOW);
+        let mut snap = self.history.snapshot(channels, Some(from), 0).await?;
         if snap.malformed > 0 {
             self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
         }
