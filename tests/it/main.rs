@@ -41,6 +41,7 @@ mod shutdown;
 mod slow_client;
 mod slow_client_hyper;
 mod slow_h2_stream;
+mod soak;
 mod startup;
 mod support;
 mod timing;

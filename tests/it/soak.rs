@@ -1,0 +1,412 @@
+//! The fault-injection soak: not run by CI (it takes minutes). Run it with
+//!
+//! ```text
+//! REDISSE_SOAK_SECS=120 cargo test --test it soak -- --ignored --nocapture
+//! ```
+//!
+//! The real binary on Redis (both started here, on free loopback ports), 100 clients that each
+//! follow 2 to 5 of 20 channels and reconnect with `Last-Event-ID` whenever their stream ends,
+//! and three publishers at about 40 events/s each: over HTTP (the internal listener), with the
+//! Rust `Publisher::redis`, and with raw commands in the Ruby gem's two-round-trip layout
+//! (`INCR`, then `PUBLISH` and `ZADD`). Meanwhile, in turn: Redis stopped and started again
+//! with its data, Redis frozen (`SIGSTOP`), the pub/sub connection killed, redisse killed
+//! (`SIGKILL`) and started again, and once, Redis restarted empty.
+//!
+//! Invariants, checked per client at the end, each event identified by a token in its data:
+//! * no event twice;
+//! * no event of a channel the client does not follow;
+//! * on one connection, the ids of events that carry one only go up (between two
+//!   `missedevents`: after Redis lost its data, ids start lower);
+//! * every event whose publish was acknowledged after the client's first stream was live, on a
+//!   channel it follows, arrived, unless the client received `missedevents` within a window
+//!   around it (from 1 s before the publish to 20 s after).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use crate::support::RedisServer;
+use crate::support::binary::Redisse;
+use crate::support::sse::{Next, SseStream, client};
+
+const CLIENTS: usize = 100;
+const CHANNELS: usize = 20;
+const HISTORY: usize = 100;
+
+/// An acknowledged publish.
+struct Ack {
+    channel: usize,
+    token: String,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct ClientLog {
+    channels: Vec<usize>,
+    live_since: Option<Instant>,
+    tokens: HashMap<String, u32>,
+    missed_at: Vec<Instant>,
+    foreign: Vec<String>,
+    out_of_order: Vec<(u64, u64)>,
+    connections: u64,
+}
+
+fn channel_name(c: usize) -> String {
+    format!("soak{c}")
+}
+
+/// The token of an event: `c<channel>:<publisher>:<n>`; its channel.
+fn token_channel(data: &str) -> Option<usize> {
+    data.strip_prefix('c')?.split(':').next()?.parse().ok()
+}
+
+async fn follow(log: Arc<Mutex<ClientLog>>, url: Arc<RwLock<String>>, stop: Arc<AtomicBool>) {
+    let path = {
+        let log = log.lock().unwrap();
+        let names: Vec<String> = log.channels.iter().map(|&c| channel_name(c)).collect();
+        format!("/?{}", names.join("&"))
+    };
+    let mut last: Option<String> = None;
+    while !stop.load(Relaxed) {
+        let base = url.read().unwrap().clone();
+        let mut req = client()
+            .get(format!("{base}{path}"))
+            .header("accept", "text/event-stream");
+        if let Some(id) = &last {
+            req = req.header("last-event-id", id);
+        }
+        let res = match tokio::time::timeout(Duration::from_secs(5), req.send()).await {
+            Ok(Ok(res)) if res.status() == 200 => res,
+            _ => {
+                sleep(Duration::from_millis(100 + rand_ms(200))).await;
+                continue;
+            }
+        };
+        log.lock().unwrap().connections += 1;
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body =
+            futures_util::StreamExt::map(res.bytes_stream(), |c| c.map_err(|e| e.to_string()));
+        let mut stream = SseStream::from_parts(status, headers, body);
+        let mut conn_last = 0u64;
+        loop {
+            if stop.load(Relaxed) {
+                return;
+            }
+            let e = match stream.next_within(Duration::from_millis(500)).await {
+                Next::Event(e) => e,
+                Next::Timeout => continue,
+                Next::Closed => break,
+            };
+            let mut log = log.lock().unwrap();
+            if log.live_since.is_none() {
+                log.live_since = Some(Instant::now());
+            }
+            if let Some(id) = &e.id {
+                if let Ok(n) = id.parse::<u64>() {
+                    if e.event != "lastEventId" && n <= conn_last {
+                        log.out_of_order.push((conn_last, n));
+                    }
+                    conn_last = conn_last.max(n);
+                }
+                last = Some(id.clone());
+            }
+            match e.event.as_str() {
+                "missedevents" => {
+                    log.missed_at.push(Instant::now());
+                    // After Redis lost its data, lower ids follow `missedevents`.
+                    conn_last = 0;
+                }
+                "lastEventId" => {}
+                _ => {
+                    match token_channel(&e.data) {
+                        Some(c) if log.channels.contains(&c) => {}
+                        _ => log.foreign.push(e.data.clone()),
+                    }
+                    *log.tokens.entry(e.data).or_default() += 1;
+                }
+            }
+        }
+        sleep(Duration::from_millis(rand_ms(300))).await;
+    }
+}
+
+/// A small pseudo-random number below `n` (no seed needed: the soak is not replayed).
+fn rand_ms(n: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) % n.max(1)
+}
+
+/// Publishes round-robin on the channels, `per_s` a second, through `publish`, recording what
+/// was acknowledged.
+async fn publisher<F, Fut>(
+    name: &'static str,
+    per_s: u64,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+    publish: F,
+) -> (u64, u64)
+where
+    F: Fn(usize, String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let (mut ok, mut failed) = (0, 0);
+    let mut n = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_s));
+    while !stop.load(Relaxed) {
+        tick.tick().await;
+        let channel = (n as usize * 7 + name.len()) % CHANNELS;
+        let token = format!("c{channel}:{name}:{n}");
+        n += 1;
+        if publish(channel, token.clone()).await {
+            ok += 1;
+            acks.lock().unwrap().push(Ack {
+                channel,
+                token,
+                at: Instant::now(),
+            });
+        } else {
+            failed += 1;
+        }
+    }
+    (ok, failed)
+}
+
+fn gem_publish(redis_url: &str, channel: usize, token: &str) -> bool {
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return false;
+    };
+    let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = con.set_read_timeout(Some(Duration::from_secs(1)));
+    let name = channel_name(channel);
+    let Ok(id) = redis::cmd("INCR")
+        .arg("redisse:lastEventId")
+        .query::<u64>(&mut con)
+    else {
+        return false;
+    };
+    let payload = format!("id: {id}\nevent: m\ndata: {token}\n\n");
+    let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+        .arg(&name)
+        .arg(&payload)
+        .query(&mut con);
+    let stored: redis::RedisResult<i64> = redis::cmd("ZADD")
+        .arg(&name)
+        .arg(id)
+        .arg(&payload)
+        .query(&mut con);
+    let trimmed: redis::RedisResult<i64> = redis::cmd("ZREMRANGEBYRANK")
+        .arg(&name)
+        .arg(0)
+        .arg(-(HISTORY as i64) - 1)
+        .query(&mut con);
+    published.is_ok() && stored.is_ok() && trimmed.is_ok()
+}
+
+fn start_redisse(redis_url: &str) -> Redisse {
+    Redisse::start(&[
+        "--redis",
+        redis_url,
+        "--heartbeat",
+        "2",
+        "--redis-connect-timeout",
+        "10",
+    ])
+}
+
+#[test]
+#[ignore = "a soak of minutes: cargo test --test it soak -- --ignored --nocapture"]
+fn soak() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run_soak());
+}
+
+async fn run_soak() {
+    let secs: u64 = std::env::var("REDISSE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let mut redis = RedisServer::start();
+    let redis_url = redis.url();
+    let server = Arc::new(Mutex::new(start_redisse(&redis_url)));
+    let url = Arc::new(RwLock::new(server.lock().unwrap().url("")));
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let stop_publishers = Arc::new(AtomicBool::new(false));
+    let logs: Vec<Arc<Mutex<ClientLog>>> = (0..CLIENTS)
+        .map(|i| {
+            let n = 2 + i % 4;
+            let channels = (0..n).map(|k| (i * 3 + k * 5) % CHANNELS).collect();
+            Arc::new(Mutex::new(ClientLog {
+                channels,
+                ..ClientLog::default()
+            }))
+        })
+        .collect();
+    let clients: Vec<_> = logs
+        .iter()
+        .map(|log| tokio::spawn(follow(log.clone(), url.clone(), stop_clients.clone())))
+        .collect();
+    sleep(Duration::from_secs(2)).await;
+
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let internal = Arc::new(RwLock::new(server.lock().unwrap().internal_url("")));
+    let http = {
+        let (acks, stop, internal) = (acks.clone(), stop_publishers.clone(), internal.clone());
+        tokio::spawn(publisher("http", 40, acks, stop, move |channel, token| {
+            let base = internal.read().unwrap().clone();
+            async move {
+                let req = client()
+                    .post(format!("{base}/publish/{}?type=m", channel_name(channel)))
+                    .body(token)
+                    .timeout(Duration::from_secs(2))
+                    .send();
+                matches!(req.await, Ok(res) if res.status() == 200)
+            }
+        }))
+    };
+    let rust = {
+        let publisher_handle = redisse::Publisher::redis(&redis_url).expect("a Redis publisher");
+        let (acks, stop) = (acks.clone(), stop_publishers.clone());
+        tokio::spawn(publisher("rust", 40, acks, stop, move |channel, token| {
+            let p = publisher_handle.clone();
+            async move {
+                let name = channel_name(channel);
+                let publish = p.publish(&name, redisse::Event::new("m", token));
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), publish).await,
+                    Ok(Ok(_))
+                )
+            }
+        }))
+    };
+    let gem = {
+        let (acks, stop, redis_url) = (acks.clone(), stop_publishers.clone(), redis_url.clone());
+        tokio::spawn(publisher("gem", 40, acks, stop, move |channel, token| {
+            let redis_url = redis_url.clone();
+            async move {
+                tokio::task::spawn_blocking(move || gem_publish(&redis_url, channel, &token))
+                    .await
+                    .unwrap_or(false)
+            }
+        }))
+    };
+
+    // The faults, in turn, until the time is up.
+    let started = Instant::now();
+    let empty_restart_at = secs / 2;
+    let mut emptied = false;
+    let mut round = 0u64;
+    let faults = AtomicU64::new(0);
+    while started.elapsed() < Duration::from_secs(secs) {
+        sleep(Duration::from_secs(6)).await;
+        let fault = round % 4;
+        round += 1;
+        faults.fetch_add(1, Relaxed);
+        if !emptied && started.elapsed() >= Duration::from_secs(empty_restart_at) {
+            emptied = true;
+            println!("soak: Redis restarted empty");
+            tokio::task::block_in_place(|| redis.restart());
+            continue;
+        }
+        match fault {
+            0 => {
+                println!("soak: Redis stopped with its data, 2 s");
+                tokio::task::block_in_place(|| redis.save_and_stop());
+                sleep(Duration::from_secs(2)).await;
+                tokio::task::block_in_place(|| redis.start_again());
+            }
+            1 => {
+                println!("soak: Redis frozen, 3 s");
+                redis.freeze();
+                sleep(Duration::from_secs(3)).await;
+                redis.unfreeze();
+            }
+            2 => {
+                println!("soak: pub/sub connection killed");
+                tokio::task::block_in_place(|| redis.kill_pubsub_clients());
+            }
+            _ => {
+                println!("soak: redisse killed and started again");
+                let fresh = tokio::task::block_in_place(|| {
+                    let mut server = server.lock().unwrap();
+                    server.signal("-KILL");
+                    let fresh = start_redisse(&redis_url);
+                    *url.write().unwrap() = fresh.url("");
+                    *internal.write().unwrap() = fresh.internal_url("");
+                    std::mem::replace(&mut *server, fresh)
+                });
+                drop(fresh);
+            }
+        }
+    }
+    stop_publishers.store(true, Relaxed);
+    let counts = [
+        ("http", http.await.unwrap()),
+        ("rust", rust.await.unwrap()),
+        ("gem", gem.await.unwrap()),
+    ];
+    // Let the last events arrive.
+    sleep(Duration::from_secs(5)).await;
+    stop_clients.store(true, Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+
+    let acks = acks.lock().unwrap();
+    let (mut lost, mut excused, mut delivered, mut dupes, mut foreign, mut disorder) =
+        (0u64, 0u64, 0u64, 0u64, 0usize, 0usize);
+    let mut connections = 0;
+    let mut missed = 0;
+    let mut examples = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        let log = log.lock().unwrap();
+        connections += log.connections;
+        missed += log.missed_at.len();
+        foreign += log.foreign.len();
+        disorder += log.out_of_order.len();
+        dupes += log.tokens.values().filter(|&&n| n > 1).count() as u64;
+        let Some(live) = log.live_since else {
+            panic!("client {i} never received anything");
+        };
+        for ack in acks
+            .iter()
+            .filter(|a| a.at >= live && log.channels.contains(&a.channel))
+        {
+            if log.tokens.contains_key(&ack.token) {
+                delivered += 1;
+            } else if log.missed_at.iter().any(|&m| {
+                m + Duration::from_secs(1) >= ack.at && m <= ack.at + Duration::from_secs(20)
+            }) {
+                excused += 1;
+            } else {
+                lost += 1;
+                if examples.len() < 10 {
+                    examples.push(format!("client {i}: {}", ack.token));
+                }
+            }
+        }
+    }
+    println!(
+        "soak: {secs} s, {} faults; published (acknowledged/failed) {counts:?}; {CLIENTS} clients, \
+         {connections} connections, {missed} missedevents; deliveries checked {delivered}, \
+         excused by missedevents {excused}, lost {lost}, duplicates {dupes}, foreign {foreign}, \
+         out of order {disorder}",
+        faults.load(Relaxed)
+    );
+    assert_eq!(
+        lost, 0,
+        "events lost without missedevents, e.g. {examples:?}"
+    );
+    assert_eq!(dupes, 0, "events delivered twice");
+    assert_eq!(foreign, 0, "events of channels not followed");
+    assert_eq!(disorder, 0, "ids going down on one connection");
+    assert!(delivered > 0);
+}
