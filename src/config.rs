@@ -43,11 +43,13 @@ pub const DEFAULT_RETRY_RANGE: (Duration, Duration) =
 /// How long a publish's `Idempotency-Key` is remembered: a retry within it with the same key
 /// answers the first id and publishes nothing. An hour covers a publisher's own retries and a
 /// job queue's first hour of backoff, and a Redis outage of that length, while what Redis holds
-/// stays small: one key of about 150 bytes per keyed publish (a 36-character key), so 100
-/// keyed publishes a second keep about 55 MB (a day would be 24 times that).
+/// stays small: one key of about 230 bytes per keyed publish (measured with 36-character keys,
+/// docs/publishing.md), so 100 keyed publishes a second keep about 83 MB (a day, Stripe's
+/// window, would be 24 times that).
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
-/// Idempotency keys the in-memory broker remembers at most (about 40 MB with keys at their
-/// longest, 256 bytes); past it the oldest is forgotten before its window ends, counted by
+/// Idempotency keys the in-memory broker remembers at most (each holds its key twice, its
+/// fingerprint and about 100 bytes of bookkeeping: some 30 MB with 36-character keys, 75 MB with
+/// keys at their longest, 256 bytes); past it the oldest is forgotten before its window ends, counted by
 /// `redisse_idempotency_keys_evicted_total`.
 pub const DEFAULT_IDEMPOTENCY_MAX_KEYS: usize = 100_000;
 /// Interval of the PING that finds a half-open Redis subscriber connection.

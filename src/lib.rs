@@ -167,6 +167,11 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/access-control.md")]
 pub struct AccessControlDoctests;
 
+/// And those of docs/publishing.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/publishing.md")]
+pub struct PublishingDoctests;
+
 /// What the `fuzz/` targets and the integration tests need beyond the public API. Hidden and
 /// outside any compatibility promise: it may change in any release.
 #[doc(hidden)]
