@@ -40,6 +40,18 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// client gets a random value in it so that browsers do not all come back in the same second.
 pub const DEFAULT_RETRY_RANGE: (Duration, Duration) =
     (Duration::from_millis(1000), Duration::from_millis(10_000));
+/// How long a publish's `Idempotency-Key` is remembered: a retry within it with the same key
+/// answers the first id and publishes nothing. An hour covers a publisher's own retries and a
+/// job queue's first hour of backoff, and a Redis outage of that length, while what Redis holds
+/// stays small: one key of about 230 bytes per keyed publish (measured with 36-character keys,
+/// docs/publishing.md), so 100 keyed publishes a second keep about 83 MB (a day, Stripe's
+/// window, would be 24 times that).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
+/// Idempotency keys the in-memory broker remembers at most (each holds its key twice, its
+/// fingerprint and about 100 bytes of bookkeeping: some 30 MB with 36-character keys, 75 MB with
+/// keys at their longest, 256 bytes); past it the oldest is forgotten before its window ends, counted by
+/// `redisse_idempotency_keys_evicted_total`.
+pub const DEFAULT_IDEMPOTENCY_MAX_KEYS: usize = 100_000;
 /// Interval of the PING that finds a half-open Redis subscriber connection.
 pub const DEFAULT_REDIS_PING_INTERVAL: Duration = Duration::from_secs(5);
 /// How long that PING may take before the connection is deemed dead.
@@ -89,6 +101,14 @@ pub struct Config {
     /// Origins allowed to use the public router from a browser page of another origin (CORS);
     /// `*` allows every origin, without credentials. Empty: no CORS header is sent.
     pub cors_origins: Vec<String>,
+    /// How long a publish's idempotency key is remembered (in Redis beside the events, or in
+    /// memory): a publish with the same key and the same event within it answers the first id
+    /// and publishes nothing; with another event it is refused. At least a millisecond.
+    /// Default: [`DEFAULT_IDEMPOTENCY_WINDOW`].
+    pub idempotency_window: Duration,
+    /// Idempotency keys the in-memory broker remembers at most (Redis keeps every key for its
+    /// window). Default: [`DEFAULT_IDEMPOTENCY_MAX_KEYS`].
+    pub idempotency_max_keys: usize,
     /// Default: [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Default: [`DEFAULT_MAX_CHANNELS`].
@@ -129,6 +149,8 @@ impl Default for Config {
             jwt: None,
             auth_callback: None,
             cors_origins: Vec::new(),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            idempotency_max_keys: DEFAULT_IDEMPOTENCY_MAX_KEYS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_channels: DEFAULT_MAX_CHANNELS,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
@@ -167,6 +189,12 @@ impl Config {
         }
         if self.max_channel_name_bytes == 0 {
             return zero("max_channel_name_bytes");
+        }
+        if self.idempotency_window < Duration::from_millis(1) {
+            return Err("idempotency_window must be at least a millisecond".into());
+        }
+        if self.idempotency_max_keys == 0 {
+            return zero("idempotency_max_keys");
         }
         if self.retry_range.1 < self.retry_range.0 {
             return Err("retry_range must not end before it starts".into());

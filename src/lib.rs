@@ -48,7 +48,8 @@
 //!
 //! * Foundations: `channel` (the one validated channel name), `config` ([`Config`], every
 //!   default a named constant), `error` ([`Error`], [`BrokerError`]), `event` ([`Event`],
-//!   [`LastEventId`], the SSE encoding done once per event, and the encoded `Frame`), `stored`
+//!   [`LastEventId`], the SSE encoding done once per event, and the encoded `Frame`),
+//!   `idempotency` (publish retries: the key, the fingerprint, the in-memory record), `stored`
 //!   (a payload read from Redis: exactly one event, or refused), `logtext` (others' text made
 //!   safe for a log line), `headers`
 //!   (`Accept` parsed once, `Connection: close`), `query` ([`StreamQuery`]), `backoff` (the
@@ -97,6 +98,7 @@ pub mod config;
 mod error;
 mod event;
 mod headers;
+mod idempotency;
 mod logtext;
 pub mod metrics;
 mod outbound;
@@ -146,9 +148,10 @@ pub use endpoint::SseEndpoint;
 pub use error::{BrokerError, Error};
 pub use event::{DEFAULT_EVENT_TYPE, Event, InvalidEvent, LastEventId, MAX_EVENT_ID};
 pub use extract::{SseRejection, SseRequest};
+pub use idempotency::MAX_IDEMPOTENCY_KEY_BYTES;
 pub use instance::Redisse;
 pub use policy::{ChannelPolicy, Grant, QueryChannels, Rejection};
-pub use publish::{PublishError, PublishedEvent, Publisher, TestRecorder};
+pub use publish::{Publication, PublishError, PublishedEvent, Publisher, TestRecorder};
 pub use query::{QueryError, StreamQuery};
 pub use redirect::RedirectEndpoint;
 pub use sse::{SlowClient, SseBody};
@@ -164,6 +167,11 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/access-control.md")]
 pub struct AccessControlDoctests;
+
+/// And those of docs/publishing.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/publishing.md")]
+pub struct PublishingDoctests;
 
 /// What the `fuzz/` targets and the integration tests need beyond the public API. Hidden and
 /// outside any compatibility promise: it may change in any release.

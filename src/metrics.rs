@@ -40,10 +40,12 @@ pub enum Refusal {
     HeaderTimeout,
     /// A request head that is not HTTP (400).
     BadRequest,
+    /// A publish whose idempotency key was used within the window for another event (422).
+    IdempotencyConflict,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 14] = [
+    const ALL: [Refusal; 15] = [
         Refusal::MaxConnections,
         Refusal::MaxChannels,
         Refusal::MaxSubscriptions,
@@ -58,6 +60,7 @@ impl Refusal {
         Refusal::HeaderTooLarge,
         Refusal::HeaderTimeout,
         Refusal::BadRequest,
+        Refusal::IdempotencyConflict,
     ];
 
     fn label(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Refusal {
             Refusal::HeaderTooLarge => "header_too_large",
             Refusal::HeaderTimeout => "header_timeout",
             Refusal::BadRequest => "bad_request",
+            Refusal::IdempotencyConflict => "idempotency_conflict",
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct Metrics {
     pub(crate) missed_sent: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) published: AtomicU64,
+    pub(crate) publish_replays: AtomicU64,
+    pub(crate) idempotency_evictions: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) malformed: AtomicU64,
     pub(crate) oversized: AtomicU64,
@@ -217,6 +223,16 @@ impl Metrics {
                 "redisse_published_total",
                 "Events published through this process.",
                 &self.published,
+            ),
+            (
+                "redisse_publish_replays_total",
+                "Publishes through this process answered with the id of an earlier one with the same idempotency key, publishing nothing.",
+                &self.publish_replays,
+            ),
+            (
+                "redisse_idempotency_keys_evicted_total",
+                "Idempotency keys the in-memory broker forgot before their window ended, to stay within its bound.",
+                &self.idempotency_evictions,
             ),
             (
                 "redisse_events_received_total",

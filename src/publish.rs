@@ -1,6 +1,7 @@
 //! Publishing from Rust: a [`Publisher`] for a running instance, for Redis alone (an
 //! application process that serves no streams), or recording events for application tests (the
-//! gem's `test_mode!`, `test_filter=` and `published`).
+//! gem's `test_mode!`, `test_filter=` and `published`). Each path takes an idempotency key
+//! ([`Publisher::publish_idempotent`]) so that a publisher may retry safely (see `idempotency`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -10,9 +11,13 @@ use crate::broker::redis::RedisPublisher;
 use crate::channel::{ChannelName, InvalidChannel};
 #[cfg(feature = "redis")]
 use crate::config::DEFAULT_HISTORY_SIZE;
-use crate::config::{DEFAULT_MAX_CHANNEL_NAME_BYTES, DEFAULT_MAX_QUEUE_BYTES};
+use crate::config::{
+    DEFAULT_IDEMPOTENCY_MAX_KEYS, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_MAX_CHANNEL_NAME_BYTES,
+    DEFAULT_MAX_QUEUE_BYTES,
+};
 use crate::error::BrokerError;
 use crate::event::{Event, InvalidEvent};
+use crate::idempotency::{Keyed, Outcome, RecentKeys, check_key};
 use crate::instance::{Redisse, Shared};
 
 /// Why an event was not published.
@@ -43,6 +48,23 @@ pub enum PublishError {
         /// The limit, in bytes.
         max: usize,
     },
+    /// The idempotency key is not 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] visible ASCII
+    /// characters; the message says why. Answered 400 over HTTP.
+    ///
+    /// [`MAX_IDEMPOTENCY_KEY_BYTES`]: crate::MAX_IDEMPOTENCY_KEY_BYTES
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// The idempotency key was used within the window for another event (another channel,
+    /// type or data), published with `id`; nothing was published. A new event needs a new key.
+    /// Answered 422 over HTTP.
+    #[error(
+        "the Idempotency-Key was used within the idempotency window for another event \
+         (id {id}): nothing was published; a new event needs a new key"
+    )]
+    IdempotencyKeyReused {
+        /// The id of the event the key was first used for.
+        id: u64,
+    },
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -50,6 +72,17 @@ pub enum PublishError {
     /// without TLS); the message says why.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+}
+
+/// What a publish with an idempotency key did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Publication {
+    /// The event's id: published now, or earlier with the same key.
+    pub id: u64,
+    /// The key was used within the window for this same event: nothing was published now and
+    /// `id` is the earlier event's.
+    pub replayed: bool,
 }
 
 /// Publishes events; cheap to clone.
@@ -159,7 +192,12 @@ impl Publisher {
             None => None,
         };
         Ok(Publisher {
-            target: Target::Redis(RedisPublisher::connect(url, ca.as_deref(), history_size)?),
+            target: Target::Redis(RedisPublisher::connect(
+                url,
+                ca.as_deref(),
+                history_size,
+                DEFAULT_IDEMPOTENCY_WINDOW,
+            )?),
             max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
             max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
         })
@@ -192,6 +230,19 @@ impl Publisher {
         self
     }
 
+    /// Remembers idempotency keys for `window` instead of [`DEFAULT_IDEMPOTENCY_WINDOW`]: set
+    /// it to the servers' `idempotency_window` on a Redis publisher (a publisher of an instance
+    /// follows the instance's, and a test publisher keeps its default). At least a millisecond.
+    pub fn with_idempotency_window(mut self, window: std::time::Duration) -> Self {
+        let window = window.max(std::time::Duration::from_millis(1));
+        match &mut self.target {
+            #[cfg(feature = "redis")]
+            Target::Redis(r) => r.set_window(window),
+            Target::Instance(_) | Target::Test(_) => {}
+        }
+        self
+    }
+
     /// Publishes `event` on `channel` and returns its id. The channel name must be non-empty
     /// and within the publisher's limit, so that clients can listen to it.
     pub async fn publish(
@@ -199,23 +250,82 @@ impl Publisher {
         channel: &str,
         event: impl Into<Event>,
     ) -> Result<u64, PublishError> {
-        let event = event.into();
+        match self.send(channel, event.into(), None).await? {
+            Outcome::Published(id) | Outcome::Replayed(id) | Outcome::Conflict(id) => Ok(id),
+        }
+    }
+
+    /// Publishes `event` on `channel` once per `key`: a publish with the same key and the same
+    /// event (channel, type and data) within the idempotency window publishes nothing and
+    /// answers the first id, `replayed`. So a publisher that got no answer (a lost connection,
+    /// a Redis that stopped) retries with the same key without publishing twice. The key is
+    /// 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`](crate::MAX_IDEMPOTENCY_KEY_BYTES) visible ASCII
+    /// characters, shared by every path (HTTP's `Idempotency-Key`, the command line, Rust) and
+    /// every channel; used again for another event it is [`PublishError::IdempotencyKeyReused`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redisse::{Config, Event, Redisse};
+    /// let redisse = Redisse::new(Config::default())?;
+    /// let publisher = redisse.publisher();
+    /// let first = publisher
+    ///     .publish_idempotent("orders", Event::new("paid", "42"), "order-42-paid")
+    ///     .await?;
+    /// let retry = publisher
+    ///     .publish_idempotent("orders", Event::new("paid", "42"), "order-42-paid")
+    ///     .await?;
+    /// assert_eq!((retry.id, retry.replayed), (first.id, true));
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_idempotent(
+        &self,
+        channel: &str,
+        event: impl Into<Event>,
+        key: &str,
+    ) -> Result<Publication, PublishError> {
+        match self.send(channel, event.into(), Some(key)).await? {
+            Outcome::Published(id) => Ok(Publication {
+                id,
+                replayed: false,
+            }),
+            Outcome::Replayed(id) => Ok(Publication { id, replayed: true }),
+            Outcome::Conflict(id) => Err(PublishError::IdempotencyKeyReused { id }),
+        }
+    }
+
+    async fn send(
+        &self,
+        channel: &str,
+        event: Event,
+        key: Option<&str>,
+    ) -> Result<Outcome, PublishError> {
         event.validate()?;
         ChannelName::check(channel, self.max_channel_name_bytes)?;
+        if let Some(key) = key {
+            check_key(key).map_err(PublishError::InvalidIdempotencyKey)?;
+        }
         let size = event.max_encoded_len();
         if size > self.max_event_bytes {
             let max = self.max_event_bytes;
             return Err(PublishError::EventTooLarge { size, max });
         }
+        let keyed = key.map(|k| Keyed::new(k, channel, &event));
+        let keyed = keyed.as_ref();
         match &self.target {
             Target::Instance(shared) => {
-                let id = shared.broker.publish(channel, &event).await?;
-                shared.metrics.published.fetch_add(1, Relaxed);
-                Ok(id)
+                let outcome = shared.broker.publish(channel, &event, keyed).await?;
+                let counter = match outcome {
+                    Outcome::Published(_) => &shared.metrics.published,
+                    Outcome::Replayed(_) => &shared.metrics.publish_replays,
+                    Outcome::Conflict(_) => return Ok(outcome),
+                };
+                counter.fetch_add(1, Relaxed);
+                Ok(outcome)
             }
             #[cfg(feature = "redis")]
-            Target::Redis(r) => Ok(r.publish(channel, &event).await?),
-            Target::Test(recorder) => Ok(recorder.record(channel, event)),
+            Target::Redis(r) => Ok(r.publish(channel, &event, keyed).await?),
+            Target::Test(recorder) => Ok(recorder.record(channel, event, keyed)),
         }
     }
 }
@@ -241,10 +351,21 @@ pub struct TestRecorder {
     ids: Arc<AtomicU64>,
 }
 
-#[derive(Default)]
 struct Recorded {
     events: Vec<PublishedEvent>,
     filter: Option<TypeFilter>,
+    /// The idempotency keys of the default window, as an instance in memory keeps them.
+    keys: RecentKeys,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            events: Vec::new(),
+            filter: None,
+            keys: RecentKeys::new(DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_IDEMPOTENCY_MAX_KEYS),
+        }
+    }
 }
 
 impl std::fmt::Debug for TestRecorder {
@@ -260,8 +381,18 @@ impl TestRecorder {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(&self, channel: &str, event: Event) -> u64 {
+    fn record(&self, channel: &str, event: Event, keyed: Option<&Keyed<'_>>) -> Outcome {
         let mut rec = self.lock();
+        let now = std::time::Instant::now();
+        if let Some(keyed) = keyed
+            && let Some(earlier) = rec.keys.check(keyed, now)
+        {
+            return earlier;
+        }
+        let id = self.ids.fetch_add(1, Relaxed) + 1;
+        if let Some(keyed) = keyed {
+            rec.keys.remember(keyed, id, now);
+        }
         let keep = rec.filter.as_ref().is_none_or(|f| f(event.event_type()));
         if keep {
             rec.events.push(PublishedEvent {
@@ -270,7 +401,7 @@ impl TestRecorder {
                 data: event.data().to_owned(),
             });
         }
-        self.ids.fetch_add(1, Relaxed) + 1
+        Outcome::Published(id)
     }
 
     /// The events recorded so far, in order.

@@ -32,7 +32,7 @@ use crate::headers::Accepts;
 use crate::instance::{Redisse, Shared};
 use crate::metrics::Refusal;
 use crate::policy::{ChannelPolicy, Grant, QueryChannels, Rejection};
-use crate::publish::PublishError;
+use crate::publish::{Publication, PublishError};
 use crate::query::{QueryError, form_decode};
 use crate::refusal::Refused;
 
@@ -276,7 +276,9 @@ fn refuse(
         .into_response()
 }
 
-/// `POST /publish/<channel>?type=T` with the data as body: answers `{"id": N}`.
+/// `POST /publish/<channel>?type=T` with the data as body: answers `{"id": N}`. With an
+/// `Idempotency-Key` used within the window for the same event, the same answer with the first
+/// id and `Idempotent-Replayed: true`, publishing nothing; for another event, 422.
 async fn publish(shared: &Arc<Shared>, gate: PublishGate, req: Request<Body>) -> Response {
     let denied = |denied: PublishDenied| match denied {
         PublishDenied::Unauthorized(why) => {
@@ -302,6 +304,11 @@ async fn publish(shared: &Arc<Shared>, gate: PublishGate, req: Request<Body>) ->
     };
     let (channel, event_type) = match target(req.uri()) {
         Ok(t) => t,
+        Err(msg) => return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, &msg),
+    };
+    // Checked before the body is read, as the type is.
+    let key = match idempotency_key(req.headers()) {
+        Ok(key) => key,
         Err(msg) => return refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, &msg),
     };
     if let Some(Err(e)) = publisher.map(|p| p.may_publish(&channel)) {
@@ -356,18 +363,36 @@ async fn publish(shared: &Arc<Shared>, gate: PublishGate, req: Request<Body>) ->
         shared: shared.clone(),
     }
     .publisher();
-    match publisher
-        .publish(&channel, Event::new(event_type, data))
-        .await
-    {
-        Ok(id) => {
+    let event = Event::new(event_type, data);
+    let published = match &key {
+        Some(key) => publisher.publish_idempotent(&channel, event, key).await,
+        None => publisher
+            .publish(&channel, event)
+            .await
+            .map(|id| Publication {
+                id,
+                replayed: false,
+            }),
+    };
+    match published {
+        Ok(Publication { id, replayed }) => {
             let mut res = format!("{{\"id\":{id}}}").into_response();
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            if replayed {
+                res.headers_mut()
+                    .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            }
             res
         }
+        Err(e @ PublishError::IdempotencyKeyReused { .. }) => refuse(
+            shared,
+            Refusal::IdempotencyConflict,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e,
+        ),
         Err(PublishError::Broker(e)) => {
             tracing::warn!(error = %e, "publish failed");
             (
@@ -384,6 +409,28 @@ async fn publish(shared: &Arc<Shared>, gate: PublishGate, req: Request<Body>) ->
         ),
         Err(e) => refuse(shared, Refusal::BadPublish, StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// The request header that makes a publish safe to retry (see `idempotency`).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The answer's header when a publish was a retry: the id is the earlier event's.
+const IDEMPOTENT_REPLAYED: header::HeaderName =
+    header::HeaderName::from_static("idempotent-replayed");
+
+/// The request's `Idempotency-Key`, if it has one: at most one, a valid key.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Idempotency-Key header".into());
+    }
+    let key = value.to_str().map_err(|_| {
+        "the Idempotency-Key must be visible ASCII characters (! to ~, no space)".to_owned()
+    })?;
+    crate::idempotency::check_key(key)?;
+    Ok(Some(key.to_owned()))
 }
 
 /// The channel from the path (percent-decoded) and the type from the query.

@@ -14,15 +14,21 @@
 //! below the first one counts as trimmed (each channel's watermark starts just under it), so such
 //! a client gets `missedevents` and everything retained. Every trim of a ring (overflow, or
 //! every event when the history size is 0) raises the channel's watermark.
+//!
+//! Idempotency keys are checked and remembered under the same lock as the id is taken, so two
+//! publishes with one key at the same time publish once (see `idempotency`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::Config;
 use crate::dispatch::{Dispatch, DispatchSender};
 use crate::event::{Event, Frame};
 use crate::history::{ChannelHistory, Snapshot};
+use crate::idempotency::{Keyed, Outcome, RecentKeys};
+use crate::metrics::Metrics;
 
 /// The highest id any in-memory broker of this process gave, so that a new one starts above it
 /// even within the same microsecond.
@@ -34,6 +40,8 @@ struct State {
     /// The last id given, once one was.
     last: Option<u64>,
     channels: HashMap<Arc<str>, ChannelState>,
+    /// The idempotency keys of the last window, bounded.
+    keys: RecentKeys,
 }
 
 /// One channel's retained events and the newest id trimmed from them.
@@ -48,6 +56,7 @@ pub(crate) struct MemoryBroker {
     history_size: usize,
     /// Below this broker's first id: what every channel counts as trimmed from the start.
     before_first: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// The first id of a new broker (see the module documentation).
@@ -59,17 +68,20 @@ fn first_id() -> u64 {
 }
 
 impl MemoryBroker {
-    pub fn new(dispatch: DispatchSender, history_size: usize) -> Self {
+    /// A broker with `config`'s history size and idempotency window and bound.
+    pub fn new(dispatch: DispatchSender, config: &Config, metrics: Arc<Metrics>) -> Self {
         let first = first_id();
         MemoryBroker {
             state: Mutex::new(State {
                 next: first,
                 last: None,
                 channels: HashMap::new(),
+                keys: RecentKeys::new(config.idempotency_window, config.idempotency_max_keys),
             }),
             dispatch,
-            history_size,
+            history_size: config.history_size,
             before_first: first - 1,
+            metrics,
         }
     }
 
@@ -77,8 +89,16 @@ impl MemoryBroker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn publish(&self, channel: &str, event: &Event) -> u64 {
+    /// Publishes `event`, unless `keyed`'s key was used within the window (see
+    /// [`Outcome`]).
+    pub fn publish(&self, channel: &str, event: &Event, keyed: Option<&Keyed<'_>>) -> Outcome {
         let mut st = self.lock();
+        let now = Instant::now();
+        if let Some(keyed) = keyed
+            && let Some(earlier) = st.keys.check(keyed, now)
+        {
+            return earlier;
+        }
         let id = st.next;
         st.next += 1;
         st.last = Some(id);
@@ -102,12 +122,20 @@ impl MemoryBroker {
                 }
             }
         }
+        if let Some(keyed) = keyed {
+            let evicted = st.keys.remember(keyed, id, now);
+            if evicted > 0 {
+                self.metrics
+                    .idempotency_evictions
+                    .fetch_add(evicted, Relaxed);
+            }
+        }
         // Sent under the lock so the dispatcher receives ids in order.
         self.dispatch.send(Dispatch::Live {
             channel: channel.to_owned(),
             frame,
         });
-        id
+        Outcome::Published(id)
     }
 
     /// Waits until the dispatcher has handled every event published before.
@@ -188,7 +216,21 @@ mod tests {
 
     fn broker(history_size: usize) -> MemoryBroker {
         let (tx, _rx) = crate::dispatch::channel();
-        MemoryBroker::new(tx, history_size)
+        let config = Config {
+            history_size,
+            ..Config::default()
+        };
+        MemoryBroker::new(tx, &config, Arc::default())
+    }
+
+    impl MemoryBroker {
+        /// Publishes without a key, returning the id.
+        fn publish_id(&self, channel: &str, event: &Event) -> u64 {
+            match self.publish(channel, event, None) {
+                Outcome::Published(id) => id,
+                other => panic!("a publish without a key gave {other:?}"),
+            }
+        }
     }
 
     fn names(names: &[&str]) -> Vec<Arc<str>> {
@@ -199,10 +241,10 @@ mod tests {
     fn a_new_broker_starts_above_every_earlier_one_and_counts_what_is_below_as_trimmed() {
         let old = broker(100);
         let old_ids: Vec<u64> = (0..1000)
-            .map(|_| old.publish("a", &Event::message("x")))
+            .map(|_| old.publish_id("a", &Event::message("x")))
             .collect();
         let new = broker(100);
-        let first = new.publish("a", &Event::message("y"));
+        let first = new.publish_id("a", &Event::message("y"));
         assert!(first > *old_ids.last().unwrap());
         let snap = new.snapshot(&names(&["a", "never"]), Some(old_ids[5]), 0);
         assert_eq!(snap.counter, Some(first));
@@ -223,13 +265,13 @@ mod tests {
     fn trims_raise_the_watermark() {
         let b = broker(2);
         let ids: Vec<u64> = (0..5)
-            .map(|_| b.publish("a", &Event::message("x")))
+            .map(|_| b.publish_id("a", &Event::message("x")))
             .collect();
         let snap = b.snapshot(&names(&["a"]), Some(ids[0]), 0);
         let a = &snap.channels[0];
         assert_eq!((a.len, a.oldest, a.trimmed), (2, Some(ids[3]), ids[2]));
         let b = broker(0);
-        let id = b.publish("a", &Event::message("x"));
+        let id = b.publish_id("a", &Event::message("x"));
         let snap = b.snapshot(&names(&["a"]), Some(id - 1), 0);
         let a = &snap.channels[0];
         assert_eq!((a.len, a.oldest, a.trimmed), (0, None, id));
@@ -241,7 +283,7 @@ mod tests {
         let ids: Vec<u64> = (0..6)
             .map(|i| {
                 let channel = if i % 2 == 0 { "a" } else { "b" };
-                broker.publish(channel, &Event::message("0123456789"))
+                broker.publish_id(channel, &Event::message("0123456789"))
             })
             .collect();
         let channels = names(&["a", "b"]);

@@ -6,7 +6,8 @@
 //! event in its channel's history (the newest `history_size`, recording the newest id each trim
 //! removed, see `history`), and hands it, encoded once, to
 //! the hub's dispatcher of every process with local listeners. Each broker owns what it needs
-//! to do so: the Redis broker starts and supervises its own pub/sub subscriber.
+//! to do so: the Redis broker starts and supervises its own pub/sub subscriber. Both remember
+//! publishes' idempotency keys for the window, checked atomically with the publish.
 
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
@@ -19,6 +20,7 @@ use crate::dispatch::{DispatchSender, SubSender};
 use crate::error::{BrokerError, Error};
 use crate::event::Event;
 use crate::history::Snapshot;
+use crate::idempotency::{Keyed, Outcome};
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 
@@ -41,7 +43,7 @@ impl Broker {
         match &config.redis_url {
             None => {
                 metrics.set_broker_up(true);
-                let broker = memory::MemoryBroker::new(dispatch, config.history_size);
+                let broker = memory::MemoryBroker::new(dispatch, config, metrics.clone());
                 Ok((Broker::Memory(broker), None))
             }
             #[cfg(feature = "redis")]
@@ -77,12 +79,19 @@ impl Broker {
         }
     }
 
-    /// Assigns an id, stores the event in history and delivers it to every subscriber.
-    pub async fn publish(&self, channel: &str, event: &Event) -> Result<u64, BrokerError> {
+    /// Assigns an id, stores the event in history and delivers it to every subscriber; with
+    /// `keyed`, only when its key was not used within the idempotency window (in the same
+    /// atomic step), else answers the earlier event's id (see [`Outcome`]).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: &Event,
+        keyed: Option<&Keyed<'_>>,
+    ) -> Result<Outcome, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b.publish(channel, event)),
+            Broker::Memory(b) => Ok(b.publish(channel, event, keyed)),
             #[cfg(feature = "redis")]
-            Broker::Redis(b) => b.publish(channel, event).await,
+            Broker::Redis(b) => b.publish(channel, event, keyed).await,
         }
     }
 

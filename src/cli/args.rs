@@ -45,7 +45,7 @@ pub enum Command {
     /// Run the SSE server (the default).
     Serve(Box<ServeArgs>),
     /// Publish one event and print its id.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
 }
 
 /// Options of `redisse serve`.
@@ -162,6 +162,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// How long a publish's Idempotency-Key is remembered: a retry with the same key and the
+    /// same event within it answers the first id and publishes nothing.
+    #[arg(long, env = "REDISSE_IDEMPOTENCY_WINDOW", value_name = "DURATION", default_value = "1h", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub idempotency_window: Duration,
+    /// Idempotency keys the in-memory broker remembers at most (the oldest is forgotten first);
+    /// Redis keeps each for its window.
+    #[arg(long, env = "REDISSE_IDEMPOTENCY_MAX_KEYS", value_name = "N", default_value_t = config::DEFAULT_IDEMPOTENCY_MAX_KEYS)]
+    pub idempotency_max_keys: usize,
     /// Open streams allowed at once.
     #[arg(long, env = "REDISSE_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -228,6 +236,14 @@ pub struct PublishArgs {
     /// more still tell resuming clients of the loss); 0 keeps none.
     #[arg(long, env = "REDISSE_HISTORY_SIZE", default_value_t = config::DEFAULT_HISTORY_SIZE)]
     pub history_size: usize,
+    /// Publish at most once per KEY: a retry with the same key and the same event within the
+    /// servers' idempotency window prints the first id and publishes nothing (1 to 256 visible
+    /// ASCII characters).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// How long Redis remembers the key, with --redis (set it as the servers' is).
+    #[arg(long, env = "REDISSE_IDEMPOTENCY_WINDOW", value_name = "DURATION", default_value = "1h", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub idempotency_window: Duration,
 }
 
 impl PublishArgs {
@@ -328,6 +344,9 @@ impl ServeArgs {
         if self.heartbeat.is_zero() {
             return Err("--heartbeat must be more than zero".into());
         }
+        if self.idempotency_window < Duration::from_millis(1) {
+            return Err("--idempotency-window must be at least a millisecond".into());
+        }
         let jwt = match (&self.jwt_secret, &self.jwt_public_key, &self.jwt_algorithm) {
             (None, None, None) => None,
             (None, None, Some(_)) => {
@@ -385,6 +404,8 @@ impl ServeArgs {
             history_size: self.history_size,
             polling_delay: self.polling_delay,
             publish_token: self.publish_token.clone().filter(|t| !t.is_empty()),
+            idempotency_window: self.idempotency_window,
+            idempotency_max_keys: self.idempotency_max_keys,
             max_connections: self.max_connections,
             max_channels: self.max_channels,
             max_subscriptions: self.max_subscriptions,

@@ -59,7 +59,7 @@ fn run_inner<P: ChannelPolicy>(policy: Option<P>) -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(Command::Publish(args)) => runtime.block_on(publish::run(args)),
+        Some(Command::Publish(args)) => runtime.block_on(publish::run(*args)),
         Some(Command::Serve(args)) => runtime.block_on(serve::run(*args, policy)),
         None => runtime.block_on(serve::run(cli.serve, policy)),
     };

@@ -1,7 +1,9 @@
 //! `redisse publish CHANNEL [DATA]`: publish one event straight to Redis, through a server's
 //! internal listener (the default: `REDISSE_INTERNAL_ADDRESS`, else 127.0.0.1:8081, no
 //! credential), or through its public `POST /publish` (`--server URL`, `http://` or
-//! `https://`, with the token), and print its id.
+//! `https://`, with the token), and print its id. With `--idempotency-key` (the
+//! `Idempotency-Key` header, or the key of the Redis publish script), a retry prints the first
+//! id and publishes nothing.
 
 use std::io::Read;
 
@@ -20,17 +22,29 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     };
     let event = Event::new(args.event_type.clone(), data);
     event.validate().map_err(|e| e.to_string())?;
+    let key = args.idempotency_key.as_deref();
+    if let Some(key) = key {
+        crate::idempotency::check_key(key).map_err(|e| format!("--idempotency-key: {e}"))?;
+    }
+    if args.idempotency_window < std::time::Duration::from_millis(1) {
+        return Err("--idempotency-window must be at least a millisecond".into());
+    }
     let id = match &args.redis {
         #[cfg(feature = "redis")]
         Some(url) => {
             let ca = args.redis_tls_ca.as_deref();
             let publisher =
                 crate::publish::Publisher::redis_with_tls_ca(url, args.history_size, ca)
-                    .map_err(|e| e.to_string())?;
-            publisher
-                .publish(&args.channel, event)
-                .await
-                .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?
+                    .with_idempotency_window(args.idempotency_window);
+            match key {
+                Some(key) => publisher
+                    .publish_idempotent(&args.channel, event, key)
+                    .await
+                    .map(|p| p.id),
+                None => publisher.publish(&args.channel, event).await,
+            }
+            .map_err(|e| e.to_string())?
         }
         #[cfg(not(feature = "redis"))]
         Some(_) => {
@@ -41,14 +55,21 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
         }
         None => match &args.server {
             Some(server) => {
-                publish_url(server, &args.channel, &event, args.token.as_deref()).await?
+                let auth = Auth {
+                    token: args.token.as_deref(),
+                    key,
+                };
+                publish_url(server, &args.channel, &event, auth).await?
             }
             None => match internal_address()? {
                 InternalAddress::Tcp(addr) => {
-                    publish_url(&format!("http://{addr}"), &args.channel, &event, None).await?
+                    let auth = Auth { token: None, key };
+                    publish_url(&format!("http://{addr}"), &args.channel, &event, auth).await?
                 }
                 #[cfg(unix)]
-                InternalAddress::Unix(path) => publish_unix(&path, &args.channel, &event).await?,
+                InternalAddress::Unix(path) => {
+                    publish_unix(&path, &args.channel, &event, key).await?
+                }
                 #[cfg(not(unix))]
                 InternalAddress::Unix(_) => {
                     return Err("unix sockets need a unix system".into());
@@ -96,13 +117,20 @@ fn path_segment(s: &str) -> String {
     form_encode(s).replace('+', "%20")
 }
 
+/// What a publish request carries beside the event: the bearer token, the idempotency key.
+#[derive(Clone, Copy)]
+struct Auth<'a> {
+    token: Option<&'a str>,
+    key: Option<&'a str>,
+}
+
 /// The request to `POST <base>/publish/<channel>?type=<type>`.
 fn request(
     base: &str,
     host: Option<&str>,
     channel: &str,
     event: &Event,
-    token: Option<&str>,
+    auth: Auth<'_>,
 ) -> Result<http::Request<Full<Bytes>>, String> {
     let uri = format!(
         "{}/publish/{}?type={}",
@@ -115,8 +143,11 @@ fn request(
     if let Some(host) = host {
         req = req.header(http::header::HOST, host);
     }
-    if let Some(token) = token {
+    if let Some(token) = auth.token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(key) = auth.key {
+        req = req.header("idempotency-key", key);
     }
     req.body(Full::new(Bytes::from(event.data().to_owned())))
         .map_err(|e| format!("cannot build the request: {e}"))
@@ -127,7 +158,7 @@ async fn publish_url(
     server: &str,
     channel: &str,
     event: &Event,
-    token: Option<&str>,
+    auth: Auth<'_>,
 ) -> Result<u64, String> {
     if !crate::outbound::supports(server) {
         return Err(if server.starts_with("https://") {
@@ -136,7 +167,7 @@ async fn publish_url(
             format!("--server {server:?}: only http:// and https:// URLs are supported")
         });
     }
-    let req = request(server, None, channel, event, token)?;
+    let req = request(server, None, channel, event, auth)?;
     let client = crate::outbound::client()?;
     let res = client
         .request(req)
@@ -147,7 +178,12 @@ async fn publish_url(
 
 /// Publishes through a unix socket (the internal listener on `unix:PATH`).
 #[cfg(unix)]
-async fn publish_unix(path: &std::path::Path, channel: &str, event: &Event) -> Result<u64, String> {
+async fn publish_unix(
+    path: &std::path::Path,
+    channel: &str,
+    event: &Event,
+    key: Option<&str>,
+) -> Result<u64, String> {
     let stream = tokio::net::UnixStream::connect(path)
         .await
         .map_err(|e| format!("cannot connect to unix:{}: {e}", path.display()))?;
@@ -155,7 +191,8 @@ async fn publish_unix(path: &std::path::Path, channel: &str, event: &Event) -> R
         .await
         .map_err(|e| format!("HTTP handshake on unix:{} failed: {e}", path.display()))?;
     tokio::spawn(conn);
-    let req = request("", Some("localhost"), channel, event, None)?;
+    let auth = Auth { token: None, key };
+    let req = request("", Some("localhost"), channel, event, auth)?;
     let res = sender
         .send_request(req)
         .await

@@ -1,7 +1,9 @@
 //! The copy-paste code of docs/access-control.md works: the Ruby, Python and Node functions
 //! that mint a subscriber's JWT are run with the real interpreters and their tokens open
 //! streams on the real binary; the Python and Node auth-callback handlers are run as the
-//! binary's callback; the Ruby (Rack) one is called as Rack would call it.
+//! binary's callback; the Ruby (Rack) one is called as Rack would call it. The publishers of
+//! docs/publishing.md publish through the binary, retry with their key without a duplicate, and
+//! raise on a refusal.
 //!
 //! Each interpreter (`ruby`, `python3`, `node`) must be installed: a missing one fails the test
 //! with the command that installs it.
@@ -13,13 +15,19 @@ use crate::support::binary::Redisse;
 use crate::support::{PATIENCE, SseStream};
 
 const DOC: &str = include_str!("../../docs/access-control.md");
+const PUBLISHING: &str = include_str!("../../docs/publishing.md");
 const SECRET: &str = "a-secret-shared-with-the-app";
 
-/// The code blocks of the document in `lang`, in order.
+/// The code blocks of docs/access-control.md in `lang`, in order.
 fn blocks(lang: &str) -> Vec<String> {
+    blocks_of(DOC, lang)
+}
+
+/// The code blocks of `doc` in `lang`, in order.
+fn blocks_of(doc: &str, lang: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current: Option<String> = None;
-    for line in DOC.lines() {
+    for line in doc.lines() {
         match &mut current {
             None if line.trim_end() == format!("```{lang}") => current = Some(String::new()),
             Some(block) if line.trim_end() == "```" => {
@@ -227,4 +235,79 @@ async fn the_ruby_rack_callback_answers_as_rack_would() {
             "log in first"
         ]
     );
+}
+
+/// A publisher of docs/publishing.md, given the code that calls it (`{base}` is the internal
+/// listener's URL): it publishes the same event twice with one key and once with another, then
+/// a bad key; it prints the three ids and `refused`. Subscribers got two events.
+async fn publisher_works(program: &str, snippet: &str, calls: &str) {
+    let server = Redisse::start(&[]);
+    server.publish("warm", String::new()).await;
+    let mut stream = SseStream::open(&server.url("/?orders"), &[]).await;
+    assert_eq!(stream.next().await.event, "lastEventId");
+    let base = server.internal_url("");
+    let code = format!("{snippet}\n{}", calls.replace("{base}", &base));
+    let out = run(program, &["-"], &code);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    let ids: Vec<u64> = lines[..3].iter().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids[0], ids[1], "the retry answers the first id: {out}");
+    assert!(ids[2] > ids[0], "another key is another event: {out}");
+    assert_eq!(lines[3], "refused");
+    for id in [ids[0], ids[2]] {
+        let e = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap();
+        assert_eq!((e.id, e.event.as_str()), (Some(id.to_string()), "paid"));
+    }
+    server.publish("orders", "end".into()).await;
+    let e = stream.next().await;
+    assert_eq!(e.data, "end", "a duplicate came before the marker: {e:?}");
+}
+
+#[tokio::test]
+async fn the_ruby_publisher_retries_without_a_duplicate() {
+    let ruby = interpreter("ruby", "apt-get install ruby");
+    let calls = r#"
+2.times { puts redisse_publish("{base}", "orders", "42", key: "order-42", type: "paid") }
+puts redisse_publish("{base}", "orders", "43", key: "order-43", type: "paid")
+begin
+  redisse_publish("{base}", "orders", "44", key: "bad key", type: "paid")
+rescue RuntimeError => e
+  puts(e.message.include?("400") ? "refused" : e.message)
+end
+"#;
+    publisher_works(ruby, &blocks_of(PUBLISHING, "ruby")[0], calls).await;
+}
+
+#[tokio::test]
+async fn the_python_publisher_retries_without_a_duplicate() {
+    let python = interpreter("python3", "apt-get install python3");
+    let calls = r#"
+for _ in range(2):
+    print(redisse_publish("{base}", "orders", "42", "order-42", type="paid"))
+print(redisse_publish("{base}", "orders", "43", "order-43", type="paid"))
+try:
+    redisse_publish("{base}", "orders", "44", "bad key", type="paid")
+except RuntimeError as e:
+    print("refused" if "400" in str(e) else str(e))
+"#;
+    publisher_works(python, &blocks_of(PUBLISHING, "python")[0], calls).await;
+}
+
+#[tokio::test]
+async fn the_node_publisher_retries_without_a_duplicate() {
+    let node = interpreter("node", "apt-get install nodejs");
+    let calls = r#"
+(async () => {
+  for (let i = 0; i < 2; i++) {
+    console.log(await redissePublish("{base}", "orders", "42", { key: "order-42", type: "paid" }));
+  }
+  console.log(await redissePublish("{base}", "orders", "43", { key: "order-43", type: "paid" }));
+  try {
+    await redissePublish("{base}", "orders", "44", { key: "bad key", type: "paid" });
+  } catch (e) {
+    console.log(e.message.includes("400") ? "refused" : e.message);
+  }
+})();
+"#;
+    publisher_works(node, &blocks_of(PUBLISHING, "js")[0], calls).await;
 }

@@ -19,6 +19,7 @@ mod extractor;
 mod foreign_payloads;
 mod held_streams;
 mod history_loss;
+mod idempotency;
 mod jwt;
 mod late_ids;
 mod layering;

@@ -316,6 +316,7 @@ async fn every_refusal_reason_and_metric_is_exposed() {
         "header_too_large",
         "header_timeout",
         "bad_request",
+        "idempotency_conflict",
     ];
     for reason in reasons {
         let key = format!("redisse_refused_total{{reason=\"{reason}\"}}");
@@ -333,6 +334,8 @@ async fn every_refusal_reason_and_metric_is_exposed() {
         "redisse_events_sent_total",
         "redisse_bytes_sent_total",
         "redisse_published_total",
+        "redisse_publish_replays_total",
+        "redisse_idempotency_keys_evicted_total",
         "redisse_events_received_total",
         "redisse_replayed_events_total",
         "redisse_missedevents_total",

@@ -8,6 +8,9 @@
 //! id a trim by our publisher removed, so that a history trimmed to fewer events than a server
 //! keeps (or to none) still tells its readers what was lost (see `history`). The gem ignores it;
 //! its own publisher records nothing, which only the full-history part of the rule can see.
+//! And a publish with an idempotency key leaves `redisse:idempotency:<key>` (the id and the
+//! fingerprint of the event, see `idempotency`), expiring after the window; the publish script
+//! checks and writes it in the same atomic step as the event.
 //!
 //! Our publisher runs those steps in one Lua script, so no reader ever sees an event published
 //! but missing from history, or history out of id order; history is read by another script that
@@ -45,6 +48,7 @@ use crate::dispatch::{DispatchSender, SubCommand, SubSender};
 use crate::error::{BrokerError, Error};
 use crate::event::{Event, Frame};
 use crate::history::{ChannelHistory, Snapshot};
+use crate::idempotency::{Keyed, Outcome};
 use crate::logtext::Escaped;
 use crate::metrics::Metrics;
 use crate::stored::parse_stored;
@@ -56,6 +60,10 @@ pub const COUNTER_KEY: &str = "redisse:lastEventId";
 /// Channels read by one history script call; keeps each call's reply bounded.
 const SNAPSHOT_CHUNK: usize = 256;
 
+/// The prefix of an idempotency key's record: `redisse:idempotency:<key>`, a string
+/// `<id> <fingerprint>` that expires after the window. The gem neither writes nor reads it.
+pub const IDEMPOTENCY_PREFIX: &str = "redisse:idempotency:";
+
 /// The hash of trimmed watermarks: field = channel name, value = the newest id a trim by our
 /// publisher removed from that channel's history. The gem neither writes nor reads it.
 pub const TRIMMED_KEY: &str = "redisse:trimmed";
@@ -65,7 +73,23 @@ pub const TRIMMED_KEY: &str = "redisse:trimmed";
 // gem's; when the trim removes anything, the newest id removed (the score of rank excess - 1,
 // read before removing) goes into the hash if it is above what is there. Another type under the
 // hash's name refuses the publish before anything is written.
+// With an idempotency key, KEYS[4] is its record, ARGV[3] the fingerprint of the event and its
+// channel, ARGV[4] the window in milliseconds. A record there answers its id without writing
+// anything: flag 1 when the fingerprints match (a retry), 2 when they differ (the key reused for
+// another event). Else the event is published and the record, `<id> <fingerprint>`, is set to
+// expire after the window. The reply is `{id, flag}`, flag 0 for an event published now.
 const PUBLISH_SCRIPT: &str = r"
+if KEYS[4] then
+  local prior = redis.call('GET', KEYS[4])
+  if prior then
+    local known, print = string.match(prior, '^(%d+) (%x+)$')
+    if not known then
+      return redis.error_reply(KEYS[4] .. ' does not hold an id and a fingerprint: not an idempotency record')
+    end
+    if print == ARGV[3] then return { tonumber(known), 1 } end
+    return { tonumber(known), 2 }
+  end
+end
 local kind = redis.call('TYPE', KEYS[3])['ok']
 if kind ~= 'none' and kind ~= 'hash' then
   return redis.error_reply(KEYS[3] .. ' is a ' .. kind .. ', not the hash of trimmed ids: publishing would lose track of trims')
@@ -83,7 +107,10 @@ if excess > 0 then
     redis.call('HSET', KEYS[3], KEYS[1], newest)
   end
 end
-return id
+if KEYS[4] then
+  redis.call('SET', KEYS[4], string.format('%d', id) .. ' ' .. ARGV[3], 'PX', ARGV[4])
+end
+return { id, 0 }
 ";
 
 // KEYS[1] is the counter, KEYS[2] the trimmed hash, the others are channels. ARGV[1] is the
@@ -254,40 +281,76 @@ pub(crate) struct RedisPublisher {
     commands: ConnectionManager,
     script: Script,
     history_size: usize,
+    /// How long an idempotency key's record lives.
+    window: Duration,
 }
 
 impl RedisPublisher {
     /// A publisher for `url` (trusting `ca`, see [`client`]) that keeps `history_size` events
-    /// per channel. It connects on first use and reconnects by itself.
-    pub fn connect(url: &str, ca: Option<&[u8]>, history_size: usize) -> Result<Self, BrokerError> {
+    /// per channel and idempotency keys for `window`. It connects on first use and reconnects
+    /// by itself.
+    pub fn connect(
+        url: &str,
+        ca: Option<&[u8]>,
+        history_size: usize,
+        window: Duration,
+    ) -> Result<Self, BrokerError> {
         let client = client(url, ca, false).map_err(BrokerError::redis)?;
         Ok(RedisPublisher::new(
             command_connection(&client)?,
             history_size,
+            window,
         ))
     }
 
-    fn new(commands: ConnectionManager, history_size: usize) -> Self {
+    fn new(commands: ConnectionManager, history_size: usize, window: Duration) -> Self {
         RedisPublisher {
             commands,
             script: Script::new(PUBLISH_SCRIPT),
             history_size,
+            window,
         }
     }
 
-    /// Runs the publish script: returns the new event's id.
-    pub async fn publish(&self, channel: &str, event: &Event) -> Result<u64, BrokerError> {
-        let id: u64 = self
-            .script
-            .key(channel)
-            .key(COUNTER_KEY)
+    /// Keeps idempotency keys for `window` instead.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window;
+    }
+
+    /// Runs the publish script: publishes the event, or with `keyed` answers the event its key
+    /// was used for within the window.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: &Event,
+        keyed: Option<&Keyed<'_>>,
+    ) -> Result<Outcome, BrokerError> {
+        let mut inv = self.script.key(channel);
+        inv.key(COUNTER_KEY)
             .key(TRIMMED_KEY)
             .arg(event.encode_tail())
-            .arg(self.history_size)
+            .arg(self.history_size);
+        if let Some(keyed) = keyed {
+            // At least a millisecond (`Config::validate`): `PX 0` is an error in Redis.
+            let window = u64::try_from(self.window.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            inv.key(format!("{IDEMPOTENCY_PREFIX}{}", keyed.key))
+                .arg(&keyed.fingerprint)
+                .arg(window);
+        }
+        let (id, flag): (u64, u8) = inv
             .invoke_async(&mut self.commands.clone())
             .await
             .map_err(BrokerError::redis)?;
-        Ok(id)
+        match flag {
+            0 => Ok(Outcome::Published(id)),
+            1 => Ok(Outcome::Replayed(id)),
+            2 => Ok(Outcome::Conflict(id)),
+            other => Err(BrokerError::Protocol(format!(
+                "publish script: unknown flag {other}"
+            ))),
+        }
     }
 }
 
@@ -458,7 +521,11 @@ impl RedisBroker {
         // first after an outage reconnects it for both.
         let commands = command_connection(&client)?;
         let broker = RedisBroker {
-            publisher: RedisPublisher::new(commands.clone(), config.history_size),
+            publisher: RedisPublisher::new(
+                commands.clone(),
+                config.history_size,
+                config.idempotency_window,
+            ),
             history: HistoryReader::new(commands),
             subscriptions: sub_tx.clone(),
             counter_seen,
@@ -468,8 +535,13 @@ impl RedisBroker {
         Ok((broker, sub_tx))
     }
 
-    pub async fn publish(&self, channel: &str, event: &Event) -> Result<u64, BrokerError> {
-        self.publisher.publish(channel, event).await
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: &Event,
+        keyed: Option<&Keyed<'_>>,
+    ) -> Result<Outcome, BrokerError> {
+        self.publisher.publish(channel, event, keyed).await
     }
 
     /// A stream's snapshot or page (shared with identical reads that started after `ready`,
