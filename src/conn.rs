@@ -1,11 +1,25 @@
 //! One SSE connection's queue, shared by the dispatcher (which fills it) and the body (which
 //! drains it into the socket).
 //!
-//! The queue is bounded in bytes. The dispatcher never waits: a push that would pass the bound
-//! marks the connection slow, drops what was queued and wakes the body, which ends the response
-//! with an error so the socket is closed; the browser comes back with `Last-Event-ID` and is
-//! replayed from history. Ids are the order: a connection remembers the last id it queued and
-//! drops anything not newer, which is what makes replay plus live delivery exactly-once.
+//! The queue is bounded in bytes. The dispatcher never waits: a live push that would pass the
+//! bound marks the connection slow, drops what was queued and wakes the body, which ends the
+//! response with an error so the socket is closed; the browser comes back with `Last-Event-ID`
+//! and is replayed from history. Ids are the order: a connection remembers the last id it queued
+//! and drops anything not newer, which is what makes replay plus live delivery exactly-once.
+//!
+//! Only a client that fell behind what it was sent is slow. Two kinds of push never make a
+//! stream slow, since what they would overflow is in history and can be read again at the
+//! client's pace:
+//!
+//! - A stream that has not started (its setup has not read history yet, as through an outage)
+//!   buffers live frames up to the bound; past it, it drops them and remembers the drop (a
+//!   [`Paging`] state with an empty held buffer and one overflow). Its setup then starts it as a
+//!   paged replay whatever its first read brought: the next page is read after the drop, so
+//!   what was dropped after the first read began is read again, and what was dropped before it
+//!   was published before it, so the first read already has it.
+//! - A live stream that a resume (the refill after a subscriber reconnection, and the live
+//!   events held behind it) would overflow keeps what it queued and becomes a paged replay from
+//!   its last queued id ([`Push::Replaying`]): the hub has a task read its pages (see `replay`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +49,20 @@ pub(crate) enum Push {
     Skipped,
     /// This push made the connection slow.
     BecameSlow,
+    /// This push (part of a resume) would have overflowed a live stream, which replays from its
+    /// last queued id instead: someone must read its pages (see `replay::catch_up`).
+    Replaying,
+}
+
+/// What [`Conn::start`] and [`Conn::start_paged`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Started {
+    /// A reset came after the plan's snapshot: nothing started, the plan must be made again.
+    Stale,
+    /// Live (or gone: nothing to do).
+    Live,
+    /// A paged replay: the caller reads the next pages (see `replay::replay_pages`).
+    Paging,
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +91,8 @@ struct State {
     /// setup waiting for the broker lets go of everything at once), and while it replays in
     /// pages, when the body took frames from the queue.
     setup_waker: Option<Waker>,
-    /// Set while a replay larger than one page is under way (boxed: most streams never page).
+    /// Set while a replay larger than one page is under way (boxed: most streams never page),
+    /// and before the stream starts once its buffer overflowed.
     paging: Option<Box<Paging>>,
 }
 
@@ -103,6 +132,8 @@ const RESET_RETRY_MS: u64 = 1000;
 pub(crate) struct Conn {
     /// Identifies the connection in the hub's registry and in logs.
     pub id: u64,
+    /// The stream's channels, which its history reads name.
+    pub channels: Box<[Arc<str>]>,
     /// Queued bytes past which the client is slow.
     max_bytes: usize,
     /// When the stream's grant ends (seconds since the Unix epoch; `u64::MAX`: never).
@@ -133,17 +164,23 @@ pub(crate) enum Drained {
 impl Conn {
     #[cfg(test)]
     pub fn new(id: u64, max_bytes: usize) -> Arc<Self> {
-        Conn::until(id, max_bytes, None)
+        Conn::until(id, Box::default(), max_bytes, None)
     }
 
-    /// A connection whose grant ends at `expires` (a token's `exp`).
-    pub fn until(id: u64, max_bytes: usize, expires: Option<std::time::SystemTime>) -> Arc<Self> {
+    /// A connection on `channels` whose grant ends at `expires` (a token's `exp`).
+    pub fn until(
+        id: u64,
+        channels: Box<[Arc<str>]>,
+        max_bytes: usize,
+        expires: Option<std::time::SystemTime>,
+    ) -> Arc<Self> {
         let expires_at = expires.map_or(u64::MAX, |t| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
         });
         Arc::new(Conn {
             id,
+            channels,
             max_bytes,
             expires_at,
             state: Mutex::new(State::default()),
@@ -160,6 +197,16 @@ impl Conn {
     /// event read from history after a subscriber reconnection: it may be old, so it does not
     /// count as the first live event a stream received while being set up.
     pub fn push(&self, frame: &Frame, refill: bool) -> Push {
+        self.offer(frame, refill, false)
+    }
+
+    /// Like [`Conn::push`] for a frame of a resume (the refill, or a live event held behind
+    /// it): a live stream it would overflow becomes a paged replay ([`Push::Replaying`]).
+    pub fn push_resumed(&self, frame: &Frame, refill: bool) -> Push {
+        self.offer(frame, refill, true)
+    }
+
+    fn offer(&self, frame: &Frame, refill: bool, resumed: bool) -> Push {
         let mut st = self.lock();
         if st.end.is_some() || st.gone {
             return Push::Skipped;
@@ -170,20 +217,39 @@ impl Conn {
         if st.paging.is_some() {
             return hold(&mut st, frame, self.max_bytes);
         }
+        if st.ready && frame.id != 0 && st.seen.has(frame.id) {
+            return Push::Skipped;
+        }
+        // A late event (see `seen`) goes without its `id:` line.
         let late;
-        let frame = if st.ready && frame.id != 0 {
-            match st.seen.offer(frame.id) {
-                Offer::Seen => return Push::Skipped,
-                Offer::New => frame,
-                Offer::Late => {
-                    late = frame.without_id();
-                    &late
-                }
-            }
+        let frame = if st.ready && frame.id != 0 && frame.id < st.seen.last() {
+            late = frame.without_id();
+            &late
         } else {
             frame
         };
-        if st.queued_bytes + frame.bytes.len() > self.max_bytes {
+        let fits = st.queued_bytes + frame.bytes.len() <= self.max_bytes;
+        if !fits && (!st.ready || resumed) {
+            // History holds the frame and what follows it: read again at the client's pace.
+            if !st.ready {
+                st.queue = VecDeque::new();
+                st.queued_bytes = 0;
+            }
+            st.paging = Some(Box::new(Paging {
+                overflows: 1,
+                dropped_at: Some(Instant::now()),
+                ..Paging::default()
+            }));
+            return if st.ready {
+                Push::Replaying
+            } else {
+                Push::Skipped
+            };
+        }
+        if st.ready && frame.id != 0 {
+            st.seen.offer(frame.id);
+        }
+        if !fits {
             st.queue = VecDeque::new();
             st.queued_bytes = 0;
             st.end = Some(End::Slow);
@@ -202,15 +268,17 @@ impl Conn {
 
     /// Ends the replay phase: `preamble` (control frames) and `replay` (history, ascending ids)
     /// go first, then the live frames buffered meanwhile that are newer than `position` and
-    /// than every replayed id. Does nothing and returns `false` when a reset came after
-    /// [`Conn::resets`] returned `resets_seen`: the plan was made from ids that no longer exist.
+    /// than every replayed id. Does nothing and returns [`Started::Stale`] when a reset came
+    /// after [`Conn::resets`] returned `resets_seen`: the plan was made from ids that no longer
+    /// exist. A stream that dropped live frames while waiting (its buffer overflowed) starts as
+    /// a paged replay instead ([`Started::Paging`]): its next page reads them again.
     pub fn start(
         &self,
         preamble: Vec<Frame>,
         replay: Vec<Frame>,
         position: u64,
         resets_seen: u64,
-    ) -> bool {
+    ) -> Started {
         self.begin(preamble, replay, position, resets_seen, None)
     }
 
@@ -224,7 +292,7 @@ impl Conn {
         position: u64,
         resets_seen: u64,
         page_end: u64,
-    ) -> bool {
+    ) -> Started {
         self.begin(preamble, page, position, resets_seen, Some(page_end))
     }
 
@@ -235,39 +303,47 @@ impl Conn {
         position: u64,
         resets_seen: u64,
         page_end: Option<u64>,
-    ) -> bool {
+    ) -> Started {
         let mut st = self.lock();
         if st.gone {
             // Nobody will read it: nothing to start.
-            return true;
+            return Started::Live;
         }
         if st.resets != resets_seen {
-            return false;
+            return Started::Stale;
         }
-        let live = std::mem::take(&mut st.queue);
+        // Live frames dropped while waiting (`paging` already set) are read again by a page
+        // that begins after the drop: the stream pages even when this plan is whole.
+        let mut overflowed = st.paging.take();
+        let live = match &mut overflowed {
+            Some(p) => std::mem::take(&mut p.held),
+            None => std::mem::take(&mut st.queue),
+        };
         let mut last = Seen::at(position);
         let mut queue: VecDeque<Frame> = preamble.into();
-        if let Some(end) = page_end {
+        let started = if page_end.is_some() || overflowed.is_some() {
             let missed_sent = queue.iter().any(|f| f.kind == FrameKind::MissedEvents);
             st.paging = Some(Box::new(Paging {
+                held_bytes: live.iter().map(|f| f.bytes.len()).sum(),
                 held: live,
-                held_bytes: st.queued_bytes,
-                overflows: 0,
-                dropped_at: None,
+                overflows: overflowed.as_ref().map_or(0, |p| p.overflows),
+                dropped_at: overflowed.as_ref().and_then(|p| p.dropped_at),
                 missed_sent,
             }));
             append_newer(&mut queue, &mut last, replay);
             // Entries up to the page's end that were refused were read all the same.
-            last.advance(end);
+            last.advance(page_end.unwrap_or(0));
+            Started::Paging
         } else {
             append_newer(&mut queue, &mut last, replay.into_iter().chain(live));
-        }
+            Started::Live
+        };
         st.queued_bytes = queue.iter().map(|f| f.bytes.len()).sum();
         st.queue = queue;
         st.seen = last;
         st.ready = true;
         wake(st);
-        true
+        started
     }
 
     /// Where a paging replay stands, to read the next page from and pass back to
@@ -328,9 +404,14 @@ impl Conn {
         done
     }
 
-    /// The setup task is done: its waker must not keep the finished task's memory.
+    /// The setup task is done: its waker must not keep the finished task's memory. While the
+    /// stream pages, the slot is the task that reads its pages (a live stream that a resume
+    /// turned into a replay gets one of its own), which replaces the waker when it waits.
     pub fn forget_setup(&self) {
-        self.lock().setup_waker = None;
+        let mut st = self.lock();
+        if st.paging.is_none() {
+            st.setup_waker = None;
+        }
     }
 
     /// Resolves once at most `bytes` are queued (or the stream is ending): a paging replay
@@ -375,6 +456,14 @@ impl Conn {
             return;
         }
         st.resets += 1;
+        if !st.ready {
+            // What it buffered or dropped has ids that no longer exist: its setup reads again.
+            st.queue.clear();
+            st.queued_bytes = 0;
+            st.first_live = None;
+            st.paging = None;
+            return;
+        }
         if st.paging.take().is_some() {
             // Part of the replay was sent with ids that no longer exist, and the rest cannot
             // be placed among the new ones: the client resumes with a plan made from them.
@@ -384,12 +473,6 @@ impl Conn {
             if let Some(w) = setup {
                 w.wake();
             }
-            return;
-        }
-        if !st.ready {
-            st.queue.clear();
-            st.queued_bytes = 0;
-            st.first_live = None;
             return;
         }
         st.seen = Seen::at(0);
@@ -640,7 +723,10 @@ mod tests {
         conn.push(&frame(5), false);
         conn.push(&frame(6), false);
         assert!(ids(&conn).is_empty(), "nothing flows before replay");
-        assert!(conn.start(vec![], vec![frame(3), frame(4), frame(5)], 2, 0));
+        assert_eq!(
+            conn.start(vec![], vec![frame(3), frame(4), frame(5)], 2, 0),
+            Started::Live
+        );
         conn.push(&frame(6), false);
         conn.push(&frame(7), false);
         assert_eq!(ids(&conn), [3, 4, 5, 6, 7]);
@@ -662,10 +748,16 @@ mod tests {
         conn.reset(missed());
         conn.push(&frame(1), false);
         // The plan read before the reset (old ids) is refused, and the old buffered id is gone.
-        assert!(!conn.start(vec![], vec![frame(47)], 40, seen));
+        assert_eq!(
+            conn.start(vec![], vec![frame(47)], 40, seen),
+            Started::Stale
+        );
         assert!(ids(&conn).is_empty());
         // The plan read again after it: missedevents, what is retained, then live.
-        assert!(conn.start(vec![missed()], vec![frame(1)], 0, conn.resets()));
+        assert_eq!(
+            conn.start(vec![missed()], vec![frame(1)], 0, conn.resets()),
+            Started::Live
+        );
         conn.push(&frame(2), false);
         assert_eq!(ids(&conn), [0, 1, 2]);
     }
@@ -678,14 +770,14 @@ mod tests {
         conn.push(&frame(7), false);
         conn.push(&frame(8), false);
         assert_eq!(conn.first_buffered(), Some(7));
-        assert!(conn.start(vec![], vec![], 6, 0));
+        assert_eq!(conn.start(vec![], vec![], 6, 0), Started::Live);
         assert_eq!(conn.first_buffered(), None);
     }
 
     #[test]
     fn a_reset_of_a_live_stream_accepts_the_lower_ids() {
         let conn = Conn::new(1, 1 << 20);
-        assert!(conn.start(vec![], vec![], 50, 0));
+        assert_eq!(conn.start(vec![], vec![], 50, 0), Started::Live);
         conn.push(&frame(51), false);
         conn.reset(missed());
         conn.push(&frame(1), false);
@@ -695,7 +787,7 @@ mod tests {
     #[test]
     fn queued_frames_are_joined_up_to_the_batch_limit() {
         let conn = Conn::new(1, 1 << 20);
-        assert!(conn.start(vec![], vec![], 0, 0));
+        assert_eq!(conn.start(vec![], vec![], 0, 0), Started::Live);
         for id in 1..=4 {
             conn.push(&frame(id), false);
         }
@@ -718,7 +810,7 @@ mod tests {
     #[test]
     fn a_stream_whose_body_is_gone_takes_nothing_more_and_is_finished() {
         let conn = Conn::new(1, 1 << 20);
-        assert!(conn.start(vec![], vec![], 0, 0));
+        assert_eq!(conn.start(vec![], vec![], 0, 0), Started::Live);
         conn.push(&frame(1), false);
         assert!(!conn.is_finished() && !conn.is_ending());
         conn.leave();
@@ -735,7 +827,10 @@ mod tests {
     fn a_paged_replay_holds_live_frames_until_its_last_page() {
         let conn = Conn::new(1, 1 << 20);
         conn.push(&frame(5), false);
-        assert!(conn.start_paged(vec![], vec![frame(3), frame(4)], 2, 0, 4));
+        assert_eq!(
+            conn.start_paged(vec![], vec![frame(3), frame(4)], 2, 0, 4),
+            Started::Paging
+        );
         conn.push(&frame(6), false);
         assert_eq!(ids(&conn), [3, 4], "live frames wait for the replay");
         let from = conn.replayed_to();
@@ -751,7 +846,10 @@ mod tests {
         // Each frame is 9 bytes: two fit in 20.
         let conn = Conn::new(1, 20);
         let before = conn.replayed_to();
-        assert!(conn.start_paged(vec![], vec![frame(1)], 0, 0, 1));
+        assert_eq!(
+            conn.start_paged(vec![], vec![frame(1)], 0, 0, 1),
+            Started::Paging
+        );
         for id in 2..=4 {
             assert_ne!(conn.push(&frame(id), false), Push::BecameSlow);
         }
@@ -770,7 +868,7 @@ mod tests {
     fn a_page_of_refused_entries_still_moves_the_replay_on_and_a_loss_is_told_once() {
         let conn = Conn::new(1, 1 << 20);
         // The first page read up to 9 but every entry was refused: the next starts after 9.
-        assert!(conn.start_paged(vec![], vec![], 2, 0, 9));
+        assert_eq!(conn.start_paged(vec![], vec![], 2, 0, 9), Started::Paging);
         let from = conn.replayed_to();
         assert_eq!(from.after, 9);
         assert!(!conn.next_page(true, vec![frame(10)], Some(12), from));
@@ -784,7 +882,10 @@ mod tests {
     fn a_replay_goes_live_only_when_its_held_frames_fit_the_queue() {
         // Frames of 9 bytes, a bound of 30: a page of two and two held frames do not fit.
         let conn = Conn::new(1, 30);
-        assert!(conn.start_paged(vec![], vec![frame(1)], 0, 0, 1));
+        assert_eq!(
+            conn.start_paged(vec![], vec![frame(1)], 0, 0, 1),
+            Started::Paging
+        );
         conn.push(&frame(4), false);
         conn.push(&frame(5), false);
         let from = conn.replayed_to();
@@ -800,7 +901,10 @@ mod tests {
     #[test]
     fn a_reset_while_paging_ends_the_stream_with_a_retry() {
         let conn = Conn::new(1, 1 << 20);
-        assert!(conn.start_paged(vec![], vec![frame(8)], 7, 0, 8));
+        assert_eq!(
+            conn.start_paged(vec![], vec![frame(8)], 7, 0, 8),
+            Started::Paging
+        );
         conn.reset(missed());
         assert!(conn.is_ending());
         let waker = futures_util::task::noop_waker();
@@ -813,9 +917,79 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_not_started_drops_its_overflow_and_starts_paged() {
+        // Frames of 7 bytes, a bound of 25: three fit.
+        let conn = Conn::new(1, 25);
+        for id in 1..=3 {
+            assert_eq!(conn.push(&frame(id), true), Push::Queued);
+        }
+        assert_eq!(
+            conn.push(&frame(4), true),
+            Push::Skipped,
+            "dropped, not slow"
+        );
+        assert_eq!(
+            conn.push(&frame(5), false),
+            Push::Queued,
+            "held after the drop"
+        );
+        // A whole plan, yet the stream pages: what was dropped is read again after the drop.
+        assert_eq!(
+            conn.start(vec![], vec![frame(1), frame(2)], 0, 0),
+            Started::Paging
+        );
+        assert_eq!(ids(&conn), [1, 2]);
+        let from = conn.replayed_to();
+        assert_eq!((from.after, from.overflows), (2, 1));
+        assert!(from.dropped_at.is_some());
+        assert!(conn.next_page(false, vec![frame(3), frame(4), frame(5)], None, from));
+        assert_eq!(ids(&conn), [3, 4, 5]);
+        conn.push(&frame(6), false);
+        assert_eq!(ids(&conn), [6]);
+        assert!(!conn.is_ending());
+    }
+
+    #[test]
+    fn a_reset_forgets_what_a_stream_not_started_dropped() {
+        let conn = Conn::new(1, 20);
+        for id in 40..=43 {
+            conn.push(&frame(id), false);
+        }
+        conn.reset(missed());
+        conn.push(&frame(1), false);
+        assert_eq!(
+            conn.start(vec![missed()], vec![], 0, conn.resets()),
+            Started::Live
+        );
+        assert_eq!(ids(&conn), [0, 1]);
+    }
+
+    #[test]
+    fn a_resume_that_would_overflow_a_live_stream_turns_it_into_a_replay() {
+        // Frames of 7 bytes, a bound of 25: three fit.
+        let conn = Conn::new(1, 25);
+        assert_eq!(conn.start(vec![], vec![], 0, 0), Started::Live);
+        for id in 1..=3 {
+            assert_eq!(conn.push_resumed(&frame(id), true), Push::Queued);
+        }
+        assert_eq!(conn.push_resumed(&frame(4), true), Push::Replaying);
+        assert_eq!(conn.push_resumed(&frame(5), false), Push::Queued, "held");
+        assert_eq!(ids(&conn), [1, 2, 3]);
+        let from = conn.replayed_to();
+        assert_eq!((from.after, from.overflows), (3, 1));
+        assert!(conn.next_page(false, vec![frame(4), frame(5)], None, from));
+        conn.push(&frame(6), false);
+        assert_eq!(ids(&conn), [4, 5, 6]);
+        assert!(!conn.is_ending(), "never slow");
+        // Live, a plain push past the bound is a slow client again.
+        let big = Frame::event(7, Bytes::from(vec![b'x'; 26]));
+        assert_eq!(conn.push(&big, false), Push::BecameSlow);
+    }
+
+    #[test]
     fn a_full_queue_makes_the_client_slow() {
         let conn = Conn::new(1, 40);
-        assert!(conn.start(vec![], vec![], 0, 0));
+        assert_eq!(conn.start(vec![], vec![], 0, 0), Started::Live);
         assert_eq!(conn.push(&frame(1), false), Push::Queued);
         assert_eq!(conn.push(&frame(2), false), Push::Queued);
         let big = Frame::event(3, Bytes::from(vec![b'x'; 30]));

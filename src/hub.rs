@@ -5,6 +5,11 @@
 //! event's pre-encoded frame to each listening connection's queue with a non-blocking push. The
 //! hub also tells the broker when a channel gets its first local listener and loses its last
 //! one, sends the heartbeats, and ends every stream on shutdown.
+//!
+//! After a Redis reconnection the refill and the live events held behind it are offered as a
+//! resume: a live stream they would overflow is not made slow but replays from history
+//! (`conn`'s rule), and the dispatcher hands it to the replayer it was started with, which has
+//! a task read its pages (`replay::catch_up`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -172,17 +177,38 @@ impl Hub {
         }
     }
 
-    /// Offers one frame to every listener of `channel`.
-    fn fan_out(&self, channel: &str, frame: &Frame, refill: bool) {
+    /// Offers one frame to every listener of `channel`; with `replaying` (a resume's frames),
+    /// the live streams it would overflow are added there to replay from history instead.
+    fn fan_out(
+        &self,
+        channel: &str,
+        frame: &Frame,
+        refill: bool,
+        replaying: Option<&mut Vec<Arc<Conn>>>,
+    ) {
         let reg = self.lock();
         let Some(conns) = reg.channels.get(channel) else {
             return;
         };
         let mut slow = 0;
+        let mut replaying = replaying;
         for conn in conns {
-            if conn.push(frame, refill) == Push::BecameSlow {
-                slow += 1;
-                tracing::info!(conn = conn.id, "slow client disconnected");
+            let push = match &mut replaying {
+                Some(_) => conn.push_resumed(frame, refill),
+                None => conn.push(frame, refill),
+            };
+            match push {
+                Push::BecameSlow => {
+                    slow += 1;
+                    tracing::info!(conn = conn.id, "slow client disconnected");
+                }
+                Push::Replaying => {
+                    tracing::debug!(conn = conn.id, "resume larger than the queue: paging it");
+                    if let Some(list) = &mut replaying {
+                        list.push(conn.clone());
+                    }
+                }
+                Push::Queued | Push::Skipped => {}
             }
         }
         drop(reg);
@@ -192,8 +218,16 @@ impl Hub {
     }
 
     /// Offers an event to the channel's listeners; `refill` marks events read from history
-    /// after a subscriber reconnection (see [`Conn::push`]).
-    fn deliver(&self, rx: &DispatchReceiver, channel: &str, frame: Frame, refill: bool) {
+    /// after a subscriber reconnection (see [`Conn::push`]), `replaying` a resume's frames (see
+    /// [`Hub::fan_out`]).
+    fn deliver(
+        &self,
+        rx: &DispatchReceiver,
+        channel: &str,
+        frame: Frame,
+        refill: bool,
+        replaying: Option<&mut Vec<Arc<Conn>>>,
+    ) {
         rx.delivered(frame.id);
         if frame.bytes.len() > self.max_queue_bytes {
             // Written by another publisher (ours refuse such events): no queue can hold it, so
@@ -212,7 +246,7 @@ impl Hub {
         if self.verbose {
             tracing::info!(channel, "Sending: {}", Escaped(&frame.bytes));
         }
-        self.fan_out(channel, &frame, refill);
+        self.fan_out(channel, &frame, refill, replaying);
     }
 
     /// Sends `missedevents` to every listener of the given channels (once per connection), or
@@ -240,27 +274,33 @@ impl Hub {
     }
 
     /// The dispatcher task: runs until every sender is gone or the hub is dropped. It holds the
-    /// hub weakly, so that dropping the last [`crate::Redisse`] stops every task.
-    pub async fn dispatch(hub: Weak<Self>, mut rx: DispatchReceiver) {
+    /// hub weakly, so that dropping the last [`crate::Redisse`] stops every task. `replay` is
+    /// given each live stream that a resume turned into a replay from history, to read its
+    /// pages (it must not block: it spawns a task).
+    pub async fn dispatch(hub: Weak<Self>, mut rx: DispatchReceiver, replay: impl Fn(Arc<Conn>)) {
         let mut held: Option<Vec<(String, Frame)>> = None;
         while let Some(msg) = rx.recv().await {
             let Some(this) = hub.upgrade() else {
                 return;
             };
-            this.handle(&rx, msg, &mut held);
+            for conn in this.handle(&rx, msg, &mut held) {
+                replay(conn);
+            }
         }
     }
 
+    /// Handles one message; returns the streams that now replay from history.
     fn handle(
         &self,
         rx: &DispatchReceiver,
         msg: Dispatch,
         held: &mut Option<Vec<(String, Frame)>>,
-    ) {
+    ) -> Vec<Arc<Conn>> {
+        let mut replaying = Vec::new();
         match msg {
             Dispatch::Live { channel, frame } => match held {
                 Some(buffer) => buffer.push((channel, frame)),
-                None => self.deliver(rx, &channel, frame, false),
+                None => self.deliver(rx, &channel, frame, false, None),
             },
             Dispatch::Hold => {
                 held.get_or_insert_with(Vec::new);
@@ -276,13 +316,14 @@ impl Hub {
                     self.signal_missed(&resume.missed, resume.reset);
                 }
                 for (channel, frame) in resume.events {
-                    self.deliver(rx, &channel, frame, true);
+                    self.deliver(rx, &channel, frame, true, Some(&mut replaying));
                 }
                 for (channel, frame) in held.take().unwrap_or_default() {
-                    self.deliver(rx, &channel, frame, false);
+                    self.deliver(rx, &channel, frame, false, Some(&mut replaying));
                 }
             }
         }
+        replaying
     }
 
     /// Asks every stream for a heartbeat, and ends those whose grant has expired with a
@@ -314,13 +355,12 @@ impl Hub {
 pub(crate) struct Registration {
     pub hub: Arc<Hub>,
     pub conn: Arc<Conn>,
-    pub channels: Box<[Arc<str>]>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.conn.leave();
-        self.hub.unregister(self.conn.id, &self.channels);
+        self.hub.unregister(self.conn.id, &self.conn.channels);
         if self.hub.verbose {
             tracing::info!(conn = self.conn.id, "Unsubscribing");
         }

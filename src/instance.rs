@@ -14,6 +14,7 @@ use crate::dispatch;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Stats};
+use crate::replay::{Pages, catch_up, page_budget};
 use crate::tasks::Tasks;
 
 /// A running Redisse instance. Cheap to clone; all clones share the same state.
@@ -93,10 +94,6 @@ impl Redisse {
             config.max_queue_bytes,
             config.max_subscriptions,
         ));
-        tasks.spawn(
-            "dispatcher",
-            Hub::dispatch(Arc::downgrade(&hub), dispatch_rx),
-        );
         let shared = Arc::new(Shared {
             config,
             hub,
@@ -108,6 +105,26 @@ impl Redisse {
             tasks,
             jitter: RandomState::new(),
         });
+        // Streams that a resume turned into replays read their pages in tasks of their own;
+        // held weakly, so that the dispatcher does not keep the instance alive.
+        let weak = Arc::downgrade(&shared);
+        let replay = move |conn| {
+            if let Some(shared) = weak.upgrade() {
+                tokio::spawn(async move {
+                    let pages = Pages {
+                        broker: &shared.broker,
+                        metrics: &shared.metrics,
+                        history_size: shared.config.history_size,
+                        budget: page_budget(shared.config.max_queue_bytes),
+                    };
+                    catch_up(pages, conn).await;
+                });
+            }
+        };
+        shared.tasks.spawn(
+            "dispatcher",
+            Hub::dispatch(Arc::downgrade(&shared.hub), dispatch_rx, replay),
+        );
         spawn_heartbeat(&shared);
         Ok(Redisse { shared })
     }

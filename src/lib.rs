@@ -64,10 +64,13 @@
 //!   `refusal`: a refused request, counted, logged and answered in one place; [`auth`]: access
 //!   control (JWT and auth-callback channel policies, channel patterns, publish credentials,
 //!   CORS), over `outbound`, the HTTP client for what the server asks of others.
-//! * `conn`: one connection's bounded queue; a full queue makes the client slow. `resume`: the
+//! * `conn`: one connection's bounded queue; a full queue makes a live client slow (a stream
+//!   not started yet, or a resume after an outage, replays from history instead). `resume`: the
 //!   replay plan after `Last-Event-ID`.
 //! * `broker`: the in-memory broker, and `broker::redis` (ids, history, delivery in the gem's
 //!   layout), which starts and owns its supervised pub/sub subscriber.
+//!   `replay`: a replay read in pages at the client's pace (after `Last-Event-ID`, or when a
+//!   refill after a Redis outage is larger than a stream's queue).
 //! * `hub`: the registry of local connections by channel and the dispatcher that fans events
 //!   out without ever waiting for a client. `instance`: [`Redisse`], the handle that starts
 //!   the broker, the hub and their tasks.
@@ -122,8 +125,9 @@ mod seen;
 mod conn;
 mod resume;
 
-// The brokers, the hub, and the instance that starts them.
+// The brokers, replay in pages, the hub, and the instance that starts them.
 mod broker;
+mod replay;
 mod hub;
 mod instance;
 

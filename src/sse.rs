@@ -184,6 +184,8 @@ mod tests {
         println!("SseBody {body} B, its boxed Stream {stream} B, Conn {conn} B (in an Arc: +16 B)");
         assert!(body <= 64, "SseBody is {body} B");
         assert!(stream <= 128, "Stream is {stream} B");
-        assert!(conn <= 192, "Conn is {conn} B");
+        // The channel list lives in the Conn (the replay task that a resume may start reads it
+        // there), no longer in the Stream's registration: 16 B moved from one to the other.
+        assert!(conn <= 208, "Conn is {conn} B");
     }
 }

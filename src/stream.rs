@@ -7,7 +7,9 @@
 //! received live events meanwhile is planned as a resume from just before the first of them;
 //! after a reset (Redis lost its data) the plan is made again from a new snapshot. During a
 //! Redis outage the task waits and retries, and the stream meanwhile gets heartbeats, so a
-//! browser is never sent a 503.
+//! browser is never sent a 503. A plan larger than one page, or a stream whose buffer of live
+//! events overflowed while it waited (the refill after an outage), is replayed in pages
+//! (`replay`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,16 +19,16 @@ use http::Response;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::conn::Conn;
+use crate::conn::{Conn, Started};
 use crate::event::{LastEventId, MAX_EVENT_ID, retry_text};
 use crate::headers::stream_headers;
 use crate::history::Snapshot;
-use crate::history::channel_may_have_lost;
 use crate::hub::{NotRegistered, Registration};
 use crate::instance::Shared;
 use crate::metrics::Refusal;
 use crate::refusal::Refused;
-use crate::resume::{merge, plan};
+use crate::replay::{Pages, page_budget, replay_pages};
+use crate::resume::plan;
 use crate::sse::SseBody;
 use crate::transport::{StreamHandle, StreamSink};
 
@@ -70,10 +72,11 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         let why = format!("connection limit reached ({limit} streams)");
         return come_back_later(shared, id, Some((Refusal::MaxConnections, why)));
     }
-    let conn = Conn::until(id, shared.config.max_queue_bytes, spec.expires);
+    let channels: Box<[Arc<str>]> = spec.channels.into();
+    let conn = Conn::until(id, channels, shared.config.max_queue_bytes, spec.expires);
     // One span per connection (never per event): its logs carry the id and channel count.
-    let span = tracing::info_span!("sse", conn = id, channels = spec.channels.len());
-    match hub.register(&conn, &spec.channels) {
+    let span = tracing::info_span!("sse", conn = id, channels = conn.channels.len());
+    match hub.register(&conn, &conn.channels) {
         Ok(()) => {}
         Err(NotRegistered::Closing) => return come_back_later(shared, id, None),
         Err(NotRegistered::Full { max }) => {
@@ -82,17 +85,15 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         }
     }
     if shared.config.verbose {
-        let names: Vec<&str> = spec.channels.iter().map(|c| &**c).collect();
+        let names: Vec<&str> = conn.channels.iter().map(|c| &**c).collect();
         span.in_scope(|| tracing::info!("Subscribing to {names:?}"));
     }
-    let channels: Box<[Arc<str>]> = spec.channels.into();
     let reg = Registration {
         hub: hub.clone(),
         conn: conn.clone(),
-        channels: channels.clone(),
     };
     let handle = StreamHandle::new(conn.clone());
-    tokio::spawn(setup(shared.clone(), conn, channels, spec.last).instrument(span.clone()));
+    tokio::spawn(setup(shared.clone(), conn, spec.last).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
     let mut res = stream_response(SseBody::stream(reg, polling, span));
     match spec.sink {
@@ -129,7 +130,12 @@ async fn from_first_live(
     }
     match shared
         .broker
-        .snapshot(channels, Some(from), page_budget(shared), ready)
+        .snapshot(
+            channels,
+            Some(from),
+            page_budget(shared.config.max_queue_bytes),
+            ready,
+        )
         .await
     {
         Ok(again) => (LastEventId::At(from), again),
@@ -143,13 +149,13 @@ async fn from_first_live(
 /// until it succeeds, the stream ends or the client leaves; every wait is raced against the
 /// stream's end, so a client that leaves frees its setup (channel list, connection, barrier)
 /// at once rather than when the broker comes back.
-async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, channels: Box<[Arc<str>]>, last: LastEventId) {
+async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, last: LastEventId) {
     let _starting = Starting::new(&shared, &conn);
     let ended = conn.clone();
     tokio::select! {
         biased;
         () = ended.ended() => {}
-        () = set_up(&shared, &conn, &channels, last) => {}
+        () = set_up(&shared, &conn, last) => {}
     }
 }
 
@@ -171,7 +177,8 @@ impl Drop for Starting {
     }
 }
 
-async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastEventId) {
+async fn set_up(shared: &Shared, conn: &Conn, last: LastEventId) {
+    let channels = &conn.channels;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
@@ -194,7 +201,7 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
             LastEventId::At(id) => Some(id),
             _ => None,
         };
-        let budget = page_budget(shared);
+        let budget = page_budget(shared.config.max_queue_bytes);
         // A shared read must also postdate the last reset, which `resets` already counts.
         let ready = shared.hub.after_last_reset(ready);
         match Box::pin(shared.broker.snapshot(channels, after, budget, ready)).await {
@@ -214,79 +221,26 @@ async fn set_up(shared: &Shared, conn: &Conn, channels: &[Arc<str>], last: LastE
                 if shared.config.verbose && !plan.replay.is_empty() {
                     tracing::info!("Sending {} history events", plan.replay.len());
                 }
-                match page_end {
-                    None => {
-                        if conn.start(plan.preamble, plan.replay, plan.position, resets) {
-                            return;
-                        }
+                let (preamble, replay) = (plan.preamble, plan.replay);
+                let started = match page_end {
+                    None => conn.start(preamble, replay, plan.position, resets),
+                    Some(end) => conn.start_paged(preamble, replay, plan.position, resets, end),
+                };
+                match started {
+                    Started::Live => return,
+                    Started::Paging => {
+                        let pages = Pages {
+                            broker: &shared.broker,
+                            metrics: &shared.metrics,
+                            history_size: shared.config.history_size,
+                            budget,
+                        };
+                        Box::pin(replay_pages(&pages, conn, ready)).await;
+                        return;
                     }
-                    Some(end) => {
-                        let (preamble, replay) = (plan.preamble, plan.replay);
-                        if conn.start_paged(preamble, replay, plan.position, resets, end) {
-                            Box::pin(replay_pages(shared, conn, channels, budget, ready)).await;
-                            return;
-                        }
-                    }
+                    Started::Stale => {}
                 }
                 // A reset came while reading: the snapshot may predate it. Read again.
-            }
-            Err(e) => {
-                tracing::warn!(conn = conn.id, error = %e, "cannot read history yet; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
-}
-
-/// The bytes of history one read brings to a stream: half its queue, so that a replay never
-/// holds more than the queue however large the backlog (the page and what the body has not
-/// written yet).
-fn page_budget(shared: &Shared) -> usize {
-    (shared.config.max_queue_bytes / 2).max(1)
-}
-
-/// The rest of a replay larger than one page: each time the body has written the queue down to
-/// half a page, the next page is read after the last id queued and checked with the same loss
-/// rule as the first (history may have been trimmed meanwhile), until a page reaches the end of
-/// history and the held live events follow.
-async fn replay_pages(
-    shared: &Shared,
-    conn: &Conn,
-    channels: &[Arc<str>],
-    budget: usize,
-    ready: tokio::time::Instant,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    loop {
-        conn.room(budget / 2).await;
-        if conn.is_ending() {
-            return;
-        }
-        let from = conn.replayed_to();
-        // A read shared with another stream must have started after this stream last dropped
-        // the live events it held, or it may miss some of them.
-        let ready = from.dropped_at.map_or(ready, |at| ready.max(at));
-        match Box::pin(
-            shared
-                .broker
-                .snapshot(channels, Some(from.after), budget, ready),
-        )
-        .await
-        {
-            Ok(page) => {
-                let history_size = shared.config.history_size;
-                let missed = (0..page.channels.len())
-                    .any(|i| channel_may_have_lost(from.after, i, &page, history_size));
-                let page_end = page.page_end;
-                let frames = merge(page);
-                shared
-                    .metrics
-                    .replayed
-                    .fetch_add(frames.len() as u64, Relaxed);
-                if conn.next_page(missed, frames, page_end, from) {
-                    return;
-                }
-                backoff.reset();
             }
             Err(e) => {
                 tracing::warn!(conn = conn.id, error = %e, "cannot read history yet; retrying");

@@ -355,7 +355,9 @@ impl RedisPublisher {
 }
 
 /// Reads the counter and channels' histories with the history script; shared by streams and,
-/// on its own connection, the subscriber's refill.
+/// on its own connection, the subscriber's refill. A read that finds its connection dead (the
+/// first after Redis restarted) is made again at once on the new connection, rather than
+/// failing and waiting out its caller's backoff.
 pub(crate) struct HistoryReader {
     commands: ConnectionManager,
     script: Script,
@@ -400,12 +402,14 @@ impl HistoryReader {
             for ch in chunk {
                 inv.key(&**ch);
             }
-            let reply: Value = inv
-                .arg(&after_arg)
-                .arg(budget)
-                .invoke_async(&mut con)
-                .await
-                .map_err(BrokerError::redis)?;
+            inv.arg(&after_arg).arg(budget);
+            let reply: Value = match inv.invoke_async(&mut con).await {
+                // The connection's socket died (Redis restarted): the manager has begun a new
+                // connection, and a read (which changes nothing) is tried again at once on it.
+                Err(e) if e.is_unrecoverable_error() => inv.invoke_async(&mut con).await,
+                reply => reply,
+            }
+            .map_err(BrokerError::redis)?;
             let page = parse_snapshot(reply)?;
             if let Some(end) = page.page_end {
                 cut = Some(cut.map_or(end, |c| c.min(end)));
@@ -505,6 +509,9 @@ impl RedisBroker {
         let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let counter_seen = Arc::new(AtomicU64::new(0));
+        // Publishing and streams' history reads share one command connection: whichever runs
+        // first after an outage reconnects it for both (the subscriber wakes it first).
+        let commands = command_connection(&client)?;
         let subscriber = Subscriber {
             client: client.clone(),
             metrics: metrics.clone(),
@@ -512,14 +519,12 @@ impl RedisBroker {
             dispatch,
             commands: sub_rx,
             history: HistoryReader::new(command_connection(&client)?),
+            streams_commands: commands.clone(),
             history_size: config.history_size,
             ping_interval: config.redis_ping_interval,
             ping_timeout: config.redis_ping_timeout,
         };
         tasks.spawn("redis subscriber", subscriber.run());
-        // Publishing and streams' history reads share one command connection: whichever runs
-        // first after an outage reconnects it for both.
-        let commands = command_connection(&client)?;
         let broker = RedisBroker {
             publisher: RedisPublisher::new(
                 commands.clone(),

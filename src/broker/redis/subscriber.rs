@@ -8,9 +8,14 @@
 //! dispatcher received before (a refill, a reset) has reached the stream's connection first.
 //!
 //! When the connection dies (a disconnection push, a failed command, or a PING that times out on
-//! a half-open socket) the task marks the broker down, reconnects with exponential backoff,
-//! resubscribes every active channel, and refills the dispatcher from history after the last id
-//! this process saw, because pub/sub drops what is published while nobody listens. Live events
+//! a half-open socket) the task marks the broker down, reconnects with exponential backoff
+//! (capped at a quarter second, so that the process is back within that of Redis answering
+//! again), resubscribes every active channel, and refills the dispatcher from history after the
+//! last id this process saw, because pub/sub drops what is published while nobody listens. The
+//! command connections still hold their dead sockets then: the refill's read is made again at
+//! once on a new one (see `HistoryReader`), and the streams' connection is woken by a PING as
+//! soon as the subscriber is connected, so that neither the first stream read nor the first
+//! publish after an outage fails on it. Live events
 //! of the new connection are held behind that refill so ids stay in order. A counter lower than
 //! the last id seen means Redis lost its data; streams are told with `missedevents`.
 
@@ -19,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -36,7 +41,12 @@ use crate::seen::LATE_WINDOW;
 use crate::stored::parse_stored;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// One connection attempt per process every quarter second at most during an outage: what
+/// Redis sees of a few hundred processes is a few hundred refused connections a second, and a
+/// process is back within a quarter second of Redis answering.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Failed connection attempts of one outage between two warnings (about 2 s at the cap).
+const WARN_EVERY: u64 = 8;
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const SUBSCRIBE_CHUNK: usize = 512;
 /// Commands taken from the hub's queue at once.
@@ -62,6 +72,8 @@ pub(super) struct Subscriber {
     pub commands: mpsc::UnboundedReceiver<SubCommand>,
     /// On a connection of its own, so a refill never waits behind streams' reads.
     pub history: HistoryReader,
+    /// The streams' and the publisher's command connection, woken at each reconnection.
+    pub streams_commands: ConnectionManager,
     pub history_size: usize,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
@@ -81,19 +93,27 @@ impl Subscriber {
         let mut barriers: Vec<Ready> = Vec::new();
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut connected_before = false;
+        let mut failures = 0u64;
         loop {
             let lost = Arc::new(Notify::new());
             let mut con = match self.connect(lost.clone()).await {
                 Ok(con) => con,
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "redis subscriber cannot connect");
+                    if failures.is_multiple_of(WARN_EVERY) {
+                        tracing::warn!(error = %e, attempts = failures + 1, retry_in = ?delay, "redis subscriber cannot connect");
+                    }
+                    failures += 1;
                     if !self.wait(delay, &mut active, &mut barriers).await {
                         return;
                     }
                     continue;
                 }
             };
+            failures = 0;
+            if connected_before {
+                wake_up(self.streams_commands.clone());
+            }
             if !self.apply_pending(&mut active, &mut barriers) {
                 return;
             }
@@ -387,6 +407,23 @@ impl Subscriber {
         }
         Ok(())
     }
+}
+
+/// Sends a PING on a command connection that may still hold the socket of a Redis that went
+/// away, in a task of its own: a failed PING makes the manager connect again, and a second one
+/// waits for that connection, so that the next command finds it ready.
+fn wake_up(mut con: ConnectionManager) {
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            if redis::cmd("PING")
+                .query_async::<Value>(&mut con)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    });
 }
 
 /// Sends one run of subscriptions or removals (nothing when empty).
