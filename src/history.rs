@@ -46,6 +46,13 @@ pub(crate) struct Snapshot {
     /// was an event or was refused), up to which `channels` hold every event after the position
     /// merged across channels; the rest is read by a later page, after this id.
     pub page_end: Option<u64>,
+    /// Redis only: the data-loss floor (`redisse:lostBelow`, see `broker::redis`). A position
+    /// below it was given before Redis lost its data, or is one of the ids given again after the
+    /// loss and before a server raised the counter: events after it may be lost and, when ids
+    /// were given again, may have lower ids than it. `None` when no floor is recorded (and
+    /// always in memory, whose ids never start again: its first id does the same work through
+    /// the trimmed watermarks).
+    pub floor: Option<u64>,
     /// History entries skipped because they were not SSE events (written by someone else).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // always 0 in memory
     pub malformed: u64,
@@ -114,6 +121,7 @@ mod tests {
             counter: Some(100),
             channels,
             page_end: None,
+            floor: None,
             malformed: 0,
             unrecorded_trims,
         }

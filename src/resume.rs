@@ -11,7 +11,8 @@
 //! some id between the client's last id and that channel's oldest retained event is retained in
 //! none of the requested channels' histories. A channel that was never trimmed lost nothing,
 //! and a last id that came from another channel is no reason by itself. A last id that is not a
-//! number, or beyond the counter (the store lost its data), is told too.
+//! number, beyond the counter, or below the data-loss floor (the store lost its data, see
+//! `history::Snapshot::floor`), is told too, and everything retained is replayed.
 
 #[cfg(test)]
 use crate::event::FrameKind;
@@ -60,8 +61,10 @@ pub(crate) fn plan(last: LastEventId, snapshot: Snapshot, history_size: usize) -
             plan.preamble.push(Frame::missed_events());
             None
         }
-        LastEventId::At(l) if l > counter => {
+        LastEventId::At(l) if l > counter || l < snapshot.floor.unwrap_or(0) => {
             // The store lost its data: everything retained is newer than the client knows.
+            // (Below the floor, the snapshot must have been read past the counter for that:
+            // `stream::set_up` reads it so.)
             plan.preamble.push(Frame::missed_events());
             plan.replay = merge(snapshot);
             plan.position = 0;
@@ -131,6 +134,7 @@ mod tests {
             counter: Some(counter),
             channels,
             page_end: None,
+            floor: None,
             malformed: 0,
             unrecorded_trims: true,
         }
@@ -240,6 +244,29 @@ mod tests {
             &p.preamble[0].bytes[..],
             b"id: 6\nevent: lastEventId\ndata: \n\n"
         );
+    }
+
+    #[test]
+    fn a_position_below_the_data_loss_floor_signals_loss_then_replays_everything_read() {
+        // Redis lost its data at about 50; ids 1 and 2 were given again before a server raised
+        // the counter and the floor to 51; 52 came after. The snapshot was read past the counter.
+        let mut s = snap(52, vec![history(&[1, 2, 52], 3, 0)]);
+        s.floor = Some(51);
+        let p = plan(LastEventId::At(50), s.clone(), 100);
+        assert!(p.signals_missed());
+        assert_eq!(
+            p.replay.iter().map(|f| f.id).collect::<Vec<_>>(),
+            [1, 2, 52]
+        );
+        assert_eq!(p.position, 0);
+        // From the floor itself (the raised counter, the hint a client got after the raise):
+        // nothing lost.
+        let mut s = snap(52, vec![history(&[1, 2, 52], 3, 51)]);
+        s.floor = Some(51);
+        let p = plan(LastEventId::At(51), s, 100);
+        assert!(!p.signals_missed());
+        assert_eq!(p.replay.iter().map(|f| f.id).collect::<Vec<_>>(), [52]);
+        assert_eq!(p.position, 51);
     }
 
     #[test]

@@ -180,6 +180,8 @@ impl Drop for Starting {
 async fn set_up(shared: &Shared, conn: &Conn, last: LastEventId) {
     let channels = &conn.channels;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    // Set once a snapshot showed the client's position below the data-loss floor.
+    let mut below_floor = false;
     loop {
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
         // alive at once, and only the part in use should take memory.
@@ -190,9 +192,11 @@ async fn set_up(shared: &Shared, conn: &Conn, last: LastEventId) {
         }
         // After a reset (Redis lost its data) the client's position is in ids that no longer
         // exist: start as from a position past the counter, with `missedevents` and everything
-        // retained.
+        // retained. The same for a position below the data-loss floor: it was given before a
+        // loss, or is one of the ids given again after it, so events after it may be gone and
+        // those published since may have lower ids (docs/history.md).
         let resets = conn.resets();
-        let last = if resets > 0 {
+        let last = if resets > 0 || below_floor {
             LastEventId::At(MAX_EVENT_ID)
         } else {
             last
@@ -206,6 +210,12 @@ async fn set_up(shared: &Shared, conn: &Conn, last: LastEventId) {
         let ready = shared.hub.after_last_reset(ready);
         match Box::pin(shared.broker.snapshot(channels, after, budget, ready)).await {
             Ok(snapshot) => {
+                if let LastEventId::At(l) = last
+                    && l < snapshot.floor.unwrap_or(0)
+                {
+                    below_floor = true;
+                    continue;
+                }
                 let (last, snapshot) = match last {
                     LastEventId::None => {
                         Box::pin(from_first_live(shared, conn, channels, snapshot)).await

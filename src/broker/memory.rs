@@ -173,6 +173,7 @@ impl MemoryBroker {
             counter: st.last,
             channels,
             page_end: None,
+            floor: None,
             malformed: 0,
             unrecorded_trims: false,
         };

@@ -143,6 +143,12 @@ fn dechunk(mut bytes: &[u8]) -> Vec<u8> {
 
 async fn a_body_rewriting_layer_sees_each_frame_of_a_stream_under_hyper(backend: Backend) {
     let server = start(&backend).await;
+    // `/health` below must answer 200: the subscriber connects a few milliseconds after start.
+    let deadline = Instant::now() + PATIENCE;
+    while !server.redisse.is_broker_up() {
+        assert!(Instant::now() < deadline, "the broker never came up");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     server.publish("t.warm", "warmup", "").await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     // A first request that is not a stream request: hyper serves the connection from now on.

@@ -13,6 +13,7 @@ mod churn;
 mod cli;
 mod doc_snippets;
 mod concurrency;
+mod counter_reset;
 mod cors;
 mod endpoint;
 mod extractor;

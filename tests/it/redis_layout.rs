@@ -79,10 +79,25 @@ async fn the_counter_and_history_hold_the_gems_bytes() {
             3.0
         )]
     );
-    // Only those keys exist.
+    // Only those keys exist, and the data-loss floor that the instance's subscriber created
+    // (at 0: no loss seen) when it connected, which the gem ignores.
     let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.con()).unwrap();
     keys.sort();
-    assert_eq!(keys, ["channel_1", "global", "redisse:lastEventId"]);
+    assert_eq!(
+        keys,
+        [
+            "channel_1",
+            "global",
+            "redisse:lastEventId",
+            "redisse:lostBelow"
+        ]
+    );
+    assert_eq!(key_type(redis, "redisse:lostBelow"), "string");
+    let floor: String = redis::cmd("GET")
+        .arg("redisse:lostBelow")
+        .query(&mut redis.con())
+        .unwrap();
+    assert_eq!(floor, "0");
     // No TTL anywhere, as in the gem.
     for key in &keys {
         let ttl: i64 = redis::cmd("TTL").arg(key).query(&mut redis.con()).unwrap();

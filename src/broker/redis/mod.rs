@@ -4,13 +4,22 @@
 //! - an event is `PUBLISH`ed on the channel's name, verbatim, as its complete SSE text;
 //! - the channel's history is the sorted set named after the channel, trimmed to the newest N.
 //!
-//! Beside it, one key of our own: the hash `redisse:trimmed` records, per channel, the newest
-//! id a trim by our publisher removed, so that a history trimmed to fewer events than a server
-//! keeps (or to none) still tells its readers what was lost (see `history`). The gem ignores it;
-//! its own publisher records nothing, which only the full-history part of the rule can see.
-//! And a publish with an idempotency key leaves `redisse:idempotency:<key>` (the id and the
-//! fingerprint of the event, see `idempotency`), expiring after the window; the publish script
-//! checks and writes it in the same atomic step as the event.
+//! Beside it, keys of our own, which the gem ignores:
+//!
+//! - the hash `redisse:trimmed` records, per channel, the newest id a trim by our publisher
+//!   removed, so that a history trimmed to fewer events than a server keeps (or to none) still
+//!   tells its readers what was lost (see `history`); the gem's own publisher records nothing,
+//!   which only the full-history part of the rule can see;
+//! - the string `redisse:lostBelow`, the data-loss floor: when Redis loses its data the counter
+//!   starts again from nothing, and the first subscriber that notices (see [`subscriber`])
+//!   raises the counter above every id it knew and sets the floor to the raised value, in one
+//!   script ([`HistoryReader::raise`]), so that ids never go backwards for long and any server
+//!   can tell a client whose position lies below the floor that events may be lost. The
+//!   subscriber creates it (at 0) when it first connects, so that its disappearance is a sign
+//!   of loss too;
+//! - a publish with an idempotency key leaves `redisse:idempotency:<key>` (the id and the
+//!   fingerprint of the event, see `idempotency`), expiring after the window; the publish script
+//!   checks and writes it in the same atomic step as the event.
 //!
 //! Our publisher runs those steps in one Lua script, so no reader ever sees an event published
 //! but missing from history, or history out of id order; history is read by another script that
@@ -56,6 +65,10 @@ use crate::tasks::Tasks;
 
 /// The id counter's key, as in the gem.
 pub const COUNTER_KEY: &str = "redisse:lastEventId";
+
+/// The data-loss floor: a position below it may have lost events (see the module
+/// documentation). The gem neither writes nor reads it.
+pub const FLOOR_KEY: &str = "redisse:lostBelow";
 
 /// Channels read by one history script call; keeps each call's reply bounded.
 const SNAPSHOT_CHUNK: usize = 256;
@@ -113,10 +126,12 @@ end
 return { id, 0 }
 ";
 
-// KEYS[1] is the counter, KEYS[2] the trimmed hash, the others are channels. ARGV[1] is the
-// position after which events are returned, or -1 for none. A position past the counter (Redis
-// lost its data), or any position when the counter does not exist, returns all. Each channel
-// gives its length, oldest score ('' when empty), trimmed watermark (0 when none) and events.
+// KEYS[1] is the counter, KEYS[2] the trimmed hash, KEYS[3] the data-loss floor, the others are
+// channels. ARGV[1] is the position after which events are returned, or -1 for none. A position
+// past the counter (Redis lost its data), or any position when the counter does not exist,
+// returns all. The reply starts with the counter, the page end (below) and the floor (-1 when
+// there is none); then each channel gives its length, oldest score ('' when empty), trimmed
+// watermark (0 when none) and events.
 // ARGV[2] is the byte budget of the page, 0 for all: events are then taken in id order across
 // the channels (a merge of their sorted sets, each read 1, 2, 4 ... up to 32 members at a time,
 // so that a page never reads much more than its budget) until the next would pass the budget
@@ -132,9 +147,11 @@ local min = '(' .. ARGV[1]
 if ARGV[1] == '-1' then min = nil
 elseif tonumber(ARGV[1]) > counter then min = '-inf' end
 local budget = tonumber(ARGV[2]) or 0
-local out = { counter, '' }
+local floor = redis.pcall('GET', KEYS[3])
+if type(floor) == 'string' then floor = tonumber(floor) or -1 else floor = -1 end
+local out = { counter, '', floor }
 local heads = {}
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local len = redis.pcall('ZCARD', KEYS[i])
   if type(len) ~= 'number' then len = 0 end
   local oldest = ''
@@ -196,6 +213,36 @@ while #open > 0 do
   end
 end
 return out
+";
+
+// KEYS[1] is the counter, KEYS[2] the data-loss floor; ARGV[1] the highest id the caller knew
+// before it saw Redis lose its data, or 0 to only make sure that the floor exists (at 0). Unless
+// the floor is already above that id (another caller raised it for the same loss, or this one
+// did before a retry), the counter is raised to one above both the id and the counter, and the
+// floor to the same value: ids below the floor were given before the loss or given again after
+// it. Each only rises, so callers racing end at the highest. Replies with the counter and the
+// floor. A key of another type is refused by name before anything is written.
+const RAISE_SCRIPT: &str = r"
+for i = 1, 2 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= 'string' then
+    return redis.error_reply(KEYS[i] .. ' is a ' .. kind .. ', not a string: cannot record the data loss')
+  end
+end
+local counter = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+local floor = tonumber(redis.call('GET', KEYS[2]) or '')
+local known = tonumber(ARGV[1])
+if known == 0 or (floor and floor > known) then
+  if not floor then
+    floor = 0
+    redis.call('SET', KEYS[2], '0')
+  end
+  return { counter, floor }
+end
+if counter < known then redis.call('SET', KEYS[1], ARGV[1]) end
+local raised = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], string.format('%d', raised))
+return { raised, raised }
 ";
 
 /// The client for commands (not pub/sub): reconnects by itself, never fails at creation.
@@ -361,6 +408,7 @@ impl RedisPublisher {
 pub(crate) struct HistoryReader {
     commands: ConnectionManager,
     script: Script,
+    raise: Script,
 }
 
 impl HistoryReader {
@@ -368,7 +416,23 @@ impl HistoryReader {
         HistoryReader {
             commands,
             script: Script::new(SNAPSHOT_SCRIPT),
+            raise: Script::new(RAISE_SCRIPT),
         }
+    }
+
+    /// After a data loss, raises the counter and the floor above `known`, the highest id the
+    /// caller knew, unless the floor is already above it; with `known` 0, only makes sure the
+    /// floor exists. Returns the counter and the floor (see `RAISE_SCRIPT`).
+    pub async fn raise(&self, known: u64) -> Result<(u64, u64), BrokerError> {
+        let (counter, floor): (i64, i64) = self
+            .raise
+            .key(COUNTER_KEY)
+            .key(FLOOR_KEY)
+            .arg(known)
+            .invoke_async(&mut self.commands.clone())
+            .await
+            .map_err(BrokerError::redis)?;
+        Ok((counter.max(0) as u64, floor.max(0) as u64))
     }
 
     /// Reads the counter and the channels' histories (see [`super::Broker::snapshot`]);
@@ -398,7 +462,7 @@ impl HistoryReader {
         let mut con = self.commands.clone();
         for chunk in chunks {
             let mut inv = self.script.key(COUNTER_KEY);
-            inv.key(TRIMMED_KEY);
+            inv.key(TRIMMED_KEY).key(FLOOR_KEY);
             for ch in chunk {
                 inv.key(&**ch);
             }
@@ -422,6 +486,7 @@ impl HistoryReader {
                 (a, b) => a.or(b),
             };
             snap.counter = snap.counter.max(page.counter);
+            snap.floor = snap.floor.max(page.floor);
             snap.channels.extend(page.histories);
             snap.malformed += page.malformed;
         }
@@ -523,6 +588,7 @@ impl RedisBroker {
             history_size: config.history_size,
             ping_interval: config.redis_ping_interval,
             ping_timeout: config.redis_ping_timeout,
+            floor_seen: None,
         };
         tasks.spawn("redis subscriber", subscriber.run());
         let broker = RedisBroker {
@@ -594,6 +660,8 @@ struct ParsedSnapshot {
     counter: Option<u64>,
     /// Where the page stopped at its budget (the score of the last entry it read).
     page_end: Option<u64>,
+    /// The data-loss floor, when there is one.
+    floor: Option<u64>,
     histories: Vec<ChannelHistory>,
     /// Entries skipped as malformed.
     malformed: u64,
@@ -611,6 +679,10 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
         _ => return Err(bad("no counter")),
     };
     let page_end = items.next().as_ref().and_then(score);
+    let floor = match items.next() {
+        Some(Value::Int(n)) => u64::try_from(n).ok(),
+        _ => return Err(bad("no floor")),
+    };
     let mut histories = Vec::new();
     let mut malformed = 0;
     while let Some(len) = items.next() {
@@ -653,6 +725,7 @@ fn parse_snapshot(reply: Value) -> Result<ParsedSnapshot, BrokerError> {
     Ok(ParsedSnapshot {
         counter,
         page_end,
+        floor,
         histories,
         malformed,
     })
@@ -716,6 +789,7 @@ mod tests {
         let reply = Value::Array(vec![
             Value::Int(9),
             bulk(""),
+            Value::Int(4),
             Value::Int(2),
             bulk("8"),
             Value::Int(7),
@@ -727,8 +801,8 @@ mod tests {
         ]);
         let page = parse_snapshot(reply).unwrap();
         assert_eq!(
-            (page.counter, page.page_end, page.malformed),
-            (Some(9), None, 0)
+            (page.counter, page.page_end, page.floor, page.malformed),
+            (Some(9), None, Some(4), 0)
         );
         let histories = page.histories;
         let a = &histories[0];
@@ -741,14 +815,20 @@ mod tests {
             (b.len, b.oldest, b.trimmed, b.events.len()),
             (0, None, 0, 0)
         );
-        // A reply in the old shape (three items per channel) is refused, not misread.
+        // No floor recorded.
+        let none = Value::Array(vec![Value::Int(9), bulk(""), Value::Int(-1)]);
+        assert_eq!(parse_snapshot(none).unwrap().floor, None);
+        // A reply in an old shape (no floor, or three items per channel) is refused, not misread.
         let old = Value::Array(vec![
             Value::Int(9),
+            bulk(""),
             Value::Int(0),
             Value::Int(0),
             bulk(""),
             Value::Array(vec![]),
         ]);
+        assert!(parse_snapshot(old).is_err());
+        let old = Value::Array(vec![Value::Int(9), bulk("")]);
         assert!(parse_snapshot(old).is_err());
     }
 

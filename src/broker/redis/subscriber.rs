@@ -15,9 +15,17 @@
 //! command connections still hold their dead sockets then: the refill's read is made again at
 //! once on a new one (see `HistoryReader`), and the streams' connection is woken by a PING as
 //! soon as the subscriber is connected, so that neither the first stream read nor the first
-//! publish after an outage fails on it. Live events
-//! of the new connection are held behind that refill so ids stay in order. A counter lower than
-//! the last id seen means Redis lost its data; streams are told with `missedevents`.
+//! publish after an outage fails on it. Live events of the new connection are held behind that
+//! refill so ids stay in order.
+//!
+//! Redis lost its data when the counter is below an id this process knew, or when the data-loss
+//! floor (`redisse:lostBelow`, which the first connection creates) is gone or went down: then
+//! the refill raises the counter above every id this process knew and the floor with it (see
+//! [`super::HistoryReader::raise`]), so that new ids pass the old ones, and tells every stream
+//! `missedevents` before everything retained. A floor that another process raised means the same
+//! loss (that process saw it first): the streams are told, the counter is left as it is. The
+//! connection survives a `FLUSHALL`, so the watchdog's reading of the counter and the floor
+//! checks the same signs, and on any of them starts over as after a lost connection.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -77,6 +85,15 @@ pub(super) struct Subscriber {
     pub history_size: usize,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// The data-loss floor as this process last read it (`None` until its first connection
+    /// made sure it exists): a different one means a loss this process has not handled.
+    pub floor_seen: Option<u64>,
+}
+
+/// The counter and the data-loss floor, read together.
+struct Marks {
+    counter: Option<u64>,
+    floor: Option<u64>,
 }
 
 /// Why the connected loop ended.
@@ -172,22 +189,31 @@ impl Subscriber {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(BrokerError::redis)?;
-        // Before any subscription: the counter that live ids are checked against.
-        self.read_counter(&mut con)
-            .await
-            .map_err(BrokerError::redis)?;
+        // Before any subscription: the counter that live ids are checked against. (A counter
+        // below what this process knew is left to the refill, which compares.)
+        let marks = read_marks(&mut con).await.map_err(BrokerError::redis)?;
+        self.counter_seen
+            .fetch_max(marks.counter.unwrap_or(0), Relaxed);
         Ok(con)
     }
 
-    /// Reads the id counter (which also proves the connection alive) and remembers it in
-    /// `counter_seen`, the reading live ids are checked against (see [`MAX_ID_LEAD`]).
-    async fn read_counter(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        let counter: Option<u64> = redis::cmd("GET")
-            .arg(super::COUNTER_KEY)
-            .query_async(con)
-            .await?;
-        self.counter_seen.fetch_max(counter.unwrap_or(0), Relaxed);
-        Ok(())
+    /// Why the watchdog's reading means that Redis lost its data, if it does: the counter is
+    /// below what this process knew, or the floor is not the one it last read.
+    fn lost_data(&self, marks: &Marks) -> Option<String> {
+        let known = self.counter_seen.load(Relaxed);
+        let counter = marks.counter.unwrap_or(0);
+        if counter < known {
+            return Some(format!(
+                "the id counter went back from {known} to {counter}"
+            ));
+        }
+        match self.floor_seen {
+            Some(seen) if marks.floor != Some(seen) => Some(format!(
+                "the data-loss floor changed from {seen} to {:?}",
+                marks.floor
+            )),
+            _ => None,
+        }
     }
 
     /// Sleeps while still taking subscription changes. Returns `false` when told to stop.
@@ -234,9 +260,14 @@ impl Subscriber {
             let names: Vec<&str> = chunk.iter().map(|c| &**c).collect();
             con.subscribe(names).await.map_err(BrokerError::redis)?;
         }
-        let resume = if refill && !channels.is_empty() {
+        let resume = if refill {
+            // With no active channel too: a data loss must still raise the counter, for the
+            // clients that come back later.
             self.refill(&channels).await?
         } else {
+            // The first connection: from now on, the floor's disappearance is a sign of loss.
+            let (_, floor) = self.history.raise(0).await?;
+            self.floor_seen = Some(floor);
             Resume::default()
         };
         self.dispatch.send(Dispatch::Resume(resume));
@@ -244,8 +275,10 @@ impl Subscriber {
     }
 
     /// What was published on the active channels after the last id this process saw. A
-    /// counter below an id this process knew (dispatched, or a stream's starting counter) means
-    /// Redis lost its data: then every retained event is new.
+    /// counter below an id this process knew (dispatched, or a stream's starting counter), or a
+    /// floor gone or lower than this process last read, means Redis lost its data: then the
+    /// counter is raised past every id this process knew, and every retained event is new. A
+    /// floor that another process raised means the same loss, already raised.
     async fn refill(&mut self, channels: &[Arc<str>]) -> Result<Resume, BrokerError> {
         let last = self.dispatch.delivered();
         let known = last.max(self.counter_seen.load(Relaxed));
@@ -258,8 +291,18 @@ impl Subscriber {
             self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
         }
         let counter = snap.counter.unwrap_or(0);
-        let reset = counter < known;
-        if reset && last <= counter {
+        let floor_gone = match (self.floor_seen, snap.floor) {
+            (Some(_), None) => true,
+            (Some(seen), Some(floor)) => floor < seen,
+            (None, _) => false,
+        };
+        let raise = counter < known || floor_gone;
+        let reset = raise || (self.floor_seen.is_some() && snap.floor != self.floor_seen);
+        let mut raised = counter;
+        if reset {
+            if raise {
+                (raised, _) = self.history.raise(known).await?;
+            }
             // Read again past any counter, which returns every retained event.
             snap = self
                 .history
@@ -281,15 +324,21 @@ impl Subscriber {
             .collect();
         events.sort_by_key(|(_, f)| f.id);
         if reset {
+            let floor = snap.floor.unwrap_or(0);
             tracing::warn!(
                 counter,
                 known,
-                "redis id counter went backwards: data was lost"
+                raised_to = raise.then_some(raised),
+                floor,
+                "redis lost its data: streams get missedevents, new ids start above the floor"
             );
             // Only now that the refill is read: if a read above failed, the next attempt must
-            // still see the old counter, or it would not know of the reset. From here the new
-            // ids are the ones to compare with.
-            self.counter_seen.store(counter, Relaxed);
+            // still see the old marks, or it would not know of the reset (a second raise for
+            // the same loss finds the floor above `known` and changes nothing). From here the
+            // new ids are the ones to compare with.
+            self.counter_seen
+                .store(raised.max(snap.counter.unwrap_or(0)), Relaxed);
+            self.floor_seen = Some(floor);
         }
         Ok(Resume {
             events,
@@ -326,9 +375,17 @@ impl Subscriber {
                 _ = ping.tick() => {
                     // The watchdog's command reads the counter: a reply proves the connection
                     // alive, and the reading keeps live ids' plausibility check current.
-                    let pong = tokio::time::timeout(self.ping_timeout, self.read_counter(con));
+                    let pong = tokio::time::timeout(self.ping_timeout, read_marks(con));
                     match pong.await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(marks)) => {
+                            if let Some(why) = self.lost_data(&marks) {
+                                // Handled as after a lost connection: the refill raises the
+                                // counter and tells the streams.
+                                return Exit::Lost(format!("redis lost its data: {why}"));
+                            }
+                            self.counter_seen
+                                .fetch_max(marks.counter.unwrap_or(0), Relaxed);
+                        }
                         Ok(Err(e)) => return Exit::Lost(format!("watchdog GET failed: {e}")),
                         Err(_) => return Exit::Lost("watchdog GET timed out".into()),
                     }
@@ -424,6 +481,21 @@ fn wake_up(mut con: ConnectionManager) {
             }
         }
     });
+}
+
+/// Reads the counter and the data-loss floor (which also proves the connection alive); a value
+/// that is not a number reads as none.
+async fn read_marks(con: &mut MultiplexedConnection) -> redis::RedisResult<Marks> {
+    let (counter, floor): (Option<String>, Option<String>) = redis::cmd("MGET")
+        .arg(super::COUNTER_KEY)
+        .arg(super::FLOOR_KEY)
+        .query_async(con)
+        .await?;
+    let number = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
+    Ok(Marks {
+        counter: number(counter),
+        floor: number(floor),
+    })
 }
 
 /// Sends one run of subscriptions or removals (nothing when empty).
