@@ -4,13 +4,16 @@
 //! REDISSE_SOAK_SECS=120 cargo test --test it soak -- --ignored --nocapture
 //! ```
 //!
-//! The real binary on Redis (both started here, on free loopback ports), 100 clients that each
+//! The real binary on Redis (both started here, on free loopback ports; redisse reaches Redis
+//! through a TCP proxy of the test's, which can partition and reset it), 200 clients that each
 //! follow 2 to 5 of 20 channels and reconnect with `Last-Event-ID` whenever their stream ends,
-//! and three publishers at about 40 events/s each: over HTTP (the internal listener), with the
-//! Rust `Publisher::redis`, and with raw commands in the Ruby gem's two-round-trip layout
-//! (`INCR`, then `PUBLISH` and `ZADD`). Meanwhile, in turn: Redis stopped and started again
-//! with its data, Redis frozen (`SIGSTOP`), the pub/sub connection killed, redisse killed
-//! (`SIGKILL`) and started again, and once, Redis restarted empty.
+//! and four publishers: over HTTP (the internal listener, 40 events/s), with the Rust
+//! `Publisher::redis` (40/s), with raw commands in the Ruby gem's two-round-trip layout (`INCR`,
+//! then `PUBLISH` and `ZADD`, 40/s), and with `redisse publish --redis` (5/s). Meanwhile, in
+//! turn: Redis stopped and started again with its data, Redis frozen (`SIGSTOP`), the pub/sub
+//! connection killed, redisse killed (`SIGKILL`) and started again, the proxy partitioned (it
+//! stops forwarding, sockets open) and reset (every proxied connection closed), and once,
+//! Redis restarted empty.
 //!
 //! Invariants, checked per client at the end, each event identified by a token in its data:
 //! * no event twice;
@@ -32,7 +35,7 @@ use crate::support::RedisServer;
 use crate::support::binary::Redisse;
 use crate::support::sse::{Next, SseStream, client};
 
-const CLIENTS: usize = 100;
+const CLIENTS: usize = 200;
 const CHANNELS: usize = 20;
 const HISTORY: usize = 100;
 
@@ -207,6 +210,87 @@ fn gem_publish(redis_url: &str, channel: usize, token: &str) -> bool {
     published.is_ok() && stored.is_ok() && trimmed.is_ok()
 }
 
+/// A TCP proxy to Redis: `partition` stops forwarding in both directions (the sockets stay
+/// open, as when a network drops packets), `reset` closes every connection it carries.
+struct Proxy {
+    port: u16,
+    partitioned: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let partitioned = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (p, g) = (partitioned.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (p, g) = (p.clone(), g.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let born = g.load(Relaxed);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        () = pipe(cr, sw, p.clone(), g.clone(), born) => {}
+                        () = pipe(sr, cw, p, g, born) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            partitioned,
+            generation,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// Copies `from` to `to` while the proxy is not partitioned, until either side closes or the
+/// proxy is reset (its generation moves).
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    partitioned: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    born: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if generation.load(Relaxed) != born {
+            return;
+        }
+        if partitioned.load(Relaxed) {
+            sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(100), from.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        // What arrived during a partition is held until it ends, like a network's queue.
+        while partitioned.load(Relaxed) && generation.load(Relaxed) == born {
+            sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 fn start_redisse(redis_url: &str) -> Redisse {
     Redisse::start(&[
         "--redis",
@@ -236,7 +320,9 @@ async fn run_soak() {
         .unwrap_or(120);
     let mut redis = RedisServer::start();
     let redis_url = redis.url();
-    let server = Arc::new(Mutex::new(start_redisse(&redis_url)));
+    let proxy = Proxy::start(redis.port()).await;
+    let proxied = proxy.url();
+    let server = Arc::new(Mutex::new(start_redisse(&proxied)));
     let url = Arc::new(RwLock::new(server.lock().unwrap().url("")));
     let stop_clients = Arc::new(AtomicBool::new(false));
     let stop_publishers = Arc::new(AtomicBool::new(false));
@@ -287,6 +373,23 @@ async fn run_soak() {
             }
         }))
     };
+    let cli = {
+        let (acks, stop, redis_url) = (acks.clone(), stop_publishers.clone(), redis_url.clone());
+        tokio::spawn(publisher("cli", 5, acks, stop, move |channel, token| {
+            let redis_url = redis_url.clone();
+            async move {
+                let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
+                    .args(["publish", "--redis", &redis_url, "-t", "m"])
+                    .arg(channel_name(channel))
+                    .arg(token)
+                    .output();
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(5), run).await,
+                    Ok(Ok(out)) if out.status.success()
+                )
+            }
+        }))
+    };
     let gem = {
         let (acks, stop, redis_url) = (acks.clone(), stop_publishers.clone(), redis_url.clone());
         tokio::spawn(publisher("gem", 40, acks, stop, move |channel, token| {
@@ -307,7 +410,7 @@ async fn run_soak() {
     let faults = AtomicU64::new(0);
     while started.elapsed() < Duration::from_secs(secs) {
         sleep(Duration::from_secs(6)).await;
-        let fault = round % 4;
+        let fault = round % 6;
         round += 1;
         faults.fetch_add(1, Relaxed);
         if !emptied && started.elapsed() >= Duration::from_secs(empty_restart_at) {
@@ -333,12 +436,22 @@ async fn run_soak() {
                 println!("soak: pub/sub connection killed");
                 tokio::task::block_in_place(|| redis.kill_pubsub_clients());
             }
+            3 => {
+                println!("soak: proxy partitioned, 4 s");
+                proxy.partitioned.store(true, Relaxed);
+                sleep(Duration::from_secs(4)).await;
+                proxy.partitioned.store(false, Relaxed);
+            }
+            4 => {
+                println!("soak: proxy reset");
+                proxy.generation.fetch_add(1, Relaxed);
+            }
             _ => {
                 println!("soak: redisse killed and started again");
                 let fresh = tokio::task::block_in_place(|| {
                     let mut server = server.lock().unwrap();
                     server.signal("-KILL");
-                    let fresh = start_redisse(&redis_url);
+                    let fresh = start_redisse(&proxied);
                     *url.write().unwrap() = fresh.url("");
                     *internal.write().unwrap() = fresh.internal_url("");
                     std::mem::replace(&mut *server, fresh)
@@ -352,6 +465,7 @@ async fn run_soak() {
         ("http", http.await.unwrap()),
         ("rust", rust.await.unwrap()),
         ("gem", gem.await.unwrap()),
+        ("cli", cli.await.unwrap()),
     ];
     // Let the last events arrive.
     sleep(Duration::from_secs(5)).await;

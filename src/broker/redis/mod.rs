@@ -551,9 +551,9 @@ pub(crate) struct RedisBroker {
     publisher: RedisPublisher,
     history: HistoryReader,
     subscriptions: SubSender,
-    /// The highest counter a stream's snapshot read: streams start from it even when no event
-    /// was dispatched here, so a reconnected subscriber that finds a lower counter knows that
-    /// Redis lost its data. Shared with the subscriber.
+    /// The highest counter a stream's snapshot read, or id this process published: streams start
+    /// from it even when no event was dispatched here, so a reconnected subscriber that finds a
+    /// lower counter knows that Redis lost its data. Shared with the subscriber.
     counter_seen: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     /// Streams' identical history reads made at the same time, shared.
@@ -612,7 +612,13 @@ impl RedisBroker {
         event: &Event,
         keyed: Option<&Keyed<'_>>,
     ) -> Result<Outcome, BrokerError> {
-        self.publisher.publish(channel, event, keyed).await
+        let outcome = self.publisher.publish(channel, event, keyed).await?;
+        // An id this process handed out is one it knows: should Redis come back without it (a
+        // crash after the write was acknowledged but before it was saved), the subscriber sees
+        // the counter below it and tells the streams, rather than the event vanishing unseen.
+        let (Outcome::Published(id) | Outcome::Replayed(id) | Outcome::Conflict(id)) = outcome;
+        self.counter_seen.fetch_max(id, Relaxed);
+        Ok(outcome)
     }
 
     /// A stream's snapshot or page (shared with identical reads that started after `ready`,

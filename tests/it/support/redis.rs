@@ -192,7 +192,6 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("client")
     }
 
-    #[allow(dead_code)] // part of the harness's API; no test needs the bare port yet
     pub fn port(&self) -> u16 {
         self.port
     }
