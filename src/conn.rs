@@ -214,21 +214,40 @@ impl Conn {
         if !st.ready && !refill && frame.id != 0 && st.first_live.is_none() {
             st.first_live = Some(frame.id);
         }
+        // A late event (see `seen`) goes without its `id:` line, and never to history's pages:
+        // they read after the last id, so none would bring it again.
+        let is_late =
+            st.ready && frame.id != 0 && frame.id < st.seen.last() && !st.seen.has(frame.id);
         if st.paging.is_some() {
+            if is_late {
+                st.seen.offer(frame.id);
+                let late = frame.without_id();
+                st.queued_bytes += late.bytes.len();
+                st.queue.push_back(late);
+                wake(st);
+                return Push::Queued;
+            }
             return hold(&mut st, frame, self.max_bytes);
         }
         if st.ready && frame.id != 0 && st.seen.has(frame.id) {
             return Push::Skipped;
         }
-        // A late event (see `seen`) goes without its `id:` line.
         let late;
-        let frame = if st.ready && frame.id != 0 && frame.id < st.seen.last() {
+        let frame = if is_late {
             late = frame.without_id();
             &late
         } else {
             frame
         };
         let fits = st.queued_bytes + frame.bytes.len() <= self.max_bytes;
+        if !fits && is_late && resumed {
+            // Past the bound by late events of a resume only (at most the window's): queued.
+            st.seen.offer(frame.id);
+            st.queued_bytes += frame.bytes.len();
+            st.queue.push_back(frame.clone());
+            wake(st);
+            return Push::Queued;
+        }
         if !fits && (!st.ready || resumed) {
             // History holds the frame and what follows it: read again at the client's pace.
             if !st.ready {
@@ -984,6 +1003,26 @@ mod tests {
         // Live, a plain push past the bound is a slow client again.
         let big = Frame::event(7, Bytes::from(vec![b'x'; 26]));
         assert_eq!(conn.push(&big, false), Push::BecameSlow);
+    }
+
+    #[test]
+    fn a_late_frame_is_never_left_to_the_pages() {
+        // Paging after 10: a late 8, never sent, goes to the queue at once, without its id.
+        let conn = Conn::new(1, 1 << 20);
+        assert_eq!(
+            conn.start_paged(vec![], vec![frame(10)], 0, 0, 10),
+            Started::Paging
+        );
+        assert_eq!(conn.push(&frame(8), false), Push::Queued);
+        assert_eq!(ids(&conn), [10, 0]);
+        assert_eq!(conn.push(&frame(8), false), Push::Skipped, "once");
+        // A resume's late frame that does not fit is queued too, rather than left to pages
+        // that start after the last id (here: 12).
+        let conn = Conn::new(1, 16);
+        assert_eq!(conn.start(vec![], vec![frame(10)], 0, 0), Started::Live);
+        assert_eq!(conn.push(&frame(12), false), Push::Queued);
+        assert_eq!(conn.push_resumed(&frame(11), true), Push::Queued);
+        assert_eq!(ids(&conn), [10, 12, 0]);
     }
 
     #[test]

@@ -238,7 +238,10 @@ impl Publisher {
         match &mut self.target {
             #[cfg(feature = "redis")]
             Target::Redis(r) => r.set_window(window),
-            Target::Instance(_) | Target::Test(_) => {}
+            Target::Instance(_) | Target::Test(_) => {
+                // Only a Redis publisher keeps its own window (see above).
+                let _ = window;
+            }
         }
         self
     }

@@ -198,9 +198,9 @@ impl Subscriber {
     }
 
     /// Why the watchdog's reading means that Redis lost its data, if it does: the counter is
-    /// below what this process knew, or the floor is not the one it last read.
-    fn lost_data(&self, marks: &Marks) -> Option<String> {
-        let known = self.counter_seen.load(Relaxed);
+    /// below `known` (what this process knew before it asked), or the floor is not the one it
+    /// last read.
+    fn lost_data(&self, marks: &Marks, known: u64) -> Option<String> {
         let counter = marks.counter.unwrap_or(0);
         if counter < known {
             return Some(format!(
@@ -375,10 +375,13 @@ impl Subscriber {
                 _ = ping.tick() => {
                     // The watchdog's command reads the counter: a reply proves the connection
                     // alive, and the reading keeps live ids' plausibility check current.
+                    // What this process knew before the reading: a publish or a stream's read
+                    // that ends meanwhile may raise it past the counter the reading saw.
+                    let known = self.counter_seen.load(Relaxed);
                     let pong = tokio::time::timeout(self.ping_timeout, read_marks(con));
                     match pong.await {
                         Ok(Ok(marks)) => {
-                            if let Some(why) = self.lost_data(&marks) {
+                            if let Some(why) = self.lost_data(&marks, known) {
                                 // Handled as after a lost connection: the refill raises the
                                 // counter and tells the streams.
                                 return Exit::Lost(format!("redis lost its data: {why}"));
