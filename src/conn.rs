@@ -436,9 +436,15 @@ impl Conn {
     /// Resolves once at most `bytes` are queued (or the stream is ending): a paging replay
     /// reads its next page then.
     pub async fn room(&self, bytes: usize) {
+        self.setup_waits(|st| st.queued_bytes <= bytes).await
+    }
+
+    /// Resolves once the stream is ending, its client has left, or `done` holds; the setup
+    /// task's waker is registered meanwhile (woken by every change it waits for).
+    async fn setup_waits(&self, done: impl Fn(&State) -> bool) {
         std::future::poll_fn(|cx| {
             let mut st = self.lock();
-            if st.end.is_some() || st.gone || st.queued_bytes <= bytes {
+            if st.end.is_some() || st.gone || done(&st) {
                 return std::task::Poll::Ready(());
             }
             match &st.setup_waker {
@@ -552,18 +558,7 @@ impl Conn {
     /// Resolves once the stream is ending or its client has left: what a setup task races
     /// against each of its waits.
     pub async fn ended(&self) {
-        std::future::poll_fn(|cx| {
-            let mut st = self.lock();
-            if st.end.is_some() || st.gone {
-                return std::task::Poll::Ready(());
-            }
-            match &st.setup_waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => st.setup_waker = Some(cx.waker().clone()),
-            }
-            std::task::Poll::Pending
-        })
-        .await
+        self.setup_waits(|_| false).await
     }
 
     /// Takes what the body should write next, or registers the waker.

@@ -14,31 +14,6 @@ use crate::support::binary::Redisse;
 use crate::support::sse::SseStream;
 use crate::support::{Backend, PATIENCE, RedisServer, TestServer};
 
-/// Takes the next id from the gem's counter, as a foreign publisher does.
-fn next_id(redis: &RedisServer) -> u64 {
-    redis::cmd("INCR")
-        .arg("redisse:lastEventId")
-        .query(&mut redis.con())
-        .expect("INCR")
-}
-
-fn publish_raw(redis: &RedisServer, channel: &str, payload: &str) {
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(payload)
-        .query(&mut redis.con())
-        .expect("PUBLISH");
-}
-
-fn store_raw(redis: &RedisServer, channel: &str, id: u64, payload: &str) {
-    let _: i64 = redis::cmd("ZADD")
-        .arg(channel)
-        .arg(id)
-        .arg(payload)
-        .query(&mut redis.con())
-        .expect("ZADD");
-}
-
 /// Payloads that are not one event (or carry what no publisher in the gem's layout writes),
 /// for the id `id`.
 fn refused(id: u64) -> Vec<(&'static str, String)> {
@@ -123,13 +98,13 @@ async fn live_payloads_are_one_event_each_or_refused() {
     let before = malformed_total(&server);
 
     let mut count = 0;
-    for (_, payload) in refused(next_id(redis)) {
-        publish_raw(redis, "raw", &payload);
+    for (_, payload) in refused(redis.next_id()) {
+        redis.publish_raw("raw", &payload);
         count += 1;
     }
-    let ok = next_id(redis);
+    let ok = redis.next_id();
     let (payload, event, data, bytes) = accepted(ok);
-    publish_raw(redis, "raw", &payload);
+    redis.publish_raw("raw", &payload);
     let last = server.publish("raw", "m", "last").await;
     expect_accepted_then(&mut stream, (ok, event, data, bytes), last).await;
     assert_eq!(malformed_total(&server) - before, count);
@@ -143,14 +118,14 @@ async fn replayed_payloads_are_one_event_each_or_refused() {
     let first = server.publish("hist", "m", "first").await;
     let mut count = 0;
     for (_, payload) in refused(0) {
-        let id = next_id(redis);
+        let id = redis.next_id();
         let payload = payload.replacen("id: 0\n", &format!("id: {id}\n"), 1);
-        store_raw(redis, "hist", id, &payload);
+        redis.store_raw("hist", id, &payload);
         count += 1;
     }
-    let ok = next_id(redis);
+    let ok = redis.next_id();
     let (payload, event, data, bytes) = accepted(ok);
-    store_raw(redis, "hist", ok, &payload);
+    redis.store_raw("hist", ok, &payload);
     let last = server.publish("hist", "m", "last").await;
     let before = malformed_total(&server);
 
@@ -174,13 +149,12 @@ async fn a_refused_payload_cannot_forge_log_lines() {
     let forged = "2030-01-01T00:00:00.000000Z ERROR redisse: FORGED LINE";
     // Several events in one payload, then not an event at all: pub/sub keeps their order, so
     // once the second is logged the first was handled.
-    let id = next_id(&redis);
-    publish_raw(
-        &redis,
+    let id = redis.next_id();
+    redis.publish_raw(
         "logged",
         &format!("id: {id}\ndata: x\n\n{forged}\r{forged}\n\n"),
     );
-    publish_raw(&redis, "logged", &format!("not an event\n{forged}\n"));
+    redis.publish_raw("logged", &format!("not an event\n{forged}\n"));
     let deadline = Instant::now() + PATIENCE;
     let log = loop {
         let log = server.log();

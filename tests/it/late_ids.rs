@@ -8,28 +8,11 @@ use std::time::Duration;
 use crate::support::sse::Next;
 use crate::support::{Backend, RedisServer, SseStream, TestServer};
 
-fn incr(redis: &RedisServer) -> u64 {
-    redis::cmd("INCR")
-        .arg("redisse:lastEventId")
-        .query(&mut redis.con())
-        .expect("INCR")
-}
-
 /// The second half of a gem publish: `PUBLISH` then `ZADD`, as the gem does.
 fn publish_as_the_gem(redis: &RedisServer, channel: &str, id: u64, data: &str) {
     let payload = format!("id: {id}\nevent: m\ndata: {data}\n\n");
-    let mut con = redis.con();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(&payload)
-        .query(&mut con)
-        .expect("PUBLISH");
-    let _: i64 = redis::cmd("ZADD")
-        .arg(channel)
-        .arg(id)
-        .arg(&payload)
-        .query(&mut con)
-        .expect("ZADD");
+    redis.publish_raw(channel, &payload);
+    redis.store_raw(channel, id, &payload);
 }
 
 /// Nothing more arrives but the `lastEventId` hint a stream with nothing to replay starts with.
@@ -50,8 +33,8 @@ async fn racing_gem_publishers_lose_nothing_live_or_on_resume() {
     let redis = backend.redis_server();
     let mut both = server.live_stream("/?a&b").await;
     let (low, high) = tokio::task::block_in_place(|| {
-        let low = incr(redis);
-        let high = incr(redis);
+        let low = redis.next_id();
+        let high = redis.next_id();
         // The higher id is published first.
         publish_as_the_gem(redis, "b", high, "high");
         publish_as_the_gem(redis, "a", low, "low");

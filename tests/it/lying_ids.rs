@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use crate::support::sse::Next;
-use crate::support::{Backend, PATIENCE, RedisServer, TestServer};
+use crate::support::{Backend, PATIENCE, TestServer};
 
 const LIE: &str = "id: 9223372036854775807\nevent: lie\ndata: forged\n\n";
 const LIE_ID: u64 = 9_223_372_036_854_775_807;
@@ -29,14 +29,6 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn publish_raw(redis: &RedisServer, channel: &str, payload: &str) {
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(payload)
-        .query(&mut redis.con())
-        .expect("PUBLISH");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_live_id_on_one_channel_does_not_stop_the_others() {
     let backend = Backend::redis();
@@ -48,7 +40,7 @@ async fn a_lying_live_id_on_one_channel_does_not_stop_the_others() {
     assert_eq!(both.next().await.id, Some(first.to_string()));
     assert_eq!(only_b.next().await.id, Some(first.to_string()));
 
-    tokio::task::block_in_place(|| publish_raw(redis, "a", LIE));
+    tokio::task::block_in_place(|| redis.publish_raw("a", LIE));
     wait_for("the lie to be refused", || malformed(&server) == 1).await;
     let next = server.publish("b", "m", "after").await;
     let got = both.next().await;
@@ -93,12 +85,7 @@ async fn a_lying_history_entry_is_not_replayed() {
     let before = server.publish("a", "m", "before").await;
     let real = server.publish("a", "m", "real").await;
     tokio::task::block_in_place(|| {
-        let _: i64 = redis::cmd("ZADD")
-            .arg("a")
-            .arg(LIE_ID)
-            .arg(LIE)
-            .query(&mut redis.con())
-            .expect("ZADD");
+        redis.store_raw("a", LIE_ID, LIE);
     });
     let mut resumed = server
         .stream("/?a", &[("Last-Event-ID", &before.to_string())])

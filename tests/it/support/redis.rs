@@ -264,6 +264,33 @@ impl RedisServer {
             .expect("connect to the test redis")
     }
 
+    /// Takes the next id from the gem's counter, as a foreign publisher does.
+    pub fn next_id(&self) -> u64 {
+        redis::cmd("INCR")
+            .arg("redisse:lastEventId")
+            .query(&mut self.con())
+            .expect("INCR")
+    }
+
+    /// `PUBLISH`es a raw payload, as another Redis client may.
+    pub fn publish_raw(&self, channel: &str, payload: &str) {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query(&mut self.con())
+            .expect("PUBLISH");
+    }
+
+    /// `ZADD`s a raw payload to a channel's history with score `id`.
+    pub fn store_raw(&self, channel: &str, id: u64, payload: &str) {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(channel)
+            .arg(id)
+            .arg(payload)
+            .query(&mut self.con())
+            .expect("ZADD");
+    }
+
     /// `CLIENT KILL TYPE pubsub`: drops every subscriber connection.
     pub fn kill_pubsub_clients(&self) -> u64 {
         redis::cmd("CLIENT")
