@@ -251,10 +251,12 @@ impl Proxy {
                     let born = g.load(Relaxed);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::select! {
-                        () = pipe(cr, sw, p.clone(), g.clone(), born) => {}
-                        () = pipe(sr, cw, p, g, born) => {}
-                    }
+                    // Each direction runs until its own end, as TCP delivers what was sent
+                    // before a peer went away (a reset of the proxy ends both).
+                    tokio::join!(
+                        pipe(cr, sw, p.clone(), g.clone(), born),
+                        pipe(sr, cw, p, g, born)
+                    );
                 });
             }
         });
@@ -303,6 +305,8 @@ async fn pipe(
         }
     }
 }
+// (When a pipe returns, its write half is dropped, which shuts that direction down: the peer
+// reads its end and closes, and the other pipe ends in turn.)
 
 fn start_redisse(redis_url: &str) -> Redisse {
     Redisse::start(&[
