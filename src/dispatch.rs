@@ -7,10 +7,14 @@
 //! changed, to whoever keeps the broker's subscriptions (the Redis subscriber; nobody in memory).
 //!
 //! The channel carries one cursor, the highest event id the dispatcher has delivered: a Redis
-//! subscriber that reconnects refills from history after it.
+//! subscriber that reconnects refills from history after it. Beside it, the newest event this
+//! process knows (delivered, or published here) as it was: a Redis that came back from an
+//! older save may have given that id to another event, which the counter alone cannot show.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -60,16 +64,70 @@ pub(crate) enum SubCommand {
     Barrier(Ready),
 }
 
+/// The newest event this process knows: its id, channel and bytes (as `stored::parse_stored`
+/// gives them, so an entry read back from history compares equal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Newest {
+    pub id: u64,
+    pub channel: String,
+    pub bytes: Bytes,
+}
+
+/// Where [`Newest`] is kept: written by the dispatcher for each event it delivers (a lock
+/// nobody else holds but a reconnecting subscriber, and a copy of the channel name into a
+/// reused buffer: no allocation once the name fits) and by the Redis publisher.
+#[derive(Debug, Default)]
+pub(crate) struct NewestCell(Mutex<Option<Newest>>);
+
+impl NewestCell {
+    /// Remembers the event if its id is the highest so far.
+    pub fn offer(&self, id: u64, channel: &str, bytes: &Bytes) {
+        let mut newest = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *newest {
+            Some(n) if n.id >= id => {}
+            Some(n) => {
+                n.id = id;
+                n.channel.clear();
+                n.channel.push_str(channel);
+                n.bytes = bytes.clone();
+            }
+            None => {
+                *newest = Some(Newest {
+                    id,
+                    channel: channel.to_owned(),
+                    bytes: bytes.clone(),
+                })
+            }
+        }
+    }
+
+    /// The newest event known, if any since the start or the last reset.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn get(&self) -> Option<Newest> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// A new dispatch channel: the brokers' sending side and the dispatcher's receiving side.
 pub(crate) fn channel() -> (DispatchSender, DispatchReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let delivered = Arc::new(AtomicU64::new(0));
+    let newest = Arc::new(NewestCell::default());
     (
         DispatchSender {
             tx,
             delivered: delivered.clone(),
+            newest: newest.clone(),
         },
-        DispatchReceiver { rx, delivered },
+        DispatchReceiver {
+            rx,
+            delivered,
+            newest,
+        },
     )
 }
 
@@ -79,6 +137,8 @@ pub(crate) struct DispatchSender {
     tx: mpsc::UnboundedSender<Dispatch>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by the Redis subscriber
     delivered: Arc<AtomicU64>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by the Redis subscriber
+    newest: Arc<NewestCell>,
 }
 
 impl DispatchSender {
@@ -102,6 +162,12 @@ impl DispatchSender {
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Relaxed)
     }
+
+    /// The newest event known (see [`NewestCell`]), shared with the publisher.
+    #[cfg(feature = "redis")]
+    pub fn newest(&self) -> &Arc<NewestCell> {
+        &self.newest
+    }
 }
 
 /// The dispatcher's side of the channel.
@@ -109,6 +175,7 @@ impl DispatchSender {
 pub(crate) struct DispatchReceiver {
     rx: mpsc::UnboundedReceiver<Dispatch>,
     delivered: Arc<AtomicU64>,
+    newest: Arc<NewestCell>,
 }
 
 impl DispatchReceiver {
@@ -117,16 +184,18 @@ impl DispatchReceiver {
         self.rx.recv().await
     }
 
-    /// Records that the event `id` was delivered.
-    pub fn delivered(&self, id: u64) {
-        if id != 0 {
-            self.delivered.fetch_max(id, Relaxed);
+    /// Records that `frame` was delivered on `channel`.
+    pub fn delivered(&self, channel: &str, frame: &Frame) {
+        if frame.id != 0 {
+            self.delivered.fetch_max(frame.id, Relaxed);
+            self.newest.offer(frame.id, channel, &frame.bytes);
         }
     }
 
     /// Ids start again from a lower value (Redis lost its data).
     pub fn reset(&self) {
         self.delivered.store(0, Relaxed);
+        self.newest.clear();
     }
 }
 

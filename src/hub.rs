@@ -228,7 +228,7 @@ impl Hub {
         refill: bool,
         replaying: Option<&mut Vec<Arc<Conn>>>,
     ) {
-        rx.delivered(frame.id);
+        rx.delivered(channel, &frame);
         if frame.bytes.len() > self.max_queue_bytes {
             // Written by another publisher (ours refuse such events): no queue can hold it, so
             // offering it would disconnect every listener. Skipped, counted, and logged.

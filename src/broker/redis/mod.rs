@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::shared_reads::SharedReads;
 use self::subscriber::Subscriber;
 use crate::config::Config;
-use crate::dispatch::{DispatchSender, SubCommand, SubSender};
+use crate::dispatch::{DispatchSender, NewestCell, SubCommand, SubSender};
 use crate::error::{BrokerError, Error};
 use crate::event::{Event, Frame};
 use crate::history::{ChannelHistory, Snapshot};
@@ -555,6 +555,9 @@ pub(crate) struct RedisBroker {
     /// from it even when no event was dispatched here, so a reconnected subscriber that finds a
     /// lower counter knows that Redis lost its data. Shared with the subscriber.
     counter_seen: Arc<AtomicU64>,
+    /// The newest event this process knows, which an event published here becomes (see
+    /// `dispatch::NewestCell`). Shared with the dispatcher and the subscriber.
+    newest: Arc<NewestCell>,
     metrics: Arc<Metrics>,
     /// Streams' identical history reads made at the same time, shared.
     shared_reads: SharedReads,
@@ -574,6 +577,7 @@ impl RedisBroker {
         let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let counter_seen = Arc::new(AtomicU64::new(0));
+        let newest = dispatch.newest().clone();
         // Publishing and streams' history reads share one command connection: whichever runs
         // first after an outage reconnects it for both (the subscriber wakes it first).
         let commands = command_connection(&client)?;
@@ -600,6 +604,7 @@ impl RedisBroker {
             history: HistoryReader::new(commands),
             subscriptions: sub_tx.clone(),
             counter_seen,
+            newest,
             metrics,
             shared_reads: SharedReads::default(),
         };
@@ -618,6 +623,14 @@ impl RedisBroker {
         // the counter below it and tells the streams, rather than the event vanishing unseen.
         let (Outcome::Published(id) | Outcome::Replayed(id) | Outcome::Conflict(id)) = outcome;
         self.counter_seen.fetch_max(id, Relaxed);
+        if let Outcome::Published(id) = outcome {
+            // As the subscriber will read it back: the script's payload, parsed as stored.
+            let mut payload = format!("id: {id}\n").into_bytes();
+            payload.extend_from_slice(&event.encode_tail());
+            if let Ok((_, bytes)) = parse_stored(payload) {
+                self.newest.offer(id, channel, &bytes);
+            }
+        }
         Ok(outcome)
     }
 

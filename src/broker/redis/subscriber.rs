@@ -296,7 +296,15 @@ impl Subscriber {
             (Some(seen), Some(floor)) => floor < seen,
             (None, _) => false,
         };
-        let raise = counter < known || floor_gone;
+        let replaced = if counter < known || floor_gone {
+            None
+        } else {
+            self.newest_gone().await?
+        };
+        if let Some(why) = &replaced {
+            tracing::warn!("{why}: Redis came back from an older save and its ids were reused");
+        }
+        let raise = counter < known || floor_gone || replaced.is_some();
         let reset = raise || (self.floor_seen.is_some() && snap.floor != self.floor_seen);
         let mut raised = counter;
         if reset {
@@ -344,6 +352,42 @@ impl Subscriber {
             events,
             missed,
             reset,
+        })
+    }
+
+    /// Whether Redis no longer holds the newest event this process knows (delivered or
+    /// published here) as it was: another event under its id, or no event under it in a history
+    /// that should still have it (no recorded trim removed it, and it is not older than every
+    /// retained entry). A Redis back from an older save loses the writes made after it; when
+    /// publishers elsewhere then take the counter past every id this process knew before its
+    /// subscriber is back, the counter looks right, but the ids were given again: only the
+    /// event itself shows it. (A gem publisher stopped between its `PUBLISH` and its `ZADD`
+    /// looks the same, and is a loss for whoever missed the `PUBLISH`.)
+    async fn newest_gone(&self) -> Result<Option<String>, BrokerError> {
+        let Some(newest) = self.dispatch.newest().get() else {
+            return Ok(None);
+        };
+        let channel: Arc<str> = newest.channel.as_str().into();
+        let snap = self
+            .history
+            .snapshot(&[channel], Some(newest.id - 1), 0)
+            .await?;
+        let Some(history) = snap.channels.first() else {
+            return Ok(None);
+        };
+        let name = Escaped(newest.channel.as_bytes());
+        Ok(match history.events.iter().find(|f| f.id == newest.id) {
+            Some(f) if f.bytes == newest.bytes => None,
+            Some(_) => Some(format!(
+                "the event {} of {name} is another event now",
+                newest.id
+            )),
+            None if history.trimmed >= newest.id
+                || history.oldest.is_some_and(|o| o > newest.id) =>
+            {
+                None
+            }
+            None => Some(format!("the event {} of {name} is gone", newest.id)),
         })
     }
 

@@ -223,7 +223,15 @@ impl RedisServer {
     /// Saves the data (`SAVE`) and kills the server, as a restart of a Redis with persistence
     /// begins. [`RedisServer::start_again`] brings it back with that data.
     pub fn save_and_stop(&mut self) {
+        self.save_and_stop_after(Duration::ZERO);
+    }
+
+    /// Saves the data, lets the server run on for `lag`, then kills it: what it acknowledged
+    /// meanwhile is lost when [`RedisServer::start_again`] brings the save back, as with a
+    /// crash between two snapshots.
+    pub fn save_and_stop_after(&mut self, lag: Duration) {
         let _: () = redis::cmd("SAVE").query(&mut self.con()).expect("SAVE");
+        std::thread::sleep(lag);
         self.stop();
     }
 
