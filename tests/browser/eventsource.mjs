@@ -42,9 +42,9 @@
 // protocol's Network.responseReceived for the page's EventSource and fetch() requests (protocol
 // "h2" for HTTP/2; requests on one connection share its connectionId); with `urls`, `bySource`,
 // the messages of each URL's EventSource; with `poll`, `polls` [{url, status, ids, requestedMs,
-// endedMs, error}], one per request, and progress lines {"progress": "poll", "phase":
-// "request" | "open" | "end", "poll": n} when a poll is sent, when its response head came and
-// when it ended (times are the script's, from its start).
+// endedMs, error}], one per request (the last one maybe still under way; times in ms of the
+// page's clock), and progress lines {"progress": "poll", "phase": "request" | "open" | "end",
+// "poll": n} when a poll is sent, when its response head came and when it ended.
 //
 // Exit status: 0 with a result; 1 when the browser or a page failed (a line with "fatal" on
 // standard output, the cause on standard error); 2 for a bad input. A watchdog kills the
@@ -244,8 +244,6 @@ async function watch(job, index) {
   const messages = [];
   const errors = [];
   const opens = [];
-  const polls = [];
-  const pollStarts = [];
   let opened = false;
   let finish;
   const done = new Promise((resolve) => (finish = resolve));
@@ -257,8 +255,6 @@ async function watch(job, index) {
       opens.push({ source: info.source ?? 0, atMs: elapsed() });
       progress('open', { source: info.source ?? 0, atMs: elapsed() });
     } else if (kind === 'poll') {
-      if (info.phase === 'request') pollStarts[info.poll] = elapsed();
-      if (info.phase === 'end') polls.push({ ...info.record, requestedMs: pollStarts[info.poll], endedMs: elapsed() });
       progress('poll', { phase: info.phase, poll: info.poll, atMs: elapsed() });
     } else if (kind === 'message') {
       messages.push(info);
@@ -368,11 +364,11 @@ async function watch(job, index) {
 
   const timedOut = await done;
   clearTimeout(timer);
-  const readyState = await page.evaluate(() => {
+  const [readyState, polls] = await page.evaluate(() => {
     const source = window.__redisseSource;
     const state = source.readyState;
     source.close();
-    return state;
+    return [state, window.__redissePolls ?? []];
   });
   const result = {
     opened,
@@ -425,6 +421,9 @@ function longPoll(url, withCredentials, types, pauseMs) {
   let closed = false;
   const source = { readyState: 0, close: () => (closed = true) };
   window.__redisseSource = source;
+  // Every request, the one under way included, for the result.
+  const polls = (window.__redissePolls = []);
+  const now = () => Math.round(performance.now());
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const parse = (text, origin, record, position) => {
     let lastEventId = position;
@@ -458,7 +457,8 @@ function longPoll(url, withCredentials, types, pauseMs) {
       if (position !== '') {
         target.search += `${target.search ? '&' : '?'}lastEventId=${encodeURIComponent(position)}`;
       }
-      const record = { url: target.href, status: null, ids: [], error: null };
+      const record = { url: target.href, status: null, ids: [], requestedMs: now(), endedMs: null, error: null };
+      polls.push(record);
       report('poll', { phase: 'request', poll: n });
       try {
         const res = await fetch(target.href, {
@@ -471,7 +471,8 @@ function longPoll(url, withCredentials, types, pauseMs) {
         if (res.status !== 200 || !contentType.startsWith('text/event-stream')) {
           source.readyState = 2;
           record.error = `status ${res.status}, content type ${contentType}`;
-          report('poll', { phase: 'end', poll: n, record });
+          record.endedMs = now();
+          report('poll', { phase: 'end', poll: n });
           report('error', { readyState: 2, message: record.error });
           return;
         }
@@ -487,7 +488,8 @@ function longPoll(url, withCredentials, types, pauseMs) {
         source.readyState = 0;
         report('error', { readyState: 0, message: record.error });
       }
-      report('poll', { phase: 'end', poll: n, record });
+      record.endedMs = now();
+      report('poll', { phase: 'end', poll: n });
       await sleep(pauseMs);
     }
   })();

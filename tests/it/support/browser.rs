@@ -329,7 +329,7 @@ pub struct Poll {
     #[allow(dead_code)] // shown in failure messages
     pub requested_ms: Option<u64>,
     #[allow(dead_code)] // shown in failure messages
-    pub ended_ms: u64,
+    pub ended_ms: Option<u64>,
     pub error: Option<String>,
 }
 
