@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Opens EventSources in headless Chromium and reports what each page saw, as one JSON line on
-// standard output. Used by tests/it/browser.rs; see README.md beside this file.
+// standard output. Used by tests/it/browser.rs and tests/it/browser_resume.rs; see README.md
+// beside this file.
 //
 // The input is JSON, as the first argument or on standard input: one job, or {"jobs": [...]}
 // to run several at once in one browser (each in a browser context of its own: its own page,
@@ -18,6 +19,15 @@
 //                    request headers (one that is not CORS-safelisted, such as Last-Event-ID or
 //                    Authorization, makes the browser preflight) and read it as an EventSource
 //                    would, without reconnecting; credentials as withCredentials says
+//   urls             instead of `url`: one EventSource per URL, all in the one page (each
+//                    message and progress line says its `source`, the URL's index)
+//   poll             {pauseMs}: long polling instead of an EventSource: fetch() `url` (which
+//                    names `polling`) again and again, each response read to its end, the next
+//                    request `pauseMs` (default 200) after it with `lastEventId=<the last id
+//                    received>` added to the query, as a page without EventSource would
+//
+// Beside "jobs", the input may have "trustCertificates": PEM certificates Chromium accepts for
+// HTTPS without a CA (their public keys' hashes go to --ignore-certificate-errors-spki-list).
 //
 // A job's result: {opened, messages: [{type, data, lastEventId, origin}], readyState,
 // readyStateName, errors: [{readyState, message, atMs}], consoleErrors, failedRequests,
@@ -27,10 +37,20 @@
 // timeout. While they run, progress lines {"progress": "open" | "message" | "error", "job": N,
 // ...} go to standard error, so a test can publish once a stream is open.
 //
+// Also in a result: `opens` [{source, atMs}], every `open` (a reconnection opens again);
+// `responses` [{url, status, protocol, connectionId, remotePort, type}], the DevTools
+// protocol's Network.responseReceived for the page's EventSource and fetch() requests (protocol
+// "h2" for HTTP/2; requests on one connection share its connectionId); with `urls`, `bySource`,
+// the messages of each URL's EventSource; with `poll`, `polls` [{url, status, ids, requestedMs,
+// endedMs, error}], one per request (the last one maybe still under way; times in ms of the
+// page's clock), and progress lines {"progress": "poll", "phase": "request" | "open" | "end",
+// "poll": n} when a poll is sent, when its response head came and when it ended.
+//
 // Exit status: 0 with a result; 1 when the browser or a page failed (a line with "fatal" on
 // standard output, the cause on standard error); 2 for a bad input. A watchdog kills the
 // browser and exits if anything hangs.
 
+import { createHash, X509Certificate } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -53,10 +73,27 @@ async function readInput() {
   const several = input !== null && typeof input === 'object' && 'jobs' in input;
   const jobs = several ? input.jobs : [input];
   if (!Array.isArray(jobs) || jobs.length === 0) throw new JobError('"jobs" must be a non-empty list');
-  return { several, jobs: jobs.map(checkJob) };
+  const trust = several && Array.isArray(input.trustCertificates) ? input.trustCertificates : [];
+  return { several, jobs: jobs.map(checkJob), spkiHashes: trust.map(spkiHash) };
+}
+
+// The base64 SHA-256 of a PEM certificate's SubjectPublicKeyInfo, as
+// --ignore-certificate-errors-spki-list wants it.
+function spkiHash(pem, index) {
+  try {
+    const spki = new X509Certificate(pem).publicKey.export({ type: 'spki', format: 'der' });
+    return createHash('sha256').update(spki).digest('base64');
+  } catch (e) {
+    throw new JobError(`trustCertificates[${index}] is not a PEM certificate: ${e.message}`);
+  }
 }
 
 function checkJob(job, index) {
+  const urls = Array.isArray(job?.urls) ? job.urls : null;
+  if (urls && (urls.length === 0 || !urls.every((u) => typeof u === 'string'))) {
+    throw new JobError(`job ${index}: "urls" must be a non-empty list of URLs`);
+  }
+  if (urls && typeof job.url !== 'string') job = { ...job, url: urls[0] };
   for (const key of ['page', 'url']) {
     if (typeof job?.[key] !== 'string') throw new JobError(`job ${index} needs "${key}" (a URL)`);
   }
@@ -69,6 +106,11 @@ function checkJob(job, index) {
     events: Number.isInteger(job.events) && job.events > 0 ? job.events : 0,
     timeoutMs: Number.isFinite(job.timeoutMs) && job.timeoutMs > 0 ? job.timeoutMs : 10000,
     fetchHeaders: job.fetch && typeof job.fetch === 'object' ? { ...job.fetch.headers } : null,
+    urls,
+    poll:
+      job.poll && typeof job.poll === 'object'
+        ? { pauseMs: Number.isFinite(job.poll.pauseMs) && job.poll.pauseMs >= 0 ? job.poll.pauseMs : 200 }
+        : null,
   };
 }
 
@@ -113,7 +155,7 @@ async function cleanUp() {
   }
 }
 
-async function run(jobs) {
+async function run(jobs, spkiHashes) {
   // A last resort: whatever hangs (the browser's start, a protocol call), the process ends.
   const longest = Math.max(...jobs.map((job) => job.timeoutMs));
   const watchdog = setTimeout(() => {
@@ -139,6 +181,7 @@ async function run(jobs) {
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
+      ...(spkiHashes.length ? [`--ignore-certificate-errors-spki-list=${spkiHashes.join(',')}`] : []),
     ],
     timeout: 20000,
     protocolTimeout: 20000,
@@ -172,6 +215,20 @@ async function watch(job, index) {
   page.on('requestfailed', (req) => {
     failedRequests.push({ url: req.url(), error: req.failure()?.errorText ?? 'failed' });
   });
+  // How each stream request was answered: the protocol and the connection it came on.
+  const responses = [];
+  cdp.on('Network.responseReceived', ({ type, response }) => {
+    if (type !== 'EventSource' && type !== 'Fetch') return;
+    responses.push({
+      url: response.url,
+      status: response.status,
+      protocol: response.protocol ?? null,
+      connectionId: response.connectionId ?? null,
+      remotePort: response.remotePort ?? null,
+      type,
+    });
+  });
+  await cdp.send('Network.enable');
 
   for (const cookie of job.cookies) {
     const params = { url: cookie.domain ? undefined : job.url, ...cookie };
@@ -186,6 +243,7 @@ async function watch(job, index) {
 
   const messages = [];
   const errors = [];
+  const opens = [];
   let opened = false;
   let finish;
   const done = new Promise((resolve) => (finish = resolve));
@@ -194,19 +252,24 @@ async function watch(job, index) {
   await page.exposeFunction('__redisseReport', (kind, info) => {
     if (kind === 'open') {
       opened = true;
-      progress('open', { atMs: elapsed() });
+      opens.push({ source: info.source ?? 0, atMs: elapsed() });
+      progress('open', { source: info.source ?? 0, atMs: elapsed() });
+    } else if (kind === 'poll') {
+      progress('poll', { phase: info.phase, poll: info.poll, atMs: elapsed() });
     } else if (kind === 'message') {
       messages.push(info);
-      progress('message', { count: messages.length, atMs: elapsed() });
+      progress('message', { count: messages.length, source: info.source ?? 0, atMs: elapsed() });
       if (job.events && messages.length >= job.events) finish(false);
     } else if (kind === 'error') {
-      errors.push({ readyState: info.readyState, message: info.message, atMs: elapsed() });
-      progress('error', { readyState: info.readyState, atMs: elapsed() });
+      errors.push({ readyState: info.readyState, message: info.message, source: info.source ?? 0, atMs: elapsed() });
+      progress('error', { readyState: info.readyState, source: info.source ?? 0, atMs: elapsed() });
       if (info.readyState === CLOSED) finish(false);
     }
   });
 
-  await page.evaluate(
+  if (job.urls) await page.evaluate(openSeveral, job.urls, job.withCredentials, job.types);
+  else if (job.poll) await page.evaluate(longPoll, job.url, job.withCredentials, job.types, job.poll.pauseMs);
+  else await page.evaluate(
     (url, withCredentials, types, fetchHeaders) => {
       const report = window.__redisseReport;
       if (!fetchHeaders) {
@@ -301,15 +364,17 @@ async function watch(job, index) {
 
   const timedOut = await done;
   clearTimeout(timer);
-  const readyState = await page.evaluate(() => {
+  const [readyState, polls] = await page.evaluate(() => {
     const source = window.__redisseSource;
     const state = source.readyState;
     source.close();
-    return state;
+    return [state, window.__redissePolls ?? []];
   });
-  return {
+  const result = {
     opened,
     messages,
+    opens,
+    responses,
     readyState,
     readyStateName: READY_STATES[readyState] ?? String(readyState),
     errors,
@@ -318,6 +383,116 @@ async function watch(job, index) {
     timedOut,
     elapsedMs: elapsed(),
   };
+  if (job.urls) result.bySource = job.urls.map((_, i) => messages.filter((m) => m.source === i));
+  if (job.poll) result.polls = polls;
+  return result;
+}
+
+// In the page: one EventSource per URL; `window.__redisseSource` stands for them all (CLOSED
+// when one is, CONNECTING when one is, else OPEN) and closes them all.
+function openSeveral(urls, withCredentials, types) {
+  const report = window.__redisseReport;
+  const sources = urls.map((url, source) => {
+    const es = new EventSource(url, { withCredentials });
+    es.addEventListener('open', () => report('open', { source }));
+    es.addEventListener('error', () => report('error', { readyState: es.readyState, source }));
+    for (const type of types) {
+      es.addEventListener(type, (e) =>
+        report('message', { type: e.type, data: e.data, lastEventId: e.lastEventId, origin: e.origin, source }),
+      );
+    }
+    return es;
+  });
+  window.__redisseSource = {
+    get readyState() {
+      const states = sources.map((es) => es.readyState);
+      return states.includes(2) ? 2 : states.includes(0) ? 0 : 1;
+    },
+    close: () => sources.forEach((es) => es.close()),
+  };
+}
+
+// In the page: long polling with fetch(), each response read to its end and parsed as an
+// event stream; the next request resumes with `lastEventId=` the last id received. A failed
+// request is tried again after the pause (readyState CONNECTING); an answer other than a 200
+// event stream ends the loop (CLOSED).
+function longPoll(url, withCredentials, types, pauseMs) {
+  const report = window.__redisseReport;
+  let closed = false;
+  const source = { readyState: 0, close: () => (closed = true) };
+  window.__redisseSource = source;
+  // Every request, the one under way included, for the result.
+  const polls = (window.__redissePolls = []);
+  const now = () => Math.round(performance.now());
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const parse = (text, origin, record, position) => {
+    let lastEventId = position;
+    for (const block of text.replace(/\r\n?/g, '\n').split('\n\n')) {
+      let type = 'message';
+      const data = [];
+      let hasData = false;
+      for (const line of block.split('\n')) {
+        if (line === '' || line.startsWith(':')) continue;
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? '' : line.slice(colon + 1);
+        if (value.startsWith(' ')) value = value.slice(1);
+        if (field === 'data') {
+          data.push(value);
+          hasData = true;
+        } else if (field === 'event') type = value;
+        else if (field === 'id' && !value.includes('\0')) lastEventId = value;
+      }
+      if (hasData && types.includes(type)) {
+        record.ids.push(lastEventId);
+        report('message', { type, data: data.join('\n'), lastEventId, origin });
+      }
+    }
+    return lastEventId;
+  };
+  (async () => {
+    let position = '';
+    for (let n = 0; !closed; n++) {
+      const target = new URL(url);
+      if (position !== '') {
+        target.search += `${target.search ? '&' : '?'}lastEventId=${encodeURIComponent(position)}`;
+      }
+      const record = { url: target.href, status: null, ids: [], requestedMs: now(), endedMs: null, error: null };
+      polls.push(record);
+      report('poll', { phase: 'request', poll: n });
+      try {
+        const res = await fetch(target.href, {
+          headers: { Accept: 'text/event-stream' },
+          credentials: withCredentials ? 'include' : 'same-origin',
+          cache: 'no-store',
+        });
+        record.status = res.status;
+        const contentType = res.headers.get('content-type') || '';
+        if (res.status !== 200 || !contentType.startsWith('text/event-stream')) {
+          source.readyState = 2;
+          record.error = `status ${res.status}, content type ${contentType}`;
+          record.endedMs = now();
+          report('poll', { phase: 'end', poll: n });
+          report('error', { readyState: 2, message: record.error });
+          return;
+        }
+        if (source.readyState !== 1) {
+          source.readyState = 1;
+          report('open', {});
+        }
+        report('poll', { phase: 'open', poll: n });
+        const text = await res.text();
+        position = parse(text, new URL(res.url).origin, record, position);
+      } catch (e) {
+        record.error = `${e}`;
+        source.readyState = 0;
+        report('error', { readyState: 0, message: record.error });
+      }
+      record.endedMs = now();
+      report('poll', { phase: 'end', poll: n });
+      await sleep(pauseMs);
+    }
+  })();
 }
 
 let input;
@@ -328,7 +503,7 @@ try {
   process.exit(2);
 }
 try {
-  const results = await run(input.jobs);
+  const results = await run(input.jobs, input.spkiHashes);
   process.stdout.write(JSON.stringify(input.several ? { results } : results[0]) + '\n');
   process.exit(0);
 } catch (e) {

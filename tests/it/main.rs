@@ -8,6 +8,7 @@ mod auth_support;
 mod bad_input;
 mod body_layers;
 mod browser;
+mod browser_resume;
 mod channel_names;
 mod churn;
 mod cli;

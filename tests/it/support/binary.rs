@@ -31,6 +31,13 @@ pub struct Redisse {
 
 impl Redisse {
     pub fn start(extra: &[&str]) -> Self {
+        Redisse::start_on(0, extra)
+    }
+
+    /// [`Redisse::start`] on this port of the public listener (0: a free one), such as the
+    /// port of a server that was stopped, to start it again where its clients come back; with
+    /// `--ssl` its first log line names `https://` (read all the same).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let internal_given = extra.iter().any(|a| a.starts_with("--internal-address"));
         let internal: &[&str] = if internal_given {
             &[]
@@ -38,7 +45,7 @@ impl Redisse {
             &["--internal-address", "127.0.0.1:0"]
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_redisse"))
-            .args(["-a", "127.0.0.1", "-p", "0"])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(internal)
             .args(extra)
             .env("NO_COLOR", "1")
@@ -56,7 +63,7 @@ impl Redisse {
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
                 let port = line
-                    .split("http://127.0.0.1:")
+                    .split("://127.0.0.1:")
                     .nth(1)
                     .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
                     .and_then(|p| p.parse::<u16>().ok());

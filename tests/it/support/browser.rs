@@ -171,6 +171,10 @@ pub struct Job {
     timeout_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     fetch: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    urls: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    poll: Option<Value>,
 }
 
 impl Job {
@@ -186,7 +190,25 @@ impl Job {
             events: 0,
             timeout_ms: 20_000,
             fetch: None,
+            urls: None,
+            poll: None,
         }
+    }
+
+    /// One `EventSource` per URL, all in the one page at `page` (results in
+    /// [`Outcome::by_source`]).
+    pub fn several(page: String, urls: Vec<String>) -> Self {
+        let mut job = Job::new(page, urls[0].clone());
+        job.urls = Some(urls);
+        job
+    }
+
+    /// Long polling instead of an `EventSource`: the page `fetch()`es the job's URL (which
+    /// names `polling`) in a loop, each request `pause` after the previous one ended, with
+    /// `lastEventId=` the last id received (results in [`Outcome::polls`]).
+    pub fn long_polling(mut self, pause: Duration) -> Self {
+        self.poll = Some(serde_json::json!({ "pauseMs": pause.as_millis() as u64 }));
+        self
     }
 
     pub fn with_credentials(mut self) -> Self {
@@ -265,6 +287,50 @@ pub struct Outcome {
     pub timed_out: bool,
     #[allow(dead_code)] // shown in failure messages
     pub elapsed_ms: u64,
+    /// Every `open` event: a reconnection opens again.
+    #[serde(default)]
+    pub opens: Vec<Value>,
+    /// How the page's stream requests were answered (protocol, connection id), as the DevTools
+    /// protocol's `Network.responseReceived` saw them.
+    #[serde(default)]
+    pub responses: Vec<Response>,
+    /// With [`Job::several`]: each URL's messages.
+    #[serde(default)]
+    pub by_source: Vec<Vec<Message>>,
+    /// With [`Job::long_polling`]: each request.
+    #[serde(default)]
+    pub polls: Vec<Poll>,
+}
+
+/// One stream request's response, as the browser saw it.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    #[allow(dead_code)] // shown in failure messages
+    pub url: String,
+    pub status: u16,
+    /// `h2` for HTTP/2, `http/1.1`...
+    pub protocol: Option<String>,
+    /// The connection it came on (requests on one HTTP/2 connection share it).
+    pub connection_id: Option<f64>,
+    /// `EventSource` or `Fetch`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// One long-polling request.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Poll {
+    pub url: String,
+    pub status: Option<u16>,
+    /// The ids of the events it received.
+    pub ids: Vec<String>,
+    #[allow(dead_code)] // shown in failure messages
+    pub requested_ms: Option<u64>,
+    #[allow(dead_code)] // shown in failure messages
+    pub ended_ms: Option<u64>,
+    pub error: Option<String>,
 }
 
 impl Outcome {
@@ -299,9 +365,15 @@ pub struct BrowserRun {
 
 impl BrowserRun {
     pub fn start(jobs: &[Job]) -> Self {
+        BrowserRun::start_trusting(jobs, &[])
+    }
+
+    /// [`BrowserRun::start`] with Chromium accepting these PEM certificates for HTTPS (by
+    /// their public keys, without a CA).
+    pub fn start_trusting(jobs: &[Job], certificates: &[String]) -> Self {
         require_tools();
         let dir = browser_dir();
-        let input = serde_json::json!({ "jobs": jobs });
+        let input = serde_json::json!({ "jobs": jobs, "trustCertificates": certificates });
         let mut child = Command::new("node")
             .arg(dir.join("eventsource.mjs"))
             .arg(input.to_string())
@@ -388,6 +460,45 @@ impl BrowserRun {
                 self.stderr.lock().unwrap()
             ),
         }
+    }
+
+    /// Waits for job `job`'s next progress line that `wanted` accepts, skipping the others;
+    /// fails the test, with `what`, if none comes within the run's limit or the run ends.
+    pub async fn progress_until(
+        &mut self,
+        job: usize,
+        what: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let limit = self.limit();
+        let progress = &mut self.progress[job];
+        let wait = async {
+            while let Some(p) = progress.recv().await {
+                if wanted(&p) {
+                    return Some(p);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Some(p)) => p,
+            Ok(None) => panic!(
+                "job {job}'s run ended before {what}; its log:\n{}",
+                self.stderr.lock().unwrap()
+            ),
+            Err(_) => panic!(
+                "no {what} within {limit:?} for job {job}; its log:\n{}",
+                self.stderr.lock().unwrap()
+            ),
+        }
+    }
+
+    /// Waits until job `job` received `count` events in all.
+    pub async fn messages_reach(&mut self, job: usize, count: u64) {
+        self.progress_until(job, &format!("{count} events"), |p| {
+            p["progress"] == "message" && p["count"].as_u64() >= Some(count)
+        })
+        .await;
     }
 
     /// Waits for the run to end and returns each job's result, in order; panics if the script

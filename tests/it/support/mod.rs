@@ -1,5 +1,6 @@
 //! Shared test helpers: a real `redis-server` the tests start and stop themselves, an
-//! in-process Redisse server on a free port, and an SSE client that keeps the raw bytes.
+//! in-process Redisse server on a free port, an SSE client that keeps the raw bytes, and a TCP
+//! tap that records what passes between a client and a server.
 
 pub mod binary;
 pub mod browser;
@@ -8,6 +9,7 @@ pub mod raw;
 pub mod redis;
 pub mod server;
 pub mod sse;
+pub mod tap;
 
 use std::time::Duration;
 
