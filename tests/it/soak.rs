@@ -11,7 +11,8 @@
 //! `Publisher::redis` (40/s), with raw commands in the Ruby gem's two-round-trip layout (`INCR`,
 //! then `PUBLISH` and `ZADD`, 40/s), and with `redisse publish --redis` (5/s). Meanwhile, in
 //! turn: Redis stopped and started again with its data (every other time with a save 0.3 s
-//! old, so what it acknowledged after the save is lost and its ids are given again), Redis frozen (`SIGSTOP`), the pub/sub
+//! old, so what it acknowledged after the save is lost, and redisse cut off for a second more
+//! while the other publishers give those ids again), Redis frozen (`SIGSTOP`), the pub/sub
 //! connection killed, redisse killed (`SIGKILL`) and started again, the proxy partitioned (it
 //! stops forwarding, sockets open) and reset (every proxied connection closed), and once,
 //! Redis restarted empty.
@@ -464,19 +465,28 @@ async fn run_soak() {
         match fault {
             0 => {
                 // Every other time, the save is 0.3 s old when Redis stops: what it
-                // acknowledged meanwhile is lost, and publishers elsewhere reuse those ids.
-                let lag = Duration::from_millis(if ((round - 1) / 6).is_multiple_of(2) {
-                    0
-                } else {
-                    300
-                });
+                // acknowledged meanwhile is lost; and redisse stays cut off (the proxy
+                // partitioned) for 1 s after Redis is back, while the publishers that reach
+                // Redis directly give those ids to new events.
+                let rollback = !((round - 1) / 6).is_multiple_of(2);
+                let lag = Duration::from_millis(if rollback { 300 } else { 0 });
                 println!(
-                    "soak: {:.2} s: Redis stopped with its data ({lag:?} after its save), 2 s",
-                    started.elapsed().as_secs_f32()
+                    "soak: {:.2} s: Redis stopped with its data ({lag:?} after its save), 2 s{}",
+                    started.elapsed().as_secs_f32(),
+                    if rollback {
+                        ", redisse cut off 1 s more"
+                    } else {
+                        ""
+                    }
                 );
                 tokio::task::block_in_place(|| redis.save_and_stop_after(lag));
+                proxy.partitioned.store(rollback, Relaxed);
                 sleep(Duration::from_secs(2)).await;
                 tokio::task::block_in_place(|| redis.start_again());
+                if rollback {
+                    sleep(Duration::from_secs(1)).await;
+                    proxy.partitioned.store(false, Relaxed);
+                }
             }
             1 => {
                 println!(
@@ -648,15 +658,18 @@ async fn run_soak() {
          after missedevents), foreign {foreign}, out of order {disorder}",
         faults.load(Relaxed)
     );
-    if lost > 0 {
-        old_logs.push(server.lock().unwrap().log());
-        for (n, log) in old_logs.iter().enumerate() {
-            let warnings: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                .collect();
-            println!("soak: server {n}'s warnings:\n{}", warnings.join("\n"));
-        }
+    // The data losses the servers saw, and why (each gave every stream `missedevents`); all
+    // their warnings when an event was lost.
+    old_logs.push(server.lock().unwrap().log());
+    for (n, log) in old_logs.iter().enumerate() {
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let loss = l.contains("lost its data") || l.contains("older save");
+                (l.contains("WARN") || l.contains("ERROR")) && (lost > 0 || loss)
+            })
+            .collect();
+        println!("soak: server {n}'s warnings:\n{}", warnings.join("\n"));
     }
     assert_eq!(
         lost, 0,
