@@ -12,6 +12,7 @@ mod channel_names;
 mod churn;
 mod cli;
 mod doc_snippets;
+mod example_app;
 mod concurrency;
 mod counter_reset;
 mod cors;
