@@ -7,7 +7,8 @@
 //! when the page asks for it in the query); the page's form publishes through the
 //! application; and on Redis, a page whose application was SIGKILLed and restarted with the
 //! same session secret reconnects by itself with `Last-Event-ID` and shows what was published
-//! meanwhile, once each, in order. A screenshot of a live page goes to
+//! meanwhile, once each, in order, or shows its `missedevents` notice when more was published
+//! meanwhile than history keeps. A screenshot of a live page goes to
 //! `target/example-app.png`.
 
 use std::io::{BufRead, BufReader};
@@ -446,4 +447,53 @@ async fn on_redis_the_page_resumes_after_the_app_is_killed_and_restarted() {
     assert_eq!(state.events, expected, "in order, each once");
     assert_eq!(state.state, "open");
     assert!(!state.missed, "nothing was lost: no missedevents notice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_when_events_it_missed_are_gone_from_history() {
+    let redis = RedisServer::start();
+    let secret = "the same secret across restarts";
+    let mut app = ChatApp::start("127.0.0.1:0", Some(&redis.url()), secret);
+    let listen = format!("127.0.0.1:{}", app.port);
+    let mut pages = Pages::start();
+    let (page, _) = open_visitor(&mut pages, &app).await;
+    let sender = Sender::visit(&app).await;
+    let before = sender.send(&app, "", "before the crash").await;
+    pages
+        .wait_for(page, PAGE_PATIENCE, "the first event", |s| {
+            s.last_id == before
+        })
+        .await;
+
+    app.kill();
+    pages
+        .wait_for(page, PAGE_PATIENCE, "the page sees the app gone", |s| {
+            s.state == "reconnecting"
+        })
+        .await;
+    // More than the channel's history keeps (100 events): the oldest of them are gone.
+    let worker = Publisher::redis(&redis.url()).expect("a Redis publisher");
+    let mut ids = Vec::new();
+    for n in 0..105 {
+        let data = serde_json::json!({ "from": "a worker", "text": format!("event {n}") });
+        let id = worker
+            .publish("global", Event::new("global", data.to_string()))
+            .await
+            .expect("publish into Redis");
+        ids.push(id.to_string());
+    }
+
+    let _app = ChatApp::start(&listen, Some(&redis.url()), secret);
+    let last = ids.last().unwrap().clone();
+    let state = pages
+        .wait_for(page, PAGE_PATIENCE, "the events retained", |s| {
+            s.last_id == last
+        })
+        .await;
+    assert!(state.missed, "the missedevents notice shows: {state:#?}");
+    let shown_ids: Vec<&str> = state.events.iter().map(|e| e.id.as_str()).collect();
+    let mut expected = vec![before.as_str()];
+    expected.extend(ids[5..].iter().map(String::as_str));
+    assert_eq!(shown_ids, expected, "the 100 events history kept, in order");
+    assert_eq!(state.state, "open");
 }
