@@ -168,7 +168,14 @@ fn parse_args() -> Result<Args, String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("chat: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let secret = match std::env::var("CHAT_SECRET") {
         Ok(secret) if !secret.is_empty() => secret.into_bytes(),
