@@ -13,6 +13,7 @@ mod channel_names;
 mod churn;
 mod cli;
 mod doc_snippets;
+mod example_app;
 mod concurrency;
 mod counter_reset;
 mod cors;

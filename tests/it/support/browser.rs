@@ -24,11 +24,11 @@ pub const CLOSED: u8 = 2;
 /// browser's start and shutdown; the script's own watchdog fires 30 s past the timeout).
 const SLACK: Duration = Duration::from_secs(40);
 
-fn browser_dir() -> PathBuf {
+pub fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
-fn chromium() -> PathBuf {
+pub fn chromium() -> PathBuf {
     std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
@@ -56,7 +56,7 @@ fn installed_version(dir: &Path) -> Option<String> {
 }
 
 /// Fails the test, with the command that fixes it, when a tool the browser tests need is missing.
-fn require_tools() {
+pub fn require_tools() {
     let node = std::process::Command::new("node")
         .arg("--version")
         .output()

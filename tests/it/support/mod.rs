@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod browser;
 pub mod logs;
+pub mod pages;
 pub mod raw;
 pub mod redis;
 pub mod server;
