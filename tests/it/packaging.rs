@@ -1,15 +1,21 @@
 //! What packaging/ ships works: the systemd unit passes `systemd-analyze verify` with the built
-//! binary as its `ExecStart` and keeps its hardening (`systemd-analyze security`), and the
-//! container recipe's health check tells a live server from a dead or failing one when run
-//! against the real binary. (The container image itself is not built here: no container
+//! binary as its `ExecStart` and keeps its hardening (`systemd-analyze security`), the binary
+//! makes no system call that the unit's `SystemCallFilter=` lines would kill it for (run under
+//! `strace` through a Redis-backed stream, a publish, a resume, the pages and a SIGTERM: no
+//! systemd runs the unit here), and the container recipe's health check tells a live server
+//! from a dead or failing one when run against the real binary. (The container image itself is not built here: no container
 //! registry is reachable from the machines that run the tests.)
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::support::binary::Redisse;
+use crate::support::sse::client;
+use crate::support::{RedisServer, SseStream};
 
 const UNIT: &str = include_str!("../../packaging/redisse.service");
 const CONTAINERFILE: &str = include_str!("../../packaging/Containerfile");
@@ -83,6 +89,170 @@ fn the_systemd_unit_keeps_its_hardening() {
     assert!(
         level <= 2.0,
         "the unit's exposure level rose to {level}:\n{stdout}"
+    );
+}
+
+/// The system calls of a `systemd-analyze syscall-filter` set (`@system-service`), its nested
+/// sets expanded.
+fn syscall_set(name: &str) -> BTreeSet<String> {
+    let out = systemd_analyze(&["syscall-filter", name]);
+    assert!(
+        out.status.success(),
+        "systemd-analyze syscall-filter {name}"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut set = BTreeSet::new();
+    for item in text.lines().skip(1).map(str::trim) {
+        if item.is_empty() || item.starts_with('#') {
+            continue;
+        }
+        if item.starts_with('@') {
+            set.extend(syscall_set(item));
+        } else {
+            set.insert(item.to_owned());
+        }
+    }
+    set
+}
+
+/// What the unit's `SystemCallFilter=` lines allow: the union of its allow lists, less every
+/// `~` list, as systemd applies them.
+fn unit_allowed_syscalls() -> BTreeSet<String> {
+    let (mut allowed, mut denied) = (BTreeSet::new(), BTreeSet::new());
+    for line in UNIT.lines() {
+        let Some(items) = line.strip_prefix("SystemCallFilter=") else {
+            continue;
+        };
+        let (target, items) = match items.strip_prefix('~') {
+            Some(rest) => (&mut denied, rest),
+            None => (&mut allowed, items),
+        };
+        for item in items.split_whitespace() {
+            if item.starts_with('@') {
+                target.extend(syscall_set(item));
+            } else {
+                target.insert(item.to_owned());
+            }
+        }
+    }
+    assert!(
+        !allowed.is_empty(),
+        "the unit has no SystemCallFilter allow list"
+    );
+    allowed.difference(&denied).cloned().collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_stays_within_the_units_system_call_filter() {
+    let allowed = unit_allowed_syscalls();
+    let strace_found = Command::new("strace")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        strace_found,
+        "`strace` is needed by this test: apt-get install strace"
+    );
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let (port, internal) = (free_port(), free_port());
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_redisse"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--internal-address", &format!("127.0.0.1:{internal}")])
+        .args(["--redis", &redis.url(), "--heartbeat", "0.2"])
+        .env_remove("REDISSE_REDIS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start strace");
+    let public = format!("http://127.0.0.1:{port}");
+    let internal = format!("http://127.0.0.1:{internal}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client()
+        .get(format!("{internal}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "the traced binary did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publish = |data: &'static str| {
+        let url = format!("{internal}/publish/news?type=t");
+        async move {
+            let res = client().post(url).body(data).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+        }
+    };
+    publish("warm-up").await;
+    let mut stream = SseStream::open(&format!("{public}/?news&alerts"), &[]).await;
+    let hint = stream.next().await;
+    assert_eq!(hint.event, "lastEventId");
+    publish("live").await;
+    assert_eq!(stream.next().await.data, "live");
+    let last = hint.id.unwrap();
+    let mut resumed =
+        SseStream::open(&format!("{public}/?news"), &[("Last-Event-ID", &last)]).await;
+    assert_eq!(resumed.next().await.data, "live", "the replay");
+    tokio::time::sleep(Duration::from_millis(500)).await; // heartbeats
+    for page in [format!("{internal}/metrics"), format!("{public}/livez")] {
+        assert_eq!(client().get(page).send().await.unwrap().status(), 200);
+    }
+    // SIGTERM to the server (strace's child), then wait for both to exit.
+    let pid = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+        .unwrap_or_default();
+    let pid = pid
+        .split_whitespace()
+        .next()
+        .expect("the traced server's pid");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop((stream, resumed));
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "the traced server exited with {status}");
+
+    let used: BTreeSet<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let call = line.split_once(' ')?.1.trim_start();
+            let name = &call[..call.find('(')?];
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                .then(|| name.to_owned())
+        })
+        .collect();
+    for expected in ["accept4", "epoll_wait", "write"] {
+        assert!(
+            used.contains(expected),
+            "no {expected} in the trace: {used:?}"
+        );
+    }
+    let killed: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        killed.is_empty(),
+        "the unit's SystemCallFilter would kill the server on {killed:?} (used: {used:?})"
     );
 }
 
