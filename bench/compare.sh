@@ -7,7 +7,9 @@
 #   bench/compare.sh --baseline main --servers "redisse-mem base-mem redisse-redis base-redis"
 #
 # It installs Nchan if missing and asked for (Debian: libnginx-mod-nchan nginx), builds redisse
-# and redisse-load (the workspace member bench/load) in release mode, starts a private
+# (the `profiling` profile: the release build with line tables and symbols, so that perf can be
+# pointed at the servers it runs) and redisse-load (the workspace member bench/load, release
+# mode), starts a private
 # redis-server on a free port (never the machine's 6379), then for each scenario and each server
 # starts the server fresh (so memory figures start from a clean process), runs redisse-load
 # against it, and stops it. The RESULT lines go to $OUT (default
@@ -23,9 +25,10 @@
 # storm-restart runs on redisse-redis, base-redis and nchan-redis only.
 #
 # --baseline REV measures an older redisse in the same run: it checks REV out in a detached git
-# worktree ($BASE_SRC, default /tmp/redisse-baseline-src), builds its `redisse` binary in release
-# mode there (target dir $BASE_TARGET, default /tmp/redisse-baseline-target; kept and reused while
-# it was built from the same commit) and adds the servers base-mem and base-redis, which run that
+# worktree ($BASE_SRC, default /tmp/redisse-baseline-src), builds its `redisse` binary there
+# (its `profiling` profile, or release mode for a commit from before that profile; target dir
+# $BASE_TARGET, default /tmp/redisse-baseline-target; kept and reused while it was built from
+# the same commit) and adds the servers base-mem and base-redis, which run that
 # binary exactly as redisse-mem and redisse-redis run the current one (same flags, same port).
 # Without --servers, they are added to the default list. The summary then also gives
 # current / baseline (mem/base = redisse-mem / base-mem, rds/base = redisse-redis / base-redis).
@@ -193,11 +196,11 @@ command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y
 
 mkdir -p "$WORK/bin" "$WORK/nchan" "$WORK/redis"
 OUT=${OUT:-$WORK/results-$(date +%Y%m%d-%H%M%S).txt}
-echo "compare: building (release)"
-cargo build --release -q --bin redisse
+echo "compare: building (profiling profile, release)"
+cargo build --profile profiling -q --bin redisse
 cargo build --release -q -p redisse-load
 # Copies, so that another build during the run does not change what is measured.
-cp target/release/redisse target/release/redisse-load "$WORK/bin/"
+cp target/profiling/redisse target/release/redisse-load "$WORK/bin/"
 LOAD=$WORK/bin/redisse-load
 
 # --baseline: REV's redisse, built in its own detached worktree and target dir.
@@ -216,16 +219,19 @@ if [[ -n $BASELINE ]]; then
     git worktree prune
     git worktree add -q --detach "$BASE_SRC" "$BASE_COMMIT"
   fi
-  BASE_STAMP=$BASE_TARGET/release/redisse.commit
-  if [[ -x $BASE_TARGET/release/redisse && $(cat "$BASE_STAMP" 2>/dev/null) == "$BASE_COMMIT" ]]; then
+  # The profiling profile where the commit has one; before it, release kept the line tables.
+  BASE_PROFILE=release
+  grep -q '^\[profile\.profiling\]' "$BASE_SRC/Cargo.toml" && BASE_PROFILE=profiling
+  BASE_STAMP=$BASE_TARGET/$BASE_PROFILE/redisse.commit
+  if [[ -x $BASE_TARGET/$BASE_PROFILE/redisse && $(cat "$BASE_STAMP" 2>/dev/null) == "$BASE_COMMIT" ]]; then
     echo "compare: baseline ${BASE_COMMIT:0:7} already built in $BASE_TARGET"
   else
-    echo "compare: building baseline ${BASE_COMMIT:0:7} (release) in $BASE_SRC"
+    echo "compare: building baseline ${BASE_COMMIT:0:7} ($BASE_PROFILE) in $BASE_SRC"
     rm -f "$BASE_STAMP"
-    (cd "$BASE_SRC" && CARGO_TARGET_DIR=$BASE_TARGET cargo build --release -q --bin redisse)
+    (cd "$BASE_SRC" && CARGO_TARGET_DIR=$BASE_TARGET cargo build --profile "$BASE_PROFILE" -q --bin redisse)
     echo "$BASE_COMMIT" >"$BASE_STAMP"
   fi
-  cp "$BASE_TARGET/release/redisse" "$WORK/bin/redisse-base"
+  cp "$BASE_TARGET/$BASE_PROFILE/redisse" "$WORK/bin/redisse-base"
 fi
 
 free_port() {

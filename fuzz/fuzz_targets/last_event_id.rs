@@ -1,4 +1,4 @@
-//! `LastEventId::parse` never panics and follows SPEC 4: empty or zero is no position, a
+//! `LastEventId::parse` never panics and follows docs/protocol.md: empty or zero is no position, a
 //! decimal integer in 1..2^63-1 a position, anything else unknown.
 #![no_main]
 

@@ -160,8 +160,8 @@ impl JwtVerifier {
             validation.set_issuer(&[iss]);
             required.push("iss");
         }
-        // A token without `exp` is accepted (SPEC): only what the configuration asks for is
-        // required.
+        // A token without `exp` is accepted (docs/access-control.md): only what the configuration
+        // asks for is required.
         validation.set_required_spec_claims(&required);
         Ok(JwtVerifier {
             inner: Arc::new(Inner {

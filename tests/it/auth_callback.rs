@@ -1,5 +1,5 @@
-//! Subscriber authorization by the auth callback (SPEC 10), through the real binary, with a
-//! small axum application in the test as the callback: what is forwarded, what each answer
+//! Subscriber authorization by the auth callback (docs/access-control.md), through the real binary,
+//! with a small axum application in the test as the callback: what is forwarded, what each answer
 //! becomes, the timeout, and the cache.
 
 use std::sync::{Arc, Mutex};

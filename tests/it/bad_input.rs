@@ -1,4 +1,4 @@
-//! Bad input gets a clear answer, loses nothing, never panics (SPEC 9).
+//! Bad input gets a clear answer, loses nothing, never panics (docs/protocol.md, docs/limits.md).
 //!
 //! One table of bad requests, run on both brokers. A stream opened before the first case must
 //! receive, in order and without a gap, the marker event published after each case; after each

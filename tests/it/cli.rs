@@ -1,4 +1,5 @@
-//! The redisse binary: --help, options, exit statuses, the first log line (SPEC 7).
+//! The redisse binary: --help, options, exit statuses, the first log line (README,
+//! "Configuration").
 
 use std::process::Stdio;
 use std::time::Duration;

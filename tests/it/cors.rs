@@ -1,6 +1,7 @@
-//! CORS on the public listener (SPEC 10), through the real binary: preflights, the headers of
-//! a listed origin's stream and publish, 403 for an unlisted origin, `*` without credentials,
-//! the environment variable, startup errors, and no CORS at all when none is configured.
+//! CORS on the public listener (docs/access-control.md), through the real binary: preflights, the
+//! headers of a listed origin's stream and publish, 403 for an unlisted origin, `*` without
+//! credentials, the environment variable, startup errors, and no CORS at all when none is
+//! configured.
 
 use reqwest::Method;
 use reqwest::header::HeaderMap;

@@ -3,7 +3,7 @@
 //! streams on the real binary; the Python and Node auth-callback handlers are run as the
 //! binary's callback; the Ruby (Rack) one is called as Rack would call it. The publishers of
 //! docs/publishing.md publish through the binary, retry with their key without a duplicate, and
-//! raise on a refusal.
+//! raise on a refusal. The README has no such code of its own (checked here too).
 //!
 //! Each interpreter (`ruby`, `python3`, `node`) must be installed: a missing one fails the test
 //! with the command that installs it.
@@ -310,4 +310,21 @@ async fn the_node_publisher_retries_without_a_duplicate() {
 })();
 "#;
     publisher_works(node, &blocks_of(PUBLISHING, "js")[0], calls).await;
+}
+
+/// The README shows no Ruby, Python or Node code of its own: the publishers and access-control
+/// code users copy live in docs/publishing.md and docs/access-control.md, where the tests above
+/// run them. A snippet added to the README would be run by nothing.
+#[test]
+fn the_readme_has_no_snippet_that_no_test_runs() {
+    const README: &str = include_str!("../../README.md");
+    for lang in ["ruby", "python", "py", "js", "javascript", "node", "mjs"] {
+        let found = blocks_of(README, lang);
+        assert!(
+            found.is_empty(),
+            "README.md has a ```{lang} block, which no test runs: move it to docs/ and run it \
+             in tests/it/doc_snippets.rs, or point to the tested one in docs/publishing.md:\n{}",
+            found[0]
+        );
+    }
 }

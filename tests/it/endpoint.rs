@@ -1,4 +1,5 @@
-//! SPEC 4: the order of answers, exact statuses, headers and bodies, and channels from the query.
+//! docs/protocol.md: the order of answers, exact statuses, headers and bodies, and channels from
+//! the query.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

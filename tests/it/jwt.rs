@@ -1,7 +1,7 @@
-//! Subscriber (and publisher) authorization by JWT on the public listener (SPEC 10), through
-//! the real binary: each key type and algorithm, each place a token is read from, every reason
-//! a token is refused, channel patterns, a stream ended at its token's `exp`, startup errors,
-//! and publishing with a JWT.
+//! Subscriber (and publisher) authorization by JWT on the public listener (docs/access-control.md),
+//! through the real binary: each key type and algorithm, each place a token is read from, every
+//! reason a token is refused, channel patterns, a stream ended at its token's `exp`, startup
+//! errors, and publishing with a JWT.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

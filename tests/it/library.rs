@@ -1,4 +1,5 @@
-//! The library API: an axum app with its own tower layers and channel function (SPEC 6).
+//! The library API: an axum app with its own tower layers and channel function (README, "Embedding
+//! in an axum application").
 
 use std::time::Duration;
 

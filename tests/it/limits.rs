@@ -1,4 +1,4 @@
-//! Every bound reached and answered as stated (SPEC 9).
+//! Every bound reached and answered as stated (docs/limits.md).
 //!
 //! Total connections (200 with a `retry:` in the configured range and an immediate close),
 //! channels per connection and channel name length (400), request head size (431), header read

@@ -1,10 +1,11 @@
-//! GET /metrics and GET /health (SPEC 8).
+//! GET /metrics and GET /health (README, "Operations").
 //!
-//! `/metrics` is served by the internal router (the public one has none: there `/metrics` is a
-//! path of the SSE endpoint like any other). It is checked with a small strict parser of the Prometheus text format (only `HELP`
-//! and `TYPE` comments, one of each per metric and before its samples, samples of a metric
-//! together, valid names, quoted label values, numeric values, no duplicate series), and its
-//! counters must move exactly as events flow. No series may be labelled by channel.
+//! `/metrics` is served by the internal router (the public one has none: there `/metrics` is a path
+//! of the SSE endpoint like any other). It is checked with a small strict parser of the Prometheus
+//! text format (only `HELP` and `TYPE` comments, one of each per metric and before its samples,
+//! samples of a metric together, valid names, quoted label values, numeric values, no duplicate
+//! series), and its counters must move exactly as events flow. No series may be labelled by
+//! channel.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

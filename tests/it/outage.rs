@@ -1,5 +1,6 @@
-//! Redis going away under open streams (SPEC 9): restarts with and without data, killed pub/sub
-//! connections while publishers keep publishing, requests during an outage, and `/health`.
+//! Redis going away under open streams (README, "Redis outages"): restarts with and without data,
+//! killed pub/sub connections while publishers keep publishing, requests during an outage, and
+//! `/health`.
 //!
 //! Waits are deterministic: the broker's state (`is_broker_up`), or Redis's own view of the
 //! subscriber (`PUBSUB NUMSUB`), polled with a deadline.
@@ -254,8 +255,9 @@ async fn restart_empty_from(server: &TestServer, redis: &mut RedisServer) -> u64
     before
 }
 
-/// SPEC 4, last paragraph: Redis loses its data; open streams get `missedevents`, then the new
-/// ids flow, above the old ones (the subscriber raised the counter: tests/it/counter_reset.rs).
+/// docs/history.md, "After Redis lost its data": Redis loses its data; open streams get
+/// `missedevents`, then the new ids flow, above the old ones (the subscriber raised the counter:
+/// tests/it/counter_reset.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_gives_missedevents_then_the_new_ids() {
     let mut backend = Backend::redis();

@@ -6,7 +6,7 @@
 //! * [`StreamQuery::parse`] on `form_encode`d names returns them in order, without empty or
 //!   repeated names or the reserved items; it never panics on arbitrary strings.
 //! * [`LastEventId::parse`] never panics, round-trips every decimal in 1..=i64::MAX, and
-//!   follows SPEC 4 for everything else (an independent model decides).
+//!   follows docs/protocol.md for everything else (an independent model decides).
 
 use proptest::prelude::*;
 use redisse::fuzzing::{form_decode, form_encode};
@@ -185,8 +185,8 @@ proptest! {
     }
 }
 
-/// SPEC 4, independently: empty or zero is no position; a decimal integer in 1..2^63-1 is a
-/// position; anything else is unknown.
+/// docs/protocol.md ("The position"), independently: empty or zero is no position; a decimal
+/// integer in 1..2^63-1 is a position; anything else is unknown.
 fn model(value: &str) -> LastEventId {
     if value.is_empty() {
         return LastEventId::None;

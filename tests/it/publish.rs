@@ -1,5 +1,6 @@
-//! Publishing by Rust, the command line, HTTP (the internal router without a credential, the
-//! public one only with a token: never for a peer's address) and a raw Redis client (SPEC 5).
+//! Publishing by Rust, the command line, HTTP (the internal router without a credential, the public
+//! one only with a token: never for a peer's address) and a raw Redis client (docs/publishing.md,
+//! docs/redis-layout.md).
 
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -1,4 +1,4 @@
-//! The nginx X-Accel-Redirect handler (SPEC 6).
+//! The nginx X-Accel-Redirect handler (README, "Behind nginx").
 
 use axum::body::Body;
 use http::request::Parts;
@@ -151,7 +151,8 @@ async fn reserved_channel_names_are_refused() {
 #[tokio::test]
 async fn names_the_sse_server_would_read_as_options_are_refused() {
     // `polling=x` turns on long polling and `lastEventId=5` gives a position on the SSE server
-    // (SPEC 4, step 3), so such a channel could never be listened to through the redirect.
+    // (docs/protocol.md, "The request"), so such a channel could never be listened to through the
+    // redirect.
     for name in ["polling=1", "polling=", "lastEventId=5", "lastEventId="] {
         let a = call("/redisse", &["global", name], "/").await;
         assert_eq!(a.status, 500, "{name}: redirected to {:?}", a.redirect);

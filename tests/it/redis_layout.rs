@@ -1,4 +1,4 @@
-//! The bytes our publisher leaves in Redis are exactly the gem's layout (SPEC 2).
+//! The bytes our publisher leaves in Redis are exactly the gem's layout (docs/redis-layout.md).
 
 use std::sync::mpsc;
 use std::time::Duration;

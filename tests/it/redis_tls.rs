@@ -1,7 +1,7 @@
-//! Redis over TLS and with ACL users (SPEC "Redis"): the binary and `redisse publish` reach a
-//! `redis-server --tls-port` whose certificate comes from a CA the test makes (`--redis-tls-ca`),
-//! refuse a server signed by another CA without panicking, log in as an ACL user, and never
-//! write a password to their logs, not even when it is wrong.
+//! Redis over TLS and with ACL users (docs/redis-layout.md): the binary and `redisse publish` reach
+//! a `redis-server --tls-port` whose certificate comes from a CA the test makes (`--redis-tls-ca`),
+//! refuse a server signed by another CA without panicking, log in as an ACL user, and never write a
+//! password to their logs, not even when it is wrong.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

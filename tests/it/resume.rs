@@ -1,4 +1,5 @@
-//! Resume with Last-Event-ID: replay, history caps, missedevents and the lastEventId event (SPEC 4).
+//! Resume with Last-Event-ID: replay, history caps, missedevents and the lastEventId event
+//! (docs/protocol.md, docs/history.md).
 //!
 //! Every test runs on both brokers, except the one that resumes on a second server process, which
 //! needs Redis. The gem's acceptance cases 34-37 and 42-43 (reference/redisse-gem.md 9.4) are

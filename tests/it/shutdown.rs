@@ -1,4 +1,4 @@
-//! Graceful shutdown: SIGTERM ends streams with retry and exits 0 (SPEC 7, 8).
+//! Graceful shutdown: SIGTERM ends streams with retry and exits 0 (docs/protocol.md, `retry:`).
 //!
 //! The real binary runs in-memory on a free port (`-p 0`; the port is read from its first log
 //! line). With 200 open streams, SIGTERM must make it exit 0 quickly, every stream having

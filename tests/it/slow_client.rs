@@ -1,4 +1,4 @@
-//! A client that never reads is disconnected; others keep receiving (SPEC 9).
+//! A client that never reads is disconnected; others keep receiving (docs/limits.md).
 //!
 //! The slow client is a raw TCP socket with a small receive buffer that sends its request and
 //! never reads. Large events go to its channel while a reading client measures how long each

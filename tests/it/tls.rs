@@ -1,5 +1,6 @@
-//! HTTPS (`--ssl --ssl-key --ssl-cert`, SPEC 7): the binary serves streams and publishing over
-//! TLS with a certificate made for the test, and refuses to start with unusable files.
+//! HTTPS (`--ssl --ssl-key --ssl-cert`, README "Configuration"): the binary serves streams and
+//! publishing over TLS with a certificate made for the test, and refuses to start with unusable
+//! files.
 
 use std::sync::Arc;
 
