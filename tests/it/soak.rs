@@ -665,7 +665,7 @@ async fn run_soak() {
         let warnings: Vec<&str> = log
             .lines()
             .filter(|l| {
-                let loss = l.contains("lost its data") || l.contains("older save");
+                let loss = l.contains("lost its data") || l.contains("older save?");
                 (l.contains("WARN") || l.contains("ERROR")) && (lost > 0 || loss)
             })
             .collect();

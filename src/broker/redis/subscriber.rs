@@ -302,7 +302,9 @@ impl Subscriber {
             self.newest_gone().await?
         };
         if let Some(why) = &replaced {
-            tracing::warn!("{why}: Redis came back from an older save and its ids were reused");
+            tracing::warn!(
+                "{why}: Redis lost writes it had acknowledged (back from an older save?)"
+            );
         }
         let raise = counter < known || floor_gone || replaced.is_some();
         let reset = raise || (self.floor_seen.is_some() && snap.floor != self.floor_seen);
