@@ -10,7 +10,6 @@
 //! would have overflowed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -62,7 +61,7 @@ pub(crate) async fn replay_pages(pages: &Pages<'_>, conn: &Conn, ready: Instant)
                 pages
                     .metrics
                     .replayed
-                    .fetch_add(frames.len() as u64, Relaxed);
+                    .inc_by(frames.len() as u64);
                 if conn.next_page(missed, frames, page_end, from) {
                     return;
                 }

@@ -227,7 +227,7 @@ fn prometheus(shared: &Shared) -> Response {
     let mut res = shared.metrics.render_prometheus().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::PROMETHEUS_CONTENT_TYPE),
     );
     res
 }

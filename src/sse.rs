@@ -6,9 +6,13 @@
 //! slow, which makes hyper close the socket (HTTP/1) or reset the stream (HTTP/2) instead of
 //! waiting to write a final chunk to a client that does not read (a server blocked on such a
 //! client watches the response's `transport::StreamHandle` instead). Dropping the body unregisters the connection.
+//!
+//! Each write with live events in it is timed from the oldest one's arrival in the process (the
+//! delivery histogram), and a stream's end is one `info` line: its id, its number of channels
+//! (never their names, which the client chose), how long it lasted, what it was sent and why it
+//! ended.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use bytes::Bytes;
 use http_body::{Frame as BodyFrame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::conn::{Batch, Drained};
+use crate::conn::{Batch, Drained, EndReason};
 use crate::event::{HEARTBEAT_FRAME, retry_frame};
 use crate::hub::Registration;
 
@@ -44,6 +48,12 @@ struct Stream {
     /// Long polling: how long to stay open after the first event, and the armed timer.
     polling: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
     ended: bool,
+    /// Why the body ended itself, when it did (a long poll's delay, or the server's end).
+    ended_by: Option<EndReason>,
+    /// When the stream opened, and the events and bytes it was sent, for its last log line.
+    opened: std::time::Instant,
+    events: u64,
+    bytes: u64,
 }
 
 /// The stream ended because the client did not read fast enough.
@@ -84,6 +94,10 @@ impl SseBody {
                 span,
                 polling: polling.map(|d| (d, None)),
                 ended: false,
+                ended_by: None,
+                opened: std::time::Instant::now(),
+                events: 0,
+                bytes: 0,
             })),
         }
     }
@@ -128,6 +142,7 @@ impl Stream {
             && timer.as_mut().poll(cx).is_ready()
         {
             self.ended = true;
+            self.ended_by = Some(EndReason::LongPollDone);
             return Poll::Ready(None);
         }
         let bytes = match self.reg.conn.drain(cx, MAX_BATCH_BYTES) {
@@ -136,10 +151,12 @@ impl Stream {
             Drained::Slow => {
                 tracing::info!(parent: &self.span, "slow client: ending its stream");
                 self.ended = true;
+                self.ended_by = Some(EndReason::SlowClient);
                 return Poll::Ready(Some(Err(SlowClient)));
             }
             Drained::Retry(ms) => {
                 self.ended = true;
+                self.ended_by = self.reg.conn.end_reason();
                 retry_frame(ms)
             }
             Drained::Frames(batch) => {
@@ -147,26 +164,52 @@ impl Stream {
                 batch.bytes
             }
         };
-        self.reg
-            .hub
-            .metrics
-            .bytes_sent
-            .fetch_add(bytes.len() as u64, Relaxed);
+        self.bytes += bytes.len() as u64;
+        self.reg.hub.metrics.bytes_sent.inc_by(bytes.len() as u64);
         Poll::Ready(Some(Ok(BodyFrame::data(bytes))))
     }
 
     /// Counts what is sent and arms the long-polling timer on the first real event.
     fn count(&mut self, batch: &Batch) {
         let metrics = &self.reg.hub.metrics;
-        metrics.events_sent.fetch_add(batch.frames as u64, Relaxed);
+        if let Some(arrived) = batch.arrived {
+            metrics.delivered_after(arrived.elapsed());
+        }
+        self.events += batch.frames as u64;
+        metrics.events_sent.inc_by(batch.frames as u64);
         if batch.missed > 0 {
-            metrics.missed_sent.fetch_add(batch.missed as u64, Relaxed);
+            metrics.missed_sent.inc_by(batch.missed as u64);
         }
         if let Some((delay, timer @ None)) = &mut self.polling
             && batch.real
         {
             *timer = Some(Box::pin(tokio::time::sleep(*delay)));
         }
+    }
+}
+
+/// The stream's last line and its duration, before its registration goes.
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let conn = &self.reg.conn;
+        let reason = self
+            .ended_by
+            .or_else(|| conn.end_reason())
+            .unwrap_or(EndReason::ClientClosed);
+        let lasted = self.opened.elapsed();
+        self.reg.hub.metrics.stream_ended_after(lasted);
+        // A root event with the span's fields of its own: one line that says it all, in text
+        // and in JSON alike.
+        tracing::info!(
+            parent: None,
+            conn = conn.id,
+            channels = conn.channels.len(),
+            reason = reason.as_str(),
+            duration_seconds = lasted.as_millis() as f64 / 1000.0,
+            events = self.events,
+            bytes = self.bytes,
+            "stream ended"
+        );
     }
 }
 

@@ -127,13 +127,17 @@ impl MemoryBroker {
             if evicted > 0 {
                 self.metrics
                     .idempotency_evictions
-                    .fetch_add(evicted, Relaxed);
+                    .inc_by(evicted);
             }
         }
-        // Sent under the lock so the dispatcher receives ids in order.
+        // Sent under the lock so the dispatcher receives ids in order; history keeps the frame
+        // without its arrival, which only the live delivery is timed from.
         self.dispatch.send(Dispatch::Live {
             channel: channel.to_owned(),
-            frame,
+            frame: Frame {
+                arrived: Some(std::time::Instant::now()),
+                ..frame
+            },
         });
         Outcome::Published(id)
     }

@@ -640,7 +640,7 @@ impl RedisBroker {
         if snapshot.malformed > 0 {
             self.metrics
                 .malformed
-                .fetch_add(snapshot.malformed, Relaxed);
+                .inc_by(snapshot.malformed);
         }
         self.counter_seen
             .fetch_max(snapshot.counter.unwrap_or(0), Relaxed);
