@@ -130,9 +130,7 @@ impl Hub {
                 }
             }
         }
-        self.metrics
-            .subscriptions
-            .set(reg.channels.len() as u64);
+        self.metrics.subscriptions.set(reg.channels.len() as u64);
         self.metrics
             .stream_subscriptions
             .set(reg.subscriptions as u64);
@@ -159,9 +157,7 @@ impl Hub {
                 }
             }
         }
-        self.metrics
-            .subscriptions
-            .set(reg.channels.len() as u64);
+        self.metrics.subscriptions.set(reg.channels.len() as u64);
         self.metrics
             .stream_subscriptions
             .set(reg.subscriptions as u64);

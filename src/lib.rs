@@ -141,6 +141,7 @@ mod endpoint;
 mod publish;
 mod redirect;
 mod routes;
+mod status;
 
 // The transport for any router, and the command line.
 pub mod server;

@@ -116,8 +116,8 @@ pub(crate) type Count = Gauge<u64, std::sync::atomic::AtomicU64>;
 
 /// Upper bounds of the delivery histogram, in seconds: 50 µs to 5 s.
 const DELIVERY_BUCKETS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
 ];
 
 /// Upper bounds of the stream duration histogram, in seconds: a second to a day.
@@ -163,7 +163,8 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let refusals: Family<ReasonLabel, Counter> = Family::default();
-        let refused = Refusal::ALL.map(|r| refusals.get_or_create(&[("reason", r.label())]).clone());
+        let refused =
+            Refusal::ALL.map(|r| refusals.get_or_create(&[("reason", r.label())]).clone());
         let mut m = Metrics {
             connected: Count::default(),
             served: Counter::default(),
@@ -410,12 +411,27 @@ mod tests {
         m.events_sent.inc_by(3);
         m.delivered_after(Duration::from_micros(300));
         let text = m.render_prometheus();
-        assert!(text.contains("redisse_refused_total{reason=\"max_channels\"} 1\n"), "{text}");
-        assert!(text.contains("redisse_refused_total{reason=\"bad_query\"} 0\n"), "{text}");
+        assert!(
+            text.contains("redisse_refused_total{reason=\"max_channels\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redisse_refused_total{reason=\"bad_query\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("redisse_events_sent_total 3\n"), "{text}");
-        assert!(text.contains("redisse_event_delivery_seconds_bucket{le=\"0.0005\"} 1\n"), "{text}");
-        assert!(text.contains("redisse_event_delivery_seconds_bucket{le=\"0.00025\"} 0\n"), "{text}");
-        assert!(text.contains("redisse_event_delivery_seconds_count 1\n"), "{text}");
+        assert!(
+            text.contains("redisse_event_delivery_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redisse_event_delivery_seconds_bucket{le=\"0.00025\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redisse_event_delivery_seconds_count 1\n"),
+            "{text}"
+        );
         assert!(text.contains("redisse_sent_bytes_total 0\n"), "{text}");
         assert!(text.contains("redisse_build_info{"), "{text}");
         assert_eq!(m.stats().events, 3);
@@ -425,7 +441,13 @@ mod tests {
     fn two_instances_keep_their_figures_apart() {
         let (a, b) = (Metrics::default(), Metrics::default());
         a.events_sent.inc();
-        assert!(a.render_prometheus().contains("redisse_events_sent_total 1\n"));
-        assert!(b.render_prometheus().contains("redisse_events_sent_total 0\n"));
+        assert!(
+            a.render_prometheus()
+                .contains("redisse_events_sent_total 1\n")
+        );
+        assert!(
+            b.render_prometheus()
+                .contains("redisse_events_sent_total 0\n")
+        );
     }
 }

@@ -58,10 +58,7 @@ pub(crate) async fn replay_pages(pages: &Pages<'_>, conn: &Conn, ready: Instant)
                     .any(|i| channel_may_have_lost(from.after, i, &page, pages.history_size));
                 let page_end = page.page_end;
                 let frames = merge(page);
-                pages
-                    .metrics
-                    .replayed
-                    .inc_by(frames.len() as u64);
+                pages.metrics.replayed.inc_by(frames.len() as u64);
                 if conn.next_page(missed, frames, page_end, from) {
                     return;
                 }

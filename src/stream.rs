@@ -224,10 +224,7 @@ async fn set_up(shared: &Shared, conn: &Conn, last: LastEventId) {
                 };
                 let page_end = snapshot.page_end;
                 let plan = plan(last, snapshot, shared.config.history_size);
-                shared
-                    .metrics
-                    .replayed
-                    .inc_by(plan.replay.len() as u64);
+                shared.metrics.replayed.inc_by(plan.replay.len() as u64);
                 if shared.config.verbose && !plan.replay.is_empty() {
                     tracing::info!("Sending {} history events", plan.replay.len());
                 }

@@ -125,9 +125,7 @@ impl MemoryBroker {
         if let Some(keyed) = keyed {
             let evicted = st.keys.remember(keyed, id, now);
             if evicted > 0 {
-                self.metrics
-                    .idempotency_evictions
-                    .inc_by(evicted);
+                self.metrics.idempotency_evictions.inc_by(evicted);
             }
         }
         // Sent under the lock so the dispatcher receives ids in order; history keeps the frame

@@ -192,7 +192,7 @@ async fn run_with_pid_file<P: ChannelPolicy>(
     match &internal {
         None => tracing::info!("no internal listener (--internal-address none)"),
         Some(l) => tracing::info!(
-            "internal listener on {}: publish without credentials, /metrics; \
+            "internal listener on {}: publish without credentials, /metrics, /status; \
              whoever reaches it may publish",
             match l {
                 #[cfg(unix)]

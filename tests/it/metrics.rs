@@ -528,7 +528,10 @@ fn histogram(families: &serde_json::Value, name: &str) -> (Vec<(f64, f64)>, f64,
     let (sum, count) = (sum.unwrap(), count.unwrap());
     assert!(buckets.len() >= 2, "{name}: {buckets:?}");
     for pair in buckets.windows(2) {
-        assert!(pair[0].0 < pair[1].0, "{name}: bounds not ascending {buckets:?}");
+        assert!(
+            pair[0].0 < pair[1].0,
+            "{name}: bounds not ascending {buckets:?}"
+        );
         assert!(pair[0].1 <= pair[1].1, "{name}: not cumulative {buckets:?}");
     }
     assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count), "{name}");
@@ -542,7 +545,16 @@ async fn a_real_prometheus_parser_reads_the_metrics_and_the_histograms_move() {
     let server = TestServer::start(Backend::memory().config()).await;
     let text = |server: &TestServer| {
         let server = server.internal_url("/metrics");
-        async move { client().get(server).send().await.unwrap().text().await.unwrap() }
+        async move {
+            client()
+                .get(server)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
     };
     let before = parse_with_prometheus_client(&text(&server).await);
     let info = &before["redisse_build_info"]["samples"][0];
