@@ -131,15 +131,16 @@ async fn verbose_lines_stay_one_line_whatever_names_and_data_hold() {
     wait_for_line(&server, "stream ended", |l| l.contains("stream ended")).await;
     wait_for_line(&server, "Unsubscribing", |l| l.contains("Unsubscribing")).await;
     let log = server.log();
-    let escaped_name = "a\\nb\\r\\u{1b}[31mc\\u{2028}d";
+    // As Rust escapes them: `a\nb\r\u{1b}[31mc\u{2028}d`.
+    let escaped_name = name.escape_default().to_string();
     assert!(
         log.lines()
-            .any(|l| l.contains("Subscribing to") && l.contains(escaped_name)),
+            .any(|l| l.contains("Subscribing to") && l.contains(&escaped_name)),
         "{log}"
     );
     assert!(
         log.lines().any(|l| l.contains("Sending:")
-            && l.contains(escaped_name)
+            && l.contains(&escaped_name)
             && l.contains("data: one\\ndata: two")),
         "{log}"
     );
