@@ -182,7 +182,7 @@ impl Stream {
     fn count(&mut self, batch: &Batch) {
         let metrics = &self.reg.hub.metrics;
         if let Some(arrived) = batch.arrived {
-            if self.live_writes % TIMED_WRITES == 0 {
+            if self.live_writes.is_multiple_of(TIMED_WRITES) {
                 metrics.delivered_after(arrived.elapsed());
             }
             self.live_writes = self.live_writes.wrapping_add(1);
