@@ -140,8 +140,10 @@ mod extract;
 mod endpoint;
 mod publish;
 mod redirect;
-mod routes;
+// The internal listener's status page, below the routes that serve it.
 mod status;
+
+mod routes;
 
 // The transport for any router, and the command line.
 pub mod server;

@@ -108,9 +108,9 @@ pub struct ServeArgs {
     /// How long a long-polling stream stays open after its first event.
     #[arg(long, env = "REDISSE_POLLING_DELAY", default_value = "1", value_parser = parse_duration, allow_negative_numbers = true)]
     pub polling_delay: Duration,
-    /// The internal listener: POST /publish without a credential, /metrics, /health, /livez,
-    /// the stats, no event streams. HOST:PORT, unix:PATH, or `none`. Whoever reaches it may
-    /// publish: keep it on loopback or a private network.
+    /// The internal listener: POST /publish without a credential, /metrics, /status, /health,
+    /// /livez, the stats, no event streams of channels. HOST:PORT, unix:PATH, or `none`.
+    /// Whoever reaches it may publish: keep it on loopback or a private network.
     #[arg(long, env = "REDISSE_INTERNAL_ADDRESS", value_name = "ADDR", default_value = DEFAULT_INTERNAL_ADDRESS, value_parser = parse_internal_address)]
     pub internal_address: InternalAddress,
     /// Lets POST /publish through the public listener with `Authorization: Bearer <token>`.
