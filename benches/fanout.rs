@@ -12,6 +12,9 @@
 //! fan-out). On this 2-core machine it showed no difference between holding the lock and a
 //! copy-on-write list (see BENCHMARKS.md): the outliers come from CPU contention.
 //!
+//! `deliver_to_every_stream` also reads the event from every body inside the measurement: the
+//! whole cost of a delivery in process, what a per-delivery metric adds to.
+//!
 //! Run with `cargo bench --bench fanout`. It also prints the size of the per-connection values
 //! that the library and hyper keep for every open stream.
 
@@ -125,6 +128,24 @@ fn publish_one_event(bencher: divan::Bencher<'_, '_>, subscribers: usize) {
     bencher
         .with_inputs(|| streams.borrow_mut().drain_all())
         .bench_local_values(|()| streams.borrow_mut().publish_one());
+}
+
+/// One event published and read from every stream's body: the dispatcher's offers and every
+/// body's poll (what a server does per delivery: counting, timing, handing the frame on), the
+/// per-delivery cost that `publish_one_event` leaves outside its measurement.
+#[divan::bench(args = [100, 10_000], sample_size = 1, sample_count = 200)]
+fn deliver_to_every_stream(bencher: divan::Bencher<'_, '_>, subscribers: usize) {
+    let mut streams = Streams::open(subscribers);
+    let streams = std::cell::RefCell::new(&mut streams);
+    bencher
+        .with_inputs(|| streams.borrow_mut().drain_all())
+        .bench_local_values(|()| {
+            let mut streams = streams.borrow_mut();
+            streams.publish_one();
+            for body in &mut streams.bodies[1..] {
+                while !poll_data(body) {}
+            }
+        });
 }
 
 /// Opening and closing one stream (two registry changes) while another thread publishes to

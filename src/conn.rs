@@ -37,8 +37,40 @@ use bytes::{Bytes, BytesMut};
 pub(crate) enum End {
     /// The client fell behind: close the socket at once.
     Slow,
-    /// The server is shutting down (or full): send what is queued, then `retry: <ms>`.
-    Retry(u64),
+    /// Send what is queued, then `retry: <ms>`; the reason is the server's shutdown, the end
+    /// of the grant, or a reset of the broker's data during a paged replay.
+    Retry(u64, EndReason),
+}
+
+/// Why a stream ended, as its last log line says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    /// The client closed the connection (or the stream's body was dropped).
+    ClientClosed,
+    /// The client fell behind its queue's bound and was disconnected.
+    SlowClient,
+    /// The server is shutting down.
+    Shutdown,
+    /// The token or callback grant expired: the client comes back with a fresh one.
+    GrantExpired,
+    /// Redis lost its data while the stream replayed in pages: the client resumes.
+    BrokerReset,
+    /// A long-polling stream ended its delay after its first event.
+    LongPollDone,
+}
+
+impl EndReason {
+    /// The word in the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClosed => "client_closed",
+            EndReason::SlowClient => "slow_client",
+            EndReason::Shutdown => "shutdown",
+            EndReason::GrantExpired => "grant_expired",
+            EndReason::BrokerReset => "broker_reset",
+            EndReason::LongPollDone => "long_poll_done",
+        }
+    }
 }
 
 /// Result of offering a frame to a connection.
@@ -150,6 +182,8 @@ pub(crate) struct Batch {
     pub missed: usize,
     /// Whether one of them is a real event (not `lastEventId`): starts the long-polling delay.
     pub real: bool,
+    /// When the oldest live event among them arrived in the process (see [`Frame::arrived`]).
+    pub arrived: Option<std::time::Instant>,
 }
 
 /// What the body takes from the queue in one poll.
@@ -492,7 +526,7 @@ impl Conn {
         if st.paging.take().is_some() {
             // Part of the replay was sent with ids that no longer exist, and the rest cannot
             // be placed among the new ones: the client resumes with a plan made from them.
-            st.end = Some(End::Retry(RESET_RETRY_MS));
+            st.end = Some(End::Retry(RESET_RETRY_MS, EndReason::BrokerReset));
             let setup = st.setup_waker.take();
             wake(st);
             if let Some(w) = setup {
@@ -521,15 +555,23 @@ impl Conn {
     }
 
     /// Ends the stream after what is queued, with a `retry:` hint.
-    pub fn end_with_retry(&self, millis: u64) {
+    pub fn end_with_retry(&self, millis: u64, why: EndReason) {
         let mut st = self.lock();
         if st.end.is_none() {
-            st.end = Some(End::Retry(millis));
+            st.end = Some(End::Retry(millis, why));
             let setup = st.setup_waker.take();
             wake(st);
             if let Some(w) = setup {
                 w.wake();
             }
+        }
+    }
+
+    /// Why the server ended the stream, if it did.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        match self.lock().end? {
+            End::Slow => Some(EndReason::SlowClient),
+            End::Retry(_, why) => Some(why),
         }
     }
 
@@ -579,7 +621,7 @@ impl Conn {
         }
         // Ending: what was ready has been written above; a stream still waiting for its
         // replay ends too (its client resumes from the same position).
-        if let Some(End::Retry(ms)) = st.end {
+        if let Some(End::Retry(ms, _)) = st.end {
             return Drained::Retry(ms);
         }
         if st.heartbeat_due {
@@ -663,6 +705,7 @@ fn take_batch(st: &mut State, max_bytes: usize) -> Batch {
         frames: 0,
         missed: 0,
         real: false,
+        arrived: None,
     };
     let mut joined: Option<BytesMut> = None;
     while let Some(frame) = st.queue.front() {
@@ -679,6 +722,7 @@ fn take_batch(st: &mut State, max_bytes: usize) -> Batch {
         batch.frames += 1;
         batch.missed += usize::from(frame.kind == FrameKind::MissedEvents);
         batch.real |= frame.kind != FrameKind::LastEventId;
+        batch.arrived = batch.arrived.or(frame.arrived);
         match &mut joined {
             Some(j) => j.extend_from_slice(&frame.bytes),
             None if batch.frames == 1 => batch.bytes = frame.bytes,
@@ -751,6 +795,7 @@ mod tests {
             id: 0,
             bytes: Bytes::from_static(b"event: missedevents\ndata: \n\n"),
             kind: FrameKind::MissedEvents,
+            arrived: None,
         }
     }
 
@@ -928,6 +973,7 @@ mod tests {
             conn.drain(&mut cx, 1024),
             Drained::Retry(RESET_RETRY_MS)
         ));
+        assert_eq!(conn.end_reason(), Some(EndReason::BrokerReset));
     }
 
     #[test]

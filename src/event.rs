@@ -7,6 +7,8 @@
 //! and an empty line. Unlike the gem, data is split on `\r\n`, `\r` and `\n`, so a bare carriage
 //! return can never end a field early on the client side.
 
+use std::time::Instant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The type an event gets when the publisher gives none, as in the gem.
@@ -199,15 +201,27 @@ pub(crate) struct Frame {
     pub id: u64,
     pub bytes: Bytes,
     pub kind: FrameKind,
+    /// When a live event arrived in the process (published here, or received from Redis), for
+    /// the delivery histogram; `None` for what was read from history and for control frames.
+    pub arrived: Option<Instant>,
 }
 
 impl Frame {
-    /// A published event, encoded.
+    /// A published event, encoded, as read from history.
     pub fn event(id: u64, bytes: Bytes) -> Self {
         Frame {
             id,
             bytes,
             kind: FrameKind::Event,
+            arrived: None,
+        }
+    }
+
+    /// A live event, encoded, arrived now.
+    pub fn live(id: u64, bytes: Bytes) -> Self {
+        Frame {
+            arrived: Some(Instant::now()),
+            ..Frame::event(id, bytes)
         }
     }
 
@@ -225,6 +239,7 @@ impl Frame {
             id: self.id,
             bytes,
             kind: self.kind,
+            arrived: self.arrived,
         }
     }
 
@@ -234,6 +249,7 @@ impl Frame {
             id: 0,
             bytes: missed_events_frame(),
             kind: FrameKind::MissedEvents,
+            arrived: None,
         }
     }
 
@@ -243,6 +259,7 @@ impl Frame {
             id: 0,
             bytes: last_event_id_frame(counter),
             kind: FrameKind::LastEventId,
+            arrived: None,
         }
     }
 }

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::time::Instant;
 
-use crate::conn::{Conn, Push};
+use crate::conn::{Conn, EndReason, Push};
 use crate::dispatch::{Dispatch, DispatchReceiver, SubCommand, SubSender};
 use crate::event::Frame;
-use crate::logtext::Escaped;
+use crate::logtext::{Escaped, escaped};
 use crate::metrics::Metrics;
 
 #[derive(Default)]
@@ -130,13 +130,11 @@ impl Hub {
                 }
             }
         }
-        self.metrics
-            .subscriptions
-            .store(reg.channels.len() as u64, Relaxed);
+        self.metrics.subscriptions.set(reg.channels.len() as u64);
         self.metrics
             .stream_subscriptions
-            .store(reg.subscriptions as u64, Relaxed);
-        self.metrics.connected.fetch_add(1, Relaxed);
+            .set(reg.subscriptions as u64);
+        self.metrics.connected.inc();
         Ok(())
     }
 
@@ -159,14 +157,12 @@ impl Hub {
                 }
             }
         }
-        self.metrics
-            .subscriptions
-            .store(reg.channels.len() as u64, Relaxed);
+        self.metrics.subscriptions.set(reg.channels.len() as u64);
         self.metrics
             .stream_subscriptions
-            .store(reg.subscriptions as u64, Relaxed);
-        self.metrics.connected.fetch_sub(1, Relaxed);
-        self.metrics.served.fetch_add(1, Relaxed);
+            .set(reg.subscriptions as u64);
+        self.metrics.connected.dec();
+        self.metrics.served.inc();
     }
 
     fn send_subscription(&self, cmd: SubCommand) {
@@ -213,7 +209,7 @@ impl Hub {
         }
         drop(reg);
         if slow > 0 {
-            self.metrics.slow_disconnects.fetch_add(slow, Relaxed);
+            self.metrics.slow_disconnects.inc_by(slow);
         }
     }
 
@@ -232,9 +228,9 @@ impl Hub {
         if frame.bytes.len() > self.max_queue_bytes {
             // Written by another publisher (ours refuse such events): no queue can hold it, so
             // offering it would disconnect every listener. Skipped, counted, and logged.
-            self.metrics.oversized.fetch_add(1, Relaxed);
+            self.metrics.oversized.inc();
             tracing::warn!(
-                channel,
+                channel = %escaped(channel),
                 id = frame.id,
                 bytes = frame.bytes.len(),
                 max = self.max_queue_bytes,
@@ -242,9 +238,9 @@ impl Hub {
             );
             return;
         }
-        self.metrics.received.fetch_add(1, Relaxed);
+        self.metrics.received.inc();
         if self.verbose {
-            tracing::info!(channel, "Sending: {}", Escaped(&frame.bytes));
+            tracing::info!(channel = %escaped(channel), "Sending: {}", Escaped(&frame.bytes));
         }
         self.fan_out(channel, &frame, refill, replaying);
     }
@@ -334,7 +330,7 @@ impl Hub {
             .map_or(0, |d| d.as_secs());
         for conn in self.lock().conns.values() {
             if conn.expired(now) {
-                conn.end_with_retry(retry(conn.id));
+                conn.end_with_retry(retry(conn.id), EndReason::GrantExpired);
             } else {
                 conn.heartbeat();
             }
@@ -346,7 +342,7 @@ impl Hub {
         let reg = self.lock();
         self.closing.store(true, Relaxed);
         for conn in reg.conns.values() {
-            conn.end_with_retry(retry(conn.id));
+            conn.end_with_retry(retry(conn.id), EndReason::Shutdown);
         }
     }
 }

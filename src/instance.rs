@@ -63,6 +63,10 @@ pub(crate) struct Shared {
     pub tasks: Tasks,
     /// Keys of the random `retry:` jitter.
     jitter: RandomState,
+    /// When the instance started (the status page's uptime).
+    pub started: std::time::Instant,
+    /// Status streams open (`status`), bounded.
+    pub status_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Redisse {
@@ -104,6 +108,8 @@ impl Redisse {
             publish_credentials,
             tasks,
             jitter: RandomState::new(),
+            started: std::time::Instant::now(),
+            status_streams: Arc::default(),
         });
         // Streams that a resume turned into replays read their pages in tasks of their own;
         // held weakly, so that the dispatcher does not keep the instance alive.

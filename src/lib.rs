@@ -140,6 +140,9 @@ mod extract;
 mod endpoint;
 mod publish;
 mod redirect;
+// The internal listener's status page, below the routes that serve it.
+mod status;
+
 mod routes;
 
 // The transport for any router, and the command line.

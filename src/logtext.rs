@@ -32,6 +32,22 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Channel names for a log line, as `["a", "b"]`, each one [`Escaped`].
+pub(crate) struct EscapedList<'a>(pub &'a [std::sync::Arc<str>]);
+
+impl fmt::Display for EscapedList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "\"{}\"", escaped(name))?;
+        }
+        f.write_str("]")
+    }
+}
+
 /// [`Escaped`] for a string.
 pub(crate) fn escaped(text: &str) -> Escaped<'_> {
     Escaped(text.as_bytes())
@@ -47,6 +63,15 @@ mod tests {
         assert_eq!(out, "a\\nb\\rc\\u{1b}[31md\u{fffd}e\\tf");
         assert_eq!(escaped("x\u{2028}y").to_string(), "x\\u{2028}y");
         assert_eq!(escaped("plain text: é").to_string(), "plain text: é");
+    }
+
+    #[test]
+    fn a_list_of_names_is_escaped_name_by_name() {
+        let names: Vec<std::sync::Arc<str>> = vec!["news".into(), "a\nb\u{1b}".into()];
+        assert_eq!(
+            EscapedList(&names).to_string(),
+            "[\"news\", \"a\\nb\\u{1b}\"]"
+        );
     }
 
     #[test]

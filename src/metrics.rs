@@ -1,11 +1,25 @@
 //! Counters of one Redisse instance: the gem's JSON stats and the Prometheus `/metrics` text.
 //!
-//! Plain atomics owned by the instance, so the library installs no global recorder and two
-//! instances in one process (as in the tests) never mix their figures. No metric is labelled by
-//! channel name, which would make the series count unbounded.
+//! Metrics are `prometheus-client` counters, gauges and histograms registered in a `Registry`
+//! owned by the instance, so the library installs no global recorder and two instances in one
+//! process (as in the tests) never mix their figures. No metric is labelled by channel name,
+//! which would make the series count unbounded. The text is the Prometheus format 0.0.4, which
+//! every scraper reads; docs/operations.md lists every metric.
+//!
+//! The delivery histogram is observed for a sample of the writes to streams (a write is a batch
+//! of frames, timed from the oldest live frame in it): each stream's first, then one in eight
+//! (`sse`), since a lock and a clock read on every write cost more than the rest of an
+//! in-process delivery (`cargo bench --bench fanout`, `deliver_to_every_stream`).
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 
 /// Why a request was refused, the label of `redisse_refused_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,198 +112,294 @@ pub struct Stats {
     pub missing: u64,
 }
 
-/// All counters of one instance.
-#[derive(Debug, Default)]
+/// A gauge of a count (never negative).
+pub(crate) type Count = Gauge<u64, std::sync::atomic::AtomicU64>;
+
+/// Upper bounds of the delivery histogram, in seconds: 50 µs to 5 s.
+const DELIVERY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// Upper bounds of the stream duration histogram, in seconds: a second to a day.
+const DURATION_BUCKETS: [f64; 14] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0,
+    86400.0,
+];
+
+/// The label of `redisse_refused_total`.
+type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// All metrics of one instance, and the registry that renders them.
+#[derive(Debug)]
 pub struct Metrics {
-    pub(crate) connected: AtomicU64,
-    pub(crate) served: AtomicU64,
-    pub(crate) events_sent: AtomicU64,
-    pub(crate) bytes_sent: AtomicU64,
-    pub(crate) missed_sent: AtomicU64,
-    pub(crate) replayed: AtomicU64,
-    pub(crate) published: AtomicU64,
-    pub(crate) publish_replays: AtomicU64,
-    pub(crate) idempotency_evictions: AtomicU64,
-    pub(crate) received: AtomicU64,
-    pub(crate) malformed: AtomicU64,
-    pub(crate) oversized: AtomicU64,
-    pub(crate) slow_disconnects: AtomicU64,
-    pub(crate) broker_up: AtomicU64,
-    pub(crate) broker_reconnects: AtomicU64,
-    pub(crate) subscriptions: AtomicU64,
-    pub(crate) stream_subscriptions: AtomicU64,
-    pub(crate) streams_starting: AtomicU64,
-    pub(crate) shared_history_reads: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
+    pub(crate) connected: Count,
+    pub(crate) served: Counter,
+    pub(crate) events_sent: Counter,
+    pub(crate) bytes_sent: Counter,
+    pub(crate) missed_sent: Counter,
+    pub(crate) replayed: Counter,
+    pub(crate) published: Counter,
+    pub(crate) publish_replays: Counter,
+    pub(crate) idempotency_evictions: Counter,
+    pub(crate) received: Counter,
+    pub(crate) malformed: Counter,
+    pub(crate) oversized: Counter,
+    pub(crate) slow_disconnects: Counter,
+    pub(crate) broker_up: Count,
+    pub(crate) broker_reconnects: Counter,
+    pub(crate) subscriptions: Count,
+    pub(crate) stream_subscriptions: Count,
+    pub(crate) streams_starting: Count,
+    pub(crate) shared_history_reads: Counter,
+    /// From an event's arrival in the process to its frame handed to a stream's connection.
+    delivery: Histogram,
+    /// How long streams lasted, observed when they end.
+    stream_duration: Histogram,
+    /// The counters of `redisse_refused_total`'s family, by reason, for a lock-free count.
+    refused: [Counter; Refusal::ALL.len()],
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let refusals: Family<ReasonLabel, Counter> = Family::default();
+        let refused =
+            Refusal::ALL.map(|r| refusals.get_or_create(&[("reason", r.label())]).clone());
+        let mut m = Metrics {
+            connected: Count::default(),
+            served: Counter::default(),
+            events_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            missed_sent: Counter::default(),
+            replayed: Counter::default(),
+            published: Counter::default(),
+            publish_replays: Counter::default(),
+            idempotency_evictions: Counter::default(),
+            received: Counter::default(),
+            malformed: Counter::default(),
+            oversized: Counter::default(),
+            slow_disconnects: Counter::default(),
+            broker_up: Count::default(),
+            broker_reconnects: Counter::default(),
+            subscriptions: Count::default(),
+            stream_subscriptions: Count::default(),
+            streams_starting: Count::default(),
+            shared_history_reads: Counter::default(),
+            delivery: Histogram::new(DELIVERY_BUCKETS),
+            stream_duration: Histogram::new(DURATION_BUCKETS),
+            refused,
+            registry: Registry::default(),
+        };
+        m.register(refusals);
+        m
+    }
+}
+
+/// What this build is: version and cargo features, the labels of `redisse_build_info`.
+fn build_labels() -> Vec<(&'static str, String)> {
+    let features: Vec<&str> = [
+        ("cli", cfg!(feature = "cli")),
+        ("redis", cfg!(feature = "redis")),
+        ("tls", cfg!(feature = "tls")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    vec![
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("features", features.join(",")),
+    ]
 }
 
 impl Metrics {
+    /// Registers every metric under its exposed name (counters get `_total`, units their
+    /// suffix, the info metric `_info`).
+    fn register(&mut self, refusals: Family<ReasonLabel, Counter>) {
+        let r = &mut self.registry;
+        r.register(
+            "redisse_build",
+            "The version of this process and the cargo features it was built with",
+            Info::new(build_labels()),
+        );
+        let gauges = [
+            ("redisse_streams_open", "Open SSE streams", &self.connected),
+            (
+                "redisse_broker_up",
+                "1 when the broker is reachable (always 1 in memory)",
+                &self.broker_up,
+            ),
+            (
+                "redisse_subscribed_channels",
+                "Channels this process is subscribed to on the broker (channels with a local listener)",
+                &self.subscriptions,
+            ),
+            (
+                "redisse_stream_subscriptions",
+                "Channel subscriptions of all open streams (a stream on 3 channels counts 3)",
+                &self.stream_subscriptions,
+            ),
+            (
+                "redisse_streams_starting",
+                "Streams accepted but not live yet: waiting for the broker or reading history",
+                &self.streams_starting,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
+        let counters = [
+            (
+                "redisse_streams_ended",
+                "SSE streams that have ended, whatever the reason",
+                &self.served,
+            ),
+            (
+                "redisse_events_sent",
+                "Events sent to clients (lastEventId and missedevents included, heartbeats excluded)",
+                &self.events_sent,
+            ),
+            (
+                "redisse_missedevents",
+                "missedevents events sent",
+                &self.missed_sent,
+            ),
+            (
+                "redisse_replayed_events",
+                "Events replayed from history after Last-Event-ID",
+                &self.replayed,
+            ),
+            (
+                "redisse_published",
+                "Events published through this process",
+                &self.published,
+            ),
+            (
+                "redisse_publish_replays",
+                "Publishes through this process answered with the id of an earlier one with the same idempotency key, publishing nothing",
+                &self.publish_replays,
+            ),
+            (
+                "redisse_idempotency_keys_evicted",
+                "Idempotency keys the in-memory broker forgot before their window ended, to stay within its bound",
+                &self.idempotency_evictions,
+            ),
+            (
+                "redisse_events_received",
+                "Events received from the broker for local subscribers",
+                &self.received,
+            ),
+            (
+                "redisse_malformed_payloads",
+                "Broker payloads skipped because they were not SSE events",
+                &self.malformed,
+            ),
+            (
+                "redisse_oversized_events",
+                "Broker events skipped because they are larger than a subscriber's queue",
+                &self.oversized,
+            ),
+            (
+                "redisse_shared_history_reads",
+                "Streams' history reads answered by an identical read another stream made at the same time",
+                &self.shared_history_reads,
+            ),
+            (
+                "redisse_slow_disconnects",
+                "Streams closed because the client fell behind its queue",
+                &self.slow_disconnects,
+            ),
+            (
+                "redisse_broker_reconnects",
+                "Reconnections of the broker subscriber",
+                &self.broker_reconnects,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register_with_unit(
+            "redisse_sent",
+            "Bytes written to streams (events, heartbeats, retry hints)",
+            Unit::Bytes,
+            self.bytes_sent.clone(),
+        );
+        r.register("redisse_refused", "Requests refused, by reason", refusals);
+        r.register_with_unit(
+            "redisse_event_delivery",
+            "Time from an event's arrival in this process (published here, or received from Redis) to its frame handed to a stream's connection, for a sample of the writes (each stream's first, then one in eight), from the oldest live event of the write",
+            Unit::Seconds,
+            self.delivery.clone(),
+        );
+        r.register_with_unit(
+            "redisse_stream_duration",
+            "How long SSE streams lasted, observed when they end",
+            Unit::Seconds,
+            self.stream_duration.clone(),
+        );
+    }
+
     /// A snapshot of the gem's four counters.
     pub fn stats(&self) -> Stats {
         Stats {
-            connected: self.connected.load(Relaxed),
-            events: self.events_sent.load(Relaxed),
-            served: self.served.load(Relaxed),
-            missing: self.missed_sent.load(Relaxed),
+            connected: self.connected.get(),
+            events: self.events_sent.get(),
+            served: self.served.get(),
+            missing: self.missed_sent.get(),
         }
     }
 
     /// Records whether the broker is reachable: the gauge is the broker's one up flag.
     pub(crate) fn set_broker_up(&self, up: bool) {
-        self.broker_up.store(u64::from(up), Relaxed);
+        self.broker_up.set(u64::from(up));
     }
 
     /// Whether the broker is reachable.
     #[cfg(feature = "redis")]
     pub(crate) fn broker_up(&self) -> bool {
-        self.broker_up.load(Relaxed) == 1
+        self.broker_up.get() == 1
     }
 
     pub(crate) fn refused(&self, reason: Refusal) {
-        self.refused[reason as usize].fetch_add(1, Relaxed);
+        self.refused[reason as usize].inc();
     }
 
     /// The count of refusals for one reason.
     pub fn refusals(&self, reason: Refusal) -> u64 {
-        self.refused[reason as usize].load(Relaxed)
+        self.refused[reason as usize].get()
     }
 
     /// Events from the broker skipped because no subscriber's queue could hold them.
     pub fn oversized_events(&self) -> u64 {
-        self.oversized.load(Relaxed)
+        self.oversized.get()
     }
 
     /// Streams disconnected because they fell behind.
     pub fn slow_disconnects(&self) -> u64 {
-        self.slow_disconnects.load(Relaxed)
+        self.slow_disconnects.get()
     }
 
-    /// The Prometheus text exposition of every counter.
+    /// Records one write to a stream whose oldest live event arrived `waited` ago.
+    pub(crate) fn delivered_after(&self, waited: Duration) {
+        self.delivery.observe(waited.as_secs_f64());
+    }
+
+    /// Records a stream that ended after `lasted`.
+    pub(crate) fn stream_ended_after(&self, lasted: Duration) {
+        self.stream_duration.observe(lasted.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let gauges = [
-            ("redisse_connections", "Open SSE streams.", &self.connected),
-            (
-                "redisse_broker_up",
-                "1 when the broker is reachable (always 1 in memory).",
-                &self.broker_up,
-            ),
-            (
-                "redisse_subscriptions",
-                "Channels this process is subscribed to on the broker.",
-                &self.subscriptions,
-            ),
-            (
-                "redisse_stream_subscriptions",
-                "Channel subscriptions of all open streams (a stream on 3 channels counts 3).",
-                &self.stream_subscriptions,
-            ),
-            (
-                "redisse_streams_starting",
-                "Streams accepted but not live yet: waiting for the broker or reading history.",
-                &self.streams_starting,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            metric(&mut out, name, help, "gauge", value.load(Relaxed));
-        }
-        let counters = [
-            (
-                "redisse_connections_total",
-                "SSE streams that have ended.",
-                &self.served,
-            ),
-            (
-                "redisse_events_sent_total",
-                "Events sent to clients (lastEventId and missedevents included).",
-                &self.events_sent,
-            ),
-            (
-                "redisse_bytes_sent_total",
-                "Bytes of SSE frames sent to clients.",
-                &self.bytes_sent,
-            ),
-            (
-                "redisse_missedevents_total",
-                "missedevents events sent.",
-                &self.missed_sent,
-            ),
-            (
-                "redisse_replayed_events_total",
-                "Events replayed from history after Last-Event-ID.",
-                &self.replayed,
-            ),
-            (
-                "redisse_published_total",
-                "Events published through this process.",
-                &self.published,
-            ),
-            (
-                "redisse_publish_replays_total",
-                "Publishes through this process answered with the id of an earlier one with the same idempotency key, publishing nothing.",
-                &self.publish_replays,
-            ),
-            (
-                "redisse_idempotency_keys_evicted_total",
-                "Idempotency keys the in-memory broker forgot before their window ended, to stay within its bound.",
-                &self.idempotency_evictions,
-            ),
-            (
-                "redisse_events_received_total",
-                "Events received from the broker for local subscribers.",
-                &self.received,
-            ),
-            (
-                "redisse_malformed_payloads_total",
-                "Broker payloads skipped because they were not SSE events.",
-                &self.malformed,
-            ),
-            (
-                "redisse_oversized_events_total",
-                "Broker events skipped because they are larger than a subscriber's queue.",
-                &self.oversized,
-            ),
-            (
-                "redisse_shared_history_reads_total",
-                "Streams' history reads answered by an identical read another stream made at the same time.",
-                &self.shared_history_reads,
-            ),
-            (
-                "redisse_slow_disconnects_total",
-                "Streams closed because the client fell behind its queue.",
-                &self.slow_disconnects,
-            ),
-            (
-                "redisse_broker_reconnects_total",
-                "Reconnections of the broker subscriber.",
-                &self.broker_reconnects,
-            ),
-        ];
-        for (name, help, value) in counters {
-            metric(&mut out, name, help, "counter", value.load(Relaxed));
-        }
-        let _ = writeln!(
-            out,
-            "# HELP redisse_refused_total Requests refused, by reason."
-        );
-        let _ = writeln!(out, "# TYPE redisse_refused_total counter");
-        for reason in Refusal::ALL {
-            let value = self.refusals(reason);
-            let _ = writeln!(
-                out,
-                "redisse_refused_total{{reason=\"{}\"}} {value}",
-                reason.label()
-            );
-        }
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail; an encoder error would leave what was written.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }
 
-fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    let _ = writeln!(out, "{name} {value}");
-}
+/// The `Content-Type` of [`Metrics::render_prometheus`].
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 #[cfg(test)]
 mod tests {
@@ -299,11 +409,46 @@ mod tests {
     fn renders_every_reason_and_moves() {
         let m = Metrics::default();
         m.refused(Refusal::MaxChannels);
-        m.events_sent.fetch_add(3, Relaxed);
+        m.events_sent.inc_by(3);
+        m.delivered_after(Duration::from_micros(300));
         let text = m.render_prometheus();
-        assert!(text.contains("redisse_refused_total{reason=\"max_channels\"} 1\n"));
-        assert!(text.contains("redisse_refused_total{reason=\"bad_query\"} 0\n"));
-        assert!(text.contains("redisse_events_sent_total 3\n"));
+        assert!(
+            text.contains("redisse_refused_total{reason=\"max_channels\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redisse_refused_total{reason=\"bad_query\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("redisse_events_sent_total 3\n"), "{text}");
+        assert!(
+            text.contains("redisse_event_delivery_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redisse_event_delivery_seconds_bucket{le=\"0.00025\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redisse_event_delivery_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("redisse_sent_bytes_total 0\n"), "{text}");
+        assert!(text.contains("redisse_build_info{"), "{text}");
         assert_eq!(m.stats().events, 3);
+    }
+
+    #[test]
+    fn two_instances_keep_their_figures_apart() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        a.events_sent.inc();
+        assert!(
+            a.render_prometheus()
+                .contains("redisse_events_sent_total 1\n")
+        );
+        assert!(
+            b.render_prometheus()
+                .contains("redisse_events_sent_total 0\n")
+        );
     }
 }

@@ -323,7 +323,7 @@ impl Publisher {
                     Outcome::Replayed(_) => &shared.metrics.publish_replays,
                     Outcome::Conflict(_) => return Ok(outcome),
                 };
-                counter.fetch_add(1, Relaxed);
+                counter.inc();
                 Ok(outcome)
             }
             #[cfg(feature = "redis")]

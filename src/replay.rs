@@ -10,7 +10,6 @@
 //! would have overflowed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -59,10 +58,7 @@ pub(crate) async fn replay_pages(pages: &Pages<'_>, conn: &Conn, ready: Instant)
                     .any(|i| channel_may_have_lost(from.after, i, &page, pages.history_size));
                 let page_end = page.page_end;
                 let frames = merge(page);
-                pages
-                    .metrics
-                    .replayed
-                    .fetch_add(frames.len() as u64, Relaxed);
+                pages.metrics.replayed.inc_by(frames.len() as u64);
                 if conn.next_page(missed, frames, page_end, from) {
                     return;
                 }

@@ -5,7 +5,8 @@
 //! `POST /publish/<channel>` only with a publish credential (a static token, or a JWT whose
 //! `redisse.publish` claim covers the channel). The *internal* router, for a listener only the
 //! application can reach, serves `POST /publish/<channel>` without a credential, `/metrics`,
-//! `/health`, `/livez` and the gem's JSON stats, and no event streams. Nothing is decided by
+//! the status page (`/status`, see `status`), `/health`, `/livez` and the gem's JSON stats, and
+//! no event streams of channels. Nothing is decided by
 //! the peer's address: behind a reverse proxy every peer is the proxy, on loopback.
 //!
 //! On the public router, `/health` and `/livez` answer only requests that do not ask for
@@ -118,8 +119,10 @@ impl Redisse {
     }
 
     /// The internal router: `POST /publish/<channel>` without a credential, `GET /metrics`
-    /// (Prometheus text, whatever the `Accept` header), `/health`, `/livez`, and the gem's JSON
-    /// stats (`Accept: application/json` on any other path). No event streams: serve it only
+    /// (Prometheus text, whatever the `Accept` header), `GET /status` (a live page) and
+    /// `GET /status/events` (its stream of snapshots, one a second), `/health`, `/livez`, and the
+    /// gem's JSON stats (`Accept: application/json` on any other path). No event streams of
+    /// channels: serve it only
     /// where the application alone can reach it (loopback, a unix socket, a private network).
     pub fn internal_router(&self) -> Router {
         let shared = self.shared.clone();
@@ -138,8 +141,17 @@ impl Redisse {
                 async move { internal_other(&shared, req) }
             }
         };
+        let status_events = {
+            let shared = shared.clone();
+            move || {
+                let shared = shared.clone();
+                async move { crate::status::events(&shared) }
+            }
+        };
         Router::new()
             .route("/metrics", get(page(prometheus)))
+            .route("/status", get(|| async { crate::status::page() }))
+            .route("/status/events", get(status_events))
             .route("/health", get(page(health)))
             .route("/livez", get(page(livez)))
             .route("/publish/", post(publish.clone()))
@@ -191,7 +203,7 @@ fn internal_other(shared: &Shared, req: Request<Body>) -> Response {
     (
         StatusCode::NOT_FOUND,
         "404 Not Found\nThe internal listener serves POST /publish/<channel>, /metrics, \
-         /health, /livez and the JSON stats; event streams are on the public listener.\n",
+         /status, /health, /livez and the JSON stats; event streams are on the public listener.\n",
     )
         .into_response()
 }
@@ -227,7 +239,7 @@ fn prometheus(shared: &Shared) -> Response {
     let mut res = shared.metrics.render_prometheus().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::PROMETHEUS_CONTENT_TYPE),
     );
     res
 }

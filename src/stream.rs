@@ -12,7 +12,6 @@
 //! (`replay`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::Response;
@@ -25,6 +24,7 @@ use crate::headers::stream_headers;
 use crate::history::Snapshot;
 use crate::hub::{NotRegistered, Registration};
 use crate::instance::Shared;
+use crate::logtext::EscapedList;
 use crate::metrics::Refusal;
 use crate::refusal::Refused;
 use crate::replay::{Pages, page_budget, replay_pages};
@@ -85,8 +85,8 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         }
     }
     if shared.config.verbose {
-        let names: Vec<&str> = conn.channels.iter().map(|c| &**c).collect();
-        span.in_scope(|| tracing::info!("Subscribing to {names:?}"));
+        let names = EscapedList(&conn.channels);
+        span.in_scope(|| tracing::info!("Subscribing to {names}"));
     }
     let reg = Registration {
         hub: hub.clone(),
@@ -165,14 +165,14 @@ struct Starting(Arc<Shared>, Arc<Conn>);
 
 impl Starting {
     fn new(shared: &Arc<Shared>, conn: &Arc<Conn>) -> Self {
-        shared.metrics.streams_starting.fetch_add(1, Relaxed);
+        shared.metrics.streams_starting.inc();
         Starting(shared.clone(), conn.clone())
     }
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
-        self.0.metrics.streams_starting.fetch_sub(1, Relaxed);
+        self.0.metrics.streams_starting.dec();
         self.1.forget_setup();
     }
 }
@@ -224,10 +224,7 @@ async fn set_up(shared: &Shared, conn: &Conn, last: LastEventId) {
                 };
                 let page_end = snapshot.page_end;
                 let plan = plan(last, snapshot, shared.config.history_size);
-                shared
-                    .metrics
-                    .replayed
-                    .fetch_add(plan.replay.len() as u64, Relaxed);
+                shared.metrics.replayed.inc_by(plan.replay.len() as u64);
                 if shared.config.verbose && !plan.replay.is_empty() {
                     tracing::info!("Sending {} history events", plan.replay.len());
                 }

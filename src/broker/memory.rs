@@ -103,7 +103,7 @@ impl MemoryBroker {
         st.next += 1;
         st.last = Some(id);
         HIGHEST_ID.fetch_max(id, Relaxed);
-        let frame = Frame::event(id, event.encode(id));
+        let frame = Frame::live(id, event.encode(id));
         let before_first = self.before_first;
         let ch = st
             .channels
@@ -115,7 +115,11 @@ impl MemoryBroker {
         if self.history_size == 0 {
             ch.trimmed = id;
         } else {
-            ch.ring.push_back(frame.clone());
+            // History keeps the frame without its arrival: only live delivery is timed.
+            ch.ring.push_back(Frame {
+                arrived: None,
+                ..frame.clone()
+            });
             while ch.ring.len() > self.history_size {
                 if let Some(old) = ch.ring.pop_front() {
                     ch.trimmed = old.id;
@@ -125,9 +129,7 @@ impl MemoryBroker {
         if let Some(keyed) = keyed {
             let evicted = st.keys.remember(keyed, id, now);
             if evicted > 0 {
-                self.metrics
-                    .idempotency_evictions
-                    .fetch_add(evicted, Relaxed);
+                self.metrics.idempotency_evictions.inc_by(evicted);
             }
         }
         // Sent under the lock so the dispatcher receives ids in order.

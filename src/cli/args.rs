@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Log each subscription and each event.
     #[arg(short = 'v', long, env = "REDISSE_VERBOSE")]
     pub verbose: bool,
+    /// Log lines as text, or as one JSON object per line (for a log collector).
+    #[arg(long, env = "REDISSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Write the process id to this file.
     #[arg(short = 'P', long, env = "REDISSE_PID", value_name = "FILE")]
     pub pid: Option<PathBuf>,
@@ -105,9 +108,9 @@ pub struct ServeArgs {
     /// How long a long-polling stream stays open after its first event.
     #[arg(long, env = "REDISSE_POLLING_DELAY", default_value = "1", value_parser = parse_duration, allow_negative_numbers = true)]
     pub polling_delay: Duration,
-    /// The internal listener: POST /publish without a credential, /metrics, /health, /livez,
-    /// the stats, no event streams. HOST:PORT, unix:PATH, or `none`. Whoever reaches it may
-    /// publish: keep it on loopback or a private network.
+    /// The internal listener: POST /publish without a credential, /metrics, /status, /health,
+    /// /livez, the stats, no event streams of channels. HOST:PORT, unix:PATH, or `none`.
+    /// Whoever reaches it may publish: keep it on loopback or a private network.
     #[arg(long, env = "REDISSE_INTERNAL_ADDRESS", value_name = "ADDR", default_value = DEFAULT_INTERNAL_ADDRESS, value_parser = parse_internal_address)]
     pub internal_address: InternalAddress,
     /// Lets POST /publish through the public listener with `Authorization: Bearer <token>`.
@@ -201,6 +204,16 @@ pub struct ServeArgs {
     /// Fewer cost fewer thread wakeups at low event rates, on a machine shared with other work.
     #[arg(long, env = "REDISSE_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `tracing`'s text lines (the default).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (`message` among them),
+    /// `target`, and the spans.
+    Json,
 }
 
 /// Options of `redisse publish`.

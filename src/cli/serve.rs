@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use tokio_util::sync::CancellationToken;
 
-use super::args::{InternalAddress, ServeArgs};
+use super::args::{InternalAddress, LogFormat, ServeArgs};
 use crate::instance::Redisse;
 use crate::policy::ChannelPolicy;
 use crate::server::{self, Listener, Tcp};
@@ -191,7 +192,7 @@ async fn run_with_pid_file<P: ChannelPolicy>(
     match &internal {
         None => tracing::info!("no internal listener (--internal-address none)"),
         Some(l) => tracing::info!(
-            "internal listener on {}: publish without credentials, /metrics; \
+            "internal listener on {}: publish without credentials, /metrics, /status; \
              whoever reaches it may publish",
             match l {
                 #[cfg(unix)]
@@ -344,28 +345,31 @@ fn init_logs(args: &ServeArgs) -> Result<(), String> {
     };
     let filter =
         EnvFilter::try_from_env("REDISSE_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let installed = if let Some(path) = &args.log {
+    // Colours only on a terminal: a pipe (journald, docker, a file) gets plain text.
+    let (writer, terminal) = if let Some(path) = &args.log {
         let file = File::options()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
-        builder
-            .with_ansi(false)
-            .with_writer(Mutex::new(file))
-            .try_init()
+        (BoxMakeWriter::new(Mutex::new(file)), false)
     } else if args.stdout {
-        builder
-            .with_ansi(std::io::stdout().is_terminal())
-            .with_writer(std::io::stdout)
-            .try_init()
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
     } else {
-        // Colours only on a terminal: a pipe (journald, docker, a file) gets plain text.
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .try_init()
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let installed = match args.log_format {
+        LogFormat::Text => builder.with_ansi(terminal).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
     installed.map_err(|e| format!("cannot install the logger: {e}"))
 }

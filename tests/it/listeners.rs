@@ -399,7 +399,7 @@ async fn the_binary_logs_both_listeners_then_the_subscriber_mode() {
     assert!(
         lines[1].contains(&format!(
             "internal listener on http://127.0.0.1:{internal}: publish without credentials, \
-             /metrics; whoever reaches it may publish"
+             /metrics, /status; whoever reaches it may publish"
         )),
         "{log}"
     );

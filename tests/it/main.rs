@@ -31,6 +31,7 @@ mod lying_ids;
 mod limits;
 mod listeners;
 mod metrics;
+mod operations;
 mod nginx;
 mod outage;
 mod oversized;

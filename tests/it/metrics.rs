@@ -76,20 +76,32 @@ fn parse_prometheus(text: &str) -> Result<Samples, String> {
             None => (series, Vec::new()),
         };
         check_name(name).map_err(|e| at(&e))?;
-        if !typed.contains_key(name) {
-            return Err(at("a sample before its metric's TYPE"));
-        }
-        if current.as_deref() != Some(name) {
-            if finished.contains(name) {
+        // A histogram's samples are its name with `_bucket`, `_sum` and `_count`.
+        let family = match typed.get(name) {
+            Some(_) => name,
+            None => ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|base| typed.get(*base).is_some_and(|t| t == "histogram"))
+                .ok_or_else(|| at("a sample before its metric's TYPE"))?,
+        };
+        if current.as_deref() != Some(family) {
+            if finished.contains(family) {
                 return Err(at("the samples of a metric are not together"));
             }
-            if let Some(prev) = current.replace(name.to_owned()) {
+            if let Some(prev) = current.replace(family.to_owned()) {
                 finished.insert(prev);
             }
         }
         for (label, _) in &labels {
-            if label != "reason" {
-                return Err(at("a label other than reason (no per-channel labels)"));
+            let allowed = match label.as_str() {
+                "reason" => true,
+                "le" => name.ends_with("_bucket"),
+                "version" | "features" => name == "redisse_build_info",
+                _ => false,
+            };
+            if !allowed {
+                return Err(at("an unexpected label (no per-channel labels)"));
             }
         }
         let key = if labels.is_empty() {
@@ -150,7 +162,10 @@ fn the_parser_is_strict() {
     let good = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\n# TYPE b gauge\nb{reason=\"x\"} 1\nb{reason=\"y\\\"z\"} 2\n";
     let s = parse_prometheus(good).unwrap();
     assert_eq!(s["a_total"], 3.0);
+    let histogram = "# TYPE h_seconds histogram\nh_seconds_bucket{le=\"0.5\"} 1\nh_seconds_bucket{le=\"+Inf\"} 2\nh_seconds_sum 1.5\nh_seconds_count 2\n";
     assert_eq!(s["b{reason=\"y\"z\"}"], 2.0);
+    let h = parse_prometheus(histogram).unwrap();
+    assert_eq!(h["h_seconds_bucket{le=\"+Inf\"}"], 2.0);
     for bad in [
         "a 1\n",
         "# TYPE a counter\na one\n",
@@ -162,6 +177,9 @@ fn the_parser_is_strict() {
         "# TYPE 1a counter\n",
         "# random comment\n",
         "# TYPE a counter\n# TYPE b counter\na 1\nb 1\na{reason=\"x\"} 1\n",
+        "# TYPE a counter\na_bucket{le=\"1\"} 1\n",
+        "# TYPE g gauge\ng{le=\"1\"} 1\n",
+        "# TYPE g gauge\ng{version=\"1\"} 1\n",
     ] {
         assert!(parse_prometheus(bad).is_err(), "accepted {bad:?}");
     }
@@ -213,9 +231,9 @@ async fn counters_move_as_events_flow(backend: Backend) {
     assert_eq!(bad.status, 400);
 
     let mid = scrape(&server).await;
-    assert_eq!(mid["redisse_connections"], 3.0);
+    assert_eq!(mid["redisse_streams_open"], 3.0);
     assert_eq!(mid["redisse_broker_up"], 1.0);
-    assert!(mid["redisse_subscriptions"] >= 1.0);
+    assert!(mid["redisse_subscribed_channels"] >= 1.0);
     assert_eq!(
         delta(&before, &mid, "redisse_published_total"),
         6.0,
@@ -227,7 +245,7 @@ async fn counters_move_as_events_flow(backend: Backend) {
     assert_eq!(delta(&before, &mid, "redisse_replayed_events_total"), 4.0);
     assert_eq!(delta(&before, &mid, "redisse_missedevents_total"), 1.0);
     let received = (s1.raw.len() + s2.raw.len() + s3.raw.len()) as f64;
-    assert_eq!(delta(&before, &mid, "redisse_bytes_sent_total"), received);
+    assert_eq!(delta(&before, &mid, "redisse_sent_bytes_total"), received);
     for (reason, n) in [
         ("not_acceptable", 1.0),
         ("bad_query", 1.0),
@@ -248,13 +266,13 @@ async fn counters_move_as_events_flow(backend: Backend) {
     let deadline = Instant::now() + PATIENCE;
     let after = loop {
         let now = scrape(&server).await;
-        if now["redisse_connections"] == 1.0 {
+        if now["redisse_streams_open"] == 1.0 {
             break now;
         }
         assert!(Instant::now() < deadline, "closed streams still counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(delta(&mid, &after, "redisse_connections_total"), 2.0);
+    assert_eq!(delta(&mid, &after, "redisse_streams_ended_total"), 2.0);
     assert_eq!(server.redisse.stats().served, 2);
     drop(s1);
 }
@@ -330,10 +348,10 @@ async fn every_refusal_reason_and_metric_is_exposed() {
         .collect();
     assert_eq!(exposed.len(), reasons.len(), "{exposed:?}");
     for name in [
-        "redisse_connections",
-        "redisse_connections_total",
+        "redisse_streams_open",
+        "redisse_streams_ended_total",
         "redisse_events_sent_total",
-        "redisse_bytes_sent_total",
+        "redisse_sent_bytes_total",
         "redisse_published_total",
         "redisse_publish_replays_total",
         "redisse_idempotency_keys_evicted_total",
@@ -343,8 +361,22 @@ async fn every_refusal_reason_and_metric_is_exposed() {
         "redisse_slow_disconnects_total",
         "redisse_broker_up",
         "redisse_broker_reconnects_total",
-        "redisse_subscriptions",
+        "redisse_subscribed_channels",
+        "redisse_stream_subscriptions",
+        "redisse_streams_starting",
         "redisse_malformed_payloads_total",
+        "redisse_oversized_events_total",
+        "redisse_shared_history_reads_total",
+        concat!(
+            "redisse_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\",features=\"cli,redis,tls\"}"
+        ),
+        "redisse_event_delivery_seconds_count",
+        "redisse_event_delivery_seconds_sum",
+        "redisse_event_delivery_seconds_bucket{le=\"+Inf\"}",
+        "redisse_stream_duration_seconds_count",
+        "redisse_stream_duration_seconds_bucket{le=\"+Inf\"}",
     ] {
         assert!(samples.contains_key(name), "{name} missing");
     }
@@ -428,4 +460,142 @@ async fn malformed_payloads_are_skipped_and_counted() {
         delta(&after, &later, "redisse_malformed_payloads_total"),
         1.0
     );
+}
+
+/// What Python's `prometheus_client.parser` (the Prometheus project's own client) reads in a
+/// scrape: each family's type and samples, as JSON.
+fn parse_with_prometheus_client(text: &str) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    families[f.name] = {
+        "type": f.type,
+        "samples": [[s.name, s.labels, s.value] for s in f.samples],
+    }
+print(json.dumps(families))
+"#;
+    let missing = "this test needs Python 3 with the prometheus-client package: \
+                   `python3 -m pip install prometheus-client` (.ci/run installs it)";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{missing}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'prometheus_client'"),
+        "{missing}"
+    );
+    assert!(out.status.success(), "the parser failed: {stderr}\n{text}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A histogram family's buckets (upper bound, cumulative count), `_sum` and `_count`, checked:
+/// ascending bounds ending at `+Inf`, cumulative counts, `+Inf` equal to `_count`.
+fn histogram(families: &serde_json::Value, name: &str) -> (Vec<(f64, f64)>, f64, f64) {
+    let family = &families[name];
+    assert_eq!(family["type"], "histogram", "{name}: {family}");
+    let (mut buckets, mut sum, mut count) = (Vec::new(), None, None);
+    for sample in family["samples"].as_array().unwrap() {
+        let value = sample[2].as_f64().unwrap();
+        match sample[0].as_str().unwrap().strip_prefix(name).unwrap() {
+            "_bucket" => {
+                let le = sample[1]["le"].as_str().unwrap();
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                buckets.push((le, value));
+            }
+            "_sum" => sum = Some(value),
+            "_count" => count = Some(value),
+            other => panic!("{name}: unexpected sample {other}"),
+        }
+    }
+    let (sum, count) = (sum.unwrap(), count.unwrap());
+    assert!(buckets.len() >= 2, "{name}: {buckets:?}");
+    for pair in buckets.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0,
+            "{name}: bounds not ascending {buckets:?}"
+        );
+        assert!(pair[0].1 <= pair[1].1, "{name}: not cumulative {buckets:?}");
+    }
+    assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count), "{name}");
+    (buckets, sum, count)
+}
+
+/// The scrape read by the Prometheus project's own parser: every family has a type, the build
+/// info names the version, and both histograms move as events flow and a stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_parser_reads_the_metrics_and_the_histograms_move() {
+    let server = TestServer::start(Backend::memory().config()).await;
+    let text = |server: &TestServer| {
+        let server = server.internal_url("/metrics");
+        async move {
+            client()
+                .get(server)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let before = parse_with_prometheus_client(&text(&server).await);
+    let info = &before["redisse_build_info"]["samples"][0];
+    assert_eq!(info[1]["version"], env!("CARGO_PKG_VERSION"), "{info}");
+    for (name, kind) in [
+        ("redisse_streams_open", "gauge"),
+        ("redisse_streams_ended", "counter"),
+        ("redisse_events_sent", "counter"),
+        ("redisse_sent_bytes", "counter"),
+        ("redisse_refused", "counter"),
+        ("redisse_slow_disconnects", "counter"),
+        ("redisse_broker_up", "gauge"),
+    ] {
+        assert_eq!(before[name]["type"], kind, "{name}: {}", before[name]);
+    }
+    let (_, _, delivered_before) = histogram(&before, "redisse_event_delivery_seconds");
+    let (_, _, ended_before) = histogram(&before, "redisse_stream_duration_seconds");
+
+    let mut s = server.live_stream("/?parsed").await;
+    for i in 0..9 {
+        server.publish("parsed", "m", &format!("e{i}")).await;
+        s.next().await;
+    }
+    drop(s);
+    server.wait_connections(0).await;
+    let deadline = Instant::now() + PATIENCE;
+    let after = loop {
+        let after = parse_with_prometheus_client(&text(&server).await);
+        if histogram(&after, "redisse_stream_duration_seconds").2 > ended_before {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "no stream duration observed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (buckets, sum, delivered) = histogram(&after, "redisse_event_delivery_seconds");
+    // Nine live events read one by one, nine writes (lastEventId is not timed): the first and
+    // the ninth are timed (one write in eight is).
+    assert_eq!(delivered - delivered_before, 2.0, "{buckets:?}");
+    assert!(sum > 0.0 && sum < 5.0 * PATIENCE.as_secs_f64(), "{sum}");
+    let (_, _, ended) = histogram(&after, "redisse_stream_duration_seconds");
+    assert_eq!(ended - ended_before, 1.0);
+    assert_eq!(after["redisse_streams_open"]["samples"][0][2], 0.0);
 }

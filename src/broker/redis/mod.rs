@@ -651,9 +651,7 @@ impl RedisBroker {
             })
             .await?;
         if snapshot.malformed > 0 {
-            self.metrics
-                .malformed
-                .fetch_add(snapshot.malformed, Relaxed);
+            self.metrics.malformed.inc_by(snapshot.malformed);
         }
         self.counter_seen
             .fetch_max(snapshot.counter.unwrap_or(0), Relaxed);

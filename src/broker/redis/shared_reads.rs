@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
@@ -139,7 +138,7 @@ impl SharedReads {
             })
             .await;
         if !ran && answer.is_ok() {
-            metrics.shared_history_reads.fetch_add(1, Relaxed);
+            metrics.shared_history_reads.inc();
         }
         let answer = answer.clone().map_err(|e| failed(&e));
         drop(landing);
@@ -150,7 +149,7 @@ impl SharedReads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     use tokio::sync::Semaphore;
 
     fn channels() -> Vec<Arc<str>> {
@@ -193,7 +192,7 @@ mod tests {
             assert_eq!(snap.counter, Some(9));
         }
         assert_eq!(calls.load(Relaxed), 2, "two reads for three callers");
-        assert_eq!(metrics.shared_history_reads.load(Relaxed), 1);
+        assert_eq!(metrics.shared_history_reads.get(), 1);
         assert!(reads.lock().is_empty(), "finished reads are forgotten");
     }
 

@@ -149,7 +149,7 @@ impl Subscriber {
                 continue;
             }
             if connected_before {
-                self.metrics.broker_reconnects.fetch_add(1, Relaxed);
+                self.metrics.broker_reconnects.inc();
                 tracing::info!("redis subscriber reconnected");
             }
             connected_before = true;
@@ -288,7 +288,7 @@ impl Subscriber {
         let from = last.saturating_sub(LATE_WINDOW);
         let mut snap = self.history.snapshot(channels, Some(from), 0).await?;
         if snap.malformed > 0 {
-            self.metrics.malformed.fetch_add(snap.malformed, Relaxed);
+            self.metrics.malformed.inc_by(snap.malformed);
         }
         let counter = snap.counter.unwrap_or(0);
         let floor_gone = match (self.floor_seen, snap.floor) {
@@ -604,7 +604,7 @@ fn forward_push(
             let channel = match String::from_utf8(channel) {
                 Ok(channel) => channel,
                 Err(e) => {
-                    metrics.malformed.fetch_add(1, Relaxed);
+                    metrics.malformed.inc();
                     tracing::warn!(
                         channel = %Escaped(e.as_bytes()),
                         "skipping a pub/sub message on a channel whose name is not UTF-8"
@@ -618,7 +618,7 @@ fn forward_push(
                     // lead) must not raise the bound the next one is checked against.
                     let known = counter_seen.load(Relaxed);
                     if id > known.saturating_add(MAX_ID_LEAD) {
-                        metrics.malformed.fetch_add(1, Relaxed);
+                        metrics.malformed.inc();
                         tracing::warn!(
                             channel = %Escaped(channel.as_bytes()),
                             id,
@@ -627,11 +627,11 @@ fn forward_push(
                         );
                         return;
                     }
-                    let frame = Frame::event(id, bytes);
+                    let frame = Frame::live(id, bytes);
                     dispatch.send(Dispatch::Live { channel, frame });
                 }
                 Err((why, payload)) => {
-                    metrics.malformed.fetch_add(1, Relaxed);
+                    metrics.malformed.inc();
                     tracing::warn!(
                         channel = %Escaped(channel.as_bytes()),
                         reason = %why,
