@@ -7,9 +7,9 @@
 //! changed, to whoever keeps the broker's subscriptions (the Redis subscriber; nobody in memory).
 //!
 //! The channel carries one cursor, the highest event id the dispatcher has delivered: a Redis
-//! subscriber that reconnects refills from history after it. Beside it, the newest event this
-//! process knows (delivered, or published here) as it was: a Redis that came back from an
-//! older save may have given that id to another event, which the counter alone cannot show.
+//! subscriber that reconnects refills from history after it. Beside it, the newest event the
+//! dispatcher delivered, as it was: a Redis that came back from an older save may have given
+//! that id to another event, which the counter alone cannot show.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -73,9 +73,10 @@ pub(crate) struct Newest {
     pub bytes: Bytes,
 }
 
-/// Where [`Newest`] is kept: written by the dispatcher for each event it delivers (a lock
+/// Where a [`Newest`] is kept: written by the dispatcher for each event it delivers (a lock
 /// nobody else holds but a reconnecting subscriber, and a copy of the channel name into a
-/// reused buffer: no allocation once the name fits) and by the Redis publisher.
+/// reused buffer: no allocation once the name fits), and by the Redis publisher in a cell of
+/// its own.
 #[derive(Debug, Default)]
 pub(crate) struct NewestCell(Mutex<Option<Newest>>);
 
@@ -107,7 +108,8 @@ impl NewestCell {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn clear(&self) {
+    /// Forgets the event (ids start again after a data loss).
+    pub fn clear(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
@@ -163,7 +165,9 @@ impl DispatchSender {
         self.delivered.load(Relaxed)
     }
 
-    /// The newest event known (see [`NewestCell`]), shared with the publisher.
+    /// The newest event the dispatcher delivered (see [`NewestCell`]). It does not move while
+    /// live events are held, so a subscriber back from an outage reads what was delivered
+    /// before it.
     #[cfg(feature = "redis")]
     pub fn newest(&self) -> &Arc<NewestCell> {
         &self.newest

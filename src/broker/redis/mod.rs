@@ -555,9 +555,9 @@ pub(crate) struct RedisBroker {
     /// from it even when no event was dispatched here, so a reconnected subscriber that finds a
     /// lower counter knows that Redis lost its data. Shared with the subscriber.
     counter_seen: Arc<AtomicU64>,
-    /// The newest event this process knows, which an event published here becomes (see
-    /// `dispatch::NewestCell`). Shared with the dispatcher and the subscriber.
-    newest: Arc<NewestCell>,
+    /// The newest event published here (see `dispatch::NewestCell`), which the subscriber
+    /// checks like the newest delivered one. Shared with the subscriber.
+    published: Arc<NewestCell>,
     metrics: Arc<Metrics>,
     /// Streams' identical history reads made at the same time, shared.
     shared_reads: SharedReads,
@@ -577,7 +577,7 @@ impl RedisBroker {
         let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let counter_seen = Arc::new(AtomicU64::new(0));
-        let newest = dispatch.newest().clone();
+        let published = Arc::new(NewestCell::default());
         // Publishing and streams' history reads share one command connection: whichever runs
         // first after an outage reconnects it for both (the subscriber wakes it first).
         let commands = command_connection(&client)?;
@@ -585,6 +585,7 @@ impl RedisBroker {
             client: client.clone(),
             metrics: metrics.clone(),
             counter_seen: counter_seen.clone(),
+            published: published.clone(),
             dispatch,
             commands: sub_rx,
             history: HistoryReader::new(command_connection(&client)?),
@@ -604,7 +605,7 @@ impl RedisBroker {
             history: HistoryReader::new(commands),
             subscriptions: sub_tx.clone(),
             counter_seen,
-            newest,
+            published,
             metrics,
             shared_reads: SharedReads::default(),
         };
@@ -628,7 +629,7 @@ impl RedisBroker {
             let mut payload = format!("id: {id}\n").into_bytes();
             payload.extend_from_slice(&event.encode_tail());
             if let Ok((_, bytes)) = parse_stored(payload) {
-                self.newest.offer(id, channel, &bytes);
+                self.published.offer(id, channel, &bytes);
             }
         }
         Ok(outcome)

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use super::HistoryReader;
 use crate::backoff::Backoff;
-use crate::dispatch::{Dispatch, DispatchSender, Ready, Resume, SubCommand};
+use crate::dispatch::{Dispatch, DispatchSender, Newest, NewestCell, Ready, Resume, SubCommand};
 use crate::error::BrokerError;
 use crate::event::{Frame, MAX_EVENT_ID};
 use crate::history::channel_may_have_lost;
@@ -76,6 +76,8 @@ pub(super) struct Subscriber {
     /// The highest counter streams started from (their positions may be past the highest id
     /// delivered, the dispatch channel's cursor).
     pub counter_seen: Arc<AtomicU64>,
+    /// The newest event published here (the dispatcher keeps the newest delivered).
+    pub published: Arc<NewestCell>,
     pub dispatch: DispatchSender,
     pub commands: mpsc::UnboundedReceiver<SubCommand>,
     /// On a connection of its own, so a refill never waits behind streams' reads.
@@ -349,6 +351,9 @@ impl Subscriber {
             self.counter_seen
                 .store(raised.max(snap.counter.unwrap_or(0)), Relaxed);
             self.floor_seen = Some(floor);
+            // The events known before the loss are not to be looked for again.
+            self.dispatch.newest().clear();
+            self.published.clear();
         }
         Ok(Resume {
             events,
@@ -357,18 +362,29 @@ impl Subscriber {
         })
     }
 
-    /// Whether Redis no longer holds the newest event this process knows (delivered or
-    /// published here) as it was: another event under its id, or no event under it in a history
-    /// that should still have it (no recorded trim removed it, and it is not older than every
-    /// retained entry). A Redis back from an older save loses the writes made after it; when
-    /// publishers elsewhere then take the counter past every id this process knew before its
-    /// subscriber is back, the counter looks right, but the ids were given again: only the
-    /// event itself shows it. (A gem publisher stopped between its `PUBLISH` and its `ZADD`
-    /// looks the same, and is a loss for whoever missed the `PUBLISH`.)
+    /// Whether Redis no longer holds, as they were, the newest event the dispatcher delivered
+    /// or the newest published here: another event under its id, or no event under it in a
+    /// history that should still have it (no recorded trim removed it, and it is not older than
+    /// every retained entry). A Redis back from an older save loses the writes made after it;
+    /// when publishers elsewhere then take the counter past every id this process knew before
+    /// its subscriber is back, the counter looks right, but the ids were given again: only the
+    /// events themselves show it. The delivered one does not move during the outage (live
+    /// events are held); the published one may have been overtaken by a publish made here
+    /// after Redis came back, and then shows nothing. (A gem publisher stopped between its
+    /// `PUBLISH` and its `ZADD` looks the same: a loss for whoever missed the `PUBLISH`.)
     async fn newest_gone(&self) -> Result<Option<String>, BrokerError> {
-        let Some(newest) = self.dispatch.newest().get() else {
-            return Ok(None);
-        };
+        let delivered = self.dispatch.newest().get();
+        let published = self.published.get();
+        for newest in [delivered, published].into_iter().flatten() {
+            if let Some(why) = self.gone(&newest).await? {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `newest` is gone from Redis (see [`Subscriber::newest_gone`]).
+    async fn gone(&self, newest: &Newest) -> Result<Option<String>, BrokerError> {
         let channel: Arc<str> = newest.channel.as_str().into();
         let snap = self
             .history
