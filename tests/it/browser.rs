@@ -13,28 +13,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::binary::Redisse;
 use crate::support::browser::{BrowserRun, CLOSED, Job, Message, OPEN, Outcome, PageServer, Start};
-use crate::support::sse::client;
 
 /// How long a run that must not receive anything is watched.
 const REFUSED_WATCH: Duration = Duration::from_secs(6);
 
-/// Publishes one event through the binary's internal listener and returns its id.
+/// Publishes one event through the binary's internal listener; its id, as the page sees it.
 async fn publish(server: &Redisse, channel: &str, event_type: Option<&str>, data: &str) -> String {
-    let mut url = server.internal_url(&format!("/publish/{channel}"));
-    if let Some(t) = event_type {
-        url.push_str(&format!("?type={t}"));
-    }
-    let res = client()
-        .post(&url)
-        .body(data.to_owned())
-        .send()
+    server
+        .publish_event(channel, event_type, data)
         .await
-        .expect("publish");
-    let status = res.status();
-    let body = res.text().await.unwrap_or_default();
-    assert_eq!(status, 200, "publish to {url}: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("publish answers JSON");
-    v["id"].as_u64().expect("publish answers an id").to_string()
+        .to_string()
 }
 
 fn message(server: &Redisse, event_type: &str, data: &str, id: &str) -> Message {

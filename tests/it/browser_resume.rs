@@ -24,23 +24,12 @@ use serde_json::Value;
 use crate::support::RedisServer;
 use crate::support::binary::Redisse;
 use crate::support::browser::{BrowserRun, Job, Message, OPEN, Outcome, PageServer};
-use crate::support::sse::client;
+use crate::support::cert::Certificate;
 use crate::support::tap::{Connection, Tap};
 
 /// Publishes one event through the binary's internal listener; its id.
 async fn publish(server: &Redisse, channel: &str, data: &str) -> u64 {
-    let url = server.internal_url(&format!("/publish/{channel}"));
-    let res = client()
-        .post(&url)
-        .body(data.to_owned())
-        .send()
-        .await
-        .expect("publish");
-    let status = res.status();
-    let body = res.text().await.unwrap_or_default();
-    assert_eq!(status, 200, "publish to {url}: {body}");
-    let v: Value = serde_json::from_str(&body).expect("publish answers JSON");
-    v["id"].as_u64().expect("publish answers an id")
+    server.publish_event(channel, None, data).await
 }
 
 /// Publishes one event straight to Redis in the gem's layout (`redisse publish --redis`, no
@@ -357,32 +346,6 @@ async fn long_polling_fetch_loop_gets_every_event_once() {
         "no poll was served from history: the events between polls all came live; log:\n{}",
         server.log()
     );
-}
-
-/// A self-signed certificate for 127.0.0.1, as PEM files in a temporary folder.
-struct Certificate {
-    dir: tempfile::TempDir,
-    pem: String,
-}
-
-impl Certificate {
-    fn new() -> Self {
-        let key = rcgen::KeyPair::generate().expect("key pair");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .expect("params");
-        let cert = params.self_signed(&key).expect("self-signed certificate");
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-        Certificate {
-            dir,
-            pem: cert.pem(),
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
 }
 
 /// 4. Eight `EventSource`s of one page on redisse over HTTPS (Chromium speaks HTTP/2 over TLS

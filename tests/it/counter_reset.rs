@@ -317,6 +317,65 @@ async fn publishing_during_the_watchdog_reading_is_no_loss() {
     );
 }
 
+/// A stream on `path` received an event on `a` that Redis acknowledged after its last save;
+/// Redis is killed and comes back from the save, and before this server's subscriber is back
+/// another publisher publishes `reused` on `reused_channel` (the first takes the lost id), then
+/// this server publishes `here`, if any. The stream must get `missedevents`, then what Redis
+/// retains (the saved event again, as after any loss), ending with the events published since.
+async fn after_a_rollback(path: &str, reused_channel: &str, reused: &[&str], here: Option<&str>) {
+    let mut backend = Backend::redis();
+    let url = backend.redis_server().url();
+    let server = TestServer::start(backend.config()).await;
+    let mut s = server.live_stream(path).await;
+    server.publish("a", "m", "in the save").await;
+    assert_eq!(s.next().await.data, "in the save");
+    let redis = redis_mut(&mut backend);
+    blocking(|| {
+        let _: () = redis::cmd("SAVE").query(&mut redis.con()).expect("SAVE");
+    });
+    let lost = server.publish("a", "m", "after the save").await;
+    assert_eq!(s.next().await.data, "after the save");
+    let other = Publisher::redis(&url).expect("publisher");
+    let ids = blocking(|| {
+        redis.stop();
+        redis.start_again();
+        tokio::runtime::Handle::current().block_on(async {
+            let mut ids = Vec::new();
+            for data in reused {
+                let event = Event::new("m", *data);
+                ids.push(other.publish(reused_channel, event).await.expect("publish"));
+            }
+            ids
+        })
+    });
+    assert_eq!(
+        ids[0], lost,
+        "the test's premise: the other publisher reused the lost id"
+    );
+    let mut since: Vec<String> = reused.iter().map(|d| d.to_string()).collect();
+    if let Some(data) = here {
+        server.publish(reused_channel, "m", data).await;
+        since.push(data.to_owned());
+    }
+    let first = s.next().await;
+    assert_eq!(
+        first.event, "missedevents",
+        "the event delivered as id {lost} is gone and its id taken: got {first:?}"
+    );
+    let mut rest = Vec::new();
+    while !rest.ends_with(&since[since.len() - 1..]) {
+        rest.push(s.next().await.data);
+        assert!(
+            rest.len() <= since.len() + 1,
+            "after missedevents: {rest:?}"
+        );
+    }
+    assert!(
+        rest.ends_with(&since),
+        "after missedevents, the events published since: {rest:?}"
+    );
+}
+
 /// Redis came back from its last save (an acknowledged write after the save is lost) and
 /// another process published before this server's subscriber was back, reusing the lost ids:
 /// the counter is not below what the server knew, yet the event it delivered under that id is
@@ -325,55 +384,7 @@ async fn publishing_during_the_watchdog_reading_is_no_loss() {
 /// lost for all the clients of their channels after a Redis restart with its data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_reused_after_redis_came_back_from_its_last_save_are_not_taken_for_known() {
-    let mut backend = Backend::redis();
-    let url = backend.redis_server().url();
-    let server = TestServer::start(backend.config()).await;
-    let mut s = server.live_stream("/?a").await;
-    let saved = server.publish("a", "m", "in the save").await;
-    assert_eq!(s.next().await.data, "in the save");
-    let redis = redis_mut(&mut backend);
-    blocking(|| {
-        let _: () = redis::cmd("SAVE").query(&mut redis.con()).expect("SAVE");
-    });
-    let lost = server.publish("a", "m", "after the save").await;
-    assert_eq!(s.next().await.data, "after the save");
-    // Redis comes back with the save and another publisher is first: it takes the lost id.
-    let other = Publisher::redis(&url).expect("publisher");
-    let reused = blocking(|| {
-        redis.stop();
-        redis.start_again();
-        tokio::runtime::Handle::current().block_on(async {
-            let mut ids = Vec::new();
-            for data in ["reused", "next"] {
-                ids.push(
-                    other
-                        .publish("a", Event::new("m", data))
-                        .await
-                        .expect("publish"),
-                );
-            }
-            ids
-        })
-    });
-    assert_eq!(
-        reused[0], lost,
-        "the test's premise: the other publisher reused the lost id (saved {saved})"
-    );
-    let first = s.next().await;
-    assert_eq!(
-        first.event, "missedevents",
-        "the event delivered as id {lost} is gone and its id taken: got {first:?}"
-    );
-    // Then what Redis retains (the saved event again, as after any loss), in id order.
-    let mut rest = Vec::new();
-    while !rest.contains(&"next".to_owned()) {
-        rest.push(s.next().await.data);
-        assert!(rest.len() <= 3, "after missedevents: {rest:?}");
-    }
-    assert!(
-        rest.ends_with(&["reused".to_owned(), "next".to_owned()]),
-        "after missedevents, the events published since: {rest:?}"
-    );
+    after_a_rollback("/?a", "a", &["reused", "next"], None).await;
 }
 
 /// The same, with the lost ids given to events of another channel: the event delivered under
@@ -381,53 +392,7 @@ async fn ids_reused_after_redis_came_back_from_its_last_save_are_not_taken_for_k
 /// are still there), and the stream that had it must be told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_reused_on_another_channel_after_redis_came_back_from_its_last_save_are_noticed() {
-    let mut backend = Backend::redis();
-    let url = backend.redis_server().url();
-    let server = TestServer::start(backend.config()).await;
-    let mut s = server.live_stream("/?a&b").await;
-    server.publish("a", "m", "in the save").await;
-    assert_eq!(s.next().await.data, "in the save");
-    let redis = redis_mut(&mut backend);
-    blocking(|| {
-        let _: () = redis::cmd("SAVE").query(&mut redis.con()).expect("SAVE");
-    });
-    let lost = server.publish("a", "m", "after the save").await;
-    assert_eq!(s.next().await.data, "after the save");
-    let other = Publisher::redis(&url).expect("publisher");
-    let reused = blocking(|| {
-        redis.stop();
-        redis.start_again();
-        tokio::runtime::Handle::current().block_on(async {
-            let mut ids = Vec::new();
-            for data in ["reused on b", "next on b"] {
-                ids.push(
-                    other
-                        .publish("b", Event::new("m", data))
-                        .await
-                        .expect("publish"),
-                );
-            }
-            ids
-        })
-    });
-    assert_eq!(
-        reused[0], lost,
-        "the test's premise: the lost id reused on b"
-    );
-    let first = s.next().await;
-    assert_eq!(
-        first.event, "missedevents",
-        "the event delivered as id {lost} is gone and its id taken on b: got {first:?}"
-    );
-    let mut rest = Vec::new();
-    while !rest.contains(&"next on b".to_owned()) {
-        rest.push(s.next().await.data);
-        assert!(rest.len() <= 3, "after missedevents: {rest:?}");
-    }
-    assert!(
-        rest.ends_with(&["reused on b".to_owned(), "next on b".to_owned()]),
-        "after missedevents, the events published since: {rest:?}"
-    );
+    after_a_rollback("/?a&b", "b", &["reused on b", "next on b"], None).await;
 }
 
 /// The same, with this server publishing too as soon as Redis is back, before its subscriber
@@ -436,45 +401,5 @@ async fn ids_reused_on_another_channel_after_redis_came_back_from_its_last_save_
 /// when it ended, just before the subscriber's check.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_here_right_after_redis_came_back_from_its_last_save_hides_nothing() {
-    let mut backend = Backend::redis();
-    let url = backend.redis_server().url();
-    let server = TestServer::start(backend.config()).await;
-    let mut s = server.live_stream("/?a&b").await;
-    server.publish("a", "m", "in the save").await;
-    assert_eq!(s.next().await.data, "in the save");
-    let redis = redis_mut(&mut backend);
-    blocking(|| {
-        let _: () = redis::cmd("SAVE").query(&mut redis.con()).expect("SAVE");
-    });
-    let lost = server.publish("a", "m", "after the save").await;
-    assert_eq!(s.next().await.data, "after the save");
-    let other = Publisher::redis(&url).expect("publisher");
-    blocking(|| {
-        redis.stop();
-        redis.start_again();
-        tokio::runtime::Handle::current().block_on(async {
-            let reused = other.publish("b", Event::new("m", "reused on b")).await;
-            assert_eq!(
-                reused.expect("publish"),
-                lost,
-                "the premise: the lost id reused"
-            );
-        })
-    });
-    let here = server.publish("b", "m", "published here").await;
-    assert!(here > lost);
-    let first = s.next().await;
-    assert_eq!(
-        first.event, "missedevents",
-        "the event delivered as id {lost} is gone: got {first:?}"
-    );
-    let mut rest = Vec::new();
-    while !rest.contains(&"published here".to_owned()) {
-        rest.push(s.next().await.data);
-        assert!(rest.len() <= 3, "after missedevents: {rest:?}");
-    }
-    assert!(
-        rest.ends_with(&["reused on b".to_owned(), "published here".to_owned()]),
-        "after missedevents, the events published since: {rest:?}"
-    );
+    after_a_rollback("/?a&b", "b", &["reused on b"], Some("published here")).await;
 }

@@ -8,49 +8,25 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::support::PATIENCE;
+use crate::support::cert::Certificate;
 
-/// A self-signed certificate for 127.0.0.1, written as PEM files.
-struct Certificate {
-    dir: tempfile::TempDir,
-    der: CertificateDer<'static>,
-}
-
-impl Certificate {
-    fn new() -> Self {
-        let key = rcgen::KeyPair::generate().expect("key pair");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .expect("params");
-        let cert = params.self_signed(&key).expect("self-signed certificate");
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-        Certificate {
-            dir,
-            der: cert.der().clone(),
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn connector(&self) -> TlsConnector {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(self.der.clone())
-            .expect("trust the test certificate");
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
-    }
+/// A TLS client that trusts the test's certificate.
+fn connector(cert: &Certificate) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(cert.der.clone())
+        .expect("trust the test certificate");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
 }
 
 /// Sends `request` over TLS and returns the connection for reading.
@@ -63,8 +39,7 @@ async fn tls_request(
         .await
         .expect("connect");
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = cert
-        .connector()
+    let mut tls = connector(cert)
         .connect(name, tcp)
         .await
         .expect("TLS handshake");

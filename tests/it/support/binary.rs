@@ -107,6 +107,25 @@ impl Redisse {
     }
 
     /// The process id.
+    /// Publishes one event through the internal listener (`event_type` as `?type=`); its id.
+    pub async fn publish_event(&self, channel: &str, event_type: Option<&str>, data: &str) -> u64 {
+        let mut url = self.internal_url(&format!("/publish/{channel}"));
+        if let Some(t) = event_type {
+            url.push_str(&format!("?type={t}"));
+        }
+        let res = client()
+            .post(&url)
+            .body(data.to_owned())
+            .send()
+            .await
+            .expect("publish");
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "publish to {url}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("publish answers JSON");
+        v["id"].as_u64().expect("publish answers an id")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -166,15 +185,9 @@ impl Redisse {
         }
     }
 
-    /// Publishes through the internal listener.
+    /// Publishes through the internal listener (see [`Redisse::publish_event`]).
     pub async fn publish(&self, channel: &str, data: String) {
-        let res = client()
-            .post(self.internal_url(&format!("/publish/{channel}")))
-            .body(data)
-            .send()
-            .await
-            .expect("publish");
-        assert_eq!(res.status(), 200);
+        self.publish_event(channel, None, &data).await;
     }
 }
 

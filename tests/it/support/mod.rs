@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod browser;
+pub mod cert;
 pub mod logs;
 pub mod pages;
 pub mod raw;
