@@ -181,6 +181,9 @@ async fn run_with_pid_file<P: ChannelPolicy>(
             })?))
         }
     };
+    // Before anything says it listens: a SIGTERM from then on is a graceful shutdown, never
+    // the signal's default action (which would leave the pid file behind).
+    let signals = Signals::install();
     if let Some(pid_file) = pid_file {
         pid_file.write()?;
     }
@@ -237,7 +240,7 @@ async fn run_with_pid_file<P: ChannelPolicy>(
     {
         let stop = stop.clone();
         tokio::spawn(async move {
-            signals().await;
+            signals.wait().await;
             stop.cancel();
         });
     }
@@ -311,30 +314,45 @@ fn broker_name(description: &str) -> String {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT; a second one exits the process at once.
+/// SIGTERM and SIGINT, caught from [`Signals::install`] on: the first ends [`Signals::wait`],
+/// a second one exits the process at once.
 #[cfg(unix)]
-async fn signals() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name} received: shutting down (send it again to exit at once)");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                Signals(None)
+            }
         }
-        eprintln!("redisse: second signal: exiting now");
-        std::process::exit(130);
-    });
+    }
+
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received: shutting down (send it again to exit at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            eprintln!("redisse: second signal: exiting now");
+            std::process::exit(130);
+        });
+    }
 }
 
 fn init_logs(args: &ServeArgs) -> Result<(), String> {
@@ -374,17 +392,26 @@ fn init_logs(args: &ServeArgs) -> Result<(), String> {
     installed.map_err(|e| format!("cannot install the logger: {e}"))
 }
 
-/// Completes on the first Ctrl-C; a second one exits the process at once.
+/// Ctrl-C: the first ends [`Signals::wait`], a second one exits the process at once.
 #[cfg(not(unix))]
-async fn signals() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        tracing::error!("cannot install the Ctrl-C handler");
-        return std::future::pending().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Self {
+        Signals
     }
-    tracing::info!("Ctrl-C received: shutting down (press it again to exit at once)");
-    tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("redisse: second signal: exiting now");
-        std::process::exit(130);
-    });
+
+    async fn wait(self) {
+        if tokio::signal::ctrl_c().await.is_err() {
+            tracing::error!("cannot install the Ctrl-C handler");
+            return std::future::pending().await;
+        }
+        tracing::info!("Ctrl-C received: shutting down (press it again to exit at once)");
+        tokio::spawn(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("redisse: second signal: exiting now");
+            std::process::exit(130);
+        });
+    }
 }

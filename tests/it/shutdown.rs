@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use crate::on_both_brokers;
 use crate::support::binary::Redisse;
 use crate::support::raw::{connect_small, stream_request};
-use crate::support::{Backend, SseStream, TestServer};
+use crate::support::{Backend, PATIENCE, SseStream, TestServer};
 
 on_both_brokers!(in_process_shutdown_ends_every_stream_with_retry);
 
@@ -133,4 +133,27 @@ async fn in_process_shutdown_ends_every_stream_with_retry(backend: Backend) {
         tokio::net::TcpStream::connect(server.addr).await.is_err(),
         "still accepting after shutdown"
     );
+}
+
+/// A SIGTERM as soon as the binary says it listens (a service manager stopping what it just
+/// started) is a clean shutdown: exit 0 and the pid file removed, never the default action of
+/// the signal. (Seen failing in CI: the handlers were installed after the listening line, and
+/// the pid file stayed behind.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_right_after_the_listening_line_is_a_clean_shutdown() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pid = dir.path().join("redisse.pid");
+        let mut server = Redisse::start(&["--pid", &pid.display().to_string()]);
+        server.signal("-TERM");
+        let status = server
+            .exit_within(PATIENCE)
+            .expect("the binary exits after SIGTERM");
+        assert!(
+            status.success(),
+            "round {round}: SIGTERM right after the listening line: {status:?}; log:\n{}",
+            server.log()
+        );
+        assert!(!pid.exists(), "round {round}: the pid file was left behind");
+    }
 }

@@ -435,6 +435,24 @@ impl HistoryReader {
         Ok((counter.max(0) as u64, floor.max(0) as u64))
     }
 
+    /// The Redis server's `run_id` (`INFO server`), which changes at every restart: only a
+    /// restarted Redis can have come back from an older save. `None` when it cannot be read
+    /// (an ACL user without `INFO`, or a server that does not say).
+    pub async fn run_id(&self) -> Option<String> {
+        let mut con = self.commands.clone();
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info: String = match cmd.query_async(&mut con).await {
+            Err(e) if e.is_unrecoverable_error() => cmd.query_async(&mut con).await,
+            reply => reply,
+        }
+        .inspect_err(|e| tracing::debug!(error = %e, "INFO server unanswered"))
+        .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+    }
+
     /// Reads the counter and the channels' histories (see [`super::Broker::snapshot`]);
     /// entries that are not SSE events are skipped (`Snapshot::malformed` says how many; the
     /// caller counts them, once per read it acts on).
@@ -594,6 +612,7 @@ impl RedisBroker {
             ping_interval: config.redis_ping_interval,
             ping_timeout: config.redis_ping_timeout,
             floor_seen: None,
+            run_id: None,
         };
         tasks.spawn("redis subscriber", subscriber.run());
         let broker = RedisBroker {

@@ -90,6 +90,10 @@ pub(super) struct Subscriber {
     /// The data-loss floor as this process last read it (`None` until its first connection
     /// made sure it exists): a different one means a loss this process has not handled.
     pub floor_seen: Option<u64>,
+    /// The Redis server's `run_id` at the last connection that was handled to the end (`None`
+    /// before, or when it cannot be read): the same one means Redis did not restart, so it
+    /// cannot have come back from an older save.
+    pub run_id: Option<String>,
 }
 
 /// The counter and the data-loss floor, read together.
@@ -270,6 +274,7 @@ impl Subscriber {
             // The first connection: from now on, the floor's disappearance is a sign of loss.
             let (_, floor) = self.history.raise(0).await?;
             self.floor_seen = Some(floor);
+            self.run_id = self.history.run_id().await;
             Resume::default()
         };
         self.dispatch.send(Dispatch::Resume(resume));
@@ -298,7 +303,15 @@ impl Subscriber {
             (Some(seen), Some(floor)) => floor < seen,
             (None, _) => false,
         };
-        let replaced = if counter < known || floor_gone {
+        // Only a restarted Redis can have come back from an older save; on the same server (a
+        // lost connection, a partition) an event missing from history is a gem publisher's
+        // `ZADD` still on its way, not a loss.
+        let run_id = self.history.run_id().await;
+        let restarted = match (&self.run_id, &run_id) {
+            (Some(before), Some(now)) => before != now,
+            _ => true,
+        };
+        let replaced = if counter < known || floor_gone || !restarted {
             None
         } else {
             self.newest_gone().await?
@@ -355,6 +368,8 @@ impl Subscriber {
             self.dispatch.newest().clear();
             self.published.clear();
         }
+        // Only now that the refill is read (as for the marks above).
+        self.run_id = run_id;
         Ok(Resume {
             events,
             missed,
