@@ -7,16 +7,26 @@
 //! ```
 //!
 //! Then open <http://127.0.0.1:3000/> in two browsers (or a normal and a private window). Each
-//! visitor gets a name in a signed session cookie (the secret is `CHAT_SECRET`, random when
-//! unset, so set it for sessions to survive a restart). The page opens one `EventSource` on two
-//! channels, `global` and the visitor's own `visitor.<name>`, and its form publishes to everyone
-//! or to one visitor by name through `POST /send`.
+//! visitor gets a random 128-bit id and a display name in a signed session cookie (the secret
+//! is `CHAT_SECRET`, random when unset, so set it for sessions to survive a restart). The page
+//! opens one `EventSource` on two channels, `global` and the visitor's own `visitor.<id>` (the
+//! page learns its id from the HTML), and its form publishes to everyone or to one visitor by
+//! name through `POST /send`. Names are not unique: a message to a name goes to the visitor
+//! who most recently loaded the page or opened a stream with it (see `recent`).
 //!
 //! The session layer runs first and puts the [`Visitor`] in the request extensions; the channel
 //! function reads it there and decides what the stream may see: the channels the page asks for
 //! in the query, provided each is `global` or the visitor's own (403 otherwise), both when it
 //! asks for none.
+//!
+//! Memory: with `history_size` 20 and a text of at most 500 bytes (at most about 3.1 KB once
+//! JSON-escaped and framed), the in-memory broker keeps at most about 62 KB per channel, for
+//! `global` and for each visitor who was sent a private message while among the last 10,000
+//! seen; the broker never forgets a channel, so over the process's life that last part grows
+//! with such visitors (on Redis, the same in Redis keys), which a real application bounds by
+//! tying sessions to accounts or deleting the history of ended ones.
 
+mod recent;
 mod session;
 
 use std::net::SocketAddr;
@@ -35,19 +45,22 @@ use redisse::server::{Listener, Tcp};
 use redisse::{Config, Event, Publisher, Redisse, Rejection, StreamQuery};
 use serde::Deserialize;
 
-use crate::session::{Sessions, Visitor, is_name};
+use crate::recent::Recent;
+use crate::session::{Sessions, Visitor};
 
 const PAGE: &str = include_str!("page.html");
-const MAX_TEXT_CHARS: usize = 500;
+const MAX_TEXT_BYTES: usize = 500;
+const HISTORY_SIZE: usize = 20;
 
 #[derive(Clone)]
 struct App {
     sessions: Arc<Sessions>,
+    recent: Arc<Recent>,
     publisher: Publisher,
 }
 
-fn private_channel(name: &str) -> String {
-    format!("visitor.{name}")
+fn private_channel(id: &str) -> String {
+    format!("visitor.{id}")
 }
 
 /// The session layer: the visitor of a valid cookie goes into the request's extensions.
@@ -59,11 +72,12 @@ async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> R
 }
 
 /// The channel function: from the session only, whatever the query asks for.
-fn channels(parts: &Parts) -> Result<Vec<String>, Rejection> {
-    let Some(Visitor(name)) = parts.extensions.get::<Visitor>() else {
+fn channels(recent: &Recent, parts: &Parts) -> Result<Vec<String>, Rejection> {
+    let Some(visitor) = parts.extensions.get::<Visitor>() else {
         return Err(Rejection::unauthorized("no session: open the page first"));
     };
-    let allowed = ["global".to_string(), private_channel(name)];
+    recent.saw(visitor);
+    let allowed = ["global".to_string(), private_channel(&visitor.id)];
     let asked = parts
         .extensions
         .get::<StreamQuery>()
@@ -83,15 +97,19 @@ fn channels(parts: &Parts) -> Result<Vec<String>, Rejection> {
 
 /// The page; a first visit gets its name and session cookie here.
 async fn page(State(app): State<App>, visitor: Option<Extension<Visitor>>) -> Response {
-    let (Visitor(name), cookie) = match visitor {
+    let (visitor, cookie) = match visitor {
         Some(Extension(visitor)) => (visitor, None),
         None => {
             let (visitor, cookie) = app.sessions.issue();
             (visitor, Some(cookie))
         }
     };
-    // Names come from fixed lists of plain words: nothing to escape.
-    let html = Html(PAGE.replace("{{NAME}}", &name));
+    app.recent.saw(&visitor);
+    // Names come from fixed lists of plain words, ids are hex digits: nothing to escape.
+    let html = Html(
+        PAGE.replace("{{NAME}}", &visitor.name)
+            .replace("{{ID}}", &visitor.id),
+    );
     let mut response = ([(CACHE_CONTROL, "no-store")], html).into_response();
     if let Some(cookie) = cookie.and_then(|c| c.parse().ok()) {
         response.headers_mut().insert(SET_COOKIE, cookie);
@@ -118,20 +136,23 @@ async fn send(
     visitor: Option<Extension<Visitor>>,
     Json(message): Json<Message>,
 ) -> Response {
-    let Some(Extension(Visitor(from))) = visitor else {
+    let Some(Extension(from)) = visitor else {
         return refuse(StatusCode::UNAUTHORIZED, "no session: open the page first");
     };
+    // In bytes, which is what memory costs (500 letters, fewer with accents or emoji).
     let text = message.text.trim();
-    if text.is_empty() || text.chars().count() > MAX_TEXT_CHARS {
-        return refuse(StatusCode::BAD_REQUEST, "write 1 to 500 characters");
+    if text.is_empty() || text.len() > MAX_TEXT_BYTES {
+        return refuse(StatusCode::BAD_REQUEST, "write 1 to 500 bytes");
     }
     let to = message.to.trim();
     let (channel, kind) = match to {
         "" => ("global".to_string(), "global"),
-        name if is_name(name) => (private_channel(name), "private"),
-        _ => return refuse(StatusCode::BAD_REQUEST, "no visitor has that name"),
+        name => match app.recent.id_of(name) {
+            Some(id) => (private_channel(&id), "private"),
+            None => return refuse(StatusCode::BAD_REQUEST, "no visitor has that name"),
+        },
     };
-    let data = serde_json::json!({ "from": from, "text": text }).to_string();
+    let data = serde_json::json!({ "from": from.name, "text": text }).to_string();
     match app
         .publisher
         .publish(&channel, Event::new(kind, data))
@@ -186,13 +207,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = Config::default();
     config.redis_url = args.redis;
+    config.history_size = HISTORY_SIZE;
     // Fail now, rather than serve pages whose streams wait for a Redis that is not there.
     let redisse = Redisse::connect(config, Duration::from_secs(5)).await?;
     let app = App {
         sessions: Arc::new(Sessions::new(&secret)),
+        recent: Arc::new(Recent::default()),
         publisher: redisse.publisher(),
     };
-    let policy = |parts: &Parts| std::future::ready(channels(parts));
+    let recent = app.recent.clone();
+    let policy = move |parts: &Parts| std::future::ready(channels(&recent, parts));
     let router = Router::new()
         .route("/", get(page))
         .route_service("/events", redisse.endpoint(policy))

@@ -1,9 +1,11 @@
-//! The visitor's session: a name given on the first visit and kept in a signed cookie (an HS256
-//! JWT with a 30-day `exp`), so that nobody can take another visitor's name without the secret.
-//! With the same secret, sessions outlive a restart of the application.
+//! The visitor's session, given on the first visit and kept in a signed cookie (an HS256 JWT
+//! with a 30-day `exp`): a random 128-bit id (`sub`), which names the visitor's private channel,
+//! and a display name. Without the secret nobody can forge a cookie, so nobody can claim another
+//! session's id; with the same secret, sessions outlive a restart of the application.
 //!
-//! Names are an adjective, an animal and a number from fixed lists, so the set of private
-//! channels anyone can publish to is bounded (23,040 names).
+//! A name is only a label: it is an adjective, an animal and a number from fixed lists (23,040
+//! names), so two visitors may share one, and anyone can get new sessions until one has the name
+//! they want. It grants nothing: what a stream may read comes from the id alone.
 
 use http::HeaderMap;
 use http::header::COOKIE;
@@ -24,11 +26,16 @@ const ANIMALS: [&str; 16] = [
 
 /// Who is on the page, as the session cookie says.
 #[derive(Clone, Debug)]
-pub struct Visitor(pub String);
+pub struct Visitor {
+    /// 32 lowercase hex digits, random: known only to this visitor's browser and the application.
+    pub id: String,
+    pub name: String,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    name: String,
     exp: u64,
 }
 
@@ -48,11 +55,15 @@ impl Sessions {
         }
     }
 
-    /// A new visitor with a random name, and the `Set-Cookie` value that keeps it.
+    /// A new visitor with a random id and name, and the `Set-Cookie` value that keeps them.
     pub fn issue(&self) -> (Visitor, String) {
-        let name = random_name();
+        let visitor = Visitor {
+            id: random_id(),
+            name: random_name(),
+        };
         let claims = Claims {
-            sub: name.clone(),
+            sub: visitor.id.clone(),
+            name: visitor.name.clone(),
             exp: jsonwebtoken::get_current_timestamp() + LIFETIME_SECS,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -61,7 +72,7 @@ impl Sessions {
         let cookie = format!(
             "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={LIFETIME_SECS}"
         );
-        (Visitor(name), cookie)
+        (visitor, cookie)
     }
 
     /// The visitor whose valid session cookie the request carries, if any.
@@ -75,7 +86,10 @@ impl Sessions {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .ok()?
             .claims;
-        is_name(&claims.sub).then_some(Visitor(claims.sub))
+        (is_id(&claims.sub) && is_name(&claims.name)).then_some(Visitor {
+            id: claims.sub,
+            name: claims.name,
+        })
     }
 }
 
@@ -84,6 +98,16 @@ pub fn random_secret() -> [u8; 32] {
     let mut secret = [0; 32];
     getrandom::fill(&mut secret).expect("the system's random source");
     secret
+}
+
+fn random_id() -> String {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).expect("the system's random source");
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn random_name() -> String {

@@ -6,8 +6,8 @@
 // {"id": <the command's id>, "ok": true, ...} or {"id": ..., "ok": false, "error": "..."}.
 //   {"cmd": "open", "url": U}            a new page in a browser context of its own (its own
 //                                        cookies), at U: answers {"page": N}
-//   {"cmd": "state", "page": N}          what the chat page shows: {name, state, lastId, missed,
-//                                        sendStatus, events: [{id, scope, from, text}]}
+//   {"cmd": "state", "page": N}          what the chat page shows: {name, sessionId, state, lastId,
+//                                        missed, sendStatus, events: [{id, scope, from, text}]}
 //   {"cmd": "send", "page": N, "to": T, "text": X}
 //                                        fills the page's form, submits it and waits for its
 //                                        status line: {"status": "sent, id 42" | "not sent: ..."}
@@ -113,6 +113,7 @@ const commands = {
       const text = (id) => document.getElementById(id).textContent;
       return {
         name: text('name'),
+        sessionId: document.body.dataset.id,
         state: text('state'),
         lastId: text('last-id'),
         missed: !document.getElementById('missed').hidden,

@@ -4,8 +4,8 @@
 //!
 //! It checks what the example is there to show: each visitor's one `EventSource` receives the
 //! global channel and the visitor's own private channel, never another visitor's (not even
-//! when the page asks for it in the query); the page's form publishes through the
-//! application; and on Redis, a page whose application was SIGKILLed and restarted with the
+//! when the page asks for it in the query, nor when both visitors have the same name); the
+//! page's form publishes through the application; and on Redis, a page whose application was SIGKILLed and restarted with the
 //! same session secret reconnects by itself with `Last-Event-ID` and shows what was published
 //! meanwhile, once each, in order, or shows its `missedevents` notice when more was published
 //! meanwhile than history keeps. A screenshot of a live page goes to
@@ -21,7 +21,10 @@ use redisse::{Event, Publisher};
 
 use crate::support::RedisServer;
 use crate::support::pages::{PageState, Pages, Shown};
-use crate::support::sse::client;
+use crate::support::sse::{SseStream, client};
+
+/// The example's history size (`config.history_size` in `examples/chat/main.rs`).
+const HISTORY_SIZE: usize = 20;
 
 /// How long a page may take to show something (a loaded 2-core machine, a browser reconnecting
 /// after its default 3 s).
@@ -166,6 +169,8 @@ struct Sender {
     cookie: String,
     /// The name the application gave it, as events from it show.
     name: String,
+    /// Its session's id, which names its private channel.
+    id: String,
 }
 
 impl Sender {
@@ -180,13 +185,27 @@ impl Sender {
             .expect("the first visit gets a session cookie")
             .to_owned();
         let page = res.text().await.unwrap_or_default();
-        let name = page
-            .split("data-name=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("the page names its visitor")
-            .to_owned();
-        Sender { cookie, name }
+        let attribute = |name: &str| {
+            page.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| panic!("the page has {name}"))
+                .to_owned()
+        };
+        Sender {
+            cookie: cookie.clone(),
+            name: attribute("data-name"),
+            id: attribute("data-id"),
+        }
+    }
+
+    /// Opens a stream on `query` with this session.
+    async fn stream(&self, app: &ChatApp, query: &str) -> SseStream {
+        SseStream::open(
+            &app.url(&format!("/events{query}")),
+            &[("cookie", &self.cookie)],
+        )
+        .await
     }
 
     /// Sends `text` to everyone (`to` empty) or to a visitor; returns the event's id.
@@ -229,12 +248,12 @@ async fn open_visitor(pages: &mut Pages, app: &ChatApp) -> (usize, PageState) {
 
 /// Two visitors whose names differ (a name is random: a new context again on the rare draw of
 /// the same one).
-async fn two_visitors(pages: &mut Pages, app: &ChatApp) -> [(usize, String); 2] {
+async fn two_visitors(pages: &mut Pages, app: &ChatApp) -> [(usize, PageState); 2] {
     let (a, first) = open_visitor(pages, app).await;
     for _ in 0..5 {
         let (b, second) = open_visitor(pages, app).await;
         if second.name != first.name {
-            return [(a, first.name), (b, second.name)];
+            return [(a, first), (b, second)];
         }
     }
     panic!("five new visitors all got the name {}", first.name)
@@ -244,7 +263,8 @@ async fn two_visitors(pages: &mut Pages, app: &ChatApp) -> [(usize, String); 2] 
 async fn each_visitor_gets_the_global_channel_and_only_their_own_private_one() {
     let app = ChatApp::start("127.0.0.1:0", None, "a test secret");
     let mut pages = Pages::start();
-    let [(a, alice), (b, bob)] = two_visitors(&mut pages, &app).await;
+    let [(a, alice_page), (b, bob_page)] = two_visitors(&mut pages, &app).await;
+    let (alice, bob) = (alice_page.name, bob_page.name);
     let sender = Sender::visit(&app).await;
     let from = sender.name.clone();
 
@@ -280,24 +300,26 @@ async fn each_visitor_gets_the_global_channel_and_only_their_own_private_one() {
 
     // Asking for the other visitor's channel in the query is refused, alone or beside one's own
     // channels, and says nothing of that channel; the page's own request is served.
+    let (alice_id, bob_id) = (alice_page.session_id, bob_page.session_id);
     for query in [
+        format!("?visitor.{bob_id}"),
+        format!("?global&visitor.{alice_id}&visitor.{bob_id}"),
         format!("?visitor.{bob}"),
-        format!("?global&visitor.{alice}&visitor.{bob}"),
     ] {
         let (status, body) = pages.fetch(a, &format!("/events{query}")).await;
         assert_eq!(status, 403, "alice asking for /events{query}: {body}");
         assert!(
-            !body.contains(&bob),
+            !body.contains(&bob_id) && !body.contains(&bob),
             "the refusal names the channel: {body}"
         );
     }
     let (status, _) = pages
-        .fetch(a, &format!("/events?global&visitor.{alice}"))
+        .fetch(a, &format!("/events?global&visitor.{alice_id}"))
         .await;
     assert_eq!(status, 200, "alice's own channels");
     // Without a session, no stream at all.
     let res = client()
-        .get(app.url(&format!("/events?visitor.{bob}")))
+        .get(app.url(&format!("/events?visitor.{bob_id}")))
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -329,6 +351,7 @@ async fn the_page_form_publishes_to_everyone_or_to_one_visitor() {
     let app = ChatApp::start("127.0.0.1:0", None, "a test secret");
     let mut pages = Pages::start();
     let [(a, alice), (b, bob)] = two_visitors(&mut pages, &app).await;
+    let (alice, bob) = (alice.name, bob.name);
 
     let status = pages.send(a, "", "hi all").await;
     let hi = status
@@ -394,7 +417,7 @@ async fn on_redis_the_page_resumes_after_the_app_is_killed_and_restarted() {
     let listen = format!("127.0.0.1:{}", app.port);
     let mut pages = Pages::start();
     let (page, opened) = open_visitor(&mut pages, &app).await;
-    let name = opened.name;
+    let id = opened.session_id;
     let sender = Sender::visit(&app).await;
 
     let before = sender.send(&app, "", "before the crash").await;
@@ -411,12 +434,13 @@ async fn on_redis_the_page_resumes_after_the_app_is_killed_and_restarted() {
         })
         .await;
     // Meanwhile another process publishes (a worker of the application, straight into Redis).
-    let worker = Publisher::redis(&redis.url()).expect("a Redis publisher");
+    let worker =
+        Publisher::redis_with_history(&redis.url(), HISTORY_SIZE).expect("a Redis publisher");
     let data = |text: &str| serde_json::json!({ "from": "a worker", "text": text }).to_string();
     let mut meanwhile = Vec::new();
     for (channel, kind, text) in [
         ("global".to_string(), "global", "while you were away"),
-        (format!("visitor.{name}"), "private", "a private word"),
+        (format!("visitor.{id}"), "private", "a private word"),
         ("global".to_string(), "global", "and one more"),
     ] {
         let id = worker
@@ -471,10 +495,11 @@ async fn the_page_says_when_events_it_missed_are_gone_from_history() {
             s.state == "reconnecting"
         })
         .await;
-    // More than the channel's history keeps (100 events): the oldest of them are gone.
-    let worker = Publisher::redis(&redis.url()).expect("a Redis publisher");
+    // More than the channel's history keeps: the oldest of them are gone.
+    let worker =
+        Publisher::redis_with_history(&redis.url(), HISTORY_SIZE).expect("a Redis publisher");
     let mut ids = Vec::new();
-    for n in 0..105 {
+    for n in 0..HISTORY_SIZE + 5 {
         let data = serde_json::json!({ "from": "a worker", "text": format!("event {n}") });
         let id = worker
             .publish("global", Event::new("global", data.to_string()))
@@ -494,6 +519,64 @@ async fn the_page_says_when_events_it_missed_are_gone_from_history() {
     let shown_ids: Vec<&str> = state.events.iter().map(|e| e.id.as_str()).collect();
     let mut expected = vec![before.as_str()];
     expected.extend(ids[5..].iter().map(String::as_str));
-    assert_eq!(shown_ids, expected, "the 100 events history kept, in order");
+    assert_eq!(shown_ids, expected, "the events history kept, in order");
     assert_eq!(state.state, "open");
+}
+
+/// Names are drawn from 23,040: among a few hundred sessions two share one (a certainty within
+/// 3,000: the chance of none is below e^-190). The name grants nothing: each reads only its own
+/// id's channel, and a message to the name goes to the one seen last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_with_the_same_name_cannot_read_the_others_private_channel() {
+    let app = ChatApp::start("127.0.0.1:0", None, "a test secret");
+    let mut by_name = std::collections::HashMap::new();
+    let (first, second) = loop {
+        assert!(
+            by_name.len() < 3000,
+            "3,000 sessions and no two names alike"
+        );
+        let visitor = Sender::visit(&app).await;
+        if let Some(earlier) = by_name.remove(&visitor.name) {
+            break (earlier, visitor);
+        }
+        by_name.insert(visitor.name.clone(), visitor);
+    };
+    let name = first.name.clone();
+    assert_eq!(second.name, name);
+    assert_ne!(first.id, second.id, "one name, two sessions");
+
+    // The second may not open the first's private channel, nor the first the second's.
+    for (reader, other) in [(&second, &first), (&first, &second)] {
+        let stream = reader.stream(&app, &format!("?visitor.{}", other.id)).await;
+        assert_eq!(
+            stream.status, 403,
+            "{name} reading the other {name}'s channel"
+        );
+    }
+
+    // Both open their own streams, the second last: a message to the name is the second's. (A
+    // fresh stream starts with the `lastEventId` position once anything was published: then it
+    // is subscribed.)
+    first.send(&app, "", "hello").await;
+    let mut first_stream = first.stream(&app, "").await;
+    assert_eq!(first_stream.status, 200);
+    assert_eq!(first_stream.next().await.event, "lastEventId");
+    let mut second_stream = second.stream(&app, "").await;
+    assert_eq!(second_stream.status, 200);
+    assert_eq!(second_stream.next().await.event, "lastEventId");
+    let private = first.send(&app, &name, "to the latest of that name").await;
+    let after = first.send(&app, "", "and to everyone").await;
+    let got = second_stream.take(2).await;
+    assert_eq!(
+        got.iter()
+            .map(|e| (e.id.as_deref().unwrap_or(""), e.event.as_str()))
+            .collect::<Vec<_>>(),
+        [(private.as_str(), "private"), (after.as_str(), "global")]
+    );
+    let got = first_stream.next().await;
+    assert_eq!(
+        (got.id.as_deref(), got.event.as_str()),
+        (Some(after.as_str()), "global"),
+        "the first got only the global message"
+    );
 }

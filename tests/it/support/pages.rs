@@ -32,6 +32,8 @@ pub struct Shown {
 #[serde(rename_all = "camelCase")]
 pub struct PageState {
     pub name: String,
+    /// The session's id, which names the visitor's private channel.
+    pub session_id: String,
     pub state: String,
     pub last_id: String,
     pub missed: bool,
