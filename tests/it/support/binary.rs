@@ -27,6 +27,8 @@ pub struct Redisse {
     pub internal_port: Option<u16>,
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// The thread that copies standard error into `stderr`, until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Redisse {
@@ -60,7 +62,7 @@ impl Redisse {
         let (internal_tx, internal_rx) = mpsc::channel();
         let lines = BufReader::new(child.stderr.take().unwrap());
         let log = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
                 let port = line
                     .split("://127.0.0.1:")
@@ -90,6 +92,7 @@ impl Redisse {
             port,
             internal_port,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -144,6 +147,10 @@ impl Redisse {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Everything it wrote is in the log once the copy has read to the end.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {
