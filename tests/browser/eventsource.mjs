@@ -51,11 +51,8 @@
 // browser and exits if anything hangs.
 
 import { createHash, X509Certificate } from 'node:crypto';
-import { rmSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import puppeteer from 'puppeteer-core';
+import { readFile } from 'node:fs/promises';
+import { closeChromium, killChromiumNow, launchChromium } from './chromium.mjs';
 
 const READY_STATES = ['CONNECTING', 'OPEN', 'CLOSED'];
 const CLOSED = 2;
@@ -117,42 +114,18 @@ function checkJob(job, index) {
 class JobError extends Error {}
 
 let browser;
-let userDataDir;
-
-// At once, on a signal or the watchdog: Chromium runs in a process group of its own (puppeteer
-// starts it detached), so it would outlive this process.
-function killBrowserNow() {
-  const proc = browser?.process();
-  if (proc && proc.exitCode === null && proc.signalCode === null) {
-    try {
-      process.kill(-proc.pid, 'SIGKILL');
-    } catch {
-      proc.kill('SIGKILL');
-    }
-  }
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
-}
 
 for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130], ['SIGHUP', 129]]) {
   process.on(signal, () => {
     process.stderr.write(`eventsource.mjs: ${signal}: closing the browser\n`);
-    killBrowserNow();
+    killChromiumNow();
     process.exit(code);
   });
 }
 
 async function cleanUp() {
-  if (browser) {
-    const proc = browser.process();
-    const closed = browser.close().catch(() => {});
-    await Promise.race([closed, new Promise((r) => setTimeout(r, 5000))]);
-    if (proc && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-    browser = undefined;
-  }
-  if (userDataDir) {
-    await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
-    userDataDir = undefined;
-  }
+  await closeChromium();
+  browser = undefined;
 }
 
 async function run(jobs, spkiHashes) {
@@ -160,35 +133,14 @@ async function run(jobs, spkiHashes) {
   const longest = Math.max(...jobs.map((job) => job.timeoutMs));
   const watchdog = setTimeout(() => {
     process.stderr.write(`eventsource.mjs: watchdog: still running after ${elapsed()} ms\n`);
-    killBrowserNow();
+    killChromiumNow();
     process.stdout.write(JSON.stringify({ fatal: 'watchdog: the run hung' }) + '\n');
     process.exit(1);
   }, longest + 30000);
   watchdog.unref();
 
-  const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-  userDataDir = await mkdtemp(join(tmpdir(), 'redisse-chromium-'));
-  browser = await puppeteer.launch({
-    executablePath,
-    headless: true,
-    userDataDir,
-    // Without the background-networking flags, a closed network makes connections fail.
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      ...(spkiHashes.length ? [`--ignore-certificate-errors-spki-list=${spkiHashes.join(',')}`] : []),
-    ],
-    timeout: 20000,
-    protocolTimeout: 20000,
-    // The signal handlers above close the browser and exit.
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false,
+  browser = await launchChromium({
+    args: spkiHashes.length ? [`--ignore-certificate-errors-spki-list=${spkiHashes.join(',')}`] : [],
   });
   const results = await Promise.all(jobs.map((job, index) => watch(job, index)));
   // Let the last log entries (a CORS message follows the error event) come in.

@@ -22,29 +22,16 @@
 // The browser closes on "quit", at the end of standard input, on SIGTERM/SIGINT/SIGHUP, and
 // when no command came for IDLE_MS (the test that drove it is gone).
 
-import { rmSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import puppeteer from 'puppeteer-core';
+import { closeChromium, killChromiumNow, launchChromium } from './chromium.mjs';
 
 const IDLE_MS = 120000;
 const pages = [];
 let consoleErrors = [];
 let browser;
-let userDataDir;
 
 function closeNow(code) {
-  const proc = browser?.process();
-  if (proc && proc.exitCode === null && proc.signalCode === null) {
-    try {
-      process.kill(-proc.pid, 'SIGKILL');
-    } catch {
-      proc.kill('SIGKILL');
-    }
-  }
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+  killChromiumNow();
   process.exit(code);
 }
 
@@ -62,27 +49,7 @@ function watchIdle() {
 }
 
 async function launch() {
-  userDataDir = await mkdtemp(join(tmpdir(), 'redisse-chromium-'));
-  browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    userDataDir,
-    defaultViewport: { width: 900, height: 360 },
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-    timeout: 20000,
-    protocolTimeout: 20000,
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false,
-  });
+  browser = await launchChromium({ defaultViewport: { width: 900, height: 360 } });
 }
 
 function pageAt(n) {
@@ -186,5 +153,5 @@ for await (const line of lines) {
   process.stdout.write(JSON.stringify({ id: command.id, ...answer }) + '\n');
 }
 clearTimeout(idle);
-await Promise.race([browser.close().catch(() => {}), new Promise((r) => setTimeout(r, 5000))]);
-closeNow(0);
+await closeChromium();
+process.exit(0);

@@ -409,38 +409,77 @@ async fn the_page_form_publishes_to_everyone_or_to_one_visitor() {
     );
 }
 
+/// The example on Redis with a visitor's page open, one event from another visitor shown,
+/// then the app killed (SIGKILL) and the page reconnecting.
+struct Crashed {
+    redis: RedisServer,
+    secret: &'static str,
+    /// Where the app listened, to start it again there.
+    listen: String,
+    pages: Pages,
+    page: usize,
+    /// The page's session id.
+    session_id: String,
+    sender: Sender,
+    /// The id of the event shown before the crash.
+    before: String,
+}
+
+impl Crashed {
+    async fn after_one_event() -> Self {
+        let redis = RedisServer::start();
+        let secret = "the same secret across restarts";
+        let mut app = ChatApp::start("127.0.0.1:0", Some(&redis.url()), secret);
+        let listen = format!("127.0.0.1:{}", app.port);
+        let mut pages = Pages::start();
+        let (page, opened) = open_visitor(&mut pages, &app).await;
+        let sender = Sender::visit(&app).await;
+        let before = sender.send(&app, "", "before the crash").await;
+        pages
+            .wait_for(page, PAGE_PATIENCE, "the first event", |s| {
+                s.last_id == before
+            })
+            .await;
+        app.kill();
+        pages
+            .wait_for(page, PAGE_PATIENCE, "the page sees the app gone", |s| {
+                s.state == "reconnecting"
+            })
+            .await;
+        Crashed {
+            redis,
+            secret,
+            listen,
+            pages,
+            page,
+            session_id: opened.session_id,
+            sender,
+            before,
+        }
+    }
+
+    /// The app started again where it was, with the same secret.
+    fn restart(&self) -> ChatApp {
+        ChatApp::start(&self.listen, Some(&self.redis.url()), self.secret)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_redis_the_page_resumes_after_the_app_is_killed_and_restarted() {
-    let redis = RedisServer::start();
-    let secret = "the same secret across restarts";
-    let mut app = ChatApp::start("127.0.0.1:0", Some(&redis.url()), secret);
-    let listen = format!("127.0.0.1:{}", app.port);
-    let mut pages = Pages::start();
-    let (page, opened) = open_visitor(&mut pages, &app).await;
-    let id = opened.session_id;
-    let sender = Sender::visit(&app).await;
-
-    let before = sender.send(&app, "", "before the crash").await;
-    pages
-        .wait_for(page, PAGE_PATIENCE, "the first event", |s| {
-            s.last_id == before
-        })
-        .await;
-
-    app.kill();
-    pages
-        .wait_for(page, PAGE_PATIENCE, "the page sees the app gone", |s| {
-            s.state == "reconnecting"
-        })
-        .await;
+    let mut c = Crashed::after_one_event().await;
+    let (page, sender, before) = (c.page, &c.sender, c.before.clone());
     // Meanwhile another process publishes (a worker of the application, straight into Redis).
     let worker =
-        Publisher::redis_with_history(&redis.url(), HISTORY_SIZE).expect("a Redis publisher");
+        Publisher::redis_with_history(&c.redis.url(), HISTORY_SIZE).expect("a Redis publisher");
     let data = |text: &str| serde_json::json!({ "from": "a worker", "text": text }).to_string();
     let mut meanwhile = Vec::new();
     for (channel, kind, text) in [
         ("global".to_string(), "global", "while you were away"),
-        (format!("visitor.{id}"), "private", "a private word"),
+        (
+            format!("visitor.{}", c.session_id),
+            "private",
+            "a private word",
+        ),
         ("global".to_string(), "global", "and one more"),
     ] {
         let id = worker
@@ -450,9 +489,10 @@ async fn on_redis_the_page_resumes_after_the_app_is_killed_and_restarted() {
         meanwhile.push(shown(&id.to_string(), kind, "a worker", text));
     }
 
-    let app = ChatApp::start(&listen, Some(&redis.url()), secret);
+    let app = c.restart();
     let last = meanwhile.last().unwrap().id.clone();
-    let state = pages
+    let state = c
+        .pages
         .wait_for(page, PAGE_PATIENCE, "the events published meanwhile", |s| {
             s.last_id == last
         })
@@ -460,7 +500,8 @@ async fn on_redis_the_page_resumes_after_the_app_is_killed_and_restarted() {
     assert_eq!(state.state, "open", "{state:#?}");
     // The sender's session survived the restart too (the same secret).
     let after = sender.send(&app, "", "after the restart").await;
-    let state = pages
+    let state = c
+        .pages
         .wait_for(page, PAGE_PATIENCE, "a live event after the restart", |s| {
             s.last_id == after
         })
@@ -475,29 +516,10 @@ async fn on_redis_the_page_resumes_after_the_app_is_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_says_when_events_it_missed_are_gone_from_history() {
-    let redis = RedisServer::start();
-    let secret = "the same secret across restarts";
-    let mut app = ChatApp::start("127.0.0.1:0", Some(&redis.url()), secret);
-    let listen = format!("127.0.0.1:{}", app.port);
-    let mut pages = Pages::start();
-    let (page, _) = open_visitor(&mut pages, &app).await;
-    let sender = Sender::visit(&app).await;
-    let before = sender.send(&app, "", "before the crash").await;
-    pages
-        .wait_for(page, PAGE_PATIENCE, "the first event", |s| {
-            s.last_id == before
-        })
-        .await;
-
-    app.kill();
-    pages
-        .wait_for(page, PAGE_PATIENCE, "the page sees the app gone", |s| {
-            s.state == "reconnecting"
-        })
-        .await;
+    let mut c = Crashed::after_one_event().await;
     // More than the channel's history keeps: the oldest of them are gone.
     let worker =
-        Publisher::redis_with_history(&redis.url(), HISTORY_SIZE).expect("a Redis publisher");
+        Publisher::redis_with_history(&c.redis.url(), HISTORY_SIZE).expect("a Redis publisher");
     let mut ids = Vec::new();
     for n in 0..HISTORY_SIZE + 5 {
         let data = serde_json::json!({ "from": "a worker", "text": format!("event {n}") });
@@ -508,16 +530,17 @@ async fn the_page_says_when_events_it_missed_are_gone_from_history() {
         ids.push(id.to_string());
     }
 
-    let _app = ChatApp::start(&listen, Some(&redis.url()), secret);
+    let _app = c.restart();
     let last = ids.last().unwrap().clone();
-    let state = pages
-        .wait_for(page, PAGE_PATIENCE, "the events retained", |s| {
+    let state = c
+        .pages
+        .wait_for(c.page, PAGE_PATIENCE, "the events retained", |s| {
             s.last_id == last
         })
         .await;
     assert!(state.missed, "the missedevents notice shows: {state:#?}");
     let shown_ids: Vec<&str> = state.events.iter().map(|e| e.id.as_str()).collect();
-    let mut expected = vec![before.as_str()];
+    let mut expected = vec![c.before.as_str()];
     expected.extend(ids[5..].iter().map(String::as_str));
     assert_eq!(shown_ids, expected, "the events history kept, in order");
     assert_eq!(state.state, "open");

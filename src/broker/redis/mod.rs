@@ -372,10 +372,22 @@ impl RedisPublisher {
         event: &Event,
         keyed: Option<&Keyed<'_>>,
     ) -> Result<Outcome, BrokerError> {
+        self.publish_tail(channel, &event.encode_tail(), keyed)
+            .await
+    }
+
+    /// [`RedisPublisher::publish`] with the event already encoded after its `id:` line
+    /// (`Event::encode_tail`).
+    pub async fn publish_tail(
+        &self,
+        channel: &str,
+        tail: &[u8],
+        keyed: Option<&Keyed<'_>>,
+    ) -> Result<Outcome, BrokerError> {
         let mut inv = self.script.key(channel);
         inv.key(COUNTER_KEY)
             .key(TRIMMED_KEY)
-            .arg(event.encode_tail())
+            .arg(tail)
             .arg(self.history_size);
         if let Some(keyed) = keyed {
             // At least a millisecond (`Config::validate`): `PX 0` is an error in Redis.
@@ -637,7 +649,8 @@ impl RedisBroker {
         event: &Event,
         keyed: Option<&Keyed<'_>>,
     ) -> Result<Outcome, BrokerError> {
-        let outcome = self.publisher.publish(channel, event, keyed).await?;
+        let tail = event.encode_tail();
+        let outcome = self.publisher.publish_tail(channel, &tail, keyed).await?;
         // An id this process handed out is one it knows: should Redis come back without it (a
         // crash after the write was acknowledged but before it was saved), the subscriber sees
         // the counter below it and tells the streams, rather than the event vanishing unseen.
@@ -646,7 +659,7 @@ impl RedisBroker {
         if let Outcome::Published(id) = outcome {
             // As the subscriber will read it back: the script's payload, parsed as stored.
             let mut payload = format!("id: {id}\n").into_bytes();
-            payload.extend_from_slice(&event.encode_tail());
+            payload.extend_from_slice(&tail);
             if let Ok((_, bytes)) = parse_stored(payload) {
                 self.published.offer(id, channel, &bytes);
             }
