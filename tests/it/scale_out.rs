@@ -44,9 +44,19 @@ async fn within_limit(body: impl Future<Output = ()>) {
 /// event published through the first so that the counter exists (a fresh stream then starts
 /// with `lastEventId`).
 async fn three_processes(redis: &RedisServer, history: usize) -> Vec<Arc<Redisse>> {
+    three_processes_with(redis, history, &[]).await
+}
+
+/// [`three_processes`] with options of the test's own.
+async fn three_processes_with(
+    redis: &RedisServer,
+    history: usize,
+    extra: &[&str],
+) -> Vec<Arc<Redisse>> {
     let url = redis.url();
     let history = history.to_string();
-    let args = ["--redis", url.as_str(), "--history-size", history.as_str()];
+    let mut args = vec!["--redis", url.as_str(), "--history-size", history.as_str()];
+    args.extend_from_slice(extra);
     let processes: Vec<_> = blocking(|| (0..3).map(|_| Arc::new(Redisse::start(&args))).collect());
     for p in &processes {
         p.health_becomes(200).await;
@@ -528,6 +538,59 @@ async fn a_killed_process_clients_move_to_the_others_and_lose_nothing() {
                 n + 1
             );
         }
+    })
+    .await;
+}
+
+/// A process that stops reading its pub/sub connection (frozen here: SIGSTOP) while 6.4 MB
+/// of events are published through the others (more than the sockets' buffers take) is cut by
+/// Redis when the output waiting for it passes `client-output-buffer-limit pubsub` (32 KiB
+/// here, 32 MB by default). Once it runs again it reconnects and refills its streams from
+/// history: they get every event once, in order, without `missedevents`; the other processes
+/// were not cut and their streams never noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_redis_cuts_for_falling_behind_refills_its_streams() {
+    within_limit(async {
+        let limit = [
+            "--client-output-buffer-limit".to_owned(),
+            "pubsub 32kb 16kb 1".to_owned(),
+        ];
+        let redis = blocking(|| RedisServer::start_with(&limit, None));
+        // Queues that hold everything published here: the clients read once it is all out.
+        let processes =
+            three_processes_with(&redis, 10_000, &["--max-queue-bytes", "16777216"]).await;
+        let mut clients = Vec::new();
+        for (n, p) in processes.iter().enumerate() {
+            clients.push(Client::live(format!("the client of process {n}"), p, &["a"]).await);
+        }
+        let before = reconnections(&processes).await;
+        processes[0].signal("-STOP");
+        let data = "x".repeat(16_000);
+        let mut published = Vec::new();
+        for i in 0..400 {
+            let id = processes[1 + i % 2].publish_event("a", None, &data).await;
+            published.push((id, "a"));
+        }
+        processes[0].signal("-CONT");
+        wait_reconnected(&processes[..1], &before[..1]).await;
+        assert_eq!(
+            reconnections(&processes[1..]).await,
+            before[1..],
+            "the others were not cut"
+        );
+        for c in &mut clients {
+            let want = expected(&published, &c.channels, c.start);
+            c.read_through(*want.last().unwrap()).await;
+            c.check(&want);
+            assert!(
+                c.missed_at.is_empty(),
+                "{}: history held every event (missedevents after {:?} events)",
+                c.name,
+                c.missed_at
+            );
+            assert_eq!(c.connections, 1, "{}: one stream all along", c.name);
+        }
+        join_all(clients.iter_mut().map(Client::expect_silence)).await;
     })
     .await;
 }
