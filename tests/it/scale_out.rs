@@ -573,6 +573,11 @@ async fn a_process_redis_cuts_for_falling_behind_refills_its_streams() {
         }
         processes[0].signal("-CONT");
         wait_reconnected(&processes[..1], &before[..1]).await;
+        let log = processes[0].log();
+        assert!(
+            log.contains("redis subscriber connection lost"),
+            "the cut is logged:\n{log}"
+        );
         assert_eq!(
             reconnections(&processes[1..]).await,
             before[1..],
