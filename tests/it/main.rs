@@ -44,6 +44,7 @@ mod redis_layout;
 mod redis_tls;
 mod resume;
 mod ruby_interop;
+mod scale_out;
 mod shutdown;
 mod slow_client;
 mod slow_client_hyper;

@@ -8,6 +8,9 @@
 //! The binary's public listener is on a free loopback port (the example's `127.0.0.1:8082`), its
 //! internal listener on another; only the test, as the application would, publishes there.
 //!
+//! One test lists three processes on one Redis in the example's upstream (with `least_conn`)
+//! and kills one of them (docs/operations.md, "Scaling connections: many processes").
+//!
 //! nginx runs as one foreground process (`daemon off; master_process off;`) with its prefix,
 //! logs, pid file and temp directories in a temporary directory. These tests fail, with the
 //! command to run, when `/usr/sbin/nginx` is not installed (`.ci/run` installs it).
@@ -26,8 +29,9 @@ use reqwest::Method;
 use reqwest::header::HeaderMap;
 
 use crate::support::binary::Redisse;
-use crate::support::sse::client;
-use crate::support::{PATIENCE, SseEvent, SseStream};
+use crate::support::sse::{Next, client};
+use crate::support::steps::id_of;
+use crate::support::{PATIENCE, RedisServer, SseEvent, SseStream};
 
 const NGINX: &str = "/usr/sbin/nginx";
 /// The application's 404 body, to tell its answers from redisse's.
@@ -713,4 +717,126 @@ async fn the_jwt_variant_streams_with_a_token_and_refuses_the_rest() {
     assert_eq!(real, warm + 1, "something was published through nginx");
     let e = next_message(&mut s).await;
     assert_eq!((e.id, e.data), (Some(real.to_string()), "real".to_owned()));
+}
+
+/// docs/operations.md, "nginx in front of them": the example's upstream listing three redisse
+/// processes on one Redis, with `least_conn`. Six streams through nginx are spread two to a
+/// process; one process is killed (SIGKILL) while events are published, and its two clients
+/// come back through nginx with `Last-Event-ID`: nginx tries the dead one, is refused, and
+/// sends them to the others (never a 502), and every stream gets every event once, in order,
+/// without `missedevents`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_through_nginx_spread_over_three_processes_and_survive_one_killed() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let processes: Vec<Redisse> = (0..3).map(|_| Redisse::start(&["--redis", &url])).collect();
+    let upstream = format!(
+        "upstream redisse {{ least_conn; server 127.0.0.1:8082; server 127.0.0.1:{}; \
+         server 127.0.0.1:{}; keepalive 16; }}",
+        processes[1].port, processes[2].port
+    );
+    let conf = replace_once(
+        &example("nginx.conf"),
+        "upstream redisse { server 127.0.0.1:8082; keepalive 16; }",
+        &upstream,
+    );
+    let app = start_app().await;
+    let nginx = Nginx::start(&conf, app, processes[0].port);
+    processes[0].publish("t.warm", "warmup".into()).await;
+    let open = |position: Option<String>| {
+        let url = nginx.url("/app-events");
+        async move {
+            let mut headers = vec![("accept", "text/event-stream"), ALICE];
+            let position = position.unwrap_or_default();
+            if !position.is_empty() {
+                headers.push(("last-event-id", &position));
+            }
+            let s = SseStream::open(&url, &headers).await;
+            assert_eq!(s.status, 200, "a stream through nginx");
+            s
+        }
+    };
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        let mut s = open(None).await;
+        assert_eq!(s.next().await.event, "lastEventId");
+        streams.push(s);
+    }
+    for (n, p) in processes.iter().enumerate() {
+        assert_eq!(p.metric("redisse_streams_open").await, 2, "process {n}");
+    }
+    // Each stream's event ids, across its connections.
+    let mut got: Vec<Vec<u64>> = vec![Vec::new(); 6];
+    let mut want = Vec::new();
+    for i in 0..3 {
+        want.push(
+            processes[1]
+                .publish_event("global", None, &format!("before {i}"))
+                .await,
+        );
+    }
+    for (s, got) in streams.iter_mut().zip(&mut got) {
+        for _ in 0..3 {
+            got.push(id_of(&next_message(s).await));
+        }
+    }
+    processes[0].signal("-KILL");
+    for i in 0..3 {
+        want.push(
+            processes[2]
+                .publish_event("global", None, &format!("while {i}"))
+                .await,
+        );
+    }
+    let mut moved = 0;
+    for (s, got) in streams.iter_mut().zip(&mut got) {
+        // A stream of the killed process ends; the others get the new events.
+        while got.len() < 6 {
+            match s.next_within(PATIENCE).await {
+                Next::Event(e) if e.event == "lastEventId" => {}
+                Next::Event(e) => {
+                    assert_ne!(e.event, "missedevents", "nothing was lost");
+                    got.push(id_of(&e));
+                }
+                Next::Closed => {
+                    moved += 1;
+                    let position = got.last().map(u64::to_string);
+                    *s = open(position).await;
+                }
+                Next::Timeout => {
+                    panic!("no event and no end: {:?}", String::from_utf8_lossy(&s.raw))
+                }
+            }
+        }
+    }
+    assert_eq!(
+        moved, 2,
+        "the killed process's streams came back through nginx"
+    );
+    // least_conn sent the first of them to the dead process (no connection left), which
+    // refused it: nginx took the next server and left the dead one out.
+    let log = nginx.error_log();
+    assert!(
+        log.contains("Connection refused") && log.contains("upstream server temporarily disabled"),
+        "nginx's log:\n{log}"
+    );
+    let left: u64 = processes[1].metric("redisse_streams_open").await
+        + processes[2].metric("redisse_streams_open").await;
+    assert_eq!(left, 6, "every stream is on the two processes left");
+    for i in 0..3 {
+        want.push(
+            processes[1]
+                .publish_event("global", None, &format!("after {i}"))
+                .await,
+        );
+    }
+    for (n, (s, got)) in streams.iter_mut().zip(&mut got).enumerate() {
+        while got.len() < want.len() {
+            let e = next_message(s).await;
+            assert_ne!(e.event, "missedevents", "stream {n}: nothing was lost");
+            got.push(id_of(&e));
+        }
+        assert_eq!(*got, want, "stream {n}: every event once, in order");
+        s.expect_silence(Duration::from_millis(200)).await;
+    }
 }

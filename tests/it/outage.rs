@@ -12,37 +12,14 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use crate::support::sse::{Next, client};
+use crate::support::steps::{blocking, id_of, numsub, read_through, wait_until};
 use crate::support::{Backend, PATIENCE, RedisServer, SseEvent, SseStream, TestServer};
-
-/// Polls `cond` every 10 ms until it holds; fails the test after [`PATIENCE`].
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn wait_broker(server: &TestServer, up: bool) {
     wait_until(&format!("the broker is up == {up}"), || {
         server.redisse.is_broker_up() == up
     })
     .await;
-}
-
-/// Subscribers of `channel` as Redis counts them.
-fn numsub(redis: &RedisServer, channel: &str) -> i64 {
-    let Ok(client) = redis::Client::open(redis.url()) else {
-        return -1;
-    };
-    let Ok(mut con) = client.get_connection() else {
-        return -1;
-    };
-    let reply: redis::RedisResult<(String, i64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query(&mut con);
-    reply.map_or(-1, |(_, n)| n)
 }
 
 async fn health(server: &TestServer) -> u16 {
@@ -65,35 +42,6 @@ fn redis_mut(backend: &mut Backend) -> &mut RedisServer {
 /// `redisse_broker_reconnects_total` from `/metrics`.
 fn reconnects(server: &TestServer) -> u64 {
     server.metric("redisse_broker_reconnects_total")
-}
-
-/// Runs a blocking Redis-process operation without stalling the runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-fn id_of(e: &SseEvent) -> u64 {
-    e.id.as_deref().expect("id").parse().expect("numeric id")
-}
-
-/// Reads events until one with id `last` (inclusive); fails on `missedevents`.
-async fn read_through(s: &mut SseStream, last: u64) -> Vec<u64> {
-    let mut ids = Vec::new();
-    while ids.last() != Some(&last) {
-        let e = s.next().await;
-        assert_ne!(
-            e.event, "missedevents",
-            "nothing was lost; got {ids:?} so far"
-        );
-        let id = id_of(&e);
-        assert!(
-            ids.last().is_none_or(|&prev| id > prev),
-            "ids go up: {id} after {ids:?}"
-        );
-        assert!(id <= last, "unexpected id {id} past {last}");
-        ids.push(id);
-    }
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

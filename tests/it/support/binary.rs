@@ -109,7 +109,6 @@ impl Redisse {
         format!("http://127.0.0.1:{port}{path}")
     }
 
-    /// The process id.
     /// Publishes one event through the internal listener (`event_type` as `?type=`); its id.
     pub async fn publish_event(&self, channel: &str, event_type: Option<&str>, data: &str) -> u64 {
         let mut url = self.internal_url(&format!("/publish/{channel}"));
@@ -129,6 +128,24 @@ impl Redisse {
         v["id"].as_u64().expect("publish answers an id")
     }
 
+    /// The value of an unlabelled metric in `GET /metrics` on the internal listener (fails
+    /// the test when it is missing).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = client()
+            .get(self.internal_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics' text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+    }
+
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -11,6 +11,7 @@ pub mod raw;
 pub mod redis;
 pub mod server;
 pub mod sse;
+pub mod steps;
 pub mod tap;
 
 use std::time::Duration;
