@@ -330,7 +330,7 @@ impl SentinelSettings {
             .map(|url| redis_url::describe(url))
             .collect();
         format!(
-            "the primary {} of Sentinel {}",
+            "primary {} (Sentinel {})",
             redis_url::describe_master(&self.master),
             sentinels.join(",")
         )

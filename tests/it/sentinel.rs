@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use redisse::Config;
 use redisse::config::SentinelSettings;
+use redisse::{Config, Event, Publisher};
 use tokio::time::{Instant, sleep};
 
 use crate::startup::fails_to_start;
@@ -258,4 +258,110 @@ async fn the_binary_finds_the_primary_through_sentinel_and_names_an_unknown_one(
     assert!(both.contains("--redis"), "{both}");
     let nameless = crate::auth_support::fails_to_start(&["--redis-sentinel", &urls]).await;
     assert!(nameless.contains("--redis-master"), "{nameless}");
+}
+
+/// The Rust publisher through Sentinel follows a failover, then a switch-over that leaves the
+/// old primary up as a replica (which refuses writes): with retries under idempotency keys,
+/// every event lands once, in order, in the last primary's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_through_sentinel_follows_a_failover_and_a_switch_over() {
+    let mut setup = SentinelSetup::start();
+    let publisher =
+        Publisher::redis_sentinel(&setup.sentinel_list(), MASTER, 100).expect("a publisher");
+    let publish = |i: u32| {
+        let publisher = publisher.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut failures = 0;
+            loop {
+                match publisher
+                    .publish_idempotent("p", Event::message(i.to_string()), &format!("p-{i}"))
+                    .await
+                {
+                    Ok(p) => return (p.id, failures),
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "publishing {i} still fails: {e}");
+                        failures += 1;
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    };
+    let mut ids = vec![publish(0).await.0];
+    setup.wait_synced();
+    setup = tokio::task::spawn_blocking(move || {
+        setup.kill_primary_and_wait_failover();
+        setup
+    })
+    .await
+    .expect("failover");
+    ids.push(publish(1).await.0);
+    setup = tokio::task::spawn_blocking(move || {
+        setup.restart_old_primary();
+        setup.switch_over();
+        setup
+    })
+    .await
+    .expect("switch-over");
+    // The publisher's connection is to the demoted primary, which is up and a replica now.
+    let (id, failures) = publish(2).await;
+    ids.push(id);
+    eprintln!("publishes refused after the switch-over: {failures}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let stored: Vec<String> = redis::cmd("ZRANGE")
+        .arg("p")
+        .arg(0)
+        .arg(-1)
+        .query(&mut setup.primary().con())
+        .expect("ZRANGE");
+    let data: Vec<&str> = stored
+        .iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .collect();
+    assert_eq!(data, ["0", "1", "2"], "{stored:?}");
+}
+
+/// A switch-over (`SENTINEL FAILOVER`) under a server: the old primary stays up, accepting
+/// writes until the sentinels demote it. Within a second of the sentinels naming the new one
+/// (`primary::RECHECK`), the server writes there and its subscriber moves there, and every event
+/// published through it reaches the stream once. (A write in that second may still go to the
+/// old primary and be lost when it is demoted: the server then says `missedevents`, as
+/// `writes_the_promoted_replica_never_got_are_missedevents` shows for a failover.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_over_moves_the_server_to_the_new_primary() {
+    let mut setup = SentinelSetup::start();
+    let server = TestServer::start(config(&setup)).await;
+    let mut stream = server.live_stream("/?a").await;
+    publish_until_done(&server, "a", "0").await;
+    setup.wait_synced();
+    let setup = tokio::task::spawn_blocking(move || {
+        setup.switch_over();
+        setup
+    })
+    .await
+    .expect("switch-over");
+    sleep(Duration::from_millis(1100)).await;
+    for i in 1..6 {
+        publish_until_done(&server, "a", &i.to_string()).await;
+        sleep(Duration::from_millis(200)).await;
+    }
+    let got: Vec<String> = take_events(&mut stream, 6, Duration::from_secs(30))
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(got, ["0", "1", "2", "3", "4", "5"]);
+    stream.expect_silence(Duration::from_millis(300)).await;
+    let stored: Vec<String> = redis::cmd("ZRANGE")
+        .arg("a")
+        .arg(0)
+        .arg(-1)
+        .query(&mut setup.primary().con())
+        .expect("ZRANGE");
+    assert_eq!(
+        stored.len(),
+        6,
+        "the new primary holds every event: {stored:?}"
+    );
 }

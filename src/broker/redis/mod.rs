@@ -360,6 +360,22 @@ impl RedisPublisher {
         ))
     }
 
+    /// A publisher to the primary the `sentinels` (URLs) name `master` (see `primary`); it
+    /// asks them at first use and again whenever the primary refuses or cannot be reached.
+    pub fn through_sentinel(
+        sentinels: &[String],
+        master: &str,
+        history_size: usize,
+        window: Duration,
+    ) -> Result<Self, BrokerError> {
+        let primary = Primary::sentinel(sentinels, master).map_err(BrokerError::redis)?;
+        Ok(RedisPublisher::new(
+            Commands::following(Arc::new(primary)),
+            history_size,
+            window,
+        ))
+    }
+
     fn new(commands: Commands, history_size: usize, window: Duration) -> Self {
         RedisPublisher {
             commands,
@@ -408,10 +424,22 @@ impl RedisPublisher {
                 .arg(&keyed.fingerprint)
                 .arg(window);
         }
-        let (id, flag): (u64, u8) = inv
-            .invoke_async(&mut self.commands.get().await?)
-            .await
-            .map_err(BrokerError::redis)?;
+        let (id, flag): (u64, u8) = match inv.invoke_async(&mut self.commands.get().await?).await {
+            // Refused before it ran (a demoted primary, a dead address), and the primary
+            // moved: sent once more, there.
+            Err(e)
+                if (e.code() == Some("READONLY") || e.is_connection_refusal())
+                    && self.commands.follow_after(&e).await =>
+            {
+                inv.invoke_async(&mut self.commands.get().await?).await
+            }
+            Err(e) => {
+                self.commands.follow_after(&e).await;
+                Err(e)
+            }
+            ok => ok,
+        }
+        .map_err(BrokerError::redis)?;
         match flag {
             0 => Ok(Outcome::Published(id)),
             1 => Ok(Outcome::Replayed(id)),
@@ -633,9 +661,13 @@ impl RedisBroker {
         // first after an outage reconnects it for both (the subscriber wakes it first). Through
         // Sentinel, the subscriber makes them when it first finds the primary, and again
         // whenever it moves.
-        let (commands, refills) = match &primary {
+        let primary = Arc::new(primary);
+        let (commands, refills) = match &*primary {
             Primary::Fixed(client) => (Commands::to(client)?, Commands::to(client)?),
-            Primary::Sentinel(_) => (Commands::unknown(), Commands::unknown()),
+            Primary::Sentinel(_) => (
+                Commands::following(primary.clone()),
+                Commands::following(primary.clone()),
+            ),
         };
         let subscriber = Subscriber {
             primary,

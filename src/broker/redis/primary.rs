@@ -22,6 +22,7 @@ use redis::aio::ConnectionManager;
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsMode};
 use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
 
 use super::{client_from_info, command_connection};
 use crate::error::BrokerError;
@@ -121,11 +122,32 @@ fn master_settings(
 /// the primary moves. Before the first resolution (Sentinel) there is none: a command waits
 /// for it a little ([`FIRST_PRIMARY_WAIT`]: a publish made as the server starts is not refused
 /// for being early), then fails saying so.
+///
+/// Through Sentinel, a command also asks the sentinels again when the last answer is older than
+/// [`RECHECK`]: in a switch-over the old primary stays up and keeps accepting writes until the
+/// sentinels get round to demoting it (seconds), and a write it takes then is lost when it
+/// becomes a replica. So once the sentinels name the new primary, writes go there within a
+/// second, at the cost of one resolution a second while commands flow.
 #[derive(Clone)]
-pub(crate) struct Commands(Arc<watch::Sender<Option<Current>>>);
+pub(crate) struct Commands {
+    current: Arc<watch::Sender<Option<Current>>>,
+    /// Through Sentinel: where to ask when there is no primary yet, when it refused, and
+    /// every [`RECHECK`].
+    follows: Option<Arc<Primary>>,
+    /// When the sentinels were last asked (or the connection last pointed).
+    checked: Arc<std::sync::Mutex<Instant>>,
+    /// Held by the one caller that asks the sentinels again; the others wait for its answer.
+    rechecking: Arc<Mutex<()>>,
+}
 
 /// How long a command waits for the first primary to be found.
 const FIRST_PRIMARY_WAIT: Duration = Duration::from_secs(2);
+
+/// How old the sentinels' last answer may be before a command asks again.
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a command waits for that answer before it goes on with the connection it has.
+const RECHECK_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct Current {
@@ -137,31 +159,109 @@ struct Current {
 impl Commands {
     /// Connections to `client`'s server (lazy: connects on first use, reconnects by itself).
     pub fn to(client: &redis::Client) -> Result<Self, BrokerError> {
-        let commands = Commands::unknown();
+        let commands = Commands::new(None);
         commands.point_at(client)?;
         Ok(commands)
     }
 
-    /// No primary known yet.
-    pub fn unknown() -> Self {
-        Commands(Arc::new(watch::Sender::new(None)))
+    /// Connections to wherever `primary` is: none until it is first resolved, by the first
+    /// command or by whoever calls [`Commands::point_at`].
+    pub fn following(primary: Arc<Primary>) -> Self {
+        Commands::new(Some(primary))
     }
 
-    /// The connection to the primary as last resolved.
+    fn new(follows: Option<Arc<Primary>>) -> Self {
+        Commands {
+            current: Arc::new(watch::Sender::new(None)),
+            follows,
+            checked: Arc::new(std::sync::Mutex::new(Instant::now())),
+            rechecking: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The address the connection goes to, as the client displays it (`None` before the
+    /// first resolution).
+    pub fn addr(&self) -> Option<String> {
+        self.current.borrow().as_ref().map(|c| c.addr.clone())
+    }
+
+    fn checked_long_ago(&self) -> bool {
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= RECHECK
+    }
+
+    /// Asks the sentinels where the primary is and points there, unless another caller did
+    /// within [`RECHECK`] (and `force` is false). One caller asks at a time; the others wait
+    /// for its answer (at most [`RECHECK_WAIT`]), rather than write to a primary that may
+    /// just have been replaced.
+    async fn recheck(&self, force: bool) {
+        let Some(primary) = &self.follows else {
+            return;
+        };
+        let _one = self.rechecking.lock().await;
+        if !force && !self.checked_long_ago() {
+            return;
+        }
+        if let Ok(Ok(client)) = tokio::time::timeout(RECHECK_WAIT, primary.resolve()).await {
+            let _ = self.point_at(&client);
+        }
+        *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// The connection to the primary as last resolved; through Sentinel, resolved now when
+    /// there is none yet (waiting at most [`FIRST_PRIMARY_WAIT`]) or when the last resolution
+    /// is older than [`RECHECK`].
     pub async fn get(&self) -> Result<ConnectionManager, BrokerError> {
-        if let Some(c) = &*self.0.borrow() {
+        if self.follows.is_some() && self.checked_long_ago() {
+            self.recheck(false).await;
+        }
+        if let Some(c) = &*self.current.borrow() {
             return Ok(c.con.clone());
         }
-        let mut known = self.0.subscribe();
-        let found = tokio::time::timeout(FIRST_PRIMARY_WAIT, known.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|c| c.as_ref().map(|c| c.con.clone())));
-        found.ok_or_else(|| {
+        let unknown = || {
             BrokerError::Protocol(
                 "no Redis primary known yet (no sentinel has named one that answers)".into(),
             )
-        })
+        };
+        let mut known = self.current.subscribe();
+        let resolved = async {
+            // Another caller's resolution (or the subscriber's) may land first: whichever
+            // does, serves.
+            self.recheck(true).await;
+            known
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|c| c.as_ref().map(|c| c.con.clone()))
+        };
+        tokio::time::timeout(FIRST_PRIMARY_WAIT, resolved)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)
+    }
+
+    /// After a command failed with `e`: when it says that the server is not the primary any
+    /// more (`READONLY`: a demoted primary) or cannot be reached, asks where the primary is
+    /// now (Sentinel only). Returns whether the connection moved to another server, where a
+    /// command that was refused before it ran may be sent again.
+    pub async fn follow_after(&self, e: &redis::RedisError) -> bool {
+        if self.follows.is_none() {
+            return false;
+        }
+        let moved_away = e.code() == Some("READONLY")
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error();
+        if !moved_away {
+            return false;
+        }
+        let before = self.addr();
+        self.recheck(true).await;
+        self.addr() != before
     }
 
     /// Connects to `client`'s server from now on, unless already there (a RESP2 client is
@@ -169,13 +269,19 @@ impl Commands {
     pub fn point_at(&self, client: &redis::Client) -> Result<bool, BrokerError> {
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
-        if self.0.borrow().as_ref().is_some_and(|c| c.addr == addr) {
+        if self
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.addr == addr)
+        {
             return Ok(false);
         }
         let commands_client =
             client_from_info(info.clone(), None, false).map_err(BrokerError::redis)?;
         let con = command_connection(&commands_client)?;
-        self.0.send_replace(Some(Current { addr, con }));
+        self.current.send_replace(Some(Current { addr, con }));
+        *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         Ok(true)
     }
 }
@@ -200,7 +306,9 @@ mod tests {
 
     #[test]
     fn commands_wait_for_the_first_primary_then_fail_clearly() {
-        let commands = Commands::unknown();
+        // Sentinels that are not there: nothing resolves by itself.
+        let nowhere = Primary::sentinel(&["redis://127.0.0.1:1/".into()], "m").unwrap();
+        let commands = Commands::following(Arc::new(nowhere));
         let a = redis::Client::open("redis://127.0.0.1:1/").unwrap();
         let b = redis::Client::open("redis://127.0.0.1:2/").unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()

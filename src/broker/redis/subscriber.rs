@@ -73,7 +73,7 @@ pub(crate) const MAX_ID_LEAD: u64 = 10_000_000;
 /// The subscriber task's state; built and started by [`super::RedisBroker::start`].
 pub(super) struct Subscriber {
     /// Where to connect: resolved again at each connection (Sentinel).
-    pub primary: Primary,
+    pub primary: Arc<Primary>,
     pub metrics: Arc<Metrics>,
     /// The highest counter streams started from (their positions may be past the highest id
     /// delivered, the dispatch channel's cursor).
@@ -464,6 +464,9 @@ impl Subscriber {
                     }
                 }
                 _ = ping.tick() => {
+                    if let Some(why) = self.primary_moved().await {
+                        return Exit::Lost(why);
+                    }
                     // The watchdog's command reads the counter: a reply proves the connection
                     // alive, and the reading keeps live ids' plausibility check current.
                     // What this process knew before the reading: a publish or a stream's read
@@ -491,6 +494,28 @@ impl Subscriber {
 }
 
 impl Subscriber {
+    /// Through Sentinel, whether the sentinels now name another primary than the one this
+    /// connection is to (a switch-over leaves the old one up, accepting writes, until it is
+    /// demoted): then the subscriber starts over there. Asks them at most every
+    /// `primary::RECHECK` (the streams' commands ask too, and share the answer).
+    async fn primary_moved(&self) -> Option<String> {
+        if !self.primary.moves() {
+            return None;
+        }
+        let connected = self.history.commands.addr();
+        // A cheap call when the answer is fresh: it only asks when it is not.
+        let _ = self.streams_commands.get().await;
+        let named = self.streams_commands.addr();
+        if named.is_some() && named != connected {
+            Some(format!(
+                "Sentinel names another primary: {}",
+                named.unwrap_or_default()
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Applies a batch of queued commands in order: consecutive subscriptions go as one
     /// `SUBSCRIBE` (consecutive removals as one `UNSUBSCRIBE`), so that a burst of new streams
     /// costs a few round trips rather than two each; then one PING answers every barrier of the

@@ -127,7 +127,10 @@ impl SentinelSetup {
             }
             assert!(
                 Instant::now() < deadline,
-                "the replica did not sync: {info}"
+                "the replica ({}) did not sync with the primary ({}): {info}; a sentinel's log:\n{}",
+                self.replica().port(),
+                self.primary().port(),
+                self.sentinels[0].log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -140,6 +143,24 @@ impl SentinelSetup {
         self.kill_primary();
         self.wait_failover();
         started.elapsed()
+    }
+
+    /// Starts the killed server again (empty, as a primary of its own: the sentinels then
+    /// make it a replica of the new primary) and waits until it has synced.
+    pub fn restart_old_primary(&mut self) {
+        self.servers[1 - self.primary].start_again();
+        self.wait_synced();
+    }
+
+    /// A failover the sentinels are asked for (`SENTINEL FAILOVER`): the primary stays up and
+    /// is demoted, as in a planned switch. Waits as [`SentinelSetup::wait_failover`].
+    pub fn switch_over(&mut self) {
+        let _: () = redis::cmd("SENTINEL")
+            .arg("failover")
+            .arg(MASTER)
+            .query(&mut self.sentinels[0].con().expect("a sentinel connection"))
+            .expect("SENTINEL FAILOVER");
+        self.wait_failover();
     }
 
     /// Kills the primary (SIGKILL) and waits for its exit.
@@ -165,7 +186,13 @@ impl SentinelSetup {
                 role.as_deref().and_then(|r| r.first()),
                 Some(redis::Value::BulkString(b)) if b == b"master"
             );
-            if named == self.sentinels.len() && is_master {
+            // And the failover is over for every sentinel (no `failover_in_progress` flag):
+            // a server that comes back during one may be taken for the primary again.
+            let settled = self
+                .sentinels
+                .iter()
+                .all(|s| s.info_field("flags").as_deref() == Some("master"));
+            if named == self.sentinels.len() && is_master && settled {
                 self.primary = 1 - self.primary;
                 return;
             }
