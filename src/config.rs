@@ -78,6 +78,10 @@ pub struct Config {
     /// instead of the system's roots (a private CA); only with a `rediss://` URL. Read when the
     /// instance starts. Default: `None`.
     pub redis_tls_ca: Option<PathBuf>,
+    /// Redis through Sentinel instead of `redis_url`: the sentinels to ask where the primary
+    /// is, and the primary's name (see [`SentinelSettings`]). The broker follows a failover to
+    /// the promoted replica. Default: `None`.
+    pub redis_sentinel: Option<SentinelSettings>,
     /// The period of the `: hb` comment on idle streams; over HTTP/2 (served by `server`), also
     /// how long a client may stay silent before a PING, and then how long it has to answer it.
     /// Default: [`DEFAULT_HEARTBEAT`].
@@ -142,6 +146,7 @@ impl Default for Config {
         Config {
             redis_url: None,
             redis_tls_ca: None,
+            redis_sentinel: None,
             heartbeat: DEFAULT_HEARTBEAT,
             history_size: DEFAULT_HISTORY_SIZE,
             polling_delay: DEFAULT_POLLING_DELAY,
@@ -233,6 +238,21 @@ impl Config {
                 "{bad:?} is not an origin (scheme://host[:port], without a path), nor `*`"
             ));
         }
+        if let Some(sentinel) = &self.redis_sentinel {
+            if self.redis_url.is_some() {
+                return Err("redis_url or redis_sentinel, not both: with Sentinel, the \
+                            primary's address comes from the sentinels"
+                    .into());
+            }
+            sentinel.check()?;
+            if self.redis_tls_ca.is_some() {
+                return Err(
+                    "redis_tls_ca is not supported with redis_sentinel (a TLS primary \
+                            found through Sentinel must chain to the system's roots)"
+                        .into(),
+                );
+            }
+        }
         if self.redis_tls_ca.is_some()
             && !self.redis_url.as_deref().is_some_and(redis_url::is_tls_url)
         {
@@ -247,10 +267,73 @@ impl Config {
     /// understood the URL, without its password (`redis://alice@10.0.0.1:6379/0`,
     /// `unix:///run/redis.sock (db 0)`).
     pub fn broker_description(&self) -> String {
-        match &self.redis_url {
-            None => "in-memory".to_owned(),
-            Some(url) => redis_url::describe(url),
+        match (&self.redis_url, &self.redis_sentinel) {
+            (Some(url), _) => redis_url::describe(url),
+            (None, Some(sentinel)) => sentinel.describe(),
+            (None, None) => "in-memory".to_owned(),
         }
+    }
+
+    /// Whether the broker is Redis (`redis_url` or `redis_sentinel`), not the in-memory one.
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_sentinel.is_some()
+    }
+}
+
+/// Where Sentinel finds the Redis primary ([`Config::redis_sentinel`]).
+///
+/// ```
+/// let sentinel = redisse::config::SentinelSettings::new(
+///     vec!["redis://10.0.0.1:26379".into(), "redis://10.0.0.2:26379".into()],
+///     "mymaster",
+/// );
+/// let mut config = redisse::Config::default();
+/// config.redis_sentinel = Some(sentinel);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SentinelSettings {
+    /// The sentinels' URLs (`redis://[:password@]host:26379`, the password being the
+    /// sentinels' own), asked in turn.
+    pub sentinels: Vec<String>,
+    /// The primary's name as the sentinels know it (`mymaster`), or a URL whose host is that
+    /// name and which carries what the primary's connection needs: its ACL user and password
+    /// and database (`redis://alice:secret@mymaster/2`), `rediss://` for TLS.
+    pub master: String,
+}
+
+impl SentinelSettings {
+    /// The `sentinels` (URLs) and the primary's name or URL (see [`SentinelSettings::master`]).
+    pub fn new(sentinels: Vec<String>, master: impl Into<String>) -> Self {
+        SentinelSettings {
+            sentinels,
+            master: master.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.sentinels.is_empty() {
+            return Err("redis_sentinel needs at least one sentinel URL".into());
+        }
+        if self.master.is_empty() {
+            return Err("redis_sentinel needs the primary's name (redis_master)".into());
+        }
+        Ok(())
+    }
+
+    /// How logs name it: the primary's name and the sentinels, without any password.
+    pub(crate) fn describe(&self) -> String {
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|url| redis_url::describe(url))
+            .collect();
+        format!(
+            "primary {} (Sentinel {})",
+            redis_url::describe_master(&self.master),
+            sentinels.join(",")
+        )
     }
 }
 

@@ -70,7 +70,7 @@ pub(crate) struct Shared {
 }
 
 impl Redisse {
-    /// Starts an instance on the broker `config` names (in memory when `redis_url` is `None`).
+    /// Starts an instance on the broker `config` names (in memory when neither `redis_url` nor `redis_sentinel` is set).
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::InvalidConfig)?;
         let jwt = config

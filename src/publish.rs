@@ -203,6 +203,30 @@ impl Publisher {
         })
     }
 
+    /// A publisher that writes to the Redis primary that Sentinel names (as
+    /// [`Config::redis_sentinel`](crate::Config::redis_sentinel): the sentinels' URLs, and the
+    /// primary's name or a URL with the name as host), keeping `history_size` events per
+    /// channel. It asks the sentinels on first use, and again when the primary refuses a write
+    /// (a demoted primary) or cannot be reached, so that it follows a failover; a publish
+    /// refused before it ran is sent once more to the new primary.
+    #[cfg(feature = "redis")]
+    pub fn redis_sentinel(
+        sentinels: &[String],
+        master: &str,
+        history_size: usize,
+    ) -> Result<Self, PublishError> {
+        Ok(Publisher {
+            target: Target::Redis(RedisPublisher::through_sentinel(
+                sentinels,
+                master,
+                history_size,
+                DEFAULT_IDEMPOTENCY_WINDOW,
+            )?),
+            max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
+            max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
+        })
+    }
+
     /// A publisher that records events instead of sending them, and the recorder to read them.
     pub fn test() -> (Self, TestRecorder) {
         let recorder = TestRecorder::default();

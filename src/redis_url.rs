@@ -57,6 +57,16 @@ pub(crate) fn describe(url: &str) -> String {
     }
 }
 
+/// How logs name the primary of a Sentinel setting: its name, or its URL described as
+/// [`describe`] does (never its password).
+pub(crate) fn describe_master(master: &str) -> String {
+    if master.contains("://") {
+        describe(master)
+    } else {
+        master.to_owned()
+    }
+}
+
 /// How logs name the Redis at `url` in a build without the Redis client: by its scheme.
 #[cfg(not(feature = "redis"))]
 pub(crate) fn describe(url: &str) -> String {

@@ -40,23 +40,21 @@ impl Broker {
         metrics: &Arc<Metrics>,
         tasks: &Tasks,
     ) -> Result<(Broker, Option<SubSender>), Error> {
-        match &config.redis_url {
-            None => {
-                metrics.set_broker_up(true);
-                let broker = memory::MemoryBroker::new(dispatch, config, metrics.clone());
-                Ok((Broker::Memory(broker), None))
-            }
-            #[cfg(feature = "redis")]
-            Some(url) => {
-                let (broker, subscriptions) =
-                    redis::RedisBroker::start(url, config, dispatch, metrics.clone(), tasks)?;
-                Ok((Broker::Redis(broker), Some(subscriptions)))
-            }
-            #[cfg(not(feature = "redis"))]
-            Some(_) => {
-                let _ = tasks;
-                Err(Error::RedisNotBuilt)
-            }
+        if !config.uses_redis() {
+            metrics.set_broker_up(true);
+            let broker = memory::MemoryBroker::new(dispatch, config, metrics.clone());
+            return Ok((Broker::Memory(broker), None));
+        }
+        #[cfg(feature = "redis")]
+        {
+            let (broker, subscriptions) =
+                redis::RedisBroker::start(config, dispatch, metrics.clone(), tasks)?;
+            Ok((Broker::Redis(broker), Some(subscriptions)))
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = tasks;
+            Err(Error::RedisNotBuilt)
         }
     }
 
@@ -67,15 +65,17 @@ impl Broker {
         config: &Config,
         timeout: std::time::Duration,
     ) -> Result<(), Error> {
-        match &config.redis_url {
-            None => Ok(()),
-            #[cfg(feature = "redis")]
-            Some(url) => redis::wait_until_answered(url, config, timeout).await,
-            #[cfg(not(feature = "redis"))]
-            Some(_) => {
-                let _ = timeout;
-                Err(Error::RedisNotBuilt)
-            }
+        if !config.uses_redis() {
+            return Ok(());
+        }
+        #[cfg(feature = "redis")]
+        {
+            redis::wait_until_answered(config, timeout).await
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = timeout;
+            Err(Error::RedisNotBuilt)
         }
     }
 

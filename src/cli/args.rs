@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, CallbackSettings, Config, JwtSettings};
+use crate::config::{self, CallbackSettings, Config, JwtSettings, SentinelSettings};
 
 /// Server-Sent Events server: one EventSource, many channels, Redis or in-memory broker.
 #[derive(Debug, Parser)]
@@ -68,6 +68,27 @@ pub struct ServeArgs {
     /// without it, the system's roots.
     #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
+    /// Redis through Sentinel instead of --redis: the sentinels' URLs, comma-separated
+    /// (redis://[:PASSWORD@]HOST:26379, the sentinels' own password); needs --redis-master.
+    #[arg(
+        long,
+        env = "REDISSE_REDIS_SENTINEL",
+        value_name = "URL,...",
+        value_delimiter = ',',
+        conflicts_with = "redis",
+        requires = "redis_master"
+    )]
+    pub redis_sentinel: Vec<String>,
+    /// The primary's name as the sentinels know it (mymaster), or a URL with that name as
+    /// host and the primary's user, password and database (redis://USER:PASSWORD@mymaster/0,
+    /// rediss:// for TLS).
+    #[arg(
+        long,
+        env = "REDISSE_REDIS_MASTER",
+        value_name = "NAME",
+        requires = "redis_sentinel"
+    )]
+    pub redis_master: Option<String>,
     /// At startup, how long to wait for Redis to answer a PING (a Redis still starting) before
     /// exiting with the cause; 0 starts without waiting (the broker then connects in the
     /// background). Once started, outages are waited out whatever this says.
@@ -405,6 +426,10 @@ impl ServeArgs {
         Ok(Config {
             redis_url: self.redis.clone(),
             redis_tls_ca: self.redis_tls_ca.clone(),
+            redis_sentinel: self
+                .redis_master
+                .as_ref()
+                .map(|master| SentinelSettings::new(self.redis_sentinel.clone(), master.clone())),
             jwt,
             auth_callback,
             cors_origins: self

@@ -43,6 +43,7 @@ mod redirect;
 mod redis_layout;
 mod redis_tls;
 mod resume;
+mod sentinel;
 mod ruby_interop;
 mod scale_out;
 mod shutdown;

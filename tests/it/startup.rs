@@ -19,7 +19,7 @@ use crate::support::{PATIENCE, RedisServer};
 /// Runs the binary on free ports with `args`, which must make it fail; returns its standard
 /// error after checking the exit status, that nothing listened, and that it says why in one
 /// line.
-async fn fails_to_start(args: &[&str]) -> String {
+pub(crate) async fn fails_to_start(args: &[&str]) -> String {
     let started = Instant::now();
     let out = tokio::time::timeout(
         PATIENCE,

@@ -35,6 +35,7 @@
 //! Every client is built by [`client`]: `rediss://` is TLS by rustls (ring, the process's
 //! default provider), trusting the system's roots or only the CA file of `redis_tls_ca`.
 
+pub(crate) mod primary;
 pub(crate) mod probe;
 mod shared_reads;
 pub(crate) mod subscriber;
@@ -50,6 +51,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::sync::{mpsc, oneshot};
 
+use self::primary::{Commands, Primary};
 use self::shared_reads::SharedReads;
 use self::subscriber::Subscriber;
 use crate::config::Config;
@@ -267,7 +269,15 @@ pub(crate) fn client(
     ca: Option<&[u8]>,
     resp3: bool,
 ) -> Result<redis::Client, redis::RedisError> {
-    let mut info = url.into_connection_info()?;
+    client_from_info(url.into_connection_info()?, ca, resp3)
+}
+
+/// [`client`] for an address already parsed (or resolved through Sentinel).
+pub(crate) fn client_from_info(
+    mut info: redis::ConnectionInfo,
+    ca: Option<&[u8]>,
+    resp3: bool,
+) -> Result<redis::Client, redis::RedisError> {
     if resp3 {
         let settings = info
             .redis_settings()
@@ -325,7 +335,7 @@ pub(crate) fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
 /// The one way events are written to Redis: the publish script on a command connection.
 #[derive(Clone)]
 pub(crate) struct RedisPublisher {
-    commands: ConnectionManager,
+    commands: Commands,
     script: Script,
     history_size: usize,
     /// How long an idempotency key's record lives.
@@ -344,13 +354,29 @@ impl RedisPublisher {
     ) -> Result<Self, BrokerError> {
         let client = client(url, ca, false).map_err(BrokerError::redis)?;
         Ok(RedisPublisher::new(
-            command_connection(&client)?,
+            Commands::to(&client)?,
             history_size,
             window,
         ))
     }
 
-    fn new(commands: ConnectionManager, history_size: usize, window: Duration) -> Self {
+    /// A publisher to the primary the `sentinels` (URLs) name `master` (see `primary`); it
+    /// asks them at first use and again whenever the primary refuses or cannot be reached.
+    pub fn through_sentinel(
+        sentinels: &[String],
+        master: &str,
+        history_size: usize,
+        window: Duration,
+    ) -> Result<Self, BrokerError> {
+        let primary = Primary::sentinel(sentinels, master).map_err(BrokerError::redis)?;
+        Ok(RedisPublisher::new(
+            Commands::following(Arc::new(primary)),
+            history_size,
+            window,
+        ))
+    }
+
+    fn new(commands: Commands, history_size: usize, window: Duration) -> Self {
         RedisPublisher {
             commands,
             script: Script::new(PUBLISH_SCRIPT),
@@ -398,10 +424,22 @@ impl RedisPublisher {
                 .arg(&keyed.fingerprint)
                 .arg(window);
         }
-        let (id, flag): (u64, u8) = inv
-            .invoke_async(&mut self.commands.clone())
-            .await
-            .map_err(BrokerError::redis)?;
+        let (id, flag): (u64, u8) = match inv.invoke_async(&mut self.commands.get().await?).await {
+            // Refused before it ran (a demoted primary, a dead address), and the primary
+            // moved: sent once more, there.
+            Err(e)
+                if (e.code() == Some("READONLY") || e.is_connection_refusal())
+                    && self.commands.follow_after(&e).await =>
+            {
+                inv.invoke_async(&mut self.commands.get().await?).await
+            }
+            Err(e) => {
+                self.commands.follow_after(&e).await;
+                Err(e)
+            }
+            ok => ok,
+        }
+        .map_err(BrokerError::redis)?;
         match flag {
             0 => Ok(Outcome::Published(id)),
             1 => Ok(Outcome::Replayed(id)),
@@ -418,13 +456,13 @@ impl RedisPublisher {
 /// first after Redis restarted) is made again at once on the new connection, rather than
 /// failing and waiting out its caller's backoff.
 pub(crate) struct HistoryReader {
-    commands: ConnectionManager,
+    commands: Commands,
     script: Script,
     raise: Script,
 }
 
 impl HistoryReader {
-    fn new(commands: ConnectionManager) -> Self {
+    fn new(commands: Commands) -> Self {
         HistoryReader {
             commands,
             script: Script::new(SNAPSHOT_SCRIPT),
@@ -441,7 +479,7 @@ impl HistoryReader {
             .key(COUNTER_KEY)
             .key(FLOOR_KEY)
             .arg(known)
-            .invoke_async(&mut self.commands.clone())
+            .invoke_async(&mut self.commands.get().await?)
             .await
             .map_err(BrokerError::redis)?;
         Ok((counter.max(0) as u64, floor.max(0) as u64))
@@ -451,7 +489,7 @@ impl HistoryReader {
     /// restarted Redis can have come back from an older save. `None` when it cannot be read
     /// (an ACL user without `INFO`, or a server that does not say).
     pub async fn run_id(&self) -> Option<String> {
-        let mut con = self.commands.clone();
+        let mut con = self.commands.get().await.ok()?;
         let mut cmd = redis::cmd("INFO");
         cmd.arg("server");
         let info: String = match cmd.query_async(&mut con).await {
@@ -489,7 +527,7 @@ impl HistoryReader {
         } else {
             channels.chunks(SNAPSHOT_CHUNK).collect()
         };
-        let mut con = self.commands.clone();
+        let mut con = self.commands.get().await?;
         for chunk in chunks {
             let mut inv = self.script.key(COUNTER_KEY);
             inv.key(TRIMMED_KEY).key(FLOOR_KEY);
@@ -552,28 +590,40 @@ fn config_ca(config: &Config) -> Result<Option<Vec<u8>>, Error> {
     }
 }
 
-/// Waits at most `timeout` for the Redis at `url` to answer a PING, on a connection made as the
-/// subscriber's is (see [`probe`]); with a zero `timeout`, only checks the URL and the CA file.
-pub(crate) async fn wait_until_answered(
-    url: &str,
-    config: &Config,
-    timeout: Duration,
-) -> Result<(), Error> {
+/// The primary `config` names: its `redis_url` (trusting `redis_tls_ca`), or the one its
+/// `redis_sentinel` finds. Only the settings are checked here; nothing connects.
+fn config_primary(config: &Config) -> Result<Primary, Error> {
+    if let Some(sentinel) = &config.redis_sentinel {
+        return Primary::sentinel(&sentinel.sentinels, &sentinel.master)
+            .map_err(|e| Error::RedisUrl(Box::new(e)));
+    }
+    let url = config.redis_url.as_deref().unwrap_or_default();
     let ca = config_ca(config)?;
     let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+    Ok(Primary::Fixed(client))
+}
+
+/// Waits at most `timeout` for the Redis primary of `config` to answer a PING, on a
+/// connection made as the subscriber's is (see [`probe`]; through Sentinel, once a sentinel
+/// named a primary); with a zero `timeout`, only checks the settings (URL, CA file).
+pub(crate) async fn wait_until_answered(config: &Config, timeout: Duration) -> Result<(), Error> {
+    let primary = config_primary(config)?;
     if timeout.is_zero() {
         return Ok(());
     }
-    probe::wait_until_answered(&client, timeout)
-        .await
-        .map_err(|failure| Error::BrokerUnreachable {
-            message: format!(
-                "Redis {}: {}",
-                crate::redis_url::describe(url),
-                failure.cause
-            ),
-            waited: failure.transient.then_some(timeout),
-        })
+    let described = config.broker_description();
+    let unreachable = |failure: probe::Unanswered| Error::BrokerUnreachable {
+        message: format!("Redis {described}: {}", failure.cause),
+        waited: failure.transient.then_some(timeout),
+    };
+    match &primary {
+        Primary::Fixed(client) => probe::wait_until_answered(client, timeout)
+            .await
+            .map_err(unreachable),
+        Primary::Sentinel(_) => probe::wait_until_resolved(&primary, timeout)
+            .await
+            .map_err(unreachable),
+    }
 }
 
 /// Publishing and history on Redis; subscriptions go to the subscriber task.
@@ -594,31 +644,39 @@ pub(crate) struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connects lazily to `url` and starts the subscriber task, which lives until the broker
-    /// and the hub are dropped. Returns the broker and where the hub sends subscription changes.
+    /// Connects lazily to the primary of `config` and starts the subscriber task, which lives
+    /// until the broker and the hub are dropped. Returns the broker and where the hub sends
+    /// subscription changes.
     pub fn start(
-        url: &str,
         config: &Config,
         dispatch: DispatchSender,
         metrics: Arc<Metrics>,
         tasks: &Tasks,
     ) -> Result<(Self, SubSender), Error> {
-        let ca = config_ca(config)?;
-        let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+        let primary = config_primary(config)?;
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let counter_seen = Arc::new(AtomicU64::new(0));
         let published = Arc::new(NewestCell::default());
         // Publishing and streams' history reads share one command connection: whichever runs
-        // first after an outage reconnects it for both (the subscriber wakes it first).
-        let commands = command_connection(&client)?;
+        // first after an outage reconnects it for both (the subscriber wakes it first). Through
+        // Sentinel, the subscriber makes them when it first finds the primary, and again
+        // whenever it moves.
+        let primary = Arc::new(primary);
+        let (commands, refills) = match &*primary {
+            Primary::Fixed(client) => (Commands::to(client)?, Commands::to(client)?),
+            Primary::Sentinel(_) => (
+                Commands::following(primary.clone()),
+                Commands::following(primary.clone()),
+            ),
+        };
         let subscriber = Subscriber {
-            client: client.clone(),
+            primary,
             metrics: metrics.clone(),
             counter_seen: counter_seen.clone(),
             published: published.clone(),
             dispatch,
             commands: sub_rx,
-            history: HistoryReader::new(command_connection(&client)?),
+            history: HistoryReader::new(refills),
             streams_commands: commands.clone(),
             history_size: config.history_size,
             ping_interval: config.redis_ping_interval,

@@ -9,13 +9,15 @@
 //! DNS) and failing at once on what will not (a wrong password, a server that is not Redis, a
 //! certificate that does not verify). The error names the cause in one sentence; it never
 //! contains a password (the server is named by `redis_url::describe`, and the client's errors
-//! carry no URL).
+//! carry no URL). Through Sentinel ([`wait_until_resolved`]) the primary is first asked of the
+//! sentinels, and a sentinel that does not know it yet is waited for.
 
 use std::time::Duration;
 
 use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError, ServerErrorKind, Value};
 use tokio::time::Instant;
 
+use super::primary::Primary;
 use crate::backoff::Backoff;
 
 /// Pauses between attempts: short, since a Redis that is starting answers within moments.
@@ -53,6 +55,38 @@ pub(crate) async fn wait_until_answered(
     client: &redis::Client,
     timeout: Duration,
 ) -> Result<(), Unanswered> {
+    retry_until(timeout, |remaining| attempt(client, remaining)).await
+}
+
+/// Waits at most `timeout` for a sentinel to name the primary and for that primary to answer
+/// a PING. A sentinel that does not know the name yet (a Sentinel still starting) is waited
+/// for like a Redis that is starting.
+pub(crate) async fn wait_until_resolved(
+    primary: &Primary,
+    timeout: Duration,
+) -> Result<(), Unanswered> {
+    retry_until(timeout, |remaining| async move {
+        let client = primary.resolve().await.map_err(|e| {
+            if e.kind() == ErrorKind::MasterNameNotFoundBySentinel {
+                Unanswered::transient(format!("no sentinel names that primary ({})", one_line(&e)))
+            } else {
+                let mut why = classify(&e);
+                why.cause = format!("Sentinel: {}", why.cause);
+                why
+            }
+        })?;
+        attempt(&client, remaining).await
+    })
+    .await
+}
+
+/// Runs `attempt` (given the time left) until it succeeds, fails for good, or `timeout`
+/// passes.
+async fn retry_until<F, Fut>(timeout: Duration, mut attempt: F) -> Result<(), Unanswered>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<(), Unanswered>>,
+{
     let deadline = Instant::now() + timeout;
     let mut backoff = Backoff::new(MIN_PAUSE, MAX_PAUSE);
     let mut last: Option<Unanswered> = None;
@@ -61,7 +95,7 @@ pub(crate) async fn wait_until_answered(
         if remaining.is_zero() {
             return Err(last.unwrap_or_else(|| Unanswered::transient("no answer")));
         }
-        let failure = match tokio::time::timeout(remaining, attempt(client, remaining)).await {
+        let failure = match tokio::time::timeout(remaining, attempt(remaining)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(failure)) => failure,
             // Cut short by the deadline: the attempt before it says more (refused, say).

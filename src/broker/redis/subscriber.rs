@@ -38,6 +38,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::HistoryReader;
+use super::primary::{Commands, Primary};
 use crate::backoff::Backoff;
 use crate::dispatch::{Dispatch, DispatchSender, Newest, NewestCell, Ready, Resume, SubCommand};
 use crate::error::BrokerError;
@@ -71,7 +72,8 @@ pub(crate) const MAX_ID_LEAD: u64 = 10_000_000;
 
 /// The subscriber task's state; built and started by [`super::RedisBroker::start`].
 pub(super) struct Subscriber {
-    pub client: redis::Client,
+    /// Where to connect: resolved again at each connection (Sentinel).
+    pub primary: Arc<Primary>,
     pub metrics: Arc<Metrics>,
     /// The highest counter streams started from (their positions may be past the highest id
     /// delivered, the dispatch channel's cursor).
@@ -83,7 +85,7 @@ pub(super) struct Subscriber {
     /// On a connection of its own, so a refill never waits behind streams' reads.
     pub history: HistoryReader,
     /// The streams' and the publisher's command connection, woken at each reconnection.
-    pub streams_commands: ConnectionManager,
+    pub streams_commands: Commands,
     pub history_size: usize,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
@@ -134,8 +136,8 @@ impl Subscriber {
                 }
             };
             failures = 0;
-            if connected_before {
-                wake_up(self.streams_commands.clone());
+            if connected_before && let Ok(con) = self.streams_commands.get().await {
+                wake_up(con);
             }
             if !self.apply_pending(&mut active, &mut barriers) {
                 return;
@@ -190,11 +192,23 @@ impl Subscriber {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(self.ping_timeout))
             .set_push_sender(sender);
-        let mut con = self
-            .client
+        let client = self.primary.resolve().await.map_err(BrokerError::redis)?;
+        let mut con = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(BrokerError::redis)?;
+        if self.primary.moves() {
+            // The command connections follow before anything reads: the refill's and the
+            // streams' reads, and publishes, go to the primary this connection found.
+            let moved = self.history.commands.point_at(&client)?;
+            self.streams_commands.point_at(&client)?;
+            if moved {
+                tracing::info!(
+                    address = %client.get_connection_info().addr(),
+                    "redis primary found through Sentinel"
+                );
+            }
+        }
         // Before any subscription: the counter that live ids are checked against. (A counter
         // below what this process knew is left to the refill, which compares.)
         let marks = read_marks(&mut con).await.map_err(BrokerError::redis)?;
@@ -450,6 +464,9 @@ impl Subscriber {
                     }
                 }
                 _ = ping.tick() => {
+                    if let Some(why) = self.primary_moved().await {
+                        return Exit::Lost(why);
+                    }
                     // The watchdog's command reads the counter: a reply proves the connection
                     // alive, and the reading keeps live ids' plausibility check current.
                     // What this process knew before the reading: a publish or a stream's read
@@ -477,6 +494,28 @@ impl Subscriber {
 }
 
 impl Subscriber {
+    /// Through Sentinel, whether the sentinels now name another primary than the one this
+    /// connection is to (a switch-over leaves the old one up, accepting writes, until it is
+    /// demoted): then the subscriber starts over there. Asks them at most every
+    /// `primary::RECHECK` (the streams' commands ask too, and share the answer).
+    async fn primary_moved(&self) -> Option<String> {
+        if !self.primary.moves() {
+            return None;
+        }
+        let connected = self.history.commands.addr();
+        // A cheap call when the answer is fresh: it only asks when it is not.
+        let _ = self.streams_commands.get().await;
+        let named = self.streams_commands.addr();
+        if named.is_some() && named != connected {
+            Some(format!(
+                "Sentinel names another primary: {}",
+                named.unwrap_or_default()
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Applies a batch of queued commands in order: consecutive subscriptions go as one
     /// `SUBSCRIBE` (consecutive removals as one `UNSUBSCRIBE`), so that a burst of new streams
     /// costs a few round trips rather than two each; then one PING answers every barrier of the

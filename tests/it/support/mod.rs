@@ -9,6 +9,7 @@ pub mod logs;
 pub mod pages;
 pub mod raw;
 pub mod redis;
+pub mod sentinel;
 pub mod server;
 pub mod sse;
 pub mod steps;

@@ -1,0 +1,336 @@
+//! Where the Redis primary is: at one address (`redis_url`), or wherever Sentinel says.
+//!
+//! With Sentinel the primary moves: a failover promotes a replica, and the old primary, if it
+//! comes back, is a replica that refuses writes. So nothing keeps a connection to an address for
+//! good. The subscriber asks [`Primary::resolve`] for the primary's client at each
+//! (re)connection: the sentinels are asked in turn by the `redis` crate's own Sentinel client,
+//! which also checks that the server it names says `ROLE master`. It then points the command
+//! connections there ([`Commands::point_at`]) before it refills, so that streams' reads and
+//! publishes follow the primary too. (Sentinel, when it reconfigures a server, closes that
+//! server's normal and pub/sub clients, so a subscriber left on a demoted primary is told by
+//! its disconnection.) Between a primary's death and the subscriber's next connection, a
+//! publish fails on the dead address: the publisher is told and may retry, nothing is written.
+//!
+//! The primary's name may be given as a URL (`redis://alice:secret@mymaster/2`, `rediss://`
+//! for TLS) whose host is the name and whose user, password and database are the primary's;
+//! the sentinels' URLs carry the sentinels' own passwords.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsMode};
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+
+use super::{client_from_info, command_connection};
+use crate::error::BrokerError;
+
+/// The primary of a broker.
+pub(crate) enum Primary {
+    /// `redis_url`: always this client (RESP3).
+    Fixed(redis::Client),
+    /// Asked of the sentinels at each resolution.
+    Sentinel(SentinelPrimary),
+}
+
+/// The sentinels and the primary's name and connection settings.
+pub(crate) struct SentinelPrimary {
+    /// The crate's client keeps a connection to each sentinel it asked (`&mut self`).
+    sentinel: Mutex<Sentinel>,
+    name: String,
+    node: SentinelNodeConnectionInfo,
+}
+
+impl Primary {
+    /// A primary found through the `sentinels` (URLs) under `master` (a name, or a URL whose
+    /// host is the name: see the module documentation).
+    pub fn sentinel(sentinels: &[String], master: &str) -> Result<Self, redis::RedisError> {
+        let (name, node) = master_settings(master)?;
+        let sentinel = Sentinel::build(sentinels.to_vec())?;
+        Ok(Primary::Sentinel(SentinelPrimary {
+            sentinel: Mutex::new(sentinel),
+            name,
+            node,
+        }))
+    }
+
+    /// The primary's client now, RESP3 (see `super::client`): the fixed one, or the one the
+    /// first sentinel that knows the name points at, checked to be a primary.
+    pub async fn resolve(&self) -> Result<redis::Client, redis::RedisError> {
+        match self {
+            Primary::Fixed(client) => Ok(client.clone()),
+            Primary::Sentinel(s) => {
+                let found = s
+                    .sentinel
+                    .lock()
+                    .await
+                    .async_master_for(&s.name, Some(&s.node))
+                    .await?;
+                client_from_info(found.get_connection_info().clone(), None, true)
+            }
+        }
+    }
+
+    /// Whether the primary may move (Sentinel), so that connections must follow it.
+    pub fn moves(&self) -> bool {
+        matches!(self, Primary::Sentinel(_))
+    }
+}
+
+/// Splits `master` into the name the sentinels know and the settings of the primary's
+/// connection.
+fn master_settings(
+    master: &str,
+) -> Result<(String, SentinelNodeConnectionInfo), redis::RedisError> {
+    let node = SentinelNodeConnectionInfo::default();
+    if !master.contains("://") {
+        return Ok((master.to_owned(), node));
+    }
+    let info = master.into_connection_info()?;
+    let (name, tls) = match info.addr() {
+        ConnectionAddr::Tcp(host, _) => (host.clone(), None),
+        ConnectionAddr::TcpTls { host, insecure, .. } => (
+            host.clone(),
+            Some(if *insecure {
+                TlsMode::Insecure
+            } else {
+                TlsMode::Secure
+            }),
+        ),
+        _ => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the primary's URL must be redis://[user:password@]name[/db] or rediss://",
+            )));
+        }
+    };
+    // The resolved client is rebuilt with the protocol each use needs (`client_from_info`).
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP2);
+    let mut node = node.set_redis_connection_info(settings);
+    if let Some(tls) = tls {
+        node = node.set_tls_mode(tls);
+    }
+    Ok((name, node))
+}
+
+/// A command connection (not pub/sub) to the primary, shared by its users and replaced when
+/// the primary moves. Before the first resolution (Sentinel) there is none: a command waits
+/// for it a little ([`FIRST_PRIMARY_WAIT`]: a publish made as the server starts is not refused
+/// for being early), then fails saying so.
+///
+/// Through Sentinel, a command also asks the sentinels again when the last answer is older than
+/// [`RECHECK`]: in a switch-over the old primary stays up and keeps accepting writes until the
+/// sentinels get round to demoting it (seconds), and a write it takes then is lost when it
+/// becomes a replica. So once the sentinels name the new primary, writes go there within a
+/// second, at the cost of one resolution a second while commands flow.
+#[derive(Clone)]
+pub(crate) struct Commands {
+    current: Arc<watch::Sender<Option<Current>>>,
+    /// Through Sentinel: where to ask when there is no primary yet, when it refused, and
+    /// every [`RECHECK`].
+    follows: Option<Arc<Primary>>,
+    /// When the sentinels were last asked (or the connection last pointed).
+    checked: Arc<std::sync::Mutex<Instant>>,
+    /// Held by the one caller that asks the sentinels again; the others wait for its answer.
+    rechecking: Arc<Mutex<()>>,
+}
+
+/// How long a command waits for the first primary to be found.
+const FIRST_PRIMARY_WAIT: Duration = Duration::from_secs(2);
+
+/// How old the sentinels' last answer may be before a command asks again.
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a command waits for that answer before it goes on with the connection it has.
+const RECHECK_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct Current {
+    /// The address it connects to, as the client displays it.
+    addr: String,
+    con: ConnectionManager,
+}
+
+impl Commands {
+    /// Connections to `client`'s server (lazy: connects on first use, reconnects by itself).
+    pub fn to(client: &redis::Client) -> Result<Self, BrokerError> {
+        let commands = Commands::new(None);
+        commands.point_at(client)?;
+        Ok(commands)
+    }
+
+    /// Connections to wherever `primary` is: none until it is first resolved, by the first
+    /// command or by whoever calls [`Commands::point_at`].
+    pub fn following(primary: Arc<Primary>) -> Self {
+        Commands::new(Some(primary))
+    }
+
+    fn new(follows: Option<Arc<Primary>>) -> Self {
+        Commands {
+            current: Arc::new(watch::Sender::new(None)),
+            follows,
+            checked: Arc::new(std::sync::Mutex::new(Instant::now())),
+            rechecking: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The address the connection goes to, as the client displays it (`None` before the
+    /// first resolution).
+    pub fn addr(&self) -> Option<String> {
+        self.current.borrow().as_ref().map(|c| c.addr.clone())
+    }
+
+    fn checked_long_ago(&self) -> bool {
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= RECHECK
+    }
+
+    /// Asks the sentinels where the primary is and points there, unless another caller did
+    /// within [`RECHECK`] (and `force` is false). One caller asks at a time; the others wait
+    /// for its answer (at most [`RECHECK_WAIT`]), rather than write to a primary that may
+    /// just have been replaced.
+    async fn recheck(&self, force: bool) {
+        let Some(primary) = &self.follows else {
+            return;
+        };
+        let _one = self.rechecking.lock().await;
+        if !force && !self.checked_long_ago() {
+            return;
+        }
+        if let Ok(Ok(client)) = tokio::time::timeout(RECHECK_WAIT, primary.resolve()).await {
+            let _ = self.point_at(&client);
+        }
+        *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// The connection to the primary as last resolved; through Sentinel, resolved now when
+    /// there is none yet (waiting at most [`FIRST_PRIMARY_WAIT`]) or when the last resolution
+    /// is older than [`RECHECK`].
+    pub async fn get(&self) -> Result<ConnectionManager, BrokerError> {
+        if self.follows.is_some() && self.checked_long_ago() {
+            self.recheck(false).await;
+        }
+        if let Some(c) = &*self.current.borrow() {
+            return Ok(c.con.clone());
+        }
+        let unknown = || {
+            BrokerError::Protocol(
+                "no Redis primary known yet (no sentinel has named one that answers)".into(),
+            )
+        };
+        let mut known = self.current.subscribe();
+        let resolved = async {
+            // Another caller's resolution (or the subscriber's) may land first: whichever
+            // does, serves.
+            self.recheck(true).await;
+            known
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|c| c.as_ref().map(|c| c.con.clone()))
+        };
+        tokio::time::timeout(FIRST_PRIMARY_WAIT, resolved)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)
+    }
+
+    /// After a command failed with `e`: when it says that the server is not the primary any
+    /// more (`READONLY`: a demoted primary) or cannot be reached, asks where the primary is
+    /// now (Sentinel only). Returns whether the connection moved to another server, where a
+    /// command that was refused before it ran may be sent again.
+    pub async fn follow_after(&self, e: &redis::RedisError) -> bool {
+        if self.follows.is_none() {
+            return false;
+        }
+        let moved_away = e.code() == Some("READONLY")
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error();
+        if !moved_away {
+            return false;
+        }
+        let before = self.addr();
+        self.recheck(true).await;
+        self.addr() != before
+    }
+
+    /// Connects to `client`'s server from now on, unless already there (a RESP2 client is
+    /// made from it: see `super::client`). Returns whether it changed.
+    pub fn point_at(&self, client: &redis::Client) -> Result<bool, BrokerError> {
+        let info = client.get_connection_info();
+        let addr = info.addr().to_string();
+        if self
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.addr == addr)
+        {
+            return Ok(false);
+        }
+        let commands_client =
+            client_from_info(info.clone(), None, false).map_err(BrokerError::redis)?;
+        let con = command_connection(&commands_client)?;
+        self.current.send_replace(Some(Current { addr, con }));
+        *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_primary_is_named_alone_or_by_a_url_with_its_settings() {
+        let (name, _) = master_settings("mymaster").unwrap();
+        assert_eq!(name, "mymaster");
+        let (name, node) = master_settings("redis://alice:secret@cache-main/2").unwrap();
+        assert_eq!(name, "cache-main");
+        let text = format!("{node:?}");
+        assert!(text.contains("db: 2"), "{text}");
+        let (name, node) = master_settings("rediss://cache-main").unwrap();
+        assert_eq!(name, "cache-main");
+        assert!(format!("{node:?}").contains("Secure"));
+        assert!(master_settings("unix:///run/redis.sock").is_err());
+    }
+
+    #[test]
+    fn commands_wait_for_the_first_primary_then_fail_clearly() {
+        // Sentinels that are not there: nothing resolves by itself.
+        let nowhere = Primary::sentinel(&["redis://127.0.0.1:1/".into()], "m").unwrap();
+        let commands = Commands::following(Arc::new(nowhere));
+        let a = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let b = redis::Client::open("redis://127.0.0.1:2/").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let e = commands.get().await.err().map(|e| e.to_string());
+            let e = e.unwrap_or_default();
+            assert!(e.contains("no Redis primary known yet"), "{e}");
+            // A command made before the primary is found waits for it.
+            let waiting = tokio::spawn({
+                let commands = commands.clone();
+                async move { commands.get().await.is_ok() }
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(commands.point_at(&a).unwrap());
+            assert!(waiting.await.unwrap());
+            assert!(!commands.point_at(&a).unwrap());
+            assert!(commands.point_at(&b).unwrap());
+            assert!(commands.get().await.is_ok());
+        });
+    }
+}

@@ -1,0 +1,367 @@
+//! Redis through Sentinel (`redis_sentinel`, `--redis-sentinel --redis-master`): the primary
+//! found by asking the sentinels, and a failover (the primary killed with SIGKILL, its replica
+//! promoted) survived with no event lost that the new primary's history holds, and
+//! `missedevents` for what it does not.
+
+use std::time::Duration;
+
+use redisse::config::SentinelSettings;
+use redisse::{Config, Event, Publisher};
+use tokio::time::{Instant, sleep};
+
+use crate::startup::fails_to_start;
+use crate::support::binary::Redisse;
+use crate::support::sentinel::{MASTER, SentinelSetup};
+use crate::support::{PATIENCE, SseEvent, SseStream, TestServer};
+
+fn config(setup: &SentinelSetup) -> Config {
+    let mut config = Config::default();
+    config.redis_sentinel = Some(SentinelSettings::new(setup.sentinel_list(), MASTER));
+    config.redis_ping_interval = Duration::from_millis(500);
+    config.redis_ping_timeout = Duration::from_millis(500);
+    config
+}
+
+/// Publishes `data` on `channel` with its own idempotency key, retrying while the broker
+/// refuses (the primary is gone, or not yet found): a retry never publishes twice.
+async fn publish_until_done(server: &TestServer, channel: &str, data: &str) -> u64 {
+    let publisher = server.redisse.publisher();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match publisher
+            .publish_idempotent(
+                channel,
+                redisse::Event::new("m", data),
+                &format!("k-{data}"),
+            )
+            .await
+        {
+            Ok(p) => return p.id,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "publishing {data} still fails: {e}"
+                );
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The `m` events of `stream` until `n` of them arrived, failing on a `missedevents`.
+async fn take_events(stream: &mut SseStream, n: usize, wait: Duration) -> Vec<SseEvent> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stream.next_within(left).await {
+            crate::support::sse::Next::Event(e) if e.event == "m" => got.push(e),
+            crate::support::sse::Next::Event(e) => {
+                assert_ne!(e.event, "missedevents", "after {} events: {e:?}", got.len())
+            }
+            other => panic!("after {} of {n} events: {other:?}", got.len()),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_loses_no_event_that_history_holds() {
+    let mut setup = SentinelSetup::start();
+    let first_primary = setup.primary().port();
+    let server = TestServer::start(config(&setup)).await;
+    let mut stream = server.live_stream("/?a&b").await;
+    for i in 0..10 {
+        let channel = if i % 2 == 0 { "a" } else { "b" };
+        publish_until_done(&server, channel, &i.to_string()).await;
+    }
+    let before = take_events(&mut stream, 10, PATIENCE).await;
+    setup.wait_synced();
+
+    // Publishing goes on through the failover; the primary dies under it.
+    let publishing = {
+        let server_publisher = server.redisse.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let publisher = server_publisher.publisher();
+            for i in 10..40 {
+                let channel = if i % 2 == 0 { "a" } else { "b" };
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match publisher
+                        .publish_idempotent(
+                            channel,
+                            redisse::Event::new("m", i.to_string()),
+                            &format!("k-{i}"),
+                        )
+                        .await
+                    {
+                        Ok(p) => {
+                            ids.push(p.id);
+                            break;
+                        }
+                        Err(e) => {
+                            assert!(Instant::now() < deadline, "publishing {i} still fails: {e}");
+                            sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+            ids
+        })
+    };
+    sleep(Duration::from_millis(300)).await;
+    let took = tokio::task::spawn_blocking(move || {
+        let took = setup.kill_primary_and_wait_failover();
+        (setup, took)
+    });
+    let (setup, took) = took.await.expect("failover");
+    assert_ne!(setup.primary().port(), first_primary);
+    let ids = publishing.await.expect("publisher");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+
+    let after = take_events(&mut stream, 30, Duration::from_secs(60)).await;
+    let data: Vec<String> = before
+        .iter()
+        .chain(&after)
+        .map(|e| e.data.clone())
+        .collect();
+    let expected: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    assert_eq!(
+        data, expected,
+        "every event once, in order (failover took {took:?})"
+    );
+    let seen: Vec<u64> = after
+        .iter()
+        .map(|e| {
+            e.id.as_deref()
+                .and_then(|id| id.parse().ok())
+                .expect("an id")
+        })
+        .collect();
+    assert_eq!(
+        seen, ids,
+        "the ids the publisher was given, as the stream saw them"
+    );
+
+    // A client resuming from before the failover reads the rest from the new primary.
+    let from = before[4].id.clone().expect("an id");
+    let mut resumed = server.stream("/?a&b", &[("last-event-id", &from)]).await;
+    let replay = take_events(&mut resumed, 35, PATIENCE).await;
+    let replayed: Vec<String> = replay.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(replayed, expected[5..].to_vec());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_promoted_replica_never_got_are_missedevents() {
+    let mut setup = SentinelSetup::start();
+    let server = TestServer::start(config(&setup)).await;
+    let mut stream = server.live_stream("/?a").await;
+    for i in 0..5 {
+        publish_until_done(&server, "a", &i.to_string()).await;
+    }
+    take_events(&mut stream, 5, PATIENCE).await;
+    setup.wait_synced();
+    // The replica stops for a moment (shorter than the sentinels' down-after) and the primary
+    // drops its link (what it already sent waits in the replica's socket), then acknowledges
+    // three more events it will never pass on.
+    setup.replica().freeze();
+    let dropped: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut setup.primary().con())
+        .expect("CLIENT KILL TYPE replica");
+    assert_eq!(dropped, 1, "the replica's link");
+    let mut acknowledged_last = 0;
+    for i in 5..8 {
+        acknowledged_last = publish_until_done(&server, "a", &i.to_string()).await;
+    }
+    take_events(&mut stream, 3, PATIENCE).await;
+    setup.kill_primary();
+    setup.replica().unfreeze();
+    let _setup = tokio::task::spawn_blocking(move || {
+        setup.wait_failover();
+        setup
+    })
+    .await
+    .expect("failover");
+    // The stream is told that events may be lost, then gets every event the new primary
+    // holds (as after any data loss, docs/history.md), then what comes next.
+    match stream.next_within(Duration::from_secs(60)).await {
+        crate::support::sse::Next::Event(e) if e.event == "missedevents" => {}
+        crate::support::sse::Next::Event(e) => panic!("before missedevents: {e:?}"),
+        other => panic!("no missedevents: {other:?}"),
+    }
+    let retained = take_events(&mut stream, 5, PATIENCE).await;
+    let retained: Vec<&str> = retained.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(retained, ["0", "1", "2", "3", "4"], "what the replica had");
+    let id = publish_until_done(&server, "a", "after").await;
+    let next = take_events(&mut stream, 1, PATIENCE).await;
+    assert_eq!(next[0].data, "after");
+    assert_eq!(next[0].id.as_deref(), Some(id.to_string().as_str()));
+    // Ids never go backwards: the lost events' ids are not given again.
+    assert!(id > acknowledged_last, "{id} after {acknowledged_last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_finds_the_primary_through_sentinel_and_names_an_unknown_one() {
+    let setup = SentinelSetup::start();
+    let urls = setup.sentinel_urls();
+    let redisse = Redisse::start(&["--redis-sentinel", &urls, "--redis-master", MASTER]);
+    let id = redisse.publish_event("news", None, "hello").await;
+    let stored: Vec<String> = redis::cmd("ZRANGE")
+        .arg("news")
+        .arg(0)
+        .arg(-1)
+        .query(&mut setup.primary().con())
+        .expect("ZRANGE");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(
+        stored[0].starts_with(&format!("id: {id}\n")) && stored[0].contains("data: hello\n"),
+        "{stored:?}"
+    );
+    assert!(
+        redisse
+            .log()
+            .contains("redis primary found through Sentinel"),
+        "{}",
+        redisse.log()
+    );
+
+    // A name no sentinel knows: refused once the wait is over, saying why.
+    let stderr = fails_to_start(&[
+        "--redis-sentinel",
+        &urls,
+        "--redis-master",
+        "nosuch",
+        "--redis-connect-timeout",
+        "1",
+    ])
+    .await;
+    assert!(
+        stderr.contains("no sentinel names that primary"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nosuch"), "{stderr}");
+    // Both ways to name Redis at once, or a sentinel without the primary's name: refused.
+    let both = crate::auth_support::fails_to_start(&[
+        "--redis-sentinel",
+        &urls,
+        "--redis-master",
+        MASTER,
+        "--redis",
+        "redis://127.0.0.1:1/",
+    ])
+    .await;
+    assert!(both.contains("--redis"), "{both}");
+    let nameless = crate::auth_support::fails_to_start(&["--redis-sentinel", &urls]).await;
+    assert!(nameless.contains("--redis-master"), "{nameless}");
+}
+
+/// The Rust publisher through Sentinel follows a failover, then a switch-over that leaves the
+/// old primary up as a replica (which refuses writes): with retries under idempotency keys,
+/// every event lands once, in order, in the last primary's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_through_sentinel_follows_a_failover_and_a_switch_over() {
+    let mut setup = SentinelSetup::start();
+    let publisher =
+        Publisher::redis_sentinel(&setup.sentinel_list(), MASTER, 100).expect("a publisher");
+    let publish = |i: u32| {
+        let publisher = publisher.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut failures = 0;
+            loop {
+                match publisher
+                    .publish_idempotent("p", Event::message(i.to_string()), &format!("p-{i}"))
+                    .await
+                {
+                    Ok(p) => return (p.id, failures),
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "publishing {i} still fails: {e}");
+                        failures += 1;
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    };
+    let mut ids = vec![publish(0).await.0];
+    setup.wait_synced();
+    setup = tokio::task::spawn_blocking(move || {
+        setup.kill_primary_and_wait_failover();
+        setup
+    })
+    .await
+    .expect("failover");
+    ids.push(publish(1).await.0);
+    setup = tokio::task::spawn_blocking(move || {
+        setup.restart_old_primary();
+        setup.switch_over();
+        setup
+    })
+    .await
+    .expect("switch-over");
+    // The publisher's connection is to the demoted primary, which is up and a replica now.
+    let (id, failures) = publish(2).await;
+    ids.push(id);
+    eprintln!("publishes refused after the switch-over: {failures}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let stored: Vec<String> = redis::cmd("ZRANGE")
+        .arg("p")
+        .arg(0)
+        .arg(-1)
+        .query(&mut setup.primary().con())
+        .expect("ZRANGE");
+    let data: Vec<&str> = stored
+        .iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .collect();
+    assert_eq!(data, ["0", "1", "2"], "{stored:?}");
+}
+
+/// A switch-over (`SENTINEL FAILOVER`) under a server: the old primary stays up, accepting
+/// writes until the sentinels demote it. Within a second of the sentinels naming the new one
+/// (`primary::RECHECK`), the server writes there and its subscriber moves there, and every event
+/// published through it reaches the stream once. (A write in that second may still go to the
+/// old primary and be lost when it is demoted: the server then says `missedevents`, as
+/// `writes_the_promoted_replica_never_got_are_missedevents` shows for a failover.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_over_moves_the_server_to_the_new_primary() {
+    let mut setup = SentinelSetup::start();
+    let server = TestServer::start(config(&setup)).await;
+    let mut stream = server.live_stream("/?a").await;
+    publish_until_done(&server, "a", "0").await;
+    setup.wait_synced();
+    let setup = tokio::task::spawn_blocking(move || {
+        setup.switch_over();
+        setup
+    })
+    .await
+    .expect("switch-over");
+    sleep(Duration::from_millis(1100)).await;
+    for i in 1..6 {
+        publish_until_done(&server, "a", &i.to_string()).await;
+        sleep(Duration::from_millis(200)).await;
+    }
+    let got: Vec<String> = take_events(&mut stream, 6, Duration::from_secs(30))
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(got, ["0", "1", "2", "3", "4", "5"]);
+    stream.expect_silence(Duration::from_millis(300)).await;
+    let stored: Vec<String> = redis::cmd("ZRANGE")
+        .arg("a")
+        .arg(0)
+        .arg(-1)
+        .query(&mut setup.primary().con())
+        .expect("ZRANGE");
+    assert_eq!(
+        stored.len(),
+        6,
+        "the new primary holds every event: {stored:?}"
+    );
+}

@@ -1,0 +1,304 @@
+//! A private Redis Sentinel setup per test, on free loopback ports: a primary, one replica and
+//! three sentinels (quorum 2) watching them under one name, with short timings (a primary is
+//! declared down after a second), so that a test can kill the primary and wait for the replica
+//! to be promoted. Everything is torn down when it is dropped; the machine's own Redis is never
+//! touched.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::redis::RedisServer;
+
+/// The name the sentinels know the primary by.
+pub const MASTER: &str = "redisse-test";
+
+/// How long a failover may take: the sentinels see the primary down after a second, agree,
+/// elect a leader and promote the replica within a few more.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct SentinelSetup {
+    /// The two data servers; `primary` is the index of the one the sentinels last named.
+    servers: Vec<RedisServer>,
+    primary: usize,
+    sentinels: Vec<SentinelProcess>,
+}
+
+struct SentinelProcess {
+    port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl SentinelSetup {
+    /// Starts the primary, its replica (waiting for its first sync) and three sentinels, and
+    /// waits until every sentinel names the primary and knows the replica and the other two.
+    pub fn start() -> Self {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_with(
+            &[
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port().to_string(),
+            ],
+            None,
+        );
+        let mut setup = SentinelSetup {
+            servers: vec![primary, replica],
+            primary: 0,
+            sentinels: Vec::new(),
+        };
+        setup.wait_synced();
+        for _ in 0..3 {
+            setup
+                .sentinels
+                .push(SentinelProcess::start(setup.servers[0].port()));
+        }
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        for s in &setup.sentinels {
+            loop {
+                let known = s.query_master().map(|(_, port)| port);
+                let others = s.info_field("num-other-sentinels");
+                let replicas = s.info_field("num-slaves");
+                if known == Some(setup.servers[0].port())
+                    && others.as_deref() == Some("2")
+                    && replicas.as_deref() == Some("1")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sentinel on {} did not see the setup: master {known:?}, others {others:?}, \
+                     replicas {replicas:?}; its log:\n{}",
+                    s.port,
+                    s.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        setup
+    }
+
+    /// The sentinels' URLs, comma-separated, as `--redis-sentinel` takes them.
+    pub fn sentinel_urls(&self) -> String {
+        self.sentinel_list().join(",")
+    }
+
+    pub fn sentinel_list(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}/", s.port))
+            .collect()
+    }
+
+    /// The server the sentinels last named primary.
+    pub fn primary(&self) -> &RedisServer {
+        &self.servers[self.primary]
+    }
+
+    /// The other server.
+    pub fn replica(&self) -> &RedisServer {
+        &self.servers[1 - self.primary]
+    }
+
+    /// Waits until the replica's link to the primary is up and it has every write the
+    /// primary made (`WAIT 1`), so that a promotion loses nothing.
+    pub fn wait_synced(&self) {
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut self.replica().con())
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                let acked: i64 = redis::cmd("WAIT")
+                    .arg(1)
+                    .arg(2000)
+                    .query(&mut self.primary().con())
+                    .expect("WAIT");
+                if acked >= 1 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica ({}) did not sync with the primary ({}): {info}; a sentinel's log:\n{}",
+                self.replica().port(),
+                self.primary().port(),
+                self.sentinels[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the primary (SIGKILL, as a crash) and waits until the sentinels name the replica
+    /// and it says `ROLE master`. Returns how long the failover took.
+    pub fn kill_primary_and_wait_failover(&mut self) -> Duration {
+        let started = Instant::now();
+        self.kill_primary();
+        self.wait_failover();
+        started.elapsed()
+    }
+
+    /// Starts the killed server again (empty, as a primary of its own: the sentinels then
+    /// make it a replica of the new primary) and waits until it has synced.
+    pub fn restart_old_primary(&mut self) {
+        self.servers[1 - self.primary].start_again();
+        self.wait_synced();
+    }
+
+    /// A failover the sentinels are asked for (`SENTINEL FAILOVER`): the primary stays up and
+    /// is demoted, as in a planned switch. Waits as [`SentinelSetup::wait_failover`].
+    pub fn switch_over(&mut self) {
+        let _: () = redis::cmd("SENTINEL")
+            .arg("failover")
+            .arg(MASTER)
+            .query(&mut self.sentinels[0].con().expect("a sentinel connection"))
+            .expect("SENTINEL FAILOVER");
+        self.wait_failover();
+    }
+
+    /// Kills the primary (SIGKILL) and waits for its exit.
+    pub fn kill_primary(&mut self) {
+        self.servers[self.primary].stop();
+    }
+
+    /// Waits until the sentinels name the replica and it says `ROLE master`; it is then the
+    /// primary.
+    pub fn wait_failover(&mut self) {
+        let old = self.primary().port();
+        let new = self.replica().port();
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let named = self
+                .sentinels
+                .iter()
+                .filter(|s| s.query_master().map(|(_, p)| p) == Some(new))
+                .count();
+            let role: Option<Vec<redis::Value>> =
+                redis::cmd("ROLE").query(&mut self.replica().con()).ok();
+            let is_master = matches!(
+                role.as_deref().and_then(|r| r.first()),
+                Some(redis::Value::BulkString(b)) if b == b"master"
+            );
+            // And the failover is over for every sentinel (no `failover_in_progress` flag):
+            // a server that comes back during one may be taken for the primary again.
+            let settled = self
+                .sentinels
+                .iter()
+                .all(|s| s.info_field("flags").as_deref() == Some("master"));
+            if named == self.sentinels.len() && is_master && settled {
+                self.primary = 1 - self.primary;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover from {old} to {new} within {FAILOVER_PATIENCE:?}: {named} \
+                 sentinels name it, master: {is_master}; a sentinel's log:\n{}",
+                self.sentinels[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl SentinelProcess {
+    fn start(primary_port: u16) -> Self {
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {MASTER} 1000\n\
+                     sentinel failover-timeout {MASTER} 5000\n\
+                     sentinel parallel-syncs {MASTER} 1\n",
+                    dir = dir.path().display()
+                ),
+            )
+            .expect("write sentinel.conf");
+            let log = std::fs::File::create(dir.path().join("sentinel.log")).expect("log file");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start redis-server --sentinel ({e}): these tests need \
+                         redis-server on the PATH (Debian: apt-get install redis-server)"
+                    )
+                });
+            let mut s = SentinelProcess { port, child, dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if s.query_master().is_some() {
+                    return s;
+                }
+                if let Ok(Some(_)) = s.child.try_wait() {
+                    if s.log().contains("Address already in use") {
+                        break;
+                    }
+                    panic!("redis-server --sentinel exited; its log:\n{}", s.log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sentinel on {port} did not answer; its log:\n{}",
+                    s.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no free port for a sentinel in 3 tries")
+    }
+
+    fn con(&self) -> Option<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()
+    }
+
+    /// The primary this sentinel names.
+    fn query_master(&self) -> Option<(String, u16)> {
+        let (host, port): (String, String) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(MASTER)
+            .query(&mut self.con()?)
+            .ok()?;
+        Some((host, port.parse().ok()?))
+    }
+
+    /// A field of `SENTINEL MASTER <name>`.
+    fn info_field(&self, field: &str) -> Option<String> {
+        let fields: Vec<String> = redis::cmd("SENTINEL")
+            .arg("master")
+            .arg(MASTER)
+            .query(&mut self.con()?)
+            .ok()?;
+        fields
+            .chunks(2)
+            .find(|kv| kv[0] == field)
+            .and_then(|kv| kv.get(1).cloned())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
