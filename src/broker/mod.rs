@@ -2,7 +2,7 @@
 //!
 //! Two implementations with one behaviour, so one test suite runs against both:
 //! [`memory`] (one process, the default) and `redis` (feature `redis`: any number of processes,
-//! the gem's Redis layout). A broker assigns ids from one counter for all channels, stores each
+//! the gem's Redis layout, on one Redis or on the primary Sentinel names). A broker assigns ids from one counter for all channels, stores each
 //! event in its channel's history (the newest `history_size`, recording the newest id each trim
 //! removed, see `history`), and hands it, encoded once, to
 //! the hub's dispatcher of every process with local listeners. Each broker owns what it needs

@@ -33,7 +33,9 @@
 //! written by the subscriber alone.
 //!
 //! Every client is built by [`client`]: `rediss://` is TLS by rustls (ring, the process's
-//! default provider), trusting the system's roots or only the CA file of `redis_tls_ca`.
+//! default provider), trusting the system's roots or only the CA file of `redis_tls_ca`. Where
+//! the primary is, one address or wherever Sentinel says, is [`primary`]'s: the command
+//! connections are its [`Commands`], which follow the primary when it moves.
 
 pub(crate) mod primary;
 pub(crate) mod probe;

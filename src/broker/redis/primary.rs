@@ -8,8 +8,10 @@
 //! connections there ([`Commands::point_at`]) before it refills, so that streams' reads and
 //! publishes follow the primary too. (Sentinel, when it reconfigures a server, closes that
 //! server's normal and pub/sub clients, so a subscriber left on a demoted primary is told by
-//! its disconnection.) Between a primary's death and the subscriber's next connection, a
-//! publish fails on the dead address: the publisher is told and may retry, nothing is written.
+//! its disconnection.) Between a primary's death and the next resolution, a publish fails on
+//! the dead address: it is sent once more when the sentinels already name another primary,
+//! else the publisher is told and may retry; nothing is written. A demoted primary that is
+//! still up is left within a second: see [`Commands`].
 //!
 //! The primary's name may be given as a URL (`redis://alice:secret@mymaster/2`, `rediss://`
 //! for TLS) whose host is the name and whose user, password and database are the primary's;
