@@ -297,3 +297,13 @@ async fn once_started_a_redis_outage_is_survived() {
     redis.start_again();
     server.health_becomes(200).await;
 }
+
+/// A Redis Cluster node answers PING but would refuse every publish (CROSSSLOT): the start
+/// says so instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_node_stops_the_start_saying_cluster_is_not_supported() {
+    let node = RedisServer::start_cluster_node();
+    let err = fails_to_start(&["--redis", &node.url()]).await;
+    assert!(err.contains("a Redis Cluster node"), "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+}

@@ -139,12 +139,30 @@ async fn attempt(client: &redis::Client, remaining: Duration) -> Result<(), Unan
         .await
         .map_err(|e| classify(&e))?;
     match pong {
-        Value::SimpleString(s) if s == "PONG" => Ok(()),
-        Value::BulkString(b) if b == b"PONG" => Ok(()),
-        other => Err(Unanswered::fatal(format!(
-            "not a Redis server (it answered PING with {other:?})"
-        ))),
+        Value::SimpleString(s) if s == "PONG" => {}
+        Value::BulkString(b) if b == b"PONG" => {}
+        other => {
+            return Err(Unanswered::fatal(format!(
+                "not a Redis server (it answered PING with {other:?})"
+            )));
+        }
     }
+    // A node of a Redis Cluster answers PING too, but refuses the publish script (its keys,
+    // the channel and the global counter, lie in different slots) with CROSSSLOT on every
+    // publish: said at the start instead. (A server that does not answer INFO, an ACL user
+    // without it, is let through.)
+    let info: Option<String> = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut con)
+        .await
+        .ok();
+    if info.is_some_and(|i| i.lines().any(|l| l.trim() == "cluster_enabled:1")) {
+        return Err(Unanswered::fatal(
+            "a Redis Cluster node: redisse needs one Redis primary (alone or with Sentinel); \
+             Redis Cluster is not supported yet",
+        ));
+    }
+    Ok(())
 }
 
 /// The client's error on one line (its parse errors span several).

@@ -39,6 +39,24 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A free port for a Redis Cluster node: below 55536, with port + 10000 (its cluster bus) free
+/// too. The system's free ports are from the ephemeral range, where the bus port would often
+/// pass 65535 and the node would not start.
+pub fn free_cluster_port() -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    for i in 0..1000u32 {
+        let port = 20_000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 35_000) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node in 1000 tries")
+}
+
 impl RedisServer {
     /// Starts a server; fails the test with a clear message when `redis-server` is missing.
     pub fn start() -> Self {
@@ -50,9 +68,21 @@ impl RedisServer {
     /// is then a `rediss://` URL. Fails the test with a clear message when the server does not
     /// start (a `redis-server` built without TLS, an option it refuses), with its own log.
     pub fn start_with(extra: &[String], tls: Option<TlsFiles>) -> Self {
+        RedisServer::start_on(free_port, extra, tls)
+    }
+
+    /// A single Redis Cluster node (`--cluster-enabled yes`, its own slots unassigned), on a
+    /// port whose cluster bus port is free too.
+    pub fn start_cluster_node() -> Self {
+        let extra = ["--cluster-enabled".to_owned(), "yes".to_owned()];
+        RedisServer::start_on(free_cluster_port, &extra, None)
+    }
+
+    /// Starts a server on a port from `pick` (another one when it was taken meanwhile).
+    fn start_on(pick: fn() -> u16, extra: &[String], tls: Option<TlsFiles>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
-            port: free_port(),
+            port: pick(),
             dir,
             child: None,
             extra: extra.to_vec(),
@@ -64,7 +94,7 @@ impl RedisServer {
         for _ in 0..3 {
             match server.try_spawn() {
                 Ok(()) => return server,
-                Err(Failure::PortTaken) => server.port = free_port(),
+                Err(Failure::PortTaken) => server.port = pick(),
                 Err(Failure::Other(e)) => panic!("{e}"),
             }
         }
