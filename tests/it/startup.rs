@@ -299,11 +299,28 @@ async fn once_started_a_redis_outage_is_survived() {
 }
 
 /// A Redis Cluster node answers PING but would refuse every publish (CROSSSLOT): the start
-/// says so instead.
+/// says so instead, for a lone cluster-enabled node and for any node of a real cluster (three
+/// primaries, three replicas), whose channels land on different primaries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_node_stops_the_start_saying_cluster_is_not_supported() {
     let node = RedisServer::start_cluster_node();
     let err = fails_to_start(&["--redis", &node.url()]).await;
     assert!(err.contains("a Redis Cluster node"), "{err}");
     assert!(err.contains("not supported yet"), "{err}");
+
+    let cluster = tokio::task::spawn_blocking(crate::support::cluster::Cluster::start)
+        .await
+        .expect("a cluster");
+    let shards: std::collections::HashSet<u16> = ["news", "chat", "orders", "alerts", "a", "b"]
+        .iter()
+        .map(|c| cluster.primary_of(cluster.slot(c)))
+        .collect();
+    assert!(
+        shards.len() > 1,
+        "the channels all on one primary: {shards:?}"
+    );
+    for i in [0, 5] {
+        let err = fails_to_start(&["--redis", &cluster.node_url(i)]).await;
+        assert!(err.contains("a Redis Cluster node"), "node {i}: {err}");
+    }
 }

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod browser;
 pub mod cert;
+pub mod cluster;
 pub mod logs;
 pub mod pages;
 pub mod raw;

@@ -75,7 +75,13 @@ impl RedisServer {
     /// port whose cluster bus port is free too.
     pub fn start_cluster_node() -> Self {
         let extra = ["--cluster-enabled".to_owned(), "yes".to_owned()];
-        RedisServer::start_on(free_cluster_port, &extra, None)
+        RedisServer::start_cluster_node_with(&extra)
+    }
+
+    /// [`RedisServer::start_cluster_node`] with `extra` options (which must enable the
+    /// cluster).
+    pub fn start_cluster_node_with(extra: &[String]) -> Self {
+        RedisServer::start_on(free_cluster_port, extra, None)
     }
 
     /// Starts a server on a port from `pick` (another one when it was taken meanwhile).
