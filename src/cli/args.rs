@@ -253,6 +253,19 @@ pub struct PublishArgs {
     /// PEM file of the CA that signed the rediss:// server's certificate, for --redis.
     #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
+    /// Publish straight to the Redis primary these sentinels name (URLs, comma-separated),
+    /// with --redis-master.
+    #[arg(
+        long,
+        env = "REDISSE_REDIS_SENTINEL",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    pub redis_sentinel: Vec<String>,
+    /// The primary's name as the sentinels know it, or a URL with that name as host and the
+    /// primary's user, password and database, for --redis-sentinel.
+    #[arg(long, env = "REDISSE_REDIS_MASTER", value_name = "NAME")]
+    pub redis_master: Option<String>,
     /// Publish through a server's public POST /publish at this URL (http:// or https://),
     /// with the token. Without --server and --redis: the internal listener
     /// (REDISSE_INTERNAL_ADDRESS, else 127.0.0.1:8081), without a token.
@@ -287,19 +300,50 @@ impl PublishArgs {
     /// line, or both from the environment, is an error. `--redis-tls-ca` is then checked as
     /// the server checks it when publishing to Redis, refused on the command line with
     /// `--server`, and ignored from the environment (where the server's settings may be).
+    ///
+    /// `--redis-sentinel` (with `--redis-master`) is a third way, held to the same rule: of the
+    /// ways that have a value, those given on the command line win; more than one left is an
+    /// error.
     pub fn resolve_target(&mut self, matches: &clap::ArgMatches) -> Result<(), String> {
         let explicit =
             |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-        if self.redis.is_some() && self.server.is_some() {
-            match (explicit("redis"), explicit("server")) {
-                (true, false) => self.server = None,
-                (false, true) => self.redis = None,
-                _ => {
-                    return Err("--redis and --server cannot be used together \
-                                (nor REDISSE_REDIS and REDISSE_SERVER)"
-                        .into());
-                }
+        let given = [
+            ("redis", self.redis.is_some()),
+            ("redis_sentinel", !self.redis_sentinel.is_empty()),
+            ("server", self.server.is_some()),
+        ];
+        let chosen: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+        if chosen.len() > 1 {
+            let on_line: Vec<&str> = chosen.iter().copied().filter(|id| explicit(id)).collect();
+            if on_line.len() != 1 {
+                return Err(
+                    "--redis, --redis-sentinel and --server are three ways to publish: \
+                            one at a time (nor more than one of REDISSE_REDIS, \
+                            REDISSE_REDIS_SENTINEL and REDISSE_SERVER)"
+                        .into(),
+                );
             }
+            if on_line[0] != "redis" {
+                self.redis = None;
+            }
+            if on_line[0] != "redis_sentinel" {
+                self.redis_sentinel.clear();
+            }
+            if on_line[0] != "server" {
+                self.server = None;
+            }
+        }
+        if self.redis_sentinel.is_empty() {
+            if explicit("redis_master") {
+                return Err("--redis-master is for publishing through Sentinel, with \
+                            --redis-sentinel"
+                    .into());
+            }
+            self.redis_master = None;
+        } else if self.redis_master.is_none() {
+            return Err("--redis-sentinel needs --redis-master, the primary's name".into());
+        } else if self.redis_tls_ca.is_some() && explicit("redis_tls_ca") {
+            return Err("--redis-tls-ca is not supported with --redis-sentinel".into());
         }
         if self.redis.is_some() {
             check_redis_tls_ca(self.redis.as_deref(), self.redis_tls_ca.as_deref())

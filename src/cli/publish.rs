@@ -29,14 +29,37 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     if args.idempotency_window < std::time::Duration::from_millis(1) {
         return Err("--idempotency-window must be at least a millisecond".into());
     }
-    let id = match &args.redis {
-        #[cfg(feature = "redis")]
-        Some(url) => {
-            let ca = args.redis_tls_ca.as_deref();
-            let publisher =
-                crate::publish::Publisher::redis_with_tls_ca(url, args.history_size, ca)
-                    .map_err(|e| e.to_string())?
-                    .with_idempotency_window(args.idempotency_window);
+    #[cfg(feature = "redis")]
+    let straight = match (&args.redis_master, &args.redis) {
+        (Some(master), _) => Some(crate::publish::Publisher::redis_sentinel(
+            &args.redis_sentinel,
+            master,
+            args.history_size,
+        )),
+        (None, Some(url)) => Some(crate::publish::Publisher::redis_with_tls_ca(
+            url,
+            args.history_size,
+            args.redis_tls_ca.as_deref(),
+        )),
+        (None, None) => None,
+    };
+    #[cfg(not(feature = "redis"))]
+    let straight: Option<Result<crate::publish::Publisher, String>> =
+        match (&args.redis_master, &args.redis) {
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "--redis, --redis-sentinel: this build of redisse has no Redis \
+                            support (cargo feature `redis`)"
+                        .into(),
+                );
+            }
+        };
+    let id = match straight {
+        Some(publisher) => {
+            let publisher = publisher
+                .map_err(|e| e.to_string())?
+                .with_idempotency_window(args.idempotency_window);
             match key {
                 Some(key) => publisher
                     .publish_idempotent(&args.channel, event, key)
@@ -45,13 +68,6 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
                 None => publisher.publish(&args.channel, event).await,
             }
             .map_err(|e| e.to_string())?
-        }
-        #[cfg(not(feature = "redis"))]
-        Some(_) => {
-            return Err(
-                "--redis: this build of redisse has no Redis support (cargo feature `redis`)"
-                    .into(),
-            );
         }
         None => match &args.server {
             Some(server) => {

@@ -365,3 +365,78 @@ async fn a_switch_over_moves_the_server_to_the_new_primary() {
         "the new primary holds every event: {stored:?}"
     );
 }
+
+/// `redisse publish` with `args`, without the environment's Redis settings: its exit status,
+/// standard output and standard error.
+async fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
+            .arg("publish")
+            .args(args)
+            .env_remove("REDISSE_REDIS")
+            .env_remove("REDISSE_REDIS_SENTINEL")
+            .env_remove("REDISSE_REDIS_MASTER")
+            .env_remove("REDISSE_SERVER")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("redisse publish {args:?} did not exit"))
+    .expect("run redisse publish");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redisse_publish_writes_to_the_primary_sentinel_names() {
+    let setup = SentinelSetup::start();
+    let urls = setup.sentinel_urls();
+    let (ok, stdout, stderr) = cli(&[
+        "news",
+        "hello",
+        "--redis-sentinel",
+        &urls,
+        "--redis-master",
+        MASTER,
+        "--idempotency-key",
+        "k1",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let id: u64 = stdout.trim().parse().expect("an id");
+    let stored: Vec<String> = redis::cmd("ZRANGE")
+        .arg("news")
+        .arg(0)
+        .arg(-1)
+        .query(&mut setup.primary().con())
+        .expect("ZRANGE");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].starts_with(&format!("id: {id}\n")), "{stored:?}");
+
+    // Without the primary's name, or with another way to publish on the line: refused.
+    let (ok, _, stderr) = cli(&["news", "x", "--redis-sentinel", &urls]).await;
+    assert!(!ok && stderr.contains("--redis-master"), "{stderr}");
+    let (ok, _, stderr) = cli(&[
+        "news",
+        "x",
+        "--redis-sentinel",
+        &urls,
+        "--redis-master",
+        MASTER,
+        "--redis",
+        "redis://127.0.0.1:1/",
+    ])
+    .await;
+    assert!(!ok && stderr.contains("one at a time"), "{stderr}");
+    let (ok, _, stderr) = cli(&["news", "x", "--redis-master", MASTER]).await;
+    assert!(!ok && stderr.contains("--redis-sentinel"), "{stderr}");
+    let stored: i64 = redis::cmd("ZCARD")
+        .arg("news")
+        .query(&mut setup.primary().con())
+        .expect("ZCARD");
+    assert_eq!(stored, 1, "a refused publish wrote nothing");
+}
