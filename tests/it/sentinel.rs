@@ -3,6 +3,7 @@
 //! promoted) survived with no event lost that the new primary's history holds, and
 //! `missedevents` for what it does not.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redisse::config::SentinelSettings;
@@ -439,4 +440,87 @@ async fn redisse_publish_writes_to_the_primary_sentinel_names() {
         .query(&mut setup.primary().con())
         .expect("ZCARD");
     assert_eq!(stored, 1, "a refused publish wrote nothing");
+}
+
+/// Publishes `data` on `channel` through `process`'s internal listener with an idempotency
+/// key, retrying while it answers 503 (the primary is being replaced); the id.
+async fn publish_through(process: &Redisse, channel: &str, data: &str) -> u64 {
+    let url = process.internal_url(&format!("/publish/{channel}?type=m"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = crate::support::sse::client()
+            .post(&url)
+            .header("idempotency-key", format!("h-{data}"))
+            .body(data.to_owned())
+            .send()
+            .await;
+        if let Ok(res) = res {
+            let status = res.status().as_u16();
+            let body = res.text().await.unwrap_or_default();
+            if status == 200 {
+                let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                return v["id"].as_u64().expect("an id");
+            }
+            assert_eq!(status, 503, "publish {data}: {body}");
+        }
+        assert!(Instant::now() < deadline, "publishing {data} still fails");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three processes on the primary Sentinel names, a stream on each and publishers on all
+/// three, through a failover: every stream gets every acknowledged event once, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_ride_out_a_failover_together() {
+    let mut setup = SentinelSetup::start();
+    let urls = setup.sentinel_urls();
+    let args = ["--redis-sentinel", urls.as_str(), "--redis-master", MASTER];
+    let processes: Vec<Redisse> = (0..3).map(|_| Redisse::start(&args)).collect();
+    publish_through(&processes[0], "warm", "w").await;
+    let mut streams = Vec::new();
+    for p in &processes {
+        let mut s = SseStream::open(&p.url("/?a&b"), &[]).await;
+        assert_eq!(s.next().await.event, "lastEventId");
+        streams.push(s);
+    }
+    let processes = Arc::new(processes);
+    let publishing = {
+        let processes = processes.clone();
+        tokio::spawn(async move {
+            let mut published = Vec::new();
+            for i in 0..45 {
+                let channel = ["a", "b"][i % 2];
+                let id = publish_through(&processes[i % 3], channel, &format!("e{i}")).await;
+                published.push((id, format!("e{i}")));
+                sleep(Duration::from_millis(60)).await;
+            }
+            published
+        })
+    };
+    sleep(Duration::from_millis(600)).await;
+    setup.wait_synced();
+    let _setup = tokio::task::spawn_blocking(move || {
+        setup.kill_primary_and_wait_failover();
+        setup
+    })
+    .await
+    .expect("failover");
+    let mut published = publishing.await.expect("publishers");
+    published.sort();
+    let want: Vec<String> = published.iter().map(|(_, d)| d.clone()).collect();
+    for (i, s) in streams.iter_mut().enumerate() {
+        let got = take_events(s, want.len(), Duration::from_secs(60)).await;
+        let ids: Vec<u64> = got
+            .iter()
+            .map(|e| {
+                e.id.as_deref()
+                    .and_then(|id| id.parse().ok())
+                    .expect("an id")
+            })
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "process {i}: {ids:?}");
+        let data: Vec<String> = got.into_iter().map(|e| e.data).collect();
+        assert_eq!(data, want, "process {i}");
+        s.expect_silence(Duration::from_millis(300)).await;
+    }
 }
