@@ -13,6 +13,7 @@ use tokio::time::{Instant, sleep};
 use crate::startup::fails_to_start;
 use crate::support::binary::Redisse;
 use crate::support::sentinel::{MASTER, SentinelSetup};
+use crate::support::steps::id_of;
 use crate::support::{PATIENCE, SseEvent, SseStream, TestServer};
 
 fn config(setup: &SentinelSetup) -> Config {
@@ -25,16 +26,11 @@ fn config(setup: &SentinelSetup) -> Config {
 
 /// Publishes `data` on `channel` with its own idempotency key, retrying while the broker
 /// refuses (the primary is gone, or not yet found): a retry never publishes twice.
-async fn publish_until_done(server: &TestServer, channel: &str, data: &str) -> u64 {
-    let publisher = server.redisse.publisher();
+async fn publish_until_done(publisher: &Publisher, channel: &str, data: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match publisher
-            .publish_idempotent(
-                channel,
-                redisse::Event::new("m", data),
-                &format!("k-{data}"),
-            )
+            .publish_idempotent(channel, Event::new("m", data), &format!("k-{data}"))
             .await
         {
             Ok(p) => return p.id,
@@ -74,39 +70,19 @@ async fn a_failover_loses_no_event_that_history_holds() {
     let mut stream = server.live_stream("/?a&b").await;
     for i in 0..10 {
         let channel = if i % 2 == 0 { "a" } else { "b" };
-        publish_until_done(&server, channel, &i.to_string()).await;
+        publish_until_done(&server.redisse.publisher(), channel, &i.to_string()).await;
     }
     let before = take_events(&mut stream, 10, PATIENCE).await;
     setup.wait_synced();
 
     // Publishing goes on through the failover; the primary dies under it.
     let publishing = {
-        let server_publisher = server.redisse.clone();
+        let publisher = server.redisse.publisher();
         tokio::spawn(async move {
             let mut ids = Vec::new();
-            let publisher = server_publisher.publisher();
             for i in 10..40 {
                 let channel = if i % 2 == 0 { "a" } else { "b" };
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    match publisher
-                        .publish_idempotent(
-                            channel,
-                            redisse::Event::new("m", i.to_string()),
-                            &format!("k-{i}"),
-                        )
-                        .await
-                    {
-                        Ok(p) => {
-                            ids.push(p.id);
-                            break;
-                        }
-                        Err(e) => {
-                            assert!(Instant::now() < deadline, "publishing {i} still fails: {e}");
-                            sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
+                ids.push(publish_until_done(&publisher, channel, &i.to_string()).await);
                 sleep(Duration::from_millis(100)).await;
             }
             ids
@@ -133,14 +109,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
         data, expected,
         "every event once, in order (failover took {took:?})"
     );
-    let seen: Vec<u64> = after
-        .iter()
-        .map(|e| {
-            e.id.as_deref()
-                .and_then(|id| id.parse().ok())
-                .expect("an id")
-        })
-        .collect();
+    let seen: Vec<u64> = after.iter().map(id_of).collect();
     assert_eq!(
         seen, ids,
         "the ids the publisher was given, as the stream saw them"
@@ -160,7 +129,7 @@ async fn writes_the_promoted_replica_never_got_are_missedevents() {
     let server = TestServer::start(config(&setup)).await;
     let mut stream = server.live_stream("/?a").await;
     for i in 0..5 {
-        publish_until_done(&server, "a", &i.to_string()).await;
+        publish_until_done(&server.redisse.publisher(), "a", &i.to_string()).await;
     }
     take_events(&mut stream, 5, PATIENCE).await;
     setup.wait_synced();
@@ -177,7 +146,8 @@ async fn writes_the_promoted_replica_never_got_are_missedevents() {
     assert_eq!(dropped, 1, "the replica's link");
     let mut acknowledged_last = 0;
     for i in 5..8 {
-        acknowledged_last = publish_until_done(&server, "a", &i.to_string()).await;
+        acknowledged_last =
+            publish_until_done(&server.redisse.publisher(), "a", &i.to_string()).await;
     }
     take_events(&mut stream, 3, PATIENCE).await;
     setup.kill_primary();
@@ -198,7 +168,7 @@ async fn writes_the_promoted_replica_never_got_are_missedevents() {
     let retained = take_events(&mut stream, 5, PATIENCE).await;
     let retained: Vec<&str> = retained.iter().map(|e| e.data.as_str()).collect();
     assert_eq!(retained, ["0", "1", "2", "3", "4"], "what the replica had");
-    let id = publish_until_done(&server, "a", "after").await;
+    let id = publish_until_done(&server.redisse.publisher(), "a", "after").await;
     let next = take_events(&mut stream, 1, PATIENCE).await;
     assert_eq!(next[0].data, "after");
     assert_eq!(next[0].id.as_deref(), Some(id.to_string().as_str()));
@@ -269,27 +239,7 @@ async fn a_publisher_through_sentinel_follows_a_failover_and_a_switch_over() {
     let mut setup = SentinelSetup::start();
     let publisher =
         Publisher::redis_sentinel(&setup.sentinel_list(), MASTER, 100).expect("a publisher");
-    let publish = |i: u32| {
-        let publisher = publisher.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut failures = 0;
-            loop {
-                match publisher
-                    .publish_idempotent("p", Event::message(i.to_string()), &format!("p-{i}"))
-                    .await
-                {
-                    Ok(p) => return (p.id, failures),
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "publishing {i} still fails: {e}");
-                        failures += 1;
-                        sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }
-    };
-    let mut ids = vec![publish(0).await.0];
+    let mut ids = vec![publish_until_done(&publisher, "p", "0").await];
     setup.wait_synced();
     setup = tokio::task::spawn_blocking(move || {
         setup.kill_primary_and_wait_failover();
@@ -297,7 +247,7 @@ async fn a_publisher_through_sentinel_follows_a_failover_and_a_switch_over() {
     })
     .await
     .expect("failover");
-    ids.push(publish(1).await.0);
+    ids.push(publish_until_done(&publisher, "p", "1").await);
     setup = tokio::task::spawn_blocking(move || {
         setup.restart_old_primary();
         setup.switch_over();
@@ -306,9 +256,7 @@ async fn a_publisher_through_sentinel_follows_a_failover_and_a_switch_over() {
     .await
     .expect("switch-over");
     // The publisher's connection is to the demoted primary, which is up and a replica now.
-    let (id, failures) = publish(2).await;
-    ids.push(id);
-    eprintln!("publishes refused after the switch-over: {failures}");
+    ids.push(publish_until_done(&publisher, "p", "2").await);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     let stored: Vec<String> = redis::cmd("ZRANGE")
         .arg("p")
@@ -334,7 +282,7 @@ async fn a_switch_over_moves_the_server_to_the_new_primary() {
     let mut setup = SentinelSetup::start();
     let server = TestServer::start(config(&setup)).await;
     let mut stream = server.live_stream("/?a").await;
-    publish_until_done(&server, "a", "0").await;
+    publish_until_done(&server.redisse.publisher(), "a", "0").await;
     setup.wait_synced();
     let setup = tokio::task::spawn_blocking(move || {
         setup.switch_over();
@@ -344,7 +292,7 @@ async fn a_switch_over_moves_the_server_to_the_new_primary() {
     .expect("switch-over");
     sleep(Duration::from_millis(1100)).await;
     for i in 1..6 {
-        publish_until_done(&server, "a", &i.to_string()).await;
+        publish_until_done(&server.redisse.publisher(), "a", &i.to_string()).await;
         sleep(Duration::from_millis(200)).await;
     }
     let got: Vec<String> = take_events(&mut stream, 6, Duration::from_secs(30))
@@ -510,14 +458,7 @@ async fn three_processes_ride_out_a_failover_together() {
     let want: Vec<String> = published.iter().map(|(_, d)| d.clone()).collect();
     for (i, s) in streams.iter_mut().enumerate() {
         let got = take_events(s, want.len(), Duration::from_secs(60)).await;
-        let ids: Vec<u64> = got
-            .iter()
-            .map(|e| {
-                e.id.as_deref()
-                    .and_then(|id| id.parse().ok())
-                    .expect("an id")
-            })
-            .collect();
+        let ids: Vec<u64> = got.iter().map(id_of).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "process {i}: {ids:?}");
         let data: Vec<String> = got.into_iter().map(|e| e.data).collect();
         assert_eq!(data, want, "process {i}");
