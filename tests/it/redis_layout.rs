@@ -249,6 +249,33 @@ async fn a_trimmed_key_of_another_type_refuses_publishing_and_keeps_reads_workin
     s.expect_silence(Duration::from_millis(200)).await;
 }
 
+/// A channel whose key holds another type (a string someone else set) refuses the publish
+/// before anything is written: no id taken, nothing delivered live to its listeners (who would
+/// get an event that history never holds).
+#[tokio::test]
+async fn a_channel_key_of_another_type_refuses_publishing_before_anything_is_written() {
+    let backend = Backend::redis();
+    let redis = backend.redis_server();
+    let server = TestServer::start(backend.config()).await;
+    let _: () = redis::cmd("SET")
+        .arg("s")
+        .arg("a string")
+        .query(&mut redis.con())
+        .unwrap();
+    let mut s = server.live_stream("/?s").await;
+    let counter = get_counter(redis);
+    let err = server
+        .redisse
+        .publisher()
+        .publish("s", "refused")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is a string"), "{err}");
+    assert_eq!(get_counter(redis), counter, "no id taken");
+    s.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(key_type(redis, "s"), "string");
+}
+
 #[tokio::test]
 async fn the_published_payload_is_the_stored_member() {
     let backend = Backend::redis();

@@ -89,7 +89,7 @@ pub const TRIMMED_KEY: &str = "redisse:trimmed";
 // text after its `id:` line, ARGV[2] the history size. The channel's set and members are the
 // gem's; when the trim removes anything, the newest id removed (the score of rank excess - 1,
 // read before removing) goes into the hash if it is above what is there. Another type under the
-// hash's name refuses the publish before anything is written.
+// hash's name, or under the channel's, refuses the publish before anything is written.
 // With an idempotency key, KEYS[4] is its record, ARGV[3] the fingerprint of the event and its
 // channel, ARGV[4] the window in milliseconds. A record there answers its id without writing
 // anything: flag 1 when the fingerprints match (a retry), 2 when they differ (the key reused for
@@ -110,6 +110,10 @@ end
 local kind = redis.call('TYPE', KEYS[3])['ok']
 if kind ~= 'none' and kind ~= 'hash' then
   return redis.error_reply(KEYS[3] .. ' is a ' .. kind .. ', not the hash of trimmed ids: publishing would lose track of trims')
+end
+kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'zset' then
+  return redis.error_reply('the key ' .. KEYS[1] .. ' is a ' .. kind .. ', not a channel history (a sorted set): nothing published')
 end
 local id = redis.call('INCR', KEYS[2])
 local payload = 'id: ' .. string.format('%d', id) .. '\n' .. ARGV[1]
