@@ -106,7 +106,8 @@ fn master_settings(
             )));
         }
     };
-    // The resolved client is rebuilt with the protocol each use needs (`client_from_info`).
+    // `resolve` makes the resolved client RESP3 (`client_from_info`), the protocol of the
+    // subscriber's connection and of the command connections made from it.
     let settings = info
         .redis_settings()
         .clone()
@@ -278,8 +279,9 @@ impl Commands {
         self.addr() != before
     }
 
-    /// Connects to `client`'s server from now on, unless already there (a RESP2 client is
-    /// made from it: see `super::client`). Returns whether it changed.
+    /// Connects to `client`'s server from now on, unless already there, with `client`'s own
+    /// settings (the protocol too: RESP3 from [`Primary::resolve`], as the server's command
+    /// connections always were). Returns whether it changed.
     pub fn point_at(&self, client: &redis::Client) -> Result<bool, BrokerError> {
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
