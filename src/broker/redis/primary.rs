@@ -151,7 +151,10 @@ const FIRST_PRIMARY_WAIT: Duration = Duration::from_secs(2);
 pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
 /// How long a command waits for that answer before it goes on with the connection it has.
-const RECHECK_WAIT: Duration = Duration::from_secs(1);
+/// Longer than the client's connect timeout (1 s), which is how long it takes to pass over
+/// sentinels that do not answer (a host gone: it asks three at once): with a wait as long as
+/// that timeout, the answer of the sentinels listed after them came too late, every time.
+const RECHECK_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 struct Current {
