@@ -465,3 +465,93 @@ async fn three_processes_ride_out_a_failover_together() {
         s.expect_silence(Duration::from_millis(300)).await;
     }
 }
+
+/// A sentinel on a host that is gone: a listener whose queue is full and that never accepts,
+/// so that the kernel drops new connections' SYNs and a client waits out its connect timeout.
+/// Its URL, and what must live as long as it is used.
+async fn gone_sentinel() -> (String, GoneHost) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("its port");
+    let mut queued = Vec::new();
+    while let Ok(Ok(c)) = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        queued.push(c);
+    }
+    (format!("redis://{addr}/"), (listener, queued))
+}
+
+/// The listener of [`gone_sentinel`] and the connections that fill its queue.
+type GoneHost = (tokio::net::TcpListener, Vec<tokio::net::TcpStream>);
+
+/// Sentinels that do not answer (their hosts gone) listed before the ones that do: the Rust
+/// publisher, which has no subscriber to find the primary for it, still finds it through the
+/// others, and follows a failover there. The client passes over three sentinels that do not
+/// answer in its connect timeout (1 s: it asks three at once), so a command must wait longer
+/// than that for the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_finds_and_follows_the_primary_past_sentinels_that_do_not_answer() {
+    let mut setup = SentinelSetup::start();
+    let mut sentinels = Vec::new();
+    let mut gone = Vec::new();
+    for _ in 0..3 {
+        let (url, held) = gone_sentinel().await;
+        sentinels.push(url);
+        gone.push(held);
+    }
+    sentinels.extend(setup.sentinel_list());
+    let publisher = Publisher::redis_sentinel(&sentinels, MASTER, 100).expect("a publisher");
+    // The first publishes: the first waits for the primary to be found.
+    let mut refused = Vec::new();
+    for i in 0..3 {
+        if let Err(e) = publisher.publish("q", Event::message(i.to_string())).await {
+            refused.push(e.to_string());
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "publishes refused past sentinels that do not answer: {refused:?}"
+    );
+    setup.wait_synced();
+    setup = tokio::task::spawn_blocking(move || {
+        setup.kill_primary_and_wait_failover();
+        setup
+    })
+    .await
+    .expect("failover");
+    // The primary is gone: publishes are refused until the publisher has asked the sentinels.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match publisher
+            .publish_idempotent("q", Event::message("after"), "q-after")
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "no publish to the promoted replica within 30 s: {last}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let stored: Vec<String> = redis::cmd("ZRANGE")
+        .arg("q")
+        .arg(0)
+        .arg(-1)
+        .query(&mut setup.primary().con())
+        .expect("ZRANGE");
+    let data: Vec<&str> = stored
+        .iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .collect();
+    assert_eq!(data, ["0", "1", "2", "after"], "{stored:?}");
+    drop(gone);
+}

@@ -108,7 +108,8 @@ fn master_settings(
             )));
         }
     };
-    // The resolved client is rebuilt with the protocol each use needs (`client_from_info`).
+    // `resolve` makes the resolved client RESP3 (`client_from_info`), the protocol of the
+    // subscriber's connection and of the command connections made from it.
     let settings = info
         .redis_settings()
         .clone()
@@ -140,6 +141,9 @@ pub(crate) struct Commands {
     checked: Arc<std::sync::Mutex<Instant>>,
     /// Held by the one caller that asks the sentinels again; the others wait for its answer.
     rechecking: Arc<Mutex<()>>,
+    /// How many times the sentinels were asked (under `rechecking`): a caller that must have
+    /// an answer asked after it came (`force`) takes one that another caller got meanwhile.
+    asked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a command waits for the first primary to be found.
@@ -149,7 +153,10 @@ const FIRST_PRIMARY_WAIT: Duration = Duration::from_secs(2);
 pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
 /// How long a command waits for that answer before it goes on with the connection it has.
-const RECHECK_WAIT: Duration = Duration::from_secs(1);
+/// Longer than the client's connect timeout (1 s), which is how long it takes to pass over
+/// sentinels that do not answer (a host gone: it asks three at once): with a wait as long as
+/// that timeout, the answer of the sentinels listed after them came too late, every time.
+const RECHECK_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 struct Current {
@@ -178,6 +185,7 @@ impl Commands {
             follows,
             checked: Arc::new(std::sync::Mutex::new(Instant::now())),
             rechecking: Arc::new(Mutex::new(())),
+            asked: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -196,17 +204,27 @@ impl Commands {
     }
 
     /// Asks the sentinels where the primary is and points there, unless another caller did
-    /// within [`RECHECK`] (and `force` is false). One caller asks at a time; the others wait
-    /// for its answer (at most [`RECHECK_WAIT`]), rather than write to a primary that may
+    /// within [`RECHECK`] (`force` false) or asked them after this call began (`force` true:
+    /// commands that failed together share one answer). One caller asks at a time; the others
+    /// wait for its answer (at most [`RECHECK_WAIT`]), rather than write to a primary that may
     /// just have been replaced.
     async fn recheck(&self, force: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
         let Some(primary) = &self.follows else {
             return;
         };
+        let asked_before = self.asked.load(SeqCst);
         let _one = self.rechecking.lock().await;
-        if !force && !self.checked_long_ago() {
+        let fresh = if force {
+            // Asked under the lock, so that answer is in: it was asked after this call began.
+            self.asked.load(SeqCst) != asked_before
+        } else {
+            !self.checked_long_ago()
+        };
+        if fresh {
             return;
         }
+        self.asked.fetch_add(1, SeqCst);
         if let Ok(Ok(client)) = tokio::time::timeout(RECHECK_WAIT, primary.resolve()).await {
             let _ = self.point_at(&client);
         }
@@ -266,8 +284,9 @@ impl Commands {
         self.addr() != before
     }
 
-    /// Connects to `client`'s server from now on, unless already there (a RESP2 client is
-    /// made from it: see `super::client`). Returns whether it changed.
+    /// Connects to `client`'s server from now on, unless already there, with `client`'s own
+    /// settings (the protocol too: RESP3 from [`Primary::resolve`], as the server's command
+    /// connections always were). Returns whether it changed.
     pub fn point_at(&self, client: &redis::Client) -> Result<bool, BrokerError> {
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
@@ -334,5 +353,67 @@ mod tests {
             assert!(commands.point_at(&b).unwrap());
             assert!(commands.get().await.is_ok());
         });
+    }
+
+    /// Commands that all failed at once on a primary that is gone ask the sentinels once for
+    /// all of them (once more at most, for those that failed while the first answer was on its
+    /// way), not once each in turn: with sentinels or a primary that are slow to answer, the
+    /// last of them would otherwise wait a resolution for each one before it.
+    #[test]
+    fn failures_at_once_share_one_question_to_the_sentinels() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        // A sentinel that accepts connections and never answers, counting them: each
+        // question to it is a new connection (the client keeps none that did not answer).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = std::thread::spawn({
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((socket, _)) => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                            held.push(socket);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }
+        });
+        let silent = Primary::sentinel(&[format!("redis://127.0.0.1:{port}/")], "m").unwrap();
+        let commands = Commands::following(Arc::new(silent));
+        let gone = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let refused =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let moved = rt.block_on(async {
+            assert!(commands.point_at(&gone).unwrap());
+            let failed: Vec<_> = (0..6)
+                .map(|_| {
+                    let (commands, refused) = (commands.clone(), refused.clone());
+                    tokio::spawn(async move { commands.follow_after(&refused).await })
+                })
+                .collect();
+            let mut moved = Vec::new();
+            for f in failed {
+                moved.push(f.await.unwrap());
+            }
+            moved
+        });
+        stop.store(true, Ordering::Relaxed);
+        acceptor.join().unwrap();
+        assert_eq!(moved, [false; 6], "nothing named another primary");
+        let asked = accepted.load(Ordering::Relaxed);
+        assert!(
+            asked <= 2,
+            "six commands refused at once asked the sentinels {asked} times"
+        );
     }
 }
