@@ -80,7 +80,16 @@ async fn the_counter_and_history_hold_the_gems_bytes() {
         )]
     );
     // Only those keys exist, and the data-loss floor that the instance's subscriber created
-    // (at 0: no loss seen) when it connected, which the gem ignores.
+    // (at 0: no loss seen) when it connected, which the gem ignores. The subscriber connects
+    // beside the publishes: waited for (the broker is up once it made the floor).
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while !redisse.is_broker_up() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.con()).unwrap();
     keys.sort();
     assert_eq!(

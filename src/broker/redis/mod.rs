@@ -434,7 +434,7 @@ impl RedisPublisher {
             // Refused before it ran (a demoted primary, a dead address), and the primary
             // moved: sent once more, there.
             Err(e)
-                if (e.code() == Some("READONLY") || e.is_connection_refusal())
+                if (primary::is_readonly(&e) || e.is_connection_refusal())
                     && self.commands.follow_after(&e).await =>
             {
                 inv.invoke_async(&mut self.commands.get().await?).await
@@ -689,6 +689,7 @@ impl RedisBroker {
             ping_timeout: config.redis_ping_timeout,
             floor_seen: None,
             run_id: None,
+            connected: None,
         };
         tasks.spawn("redis subscriber", subscriber.run());
         let broker = RedisBroker {

@@ -272,7 +272,7 @@ impl Commands {
         if self.follows.is_none() {
             return false;
         }
-        let moved_away = e.code() == Some("READONLY")
+        let moved_away = is_readonly(e)
             || e.is_connection_refusal()
             || e.is_connection_dropped()
             || e.is_unrecoverable_error();
@@ -296,6 +296,8 @@ impl Commands {
             .as_ref()
             .is_some_and(|c| c.addr == addr)
         {
+            // Just resolved there: the answer is fresh.
+            *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             return Ok(false);
         }
         let commands_client =
@@ -305,6 +307,12 @@ impl Commands {
         *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         Ok(true)
     }
+}
+
+/// Whether `e` is a replica refusing a write: `READONLY`, or (Redis before 7, where a script's
+/// error comes back wrapped as `ERR`) an error that says so.
+pub(crate) fn is_readonly(e: &redis::RedisError) -> bool {
+    e.code() == Some("READONLY") || e.to_string().contains("READONLY You can't write")
 }
 
 #[cfg(test)]

@@ -96,6 +96,8 @@ pub(super) struct Subscriber {
     /// before, or when it cannot be read): the same one means Redis did not restart, so it
     /// cannot have come back from an older save.
     pub run_id: Option<String>,
+    /// The address of the server the pub/sub connection is to (as the client displays it).
+    pub connected: Option<String>,
 }
 
 /// The counter and the data-loss floor, read together.
@@ -180,7 +182,7 @@ impl Subscriber {
         }
     }
 
-    async fn connect(&self, lost: Arc<Notify>) -> Result<MultiplexedConnection, BrokerError> {
+    async fn connect(&mut self, lost: Arc<Notify>) -> Result<MultiplexedConnection, BrokerError> {
         let dispatch = self.dispatch.clone();
         let metrics = self.metrics.clone();
         let counter_seen = self.counter_seen.clone();
@@ -197,6 +199,7 @@ impl Subscriber {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(BrokerError::redis)?;
+        self.connected = Some(client.get_connection_info().addr().to_string());
         if self.primary.moves() {
             // The command connections follow before anything reads: the refill's and the
             // streams' reads, and publishes, go to the primary this connection found.
@@ -502,7 +505,7 @@ impl Subscriber {
         if !self.primary.moves() {
             return None;
         }
-        let connected = self.history.commands.addr();
+        let connected = self.connected.clone();
         // A cheap call when the answer is fresh: it only asks when it is not.
         let _ = self.streams_commands.get().await;
         let named = self.streams_commands.addr();

@@ -240,8 +240,10 @@ impl SentinelProcess {
                 });
             let mut s = SentinelProcess { port, child, dir };
             let deadline = Instant::now() + Duration::from_secs(10);
+            let pid = s.child.id();
             loop {
-                if s.query_master().is_some() {
+                // Ours, not another test's sentinel that got the port first.
+                if s.query_master().is_some() && s.process_id() == Some(pid) {
                     return s;
                 }
                 if let Ok(Some(_)) = s.child.try_wait() {
@@ -266,6 +268,16 @@ impl SentinelProcess {
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(1))
             .ok()
+    }
+
+    /// The process id the sentinel on this port says it has.
+    fn process_id(&self) -> Option<u32> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut self.con()?)
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("process_id:")?.parse().ok())
     }
 
     /// The primary this sentinel names.
