@@ -301,6 +301,14 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
+    /// A synchronous connection, or `None` when the server refuses or drops it for now (a
+    /// server being reconfigured by Sentinel closes its clients).
+    pub fn try_con(&self) -> Option<redis::Connection> {
+        self.client()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .ok()
+    }
+
     /// A synchronous connection, for setting up and inspecting data.
     pub fn con(&self) -> redis::Connection {
         self.client()

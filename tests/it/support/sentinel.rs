@@ -111,17 +111,19 @@ impl SentinelSetup {
     pub fn wait_synced(&self) {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         loop {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut self.replica().con())
+            // Connections may be refused or dropped meanwhile (Sentinel reconfiguring a
+            // server closes its clients): then it is not synced yet.
+            let info: String = self
+                .replica()
+                .try_con()
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
                 .unwrap_or_default();
             if info.contains("master_link_status:up") {
-                let acked: i64 = redis::cmd("WAIT")
-                    .arg(1)
-                    .arg(2000)
-                    .query(&mut self.primary().con())
-                    .expect("WAIT");
-                if acked >= 1 {
+                let acked: Option<i64> = self
+                    .primary()
+                    .try_con()
+                    .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(2000).query(&mut c).ok());
+                if acked >= Some(1) {
                     return;
                 }
             }
@@ -180,8 +182,10 @@ impl SentinelSetup {
                 .iter()
                 .filter(|s| s.query_master().map(|(_, p)| p) == Some(new))
                 .count();
-            let role: Option<Vec<redis::Value>> =
-                redis::cmd("ROLE").query(&mut self.replica().con()).ok();
+            let role: Option<Vec<redis::Value>> = self
+                .replica()
+                .try_con()
+                .and_then(|mut c| redis::cmd("ROLE").query(&mut c).ok());
             let is_master = matches!(
                 role.as_deref().and_then(|r| r.first()),
                 Some(redis::Value::BulkString(b)) if b == b"master"
