@@ -14,7 +14,7 @@ use crate::startup::fails_to_start;
 use crate::support::binary::Redisse;
 use crate::support::sentinel::{MASTER, SentinelSetup};
 use crate::support::steps::id_of;
-use crate::support::{PATIENCE, SseEvent, SseStream, TestServer};
+use crate::support::{PATIENCE, RedisServer, SseEvent, SseStream, TestServer};
 
 fn config(setup: &SentinelSetup) -> Config {
     let mut config = Config::default();
@@ -22,6 +22,24 @@ fn config(setup: &SentinelSetup) -> Config {
     config.redis_ping_interval = Duration::from_millis(500);
     config.redis_ping_timeout = Duration::from_millis(500);
     config
+}
+
+/// The history of `channel` on `redis`, as stored.
+fn stored(redis: &RedisServer, channel: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(channel)
+        .arg(0)
+        .arg(-1)
+        .query(&mut redis.con())
+        .expect("ZRANGE")
+}
+
+/// The `data:` of each stored event.
+fn data_of(stored: &[String]) -> Vec<&str> {
+    stored
+        .iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .collect()
 }
 
 /// Publishes `data` on `channel` with its own idempotency key, retrying while the broker
@@ -182,12 +200,7 @@ async fn the_binary_finds_the_primary_through_sentinel_and_names_an_unknown_one(
     let urls = setup.sentinel_urls();
     let redisse = Redisse::start(&["--redis-sentinel", &urls, "--redis-master", MASTER]);
     let id = redisse.publish_event("news", None, "hello").await;
-    let stored: Vec<String> = redis::cmd("ZRANGE")
-        .arg("news")
-        .arg(0)
-        .arg(-1)
-        .query(&mut setup.primary().con())
-        .expect("ZRANGE");
+    let stored = stored(setup.primary(), "news");
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert!(
         stored[0].starts_with(&format!("id: {id}\n")) && stored[0].contains("data: hello\n"),
@@ -258,16 +271,8 @@ async fn a_publisher_through_sentinel_follows_a_failover_and_a_switch_over() {
     // The publisher's connection is to the demoted primary, which is up and a replica now.
     ids.push(publish_until_done(&publisher, "p", "2").await);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-    let stored: Vec<String> = redis::cmd("ZRANGE")
-        .arg("p")
-        .arg(0)
-        .arg(-1)
-        .query(&mut setup.primary().con())
-        .expect("ZRANGE");
-    let data: Vec<&str> = stored
-        .iter()
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
-        .collect();
+    let stored = stored(setup.primary(), "p");
+    let data = data_of(&stored);
     assert_eq!(data, ["0", "1", "2"], "{stored:?}");
 }
 
@@ -302,12 +307,7 @@ async fn a_switch_over_moves_the_server_to_the_new_primary() {
         .collect();
     assert_eq!(got, ["0", "1", "2", "3", "4", "5"]);
     stream.expect_silence(Duration::from_millis(300)).await;
-    let stored: Vec<String> = redis::cmd("ZRANGE")
-        .arg("a")
-        .arg(0)
-        .arg(-1)
-        .query(&mut setup.primary().con())
-        .expect("ZRANGE");
+    let stored = stored(setup.primary(), "a");
     assert_eq!(
         stored.len(),
         6,
@@ -357,12 +357,7 @@ async fn redisse_publish_writes_to_the_primary_sentinel_names() {
     .await;
     assert!(ok, "{stderr}");
     let id: u64 = stdout.trim().parse().expect("an id");
-    let stored: Vec<String> = redis::cmd("ZRANGE")
-        .arg("news")
-        .arg(0)
-        .arg(-1)
-        .query(&mut setup.primary().con())
-        .expect("ZRANGE");
+    let stored = stored(setup.primary(), "news");
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert!(stored[0].starts_with(&format!("id: {id}\n")), "{stored:?}");
 
@@ -542,16 +537,8 @@ async fn a_publisher_finds_and_follows_the_primary_past_sentinels_that_do_not_an
         );
         sleep(Duration::from_millis(100)).await;
     }
-    let stored: Vec<String> = redis::cmd("ZRANGE")
-        .arg("q")
-        .arg(0)
-        .arg(-1)
-        .query(&mut setup.primary().con())
-        .expect("ZRANGE");
-    let data: Vec<&str> = stored
-        .iter()
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
-        .collect();
+    let stored = stored(setup.primary(), "q");
+    let data = data_of(&stored);
     assert_eq!(data, ["0", "1", "2", "after"], "{stored:?}");
     drop(gone);
 }
