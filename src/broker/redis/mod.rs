@@ -622,14 +622,9 @@ pub(crate) async fn wait_until_answered(config: &Config, timeout: Duration) -> R
         message: format!("Redis {described}: {}", failure.cause),
         waited: failure.transient.then_some(timeout),
     };
-    match &primary {
-        Primary::Fixed(client) => probe::wait_until_answered(client, timeout)
-            .await
-            .map_err(unreachable),
-        Primary::Sentinel(_) => probe::wait_until_resolved(&primary, timeout)
-            .await
-            .map_err(unreachable),
-    }
+    probe::wait_until_answered(&primary, timeout)
+        .await
+        .map_err(unreachable)
 }
 
 /// Publishing and history on Redis; subscriptions go to the subscriber task.

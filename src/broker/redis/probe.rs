@@ -9,8 +9,8 @@
 //! DNS) and failing at once on what will not (a wrong password, a server that is not Redis, a
 //! certificate that does not verify). The error names the cause in one sentence; it never
 //! contains a password (the server is named by `redis_url::describe`, and the client's errors
-//! carry no URL). Through Sentinel ([`wait_until_resolved`]) the primary is first asked of the
-//! sentinels, and a sentinel that does not know it yet is waited for.
+//! carry no URL). Through Sentinel the primary is first asked of the sentinels, and a sentinel
+//! that does not know it yet is waited for.
 
 use std::time::Duration;
 
@@ -50,43 +50,13 @@ impl Unanswered {
     }
 }
 
-/// Waits at most `timeout` for the Redis of `client` to answer a PING on a new connection.
+/// Waits at most `timeout` for the primary to answer a PING on a new connection; through
+/// Sentinel, once a sentinel named it. A sentinel that does not know the name yet (a Sentinel
+/// still starting) is waited for like a Redis that is starting.
 pub(crate) async fn wait_until_answered(
-    client: &redis::Client,
-    timeout: Duration,
-) -> Result<(), Unanswered> {
-    retry_until(timeout, |remaining| attempt(client, remaining)).await
-}
-
-/// Waits at most `timeout` for a sentinel to name the primary and for that primary to answer
-/// a PING. A sentinel that does not know the name yet (a Sentinel still starting) is waited
-/// for like a Redis that is starting.
-pub(crate) async fn wait_until_resolved(
     primary: &Primary,
     timeout: Duration,
 ) -> Result<(), Unanswered> {
-    retry_until(timeout, |remaining| async move {
-        let client = primary.resolve().await.map_err(|e| {
-            if e.kind() == ErrorKind::MasterNameNotFoundBySentinel {
-                Unanswered::transient(format!("no sentinel names that primary ({})", one_line(&e)))
-            } else {
-                let mut why = classify(&e);
-                why.cause = format!("Sentinel: {}", why.cause);
-                why
-            }
-        })?;
-        attempt(&client, remaining).await
-    })
-    .await
-}
-
-/// Runs `attempt` (given the time left) until it succeeds, fails for good, or `timeout`
-/// passes.
-async fn retry_until<F, Fut>(timeout: Duration, mut attempt: F) -> Result<(), Unanswered>
-where
-    F: FnMut(Duration) -> Fut,
-    Fut: Future<Output = Result<(), Unanswered>>,
-{
     let deadline = Instant::now() + timeout;
     let mut backoff = Backoff::new(MIN_PAUSE, MAX_PAUSE);
     let mut last: Option<Unanswered> = None;
@@ -95,7 +65,7 @@ where
         if remaining.is_zero() {
             return Err(last.unwrap_or_else(|| Unanswered::transient("no answer")));
         }
-        let failure = match tokio::time::timeout(remaining, attempt(remaining)).await {
+        let failure = match tokio::time::timeout(remaining, attempt(primary, remaining)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(failure)) => failure,
             // Cut short by the deadline: the attempt before it says more (refused, say).
@@ -114,8 +84,18 @@ where
     }
 }
 
-/// One connection and one PING, each bounded by `remaining`.
-async fn attempt(client: &redis::Client, remaining: Duration) -> Result<(), Unanswered> {
+/// The primary's client (asked of the sentinels), then one connection and one PING, each
+/// bounded by `remaining`.
+async fn attempt(primary: &Primary, remaining: Duration) -> Result<(), Unanswered> {
+    let client = primary.resolve().await.map_err(|e| {
+        if e.kind() == ErrorKind::MasterNameNotFoundBySentinel {
+            Unanswered::transient(format!("no sentinel names that primary ({})", one_line(&e)))
+        } else {
+            let mut why = classify(&e);
+            why.cause = format!("Sentinel: {}", why.cause);
+            why
+        }
+    })?;
     if let ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } =
         client.get_connection_info().addr()
     {
