@@ -51,6 +51,9 @@ pub(crate) struct Resume {
     pub missed: Vec<Arc<str>>,
     /// The id counter went backwards: Redis lost its data.
     pub reset: bool,
+    /// Where ids are per channel (a Redis Cluster): the channels whose sequence went backwards
+    /// (a failover lost writes), each a reset of its own listeners' connections.
+    pub reset_channels: Vec<Arc<str>>,
 }
 
 /// Subscription changes for the broker, sent in the order the registry changed. (Nobody

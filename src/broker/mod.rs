@@ -145,6 +145,16 @@ impl Broker {
         }
     }
 
+    /// Whether ids are per channel (a Redis Cluster) rather than from one counter: then a
+    /// stream is one connection per channel, and its `id:` compound (see `compound`).
+    pub fn per_channel_ids(&self) -> bool {
+        match self {
+            Broker::Memory(_) => false,
+            #[cfg(feature = "redis")]
+            Broker::Redis(_) => false,
+        }
+    }
+
     /// Whether the broker can be reached now.
     pub fn is_up(&self) -> bool {
         match self {
