@@ -51,6 +51,11 @@ pub(crate) struct Resume {
     pub missed: Vec<Arc<str>>,
     /// The id counter went backwards: Redis lost its data.
     pub reset: bool,
+    /// Redis Cluster (ids per channel): the channels whose sequence went back below the last
+    /// id dispatched for them (writes lost in a failover). Their sequence was raised above it
+    /// and their floor set to the raised value before this was sent; their events in `events`
+    /// are everything retained.
+    pub reset_channels: Vec<Arc<str>>,
 }
 
 /// Subscription changes for the broker, sent in the order the registry changed. (Nobody
