@@ -623,4 +623,34 @@ mod tests {
             assert!(e.contains("redis_tls_ca") && e.contains("rediss://"), "{e}");
         }
     }
+
+    #[test]
+    fn a_cluster_is_reached_through_redis_seeds_alone() {
+        let with = |seeds: &[&str]| Config {
+            redis_cluster: Some(seeds.iter().map(|s| s.to_string()).collect()),
+            ..Config::default()
+        };
+        let ok = with(&["redis://127.0.0.1:7000", "redis://:pw@10.0.0.2:7001/"]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert!(ok.uses_redis());
+        assert_eq!(
+            ok.broker_description(),
+            "Redis Cluster (seeds redis://127.0.0.1:7000/0,redis://10.0.0.2:7001/0)"
+        );
+        assert!(with(&[]).validate().unwrap_err().contains("at least one"));
+        let tls = with(&["rediss://:secret@h:7000"]).validate().unwrap_err();
+        assert!(tls.contains("TLS") && !tls.contains("secret"), "{tls}");
+        let unix = with(&["unix:///r.sock"]).validate().unwrap_err();
+        assert!(unix.contains("redis://host:port"), "{unix}");
+        let both = Config {
+            redis_url: Some("redis://h/".into()),
+            ..with(&["redis://h:7000"])
+        };
+        assert!(both.validate().unwrap_err().contains("not both"));
+        let sentinel = Config {
+            redis_sentinel: Some(SentinelSettings::new(vec!["redis://s:26379".into()], "m")),
+            ..with(&["redis://h:7000"])
+        };
+        assert!(sentinel.validate().unwrap_err().contains("not both"));
+    }
 }

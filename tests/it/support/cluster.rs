@@ -228,4 +228,20 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// The port of a replica of the primary on `port` (`INFO replication`).
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut self.node(port).con())
+            .expect("INFO replication");
+        info.lines()
+            .filter(|l| l.starts_with("slave"))
+            .find_map(|l| {
+                l.split(',')
+                    .find_map(|f| f.strip_prefix("port="))
+                    .and_then(|p| p.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("{port} has no replica: {info}"))
+    }
 }
