@@ -54,7 +54,8 @@ pub(crate) struct Resume {
     /// Redis Cluster (ids per channel): the channels whose sequence went back below the last
     /// id dispatched for them (writes lost in a failover). Their sequence was raised above it
     /// and their floor set to the raised value before this was sent; their events in `events`
-    /// are everything retained.
+    /// are everything retained. (Only the Redis Cluster broker sets it.)
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub reset_channels: Vec<Arc<str>>,
 }
 
