@@ -82,6 +82,12 @@ pub struct Config {
     /// is, and the primary's name (see [`SentinelSettings`]). The broker follows a failover to
     /// the promoted replica. Default: `None`.
     pub redis_sentinel: Option<SentinelSettings>,
+    /// Redis Cluster instead of `redis_url`: seed nodes' URLs (`redis://[user:password@]host:port`,
+    /// any few nodes of the cluster; the others are found from them). Events are published on
+    /// each channel's shard (sharded pub/sub, Redis 7.0 or later) and ids are per channel (see
+    /// docs/redis-layout.md, "Redis Cluster layout"). TLS (`rediss://`) is not supported with
+    /// it yet. Default: `None`.
+    pub redis_cluster: Option<Vec<String>>,
     /// The period of the `: hb` comment on idle streams; over HTTP/2 (served by `server`), also
     /// how long a client may stay silent before a PING, and then how long it has to answer it.
     /// Default: [`DEFAULT_HEARTBEAT`].
@@ -147,6 +153,7 @@ impl Default for Config {
             redis_url: None,
             redis_tls_ca: None,
             redis_sentinel: None,
+            redis_cluster: None,
             heartbeat: DEFAULT_HEARTBEAT,
             history_size: DEFAULT_HISTORY_SIZE,
             polling_delay: DEFAULT_POLLING_DELAY,
@@ -253,6 +260,12 @@ impl Config {
                 );
             }
         }
+        if let Some(seeds) = &self.redis_cluster {
+            check_cluster(
+                seeds,
+                self.redis_url.is_some() || self.redis_sentinel.is_some(),
+            )?;
+        }
         if self.redis_tls_ca.is_some()
             && !self.redis_url.as_deref().is_some_and(redis_url::is_tls_url)
         {
@@ -267,17 +280,56 @@ impl Config {
     /// understood the URL, without its password (`redis://alice@10.0.0.1:6379/0`,
     /// `unix:///run/redis.sock (db 0)`).
     pub fn broker_description(&self) -> String {
-        match (&self.redis_url, &self.redis_sentinel) {
-            (Some(url), _) => redis_url::describe(url),
-            (None, Some(sentinel)) => sentinel.describe(),
-            (None, None) => "in-memory".to_owned(),
+        match (&self.redis_url, &self.redis_sentinel, &self.redis_cluster) {
+            (Some(url), _, _) => redis_url::describe(url),
+            (None, Some(sentinel), _) => sentinel.describe(),
+            (None, None, Some(seeds)) => describe_cluster(seeds),
+            (None, None, None) => "in-memory".to_owned(),
         }
     }
 
-    /// Whether the broker is Redis (`redis_url` or `redis_sentinel`), not the in-memory one.
+    /// Whether the broker is Redis (`redis_url`, `redis_sentinel` or `redis_cluster`), not the
+    /// in-memory one.
     pub fn uses_redis(&self) -> bool {
-        self.redis_url.is_some() || self.redis_sentinel.is_some()
+        self.redis_url.is_some() || self.redis_sentinel.is_some() || self.redis_cluster.is_some()
     }
+}
+
+/// The checks of [`Config::redis_cluster`]: at least one seed, each a `redis://` URL, and no
+/// other way to Redis beside it (`other`).
+fn check_cluster(seeds: &[String], other: bool) -> Result<(), String> {
+    if other {
+        return Err(
+            "redis_cluster or redis_url/redis_sentinel, not both: a Redis Cluster \
+                    is reached through its seed nodes"
+                .into(),
+        );
+    }
+    if seeds.is_empty() {
+        return Err("redis_cluster needs at least one seed node URL".into());
+    }
+    for seed in seeds {
+        if redis_url::is_tls_url(seed) {
+            return Err(format!(
+                "{}: TLS (rediss://) is not supported with redis_cluster yet",
+                redis_url::describe(seed)
+            ));
+        }
+        let scheme = seed.split_once("://").map(|(s, _)| s);
+        if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("redis")) {
+            return Err(format!(
+                "{}: a Redis Cluster seed must be a redis://host:port URL",
+                redis_url::describe(seed)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How logs name a cluster: its seeds, without any password.
+fn describe_cluster(seeds: &[String]) -> String {
+    let seeds: Vec<String> = seeds.iter().map(|s| redis_url::describe(s)).collect();
+    format!("Redis Cluster (seeds {})", seeds.join(","))
 }
 
 /// Where Sentinel finds the Redis primary ([`Config::redis_sentinel`]).
@@ -570,5 +622,35 @@ mod tests {
             let e = with(url).validate().unwrap_err();
             assert!(e.contains("redis_tls_ca") && e.contains("rediss://"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_cluster_is_reached_through_redis_seeds_alone() {
+        let with = |seeds: &[&str]| Config {
+            redis_cluster: Some(seeds.iter().map(|s| s.to_string()).collect()),
+            ..Config::default()
+        };
+        let ok = with(&["redis://127.0.0.1:7000", "redis://:pw@10.0.0.2:7001/"]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert!(ok.uses_redis());
+        assert_eq!(
+            ok.broker_description(),
+            "Redis Cluster (seeds redis://127.0.0.1:7000/0,redis://10.0.0.2:7001/0)"
+        );
+        assert!(with(&[]).validate().unwrap_err().contains("at least one"));
+        let tls = with(&["rediss://:secret@h:7000"]).validate().unwrap_err();
+        assert!(tls.contains("TLS") && !tls.contains("secret"), "{tls}");
+        let unix = with(&["unix:///r.sock"]).validate().unwrap_err();
+        assert!(unix.contains("redis://host:port"), "{unix}");
+        let both = Config {
+            redis_url: Some("redis://h/".into()),
+            ..with(&["redis://h:7000"])
+        };
+        assert!(both.validate().unwrap_err().contains("not both"));
+        let sentinel = Config {
+            redis_sentinel: Some(SentinelSettings::new(vec!["redis://s:26379".into()], "m")),
+            ..with(&["redis://h:7000"])
+        };
+        assert!(sentinel.validate().unwrap_err().contains("not both"));
     }
 }

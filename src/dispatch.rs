@@ -51,8 +51,11 @@ pub(crate) struct Resume {
     pub missed: Vec<Arc<str>>,
     /// The id counter went backwards: Redis lost its data.
     pub reset: bool,
-    /// Where ids are per channel (a Redis Cluster): the channels whose sequence went backwards
-    /// (a failover lost writes), each a reset of its own listeners' connections.
+    /// Redis Cluster (ids per channel): the channels whose sequence went back below the last
+    /// id dispatched for them (writes lost in a failover). Their sequence was raised above it
+    /// and their floor set to the raised value before this was sent; their events in `events`
+    /// are everything retained. (Only the Redis Cluster broker sets it.)
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub reset_channels: Vec<Arc<str>>,
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Two implementations with one behaviour, so one test suite runs against both:
 //! [`memory`] (one process, the default) and `redis` (feature `redis`: any number of processes,
-//! the gem's Redis layout, on one Redis or on the primary Sentinel names). A broker assigns ids from one counter for all channels, stores each
+//! the gem's Redis layout, on one Redis or on the primary Sentinel names; or `redis::cluster`, on a
+//! Redis Cluster, ids per channel). A broker assigns ids from one counter for all channels, stores each
 //! event in its channel's history (the newest `history_size`, recording the newest id each trim
 //! removed, see `history`), and hands it, encoded once, to
 //! the hub's dispatcher of every process with local listeners. Each broker owns what it needs
@@ -29,6 +30,9 @@ pub(crate) enum Broker {
     Memory(memory::MemoryBroker),
     #[cfg(feature = "redis")]
     Redis(redis::RedisBroker),
+    /// Redis Cluster: ids per channel (see [`Broker::per_channel_ids`]).
+    #[cfg(feature = "redis")]
+    Cluster(redis::cluster::ClusterBroker),
 }
 
 impl Broker {
@@ -44,6 +48,12 @@ impl Broker {
             metrics.set_broker_up(true);
             let broker = memory::MemoryBroker::new(dispatch, config, metrics.clone());
             return Ok((Broker::Memory(broker), None));
+        }
+        #[cfg(feature = "redis")]
+        if config.redis_cluster.is_some() {
+            let (broker, subscriptions) =
+                redis::cluster::ClusterBroker::start(config, dispatch, metrics.clone(), tasks)?;
+            return Ok((Broker::Cluster(broker), Some(subscriptions)));
         }
         #[cfg(feature = "redis")]
         {
@@ -70,6 +80,9 @@ impl Broker {
         }
         #[cfg(feature = "redis")]
         {
+            if config.redis_cluster.is_some() {
+                return redis::cluster::wait_until_answered(config, timeout).await;
+            }
             redis::wait_until_answered(config, timeout).await
         }
         #[cfg(not(feature = "redis"))]
@@ -92,6 +105,8 @@ impl Broker {
             Broker::Memory(b) => Ok(b.publish(channel, event, keyed)),
             #[cfg(feature = "redis")]
             Broker::Redis(b) => b.publish(channel, event, keyed).await,
+            #[cfg(feature = "redis")]
+            Broker::Cluster(b) => b.publish(channel, event, keyed).await,
         }
     }
 
@@ -115,6 +130,8 @@ impl Broker {
             }
             #[cfg(feature = "redis")]
             Broker::Redis(b) => b.snapshot(channels, after, budget, ready).await,
+            #[cfg(feature = "redis")]
+            Broker::Cluster(b) => b.snapshot(channels, after, budget, ready).await,
         }
     }
 
@@ -127,6 +144,8 @@ impl Broker {
             Broker::Memory(_) => tokio::time::Instant::now(),
             #[cfg(feature = "redis")]
             Broker::Redis(b) => b.subscriptions_ready().await,
+            #[cfg(feature = "redis")]
+            Broker::Cluster(b) => b.subscriptions_ready().await,
         }
     }
 
@@ -142,16 +161,11 @@ impl Broker {
             Broker::Redis(b) => {
                 b.subscriptions_ready().await;
             }
-        }
-    }
-
-    /// Whether ids are per channel (a Redis Cluster) rather than from one counter: then a
-    /// stream is one connection per channel, and its `id:` compound (see `compound`).
-    pub fn per_channel_ids(&self) -> bool {
-        match self {
-            Broker::Memory(_) => false,
+            // The same, with a PING on each node's connection.
             #[cfg(feature = "redis")]
-            Broker::Redis(_) => false,
+            Broker::Cluster(b) => {
+                b.subscriptions_ready().await;
+            }
         }
     }
 
@@ -161,6 +175,21 @@ impl Broker {
             Broker::Memory(_) => true,
             #[cfg(feature = "redis")]
             Broker::Redis(b) => b.is_up(),
+            #[cfg(feature = "redis")]
+            Broker::Cluster(b) => b.is_up(),
+        }
+    }
+
+    /// Whether ids are sequences of each channel (Redis Cluster: each channel's counter lives on
+    /// its shard) rather than one counter for all channels. Streams on several channels then
+    /// read and follow each channel on its own and write a compound id.
+    pub fn per_channel_ids(&self) -> bool {
+        match self {
+            Broker::Memory(_) => false,
+            #[cfg(feature = "redis")]
+            Broker::Redis(_) => false,
+            #[cfg(feature = "redis")]
+            Broker::Cluster(_) => true,
         }
     }
 }

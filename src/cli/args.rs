@@ -79,6 +79,17 @@ pub struct ServeArgs {
         requires = "redis_master"
     )]
     pub redis_sentinel: Vec<String>,
+    /// Redis Cluster instead of --redis: seed nodes' URLs, comma-separated
+    /// (redis://[USER:PASSWORD@]HOST:PORT, a few nodes of the cluster); sharded pub/sub (Redis
+    /// 7.0 or later), ids per channel. No TLS yet.
+    #[arg(
+        long,
+        env = "REDISSE_REDIS_CLUSTER",
+        value_name = "URL,...",
+        value_delimiter = ',',
+        conflicts_with_all = ["redis", "redis_sentinel"]
+    )]
+    pub redis_cluster: Vec<String>,
     /// The primary's name as the sentinels know it (mymaster), or a URL with that name as
     /// host and the primary's user, password and database (redis://USER:PASSWORD@mymaster/0,
     /// rediss:// for TLS).
@@ -474,6 +485,13 @@ impl ServeArgs {
                 .redis_master
                 .as_ref()
                 .map(|master| SentinelSettings::new(self.redis_sentinel.clone(), master.clone())),
+            redis_cluster: (!self.redis_cluster.is_empty()).then(|| {
+                self.redis_cluster
+                    .iter()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
             jwt,
             auth_callback,
             cors_origins: self

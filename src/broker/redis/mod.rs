@@ -37,6 +37,7 @@
 //! the primary is, one address or wherever Sentinel says, is [`primary`]'s: the command
 //! connections are its [`Commands`], which follow the primary when it moves.
 
+pub(crate) mod cluster;
 pub(crate) mod primary;
 pub(crate) mod probe;
 mod shared_reads;
@@ -86,12 +87,14 @@ pub const IDEMPOTENCY_PREFIX: &str = "redisse:idempotency:";
 pub const TRIMMED_KEY: &str = "redisse:trimmed";
 
 // KEYS[1] is the channel, KEYS[2] the counter, KEYS[3] the trimmed hash. ARGV[1] is the event's
-// text after its `id:` line, ARGV[2] the history size. The channel's set and members are the
+// text after its `id:` line, ARGV[2] the history size, ARGV[3] the command that sends it to the
+// channel's subscribers: `PUBLISH`, or `SPUBLISH` on a Redis Cluster (see `cluster`), where
+// KEYS[1] is also the shard channel. The channel's set and members are the
 // gem's; when the trim removes anything, the newest id removed (the score of rank excess - 1,
 // read before removing) goes into the hash if it is above what is there. Another type under the
 // hash's name, or under the channel's, refuses the publish before anything is written.
-// With an idempotency key, KEYS[4] is its record, ARGV[3] the fingerprint of the event and its
-// channel, ARGV[4] the window in milliseconds. A record there answers its id without writing
+// With an idempotency key, KEYS[4] is its record, ARGV[4] the fingerprint of the event and its
+// channel, ARGV[5] the window in milliseconds. A record there answers its id without writing
 // anything: flag 1 when the fingerprints match (a retry), 2 when they differ (the key reused for
 // another event). Else the event is published and the record, `<id> <fingerprint>`, is set to
 // expire after the window. The reply is `{id, flag}`, flag 0 for an event published now.
@@ -103,7 +106,7 @@ if KEYS[4] then
     if not known then
       return redis.error_reply(KEYS[4] .. ' does not hold an id and a fingerprint: not an idempotency record')
     end
-    if print == ARGV[3] then return { tonumber(known), 1 } end
+    if print == ARGV[4] then return { tonumber(known), 1 } end
     return { tonumber(known), 2 }
   end
 end
@@ -117,7 +120,10 @@ if kind ~= 'none' and kind ~= 'zset' then
 end
 local id = redis.call('INCR', KEYS[2])
 local payload = 'id: ' .. string.format('%d', id) .. '\n' .. ARGV[1]
-redis.call('PUBLISH', KEYS[1], payload)
+if ARGV[3] ~= 'PUBLISH' and ARGV[3] ~= 'SPUBLISH' then
+  return redis.error_reply('publish script: ' .. ARGV[3] .. ' is neither PUBLISH nor SPUBLISH')
+end
+redis.call(ARGV[3], KEYS[1], payload)
 redis.call('ZADD', KEYS[1], id, payload)
 local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
 if excess > 0 then
@@ -129,7 +135,7 @@ if excess > 0 then
   end
 end
 if KEYS[4] then
-  redis.call('SET', KEYS[4], string.format('%d', id) .. ' ' .. ARGV[3], 'PX', ARGV[4])
+  redis.call('SET', KEYS[4], string.format('%d', id) .. ' ' .. ARGV[4], 'PX', ARGV[5])
 end
 return { id, 0 }
 ";
@@ -420,17 +426,14 @@ impl RedisPublisher {
         inv.key(COUNTER_KEY)
             .key(TRIMMED_KEY)
             .arg(tail)
-            .arg(self.history_size);
+            .arg(self.history_size)
+            .arg("PUBLISH");
         if let Some(keyed) = keyed {
-            // At least a millisecond (`Config::validate`): `PX 0` is an error in Redis.
-            let window = u64::try_from(self.window.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
             inv.key(format!("{IDEMPOTENCY_PREFIX}{}", keyed.key))
                 .arg(&keyed.fingerprint)
-                .arg(window);
+                .arg(window_millis(self.window));
         }
-        let (id, flag): (u64, u8) = match inv.invoke_async(&mut self.commands.get().await?).await {
+        let reply: (u64, u8) = match inv.invoke_async(&mut self.commands.get().await?).await {
             // Refused before it ran (a demoted primary, a dead address), and the primary
             // moved: sent once more, there.
             Err(e)
@@ -446,14 +449,7 @@ impl RedisPublisher {
             ok => ok,
         }
         .map_err(BrokerError::redis)?;
-        match flag {
-            0 => Ok(Outcome::Published(id)),
-            1 => Ok(Outcome::Replayed(id)),
-            2 => Ok(Outcome::Conflict(id)),
-            other => Err(BrokerError::Protocol(format!(
-                "publish script: unknown flag {other}"
-            ))),
-        }
+        publish_outcome(reply)
     }
 }
 
@@ -762,6 +758,24 @@ impl RedisBroker {
 
     pub fn is_up(&self) -> bool {
         self.metrics.broker_up()
+    }
+}
+
+/// The idempotency window in milliseconds as the publish script takes it: at least one (`PX 0`
+/// is an error in Redis; `Config::validate` refuses a zero window).
+fn window_millis(window: Duration) -> u64 {
+    u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The publish script's reply: `{id, flag}` (see `PUBLISH_SCRIPT`).
+fn publish_outcome((id, flag): (u64, u8)) -> Result<Outcome, BrokerError> {
+    match flag {
+        0 => Ok(Outcome::Published(id)),
+        1 => Ok(Outcome::Replayed(id)),
+        2 => Ok(Outcome::Conflict(id)),
+        other => Err(BrokerError::Protocol(format!(
+            "publish script: unknown flag {other}"
+        ))),
     }
 }
 

@@ -35,14 +35,14 @@ pub(crate) struct Unanswered {
 }
 
 impl Unanswered {
-    fn transient(cause: impl Into<String>) -> Self {
+    pub(crate) fn transient(cause: impl Into<String>) -> Self {
         Unanswered {
             cause: cause.into(),
             transient: true,
         }
     }
 
-    fn fatal(cause: impl Into<String>) -> Self {
+    pub(crate) fn fatal(cause: impl Into<String>) -> Self {
         Unanswered {
             cause: cause.into(),
             transient: false,
@@ -154,7 +154,7 @@ fn one_line(e: &RedisError) -> String {
 }
 
 /// What a failed connection or PING says about the server.
-fn classify(e: &RedisError) -> Unanswered {
+pub(crate) fn classify(e: &RedisError) -> Unanswered {
     let code = e.code().unwrap_or("");
     let text = one_line(e);
     match e.kind() {

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::redis::RedisServer;
 
+/// How long a failover may take: a primary is seen failing after the node timeout (2 s), then
+/// its replica is elected and promoted.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
+
 pub struct Cluster {
     nodes: Vec<RedisServer>,
 }
@@ -107,5 +111,137 @@ impl Cluster {
             }
         }
         panic!("no primary serves slot {slot}")
+    }
+
+    /// Every node's URL, comma-separated, as `--redis-cluster` takes them.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node listening on `port`.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node on {port}"))
+    }
+
+    /// The primary of `slot`, as the first node that answers says (others may be down).
+    pub fn primary_of_now(&self, slot: u16) -> Option<u16> {
+        for node in &self.nodes {
+            let Some(mut con) = node.try_con() else {
+                continue;
+            };
+            let Ok(ranges) = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<Vec<redis::Value>>(&mut con)
+            else {
+                continue;
+            };
+            for range in ranges {
+                let redis::Value::Array(fields) = range else {
+                    continue;
+                };
+                if let (
+                    Some(redis::Value::Int(start)),
+                    Some(redis::Value::Int(end)),
+                    Some(redis::Value::Array(primary)),
+                ) = (fields.first(), fields.get(1), fields.get(2))
+                    && (*start..=*end).contains(&i64::from(slot))
+                    && let Some(redis::Value::Int(port)) = primary.get(1)
+                {
+                    return u16::try_from(*port).ok();
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until the primary of `slot` has every write it made on a replica (`WAIT 1`), so
+    /// that a promotion loses nothing.
+    pub fn wait_synced(&self, slot: u16) {
+        let port = self.primary_of(slot);
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let acked: Option<i64> = self
+                .node(port)
+                .try_con()
+                .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(2000).query(&mut c).ok());
+            if acked >= Some(1) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no replica of {port} synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the primary of `slot` (SIGKILL, as a crash) and returns its port.
+    pub fn kill_primary(&mut self, slot: u16) -> u16 {
+        let port = self.primary_of(slot);
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .expect("the primary is a node of the cluster");
+        node.stop();
+        port
+    }
+
+    /// Waits until a node other than `old` serves `slot` as primary, says `ROLE master`, and
+    /// every live node says `cluster_state:ok`. Returns the new primary's port.
+    pub fn wait_failover(&self, slot: u16, old: u16) -> u16 {
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let named = self.primary_of_now(slot).filter(|p| *p != old);
+            let promoted = named.filter(|port| {
+                let role: Option<Vec<redis::Value>> = self
+                    .node(*port)
+                    .try_con()
+                    .and_then(|mut c| redis::cmd("ROLE").query(&mut c).ok());
+                matches!(
+                    role.as_deref().and_then(|r| r.first()),
+                    Some(redis::Value::BulkString(b)) if b == b"master"
+                )
+            });
+            let ok = self.nodes.iter().filter(|n| n.port() != old).all(|n| {
+                n.try_con()
+                    .and_then(|mut c| {
+                        redis::cmd("CLUSTER")
+                            .arg("INFO")
+                            .query::<String>(&mut c)
+                            .ok()
+                    })
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            if let (Some(port), true) = (promoted, ok) {
+                return port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover of slot {slot} from {old} within {FAILOVER_PATIENCE:?} \
+                 (named {named:?}, cluster ok: {ok})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port of a replica of the primary on `port` (`INFO replication`).
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut self.node(port).con())
+            .expect("INFO replication");
+        info.lines()
+            .filter(|l| l.starts_with("slave"))
+            .find_map(|l| {
+                l.split(',')
+                    .find_map(|f| f.strip_prefix("port="))
+                    .and_then(|p| p.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("{port} has no replica: {info}"))
     }
 }

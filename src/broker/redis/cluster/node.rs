@@ -1,0 +1,411 @@
+//! One RESP3 connection to one cluster node, for sharded pub/sub and the few commands around it.
+//!
+//! The Redis client's multiplexed connection has no `SSUBSCRIBE` of its own outside its cluster
+//! connection, which resubscribes by itself after a failover and so hides the very outage the
+//! subscriber must see to refill from history. So the subscriber speaks to each primary on a
+//! connection of this module: a TCP socket, `HELLO 3` (with `AUTH` when the seeds carry
+//! credentials), then commands written in RESP and replies read by a small RESP3 reader.
+//!
+//! A reader task owns the socket's read half. Pushes (`smessage`, `ssubscribe`,
+//! `sunsubscribe`) go to the handler the connection was made with, on that task, in the order
+//! the node sent them. Every other reply answers the oldest request still waiting, in order
+//! (`SSUBSCRIBE` and `SUNSUBSCRIBE` are answered by pushes only, so they wait for nothing). An
+//! error reply, a reply nobody waits for, a reply that is not RESP, or the end of the stream
+//! marks the connection lost: the reader reports it once, with the reason, and stops. What it
+//! buffers is bounded: one reply at most [`MAX_BULK`] long, nested at most [`MAX_DEPTH`] deep.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The longest string a reply may carry (Redis's own default `proto-max-bulk-len`).
+pub(crate) const MAX_BULK: usize = 512 * 1024 * 1024;
+/// How deep replies nest at most (pub/sub replies nest one level; `HELLO` two).
+const MAX_DEPTH: usize = 8;
+/// Elements of one aggregate reply at most.
+const MAX_ITEMS: usize = 1 << 20;
+
+/// A RESP3 reply, as far as this module needs to tell them apart.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Reply {
+    /// A simple string, a number in text (double, big number) or a boolean (`1`/`0`).
+    Simple(String),
+    Error(String),
+    Int(i64),
+    /// A bulk or verbatim string.
+    Bulk(Vec<u8>),
+    Null,
+    /// An array, a set, or a map (keys and values in turn).
+    Array(Vec<Reply>),
+    /// A push: the kind first (`smessage`, ...), then its data.
+    Push(Vec<Reply>),
+}
+
+impl Reply {
+    /// The bytes of a string reply.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Reply::Simple(s) => Some(s.as_bytes()),
+            Reply::Bulk(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Parses one reply at the start of `buf`: `Ok(None)` when it is not complete yet, else the
+/// reply and how many bytes it took.
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+    parse_at(buf, 0, 0)
+}
+
+fn parse_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, String> {
+    if depth > MAX_DEPTH {
+        return Err("a reply nested too deep".into());
+    }
+    let Some(rest) = buf.get(at..) else {
+        return Ok(None);
+    };
+    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+        if rest.len() > 64 * 1024 {
+            return Err("a reply line longer than 64 KiB".into());
+        }
+        return Ok(None);
+    };
+    let Some((&kind, line)) = rest[..end].split_first() else {
+        return Err("an empty reply line".into());
+    };
+    let line = std::str::from_utf8(line).map_err(|_| "a reply line that is not UTF-8")?;
+    let next = at + end + 2;
+    let number = || -> Result<i64, String> {
+        line.parse::<i64>()
+            .map_err(|_| format!("{line:?} is not a number"))
+    };
+    match kind {
+        b'+' | b',' | b'(' => Ok(Some((Reply::Simple(line.to_owned()), next))),
+        b'#' => Ok(Some((
+            Reply::Simple(if line == "t" { "1" } else { "0" }.to_owned()),
+            next,
+        ))),
+        b'-' => Ok(Some((Reply::Error(line.to_owned()), next))),
+        b':' => Ok(Some((Reply::Int(number()?), next))),
+        b'_' => Ok(Some((Reply::Null, next))),
+        b'$' | b'=' | b'!' => {
+            let len = number()?;
+            if len < 0 {
+                return Ok(Some((Reply::Null, next)));
+            }
+            let len = usize::try_from(len).map_err(|_| "a length out of range")?;
+            if len > MAX_BULK {
+                return Err(format!("a string of {len} bytes, more than {MAX_BULK}"));
+            }
+            let Some(body) = buf.get(next..next + len) else {
+                return Ok(None);
+            };
+            match buf.get(next + len..next + len + 2) {
+                None | Some([_]) => return Ok(None),
+                Some(b"\r\n") => {}
+                Some(_) => return Err("a string not followed by CRLF".into()),
+            }
+            let mut body = body.to_vec();
+            if kind == b'=' {
+                // A verbatim string starts with its format (`txt:`).
+                body.drain(..body.len().min(4));
+            }
+            let reply = if kind == b'!' {
+                Reply::Error(String::from_utf8_lossy(&body).into_owned())
+            } else {
+                Reply::Bulk(body)
+            };
+            Ok(Some((reply, next + len + 2)))
+        }
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let count = number()?;
+            if count < 0 {
+                return Ok(Some((Reply::Null, next)));
+            }
+            let count = usize::try_from(count).map_err(|_| "a count out of range")?;
+            let items = if matches!(kind, b'%' | b'|') {
+                count.checked_mul(2).ok_or("a count out of range")?
+            } else {
+                count
+            };
+            if items > MAX_ITEMS {
+                return Err(format!("an aggregate of {items} elements"));
+            }
+            let mut out = Vec::with_capacity(items.min(1024));
+            let mut pos = next;
+            for _ in 0..items {
+                match parse_at(buf, pos, depth + 1)? {
+                    Some((item, after)) => {
+                        out.push(item);
+                        pos = after;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            match kind {
+                b'>' => Ok(Some((Reply::Push(out), pos))),
+                // Attributes describe the reply that follows them, which is the one returned.
+                b'|' => parse_at(buf, pos, depth),
+                _ => Ok(Some((Reply::Array(out), pos))),
+            }
+        }
+        other => Err(format!("an unknown reply type {:?}", other as char)),
+    }
+}
+
+/// Appends `args` as one RESP command (an array of bulk strings).
+pub(crate) fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Who handles a node's pushes: called on its reader task, in order; must not block.
+pub(crate) type PushHandler = Arc<dyn Fn(Vec<Reply>) + Send + Sync>;
+
+/// Where a connection reports that it was lost: its id and why.
+pub(crate) type LostSender = mpsc::UnboundedSender<(u64, String)>;
+
+type Waiters = Arc<Mutex<VecDeque<oneshot::Sender<Result<Reply, String>>>>>;
+
+/// The credentials `HELLO` sends, from the seeds' URL.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Auth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// A connection to one node (see the module documentation).
+pub(crate) struct NodeConn {
+    /// Unique within the process: tells a lost report of this connection from an older one's.
+    pub id: u64,
+    write: OwnedWriteHalf,
+    out: Vec<u8>,
+    waiting: Waiters,
+    reader: JoinHandle<()>,
+    timeout: Duration,
+}
+
+impl Drop for NodeConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl NodeConn {
+    /// Connects to `addr` (`host:port`), says `HELLO 3` (authenticating with `auth`), and
+    /// from then on hands pushes to `pushes` and reports its loss to `lost`. Every step, and
+    /// every later request, waits at most `timeout`.
+    pub async fn connect(
+        addr: &str,
+        id: u64,
+        auth: &Auth,
+        timeout: Duration,
+        pushes: PushHandler,
+        lost: LostSender,
+    ) -> Result<NodeConn, String> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "no answer".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (mut read, write) = stream.into_split();
+        let waiting: Waiters = Arc::default();
+        let waiters = waiting.clone();
+        let reader = tokio::spawn(async move {
+            let why = read_loop(&mut read, &waiters, &pushes).await;
+            // The waiting requests fail when their senders are dropped.
+            waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let _ = lost.send((id, why));
+        });
+        let mut con = NodeConn {
+            id,
+            write,
+            out: Vec::new(),
+            waiting,
+            reader,
+            timeout,
+        };
+        let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+        if let Some(password) = &auth.password {
+            let user = auth.username.as_deref().unwrap_or("default");
+            hello.extend([b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()]);
+        }
+        match con.request(&hello).await? {
+            Reply::Array(_) => Ok(con),
+            other => Err(format!("HELLO 3 answered {other:?}")),
+        }
+    }
+
+    /// Queues a command that no reply answers (`SSUBSCRIBE`, `SUNSUBSCRIBE`), sent at the
+    /// next [`NodeConn::flush`] or request.
+    pub fn queue(&mut self, args: &[&[u8]]) {
+        encode(&mut self.out, args);
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        tokio::time::timeout(self.timeout, self.write.write_all(&out))
+            .await
+            .map_err(|_| "a write timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends a command (after what is queued) and waits for its reply; an error reply is an
+    /// `Err` (and the connection is then lost).
+    pub async fn request(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(tx);
+        encode(&mut self.out, args);
+        self.flush().await?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(format!("no reply within {:?}", self.timeout)),
+            Ok(Err(_)) => Err("the connection closed".into()),
+            Ok(Ok(reply)) => reply,
+        }
+    }
+}
+
+/// Reads replies until the connection fails; returns why.
+async fn read_loop(
+    read: &mut tokio::net::tcp::OwnedReadHalf,
+    waiting: &Waiters,
+    pushes: &PushHandler,
+) -> String {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match read.read(&mut chunk).await {
+            Ok(0) => return "the node closed the connection".into(),
+            Ok(n) => n,
+            Err(e) => return e.to_string(),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        loop {
+            let parsed = match parse(&buf[start..]) {
+                Ok(p) => p,
+                Err(e) => return format!("not a RESP reply: {e}"),
+            };
+            let Some((reply, used)) = parsed else { break };
+            start += used;
+            match reply {
+                Reply::Push(items) => pushes(items),
+                reply => {
+                    let waiter = waiting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop_front();
+                    let error = match &reply {
+                        Reply::Error(e) => Some(e.clone()),
+                        _ => None,
+                    };
+                    match waiter {
+                        Some(tx) => {
+                            let _ = tx.send(match reply {
+                                Reply::Error(e) => Err(e),
+                                ok => Ok(ok),
+                            });
+                        }
+                        None => {
+                            return format!(
+                                "a reply nobody waited for: {}",
+                                error.as_deref().unwrap_or("(not an error)")
+                            );
+                        }
+                    }
+                    if let Some(e) = error {
+                        return format!("the node answered an error: {e}");
+                    }
+                }
+            }
+        }
+        buf.drain(..start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(text: &[u8]) -> Reply {
+        let (reply, used) = parse(text).unwrap().unwrap();
+        assert_eq!(used, text.len(), "{}", String::from_utf8_lossy(text));
+        reply
+    }
+
+    #[test]
+    fn replies_are_parsed_whole_or_waited_for() {
+        assert_eq!(whole(b"+PONG\r\n"), Reply::Simple("PONG".into()));
+        assert_eq!(whole(b":42\r\n"), Reply::Int(42));
+        assert_eq!(
+            whole(b"-MOVED 1 h:1\r\n"),
+            Reply::Error("MOVED 1 h:1".into())
+        );
+        assert_eq!(whole(b"$3\r\nab\n\r\n"), Reply::Bulk(b"ab\n".to_vec()));
+        assert_eq!(whole(b"$-1\r\n"), Reply::Null);
+        assert_eq!(whole(b"_\r\n"), Reply::Null);
+        assert_eq!(whole(b"=8\r\ntxt:some\r\n"), Reply::Bulk(b"some".to_vec()));
+        assert_eq!(
+            whole(b">3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n"),
+            Reply::Push(vec![
+                Reply::Bulk(b"smessage".to_vec()),
+                Reply::Bulk(b"c".to_vec()),
+                Reply::Bulk(b"hi".to_vec()),
+            ])
+        );
+        assert_eq!(
+            whole(b"%1\r\n+server\r\n+redis\r\n"),
+            Reply::Array(vec![
+                Reply::Simple("server".into()),
+                Reply::Simple("redis".into())
+            ])
+        );
+        // An attribute is skipped for the reply it describes.
+        assert_eq!(whole(b"|1\r\n+a\r\n:1\r\n:7\r\n"), Reply::Int(7));
+        // Two replies in a row: the first is taken alone.
+        let (first, used) = parse(b":1\r\n:2\r\n").unwrap().unwrap();
+        assert_eq!((first, used), (Reply::Int(1), 4));
+        // Incomplete: every prefix of a reply waits for more.
+        let push = b">3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n";
+        for cut in 0..push.len() {
+            assert_eq!(parse(&push[..cut]).unwrap(), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_resp_or_too_big_is_refused() {
+        assert!(parse(b"?what\r\n").is_err());
+        assert!(parse(b":x\r\n").is_err());
+        assert!(parse(b"$2\r\nabcd\r\n").is_err());
+        assert!(parse(format!("${}\r\n", MAX_BULK + 1).as_bytes()).is_err());
+        assert!(parse(format!("*{}\r\n", MAX_ITEMS + 1).as_bytes()).is_err());
+        let deep = "*1\r\n".repeat(MAX_DEPTH + 2);
+        assert!(parse(deep.as_bytes()).is_err());
+        assert!(parse(&vec![b'+'; 70 * 1024]).is_err());
+    }
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        encode(&mut out, &[b"SSUBSCRIBE", b"a b"]);
+        assert_eq!(out, b"*2\r\n$10\r\nSSUBSCRIBE\r\n$3\r\na b\r\n");
+    }
+}

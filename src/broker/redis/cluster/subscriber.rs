@@ -1,0 +1,816 @@
+//! Sharded pub/sub on a Redis Cluster: one connection per primary that serves subscribed
+//! channels, supervised by one task.
+//!
+//! The task learns the slot map (`CLUSTER SLOTS`, asked of any seed or known node), and when
+//! the hub reports a channel's first local listener it `SSUBSCRIBE`s the channel's shard
+//! channel (its history key, see `layout`) on the connection to its slot's primary, made when
+//! first needed; `SUNSUBSCRIBE` when the last listener leaves. Barriers are answered once a
+//! `PING` on every connection came back after the commands before them, through the
+//! dispatcher as on one Redis. Each message goes to the dispatcher as a live event of the
+//! user's channel, its frame without the `id:` line (ids are per channel: streams write their
+//! own compound ids), and the channel's last dispatched sequence is remembered, for active
+//! channels only.
+//!
+//! A connection is lost when it closes, a command on it fails, a `PING` of the watchdog goes
+//! unanswered, the node answers an error (`MOVED`: the slot left), or it ends a subscription
+//! that is still wanted (a `sunsubscribe` push: Redis sends one when a slot moved). Then the
+//! broker is marked down, live events are held, and until it succeeds (with backoff, while the
+//! cluster fails over): the slot map is read again, each channel of the lost connection (and
+//! any whose slot moved) is subscribed on its slot's primary, and its history is read after
+//! the last sequence dispatched for it. The resume carries those events, the channels whose
+//! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
+//! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
+//! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ClusterStore;
+use super::layout;
+use super::node::{Auth, LostSender, NodeConn, PushHandler, Reply};
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::dispatch::{Dispatch, DispatchSender, Ready, Resume, SubCommand};
+use crate::error::BrokerError;
+use crate::event::{Frame, MAX_EVENT_ID};
+use crate::history::channel_may_have_lost;
+use crate::logtext::Escaped;
+use crate::metrics::Metrics;
+use crate::stored::parse_stored;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// As on one Redis: back within a quarter second of the cluster answering again.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Failed recovery attempts between two warnings.
+const WARN_EVERY: u64 = 8;
+/// Commands taken from the hub's queue at once.
+const MAX_BATCH: usize = 4096;
+/// Shard channels per `SSUBSCRIBE` (all of one slot: Redis refuses a command across slots).
+const SUBSCRIBE_CHUNK: usize = 256;
+/// How long a connection attempt to a node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The active channels and the last sequence dispatched for each (0: none known yet); shared
+/// with the connections' push handlers, which raise it.
+type LastSeen = Arc<Mutex<HashMap<Arc<str>, u64>>>;
+
+/// Which primary serves each slot: ranges `start..=end` and the node's `host:port`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SlotMap {
+    ranges: Vec<(u16, u16, String)>,
+}
+
+impl SlotMap {
+    /// The primary of `slot`.
+    pub fn node_of(&self, slot: u16) -> Option<&str> {
+        self.ranges
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .map(|(_, _, addr)| addr.as_str())
+    }
+
+    fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.ranges.iter().map(|(_, _, a)| a.as_str())
+    }
+
+    /// Reads a `CLUSTER SLOTS` reply of the node at `asked` (a primary's empty host means
+    /// that node's); refuses a map that leaves a slot without a primary.
+    pub fn parse(reply: &Reply, asked: &str) -> Result<SlotMap, String> {
+        let Reply::Array(ranges) = reply else {
+            return Err("CLUSTER SLOTS: not an array".into());
+        };
+        let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
+        let mut out = Vec::new();
+        for range in ranges {
+            let Reply::Array(fields) = range else {
+                return Err("CLUSTER SLOTS: a range that is not an array".into());
+            };
+            let (Some(Reply::Int(start)), Some(Reply::Int(end)), Some(Reply::Array(primary))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return Err("CLUSTER SLOTS: a range without its primary".into());
+            };
+            let host = primary
+                .first()
+                .and_then(Reply::bytes)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .ok_or("CLUSTER SLOTS: a primary without a host")?;
+            let Some(Reply::Int(port)) = primary.get(1) else {
+                return Err("CLUSTER SLOTS: a primary without a port".into());
+            };
+            let host = if host.is_empty() || host == "?" {
+                asked_host
+            } else {
+                host
+            };
+            let (Ok(start), Ok(end), Ok(port)) = (
+                u16::try_from(*start),
+                u16::try_from(*end),
+                u16::try_from(*port),
+            ) else {
+                return Err("CLUSTER SLOTS: a slot or port out of range".into());
+            };
+            let addr = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            out.push((start, end, addr));
+        }
+        out.sort_by_key(|r| r.0);
+        let mut next: u32 = 0;
+        for (start, end, _) in &out {
+            if u32::from(*start) != next || end < start {
+                return Err(format!("the cluster serves no slot {next} (failing over?)"));
+            }
+            next = u32::from(*end) + 1;
+        }
+        if next != 16384 {
+            return Err(format!("the cluster serves no slot {next} (failing over?)"));
+        }
+        Ok(SlotMap { ranges: out })
+    }
+}
+
+/// The subscriber task's state; built by `ClusterBroker::start`.
+pub(super) struct ClusterSubscriber {
+    /// Seeds' `host:port`, asked for the slot map beside the nodes already known.
+    seeds: Vec<String>,
+    auth: Auth,
+    store: Arc<ClusterStore>,
+    metrics: Arc<Metrics>,
+    dispatch: DispatchSender,
+    commands: mpsc::UnboundedReceiver<SubCommand>,
+    history_size: usize,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    slots: SlotMap,
+    /// The connections, by node address.
+    nodes: HashMap<String, NodeConn>,
+    /// Each subscribed channel's node.
+    placed: HashMap<Arc<str>, String>,
+    last: LastSeen,
+    lost_tx: LostSender,
+    lost_rx: mpsc::UnboundedReceiver<(u64, String)>,
+    /// Nodes whose connection was lost, not yet recovered.
+    lost: HashSet<String>,
+    /// Set when a channel could not be placed (no slot map, a node that cannot be reached).
+    unplaced: bool,
+    barriers: Vec<Ready>,
+    next_id: u64,
+}
+
+impl ClusterSubscriber {
+    pub fn new(
+        seeds: Vec<String>,
+        auth: Auth,
+        store: Arc<ClusterStore>,
+        metrics: Arc<Metrics>,
+        dispatch: DispatchSender,
+        commands: mpsc::UnboundedReceiver<SubCommand>,
+        config: &Config,
+    ) -> Self {
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        ClusterSubscriber {
+            seeds,
+            auth,
+            store,
+            metrics,
+            dispatch,
+            commands,
+            history_size: config.history_size,
+            ping_interval: config.redis_ping_interval,
+            ping_timeout: config.redis_ping_timeout,
+            slots: SlotMap::default(),
+            nodes: HashMap::new(),
+            placed: HashMap::new(),
+            last: LastSeen::default(),
+            lost_tx,
+            lost_rx,
+            lost: HashSet::new(),
+            unplaced: true,
+            barriers: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut first = true;
+        loop {
+            if first || self.unplaced || !self.lost.is_empty() {
+                if !self.recover(first).await {
+                    return;
+                }
+                first = false;
+            }
+            let mut ping = tokio::time::interval(self.ping_interval);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ping.tick().await;
+            while self.lost.is_empty() && !self.unplaced {
+                tokio::select! {
+                    cmd = self.commands.recv() => {
+                        let Some(first) = cmd else { return };
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH
+                            && let Ok(cmd) = self.commands.try_recv()
+                        {
+                            batch.push(cmd);
+                        }
+                        self.apply(batch).await;
+                    }
+                    report = self.lost_rx.recv() => {
+                        if let Some((id, why)) = report {
+                            self.connection_lost(id, &why);
+                        }
+                    }
+                    _ = ping.tick() => self.watchdog().await,
+                }
+            }
+        }
+    }
+
+    /// Takes a connection's report of its loss (older connections' reports are ignored).
+    fn connection_lost(&mut self, id: u64, why: &str) {
+        let Some(addr) = self
+            .nodes
+            .iter()
+            .find(|(_, c)| c.id == id)
+            .map(|(a, _)| a.clone())
+        else {
+            return;
+        };
+        tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber connection lost");
+        self.drop_node(&addr);
+    }
+
+    /// Forgets a node's connection: its channels are to be placed again.
+    fn drop_node(&mut self, addr: &str) {
+        if self.nodes.remove(addr).is_some() {
+            self.lost.insert(addr.to_owned());
+        }
+        self.placed.retain(|_, a| a != addr);
+    }
+
+    /// A PING on every connection, each answered within the timeout.
+    async fn watchdog(&mut self) {
+        let mut failed = Vec::new();
+        for (addr, con) in &mut self.nodes {
+            if let Err(e) = con.request(&[b"PING"]).await {
+                failed.push((addr.clone(), e));
+            }
+        }
+        for (addr, why) in failed {
+            tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber watchdog PING failed");
+            self.drop_node(&addr);
+        }
+    }
+
+    /// The handler of a new connection's pushes.
+    fn push_handler(&self, id: u64) -> PushHandler {
+        let dispatch = self.dispatch.clone();
+        let metrics = self.metrics.clone();
+        let last = self.last.clone();
+        let lost = self.lost_tx.clone();
+        Arc::new(move |items: Vec<Reply>| {
+            forward_push(items, id, &dispatch, &metrics, &last, &lost);
+        })
+    }
+
+    /// The connection to `addr`, made when missing.
+    async fn node(&mut self, addr: &str) -> Result<&mut NodeConn, String> {
+        if !self.nodes.contains_key(addr) {
+            self.next_id += 1;
+            let id = self.next_id;
+            let handler = self.push_handler(id);
+            let con = NodeConn::connect(
+                addr,
+                id,
+                &self.auth,
+                CONNECT_TIMEOUT.max(self.ping_timeout),
+                handler,
+                self.lost_tx.clone(),
+            )
+            .await?;
+            self.nodes.insert(addr.to_owned(), con);
+        }
+        self.nodes
+            .get_mut(addr)
+            .ok_or_else(|| "no connection".to_owned())
+    }
+
+    /// Reads the slot map from the first node that answers: the known nodes, then the seeds.
+    async fn refresh_slots(&mut self) -> Result<(), String> {
+        let mut candidates: Vec<String> = self.slots.addresses().map(str::to_owned).collect();
+        for seed in &self.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        candidates.dedup();
+        let mut last_error = "no node to ask".to_owned();
+        for addr in candidates {
+            // A connection of its own (not subscribed to anything): its pushes and its loss
+            // are nobody's concern.
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let quiet: PushHandler = Arc::new(|_| {});
+            let asked = async {
+                let mut con =
+                    NodeConn::connect(&addr, 0, &self.auth, CONNECT_TIMEOUT, quiet, tx).await?;
+                let reply = con.request(&[b"CLUSTER", b"SLOTS"]).await?;
+                SlotMap::parse(&reply, &addr)
+            };
+            match asked.await {
+                Ok(map) => {
+                    if map != self.slots {
+                        tracing::debug!(?map, "redis cluster slot map read");
+                    }
+                    self.slots = map;
+                    return Ok(());
+                }
+                Err(e) => last_error = format!("{addr}: {e}"),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Applies a batch of the hub's commands (see the module documentation). A failure marks
+    /// the node lost; the barriers then wait for the recovery.
+    async fn apply(&mut self, batch: Vec<SubCommand>) {
+        let mut waiting = Vec::new();
+        let mut new: Vec<Arc<str>> = Vec::new();
+        let mut touched: HashSet<String> = HashSet::new();
+        for cmd in batch {
+            match cmd {
+                SubCommand::Barrier(tx) => waiting.push(tx),
+                SubCommand::Subscribe(ch) => {
+                    let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+                    if !last.contains_key(&ch) {
+                        last.insert(ch.clone(), 0);
+                        new.push(ch);
+                    }
+                }
+                SubCommand::Unsubscribe(ch) => {
+                    self.last
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&ch);
+                    new.retain(|c| *c != ch);
+                    if let Some(addr) = self.placed.remove(&ch)
+                        && let Some(con) = self.nodes.get_mut(&addr)
+                    {
+                        let key = layout::history_key(&ch);
+                        con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
+                        touched.insert(addr);
+                    }
+                }
+            }
+        }
+        for (addr, channels) in self.group_by_node(&new) {
+            match self.subscribe_on(&addr, &channels).await {
+                Ok(()) => {
+                    touched.insert(addr);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %addr, reason = %e, "redis cluster subscriber cannot subscribe");
+                    self.drop_node(&addr);
+                    self.unplaced = true;
+                }
+            }
+        }
+        // A PING on every connection when something waits for the subscriptions (a barrier, or
+        // the sequence read of new channels below); otherwise the commands are only written.
+        let everywhere = !waiting.is_empty() || !new.is_empty();
+        let addrs: Vec<String> = if everywhere {
+            self.nodes.keys().cloned().collect()
+        } else {
+            touched.into_iter().collect()
+        };
+        for addr in addrs {
+            let Some(con) = self.nodes.get_mut(&addr) else {
+                continue;
+            };
+            let sent = if everywhere {
+                con.request(&[b"PING"]).await.map(|_| ())
+            } else {
+                con.flush().await
+            };
+            if let Err(e) = sent {
+                tracing::warn!(node = %addr, reason = %e, "redis cluster subscriber connection failed");
+                self.drop_node(&addr);
+            }
+        }
+        if !self.lost.is_empty() || self.unplaced {
+            self.barriers.extend(waiting);
+            return;
+        }
+        let at = Instant::now();
+        for tx in waiting {
+            self.dispatch.send(Dispatch::Barrier { tx, at });
+        }
+        // Where each new channel's sequence stood once its subscription was active: a later
+        // refill reads its history after that at least.
+        for ch in new {
+            self.note_sequence(&ch).await;
+        }
+    }
+
+    /// Raises the channel's last known sequence to its sequence now (when it can be read).
+    async fn note_sequence(&self, ch: &Arc<str>) {
+        match self.store.sequence(ch).await {
+            Ok(seq) => {
+                if let Some(v) = self
+                    .last
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(ch)
+                {
+                    *v = (*v).max(seq);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read a channel's sequence"),
+        }
+    }
+
+    /// `channels` by the node that serves their slot, then by slot; marks the subscriber
+    /// unplaced when a slot has no node.
+    fn group_by_node(&mut self, channels: &[Arc<str>]) -> HashMap<String, Vec<Arc<str>>> {
+        let mut by_node: HashMap<String, Vec<Arc<str>>> = HashMap::new();
+        for ch in channels {
+            match self.slots.node_of(layout::slot(ch)) {
+                Some(addr) => by_node.entry(addr.to_owned()).or_default().push(ch.clone()),
+                None => self.unplaced = true,
+            }
+        }
+        for list in by_node.values_mut() {
+            list.sort_by_key(|c| layout::slot(c));
+        }
+        by_node
+    }
+
+    /// Queues and writes the `SSUBSCRIBE`s of `channels` (sorted by slot) on `addr`, and
+    /// records them placed there.
+    async fn subscribe_on(&mut self, addr: &str, channels: &[Arc<str>]) -> Result<(), String> {
+        let con = self.node(addr).await?;
+        for group in channels.chunk_by(|a, b| layout::slot(a) == layout::slot(b)) {
+            for chunk in group.chunks(SUBSCRIBE_CHUNK) {
+                let keys: Vec<String> = chunk.iter().map(|c| layout::history_key(c)).collect();
+                let mut args: Vec<&[u8]> = vec![b"SSUBSCRIBE"];
+                args.extend(keys.iter().map(|k| k.as_bytes()));
+                con.queue(&args);
+            }
+        }
+        con.flush().await?;
+        for ch in channels {
+            self.placed.insert(ch.clone(), addr.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Sleeps while still taking the hub's commands. Returns `false` when told to stop.
+    async fn wait(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                cmd = self.commands.recv() => match cmd {
+                    None => return false,
+                    Some(cmd) => self.record(cmd),
+                },
+            }
+        }
+    }
+
+    /// Takes a command while recovering: the subscription is made by the recovery.
+    fn record(&mut self, cmd: SubCommand) {
+        match cmd {
+            SubCommand::Subscribe(ch) => {
+                self.last
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(ch)
+                    .or_insert(0);
+            }
+            SubCommand::Unsubscribe(ch) => {
+                self.last
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&ch);
+                if let Some(addr) = self.placed.remove(&ch)
+                    && let Some(con) = self.nodes.get_mut(&addr)
+                {
+                    let key = layout::history_key(&ch);
+                    con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
+                }
+            }
+            SubCommand::Barrier(tx) => {
+                // Barriers of streams that left are forgotten (see the one-Redis subscriber).
+                if self.barriers.len() >= 64 && self.barriers.len().is_power_of_two() {
+                    self.barriers.retain(|b| !b.is_closed());
+                }
+                self.barriers.push(tx);
+            }
+        }
+    }
+
+    /// Holds live events, places every active channel again on the connections that the
+    /// slot map names (after lost ones, or at the start), refills the dispatcher from each
+    /// moved channel's history and resumes. Retries with backoff until it succeeds; returns
+    /// `false` when told to stop.
+    async fn recover(&mut self, first: bool) -> bool {
+        self.metrics.set_broker_up(false);
+        self.dispatch.send(Dispatch::Hold);
+        // The last sequence dispatched for each channel to refill, taken before any of them is
+        // subscribed again (live events of the new subscriptions raise `last`, and are held).
+        let mut from: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        let mut failures = 0u64;
+        loop {
+            while let Ok((id, why)) = self.lost_rx.try_recv() {
+                self.connection_lost(id, &why);
+            }
+            loop {
+                match self.commands.try_recv() {
+                    Ok(cmd) => self.record(cmd),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                }
+            }
+            match self.recover_once(&mut from).await {
+                Ok(resume) => {
+                    if !first {
+                        self.metrics.broker_reconnects.inc();
+                        tracing::info!("redis cluster subscriber recovered");
+                    }
+                    self.lost.clear();
+                    self.unplaced = false;
+                    self.dispatch.send(Dispatch::Resume(resume));
+                    self.metrics.set_broker_up(true);
+                    let at = Instant::now();
+                    for tx in self.barriers.drain(..) {
+                        self.dispatch.send(Dispatch::Barrier { tx, at });
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if failures.is_multiple_of(WARN_EVERY) {
+                        tracing::warn!(error = %e, attempts = failures + 1, retry_in = ?delay, "redis cluster subscriber cannot recover");
+                    }
+                    failures += 1;
+                    if !self.wait(delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`ClusterSubscriber::recover`].
+    async fn recover_once(&mut self, from: &mut HashMap<Arc<str>, u64>) -> Result<Resume, String> {
+        self.refresh_slots().await?;
+        let active: Vec<(Arc<str>, u64)> = self
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(c, v)| (c.clone(), *v))
+            .collect();
+        // Channels to subscribe: not placed, or placed on a node that no longer serves them.
+        let mut moving: Vec<Arc<str>> = Vec::new();
+        for (ch, seen) in &active {
+            let wanted = self.slots.node_of(layout::slot(ch)).map(str::to_owned);
+            match self.placed.get(ch) {
+                Some(addr) if Some(addr) == wanted.as_ref() => continue,
+                Some(addr) => {
+                    if let Some(con) = self.nodes.get_mut(addr) {
+                        let key = layout::history_key(ch);
+                        con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
+                    }
+                    self.placed.remove(ch);
+                }
+                None => {}
+            }
+            from.entry(ch.clone()).or_insert(*seen);
+            moving.push(ch.clone());
+        }
+        from.retain(|c, _| active.iter().any(|(a, _)| a == c));
+        self.unplaced = false;
+        let groups = self.group_by_node(&moving);
+        if self.unplaced {
+            return Err("a subscribed channel's slot has no primary".into());
+        }
+        for (addr, channels) in groups {
+            if let Err(e) = self.subscribe_on(&addr, &channels).await {
+                self.drop_node(&addr);
+                return Err(format!("{addr}: {e}"));
+            }
+        }
+        // Every connection confirms what was sent to it.
+        let addrs: Vec<String> = self.nodes.keys().cloned().collect();
+        for addr in addrs {
+            if let Some(con) = self.nodes.get_mut(&addr)
+                && let Err(e) = con.request(&[b"PING"]).await
+            {
+                self.drop_node(&addr);
+                return Err(format!("{addr}: {e}"));
+            }
+        }
+        // Idle connections to nodes that serve nothing subscribed are closed.
+        let used: HashSet<&String> = self.placed.values().collect();
+        let idle: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|a| !used.contains(a))
+            .cloned()
+            .collect();
+        for addr in idle {
+            self.nodes.remove(&addr);
+        }
+        let resume = self.refill(from).await.map_err(|e| e.to_string())?;
+        from.clear();
+        Ok(resume)
+    }
+
+    /// Each moved channel's history after the last sequence dispatched for it (see the
+    /// module documentation).
+    async fn refill(&self, from: &HashMap<Arc<str>, u64>) -> Result<Resume, BrokerError> {
+        let mut resume = Resume::default();
+        let mut raised: Vec<(Arc<str>, u64)> = Vec::new();
+        for (ch, &seen) in from {
+            if seen == 0 {
+                // Nothing dispatched or known for it: no position to refill from; from now on,
+                // its sequence.
+                self.note_sequence(ch).await;
+                continue;
+            }
+            let mut snap = self.store.snapshot(ch, Some(seen), 0).await?;
+            if snap.malformed > 0 {
+                self.metrics.malformed.inc_by(snap.malformed);
+            }
+            let sequence = snap.counter.unwrap_or(0);
+            let mut newest = seen;
+            if sequence < seen {
+                let (now, floor) = self.store.raise(ch, seen).await?;
+                tracing::warn!(
+                    channel = %Escaped(ch.as_bytes()),
+                    sequence,
+                    known = seen,
+                    raised_to = now,
+                    floor,
+                    "a channel's sequence went back (writes lost in a failover): its streams \
+                     get missedevents, new ids start above the floor"
+                );
+                // Past any sequence: every retained event.
+                snap = self.store.snapshot(ch, Some(MAX_EVENT_ID), 0).await?;
+                resume.reset_channels.push(ch.clone());
+                newest = now;
+            } else if channel_may_have_lost(seen, 0, &snap, self.history_size) {
+                resume.missed.push(ch.clone());
+            }
+            for history in snap.channels {
+                for frame in history.events {
+                    newest = newest.max(frame.id);
+                    resume.events.push((ch.clone(), frame.without_id()));
+                }
+            }
+            raised.push((ch.clone(), newest));
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (ch, newest) in raised {
+            if let Some(v) = last.get_mut(&ch) {
+                *v = (*v).max(newest);
+            }
+        }
+        Ok(resume)
+    }
+}
+
+/// Runs on a connection's reader task: must never block.
+fn forward_push(
+    items: Vec<Reply>,
+    id: u64,
+    dispatch: &DispatchSender,
+    metrics: &Metrics,
+    last: &LastSeen,
+    lost: &LostSender,
+) {
+    let mut items = items.into_iter();
+    let Some(kind) = items.next() else { return };
+    match kind.bytes() {
+        Some(b"smessage") => {
+            let (Some(Reply::Bulk(shard)), Some(Reply::Bulk(payload))) =
+                (items.next(), items.next())
+            else {
+                return;
+            };
+            let Some(channel) = std::str::from_utf8(&shard)
+                .ok()
+                .and_then(layout::channel_of)
+            else {
+                metrics.malformed.inc();
+                tracing::warn!(
+                    shard_channel = %Escaped(&shard),
+                    "skipping a sharded message on a shard channel that is not a redisse channel's"
+                );
+                return;
+            };
+            match parse_stored(payload) {
+                Ok((seq, bytes)) => {
+                    let frame = Frame::live(seq, bytes).without_id();
+                    if let Some(v) = last
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(channel)
+                    {
+                        *v = (*v).max(seq);
+                    }
+                    dispatch.send(Dispatch::Live {
+                        channel: channel.to_owned(),
+                        frame,
+                    });
+                }
+                Err((why, payload)) => {
+                    metrics.malformed.inc();
+                    tracing::warn!(
+                        channel = %Escaped(channel.as_bytes()),
+                        reason = %why,
+                        payload = %Escaped(&payload),
+                        "skipping a sharded message that is not one SSE event"
+                    );
+                }
+            }
+        }
+        Some(b"sunsubscribe") => {
+            // Ours are sent after the channel left the active set; one for a channel still
+            // active is Redis's: its slot moved.
+            let Some(Reply::Bulk(shard)) = items.next() else {
+                return;
+            };
+            let channel = std::str::from_utf8(&shard)
+                .ok()
+                .and_then(layout::channel_of);
+            let active = channel.is_some_and(|c| {
+                last.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(c)
+            });
+            if active {
+                let _ = lost.send((
+                    id,
+                    format!(
+                        "the node ended the subscription of {} (its slot moved)",
+                        Escaped(&shard)
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: i64, end: i64, host: &str, port: i64) -> Reply {
+        Reply::Array(vec![
+            Reply::Int(start),
+            Reply::Int(end),
+            Reply::Array(vec![
+                Reply::Bulk(host.as_bytes().to_vec()),
+                Reply::Int(port),
+                Reply::Bulk(b"id".to_vec()),
+            ]),
+        ])
+    }
+
+    #[test]
+    fn a_slot_map_is_read_whole_or_refused() {
+        let reply = Reply::Array(vec![
+            range(5461, 10922, "127.0.0.1", 7001),
+            range(0, 5460, "", 7000),
+            range(10923, 16383, "127.0.0.1", 7002),
+        ]);
+        let map = SlotMap::parse(&reply, "10.0.0.9:7000").unwrap();
+        assert_eq!(map.node_of(0), Some("10.0.0.9:7000"));
+        assert_eq!(map.node_of(5461), Some("127.0.0.1:7001"));
+        assert_eq!(map.node_of(16383), Some("127.0.0.1:7002"));
+        assert_eq!(map.node_of(16384), None);
+        // A slot without a primary (a failover under way) is not a map to act on.
+        let holed = Reply::Array(vec![
+            range(0, 5460, "127.0.0.1", 7000),
+            range(10923, 16383, "127.0.0.1", 7002),
+        ]);
+        assert!(SlotMap::parse(&holed, "h:1").unwrap_err().contains("5461"));
+        let short = Reply::Array(vec![range(0, 100, "127.0.0.1", 7000)]);
+        assert!(SlotMap::parse(&short, "h:1").is_err());
+        assert!(SlotMap::parse(&Reply::Int(1), "h:1").is_err());
+        let bad_port = Reply::Array(vec![range(0, 16383, "127.0.0.1", 70000)]);
+        assert!(SlotMap::parse(&bad_port, "h:1").is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! The Redis Cluster broker (`--redis-cluster`), on a real six-node cluster
+//! (support/cluster.rs): each channel's keys in one slot, on that slot's primary, ids per
+//! channel, events sent by sharded pub/sub on the channel's shard channel, and a primary's
+//! crash survived by publishes and by a stream.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::startup::fails_to_start;
+use crate::support::binary::Redisse;
+use crate::support::cluster::Cluster;
+use crate::support::sse::SseStream;
+
+/// The channel's hash tag, computed here on its own: FNV-1a 32 bits, the low 16 in hex.
+fn tag(channel: &str) -> String {
+    let mut h: u32 = 2_166_136_261;
+    for b in channel.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(16_777_619);
+    }
+    format!("{:04x}", h & 0xffff)
+}
+
+fn history_key(channel: &str) -> String {
+    format!("redisse:{{{}}}:c:{channel}", tag(channel))
+}
+
+async fn start_cluster() -> Cluster {
+    tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .expect("a cluster")
+}
+
+/// The stored frames of `channel`'s history, read on its slot's primary.
+fn stored(cluster: &Cluster, channel: &str) -> Vec<String> {
+    let key = history_key(channel);
+    let port = cluster.primary_of(cluster.slot(&key));
+    redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut cluster.node(port).con())
+        .expect("ZRANGE")
+}
+
+/// A raw RESP2 connection to `port` that `SSUBSCRIBE`s `shard`; waits for the confirmation.
+fn ssubscribe(port: u16, shard: &str) -> TcpStream {
+    let mut con = TcpStream::connect(("127.0.0.1", port)).expect("connect to the node");
+    con.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let cmd = format!("*2\r\n$10\r\nSSUBSCRIBE\r\n${}\r\n{shard}\r\n", shard.len());
+    con.write_all(cmd.as_bytes()).unwrap();
+    let seen = read_until(&mut con, "ssubscribe", Duration::from_secs(5));
+    assert!(seen.contains(shard), "no confirmation: {seen:?}");
+    con
+}
+
+/// What `con` received until `needle` appeared (or the wait ran out).
+fn read_until(con: &mut TcpStream, needle: &str, wait: Duration) -> String {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&got).contains(needle) {
+        match con.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Each channel's history lands on its slot's primary, with ids 1, 2, 3 of its own, and each
+/// event is `SPUBLISH`ed on the channel's shard channel, where a plain Redis client sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_channel_lands_on_its_slots_primary_with_ids_of_its_own() {
+    let cluster = start_cluster().await;
+    let channels = ["news", "chat", "orders", "alerts"];
+    let primaries: std::collections::HashSet<u16> = channels
+        .iter()
+        .map(|c| cluster.primary_of(cluster.slot(&history_key(c))))
+        .collect();
+    assert!(
+        primaries.len() > 1,
+        "every channel on one primary: {primaries:?}"
+    );
+    // Every key of a channel is in one slot.
+    for c in channels {
+        let slot = cluster.slot(&history_key(c));
+        for key in [
+            format!("redisse:{{{}}}:id:{c}", tag(c)),
+            format!("redisse:{{{}}}:lostBelow:{c}", tag(c)),
+            format!("redisse:{{{}}}:trimmed", tag(c)),
+        ] {
+            assert_eq!(cluster.slot(&key), slot, "{key}");
+        }
+    }
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    let news = history_key("news");
+    let mut listener = {
+        let port = cluster.primary_of(cluster.slot(&news));
+        tokio::task::spawn_blocking(move || ssubscribe(port, &news))
+            .await
+            .unwrap()
+    };
+    for round in 1..=3u64 {
+        for c in channels {
+            let id = server
+                .publish_event(c, Some("m"), &format!("{c}-{round}"))
+                .await;
+            assert_eq!(id, round, "{c}: ids are the channel's own sequence");
+        }
+    }
+    for c in channels {
+        let stored = stored(&cluster, c);
+        let expected: Vec<String> = (1..=3)
+            .map(|i| format!("id: {i}\nevent: m\ndata: {c}-{i}\n\n"))
+            .collect();
+        assert_eq!(stored, expected, "{c}");
+        let key = format!("redisse:{{{}}}:id:{c}", tag(c));
+        let port = cluster.primary_of(cluster.slot(&key));
+        let seq: u64 = redis::cmd("GET")
+            .arg(&key)
+            .query(&mut cluster.node(port).con())
+            .expect("GET the sequence");
+        assert_eq!(seq, 3, "{c}");
+    }
+    let seen = tokio::task::spawn_blocking(move || {
+        read_until(&mut listener, "data: news-3", Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert!(seen.contains("smessage"), "{seen:?}");
+    for i in 1..=3 {
+        assert!(
+            seen.contains(&format!("id: {i}\nevent: m\ndata: news-{i}\n\n")),
+            "event {i} not seen on the shard channel: {seen:?}"
+        );
+    }
+}
+
+/// With `--redis-cluster`, a seed that is not a cluster node, and a TLS seed, stop the start
+/// with the reason (without the password); `--redis` with `--redis-cluster` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_that_is_not_a_cluster_node_stops_the_start() {
+    let plain = crate::support::RedisServer::start();
+    let err = fails_to_start(&["--redis-cluster", &plain.url()]).await;
+    assert!(err.contains("not a Redis Cluster node"), "{err}");
+    let err = fails_to_start(&["--redis-cluster", "rediss://:secret@127.0.0.1:1/"]).await;
+    assert!(err.contains("TLS"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+    // Refused by the command line itself (clap's usage message).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
+        .args(["--redis-cluster", &plain.url(), "--redis", &plain.url()])
+        .env_remove("REDISSE_REDIS")
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+/// A stream on one channel, then the primary of the channel's slot killed (SIGKILL) and its
+/// replica promoted: publishes retried meanwhile land once on the new primary, with the next
+/// ids, and the stream, subscribed again there, gets them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_crash_is_survived_by_publishes_and_streams() {
+    let mut cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds, "--redis-connect-timeout", "10"]);
+    server.health_becomes(200).await;
+    let first = server.publish_event("news", Some("m"), "before").await;
+    assert_eq!(first, 1);
+    let mut stream = SseStream::open(&server.url("/?news"), &[("last-event-id", "1")]).await;
+    assert_eq!(stream.status, 200);
+    let slot = cluster.slot(&history_key("news"));
+    cluster.wait_synced(slot);
+    let old = cluster.kill_primary(slot);
+    // Publishes are refused while the cluster fails over, then land on the new primary.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut published = Vec::new();
+    for data in ["during-1", "during-2"] {
+        loop {
+            let res = crate::support::sse::client()
+                .post(server.internal_url("/publish/news?type=m"))
+                .body(data.to_owned())
+                .send()
+                .await
+                .expect("publish request");
+            if res.status() == 200 {
+                let v: serde_json::Value =
+                    serde_json::from_str(&res.text().await.expect("body")).expect("JSON");
+                published.push(v["id"].as_u64().expect("an id"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "publishes refused for 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(published, [2, 3], "the next ids of the channel, once each");
+    let new = tokio::task::spawn_blocking(move || {
+        let port = cluster.wait_failover(slot, old);
+        (cluster, port)
+    })
+    .await
+    .unwrap();
+    let (cluster, new_port) = new;
+    assert_ne!(new_port, old);
+    assert_eq!(
+        stored(&cluster, "news"),
+        [
+            "id: 1\nevent: m\ndata: before\n\n",
+            "id: 2\nevent: m\ndata: during-1\n\n",
+            "id: 3\nevent: m\ndata: during-2\n\n",
+        ]
+    );
+    let after = server.publish_event("news", Some("m"), "after").await;
+    assert_eq!(after, 4);
+    // The hint of the position (today's stream; the compound ids of streams on a cluster are
+    // written by the streams' side), then the events.
+    let got: Vec<_> = stream
+        .take(4)
+        .await
+        .into_iter()
+        .filter(|e| e.event != "lastEventId")
+        .collect();
+    let data: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, ["during-1", "during-2", "after"], "{got:?}");
+    let log = server.log();
+    assert!(log.contains("redis cluster subscriber"), "{log}");
+}
+
+/// The value of `key` on the primary of its slot, read once a primary answers.
+fn get_on_primary(cluster: &Cluster, key: &str) -> Option<String> {
+    let port = cluster.primary_of_now(cluster.slot(key))?;
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut cluster.node(port).try_con()?)
+        .ok()?
+}
+
+/// A failover that loses writes the stream was sent (made while the replica was frozen and cut
+/// off, then the primary killed): the subscriber sees the channel's sequence below the last
+/// it dispatched, raises the sequence past it and the floor with it, so the next publish gets
+/// an id above every id a client may hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
+    let mut cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    assert_eq!(server.publish_event("news", Some("m"), "one").await, 1);
+    let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
+    assert_eq!(stream.next().await.event, "lastEventId");
+    assert_eq!(server.publish_event("news", Some("m"), "two").await, 2);
+    assert_eq!(stream.next().await.data, "two");
+    let slot = cluster.slot(&history_key("news"));
+    cluster.wait_synced(slot);
+    let primary = cluster.primary_of(slot);
+    let replica = cluster.replica_of(primary);
+    // The replica frozen, and its link closed by the primary: the next writes reach only the
+    // primary (a frozen replica alone would still read them from its socket when it thaws).
+    cluster.node(replica).freeze();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut cluster.node(primary).con())
+        .expect("CLIENT KILL TYPE replica");
+    assert_eq!(killed, 1);
+    assert_eq!(server.publish_event("news", Some("m"), "three").await, 3);
+    assert_eq!(server.publish_event("news", Some("m"), "four").await, 4);
+    assert_eq!(stream.next().await.data, "three");
+    assert_eq!(stream.next().await.data, "four");
+    let old = cluster.kill_primary(slot);
+    cluster.node(replica).unfreeze();
+    let (cluster, new_port) = tokio::task::spawn_blocking(move || {
+        let port = cluster.wait_failover(slot, old);
+        (cluster, port)
+    })
+    .await
+    .unwrap();
+    assert_eq!(new_port, replica, "the frozen replica was promoted");
+    let floor_key = format!("redisse:{{{}}}:lostBelow:news", tag("news"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let floor = get_on_primary(&cluster, &floor_key);
+        if floor.as_deref() == Some("5") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the floor is {floor:?}, not raised past 4; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The writes made while the replica was frozen are gone; new ids pass the lost ones.
+    assert_eq!(
+        stored(&cluster, "news"),
+        [
+            "id: 1\nevent: m\ndata: one\n\n",
+            "id: 2\nevent: m\ndata: two\n\n",
+        ]
+    );
+    assert_eq!(server.publish_event("news", Some("m"), "five").await, 6);
+    let log = server.log();
+    assert!(log.contains("sequence went back"), "{log}");
+}
