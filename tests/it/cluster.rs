@@ -315,7 +315,7 @@ fn last_of(published: &[(String, u64)]) -> Position {
 
 /// `redisse --redis-cluster` on `cluster`'s nodes, with `extra` options, up.
 async fn redisse_on(cluster: &Cluster, extra: &[&str]) -> Redisse {
-    let seeds = cluster.seed_urls();
+    let seeds = cluster.seeds();
     let mut args = vec!["--redis-cluster", seeds.as_str()];
     args.extend_from_slice(extra);
     let process = blocking(|| Redisse::start(&args));
@@ -916,7 +916,7 @@ fn the_harness_fails_a_slot_over_and_the_cut_replica_lacks_the_last_write() {
     assert_eq!(held, ["kept"]);
     cluster.restart(old);
     assert_eq!(
-        cluster.replica_of(slot),
+        cluster.replica_of_slot(slot),
         old,
         "back as the new primary's replica"
     );

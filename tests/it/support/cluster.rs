@@ -118,7 +118,7 @@ impl Cluster {
     }
 
     /// Every node's URL, comma-separated, as `--redis-cluster` takes its seeds.
-    pub fn seed_urls(&self) -> String {
+    pub fn seeds(&self) -> String {
         let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
         urls.join(",")
     }
@@ -163,9 +163,19 @@ impl Cluster {
 
     /// The port of the primary that serves `slot`, from `CLUSTER SLOTS`.
     pub fn primary_of(&self, slot: u16) -> u16 {
-        self.slot_owners(&mut self.any_con(), slot)
-            .map(|(primary, _)| primary)
+        self.primary_of_now(slot)
             .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    /// The primary of `slot` as the first running node that answers names it, or `None` (no
+    /// node answers, or none names one), for waits that poll while nodes are down.
+    pub fn primary_of_now(&self, slot: u16) -> Option<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .filter_map(RedisServer::try_con)
+            .find_map(|mut con| self.slot_owners(&mut con, slot))
+            .map(|(primary, _)| primary)
     }
 
     /// The port of the primary that holds `channel`'s keys.
@@ -176,7 +186,7 @@ impl Cluster {
     /// The port of a replica of the primary that serves `slot`.
     /// `CLUSTER SLOTS` lists a replica only once the node asked knows it has synced, which
     /// may take a moment after it joined: this waits for one.
-    pub fn replica_of(&self, slot: u16) -> u16 {
+    pub fn replica_of_slot(&self, slot: u16) -> u16 {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         loop {
             let owners = self.slot_owners(&mut self.any_con(), slot);
@@ -267,7 +277,7 @@ impl Cluster {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         loop {
             let primary = self.primary_of(slot);
-            let replica = self.replica_of(slot);
+            let replica = self.replica_of_slot(slot);
             let info: String = self
                 .node(replica)
                 .try_con()
@@ -367,7 +377,7 @@ impl Cluster {
     /// lets it go on.
     pub fn cut_replica(&self, slot: u16) -> u16 {
         let primary = self.primary_of(slot);
-        let replica = self.replica_of(slot);
+        let replica = self.replica_of_slot(slot);
         self.node(replica).freeze();
         let dropped: i64 = redis::cmd("CLIENT")
             .arg("KILL")
