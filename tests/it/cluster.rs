@@ -954,3 +954,15 @@ fn the_harness_fails_a_slot_over_and_the_cut_replica_lacks_the_last_write() {
         "{beside:?}"
     );
 }
+
+/// The id rule of this module's helpers, against values computed apart (python): FNV-1a of
+/// `"a\nb\n"` is 0x7a256dee, whatever order the query names the channels in.
+#[test]
+fn compound_ids_hash_the_sorted_names() {
+    assert_eq!(stream_hash(&["b", "a"]), "7a256dee");
+    assert_eq!(stream_hash(&["a", "b", "a"]), "7a256dee");
+    let channels = vec!["b".to_owned(), "a".to_owned()];
+    let position: Position = [("a".to_owned(), 3), ("b".to_owned(), 10)].into();
+    assert_eq!(compound(&position), "7a256dee-3-10");
+    assert_eq!(parse_compound(&channels, "7a256dee-3-10"), position);
+}
