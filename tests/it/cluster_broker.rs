@@ -260,7 +260,7 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     let slot = cluster.slot(&history_key("news"));
     cluster.wait_synced(slot);
     let primary = cluster.primary_of(slot);
-    let replica = cluster.replica_of(primary);
+    let replica = cluster.replica_of_slot(slot);
     // The replica frozen, and its link closed by the primary: the next writes reach only the
     // primary (a frozen replica alone would still read them from its socket when it thaws).
     cluster.node(replica).freeze();
