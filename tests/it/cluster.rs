@@ -126,27 +126,38 @@ struct Reader {
     data: BTreeMap<String, Vec<String>>,
     /// How many `missedevents` it was sent, across its connections.
     missed: usize,
-    /// Whether the last event was a `missedevents`: the next position may be anywhere.
+    /// What came, in order: `missedevents`, or the channel of an event.
+    order: Vec<String>,
+    /// Whether a `missedevents` came and no event with an id since: the next position may be
+    /// anywhere, and events without an id (what history retained, sent again) are expected.
     reset: bool,
 }
 
 impl Reader {
-    /// A client without a position on `channels`, connected to `to`: its first event is
-    /// `lastEventId`, whose id is the channels' current sequences.
-    async fn live(name: &str, to: &Redisse, channels: &[String]) -> Reader {
+    /// A client without a position on `channels`, connected to `to`, whose channels are at
+    /// `now`: it reads the `lastEventId` events the stream starts with (one, or one per
+    /// channel as each one starts, docs/protocol.md) until their position is `now`.
+    async fn live(name: &str, to: &Redisse, channels: &[String], now: &Position) -> Reader {
         let mut stream = SseStream::open(&to.url(&query(channels)), &[]).await;
         assert_eq!(stream.status, 200, "{name}: a stream");
-        let first = stream.next().await;
-        assert_eq!(first.event, "lastEventId", "{name}: the first event");
-        let position = parse_compound(channels, first.id.as_deref().expect("an id"));
+        let position = read_hints(&mut stream, channels, now, name).await;
+        Reader {
+            stream: Some(stream),
+            ..Reader::at(name, channels, position)
+        }
+    }
+
+    /// A client that is not connected, at `position` on `channels`.
+    fn at(name: &str, channels: &[String], position: Position) -> Reader {
         Reader {
             name: name.to_owned(),
             channels: channels.to_vec(),
-            stream: Some(stream),
+            stream: None,
             position,
             got: BTreeMap::new(),
             data: BTreeMap::new(),
             missed: 0,
+            order: Vec::new(),
             reset: false,
         }
     }
@@ -181,6 +192,7 @@ impl Reader {
             "missedevents" => {
                 assert_eq!(e.id, None, "{name}: missedevents has no id");
                 self.missed += 1;
+                self.order.push(e.event);
                 self.reset = true;
             }
             "lastEventId" => {
@@ -196,10 +208,24 @@ impl Reader {
                 }
                 self.position = next;
             }
+            "m" if e.id.is_none() => {
+                // After a missedevents for lost writes, the events history retained come
+                // again below the position the stream sent, without an id (the client keeps
+                // its position): taken there only.
+                assert!(
+                    self.reset,
+                    "{name}: an event without an id, not after a missedevents: {e:?}"
+                );
+                let channel = channel_of(&e).to_owned();
+                assert!(
+                    self.channels.contains(&channel),
+                    "{name}: not its channel: {e:?}"
+                );
+                self.order.push(channel.clone());
+                self.data.entry(channel).or_default().push(e.data);
+            }
             "m" => {
-                let Some(id) = e.id.as_deref() else {
-                    panic!("{name}: an event without an id: {e:?}");
-                };
+                let id = e.id.as_deref().unwrap_or_default();
                 let next = parse_compound(&self.channels, id);
                 let channel = channel_of(&e).to_owned();
                 assert!(
@@ -226,6 +252,7 @@ impl Reader {
                     .entry(channel.clone())
                     .or_default()
                     .push(next[&channel]);
+                self.order.push(channel.clone());
                 self.data.entry(channel).or_default().push(e.data);
                 self.position = next;
                 self.reset = false;
@@ -264,9 +291,9 @@ impl Reader {
         }
     }
 
-    /// Events got, over all channels.
+    /// Events got, over all channels (with an id or without).
     fn count(&self) -> usize {
-        self.got.values().map(Vec::len).sum()
+        self.data.values().map(Vec::len).sum()
     }
 
     /// Fails if anything but a heartbeat comes within [`QUIET`].
@@ -284,6 +311,33 @@ impl Reader {
             want.iter().filter(|(_, seqs)| !seqs.is_empty()).collect();
         let got: BTreeMap<&String, &Vec<u64>> = self.got.iter().collect();
         assert_eq!(got, want, "{}: each channel's sequences", self.name);
+    }
+}
+
+/// Reads the `lastEventId` events a stream on `channels` starts with until their position is
+/// `now`, and returns it; fails on any other event first, or on a hint past `now`.
+async fn read_hints(
+    stream: &mut SseStream,
+    channels: &[String],
+    now: &Position,
+    name: &str,
+) -> Position {
+    loop {
+        let e = stream.next().await;
+        assert_eq!(
+            e.event, "lastEventId",
+            "{name}: before the position {now:?}"
+        );
+        let hint = parse_compound(channels, e.id.as_deref().expect("an id"));
+        for (c, seq) in &hint {
+            assert!(
+                *seq <= now[c],
+                "{name}: the hint {hint:?} is past the current sequences {now:?}"
+            );
+        }
+        if hint == *now {
+            return hint;
+        }
     }
 }
 
@@ -364,13 +418,8 @@ async fn channels_on_different_shards_arrive_on_one_stream() {
         // The query names them in the other order: the ids are the same.
         let reversed = vec![b.clone(), a.clone()];
         let mut stream = SseStream::open(&process.url(&query(&reversed)), &[]).await;
-        let hint = stream.next().await;
-        assert_eq!(hint.event, "lastEventId", "{hint:?}");
-        assert_eq!(
-            hint.id.as_deref(),
-            Some(compound(&at(&channels, 1)).as_str()),
-            "a fresh stream: each channel's current sequence"
-        );
+        // A fresh stream: each channel's current sequence.
+        read_hints(&mut stream, &reversed, &at(&channels, 1), "the stream").await;
         let published = publish_each(&process, &channels, 0..6).await;
         let seqs: Vec<u64> = published.iter().map(|(_, s)| *s).collect();
         assert_eq!(seqs, [2, 2, 3, 3, 4, 4], "each channel's own sequence");
@@ -416,7 +465,7 @@ async fn a_compound_id_resumes_across_shards_exactly_once() {
         let channels = cluster.channels_on_distinct_primaries("away", 2);
         let process = redisse_on(&cluster, &[]).await;
         warm(&process, &channels).await;
-        let mut c = Reader::live("the client", &process, &channels).await;
+        let mut c = Reader::live("the client", &process, &channels, &at(&channels, 1)).await;
         let start = c.position.clone();
         assert_eq!(start, at(&channels, 1));
         let mut published = publish_each(&process, &channels, 0..4).await;
@@ -470,7 +519,7 @@ async fn a_short_history_gives_one_missedevents() {
         let (a, b) = (&channels[0], &channels[1]);
         let process = redisse_on(&cluster, &["--history-size", "3"]).await;
         warm(&process, &channels).await;
-        let mut c = Reader::live("trimmed", &process, &channels).await;
+        let mut c = Reader::live("trimmed", &process, &channels, &at(&channels, 1)).await;
         c.disconnect();
         // a: 2..6 (its history keeps 4, 5, 6), b: 2.
         for i in 0..5 {
@@ -482,10 +531,16 @@ async fn a_short_history_gives_one_missedevents() {
         let mut covered = c.position.clone();
         covered.insert(a.clone(), 3);
         c.reconnect(&process, false).await;
-        let first = c.stream().next().await;
-        assert_eq!(first.event, "missedevents", "{first:?}");
-        c.record(first);
         c.read(4, PATIENCE).await;
+        // The missedevents comes before a's events (b's may come first: no order between
+        // channels).
+        let missed_at = c.order.iter().position(|e| e == "missedevents");
+        let a_at = c.order.iter().position(|e| e == a);
+        assert!(
+            missed_at.is_some() && missed_at < a_at,
+            "missedevents before the events of {a}: {:?}",
+            c.order
+        );
         assert_eq!(c.got[a], [4, 5, 6], "what a's history retained");
         assert_eq!(c.got[b], [2]);
         assert_eq!(
@@ -499,11 +554,7 @@ async fn a_short_history_gives_one_missedevents() {
         assert_eq!(c.missed, 1, "one missedevents");
 
         // A position that a's three retained events still follow: nothing was lost.
-        let mut near = Reader {
-            name: "covered".into(),
-            position: covered,
-            ..Reader::live("covered", &process, &channels).await
-        };
+        let mut near = Reader::at("covered", &channels, covered);
         near.reconnect(&process, false).await;
         near.read(5, PATIENCE).await;
         assert_eq!(near.missed, 0);
@@ -558,14 +609,15 @@ async fn a_mismatched_compound_id_gets_one_missedevents() {
                 let seq = process
                     .publish_event(a, Some("m"), &data(a, format!("live{n}{in_query}")))
                     .await;
-                let mut next = s.next().await;
+                // Hints (none, or until the current positions), then the live event.
                 let mut position = at(&channels, 3);
                 *position.get_mut(a).expect("a") = seq - 1;
-                if next.event == "lastEventId" {
-                    assert_eq!(
-                        next.id.as_deref(),
-                        Some(compound(&position).as_str()),
-                        "id {id:?}: the current positions"
+                let mut next = s.next().await;
+                while next.event == "lastEventId" {
+                    let hint = parse_compound(&channels, next.id.as_deref().expect("an id"));
+                    assert!(
+                        hint.iter().all(|(c, n)| *n <= position[c]),
+                        "id {id:?}: the hint {hint:?} is past the current positions {position:?}"
                     );
                     next = s.next().await;
                 }
@@ -595,7 +647,13 @@ async fn a_failover_loses_no_event_that_history_holds() {
         let slot = cluster.slot_of_channel(&channels[0]);
         let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
         warm(&process, &channels).await;
-        let mut c = Reader::live("through the failover", &process, &channels).await;
+        let mut c = Reader::live(
+            "through the failover",
+            &process,
+            &channels,
+            &at(&channels, 1),
+        )
+        .await;
         let start = c.position.clone();
         let mut published = Vec::new();
         for i in 0..10 {
@@ -665,11 +723,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
         }
 
         // From before the failover: the rest, from the promoted replica's history.
-        let mut back = Reader {
-            name: "back from before".into(),
-            position: early.clone(),
-            ..Reader::live("back", &process, &channels).await
-        };
+        let mut back = Reader::at("back from before", &channels, early.clone());
         back.reconnect(&process, false).await;
         back.read(30, PATIENCE).await;
         back.expect_silence().await;
@@ -693,7 +747,7 @@ async fn writes_the_promoted_replica_never_got_are_missedevents() {
         let slot = cluster.slot_of_channel(&a);
         let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
         warm(&process, &channels).await;
-        let mut c = Reader::live("the client", &process, &channels).await;
+        let mut c = Reader::live("the client", &process, &channels, &at(&channels, 1)).await;
         for i in 0..5 {
             process.publish_event(&a, Some("m"), &data(&a, i)).await;
         }
@@ -782,7 +836,7 @@ async fn three_processes_serve_clients_that_resume_on_any_of_them() {
         let mut clients = Vec::new();
         for (k, channels) in subsets.iter().enumerate() {
             let name = format!("client {k} on process {}", k % 3);
-            clients.push(Reader::live(&name, &processes[k % 3], channels).await);
+            clients.push(Reader::live(&name, &processes[k % 3], channels, &at(channels, 1)).await);
         }
         let starts: Vec<Position> = clients.iter().map(|c| c.position.clone()).collect();
 
@@ -851,7 +905,7 @@ async fn a_killed_primary_rejoins_as_a_replica_and_streams_go_on() {
         let slot = cluster.slot_of_channel(&channels[0]);
         let process = redisse_on(&cluster, &[]).await;
         warm(&process, &channels).await;
-        let mut c = Reader::live("the client", &process, &channels).await;
+        let mut c = Reader::live("the client", &process, &channels, &at(&channels, 1)).await;
         let start = c.position.clone();
         let mut published = publish_each(&process, &channels, 0..4).await;
         c.read(4, PATIENCE).await;
