@@ -266,8 +266,10 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-# A port for a Redis Cluster node: free, with its cluster bus port (+10000) free too, and not
-# one this run's cluster took already.
+# A port for a Redis Cluster node: nothing listens on it or on its cluster bus port (+10000), and
+# this run's cluster did not take it already. From 21000 up, so that the bus port stays below the
+# kernel's ephemeral range (32768 up by default), where a client connection's local port can
+# take it at any time.
 free_cluster_port() {
   local p=$1
   while (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || (echo >/dev/tcp/127.0.0.1/$((p + 10000))) 2>/dev/null \
@@ -281,18 +283,32 @@ CLUSTER_PIDS=()
 CLUSTER_PORTS=""
 CLUSTER_SEEDS=""
 start_cluster() {
-  local n=$1 p=27000 addrs=() seeds=() port
+  local n=$1 p=21000 addrs=() seeds=() port tries dir
   rm -rf "$WORK/cluster"
   mkdir -p "$WORK/cluster"
   for _ in $(seq "$n"); do
-    p=$(free_cluster_port "$p")
-    mkdir -p "$WORK/cluster/$p"
-    redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-node-timeout 5000 \
-      --save '' --appendonly no --daemonize yes --dir "$WORK/cluster/$p" \
-      --pidfile "$WORK/cluster/$p/redis.pid" --logfile "$WORK/cluster/$p/redis.log"
-    wait_port "$p" || return 1
-    for _ in $(seq 50); do [[ -s $WORK/cluster/$p/redis.pid ]] && break; sleep 0.1; done
-    CLUSTER_PIDS+=("$(cat "$WORK/cluster/$p/redis.pid")")
+    # A port taken between the check and the bind (the node then exits): the next one.
+    for tries in $(seq 10); do
+      p=$(free_cluster_port "$p")
+      dir=$WORK/cluster/$p
+      mkdir -p "$dir"
+      redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-node-timeout 5000 \
+        --save '' --appendonly no --daemonize yes --dir "$dir" \
+        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+      for _ in $(seq 50); do
+        [[ -s $dir/redis.pid ]] && (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null && break
+        grep -q 'aborting' "$dir/redis.log" 2>/dev/null && break
+        sleep 0.1
+      done
+      [[ -s $dir/redis.pid ]] && (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null && break
+      if ! grep -q 'Address already in use' "$dir/redis.log" 2>/dev/null || [[ $tries == 10 ]]; then
+        echo "compare: a cluster node did not start on $p:" >&2
+        tail -5 "$dir/redis.log" >&2
+        return 1
+      fi
+      p=$((p + 1))
+    done
+    CLUSTER_PIDS+=("$(cat "$dir/redis.pid")")
     CLUSTER_PORTS="$CLUSTER_PORTS $p"
     addrs+=("127.0.0.1:$p")
     seeds+=("redis://127.0.0.1:$p/")
