@@ -255,6 +255,12 @@ impl Conn {
         self.lock().part
     }
 
+    /// Whether the stream started: its replay plan is in the queue (or the stream is gone).
+    pub fn is_started(&self) -> bool {
+        let st = self.lock();
+        st.ready || st.gone
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent in a way that
         // matters more than losing the stream, so a poisoned lock is simply taken over.
