@@ -680,6 +680,99 @@ async fn a_failover_loses_no_event_that_history_holds() {
     .await;
 }
 
+/// A slot moved live to another primary (as a resharding moves it, keys one by one) under a
+/// stream and publishers on it: every event arrives once, in order, without `missedevents`;
+/// afterwards the new owner holds the channel's history and this process's subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_primary_loses_nothing() {
+    within_limit(async {
+        let cluster = Arc::new(blocking(Cluster::start));
+        let three = cluster.channels_on_distinct_primaries("mv", 3);
+        let channels = vec![three[0].clone(), three[1].clone()];
+        let moved = &three[0];
+        let slot = cluster.slot_of_channel(moved);
+        let to = cluster.primary_of_channel(&three[2]);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live("through the move", &process, &channels).await;
+        let start = c.position.clone();
+        let publishing = {
+            let process = process.clone();
+            let channels = channels.clone();
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                for i in 0..30 {
+                    let ch = &channels[i % 2];
+                    let seq = publish_through(&process, ch, &data(ch, i)).await;
+                    answered.push((ch.clone(), seq));
+                    sleep(Duration::from_millis(50)).await;
+                }
+                answered
+            })
+        };
+        sleep(Duration::from_millis(200)).await;
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            mover.move_slot(slot, to, Duration::from_millis(100));
+        })
+        .await
+        .expect("the slot moved");
+        let published = publishing.await.expect("the publisher");
+        for ch in &channels {
+            let seqs: Vec<u64> = published
+                .iter()
+                .filter(|(c, _)| c == ch)
+                .map(|(_, s)| *s)
+                .collect();
+            assert_eq!(
+                seqs,
+                (2..17).collect::<Vec<u64>>(),
+                "{ch}: once each, in order"
+            );
+        }
+        c.read(30, FAILOVER_WAIT).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(
+            c.missed, 0,
+            "nothing was lost: the keys moved with the slot"
+        );
+        for ch in &channels {
+            let want: Vec<String> = (0..30)
+                .filter(|i| channels[i % 2] == *ch)
+                .map(|i| data(ch, i))
+                .collect();
+            assert_eq!(c.data[ch], want, "{ch}: every event once, in order");
+        }
+        assert_eq!(cluster.primary_of_channel(moved), to);
+        let log = process.log();
+        assert!(
+            log.contains("its slot moved"),
+            "the subscriber saw the slot move: {log}"
+        );
+        assert_eq!(
+            cluster.stored(moved).len(),
+            16,
+            "the history moved with the slot"
+        );
+        let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(crate::support::cluster::history_key(moved))
+            .query(&mut cluster.node(to).con())
+            .expect("PUBSUB SHARDNUMSUB");
+        assert_eq!(
+            subscribers, 1,
+            "the process subscribed at the slot's new owner"
+        );
+        // And live on the new owner.
+        let seq = publish_through(&process, moved, &data(moved, "after")).await;
+        assert_eq!(seq, 17);
+        c.read(1, PATIENCE).await;
+        assert_eq!(c.got[moved].last(), Some(&17));
+    })
+    .await;
+}
+
 /// The replica of one channel's primary is cut off (frozen, its link dropped), the primary
 /// acknowledges three more events on that channel, then dies; the replica is promoted without
 /// them. The stream gets one `missedevents`, then what the new primary holds; the next event of
