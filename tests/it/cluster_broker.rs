@@ -310,3 +310,33 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     let log = server.log();
     assert!(log.contains("sequence went back"), "{log}");
 }
+
+/// Streams that come and go on one channel make the subscriber end and make the channel's
+/// subscription again, often in one batch: the node's confirmation of the ending must not be
+/// taken for Redis ending a subscription still wanted (which would hold every stream and
+/// reconnect). The last stream still gets the live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_coming_and_going_cause_no_reconnection() {
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    assert_eq!(server.publish_event("news", Some("m"), "first").await, 1);
+    for _ in 0..30 {
+        let a = SseStream::open(&server.url("/?news"), &[]).await;
+        drop(a);
+        let b = SseStream::open(&server.url("/?news"), &[]).await;
+        drop(b);
+    }
+    let mut last = SseStream::open(&server.url("/?news"), &[]).await;
+    assert_eq!(last.next().await.event, "lastEventId");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.publish_event("news", Some("m"), "live").await, 2);
+    assert_eq!(last.next().await.data, "live");
+    assert_eq!(
+        server.metric("redisse_broker_reconnects_total").await,
+        0,
+        "{}",
+        server.log()
+    );
+}
