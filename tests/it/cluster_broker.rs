@@ -340,3 +340,67 @@ async fn streams_coming_and_going_cause_no_reconnection() {
         server.log()
     );
 }
+
+/// `Publisher::redis_cluster` and `redisse publish --redis-cluster` write in the cluster layout
+/// with the channel's next id; an idempotency key is per channel there (the same key on another
+/// channel is another publish), and a retry on the same channel answers the first id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_without_a_server_write_the_cluster_layout() {
+    use redisse::{Event, Publisher};
+    let cluster = start_cluster().await;
+    let seeds: Vec<String> = cluster.seeds().split(',').map(str::to_owned).collect();
+    let publisher = Publisher::redis_cluster(&seeds, 100).expect("a cluster publisher");
+    assert_eq!(
+        publisher
+            .publish("news", Event::new("m", "a"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        publisher
+            .publish("news", Event::new("m", "b"))
+            .await
+            .unwrap(),
+        2
+    );
+    let first = publisher
+        .publish_idempotent("chat", Event::new("m", "k"), "key-1")
+        .await
+        .unwrap();
+    assert_eq!((first.id, first.replayed), (1, false));
+    let retry = publisher
+        .publish_idempotent("chat", Event::new("m", "k"), "key-1")
+        .await
+        .unwrap();
+    assert_eq!((retry.id, retry.replayed), (1, true));
+    let elsewhere = publisher
+        .publish_idempotent("news", Event::new("m", "k"), "key-1")
+        .await
+        .unwrap();
+    assert_eq!((elsewhere.id, elsewhere.replayed), (3, false));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
+        .args(["publish", "--redis-cluster", &cluster.seeds(), "news", "c"])
+        .env_remove("REDISSE_REDIS")
+        .env_remove("REDISSE_SERVER")
+        .output()
+        .expect("run redisse publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+    assert_eq!(
+        stored(&cluster, "news"),
+        [
+            "id: 1\nevent: m\ndata: a\n\n",
+            "id: 2\nevent: m\ndata: b\n\n",
+            "id: 3\nevent: m\ndata: k\n\n",
+            "id: 4\nevent: message\ndata: c\n\n",
+        ]
+    );
+    assert_eq!(stored(&cluster, "chat"), ["id: 1\nevent: m\ndata: k\n\n"]);
+    let plain = ["rediss://h:1".to_owned()];
+    assert!(Publisher::redis_cluster(&plain, 100).is_err());
+}

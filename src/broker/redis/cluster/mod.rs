@@ -16,8 +16,9 @@
 //! [`subscriber`]'s, on connections of its own ([`node`]) to the primaries of the subscribed
 //! channels' slots.
 //!
-//! Not yet: TLS (`rediss://` seeds are refused by `Config::validate`), `Publisher` and
-//! `redisse publish` on a cluster, and the single-Redis broker's signs of a Redis that lost its
+//! `Publisher::redis_cluster` (and `redisse publish --redis-cluster`) publish through a
+//! [`ClusterStore`] of their own. Not yet: TLS (`rediss://` seeds are refused by
+//! `Config::validate`), and the single-Redis broker's signs of a Redis that lost its
 //! data without failing over (a watchdog reading of the counter, the floor and the newest
 //! event): on a cluster a data loss is seen when a node's connection is lost, by each channel's
 //! sequence.
@@ -94,9 +95,11 @@ fn refused_before_running(e: &RedisError) -> bool {
         )
 }
 
-/// The channels' events on the cluster: the scripts on each channel's slot.
+/// The channels' events on the cluster: the scripts on each channel's slot. Cheap to clone
+/// (the connection is shared).
+#[derive(Clone)]
 pub(crate) struct ClusterStore {
-    commands: ClusterCommands,
+    commands: Arc<ClusterCommands>,
     publish: Script,
     snapshot: Script,
     raise: Script,
@@ -107,13 +110,28 @@ pub(crate) struct ClusterStore {
 impl ClusterStore {
     pub fn new(commands: ClusterCommands, history_size: usize, window: Duration) -> Self {
         ClusterStore {
-            commands,
+            commands: Arc::new(commands),
             publish: Script::new(PUBLISH_SCRIPT),
             snapshot: Script::new(SNAPSHOT_SCRIPT),
             raise: Script::new(RAISE_SCRIPT),
             history_size,
             window,
         }
+    }
+
+    /// A store for publishing alone (`Publisher::redis_cluster`), on the cluster of `seeds`.
+    pub fn connect(
+        seeds: &[String],
+        history_size: usize,
+        window: Duration,
+    ) -> Result<Self, BrokerError> {
+        let commands = ClusterCommands::new(seeds).map_err(BrokerError::redis)?;
+        Ok(ClusterStore::new(commands, history_size, window))
+    }
+
+    /// Keeps idempotency keys for `window` instead.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window;
     }
 
     /// Runs the publish script on the channel's slot: the event gets the channel's next
