@@ -48,19 +48,17 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
         (None, None) => None,
     };
     #[cfg(not(feature = "redis"))]
-    let straight: Option<Result<crate::publish::Publisher, String>> = match (
-        &args.redis_master,
-        &args.redis,
-    ) {
-        (None, None) if args.redis_cluster.is_empty() => None,
-        _ => {
-            return Err(
+    let straight: Option<Result<crate::publish::Publisher, String>> =
+        match (&args.redis_master, &args.redis) {
+            (None, None) if args.redis_cluster.is_empty() => None,
+            _ => {
+                return Err(
                 "--redis, --redis-sentinel, --redis-cluster: this build of redisse has no Redis \
                             support (cargo feature `redis`)"
                     .into(),
             );
-        }
-    };
+            }
+        };
     let id = match straight {
         Some(publisher) => {
             let publisher = publisher

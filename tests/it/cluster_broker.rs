@@ -404,3 +404,46 @@ async fn publishers_without_a_server_write_the_cluster_layout() {
     let plain = ["rediss://h:1".to_owned()];
     assert!(Publisher::redis_cluster(&plain, 100).is_err());
 }
+
+/// The subscriber's connection to a primary closed by the node (`CLIENT KILL TYPE pubsub`)
+/// again and again while events are published: each time it holds, subscribes again and
+/// refills from history, so a stream gets every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_refilled_from_history_without_gaps_or_duplicates() {
+    use redisse::{Event, Publisher};
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    assert_eq!(server.publish_event("news", Some("m"), "warm").await, 1);
+    let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
+    assert_eq!(stream.next().await.event, "lastEventId");
+    let list: Vec<String> = seeds.split(',').map(str::to_owned).collect();
+    let publisher = Publisher::redis_cluster(&list, 1000).expect("a publisher");
+    let publishing = tokio::spawn(async move {
+        for i in 0..600 {
+            publisher
+                .publish("news", Event::new("m", format!("e{i}")))
+                .await
+                .expect("publish");
+        }
+    });
+    let primary = cluster.primary_of(cluster.slot(&history_key("news")));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut cluster.node(primary).con())
+            .expect("CLIENT KILL TYPE pubsub");
+        assert!(killed >= 1, "no pub/sub client on the primary");
+    }
+    publishing.await.unwrap();
+    let got = stream.take(600).await;
+    let data: Vec<String> = got.into_iter().map(|e| e.data).collect();
+    let expected: Vec<String> = (0..600).map(|i| format!("e{i}")).collect();
+    assert_eq!(data, expected);
+    stream.expect_silence(Duration::from_millis(300)).await;
+    assert!(server.metric("redisse_broker_reconnects_total").await >= 3);
+}
