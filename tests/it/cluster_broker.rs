@@ -245,18 +245,25 @@ fn get_on_primary(cluster: &Cluster, key: &str) -> Option<String> {
 /// A failover that loses writes the stream was sent (made while the replica was frozen and cut
 /// off, then the primary killed): the subscriber sees the channel's sequence below the last
 /// it dispatched, raises the sequence past it and the floor with it, so the next publish gets
-/// an id above every id a client may hold.
+/// an id above every id a client may hold; another process, frozen meanwhile, finds the floor
+/// above what it dispatched and takes it for the same loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     let mut cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds]);
+    // A second process with a stream on the channel, frozen while the first sees the loss.
+    let other = Redisse::start(&["--redis-cluster", &seeds]);
     server.health_becomes(200).await;
+    other.health_becomes(200).await;
     assert_eq!(server.publish_event("news", Some("m"), "one").await, 1);
     let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
     assert_eq!(stream.next().await.event, "lastEventId");
+    let mut other_stream = SseStream::open(&other.url("/?news"), &[]).await;
+    assert_eq!(other_stream.next().await.event, "lastEventId");
     assert_eq!(server.publish_event("news", Some("m"), "two").await, 2);
     assert_eq!(stream.next().await.data, "two");
+    assert_eq!(other_stream.next().await.data, "two");
     let slot = cluster.slot(&history_key("news"));
     cluster.wait_synced(slot);
     let primary = cluster.primary_of(slot);
@@ -275,6 +282,9 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     assert_eq!(server.publish_event("news", Some("m"), "four").await, 4);
     assert_eq!(stream.next().await.data, "three");
     assert_eq!(stream.next().await.data, "four");
+    assert_eq!(other_stream.next().await.data, "three");
+    assert_eq!(other_stream.next().await.data, "four");
+    other.signal("-STOP");
     let old = cluster.kill_primary(slot);
     cluster.node(replica).unfreeze();
     let (cluster, new_port) = tokio::task::spawn_blocking(move || {
@@ -298,6 +308,19 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The other process finds the sequence raised past what it dispatched, and the floor
+    // above it: the same loss, already raised (the floor stays where the first raised it).
+    other.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !other.log().contains("sequence went back") {
+        assert!(
+            Instant::now() < deadline,
+            "the other process did not see the loss; log:\n{}",
+            other.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_on_primary(&cluster, &floor_key).as_deref(), Some("5"));
     // The writes made while the replica was frozen are gone; new ids pass the lost ones.
     assert_eq!(
         stored(&cluster, "news"),

@@ -651,8 +651,15 @@ impl ClusterSubscriber {
             }
             let sequence = snap.counter.unwrap_or(0);
             let mut newest = seen;
-            if sequence < seen {
-                let (now, floor) = self.store.raise(ch, seen).await?;
+            // Another process that saw the same loss first raised the floor past what this
+            // one dispatched (and the sequence with it): the same reset, already raised.
+            let raised_elsewhere = snap.floor.is_some_and(|f| f > seen);
+            if sequence < seen || raised_elsewhere {
+                let (now, floor) = if raised_elsewhere {
+                    (sequence, snap.floor.unwrap_or(0))
+                } else {
+                    self.store.raise(ch, seen).await?
+                };
                 tracing::warn!(
                     channel = %Escaped(ch.as_bytes()),
                     sequence,
