@@ -470,3 +470,49 @@ async fn a_lost_connection_is_refilled_from_history_without_gaps_or_duplicates()
     stream.expect_silence(Duration::from_millis(300)).await;
     assert!(server.metric("redisse_broker_reconnects_total").await >= 3);
 }
+
+/// A resharding moves the channel's slot to another primary: the old one ends the shard
+/// channel's subscription (a `sunsubscribe` push), the subscriber subscribes again where the
+/// slot went, and the stream goes on with the next ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_primary_is_followed() {
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    assert_eq!(server.publish_event("news", Some("m"), "one").await, 1);
+    let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
+    assert_eq!(stream.next().await.event, "lastEventId");
+    let slot = cluster.slot(&history_key("news"));
+    let from = cluster.primary_of(slot);
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.migrate_slot(slot, to);
+        cluster
+    })
+    .await
+    .unwrap();
+    assert_eq!(cluster.primary_of(slot), to);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().contains("slot moved") {
+        assert!(
+            Instant::now() < deadline,
+            "no sign of the move:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.publish_event("news", Some("m"), "two").await, 2);
+    assert_eq!(stream.next().await.data, "two");
+    assert_eq!(
+        stored(&cluster, "news"),
+        [
+            "id: 1\nevent: m\ndata: one\n\n",
+            "id: 2\nevent: m\ndata: two\n\n"
+        ]
+    );
+}
