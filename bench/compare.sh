@@ -5,6 +5,7 @@
 #   bench/compare.sh --quick         # small and short: checks that everything works
 #   bench/compare.sh --only "fanout routing" --servers "redisse-mem nchan-mem"
 #   bench/compare.sh --baseline main --servers "redisse-mem base-mem redisse-redis base-redis"
+#   bench/compare.sh --cluster       # publish on memory, one Redis, Redis Cluster of 1 and 3 primaries
 #
 # It installs Nchan if missing and asked for (Debian: libnginx-mod-nchan nginx), builds redisse
 # (the `profiling` profile: the release build with line tables and symbols, so that perf can be
@@ -32,12 +33,22 @@
 # binary exactly as redisse-mem and redisse-redis run the current one (same flags, same port).
 # Without --servers, they are added to the default list. The summary then also gives
 # current / baseline (mem/base = redisse-mem / base-mem, rds/base = redisse-redis / base-redis).
+#
+# redisse-cluster1 and redisse-cluster3 run redisse with --redis-cluster on a Redis Cluster that
+# the script makes for that one run (on free loopback ports whose bus port, +10000, is free too;
+# one primary holding every slot, or three primaries made by redis-cli --cluster create; no
+# replicas, as the single Redis has none) and stops after it. Their redis CPU is the sum over the
+# cluster's processes, from /proc/<pid>/stat before and after (redisse-load --broker-pid, once
+# per node). --cluster is short for --only publish --servers "redisse-mem redisse-redis
+# redisse-cluster1 redisse-cluster3" (a later --only or --servers still wins); the summary gives
+# cl1/rds and cl3/rds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIOS="idle fanout saturated routing publish storm storm-restart"
 SERVERS="redisse-mem redisse-redis redisse-redis-direct nchan-mem nchan-redis"
 SERVERS_GIVEN=0
+ONLY_GIVEN=0
 BASELINE=""
 BASE_SRC=${BASE_SRC:-/tmp/redisse-baseline-src}
 BASE_TARGET=${BASE_TARGET:-/tmp/redisse-baseline-target}
@@ -47,7 +58,11 @@ OUT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
-    --only) SCENARIOS="$2"; shift ;;
+    --cluster)
+      [[ $SERVERS_GIVEN == 1 ]] || SERVERS="redisse-mem redisse-redis redisse-cluster1 redisse-cluster3"
+      [[ $ONLY_GIVEN == 1 ]] || SCENARIOS="publish"
+      SERVERS_GIVEN=1 ;;
+    --only) SCENARIOS="$2"; ONLY_GIVEN=1; shift ;;
     --servers) SERVERS="$2"; SERVERS_GIVEN=1; shift ;;
     --baseline) BASELINE="$2"; shift ;;
     --out) OUT="$2"; shift ;;
@@ -61,7 +76,7 @@ done
 [[ -n $BASELINE && $SERVERS_GIVEN == 0 ]] && SERVERS="$SERVERS base-mem base-redis"
 for server in $SERVERS; do
   case $server in
-    redisse-mem|redisse-redis|redisse-redis-direct|nchan-mem|nchan-redis) ;;
+    redisse-mem|redisse-redis|redisse-redis-direct|redisse-cluster1|redisse-cluster3|nchan-mem|nchan-redis) ;;
     base-mem|base-redis)
       [[ -n $BASELINE ]] || { echo "compare: $server needs --baseline REV" >&2; exit 2; } ;;
     *) echo "compare: unknown server $server" >&2; exit 2 ;;
@@ -125,10 +140,10 @@ summary() {
     }
     END {
       # Columns: the servers that have results, in this order; ratios: those whose two servers do.
-      nall = split("redisse-mem base-mem redisse-redis base-redis redisse-redis-direct nchan-mem nchan-redis", all, " ")
+      nall = split("redisse-mem base-mem redisse-redis base-redis redisse-redis-direct redisse-cluster1 redisse-cluster3 nchan-mem nchan-redis", all, " ")
       nl = 0
       for (j = 1; j <= nall; j++) if (all[j] in labelseen) labels[++nl] = all[j]
-      nspec = split("redisse-mem/nchan-mem/r/n mem,redisse-redis/nchan-redis/r/n rds,redisse-redis/redisse-mem/rds/mem,redisse-mem/base-mem/mem/base,redisse-redis/base-redis/rds/base", specs, ",")
+      nspec = split("redisse-mem/nchan-mem/r/n mem,redisse-redis/nchan-redis/r/n rds,redisse-redis/redisse-mem/rds/mem,redisse-mem/base-mem/mem/base,redisse-redis/base-redis/rds/base,redisse-cluster1/redisse-redis/cl1/rds,redisse-cluster3/redisse-redis/cl3/rds", specs, ",")
       nq = 0
       for (j = 1; j <= nspec; j++) {
         split(specs[j], f, "/")
@@ -169,6 +184,7 @@ summary() {
         }
         row(s, "publish_per_s", "publishes / s")
         row(s, "server_us_per_event", "server CPU us / event")
+        row(s, "broker_us_per_event", "redis CPU us / event")
         row(s, "server_broker_us_per_event", "+ redis CPU us / event")
         row(s, "server_kernel_pct", "server CPU in kernel %")
         row(s, "client_us_per_delivery", "client CPU us / delivery")
@@ -250,6 +266,66 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
+# A port for a Redis Cluster node: free, with its cluster bus port (+10000) free too, and not
+# one this run's cluster took already.
+free_cluster_port() {
+  local p=$1
+  while (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || (echo >/dev/tcp/127.0.0.1/$((p + 10000))) 2>/dev/null \
+    || [[ " $CLUSTER_PORTS " == *" $p "* || $p == 6379 ]]; do p=$((p + 1)); done
+  echo "$p"
+}
+
+# Makes a Redis Cluster of $1 primaries (no replicas) in $WORK/cluster; sets CLUSTER_PIDS,
+# CLUSTER_PORTS and CLUSTER_SEEDS (the nodes' URLs, comma-separated, for --redis-cluster).
+CLUSTER_PIDS=()
+CLUSTER_PORTS=""
+CLUSTER_SEEDS=""
+start_cluster() {
+  local n=$1 p=27000 addrs=() seeds=() port
+  rm -rf "$WORK/cluster"
+  mkdir -p "$WORK/cluster"
+  for _ in $(seq "$n"); do
+    p=$(free_cluster_port "$p")
+    mkdir -p "$WORK/cluster/$p"
+    redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-node-timeout 5000 \
+      --save '' --appendonly no --daemonize yes --dir "$WORK/cluster/$p" \
+      --pidfile "$WORK/cluster/$p/redis.pid" --logfile "$WORK/cluster/$p/redis.log"
+    wait_port "$p" || return 1
+    for _ in $(seq 50); do [[ -s $WORK/cluster/$p/redis.pid ]] && break; sleep 0.1; done
+    CLUSTER_PIDS+=("$(cat "$WORK/cluster/$p/redis.pid")")
+    CLUSTER_PORTS="$CLUSTER_PORTS $p"
+    addrs+=("127.0.0.1:$p")
+    seeds+=("redis://127.0.0.1:$p/")
+    p=$((p + 1))
+  done
+  if [[ $n == 1 ]]; then
+    # redis-cli --cluster create wants three primaries at least: one node takes every slot.
+    redis-cli -p "${CLUSTER_PORTS# }" cluster addslotsrange 0 16383 >/dev/null
+  elif ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes \
+    >"$WORK/cluster/create.log" 2>&1; then
+    echo "compare: redis-cli --cluster create failed:" >&2
+    cat "$WORK/cluster/create.log" >&2
+    return 1
+  fi
+  for port in $CLUSTER_PORTS; do
+    for _ in $(seq 300); do
+      redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && continue 2
+      sleep 0.1
+    done
+    echo "compare: cluster node $port is not ok after 30 s" >&2
+    return 1
+  done
+  CLUSTER_SEEDS=$(IFS=,; echo "${seeds[*]}")
+  echo "compare: Redis Cluster of $n on$CLUSTER_PORTS"
+}
+stop_cluster() {
+  local pid
+  for pid in "${CLUSTER_PIDS[@]}"; do stop_pid "$pid"; done
+  CLUSTER_PIDS=()
+  CLUSTER_PORTS=""
+  CLUSTER_SEEDS=""
+}
+
 REDIS_PORT=$(free_port 17379)
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
   --pidfile "$WORK/redis/redis.pid" --logfile "$WORK/redis/redis.log" --dir "$WORK/redis"
@@ -258,6 +334,7 @@ REDIS_PID=$(cat "$WORK/redis/redis.pid")
 SERVER_PID=""
 cleanup() {
   [[ -n $SERVER_PID ]] && stop_pid "$SERVER_PID"
+  stop_cluster
   stop_pid "$REDIS_PID"
 }
 trap cleanup EXIT
@@ -298,16 +375,25 @@ EOF
   echo "$SERVER_PID" >"$WORK/server.pid"
 }
 
-# Starts one server; sets SERVER_PID, PORT and EXTRA (more redisse-load options).
+# Starts one server (and, for redisse-cluster*, its cluster); sets SERVER_PID, PORT, EXTRA (more
+# redisse-load options) and BROKER (the --broker-pid options: the Redis processes it uses).
 start_server() {
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   EXTRA=""
+  BROKER="--broker-pid $REDIS_PID"
   case $1 in
-    redisse-mem|redisse-redis|redisse-redis-direct|base-mem|base-redis)
+    redisse-mem|redisse-redis|redisse-redis-direct|redisse-cluster1|redisse-cluster3|base-mem|base-redis)
       # base-* is the --baseline binary, run exactly as the current one.
       local bin=redisse redis=()
       [[ $1 == base-* ]] && bin=redisse-base
       [[ $1 != redisse-mem && $1 != base-mem ]] && redis=(--redis "redis://127.0.0.1:$REDIS_PORT/")
+      if [[ $1 == redisse-cluster* ]]; then
+        "$WORK/bin/redisse" --help | grep -q -- --redis-cluster \
+          || { echo "compare: this redisse has no --redis-cluster" >&2; return 1; }
+        start_cluster "${1#redisse-cluster}"
+        redis=(--redis-cluster "$CLUSTER_SEEDS")
+        BROKER=$(printf -- '--broker-pid %s ' "${CLUSTER_PIDS[@]}")
+      fi
       # A redisse with an internal listener publishes there (its public port needs a
       # credential); an older one publishes on its public port (loopback was enough).
       local internal=()
@@ -334,7 +420,7 @@ start_server() {
       write_restart "rm -f $WORK/nchan/nginx.pid; nginx -p $WORK/nchan -c $WORK/nchan/nchan.conf -e $WORK/nchan/error.log; for _ in \$(seq 50); do [[ -s $WORK/nchan/nginx.pid ]] && break; sleep 0.1; done" "cat $WORK/nchan/nginx.pid"
       ;;
   esac
-  wait_port "$PORT"
+  wait_port "$PORT" || return 1
   sleep 0.5
 }
 
@@ -355,16 +441,23 @@ for scenario in $SCENARIOS; do
     # A restart keeps history only in Redis; the direct publisher would not see the restart.
     [[ $scenario == storm-restart && $server != *-redis ]] && continue
     echo "compare: $scenario on $server"
-    start_server "$server"
+    if ! start_server "$server"; then
+      echo "compare: $server did not start; skipped"
+      [[ -n $SERVER_PID ]] && stop_pid "$SERVER_PID"
+      SERVER_PID=""
+      stop_cluster
+      continue
+    fi
     # shellcheck disable=SC2046,SC2086
     timeout 300 "$LOAD" $EXTRA --server "127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
-      --broker-pid "$REDIS_PID" --label "$server" $(scenario_args "$scenario") --max-time 240 \
+      $BROKER --label "$server" $(scenario_args "$scenario") --max-time 240 \
       >"$WORK/last-run.txt" 2>&1 || echo "compare: redisse-load failed ($?)"
     grep '^RESULT' "$WORK/last-run.txt" | tee -a "$OUT" || tail -5 "$WORK/last-run.txt"
     # storm-restart started another server process.
     [[ $scenario == storm-restart ]] && SERVER_PID=$(cat "$WORK/server.pid")
     stop_pid "$SERVER_PID"
     SERVER_PID=""
+    stop_cluster
     sleep 1
   done
 done

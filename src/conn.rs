@@ -106,6 +106,10 @@ struct State {
     /// The ids queued so far: the highest (or the client's position) and a window below it.
     seen: Seen,
     heartbeat_due: bool,
+    /// One of a stream's connections other than its first, when its ids are per channel (a
+    /// Redis Cluster: one connection per channel, see `compound`): not counted as a stream.
+    /// (Here rather than beside the channels, where it would make every `Conn` 8 bytes larger.)
+    part: bool,
     /// Id of the first live event (not a refill) received before the stream started.
     first_live: Option<u64>,
     /// Resets (Redis lost its data) seen so far: a stream whose history snapshot may predate
@@ -208,6 +212,28 @@ impl Conn {
         max_bytes: usize,
         expires: Option<std::time::SystemTime>,
     ) -> Arc<Self> {
+        Conn::build(id, channels, max_bytes, expires, false)
+    }
+
+    /// The connection of one channel of a stream whose ids are per channel; `part` for all but
+    /// the stream's first (see [`Conn::part`]).
+    pub fn per_channel(
+        id: u64,
+        channel: Arc<str>,
+        max_bytes: usize,
+        expires: Option<std::time::SystemTime>,
+        part: bool,
+    ) -> Arc<Self> {
+        Conn::build(id, Box::new([channel]), max_bytes, expires, part)
+    }
+
+    fn build(
+        id: u64,
+        channels: Box<[Arc<str>]>,
+        max_bytes: usize,
+        expires: Option<std::time::SystemTime>,
+        part: bool,
+    ) -> Arc<Self> {
         let expires_at = expires.map_or(u64::MAX, |t| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
@@ -217,8 +243,22 @@ impl Conn {
             channels,
             max_bytes,
             expires_at,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                part,
+                ..State::default()
+            }),
         })
+    }
+
+    /// See [`State::part`].
+    pub fn is_part(&self) -> bool {
+        self.lock().part
+    }
+
+    /// Whether the stream started: its replay plan is in the queue (or the stream is gone).
+    pub fn is_started(&self) -> bool {
+        let st = self.lock();
+        st.ready || st.gone
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -605,12 +645,32 @@ impl Conn {
 
     /// Takes what the body should write next, or registers the waker.
     pub fn drain(&self, cx: &mut Context<'_>, max_batch_bytes: usize) -> Drained {
+        self.drain_to(cx, max_batch_bytes, None)
+    }
+
+    /// Like [`Conn::drain`], with the frames handed over one by one in `out` (the batch's
+    /// bytes empty), for a body that writes their `id:` lines itself.
+    pub fn drain_frames(
+        &self,
+        cx: &mut Context<'_>,
+        max_batch_bytes: usize,
+        out: &mut Vec<Frame>,
+    ) -> Drained {
+        self.drain_to(cx, max_batch_bytes, Some(out))
+    }
+
+    fn drain_to(
+        &self,
+        cx: &mut Context<'_>,
+        max_batch_bytes: usize,
+        out: Option<&mut Vec<Frame>>,
+    ) -> Drained {
         let mut st = self.lock();
         if st.end == Some(End::Slow) {
             return Drained::Slow;
         }
         if st.ready && !st.queue.is_empty() {
-            let batch = take_batch(&mut st, max_batch_bytes);
+            let batch = take_batch(&mut st, max_batch_bytes, out);
             if st.paging.is_some()
                 && let Some(setup) = st.setup_waker.take()
             {
@@ -698,8 +758,10 @@ fn hold(st: &mut State, frame: &Frame, max_bytes: usize) -> Push {
 }
 
 /// Takes the queued frames up to `max_bytes` (at least one). A single frame, the usual case in a
-/// fan-out, is handed on as it is: no allocation and no copy.
-fn take_batch(st: &mut State, max_bytes: usize) -> Batch {
+/// fan-out, is handed on as it is: no allocation and no copy. With `out`, the frames are handed
+/// over one by one there instead of joined (the batch's bytes stay empty): for a body that
+/// writes each frame's `id:` line itself (see `sse`'s groups).
+fn take_batch(st: &mut State, max_bytes: usize, mut out: Option<&mut Vec<Frame>>) -> Batch {
     let mut batch = Batch {
         bytes: Bytes::new(),
         frames: 0,
@@ -708,21 +770,25 @@ fn take_batch(st: &mut State, max_bytes: usize) -> Batch {
         arrived: None,
     };
     let mut joined: Option<BytesMut> = None;
+    let mut taken = 0usize;
     while let Some(frame) = st.queue.front() {
         let len = frame.bytes.len();
-        if batch.frames > 0
-            && batch.bytes.len() + joined.as_ref().map_or(0, |j| j.len()) + len > max_bytes
-        {
+        if batch.frames > 0 && taken + len > max_bytes {
             break;
         }
         let Some(frame) = st.queue.pop_front() else {
             break;
         };
         st.queued_bytes -= len;
+        taken += len;
         batch.frames += 1;
         batch.missed += usize::from(frame.kind == FrameKind::MissedEvents);
         batch.real |= frame.kind != FrameKind::LastEventId;
         batch.arrived = batch.arrived.or(frame.arrived);
+        if let Some(out) = &mut out {
+            out.push(frame);
+            continue;
+        }
         match &mut joined {
             Some(j) => j.extend_from_slice(&frame.bytes),
             None if batch.frames == 1 => batch.bytes = frame.bytes,

@@ -57,6 +57,9 @@ use crate::transport::StreamSink;
 pub struct SseRequest {
     query: StreamQuery,
     last: LastEventId,
+    /// The value itself when it is not a plain number: on a Redis Cluster, a compound position
+    /// (see `compound`).
+    last_text: Option<Box<str>>,
     /// The server's, when it asked for the stream's handle.
     sink: Option<StreamSink>,
 }
@@ -73,9 +76,14 @@ impl SseRequest {
         }
         let query = StreamQuery::parse(parts.uri.query().unwrap_or(""))
             .map_err(|e| Refused::stream(Refusal::BadQuery, StatusCode::BAD_REQUEST, e))?;
-        let last = last_event_id(&parts.headers, query.last_event_id.as_deref());
+        let (last, last_text) = last_event_id(&parts.headers, query.last_event_id.as_deref());
         let sink = parts.extensions.get::<StreamSink>().cloned();
-        Ok(SseRequest { query, last, sink })
+        Ok(SseRequest {
+            query,
+            last,
+            last_text,
+            sink,
+        })
     }
 
     /// The parsed query string: the channels it names, `polling`, `lastEventId`.
@@ -89,9 +97,20 @@ impl SseRequest {
     }
 
     /// The parts: the query (moved, not copied), the position and the server's sink.
-    pub(crate) fn into_parts(self) -> (StreamQuery, LastEventId, Option<StreamSink>) {
-        (self.query, self.last, self.sink)
+    pub(crate) fn into_parts(self) -> (StreamQuery, Position, Option<StreamSink>) {
+        let position = Position {
+            last: self.last,
+            text: self.last_text,
+        };
+        (self.query, position, self.sink)
     }
+}
+
+/// Where a client says it is: the parsed value, and the text when it is not a plain number.
+#[derive(Clone, Debug)]
+pub(crate) struct Position {
+    pub last: LastEventId,
+    pub text: Option<Box<str>>,
 }
 
 /// Why [`SseRequest`] refused a request: answers with the status and a plain-text reason.
@@ -138,7 +157,7 @@ impl Redisse {
 pub(crate) fn open_stream<I>(
     shared: &Arc<Shared>,
     polling: bool,
-    last: LastEventId,
+    position: Position,
     sink: Option<StreamSink>,
     channels: I,
     expires: Option<std::time::SystemTime>,
@@ -164,7 +183,8 @@ where
         StreamSpec {
             channels,
             polling,
-            last,
+            last: position.last,
+            last_text: position.text,
             expires,
             sink,
         },
@@ -207,13 +227,24 @@ where
     Ok(channels)
 }
 
-/// The position from `Last-Event-ID`, else the `lastEventId` query parameter.
-fn last_event_id(headers: &http::HeaderMap, query: Option<&str>) -> LastEventId {
-    match headers.get("last-event-id") {
+/// The position from `Last-Event-ID`, else the `lastEventId` query parameter, with the text
+/// when it is not a plain number (bounded by the request head's own limits).
+fn last_event_id(
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> (LastEventId, Option<Box<str>>) {
+    let text = match headers.get("last-event-id") {
         Some(value) => match value.to_str() {
-            Ok(v) => LastEventId::parse(v.trim()),
-            Err(_) => LastEventId::Unknown,
+            Ok(v) => v.trim(),
+            Err(_) => return (LastEventId::Unknown, None),
         },
-        None => query.map_or(LastEventId::None, LastEventId::parse),
+        None => match query {
+            Some(q) => q,
+            None => return (LastEventId::None, None),
+        },
+    };
+    match LastEventId::parse(text) {
+        LastEventId::Unknown => (LastEventId::Unknown, Some(text.into())),
+        last => (last, None),
     }
 }

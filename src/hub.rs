@@ -30,6 +30,8 @@ struct Registry {
     conns: HashMap<u64, Arc<Conn>>,
     /// Entries in all the channels' lists: the streams' channel subscriptions together.
     subscriptions: usize,
+    /// Streams: connections that are not a part of another's (see `Conn::part`).
+    streams: usize,
 }
 
 /// Why a stream was not registered.
@@ -96,7 +98,7 @@ impl Hub {
 
     /// Open streams.
     pub fn connections(&self) -> usize {
-        self.lock().conns.len()
+        self.lock().streams
     }
 
     /// Channels with at least one local listener.
@@ -134,16 +136,19 @@ impl Hub {
         self.metrics
             .stream_subscriptions
             .set(reg.subscriptions as u64);
-        self.metrics.connected.inc();
+        if !conn.is_part() {
+            reg.streams += 1;
+            self.metrics.connected.inc();
+        }
         Ok(())
     }
 
     /// Removes a connection; the last listener of a channel unsubscribes it.
     pub fn unregister(&self, conn_id: u64, channels: &[Arc<str>]) {
         let mut reg = self.lock();
-        if reg.conns.remove(&conn_id).is_none() {
+        let Some(conn) = reg.conns.remove(&conn_id) else {
             return;
-        }
+        };
         reg.subscriptions = reg.subscriptions.saturating_sub(channels.len());
         for channel in channels {
             if let Entry::Occupied(mut e) = reg.channels.entry(channel.clone()) {
@@ -161,8 +166,11 @@ impl Hub {
         self.metrics
             .stream_subscriptions
             .set(reg.subscriptions as u64);
-        self.metrics.connected.dec();
-        self.metrics.served.inc();
+        if !conn.is_part() {
+            reg.streams = reg.streams.saturating_sub(1);
+            self.metrics.connected.dec();
+            self.metrics.served.inc();
+        }
     }
 
     fn send_subscription(&self, cmd: SubCommand) {
@@ -269,6 +277,20 @@ impl Hub {
         }
     }
 
+    /// Where ids are per channel: the sequences of `channels` went backwards, so their
+    /// listeners' connections (one channel each) are reset as after a data loss (see
+    /// [`Conn::reset`]).
+    fn reset_channels(&self, channels: &[Arc<str>]) {
+        let reg = self.lock();
+        *self.last_reset.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let frame = Frame::missed_events();
+        for channel in channels {
+            for conn in reg.channels.get(channel).into_iter().flatten() {
+                conn.reset(frame.clone());
+            }
+        }
+    }
+
     /// The dispatcher task: runs until every sender is gone or the hub is dropped. It holds the
     /// hub weakly, so that dropping the last [`crate::Redisse`] stops every task. `replay` is
     /// given each live stream that a resume turned into a replay from history, to read its
@@ -310,6 +332,9 @@ impl Hub {
                 }
                 if resume.reset || !resume.missed.is_empty() {
                     self.signal_missed(&resume.missed, resume.reset);
+                }
+                if !resume.reset_channels.is_empty() {
+                    self.reset_channels(&resume.reset_channels);
                 }
                 for (channel, frame) in resume.events {
                     self.deliver(rx, &channel, frame, true, Some(&mut replaying));

@@ -100,6 +100,7 @@ mod redis_url;
 pub mod config;
 mod error;
 mod event;
+mod compound;
 mod headers;
 mod idempotency;
 mod logtext;
@@ -132,6 +133,7 @@ mod hub;
 mod instance;
 
 // Streams: opening one, and its body.
+mod merge;
 mod sse;
 mod stream;
 

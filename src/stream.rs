@@ -18,6 +18,7 @@ use http::Response;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::compound;
 use crate::conn::{Conn, Started};
 use crate::event::{LastEventId, MAX_EVENT_ID, retry_text};
 use crate::headers::stream_headers;
@@ -30,13 +31,15 @@ use crate::refusal::Refused;
 use crate::replay::{Pages, page_budget, replay_pages};
 use crate::resume::plan;
 use crate::sse::SseBody;
-use crate::transport::{StreamHandle, StreamSink};
+use crate::transport::{SlowWatch, StreamHandle, StreamSink};
 
 /// What a stream asks for once the request is accepted.
 pub(crate) struct StreamSpec {
     pub channels: Vec<Arc<str>>,
     pub polling: bool,
     pub last: LastEventId,
+    /// The position's text when it is not a plain number (a compound position, `compound`).
+    pub last_text: Option<Box<str>>,
     /// When the grant ends (the stream is then ended with a `retry:`).
     pub expires: Option<std::time::SystemTime>,
     /// Where the server that writes the response takes the stream's handle, if it asked.
@@ -72,6 +75,9 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         let why = format!("connection limit reached ({limit} streams)");
         return come_back_later(shared, id, Some((Refusal::MaxConnections, why)));
     }
+    if shared.broker.per_channel_ids() {
+        return open_group(shared, spec, id);
+    }
     let channels: Box<[Arc<str>]> = spec.channels.into();
     let conn = Conn::until(id, channels, shared.config.max_queue_bytes, spec.expires);
     // One span per connection (never per event): its logs carry the id and channel count.
@@ -103,6 +109,85 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         }
     }
     res
+}
+
+/// Opens a stream whose ids are per channel (a Redis Cluster): one connection per channel, in
+/// the bytewise order of their names, each registered, set up and replayed on its own from its
+/// own position, and one body that merges them and writes the compound `id:` (see `compound`
+/// and `sse`). The first connection is the stream's (`id`), the others its parts.
+fn open_group(shared: &Arc<Shared>, spec: StreamSpec, id: u64) -> Response<SseBody> {
+    let hub = &shared.hub;
+    let sorted = compound::sorted(&spec.channels);
+    let lasts = compound::positions(spec.last, spec.last_text.as_deref(), &sorted);
+    let span = tracing::info_span!("sse", conn = id, channels = sorted.len());
+    let mut regs = Vec::with_capacity(sorted.len());
+    for (i, channel) in sorted.iter().enumerate() {
+        let conn_id = if i == 0 { id } else { hub.next_conn_id() };
+        let conn = Conn::per_channel(
+            conn_id,
+            channel.clone(),
+            shared.config.max_queue_bytes,
+            spec.expires,
+            i > 0,
+        );
+        // On a refusal, the parts registered so far unregister as `regs` drops.
+        match hub.register(&conn, &conn.channels) {
+            Ok(()) => {}
+            Err(NotRegistered::Closing) => return come_back_later(shared, id, None),
+            Err(NotRegistered::Full { max }) => {
+                let why = format!("subscription limit reached ({max} channel subscriptions)");
+                return come_back_later(shared, id, Some((Refusal::MaxSubscriptions, why)));
+            }
+        }
+        regs.push(Registration {
+            hub: hub.clone(),
+            conn,
+        });
+    }
+    if shared.config.verbose {
+        let names = EscapedList(&sorted);
+        span.in_scope(|| tracing::info!("Subscribing to {names}"));
+    }
+    let seqs = lasts
+        .iter()
+        .map(|l| match l {
+            LastEventId::At(s) => *s,
+            _ => 0,
+        })
+        .collect();
+    for (reg, last) in regs.iter().zip(lasts) {
+        tokio::spawn(setup(shared.clone(), reg.conn.clone(), last).instrument(span.clone()));
+    }
+    let conns: Vec<Arc<Conn>> = regs.iter().map(|r| r.conn.clone()).collect();
+    let handle = StreamHandle::new(Arc::new(GroupWatch(conns)));
+    let polling = spec.polling.then_some(shared.config.polling_delay);
+    let hash = compound::list_hash(&sorted);
+    let mut res = stream_response(SseBody::group(regs, hash, seqs, polling, span));
+    match spec.sink {
+        Some(sink) => sink.put(handle),
+        None => {
+            res.extensions_mut().insert(handle);
+        }
+    }
+    res
+}
+
+/// A stream of several connections falls behind when any of them does.
+struct GroupWatch(Vec<Arc<Conn>>);
+
+impl SlowWatch for GroupWatch {
+    fn poll_slow(&self, cx: &mut std::task::Context<'_>) -> bool {
+        // Every part is asked, so that each one wakes `cx` when it becomes slow.
+        let mut slow = false;
+        for conn in &self.0 {
+            slow |= conn.poll_slow(cx);
+        }
+        slow
+    }
+
+    fn is_finished(&self) -> bool {
+        self.0.iter().all(|c| c.is_finished())
+    }
 }
 
 /// A stream without a position starts at the counter its snapshot read, unless it already

@@ -183,8 +183,6 @@ impl Broker {
     /// Whether ids are sequences of each channel (Redis Cluster: each channel's counter lives on
     /// its shard) rather than one counter for all channels. Streams on several channels then
     /// read and follow each channel on its own and write a compound id.
-    // Read by the streams' side (per-channel sub-connections), which is built apart.
-    #[allow(dead_code)]
     pub fn per_channel_ids(&self) -> bool {
         match self {
             Broker::Memory(_) => false,

@@ -174,7 +174,13 @@ async fn a_primary_crash_is_survived_by_publishes_and_streams() {
     server.health_becomes(200).await;
     let first = server.publish_event("news", Some("m"), "before").await;
     assert_eq!(first, 1);
-    let mut stream = SseStream::open(&server.url("/?news"), &[("last-event-id", "1")]).await;
+    // A stream on one channel resumes from that channel's sequence, in a compound id.
+    let position = format!("{:08x}-1", crate::support::cluster::fnv1a32(b"news\n"));
+    let mut stream = SseStream::open(
+        &server.url("/?news"),
+        &[("last-event-id", position.as_str())],
+    )
+    .await;
     assert_eq!(stream.status, 200);
     let slot = cluster.slot(&history_key("news"));
     cluster.wait_synced(slot);
@@ -219,8 +225,7 @@ async fn a_primary_crash_is_survived_by_publishes_and_streams() {
     );
     let after = server.publish_event("news", Some("m"), "after").await;
     assert_eq!(after, 4);
-    // The hint of the position (today's stream; the compound ids of streams on a cluster are
-    // written by the streams' side), then the events.
+    // The hint of the position, then the events.
     let got: Vec<_> = stream
         .take(4)
         .await
@@ -267,7 +272,7 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     let slot = cluster.slot(&history_key("news"));
     cluster.wait_synced(slot);
     let primary = cluster.primary_of(slot);
-    let replica = cluster.replica_of(primary);
+    let replica = cluster.replica_of_slot(slot);
     // The replica frozen, and its link closed by the primary: the next writes reach only the
     // primary (a frozen replica alone would still read them from its socket when it thaws).
     cluster.node(replica).freeze();

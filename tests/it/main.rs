@@ -12,6 +12,7 @@ mod browser_resume;
 mod channel_names;
 mod churn;
 mod cli;
+mod cluster;
 mod cluster_broker;
 mod doc_snippets;
 mod example_app;

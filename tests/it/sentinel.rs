@@ -387,7 +387,7 @@ async fn redisse_publish_writes_to_the_primary_sentinel_names() {
 
 /// Publishes `data` on `channel` through `process`'s internal listener with an idempotency
 /// key, retrying while it answers 503 (the primary is being replaced); the id.
-async fn publish_through(process: &Redisse, channel: &str, data: &str) -> u64 {
+pub(crate) async fn publish_through(process: &Redisse, channel: &str, data: &str) -> u64 {
     let url = process.internal_url(&format!("/publish/{channel}?type=m"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

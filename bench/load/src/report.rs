@@ -98,6 +98,10 @@ pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
                 format!("{:.3}", per(r.server_cpu, published)),
             ),
             (
+                "broker_us_per_event",
+                format!("{:.3}", per(r.broker_cpu, published)),
+            ),
+            (
                 "server_broker_us_per_event",
                 format!("{:.3}", per(r.server_cpu + r.broker_cpu, published)),
             ),

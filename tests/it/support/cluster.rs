@@ -3,18 +3,52 @@
 //! waited for until every node says `cluster_state:ok`, and stopped when it is dropped. Each
 //! node's cluster bus listens on its port + 10000, so the ports are picked below 55536 with
 //! that second port free too ([`super::redis::free_cluster_port`]).
+//!
+//! A test can also find where redisse keeps a channel in cluster mode (the tag rule of
+//! docs/redis-layout.md: [`tag`], [`history_key`], [`Cluster::primary_of_channel`], and
+//! [`Cluster::channels_on_distinct_primaries`] for names that land on different shards), kill
+//! the primary that owns a slot (SIGKILL) and wait until its replica is promoted
+//! ([`Cluster::kill_primary`], [`Cluster::wait_failover`]), cut a replica off its primary
+//! first so that the promotion loses writes ([`Cluster::cut_replica`]), and start a killed node
+//! again ([`Cluster::restart`]), when it rejoins as a replica.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::redis::RedisServer;
 
-/// How long a failover may take: a primary is seen failing after the node timeout (2 s), then
-/// its replica is elected and promoted.
+/// How long a failover may take: with `--cluster-node-timeout 2000` the others mark a dead
+/// primary failed after about two seconds, and its replica wins the election within a few more.
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The node timeout every node runs with, in milliseconds.
+const NODE_TIMEOUT_MS: u32 = 2000;
 
 pub struct Cluster {
     nodes: Vec<RedisServer>,
+}
+
+/// FNV-1a, 32 bits, over `bytes` (offset basis 0x811c9dc5, prime 0x01000193).
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h: u32, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The hash tag of `channel` in cluster mode: the low 16 bits of its FNV-1a hash, as four
+/// lowercase hex digits.
+pub fn tag(channel: &str) -> String {
+    format!("{:04x}", fnv1a32(channel.as_bytes()) & 0xffff)
+}
+
+/// The key of `channel`'s history in cluster mode (also its shard channel).
+pub fn history_key(channel: &str) -> String {
+    format!("redisse:{{{}}}:c:{channel}", tag(channel))
+}
+
+/// The key of `channel`'s sequence in cluster mode.
+pub fn seq_key(channel: &str) -> String {
+    format!("redisse:{{{}}}:id:{channel}", tag(channel))
 }
 
 impl Cluster {
@@ -26,7 +60,7 @@ impl Cluster {
                     "--cluster-enabled".to_owned(),
                     "yes".to_owned(),
                     "--cluster-node-timeout".to_owned(),
-                    "2000".to_owned(),
+                    NODE_TIMEOUT_MS.to_string(),
                 ];
                 RedisServer::start_cluster_node_with(&extra)
             })
@@ -71,6 +105,10 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        // And every replica has its first copy, so that a failover right away loses nothing.
+        for slot in [0, 8192, 16383] {
+            cluster.wait_synced(slot);
+        }
         cluster
     }
 
@@ -79,21 +117,101 @@ impl Cluster {
         self.nodes[i].url()
     }
 
+    /// Every node's URL, comma-separated, as `--redis-cluster` takes its seeds.
+    pub fn seeds(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
+        urls.join(",")
+    }
+
+    /// The node on `port`.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
+    }
+
+    fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
+    }
+
+    /// A connection to a running node that accepts one.
+    fn any_con(&self) -> redis::Connection {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find_map(RedisServer::try_con)
+            .expect("no node of the cluster accepts a connection")
+    }
+
     /// The slot of `key` (`CLUSTER KEYSLOT`).
     pub fn slot(&self, key: &str) -> u16 {
         redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
-            .query(&mut self.nodes[0].con())
+            .query(&mut self.any_con())
             .expect("CLUSTER KEYSLOT")
+    }
+
+    /// The slot of `channel`'s keys in cluster mode.
+    pub fn slot_of_channel(&self, channel: &str) -> u16 {
+        self.slot(&history_key(channel))
     }
 
     /// The port of the primary that serves `slot`, from `CLUSTER SLOTS`.
     pub fn primary_of(&self, slot: u16) -> u16 {
-        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query(&mut self.nodes[0].con())
-            .expect("CLUSTER SLOTS");
+        self.primary_of_now(slot)
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    /// The primary of `slot` as the first running node that answers names it, or `None` (no
+    /// node answers, or none names one), for waits that poll while nodes are down.
+    pub fn primary_of_now(&self, slot: u16) -> Option<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .filter_map(RedisServer::try_con)
+            .find_map(|mut con| self.slot_owners(&mut con, slot))
+            .map(|(primary, _)| primary)
+    }
+
+    /// The port of the primary that holds `channel`'s keys.
+    pub fn primary_of_channel(&self, channel: &str) -> u16 {
+        self.primary_of(self.slot_of_channel(channel))
+    }
+
+    /// The port of a replica of the primary that serves `slot`.
+    /// `CLUSTER SLOTS` lists a replica only once the node asked knows it has synced, which
+    /// may take a moment after it joined: this waits for one.
+    pub fn replica_of_slot(&self, slot: u16) -> u16 {
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let owners = self.slot_owners(&mut self.any_con(), slot);
+            if let Some(&replica) = owners.as_ref().and_then(|(_, r)| r.first()) {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica serves slot {slot}: {owners:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The primary and replicas of `slot` as the node behind `con` sees them (`CLUSTER
+    /// SLOTS`); `None` when it names nobody or cannot be asked.
+    fn slot_owners(&self, con: &mut redis::Connection, slot: u16) -> Option<(u16, Vec<u16>)> {
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(con).ok()?;
+        let port_of = |v: &redis::Value| match v {
+            redis::Value::Array(node) => match node.get(1) {
+                Some(redis::Value::Int(port)) => u16::try_from(*port).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
         for range in ranges {
             let redis::Value::Array(fields) = range else {
                 continue;
@@ -103,146 +221,238 @@ impl Cluster {
             else {
                 continue;
             };
-            if (*start..=*end).contains(&i64::from(slot))
-                && let Some(redis::Value::Array(primary)) = fields.get(2)
-                && let Some(redis::Value::Int(port)) = primary.get(1)
-            {
-                return u16::try_from(*port).expect("a port");
-            }
-        }
-        panic!("no primary serves slot {slot}")
-    }
-
-    /// Every node's URL, comma-separated, as `--redis-cluster` takes them.
-    pub fn seeds(&self) -> String {
-        self.nodes
-            .iter()
-            .map(RedisServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The node listening on `port`.
-    pub fn node(&self, port: u16) -> &RedisServer {
-        self.nodes
-            .iter()
-            .find(|n| n.port() == port)
-            .unwrap_or_else(|| panic!("no node on {port}"))
-    }
-
-    /// The primary of `slot`, as the first node that answers says (others may be down).
-    pub fn primary_of_now(&self, slot: u16) -> Option<u16> {
-        for node in &self.nodes {
-            let Some(mut con) = node.try_con() else {
-                continue;
-            };
-            let Ok(ranges) = redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query::<Vec<redis::Value>>(&mut con)
-            else {
-                continue;
-            };
-            for range in ranges {
-                let redis::Value::Array(fields) = range else {
-                    continue;
-                };
-                if let (
-                    Some(redis::Value::Int(start)),
-                    Some(redis::Value::Int(end)),
-                    Some(redis::Value::Array(primary)),
-                ) = (fields.first(), fields.get(1), fields.get(2))
-                    && (*start..=*end).contains(&i64::from(slot))
-                    && let Some(redis::Value::Int(port)) = primary.get(1)
-                {
-                    return u16::try_from(*port).ok();
-                }
+            if (*start..=*end).contains(&i64::from(slot)) {
+                let primary = fields.get(2).and_then(port_of)?;
+                let replicas = fields.iter().skip(3).filter_map(port_of).collect();
+                return Some((primary, replicas));
             }
         }
         None
     }
 
-    /// Waits until the primary of `slot` has every write it made on a replica (`WAIT 1`), so
-    /// that a promotion loses nothing.
+    /// `n` channel names `<prefix>0`, `<prefix>1`, ... (the first that qualify) whose keys are
+    /// on `n` different primaries (at most three: the cluster has three).
+    pub fn channels_on_distinct_primaries(&self, prefix: &str, n: usize) -> Vec<String> {
+        assert!(n <= 3, "the cluster has three primaries");
+        let mut found: Vec<(String, u16)> = Vec::new();
+        for i in 0..1000 {
+            let channel = format!("{prefix}{i}");
+            let primary = self.primary_of_channel(&channel);
+            if found.iter().all(|(_, p)| *p != primary) {
+                found.push((channel, primary));
+                if found.len() == n {
+                    return found.into_iter().map(|(c, _)| c).collect();
+                }
+            }
+        }
+        panic!("no {n} names {prefix}N on {n} different primaries in 1000 tries")
+    }
+
+    /// `n` channel names `<prefix>0`, ... whose keys are all on the primary of `like`'s.
+    pub fn channels_beside(&self, like: &str, prefix: &str, n: usize) -> Vec<String> {
+        let primary = self.primary_of_channel(like);
+        let found: Vec<String> = (0..5000)
+            .map(|i| format!("{prefix}{i}"))
+            .filter(|c| self.primary_of_channel(c) == primary)
+            .take(n)
+            .collect();
+        assert_eq!(found.len(), n, "names on the primary of {like}");
+        found
+    }
+
+    /// The history of `channel` as its primary stores it (`ZRANGE` of [`history_key`]).
+    pub fn stored(&self, channel: &str) -> Vec<String> {
+        let primary = self.primary_of_channel(channel);
+        redis::cmd("ZRANGE")
+            .arg(history_key(channel))
+            .arg(0)
+            .arg(-1)
+            .query(&mut self.node(primary).con())
+            .expect("ZRANGE")
+    }
+
+    /// Waits until the replica of `slot`'s primary is linked to it and has every write it made
+    /// (`WAIT 1`), so that a promotion loses nothing.
     pub fn wait_synced(&self, slot: u16) {
-        let port = self.primary_of(slot);
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         loop {
-            let acked: Option<i64> = self
-                .node(port)
+            let primary = self.primary_of(slot);
+            let replica = self.replica_of_slot(slot);
+            let info: String = self
+                .node(replica)
                 .try_con()
-                .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(2000).query(&mut c).ok());
-            if acked >= Some(1) {
-                return;
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                let acked: Option<i64> = self
+                    .node(primary)
+                    .try_con()
+                    .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(2000).query(&mut c).ok());
+                if acked >= Some(1) {
+                    return;
+                }
             }
-            assert!(Instant::now() < deadline, "no replica of {port} synced");
+            assert!(
+                Instant::now() < deadline,
+                "the replica ({replica}) of slot {slot} did not sync with its primary \
+                 ({primary}): {info}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Kills the primary of `slot` (SIGKILL, as a crash) and returns its port.
+    /// Kills the primary that serves `slot` (SIGKILL, as a crash) and waits for its exit; its
+    /// port.
     pub fn kill_primary(&mut self, slot: u16) -> u16 {
         let port = self.primary_of(slot);
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.port() == port)
-            .expect("the primary is a node of the cluster");
-        node.stop();
+        self.node_mut(port).stop();
         port
     }
 
-    /// Waits until a node other than `old` serves `slot` as primary, says `ROLE master`, and
-    /// every live node says `cluster_state:ok`. Returns the new primary's port.
+    /// Waits until a node other than `old` serves `slot` as primary in the view of every
+    /// running node, says `ROLE master`, and every running node says `cluster_state:ok`; its
+    /// port.
     pub fn wait_failover(&self, slot: u16, old: u16) -> u16 {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         loop {
-            let named = self.primary_of_now(slot).filter(|p| *p != old);
-            let promoted = named.filter(|port| {
-                let role: Option<Vec<redis::Value>> = self
-                    .node(*port)
-                    .try_con()
-                    .and_then(|mut c| redis::cmd("ROLE").query(&mut c).ok());
-                matches!(
-                    role.as_deref().and_then(|r| r.first()),
-                    Some(redis::Value::BulkString(b)) if b == b"master"
-                )
-            });
-            let ok = self.nodes.iter().filter(|n| n.port() != old).all(|n| {
-                n.try_con()
-                    .and_then(|mut c| {
-                        redis::cmd("CLUSTER")
-                            .arg("INFO")
-                            .query::<String>(&mut c)
-                            .ok()
-                    })
-                    .is_some_and(|i| i.contains("cluster_state:ok"))
-            });
-            if let (Some(port), true) = (promoted, ok) {
-                return port;
-            }
+            let last = match self.failover_done(slot, old) {
+                Ok(new) => return new,
+                Err(why) => why,
+            };
             assert!(
                 Instant::now() < deadline,
-                "no failover of slot {slot} from {old} within {FAILOVER_PATIENCE:?} \
-                 (named {named:?}, cluster ok: {ok})"
+                "no failover of slot {slot} from {old} within {FAILOVER_PATIENCE:?}: {last}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// The port of a replica of the primary on `port` (`INFO replication`).
-    pub fn replica_of(&self, port: u16) -> u16 {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut self.node(port).con())
-            .expect("INFO replication");
-        info.lines()
-            .filter(|l| l.starts_with("slave"))
-            .find_map(|l| {
-                l.split(',')
-                    .find_map(|f| f.strip_prefix("port="))
-                    .and_then(|p| p.parse().ok())
+    /// The new primary of `slot` when the failover from `old` is over, else why not.
+    fn failover_done(&self, slot: u16, old: u16) -> Result<u16, String> {
+        let mut named = None;
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let Some(mut con) = node.try_con() else {
+                return Err(format!("node {} refuses connections", node.port()));
+            };
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut con)
+                .unwrap_or_default();
+            if !info.contains("cluster_state:ok") {
+                return Err(format!("node {} says the cluster is not ok", node.port()));
+            }
+            let primary = self.slot_owners(&mut con, slot).map(|(p, _)| p);
+            match (primary, named) {
+                (Some(p), _) if p == old => {
+                    return Err(format!("node {} still names {old}", node.port()));
+                }
+                (None, _) => return Err(format!("node {} names no primary", node.port())),
+                (Some(p), Some(n)) if p != n => {
+                    return Err(format!("nodes disagree: {p} and {n}"));
+                }
+                (Some(p), _) => named = Some(p),
+            }
+        }
+        let new = named.ok_or("no node runs")?;
+        let role: Option<Vec<redis::Value>> = self
+            .node(new)
+            .try_con()
+            .and_then(|mut c| redis::cmd("ROLE").query(&mut c).ok());
+        match role.as_deref().and_then(|r| r.first()) {
+            Some(redis::Value::BulkString(b)) if b == b"master" => Ok(new),
+            other => Err(format!("{new} says role {other:?}")),
+        }
+    }
+
+    /// Kills the primary of `slot` and waits for its replica's promotion: (old, new) ports.
+    pub fn kill_primary_and_wait_failover(&mut self, slot: u16) -> (u16, u16) {
+        let old = self.kill_primary(slot);
+        let new = self.wait_failover(slot, old);
+        (old, new)
+    }
+
+    /// Freezes the replica of `slot`'s primary (SIGSTOP, for less than the node timeout, so
+    /// that the others do not take it for failed) and makes the primary drop its link: what the
+    /// primary acknowledges next never reaches the replica. Its port; [`Cluster::unfreeze`]
+    /// lets it go on.
+    pub fn cut_replica(&self, slot: u16) -> u16 {
+        let primary = self.primary_of(slot);
+        let replica = self.replica_of_slot(slot);
+        self.node(replica).freeze();
+        let dropped: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query(&mut self.node(primary).con())
+            .expect("CLIENT KILL TYPE replica");
+        assert_eq!(dropped, 1, "the replica's link of {primary}");
+        replica
+    }
+
+    /// Lets a frozen node go on.
+    pub fn unfreeze(&self, port: u16) {
+        self.node(port).unfreeze();
+    }
+
+    /// Starts a killed node again on its port, empty but with its cluster configuration (its
+    /// `nodes.conf`), and waits until it is back in the cluster as a replica that has synced.
+    pub fn restart(&mut self, port: u16) {
+        self.node_mut(port).start_again();
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let info: String = self
+                .node(port)
+                .try_con()
+                .and_then(|mut c| {
+                    let cluster: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok()?;
+                    let replication: String =
+                        redis::cmd("INFO").arg("replication").query(&mut c).ok()?;
+                    Some(cluster + &replication)
+                })
+                .unwrap_or_default();
+            if info.contains("cluster_state:ok")
+                && info.contains("role:slave")
+                && info.contains("master_link_status:up")
+                && self.all_see_replica(port)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {port} did not come back as a synced replica: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Cluster {
+    /// Whether every running node's `CLUSTER SLOTS` lists the node on `port` as a replica.
+    fn all_see_replica(&self, port: u16) -> bool {
+        self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+            n.try_con().is_some_and(|mut con| {
+                [0, 8192, 16383].iter().any(|&slot| {
+                    self.slot_owners(&mut con, slot)
+                        .is_some_and(|(_, replicas)| replicas.contains(&port))
+                })
             })
-            .unwrap_or_else(|| panic!("{port} has no replica: {info}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tag_is_fnv1a_of_the_name() {
+        // The published FNV-1a test vectors, and names checked by hand with python.
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+        assert_eq!(tag("news"), "bc46");
+        assert_eq!(history_key("news"), "redisse:{bc46}:c:news");
+        assert_eq!(seq_key("a"), "redisse:{292c}:id:a");
     }
 
     /// Moves `slot` with its keys from its primary to the primary on `to` (`CLUSTER SETSLOT

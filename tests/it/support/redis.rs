@@ -242,6 +242,11 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
+    /// Whether the server runs (it was not stopped, or was started again).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (as a crash would: nothing is saved) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,369 @@
+//! One stream's body over several connections, when ids are per channel (a Redis Cluster).
+//!
+//! Such a stream is one connection per channel (see `stream::open_group`), each replayed and
+//! deduplicated on its own by its channel's sequence, so everything `conn` does with ids holds
+//! per channel. The group drains them all in each poll and writes what they queued with the
+//! stream's compound `id:` (see `compound`): every event gets `id: H-s1-...-sn` with its own
+//! channel's sequence moved forward, whatever `id:` line its frame carried (a frame read back
+//! from history has its sequence's, a live frame none). A `lastEventId` hint of a connection
+//! moves its channel's sequence to the counter it gives, and one hint with the whole compound is
+//! written after the poll's frames. Nothing but heartbeats is written until every connection has
+//! started, so that the stream begins with all their preambles (one hint naming every channel's
+//! counter, and `missedevents` before any event); in each poll, `missedevents` goes before the
+//! events taken with it. A
+//! `missedevents` of a connection lets its channel's sequence go back at that channel's next
+//! event (what follows it may be everything retained, whose ids may be below the client's, as
+//! after a failover that lost writes); one right after another, with no
+//! event between, is not written again: each connection tells its own loss at its start, and
+//! the client needs to hear it once. The stream is slow when any connection is, and ends when any
+//! ends (a shutdown or an expired grant ends them all).
+
+use std::sync::Arc;
+use std::task::Context;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::compound;
+use crate::conn::{Batch, Conn, Drained};
+use crate::event::{Frame, FrameKind};
+use crate::hub::Registration;
+
+/// The connections of a stream other than its first, and where the client stands.
+pub(crate) struct Group {
+    /// The connections after the first, in the order of `seqs` (from the second on).
+    pub rest: Vec<Registration>,
+    hash: u32,
+    /// The sequence the client has of each channel, in sorted channel order.
+    seqs: Vec<u64>,
+    /// Per channel: a `missedevents` came from its connection, so its next event sets its
+    /// sequence even when lower.
+    rewind: Vec<bool>,
+    /// A `missedevents` was written and no event since.
+    missed_pending: bool,
+    /// A connection gave a `lastEventId` hint that is not written yet (it waits until every
+    /// connection started).
+    hint_pending: bool,
+    /// The frames taken from one connection (kept to reuse its allocation).
+    scratch: Vec<Frame>,
+    /// The frames taken in one poll, with the index of their connection.
+    pending: Vec<(usize, Frame)>,
+    /// Every connection has started (see [`Group::drain`]).
+    started: bool,
+}
+
+impl Group {
+    /// A group whose client starts at `seqs` (0 where it has no position yet).
+    pub fn new(rest: Vec<Registration>, hash: u32, seqs: Vec<u64>) -> Self {
+        Group {
+            rest,
+            hash,
+            rewind: vec![false; seqs.len()],
+            seqs,
+            missed_pending: false,
+            hint_pending: false,
+            scratch: Vec::new(),
+            pending: Vec::new(),
+            started: false,
+        }
+    }
+
+    /// The group's `i`-th connection (0 is the stream's own, `first`).
+    fn conn<'a>(&'a self, first: &'a Arc<Conn>, i: usize) -> &'a Arc<Conn> {
+        if i == 0 {
+            first
+        } else {
+            &self.rest[i - 1].conn
+        }
+    }
+
+    /// What to write next from all the connections, `first` being the stream's own; at most
+    /// about `max_batch_bytes` from each. Until every connection started, only heartbeats and
+    /// the end are written: so a stream's first frames are its connections' preambles, with
+    /// `missedevents` before any event. (A started connection waits meanwhile with its queue
+    /// bounded as ever; live events are held by the dispatcher during an outage anyway.)
+    pub fn drain(
+        &mut self,
+        first: &Arc<Conn>,
+        cx: &mut Context<'_>,
+        max_batch_bytes: usize,
+    ) -> Drained {
+        let n = self.rest.len() + 1;
+        loop {
+            let mut batch = Batch {
+                bytes: Bytes::new(),
+                frames: 0,
+                missed: 0,
+                real: false,
+                arrived: None,
+            };
+            let (mut took, mut heartbeat, mut waiting) = (false, false, false);
+            let mut retry = None;
+            for i in 0..n {
+                let conn = self.conn(first, i).clone();
+                // Before every connection started, a started one is not drained (its frames
+                // stay in its bounded queue); the others are, for their heartbeats and ends.
+                if !self.started && conn.is_started() {
+                    continue;
+                }
+                waiting |= !self.started;
+                let mut frames = std::mem::take(&mut self.scratch);
+                frames.clear();
+                match conn.drain_frames(cx, max_batch_bytes, &mut frames) {
+                    Drained::Slow => return Drained::Slow,
+                    Drained::Retry(ms) => retry = retry.or(Some(ms)),
+                    Drained::Heartbeat => heartbeat = true,
+                    Drained::Nothing => {}
+                    Drained::Frames(taken) => {
+                        // (Before every connection started: one that started just now.)
+                        took = true;
+                        batch.real |= taken.real;
+                        batch.arrived = match (batch.arrived, taken.arrived) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        self.pending.extend(frames.drain(..).map(|f| (i, f)));
+                    }
+                }
+                self.scratch = frames;
+            }
+            if !self.started {
+                if !waiting || (0..n).all(|i| self.conn(first, i).is_started()) {
+                    // Every connection started: their queues are drained from now on.
+                    self.started = true;
+                    continue;
+                }
+                return match (retry, heartbeat) {
+                    (Some(ms), _) => Drained::Retry(ms),
+                    (None, true) => Drained::Heartbeat,
+                    (None, false) => Drained::Nothing,
+                };
+            }
+            let mut out = BytesMut::new();
+            // Losses first: what this poll took of every connection follows them.
+            let pending = std::mem::take(&mut self.pending);
+            for (i, frame) in pending
+                .iter()
+                .filter(|(_, f)| f.kind == FrameKind::MissedEvents)
+            {
+                self.write(*i, frame, &mut out, &mut batch);
+            }
+            for (i, frame) in pending
+                .iter()
+                .filter(|(_, f)| f.kind != FrameKind::MissedEvents)
+            {
+                self.write(*i, frame, &mut out, &mut batch);
+            }
+            self.pending = pending;
+            self.pending.clear();
+            if self.hint_pending {
+                self.hint_pending = false;
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(compound::format(self.hash, &self.seqs).as_bytes());
+                out.extend_from_slice(b"\nevent: lastEventId\ndata: \n\n");
+                batch.frames += 1;
+            }
+            if !out.is_empty() {
+                batch.bytes = out.freeze();
+                return Drained::Frames(batch);
+            }
+            // Frames were taken but none written (a repeated `missedevents`): the connections
+            // that gave them registered no waker, so look again.
+            if took {
+                continue;
+            }
+            return match (retry, heartbeat) {
+                (Some(ms), _) => Drained::Retry(ms),
+                (None, true) => Drained::Heartbeat,
+                (None, false) => Drained::Nothing,
+            };
+        }
+    }
+
+    /// Writes one frame of the `i`-th channel (a `lastEventId` hint is only taken note of).
+    fn write(&mut self, i: usize, frame: &Frame, out: &mut BytesMut, batch: &mut Batch) {
+        match frame.kind {
+            FrameKind::LastEventId => {
+                if let Some(counter) = hinted_counter(&frame.bytes) {
+                    self.seqs[i] = self.seqs[i].max(counter);
+                }
+                self.hint_pending = true;
+            }
+            FrameKind::MissedEvents => {
+                self.rewind[i] = true;
+                if !self.missed_pending {
+                    self.missed_pending = true;
+                    out.extend_from_slice(&frame.bytes);
+                    batch.frames += 1;
+                    batch.missed += 1;
+                }
+            }
+            FrameKind::Event => {
+                let tail = frame.without_id();
+                if frame.id > self.seqs[i] || (self.rewind[i] && frame.id > 0) {
+                    self.rewind[i] = false;
+                    self.seqs[i] = frame.id;
+                    out.extend_from_slice(b"id: ");
+                    out.extend_from_slice(compound::format(self.hash, &self.seqs).as_bytes());
+                    out.extend_from_slice(b"\n");
+                }
+                out.extend_from_slice(&tail.bytes);
+                self.missed_pending = false;
+                batch.frames += 1;
+            }
+        }
+    }
+
+    /// Why one of the connections ended, if one did.
+    pub fn end_reason(&self, first: &Arc<Conn>) -> Option<crate::conn::EndReason> {
+        (0..=self.rest.len()).find_map(|i| self.conn(first, i).end_reason())
+    }
+}
+
+/// The counter a `lastEventId` frame gives (its `id:` line).
+fn hinted_counter(bytes: &[u8]) -> Option<u64> {
+    let rest = bytes.strip_prefix(b"id: ")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::metrics::Metrics;
+
+    /// A group on channels `a` and `b` of a fresh hub, both connections live from `seqs`.
+    fn group(seqs: [u64; 2], max_bytes: usize) -> (Arc<Conn>, Group) {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(metrics, None, false, max_bytes, 100));
+        let a = Conn::per_channel(1, Arc::from("a"), max_bytes, None, false);
+        let b = Conn::per_channel(2, Arc::from("b"), max_bytes, None, true);
+        for (conn, seq) in [(&a, seqs[0]), (&b, seqs[1])] {
+            hub.register(conn, &conn.channels).unwrap();
+            conn.start(vec![], vec![], seq, 0);
+        }
+        assert_eq!(hub.connections(), 1, "a group is one stream");
+        let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
+        let rest = vec![Registration { hub, conn: b }];
+        (a, Group::new(rest, hash, seqs.to_vec()))
+    }
+
+    fn text(first: &Arc<Conn>, group: &mut Group) -> String {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match group.drain(first, &mut cx, 1 << 16) {
+            Drained::Frames(b) => String::from_utf8(b.bytes.to_vec()).unwrap(),
+            Drained::Heartbeat => "heartbeat".into(),
+            Drained::Nothing => String::new(),
+            Drained::Slow => "slow".into(),
+            Drained::Retry(ms) => format!("retry {ms}"),
+        }
+    }
+
+    fn id(seqs: &[u64]) -> String {
+        let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
+        compound::format(hash, seqs)
+    }
+
+    #[test]
+    fn each_event_carries_every_channels_position() {
+        let (a, mut g) = group([4, 9], 1 << 20);
+        // A frame read back from history has its own sequence's `id:` line; a live one none.
+        a.push(
+            &Frame::event(5, Bytes::from_static(b"id: 5\ndata: x\n\n")),
+            false,
+        );
+        g.rest[0]
+            .conn
+            .push(&Frame::live(10, Bytes::from_static(b"data: y\n\n")), false);
+        assert_eq!(
+            text(&a, &mut g),
+            format!(
+                "id: {}\ndata: x\n\nid: {}\ndata: y\n\n",
+                id(&[5, 9]),
+                id(&[5, 10])
+            )
+        );
+        // Already delivered in its channel: dropped by that channel's connection.
+        a.push(&Frame::live(5, Bytes::from_static(b"data: x\n\n")), false);
+        assert_eq!(text(&a, &mut g), "");
+    }
+
+    #[test]
+    fn hints_become_one_compound_hint_and_a_repeated_missedevents_is_written_once() {
+        let (a, mut g) = group([0, 0], 1 << 20);
+        a.push(&Frame::missed_events(), false);
+        a.push(&Frame::last_event_id(7), false);
+        g.rest[0].conn.push(&Frame::missed_events(), false);
+        g.rest[0].conn.push(&Frame::last_event_id(3), false);
+        assert_eq!(
+            text(&a, &mut g),
+            format!(
+                "event: missedevents\ndata: \n\nid: {}\nevent: lastEventId\ndata: \n\n",
+                id(&[7, 3])
+            )
+        );
+        // After an event, a new loss is told again; what follows it (everything retained, as
+        // after a reset of that channel's connection) moves its sequence back.
+        a.push(&Frame::live(8, Bytes::from_static(b"data: z\n\n")), false);
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\ndata: z\n\n", id(&[8, 3]))
+        );
+        g.rest[0].conn.reset(Frame::missed_events());
+        g.rest[0].conn.push(
+            &Frame::event(2, Bytes::from_static(b"id: 2\ndata: w\n\n")),
+            true,
+        );
+        a.push(&Frame::live(9, Bytes::from_static(b"data: v\n\n")), false);
+        // The loss first, then what this poll took, in each connection's order.
+        assert_eq!(
+            text(&a, &mut g),
+            format!(
+                "event: missedevents\ndata: \n\nid: {}\ndata: v\n\nid: {}\ndata: w\n\n",
+                id(&[9, 3]),
+                id(&[9, 2])
+            )
+        );
+    }
+
+    #[test]
+    fn the_hint_waits_until_every_connection_started() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(metrics, None, false, 1 << 20, 100));
+        let a = Conn::per_channel(1, Arc::from("a"), 1 << 20, None, false);
+        let b = Conn::per_channel(2, Arc::from("b"), 1 << 20, None, true);
+        hub.register(&a, &a.channels).unwrap();
+        hub.register(&b, &b.channels).unwrap();
+        let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
+        let rest = vec![Registration {
+            hub,
+            conn: b.clone(),
+        }];
+        let mut g = Group::new(rest, hash, vec![0, 0]);
+        a.start(vec![Frame::last_event_id(4)], vec![], 4, 0);
+        assert_eq!(text(&a, &mut g), "", "b has not started");
+        b.start(vec![Frame::last_event_id(9)], vec![], 9, 0);
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\nevent: lastEventId\ndata: \n\n", id(&[4, 9]))
+        );
+    }
+
+    #[test]
+    fn one_slow_connection_makes_the_stream_slow() {
+        let (a, mut g) = group([0, 0], 64);
+        let big = Bytes::from(vec![b'x'; 100]);
+        g.rest[0].conn.push(&Frame::live(1, big), false);
+        assert_eq!(text(&a, &mut g), "slow");
+    }
+
+    #[test]
+    fn heartbeats_are_one_per_poll() {
+        let (a, mut g) = group([0, 0], 1 << 20);
+        a.heartbeat();
+        g.rest[0].conn.heartbeat();
+        assert_eq!(text(&a, &mut g), "heartbeat");
+        assert_eq!(text(&a, &mut g), "");
+    }
+}

@@ -1,0 +1,968 @@
+//! The `redisse` binary on a Redis Cluster (`--redis-cluster`), end to end, as a client sees
+//! it: ids are per-channel sequences; a stream on channels c1..cn sends each event with the
+//! compound id `<H>-<s1>-...-<sn>` (H: FNV-1a 32-bit over the names sorted bytewise, each
+//! followed by a newline, as eight hex digits; si: the last sequence of the i-th channel in that
+//! order the stream has sent) and resumes from it; channels on different shards share one
+//! stream; a short history, a mismatched id and a failover that lost writes give one
+//! `missedevents`; a primary killed under the streams and its replica promoted loses no event
+//! that history holds; and three processes on one cluster serve clients that resume on any of
+//! them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::time::{Instant, sleep};
+
+use crate::sentinel::publish_through;
+use crate::support::binary::Redisse;
+use crate::support::cluster::{Cluster, fnv1a32};
+use crate::support::sse::Next;
+use crate::support::steps::blocking;
+use crate::support::{PATIENCE, SseEvent, SseStream};
+
+/// The longest a test of this module may take, whatever hangs.
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// How long a stream that got everything is watched for one more event.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// How long events may take to arrive across a failover.
+const FAILOVER_WAIT: Duration = Duration::from_secs(60);
+
+/// Where a stream is: each of its channels' last sequence, keyed (and so ordered) by name.
+type Position = BTreeMap<String, u64>;
+
+/// Runs a test's body within [`LIMIT`].
+async fn within_limit(body: impl Future<Output = ()>) {
+    tokio::time::timeout(LIMIT, body)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {LIMIT:?}"));
+}
+
+/// The hash part of a stream's ids: FNV-1a over its channel names, sorted bytewise, each
+/// followed by `\n`.
+fn stream_hash<S: AsRef<str>>(channels: &[S]) -> String {
+    let mut names: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut bytes = Vec::new();
+    for name in names {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(b'\n');
+    }
+    format!("{:08x}", fnv1a32(&bytes))
+}
+
+/// The compound id of `position`.
+fn compound(position: &Position) -> String {
+    let mut id = stream_hash(&position.keys().collect::<Vec<_>>());
+    for seq in position.values() {
+        id.push_str(&format!("-{seq}"));
+    }
+    id
+}
+
+/// The position a compound id of a stream on `channels` names; fails the test when its hash
+/// or its number of counters is not that stream's.
+fn parse_compound(channels: &[String], id: &str) -> Position {
+    let mut parts = id.split('-');
+    let hash = parts.next().unwrap_or_default();
+    assert_eq!(
+        hash,
+        stream_hash(channels),
+        "the hash of id {id:?} for channels {channels:?}"
+    );
+    let seqs: Vec<u64> = parts
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("a counter of {id:?}: {s:?}"))
+        })
+        .collect();
+    let mut names = channels.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(seqs.len(), names.len(), "counters of id {id:?}");
+    names.into_iter().zip(seqs).collect()
+}
+
+/// The position of every channel of `channels` at `seq`.
+fn at(channels: &[String], seq: u64) -> Position {
+    channels.iter().map(|c| (c.clone(), seq)).collect()
+}
+
+/// The channel an event's data names (`<channel>/<label>`, as [`data`] makes it).
+fn channel_of(e: &SseEvent) -> &str {
+    e.data
+        .split_once('/')
+        .map(|(c, _)| c)
+        .unwrap_or_else(|| panic!("an event not published by this test: {e:?}"))
+}
+
+/// The data published as event `label` of `channel`.
+fn data(channel: &str, label: impl std::fmt::Display) -> String {
+    format!("{channel}/{label}")
+}
+
+/// The query of a stream on `channels`.
+fn query(channels: &[String]) -> String {
+    format!("/?{}", channels.join("&"))
+}
+
+/// A client on a cluster: it keeps the compound id of the last event it got (or of the
+/// `lastEventId` event) and comes back with it, to any process. It checks every event as it
+/// comes: its id has this stream's hash and counters, moves only its own channel's counter,
+/// and moves it up (once a `missedevents` started the stream over, from wherever it restarts).
+struct Reader {
+    name: String,
+    /// The channels as its query names them (in any order).
+    channels: Vec<String>,
+    stream: Option<SseStream>,
+    position: Position,
+    /// Each channel's sequences it got, across its connections, in arrival order.
+    got: BTreeMap<String, Vec<u64>>,
+    /// Each channel's data it got, in arrival order.
+    data: BTreeMap<String, Vec<String>>,
+    /// How many `missedevents` it was sent, across its connections.
+    missed: usize,
+    /// Whether the last event was a `missedevents`: the next position may be anywhere.
+    reset: bool,
+}
+
+impl Reader {
+    /// A client without a position on `channels`, connected to `to`: its first event is
+    /// `lastEventId`, whose id is the channels' current sequences.
+    async fn live(name: &str, to: &Redisse, channels: &[String]) -> Reader {
+        let mut stream = SseStream::open(&to.url(&query(channels)), &[]).await;
+        assert_eq!(stream.status, 200, "{name}: a stream");
+        let first = stream.next().await;
+        assert_eq!(first.event, "lastEventId", "{name}: the first event");
+        let position = parse_compound(channels, first.id.as_deref().expect("an id"));
+        Reader {
+            name: name.to_owned(),
+            channels: channels.to_vec(),
+            stream: Some(stream),
+            position,
+            got: BTreeMap::new(),
+            data: BTreeMap::new(),
+            missed: 0,
+            reset: false,
+        }
+    }
+
+    /// Drops its connection.
+    fn disconnect(&mut self) {
+        self.stream = None;
+    }
+
+    /// Connects again to `to` with `Last-Event-ID`, or with `?lastEventId=` when `in_query`.
+    async fn reconnect(&mut self, to: &Redisse, in_query: bool) {
+        self.disconnect();
+        let id = compound(&self.position);
+        let stream = if in_query {
+            let url = format!("{}&lastEventId={id}", to.url(&query(&self.channels)));
+            SseStream::open(&url, &[]).await
+        } else {
+            SseStream::open(&to.url(&query(&self.channels)), &[("last-event-id", &id)]).await
+        };
+        assert_eq!(stream.status, 200, "{}: the stream back", self.name);
+        self.stream = Some(stream);
+    }
+
+    fn stream(&mut self) -> &mut SseStream {
+        self.stream.as_mut().expect("a connected client")
+    }
+
+    /// Records and checks an event.
+    fn record(&mut self, e: SseEvent) {
+        let name = self.name.clone();
+        match e.event.as_str() {
+            "missedevents" => {
+                assert_eq!(e.id, None, "{name}: missedevents has no id");
+                self.missed += 1;
+                self.reset = true;
+            }
+            "lastEventId" => {
+                let next = parse_compound(&self.channels, e.id.as_deref().expect("an id"));
+                if !self.reset {
+                    for (c, seq) in &next {
+                        assert!(
+                            *seq >= self.position[c],
+                            "{name}: the hint {next:?} is below its position {:?}",
+                            self.position
+                        );
+                    }
+                }
+                self.position = next;
+            }
+            "m" => {
+                let Some(id) = e.id.as_deref() else {
+                    panic!("{name}: an event without an id: {e:?}");
+                };
+                let next = parse_compound(&self.channels, id);
+                let channel = channel_of(&e).to_owned();
+                assert!(
+                    next.contains_key(&channel),
+                    "{name}: not its channel: {e:?}"
+                );
+                for (c, seq) in &next {
+                    let before = self.position[c];
+                    if *c == channel {
+                        assert!(
+                            self.reset || *seq > before,
+                            "{name}: {c} went from {before} to {seq} (twice or out of order): \
+                             {e:?}; got {:?}",
+                            self.got
+                        );
+                    } else {
+                        assert_eq!(
+                            *seq, before,
+                            "{name}: an event of {channel} moved {c}'s counter: {e:?}"
+                        );
+                    }
+                }
+                self.got
+                    .entry(channel.clone())
+                    .or_default()
+                    .push(next[&channel]);
+                self.data.entry(channel).or_default().push(e.data);
+                self.position = next;
+                self.reset = false;
+            }
+            other => panic!("{name}: an unexpected event {other:?}: {e:?}"),
+        }
+    }
+
+    /// Reads until it got `n` more events, waiting at most `wait` for each.
+    async fn read(&mut self, n: usize, wait: Duration) {
+        let until = self.count() + n;
+        while self.count() < until {
+            let name = self.name.clone();
+            match self.stream().next_within(wait).await {
+                Next::Event(e) => self.record(e),
+                other => panic!(
+                    "{name}: {other:?} after {} events: {:?}",
+                    self.count(),
+                    self.got
+                ),
+            }
+        }
+    }
+
+    /// Reads until its position reaches `last` on every channel `last` names.
+    async fn read_through(&mut self, last: &Position, wait: Duration) {
+        while last.iter().any(|(c, seq)| self.position[c] < *seq) {
+            let name = self.name.clone();
+            match self.stream().next_within(wait).await {
+                Next::Event(e) => self.record(e),
+                other => panic!(
+                    "{name}: {other:?} at {:?}, waiting for {last:?}",
+                    self.position
+                ),
+            }
+        }
+    }
+
+    /// Events got, over all channels.
+    fn count(&self) -> usize {
+        self.got.values().map(Vec::len).sum()
+    }
+
+    /// Fails if anything but a heartbeat comes within [`QUIET`].
+    async fn expect_silence(&mut self) {
+        let name = self.name.clone();
+        match self.stream().next_within(QUIET).await {
+            Next::Timeout => {}
+            other => panic!("{name}: expected nothing more, got {other:?}"),
+        }
+    }
+
+    /// Fails unless it got exactly `want` for each channel (nothing for the others).
+    fn check(&self, want: &BTreeMap<String, Vec<u64>>) {
+        let want: BTreeMap<&String, &Vec<u64>> =
+            want.iter().filter(|(_, seqs)| !seqs.is_empty()).collect();
+        let got: BTreeMap<&String, &Vec<u64>> = self.got.iter().collect();
+        assert_eq!(got, want, "{}: each channel's sequences", self.name);
+    }
+}
+
+/// Each channel's sequences among `published` (channel, seq) above `after`, ascending.
+fn expected(published: &[(String, u64)], after: &Position) -> BTreeMap<String, Vec<u64>> {
+    let mut want: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (channel, seq) in published {
+        if let Some(from) = after.get(channel)
+            && seq > from
+        {
+            want.entry(channel.clone()).or_default().push(*seq);
+        }
+    }
+    for seqs in want.values_mut() {
+        seqs.sort_unstable();
+    }
+    want
+}
+
+/// The highest sequence of each channel among `published`.
+fn last_of(published: &[(String, u64)]) -> Position {
+    let mut last = Position::new();
+    for (channel, seq) in published {
+        let e = last.entry(channel.clone()).or_insert(0);
+        *e = (*e).max(*seq);
+    }
+    last
+}
+
+/// `redisse --redis-cluster` on `cluster`'s nodes, with `extra` options, up.
+async fn redisse_on(cluster: &Cluster, extra: &[&str]) -> Redisse {
+    let seeds = cluster.seeds();
+    let mut args = vec!["--redis-cluster", seeds.as_str()];
+    args.extend_from_slice(extra);
+    let process = blocking(|| Redisse::start(&args));
+    process.health_becomes(200).await;
+    process
+}
+
+/// Publishes one event per label, on `channels` in turn, through `process`'s publish API;
+/// the (channel, seq) answers.
+async fn publish_each(
+    process: &Redisse,
+    channels: &[String],
+    labels: std::ops::Range<usize>,
+) -> Vec<(String, u64)> {
+    let mut answered = Vec::new();
+    for i in labels {
+        let channel = &channels[i % channels.len()];
+        let seq = process
+            .publish_event(channel, Some("m"), &data(channel, i))
+            .await;
+        answered.push((channel.clone(), seq));
+    }
+    answered
+}
+
+/// A warm-up event on each channel, so that each has a sequence and the streams' first event is
+/// `lastEventId`; checks that a channel's first id is 1.
+async fn warm(process: &Redisse, channels: &[String]) {
+    for c in channels {
+        let seq = process.publish_event(c, Some("m"), &data(c, "warm")).await;
+        assert_eq!(seq, 1, "the first id of {c}");
+    }
+}
+
+/// Two channels on different primaries arrive on one stream, each with its own sequence 1, 2,
+/// 3..., under compound ids; the publish API answers each channel's sequence; each channel's
+/// history is on the primary its slot names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_on_different_shards_arrive_on_one_stream() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("shard", 2);
+        let (a, b) = (&channels[0], &channels[1]);
+        let process = redisse_on(&cluster, &[]).await;
+        warm(&process, &channels).await;
+        // The query names them in the other order: the ids are the same.
+        let reversed = vec![b.clone(), a.clone()];
+        let mut stream = SseStream::open(&process.url(&query(&reversed)), &[]).await;
+        let hint = stream.next().await;
+        assert_eq!(hint.event, "lastEventId", "{hint:?}");
+        assert_eq!(
+            hint.id.as_deref(),
+            Some(compound(&at(&channels, 1)).as_str()),
+            "a fresh stream: each channel's current sequence"
+        );
+        let published = publish_each(&process, &channels, 0..6).await;
+        let seqs: Vec<u64> = published.iter().map(|(_, s)| *s).collect();
+        assert_eq!(seqs, [2, 2, 3, 3, 4, 4], "each channel's own sequence");
+        let mut position = at(&channels, 1);
+        let mut per_channel: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for _ in 0..6 {
+            let e = stream.next().await;
+            assert_eq!(e.event, "m", "{e:?}");
+            let channel = channel_of(&e).to_owned();
+            *position.get_mut(&channel).expect("its channel") += 1;
+            assert_eq!(e.id.as_deref(), Some(compound(&position).as_str()), "{e:?}");
+            per_channel
+                .entry(if channel == *a { "a" } else { "b" })
+                .or_default()
+                .push(e.data);
+        }
+        assert_eq!(per_channel["a"], [data(a, 0), data(a, 2), data(a, 4)]);
+        assert_eq!(per_channel["b"], [data(b, 1), data(b, 3), data(b, 5)]);
+        stream.expect_silence(QUIET).await;
+        // Each history on its own primary, stored with the channel's sequence.
+        for (c, labels) in [(a, [0, 2, 4]), (b, [1, 3, 5])] {
+            let stored = blocking(|| cluster.stored(c));
+            assert_eq!(stored.len(), 4, "{c}: {stored:?}");
+            for (i, (entry, label)) in stored[1..].iter().zip(labels).enumerate() {
+                assert!(
+                    entry.starts_with(&format!("id: {}\n", i + 2))
+                        && entry.contains(&format!("data: {}\n", data(c, label))),
+                    "{c}: {stored:?}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+/// A client leaves with a compound id; events are published on both shards while it is away;
+/// it comes back (with `Last-Event-ID`, then with `?lastEventId=`, its channels named in
+/// another order) and gets exactly what it missed, once, then live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compound_id_resumes_across_shards_exactly_once() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("away", 2);
+        let process = redisse_on(&cluster, &[]).await;
+        warm(&process, &channels).await;
+        let mut c = Reader::live("the client", &process, &channels).await;
+        let start = c.position.clone();
+        assert_eq!(start, at(&channels, 1));
+        let mut published = publish_each(&process, &channels, 0..4).await;
+        c.read(4, PATIENCE).await;
+
+        c.disconnect();
+        // Away: three on one shard, two on the other.
+        let away: Vec<String> = vec![
+            channels[0].clone(),
+            channels[1].clone(),
+            channels[0].clone(),
+            channels[0].clone(),
+            channels[1].clone(),
+        ];
+        for (i, ch) in away.iter().enumerate() {
+            let seq = process
+                .publish_event(ch, Some("m"), &data(ch, 100 + i))
+                .await;
+            published.push((ch.clone(), seq));
+        }
+        c.reconnect(&process, false).await;
+        c.read(5, PATIENCE).await;
+        c.expect_silence().await;
+        assert_eq!(c.missed, 0, "history holds everything");
+
+        // The channels in the other order, the id in the query.
+        c.disconnect();
+        c.channels.reverse();
+        published.extend(publish_each(&process, &channels, 10..12).await);
+        c.reconnect(&process, true).await;
+        c.read(2, PATIENCE).await;
+        // And live again.
+        published.extend(publish_each(&process, &channels, 20..23).await);
+        c.read(3, PATIENCE).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(c.missed, 0);
+        assert_eq!(c.position, last_of(&published));
+    })
+    .await;
+}
+
+/// With `--history-size 3`, a client that was away while one channel got five events gets one
+/// `missedevents`, then what history retained after its position (the other channel's event
+/// included), then live events; a client whose position history still covers gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_history_gives_one_missedevents() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("short", 2);
+        let (a, b) = (&channels[0], &channels[1]);
+        let process = redisse_on(&cluster, &["--history-size", "3"]).await;
+        warm(&process, &channels).await;
+        let mut c = Reader::live("trimmed", &process, &channels).await;
+        c.disconnect();
+        // a: 2..6 (its history keeps 4, 5, 6), b: 2.
+        for i in 0..5 {
+            process
+                .publish_event(a, Some("m"), &data(a, format!("away{i}")))
+                .await;
+        }
+        process.publish_event(b, Some("m"), &data(b, "away")).await;
+        let mut covered = c.position.clone();
+        covered.insert(a.clone(), 3);
+        c.reconnect(&process, false).await;
+        let first = c.stream().next().await;
+        assert_eq!(first.event, "missedevents", "{first:?}");
+        c.record(first);
+        c.read(4, PATIENCE).await;
+        assert_eq!(c.got[a], [4, 5, 6], "what a's history retained");
+        assert_eq!(c.got[b], [2]);
+        assert_eq!(
+            c.data[a],
+            [data(a, "away2"), data(a, "away3"), data(a, "away4")]
+        );
+        let live = process.publish_event(b, Some("m"), &data(b, "live")).await;
+        c.read(1, PATIENCE).await;
+        assert_eq!(c.got[b], [2, live]);
+        c.expect_silence().await;
+        assert_eq!(c.missed, 1, "one missedevents");
+
+        // A position that a's three retained events still follow: nothing was lost.
+        let mut near = Reader {
+            name: "covered".into(),
+            position: covered,
+            ..Reader::live("covered", &process, &channels).await
+        };
+        near.reconnect(&process, false).await;
+        near.read(5, PATIENCE).await;
+        assert_eq!(near.missed, 0);
+        assert_eq!(near.got[a], [4, 5, 6]);
+        assert_eq!(near.got[b], [2, live]);
+        near.expect_silence().await;
+    })
+    .await;
+}
+
+/// A compound id of another set of channels (another hash), with the wrong number of
+/// counters, a plain number or garbage: one `missedevents`, then the stream starts from the
+/// channels' current positions (no history replayed) and goes on live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatched_compound_id_gets_one_missedevents() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("odd", 2);
+        let a = &channels[0];
+        let process = redisse_on(&cluster, &[]).await;
+        warm(&process, &channels).await;
+        publish_each(&process, &channels, 0..4).await;
+        // Both channels are at 3 now.
+        let hash = stream_hash(&channels);
+        let other = stream_hash(&channels[..1]);
+        let bad = [
+            format!("{other}-1-1"),
+            format!("{other}-1"),
+            format!("{hash}-1"),
+            format!("{hash}-1-1-1"),
+            "1".to_owned(),
+            "abc".to_owned(),
+            format!("{hash}-x-1"),
+        ];
+        for (n, id) in bad.iter().enumerate() {
+            for in_query in [false, true] {
+                let url = if in_query {
+                    format!("{}&lastEventId={id}", process.url(&query(&channels)))
+                } else {
+                    process.url(&query(&channels))
+                };
+                let headers: &[(&str, &str)] = if in_query {
+                    &[]
+                } else {
+                    &[("last-event-id", id)]
+                };
+                let mut s = SseStream::open(&url, headers).await;
+                assert_eq!(s.status, 200, "id {id:?}");
+                let first = s.next().await;
+                assert_eq!(first.event, "missedevents", "id {id:?}: {first:?}");
+                assert_eq!(first.id, None);
+                let seq = process
+                    .publish_event(a, Some("m"), &data(a, format!("live{n}{in_query}")))
+                    .await;
+                let mut next = s.next().await;
+                let mut position = at(&channels, 3);
+                *position.get_mut(a).expect("a") = seq - 1;
+                if next.event == "lastEventId" {
+                    assert_eq!(
+                        next.id.as_deref(),
+                        Some(compound(&position).as_str()),
+                        "id {id:?}: the current positions"
+                    );
+                    next = s.next().await;
+                }
+                *position.get_mut(a).expect("a") = seq;
+                assert_eq!(
+                    (next.event.as_str(), next.data.as_str()),
+                    ("m", data(a, format!("live{n}{in_query}")).as_str()),
+                    "id {id:?}: history is not replayed"
+                );
+                assert_eq!(next.id.as_deref(), Some(compound(&position).as_str()));
+                s.expect_silence(QUIET).await;
+            }
+        }
+    })
+    .await;
+}
+
+/// The primary of one channel's slot is killed (SIGKILL) while events are published on it and
+/// on a channel of another shard; its replica (synced) is promoted. The stream stays open
+/// (heartbeats) and gets every event once, in each channel's order, with the sequences the
+/// publishers were answered; a client resuming from before the failover gets the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_loses_no_event_that_history_holds() {
+    within_limit(async {
+        let mut cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("fo", 2);
+        let slot = cluster.slot_of_channel(&channels[0]);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live("through the failover", &process, &channels).await;
+        let start = c.position.clone();
+        let mut published = Vec::new();
+        for i in 0..10 {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            published.push((ch.clone(), seq));
+        }
+        c.read(10, PATIENCE).await;
+        let early = c.position.clone();
+        blocking(|| cluster.wait_synced(slot));
+
+        let publishing = {
+            let process = process.clone();
+            let channels = channels.clone();
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                for i in 10..40 {
+                    let ch = &channels[i % 2];
+                    let seq = publish_through(&process, ch, &data(ch, i)).await;
+                    answered.push((ch.clone(), seq));
+                    sleep(Duration::from_millis(100)).await;
+                }
+                answered
+            })
+        };
+        sleep(Duration::from_millis(300)).await;
+        let heartbeats = c.stream().comments.len();
+        let started = Instant::now();
+        let (cluster, (old, new)) = tokio::task::spawn_blocking(move || {
+            let ports = cluster.kill_primary_and_wait_failover(slot);
+            (cluster, ports)
+        })
+        .await
+        .expect("failover");
+        let took = started.elapsed();
+        assert_ne!(old, new);
+        published.extend(publishing.await.expect("the publisher"));
+        for ch in &channels {
+            let seqs: Vec<u64> = published
+                .iter()
+                .filter(|(c, _)| c == ch)
+                .map(|(_, s)| *s)
+                .collect();
+            assert_eq!(
+                seqs,
+                (2..22).collect::<Vec<u64>>(),
+                "{ch}: answered in order, none twice"
+            );
+        }
+        c.read(30, FAILOVER_WAIT).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(
+            c.missed, 0,
+            "the replica had every write (failover took {took:?})"
+        );
+        assert!(
+            c.stream().comments.len() > heartbeats,
+            "heartbeats kept the stream open through the failover"
+        );
+        for ch in &channels {
+            let want: Vec<String> = (0..40)
+                .filter(|i| channels[i % 2] == *ch)
+                .map(|i| data(ch, i))
+                .collect();
+            assert_eq!(c.data[ch], want, "{ch}: every event once, in order");
+        }
+
+        // From before the failover: the rest, from the promoted replica's history.
+        let mut back = Reader {
+            name: "back from before".into(),
+            position: early.clone(),
+            ..Reader::live("back", &process, &channels).await
+        };
+        back.reconnect(&process, false).await;
+        back.read(30, PATIENCE).await;
+        back.expect_silence().await;
+        back.check(&expected(&published, &early));
+        assert_eq!(back.missed, 0);
+        drop(cluster);
+    })
+    .await;
+}
+
+/// The replica of one channel's primary is cut off (frozen, its link dropped), the primary
+/// acknowledges three more events on that channel, then dies; the replica is promoted without
+/// them. The stream gets one `missedevents`, then what the new primary holds; the next event of
+/// that channel has a sequence above the lost ones; the other shard's channel flows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_promoted_replica_never_got_are_missedevents() {
+    within_limit(async {
+        let mut cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("lost", 2);
+        let (a, b) = (channels[0].clone(), channels[1].clone());
+        let slot = cluster.slot_of_channel(&a);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &channels).await;
+        let mut c = Reader::live("the client", &process, &channels).await;
+        for i in 0..5 {
+            process.publish_event(&a, Some("m"), &data(&a, i)).await;
+        }
+        c.read(5, PATIENCE).await;
+        blocking(|| cluster.wait_synced(slot));
+        let replica = blocking(|| cluster.cut_replica(slot));
+        let mut acknowledged_last = 0;
+        for i in 5..8 {
+            acknowledged_last = process.publish_event(&a, Some("m"), &data(&a, i)).await;
+        }
+        assert_eq!(acknowledged_last, 9, "warm, then 0..8 on {a}");
+        c.read(3, PATIENCE).await;
+        let old = blocking(|| cluster.kill_primary(slot));
+        cluster.unfreeze(replica);
+        let cluster = tokio::task::spawn_blocking(move || {
+            let new = cluster.wait_failover(slot, old);
+            assert_eq!(new, replica, "the cut replica is the one promoted");
+            cluster
+        })
+        .await
+        .expect("failover");
+        let held = cluster.stored(&a);
+        let held: Vec<String> = held
+            .iter()
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(str::to_owned)
+            .collect();
+        let want: Vec<String> = std::iter::once(data(&a, "warm"))
+            .chain((0..5).map(|i| data(&a, i)))
+            .collect();
+        assert_eq!(held, want, "the promoted replica lacks the last three");
+
+        // missedevents, then the retained events of a (as after any loss of data).
+        let first = match c.stream().next_within(FAILOVER_WAIT).await {
+            Next::Event(e) => e,
+            other => panic!("no missedevents: {other:?}"),
+        };
+        assert_eq!(first.event, "missedevents", "{first:?}");
+        c.record(first);
+        let before = c.data.get(&a).map_or(0, Vec::len);
+        c.read(want.len(), PATIENCE).await;
+        assert_eq!(c.data[&a][before..], want[..], "what the new primary holds");
+        let after = publish_through(&process, &a, &data(&a, "after")).await;
+        assert!(
+            after > acknowledged_last,
+            "{after} after {acknowledged_last}"
+        );
+        let other = publish_through(&process, &b, &data(&b, "other")).await;
+        assert_eq!(other, 2, "the other shard lost nothing");
+        c.read(2, PATIENCE).await;
+        assert_eq!(c.got[&a].last(), Some(&after));
+        assert_eq!(c.got[&b], [other]);
+        assert_eq!(c.position[&a], after);
+        c.expect_silence().await;
+        assert_eq!(c.missed, 1, "one missedevents");
+    })
+    .await;
+}
+
+/// Three processes on one cluster; nine clients spread over them on channels of all three
+/// shards; publishers publish through all three at once. Every client gets each event of its
+/// channels once, in order; clients that leave come back with their compound id to another
+/// process and get what they missed from history, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_serve_clients_that_resume_on_any_of_them() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let shards = cluster.channels_on_distinct_primaries("t", 3);
+        let mut all = shards.clone();
+        all.extend(cluster.channels_beside(&shards[0], "u", 1));
+        let mut processes = Vec::new();
+        for _ in 0..3 {
+            processes.push(redisse_on(&cluster, &[]).await);
+        }
+        warm(&processes[0], &all).await;
+        // Client k: two or three of the four channels.
+        let subsets: Vec<Vec<String>> = (0..9)
+            .map(|k| {
+                let mut s = vec![all[k % 4].clone(), all[(k + 1) % 4].clone()];
+                if k % 2 == 1 {
+                    s.push(all[(k + 2) % 4].clone());
+                }
+                s
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for (k, channels) in subsets.iter().enumerate() {
+            let name = format!("client {k} on process {}", k % 3);
+            clients.push(Reader::live(&name, &processes[k % 3], channels).await);
+        }
+        let starts: Vec<Position> = clients.iter().map(|c| c.position.clone()).collect();
+
+        let round = |from: usize| {
+            let processes = &processes;
+            let all = &all;
+            async move {
+                let publishers = (0..3)
+                    .map(|p| publish_each(&processes[p], all, from + p * 100..from + p * 100 + 12));
+                join_all(publishers).await.concat()
+            }
+        };
+        let mut published = round(0).await;
+        let last = last_of(&published);
+        for c in &mut clients {
+            let mine: Position = last
+                .iter()
+                .filter(|(ch, _)| c.channels.contains(ch))
+                .map(|(ch, s)| (ch.clone(), *s))
+                .collect();
+            c.read_through(&mine, PATIENCE).await;
+        }
+        // Clients 0, 4 and 8 leave; two rounds are published; they come back elsewhere.
+        for k in [0, 4, 8] {
+            clients[k].disconnect();
+        }
+        published.extend(round(1000).await);
+        for (k, to) in [(0, 1), (4, 2), (8, 0)] {
+            clients[k].reconnect(&processes[to], k == 4).await;
+        }
+        published.extend(round(2000).await);
+        let last = last_of(&published);
+        for (c, start) in clients.iter_mut().zip(&starts) {
+            let mine: Position = last
+                .iter()
+                .filter(|(ch, _)| c.channels.contains(ch))
+                .map(|(ch, s)| (ch.clone(), *s))
+                .collect();
+            c.read_through(&mine, PATIENCE).await;
+            c.check(&expected(&published, start));
+            assert_eq!(c.missed, 0, "{}: history holds everything", c.name);
+        }
+        join_all(clients.iter_mut().map(Reader::expect_silence)).await;
+        // Each channel's sequence went 2, 3, ... with no gap and no repeat across processes.
+        for ch in &all {
+            let mut seqs: Vec<u64> = published
+                .iter()
+                .filter(|(c, _)| c == ch)
+                .map(|(_, s)| *s)
+                .collect();
+            seqs.sort_unstable();
+            let n = seqs.len() as u64;
+            assert_eq!(seqs, (2..2 + n).collect::<Vec<u64>>(), "{ch}");
+        }
+    })
+    .await;
+}
+
+/// The old primary of a failover, started again, rejoins as a replica; streams opened
+/// meanwhile, and a publish after it, go on through the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_rejoins_as_a_replica_and_streams_go_on() {
+    within_limit(async {
+        let mut cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("back", 2);
+        let slot = cluster.slot_of_channel(&channels[0]);
+        let process = redisse_on(&cluster, &[]).await;
+        warm(&process, &channels).await;
+        let mut c = Reader::live("the client", &process, &channels).await;
+        let start = c.position.clone();
+        let mut published = publish_each(&process, &channels, 0..4).await;
+        c.read(4, PATIENCE).await;
+        blocking(|| cluster.wait_synced(slot));
+        let (cluster, old) = tokio::task::spawn_blocking(move || {
+            let (old, _) = cluster.kill_primary_and_wait_failover(slot);
+            cluster.restart(old);
+            (cluster, old)
+        })
+        .await
+        .expect("failover and restart");
+        assert_ne!(cluster.primary_of(slot), old, "it came back as a replica");
+        for i in 4..8 {
+            let ch = &channels[i % 2];
+            published.push((
+                ch.clone(),
+                publish_through(&process, ch, &data(ch, i)).await,
+            ));
+        }
+        c.read(4, FAILOVER_WAIT).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(c.missed, 0);
+        blocking(|| cluster.wait_synced(slot));
+    })
+    .await;
+}
+
+/// The harness itself, without redisse: a key written and synced survives its primary's
+/// SIGKILL on the promoted replica, a key written after the replica was cut off does not, and
+/// the killed node comes back as a replica of the new primary.
+#[test]
+fn the_harness_fails_a_slot_over_and_the_cut_replica_lacks_the_last_write() {
+    let mut cluster = Cluster::start();
+    let key = crate::support::cluster::history_key("harness");
+    let slot = cluster.slot(&key);
+    assert_eq!(slot, cluster.slot_of_channel("harness"));
+    let write = |cluster: &Cluster, member: &str| {
+        let primary = cluster.primary_of(slot);
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&key)
+            .arg(1)
+            .arg(member)
+            .query(&mut cluster.node(primary).con())
+            .expect("ZADD");
+    };
+    write(&cluster, "kept");
+    cluster.wait_synced(slot);
+    let replica = cluster.cut_replica(slot);
+    write(&cluster, "lost");
+    let old = cluster.kill_primary(slot);
+    cluster.unfreeze(replica);
+    let new = cluster.wait_failover(slot, old);
+    assert_eq!(new, replica);
+    assert_eq!(cluster.primary_of(slot), new);
+    let held: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut cluster.node(new).con())
+        .expect("ZRANGE");
+    assert_eq!(held, ["kept"]);
+    cluster.restart(old);
+    assert_eq!(
+        cluster.replica_of_slot(slot),
+        old,
+        "back as the new primary's replica"
+    );
+    write(&cluster, "again");
+    cluster.wait_synced(slot);
+    // A replica serves reads of its primary's slots once asked READONLY.
+    let mut con = cluster.node(old).con();
+    let _: () = redis::cmd("READONLY").query(&mut con).expect("READONLY");
+    let copied: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .expect("ZRANGE on the replica");
+    assert_eq!(
+        copied,
+        ["again", "kept"],
+        "the rejoined node copied the new primary"
+    );
+    // Names on distinct primaries, and names beside one.
+    let names = cluster.channels_on_distinct_primaries("h", 3);
+    let mut primaries: Vec<u16> = names
+        .iter()
+        .map(|c| cluster.primary_of_channel(c))
+        .collect();
+    primaries.sort_unstable();
+    primaries.dedup();
+    assert_eq!(primaries.len(), 3, "{names:?}");
+    let first = cluster.primary_of_channel(&names[0]);
+    let beside = cluster.channels_beside(&names[0], "i", 2);
+    assert!(
+        beside
+            .iter()
+            .all(|c| cluster.primary_of_channel(c) == first),
+        "{beside:?}"
+    );
+}
+
+/// The id rule of this module's helpers, against values computed apart (python): FNV-1a of
+/// `"a\nb\n"` is 0x7a256dee, whatever order the query names the channels in.
+#[test]
+fn compound_ids_hash_the_sorted_names() {
+    assert_eq!(stream_hash(&["b", "a"]), "7a256dee");
+    assert_eq!(stream_hash(&["a", "b", "a"]), "7a256dee");
+    let channels = vec!["b".to_owned(), "a".to_owned()];
+    let position: Position = [("a".to_owned(), 3), ("b".to_owned(), 10)].into();
+    assert_eq!(compound(&position), "7a256dee-3-10");
+    assert_eq!(parse_compound(&channels, "7a256dee-3-10"), position);
+}
