@@ -533,4 +533,74 @@ mod tests {
         assert_eq!(history_key("news"), "redisse:{bc46}:c:news");
         assert_eq!(seq_key("a"), "redisse:{292c}:id:a");
     }
+
+    /// Moves `slot` with its keys from its primary to the primary on `to` (`CLUSTER SETSLOT
+    /// ... IMPORTING/MIGRATING`, `MIGRATE`, then `SETSLOT ... NODE` on every primary), as a
+    /// resharding does.
+    pub fn migrate_slot(&self, slot: u16, to: u16) {
+        let from = self.primary_of(slot);
+        let id_of = |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut self.node(port).con())
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id_of(from), id_of(to));
+        let setslot = |port: u16, how: &str, id: &str| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(id)
+                .query(&mut self.node(port).con())
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {how} on {port}: {e}"));
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1000)
+            .query(&mut self.node(from).con())
+            .expect("CLUSTER GETKEYSINSLOT");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut self.node(from).con())
+                .expect("MIGRATE");
+        }
+        setslot(to, "NODE", &to_id);
+        setslot(from, "NODE", &to_id);
+        for node in &self.nodes {
+            if let Some(mut c) = node.try_con() {
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut c).unwrap_or_default();
+                if matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master") {
+                    let _: Result<(), _> = redis::cmd("CLUSTER")
+                        .arg("SETSLOT")
+                        .arg(slot)
+                        .arg("NODE")
+                        .arg(&to_id)
+                        .query(&mut c);
+                }
+            }
+        }
+    }
+
+    /// The ports of the primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = (0..16384u16)
+            .step_by(1000)
+            .map(|slot| self.primary_of(slot))
+            .collect();
+        ports.push(self.primary_of(16383));
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
 }
