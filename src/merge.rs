@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::task::Context;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::compound;
 use crate::conn::{Batch, Conn, Drained};
@@ -89,13 +89,7 @@ impl Group {
     ) -> Drained {
         let n = self.rest.len() + 1;
         loop {
-            let mut batch = Batch {
-                bytes: Bytes::new(),
-                frames: 0,
-                missed: 0,
-                real: false,
-                arrived: None,
-            };
+            let mut batch = Batch::empty();
             let (mut took, mut heartbeat, mut waiting) = (false, false, false);
             let mut retry = None;
             for i in 0..n {
@@ -228,6 +222,8 @@ fn hinted_counter(bytes: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::hub::Hub;
     use crate::metrics::Metrics;

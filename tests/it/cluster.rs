@@ -341,6 +341,56 @@ async fn publish_each(
     answered
 }
 
+/// Publishes event `i` for each `i` of `labels` on `channels[i % 2]` through `process`, with
+/// an idempotency key and retries through refusals ([`publish_through`]), `pause` apart, in a
+/// task of its own; the (channel, seq) answers.
+fn publish_in_turn(
+    process: &Arc<Redisse>,
+    channels: &[String],
+    labels: std::ops::Range<usize>,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
+    let process = process.clone();
+    let channels = channels.to_vec();
+    tokio::spawn(async move {
+        let mut answered = Vec::new();
+        for i in labels {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            answered.push((ch.clone(), seq));
+            sleep(pause).await;
+        }
+        answered
+    })
+}
+
+/// Checks that each channel's publishes were answered `seqs`, in order, none twice.
+fn assert_answered(published: &[(String, u64)], channels: &[String], seqs: std::ops::Range<u64>) {
+    for ch in channels {
+        let got: Vec<u64> = published
+            .iter()
+            .filter(|(c, _)| c == ch)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(
+            got,
+            seqs.clone().collect::<Vec<u64>>(),
+            "{ch}: answered in order, none twice"
+        );
+    }
+}
+
+/// Checks that `c` got events `0..n` (published on `channels[i % 2]`), each once, in order.
+fn assert_every_event_once(c: &Reader, channels: &[String], n: usize) {
+    for ch in channels {
+        let want: Vec<String> = (0..n)
+            .filter(|i| channels[i % 2] == *ch)
+            .map(|i| data(ch, i))
+            .collect();
+        assert_eq!(c.data[ch], want, "{ch}: every event once, in order");
+    }
+}
+
 /// A warm-up event on each channel, so that each has a sequence and the streams' first event is
 /// `lastEventId`; checks that a channel's first id is 1.
 async fn warm(process: &Redisse, channels: &[String]) {
@@ -607,20 +657,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
         let early = c.position.clone();
         blocking(|| cluster.wait_synced(slot));
 
-        let publishing = {
-            let process = process.clone();
-            let channels = channels.clone();
-            tokio::spawn(async move {
-                let mut answered = Vec::new();
-                for i in 10..40 {
-                    let ch = &channels[i % 2];
-                    let seq = publish_through(&process, ch, &data(ch, i)).await;
-                    answered.push((ch.clone(), seq));
-                    sleep(Duration::from_millis(100)).await;
-                }
-                answered
-            })
-        };
+        let publishing = publish_in_turn(&process, &channels, 10..40, Duration::from_millis(100));
         sleep(Duration::from_millis(300)).await;
         let heartbeats = c.stream().comments.len();
         let started = Instant::now();
@@ -633,18 +670,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
         let took = started.elapsed();
         assert_ne!(old, new);
         published.extend(publishing.await.expect("the publisher"));
-        for ch in &channels {
-            let seqs: Vec<u64> = published
-                .iter()
-                .filter(|(c, _)| c == ch)
-                .map(|(_, s)| *s)
-                .collect();
-            assert_eq!(
-                seqs,
-                (2..22).collect::<Vec<u64>>(),
-                "{ch}: answered in order, none twice"
-            );
-        }
+        assert_answered(&published, &channels, 2..22);
         c.read(30, FAILOVER_WAIT).await;
         c.expect_silence().await;
         c.check(&expected(&published, &start));
@@ -656,13 +682,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
             c.stream().comments.len() > heartbeats,
             "heartbeats kept the stream open through the failover"
         );
-        for ch in &channels {
-            let want: Vec<String> = (0..40)
-                .filter(|i| channels[i % 2] == *ch)
-                .map(|i| data(ch, i))
-                .collect();
-            assert_eq!(c.data[ch], want, "{ch}: every event once, in order");
-        }
+        assert_every_event_once(&c, &channels, 40);
 
         // From before the failover: the rest, from the promoted replica's history.
         let mut back = Reader {
@@ -696,20 +716,7 @@ async fn a_slot_moved_to_another_primary_loses_nothing() {
         warm(&process, &channels).await;
         let mut c = Reader::live("through the move", &process, &channels).await;
         let start = c.position.clone();
-        let publishing = {
-            let process = process.clone();
-            let channels = channels.clone();
-            tokio::spawn(async move {
-                let mut answered = Vec::new();
-                for i in 0..30 {
-                    let ch = &channels[i % 2];
-                    let seq = publish_through(&process, ch, &data(ch, i)).await;
-                    answered.push((ch.clone(), seq));
-                    sleep(Duration::from_millis(50)).await;
-                }
-                answered
-            })
-        };
+        let publishing = publish_in_turn(&process, &channels, 0..30, Duration::from_millis(50));
         sleep(Duration::from_millis(200)).await;
         let mover = cluster.clone();
         tokio::task::spawn_blocking(move || {
@@ -718,18 +725,7 @@ async fn a_slot_moved_to_another_primary_loses_nothing() {
         .await
         .expect("the slot moved");
         let published = publishing.await.expect("the publisher");
-        for ch in &channels {
-            let seqs: Vec<u64> = published
-                .iter()
-                .filter(|(c, _)| c == ch)
-                .map(|(_, s)| *s)
-                .collect();
-            assert_eq!(
-                seqs,
-                (2..17).collect::<Vec<u64>>(),
-                "{ch}: once each, in order"
-            );
-        }
+        assert_answered(&published, &channels, 2..17);
         c.read(30, FAILOVER_WAIT).await;
         c.expect_silence().await;
         c.check(&expected(&published, &start));
@@ -737,13 +733,7 @@ async fn a_slot_moved_to_another_primary_loses_nothing() {
             c.missed, 0,
             "nothing was lost: the keys moved with the slot"
         );
-        for ch in &channels {
-            let want: Vec<String> = (0..30)
-                .filter(|i| channels[i % 2] == *ch)
-                .map(|i| data(ch, i))
-                .collect();
-            assert_eq!(c.data[ch], want, "{ch}: every event once, in order");
-        }
+        assert_every_event_once(&c, &channels, 30);
         assert_eq!(cluster.primary_of_channel(moved), to);
         let log = process.log();
         assert!(
