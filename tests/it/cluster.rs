@@ -763,6 +763,45 @@ async fn a_slot_moved_to_another_primary_loses_nothing() {
     .await;
 }
 
+/// A channel that had no event yet when its stream opened: its pub/sub connection is cut while
+/// the process is frozen, three events are published on it meanwhile (through another
+/// process), and once the process goes on it refills them from history: the stream gets them
+/// without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_without_events_is_refilled_after_its_connection_is_cut() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("fresh", 2);
+        let (fresh, other) = (&channels[0], &channels[1]);
+        let process = redisse_on(&cluster, &[]).await;
+        let publisher = redisse_on(&cluster, &[]).await;
+        process
+            .publish_event(other, Some("m"), &data(other, "warm"))
+            .await;
+        let mut c = Reader::live("fresh channel", &process, &channels).await;
+        assert_eq!(c.position[fresh], 0, "no event of {fresh} yet");
+        let start = c.position.clone();
+        process.signal("-STOP");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut cluster.node(cluster.primary_of_channel(fresh)).con())
+            .expect("CLIENT KILL TYPE pubsub");
+        let published = publish_each(&publisher, std::slice::from_ref(fresh), 0..3).await;
+        process.signal("-CONT");
+        assert!(
+            killed >= 1,
+            "the frozen process's pub/sub connection was cut"
+        );
+        c.read(3, PATIENCE).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(c.missed, 0);
+    })
+    .await;
+}
+
 /// The replica of one channel's primary is cut off (frozen, its link dropped), the primary
 /// acknowledges three more events on that channel, then dies; the replica is promoted without
 /// them. The stream gets one `missedevents`, then what the new primary holds; the next event of

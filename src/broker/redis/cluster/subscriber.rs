@@ -639,12 +639,10 @@ impl ClusterSubscriber {
         let mut resume = Resume::default();
         let mut raised: Vec<(Arc<str>, u64)> = Vec::new();
         for (ch, &seen) in from {
-            if seen == 0 {
-                // Nothing dispatched or known for it: no position to refill from; from now on,
-                // its sequence.
-                self.note_sequence(ch).await;
-                continue;
-            }
+            // A channel with nothing dispatched is refilled from its start: its sequence was 0
+            // when it was subscribed, so whatever it retains now came since (a stream drops
+            // what its own position covers). (Also when that sequence could not be read: then
+            // a trimmed history may tell `missedevents` that was not needed.)
             let mut snap = self.store.snapshot(ch, Some(seen), 0).await?;
             if snap.malformed > 0 {
                 self.metrics.malformed.inc_by(snap.malformed);
