@@ -297,7 +297,7 @@ impl Config {
 
 /// The checks of [`Config::redis_cluster`]: at least one seed, each a `redis://` URL, and no
 /// other way to Redis beside it (`other`).
-fn check_cluster(seeds: &[String], other: bool) -> Result<(), String> {
+pub(crate) fn check_cluster(seeds: &[String], other: bool) -> Result<(), String> {
     if other {
         return Err(
             "redis_cluster or redis_url/redis_sentinel, not both: a Redis Cluster \

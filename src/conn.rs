@@ -190,6 +190,19 @@ pub(crate) struct Batch {
     pub arrived: Option<std::time::Instant>,
 }
 
+impl Batch {
+    /// A batch of nothing yet.
+    pub fn empty() -> Self {
+        Batch {
+            bytes: Bytes::new(),
+            frames: 0,
+            missed: 0,
+            real: false,
+            arrived: None,
+        }
+    }
+}
+
 /// What the body takes from the queue in one poll.
 pub(crate) enum Drained {
     Frames(Batch),
@@ -253,6 +266,12 @@ impl Conn {
     /// See [`State::part`].
     pub fn is_part(&self) -> bool {
         self.lock().part
+    }
+
+    /// Whether the stream started: its replay plan is in the queue (or the stream is gone).
+    pub fn is_started(&self) -> bool {
+        let st = self.lock();
+        st.ready || st.gone
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -754,15 +773,9 @@ fn hold(st: &mut State, frame: &Frame, max_bytes: usize) -> Push {
 /// Takes the queued frames up to `max_bytes` (at least one). A single frame, the usual case in a
 /// fan-out, is handed on as it is: no allocation and no copy. With `out`, the frames are handed
 /// over one by one there instead of joined (the batch's bytes stay empty): for a body that
-/// writes each frame's `id:` line itself (see `sse`'s groups).
+/// writes each frame's `id:` line itself (see `merge`).
 fn take_batch(st: &mut State, max_bytes: usize, mut out: Option<&mut Vec<Frame>>) -> Batch {
-    let mut batch = Batch {
-        bytes: Bytes::new(),
-        frames: 0,
-        missed: 0,
-        real: false,
-        arrived: None,
-    };
+    let mut batch = Batch::empty();
     let mut joined: Option<BytesMut> = None;
     let mut taken = 0usize;
     while let Some(frame) = st.queue.front() {

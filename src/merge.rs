@@ -7,15 +7,21 @@
 //! channel's sequence moved forward, whatever `id:` line its frame carried (a frame read back
 //! from history has its sequence's, a live frame none). A `lastEventId` hint of a connection
 //! moves its channel's sequence to the counter it gives, and one hint with the whole compound is
-//! written after the poll's frames. A `missedevents` right after another one, with no event
-//! between, is not written again: each connection tells its own loss at its start, and the
-//! client needs to hear it once. The stream is slow when any connection is, and ends when any
+//! written after the poll's frames. Nothing but heartbeats is written until every connection has
+//! started, so that the stream begins with all their preambles (one hint naming every channel's
+//! counter, and `missedevents` before any event); in each poll, `missedevents` goes before the
+//! events taken with it. A
+//! `missedevents` of a connection lets its channel's sequence go back at that channel's next
+//! event (what follows it may be everything retained, whose ids may be below the client's, as
+//! after a failover that lost writes); one right after another, with no
+//! event between, is not written again: each connection tells its own loss at its start, and
+//! the client needs to hear it once. The stream is slow when any connection is, and ends when any
 //! ends (a shutdown or an expired grant ends them all).
 
 use std::sync::Arc;
 use std::task::Context;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::compound;
 use crate::conn::{Batch, Conn, Drained};
@@ -29,10 +35,20 @@ pub(crate) struct Group {
     hash: u32,
     /// The sequence the client has of each channel, in sorted channel order.
     seqs: Vec<u64>,
+    /// Per channel: a `missedevents` came from its connection, so its next event sets its
+    /// sequence even when lower.
+    rewind: Vec<bool>,
     /// A `missedevents` was written and no event since.
     missed_pending: bool,
+    /// A connection gave a `lastEventId` hint that is not written yet (it waits until every
+    /// connection started).
+    hint_pending: bool,
     /// The frames taken from one connection (kept to reuse its allocation).
     scratch: Vec<Frame>,
+    /// The frames taken in one poll, with the index of their connection.
+    pending: Vec<(usize, Frame)>,
+    /// Every connection has started (see [`Group::drain`]).
+    started: bool,
 }
 
 impl Group {
@@ -41,9 +57,13 @@ impl Group {
         Group {
             rest,
             hash,
+            rewind: vec![false; seqs.len()],
             seqs,
             missed_pending: false,
+            hint_pending: false,
             scratch: Vec::new(),
+            pending: Vec::new(),
+            started: false,
         }
     }
 
@@ -57,7 +77,10 @@ impl Group {
     }
 
     /// What to write next from all the connections, `first` being the stream's own; at most
-    /// about `max_batch_bytes` from each.
+    /// about `max_batch_bytes` from each. Until every connection started, only heartbeats and
+    /// the end are written: so a stream's first frames are its connections' preambles, with
+    /// `missedevents` before any event. (A started connection waits meanwhile with its queue
+    /// bounded as ever; live events are held by the dispatcher during an outage anyway.)
     pub fn drain(
         &mut self,
         first: &Arc<Conn>,
@@ -66,42 +89,68 @@ impl Group {
     ) -> Drained {
         let n = self.rest.len() + 1;
         loop {
-            let mut out = BytesMut::new();
-            let mut batch = Batch {
-                bytes: Bytes::new(),
-                frames: 0,
-                missed: 0,
-                real: false,
-                arrived: None,
-            };
-            let (mut took, mut hint, mut heartbeat) = (false, false, false);
+            let mut batch = Batch::empty();
+            let (mut took, mut heartbeat, mut waiting) = (false, false, false);
             let mut retry = None;
             for i in 0..n {
+                let conn = self.conn(first, i).clone();
+                // Before every connection started, a started one is not drained (its frames
+                // stay in its bounded queue); the others are, for their heartbeats and ends.
+                if !self.started && conn.is_started() {
+                    continue;
+                }
+                waiting |= !self.started;
                 let mut frames = std::mem::take(&mut self.scratch);
                 frames.clear();
-                let drained = self
-                    .conn(first, i)
-                    .drain_frames(cx, max_batch_bytes, &mut frames);
-                match drained {
+                match conn.drain_frames(cx, max_batch_bytes, &mut frames) {
                     Drained::Slow => return Drained::Slow,
                     Drained::Retry(ms) => retry = retry.or(Some(ms)),
                     Drained::Heartbeat => heartbeat = true,
                     Drained::Nothing => {}
                     Drained::Frames(taken) => {
+                        // (Before every connection started: one that started just now.)
                         took = true;
                         batch.real |= taken.real;
                         batch.arrived = match (batch.arrived, taken.arrived) {
                             (Some(a), Some(b)) => Some(a.min(b)),
                             (a, b) => a.or(b),
                         };
-                        for frame in frames.drain(..) {
-                            hint |= self.write(i, &frame, &mut out, &mut batch);
-                        }
+                        self.pending.extend(frames.drain(..).map(|f| (i, f)));
                     }
                 }
                 self.scratch = frames;
             }
-            if hint {
+            if !self.started {
+                if !waiting || (0..n).all(|i| self.conn(first, i).is_started()) {
+                    // Every connection started: their queues are drained from now on.
+                    self.started = true;
+                    continue;
+                }
+                return match (retry, heartbeat) {
+                    (Some(ms), _) => Drained::Retry(ms),
+                    (None, true) => Drained::Heartbeat,
+                    (None, false) => Drained::Nothing,
+                };
+            }
+            let mut out = BytesMut::new();
+            // Losses first: what this poll took of every connection follows them.
+            let pending = std::mem::take(&mut self.pending);
+            for (i, frame) in pending
+                .iter()
+                .filter(|(_, f)| f.kind == FrameKind::MissedEvents)
+            {
+                self.write(*i, frame, &mut out, &mut batch);
+            }
+            for (i, frame) in pending
+                .iter()
+                .filter(|(_, f)| f.kind != FrameKind::MissedEvents)
+            {
+                self.write(*i, frame, &mut out, &mut batch);
+            }
+            self.pending = pending;
+            self.pending.clear();
+            if self.hint_pending {
+                self.hint_pending = false;
                 out.extend_from_slice(b"id: ");
                 out.extend_from_slice(compound::format(self.hash, &self.seqs).as_bytes());
                 out.extend_from_slice(b"\nevent: lastEventId\ndata: \n\n");
@@ -124,28 +173,28 @@ impl Group {
         }
     }
 
-    /// Writes one frame of the `i`-th channel; returns whether it was a `lastEventId` hint
-    /// (written once for all after the poll's frames).
-    fn write(&mut self, i: usize, frame: &Frame, out: &mut BytesMut, batch: &mut Batch) -> bool {
+    /// Writes one frame of the `i`-th channel (a `lastEventId` hint is only taken note of).
+    fn write(&mut self, i: usize, frame: &Frame, out: &mut BytesMut, batch: &mut Batch) {
         match frame.kind {
             FrameKind::LastEventId => {
                 if let Some(counter) = hinted_counter(&frame.bytes) {
                     self.seqs[i] = self.seqs[i].max(counter);
                 }
-                true
+                self.hint_pending = true;
             }
             FrameKind::MissedEvents => {
+                self.rewind[i] = true;
                 if !self.missed_pending {
                     self.missed_pending = true;
                     out.extend_from_slice(&frame.bytes);
                     batch.frames += 1;
                     batch.missed += 1;
                 }
-                false
             }
             FrameKind::Event => {
                 let tail = frame.without_id();
-                if frame.id > self.seqs[i] {
+                if frame.id > self.seqs[i] || (self.rewind[i] && frame.id > 0) {
+                    self.rewind[i] = false;
                     self.seqs[i] = frame.id;
                     out.extend_from_slice(b"id: ");
                     out.extend_from_slice(compound::format(self.hash, &self.seqs).as_bytes());
@@ -154,7 +203,6 @@ impl Group {
                 out.extend_from_slice(&tail.bytes);
                 self.missed_pending = false;
                 batch.frames += 1;
-                false
             }
         }
     }
@@ -174,6 +222,8 @@ fn hinted_counter(bytes: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
@@ -249,15 +299,50 @@ mod tests {
                 id(&[7, 3])
             )
         );
-        // After an event, a new loss is told again.
+        // After an event, a new loss is told again; what follows it (everything retained, as
+        // after a reset of that channel's connection) moves its sequence back.
         a.push(&Frame::live(8, Bytes::from_static(b"data: z\n\n")), false);
-        g.rest[0].conn.push(&Frame::missed_events(), false);
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\ndata: z\n\n", id(&[8, 3]))
+        );
+        g.rest[0].conn.reset(Frame::missed_events());
+        g.rest[0].conn.push(
+            &Frame::event(2, Bytes::from_static(b"id: 2\ndata: w\n\n")),
+            true,
+        );
+        a.push(&Frame::live(9, Bytes::from_static(b"data: v\n\n")), false);
+        // The loss first, then what this poll took, in each connection's order.
         assert_eq!(
             text(&a, &mut g),
             format!(
-                "id: {}\ndata: z\n\nevent: missedevents\ndata: \n\n",
-                id(&[8, 3])
+                "event: missedevents\ndata: \n\nid: {}\ndata: v\n\nid: {}\ndata: w\n\n",
+                id(&[9, 3]),
+                id(&[9, 2])
             )
+        );
+    }
+
+    #[test]
+    fn the_hint_waits_until_every_connection_started() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(metrics, None, false, 1 << 20, 100));
+        let a = Conn::per_channel(1, Arc::from("a"), 1 << 20, None, false);
+        let b = Conn::per_channel(2, Arc::from("b"), 1 << 20, None, true);
+        hub.register(&a, &a.channels).unwrap();
+        hub.register(&b, &b.channels).unwrap();
+        let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
+        let rest = vec![Registration {
+            hub,
+            conn: b.clone(),
+        }];
+        let mut g = Group::new(rest, hash, vec![0, 0]);
+        a.start(vec![Frame::last_event_id(4)], vec![], 4, 0);
+        assert_eq!(text(&a, &mut g), "", "b has not started");
+        b.start(vec![Frame::last_event_id(9)], vec![], 9, 0);
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\nevent: lastEventId\ndata: \n\n", id(&[4, 9]))
         );
     }
 

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "redis")]
 use crate::broker::redis::RedisPublisher;
+#[cfg(feature = "redis")]
+use crate::broker::redis::cluster::ClusterStore;
 use crate::channel::{ChannelName, InvalidChannel};
 #[cfg(feature = "redis")]
 use crate::config::DEFAULT_HISTORY_SIZE;
@@ -114,6 +116,8 @@ impl std::fmt::Debug for Publisher {
             Target::Instance(_) => "instance",
             #[cfg(feature = "redis")]
             Target::Redis(_) => "redis",
+            #[cfg(feature = "redis")]
+            Target::Cluster(_) => "redis cluster",
             Target::Test(_) => "test",
         };
         f.debug_struct("Publisher")
@@ -128,6 +132,9 @@ enum Target {
     /// The broker's own publish path, without an instance.
     #[cfg(feature = "redis")]
     Redis(RedisPublisher),
+    /// The cluster broker's publish path (ids per channel).
+    #[cfg(feature = "redis")]
+    Cluster(ClusterStore),
     Test(TestRecorder),
 }
 
@@ -227,6 +234,25 @@ impl Publisher {
         })
     }
 
+    /// A publisher that writes to a Redis Cluster directly (as
+    /// [`Config::redis_cluster`](crate::Config::redis_cluster): seed nodes' `redis://` URLs),
+    /// in the cluster layout (docs/redis-layout.md), keeping `history_size` events per channel:
+    /// each event gets its channel's next id. It connects on first use and follows the slot
+    /// map and failovers; a publish refused before it ran is sent once more.
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster(seeds: &[String], history_size: usize) -> Result<Self, PublishError> {
+        crate::config::check_cluster(seeds, false).map_err(PublishError::InvalidConfig)?;
+        Ok(Publisher {
+            target: Target::Cluster(ClusterStore::connect(
+                seeds,
+                history_size,
+                DEFAULT_IDEMPOTENCY_WINDOW,
+            )?),
+            max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
+            max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
+        })
+    }
+
     /// A publisher that records events instead of sending them, and the recorder to read them.
     pub fn test() -> (Self, TestRecorder) {
         let recorder = TestRecorder::default();
@@ -262,6 +288,8 @@ impl Publisher {
         match &mut self.target {
             #[cfg(feature = "redis")]
             Target::Redis(r) => r.set_window(window),
+            #[cfg(feature = "redis")]
+            Target::Cluster(c) => c.set_window(window),
             Target::Instance(_) | Target::Test(_) => {
                 // Only a Redis publisher keeps its own window (see above).
                 let _ = window;
@@ -352,6 +380,8 @@ impl Publisher {
             }
             #[cfg(feature = "redis")]
             Target::Redis(r) => Ok(r.publish(channel, &event, keyed).await?),
+            #[cfg(feature = "redis")]
+            Target::Cluster(c) => Ok(c.publish(channel, &event.encode_tail(), keyed).await?),
             Target::Test(recorder) => Ok(recorder.record(channel, event, keyed)),
         }
     }

@@ -101,8 +101,21 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
     let handle = StreamHandle::new(conn.clone());
     tokio::spawn(setup(shared.clone(), conn, spec.last).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
-    let mut res = stream_response(SseBody::stream(reg, polling, span));
-    match spec.sink {
+    with_handle(
+        stream_response(SseBody::stream(reg, polling, span)),
+        handle,
+        spec.sink,
+    )
+}
+
+/// Leaves the stream's handle where its server takes it: in the server's sink, else in the
+/// response's extensions (see `transport`).
+fn with_handle(
+    mut res: Response<SseBody>,
+    handle: StreamHandle,
+    sink: Option<StreamSink>,
+) -> Response<SseBody> {
+    match sink {
         Some(sink) => sink.put(handle),
         None => {
             res.extensions_mut().insert(handle);
@@ -162,14 +175,8 @@ fn open_group(shared: &Arc<Shared>, spec: StreamSpec, id: u64) -> Response<SseBo
     let handle = StreamHandle::new(Arc::new(GroupWatch(conns)));
     let polling = spec.polling.then_some(shared.config.polling_delay);
     let hash = compound::list_hash(&sorted);
-    let mut res = stream_response(SseBody::group(regs, hash, seqs, polling, span));
-    match spec.sink {
-        Some(sink) => sink.put(handle),
-        None => {
-            res.extensions_mut().insert(handle);
-        }
-    }
-    res
+    let body = SseBody::group(regs, hash, seqs, polling, span);
+    with_handle(stream_response(body), handle, spec.sink)
 }
 
 /// A stream of several connections falls behind when any of them does.

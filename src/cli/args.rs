@@ -277,6 +277,15 @@ pub struct PublishArgs {
     /// primary's user, password and database, for --redis-sentinel.
     #[arg(long, env = "REDISSE_REDIS_MASTER", value_name = "NAME")]
     pub redis_master: Option<String>,
+    /// Publish straight to a Redis Cluster: seed nodes' URLs, comma-separated (redis:// only);
+    /// the event gets the channel's next id.
+    #[arg(
+        long,
+        env = "REDISSE_REDIS_CLUSTER",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    pub redis_cluster: Vec<String>,
     /// Publish through a server's public POST /publish at this URL (http:// or https://),
     /// with the token. Without --server and --redis: the internal listener
     /// (REDISSE_INTERNAL_ADDRESS, else 127.0.0.1:8081), without a token.
@@ -321,6 +330,7 @@ impl PublishArgs {
         let given = [
             ("redis", self.redis.is_some()),
             ("redis_sentinel", !self.redis_sentinel.is_empty()),
+            ("redis_cluster", !self.redis_cluster.is_empty()),
             ("server", self.server.is_some()),
         ];
         let chosen: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
@@ -328,9 +338,9 @@ impl PublishArgs {
             let on_line: Vec<&str> = chosen.iter().copied().filter(|id| explicit(id)).collect();
             if on_line.len() != 1 {
                 return Err(
-                    "--redis, --redis-sentinel and --server are three ways to publish: \
-                            one at a time (nor more than one of REDISSE_REDIS, \
-                            REDISSE_REDIS_SENTINEL and REDISSE_SERVER)"
+                    "--redis, --redis-sentinel, --redis-cluster and --server are ways to \
+                            publish: one at a time (nor more than one of REDISSE_REDIS, \
+                            REDISSE_REDIS_SENTINEL, REDISSE_REDIS_CLUSTER and REDISSE_SERVER)"
                         .into(),
                 );
             }
@@ -339,6 +349,9 @@ impl PublishArgs {
             }
             if on_line[0] != "redis_sentinel" {
                 self.redis_sentinel.clear();
+            }
+            if on_line[0] != "redis_cluster" {
+                self.redis_cluster.clear();
             }
             if on_line[0] != "server" {
                 self.server = None;

@@ -31,6 +31,10 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     }
     #[cfg(feature = "redis")]
     let straight = match (&args.redis_master, &args.redis) {
+        _ if !args.redis_cluster.is_empty() => Some(crate::publish::Publisher::redis_cluster(
+            &args.redis_cluster,
+            args.history_size,
+        )),
         (Some(master), _) => Some(crate::publish::Publisher::redis_sentinel(
             &args.redis_sentinel,
             master,
@@ -46,13 +50,13 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     #[cfg(not(feature = "redis"))]
     let straight: Option<Result<crate::publish::Publisher, String>> =
         match (&args.redis_master, &args.redis) {
-            (None, None) => None,
+            (None, None) if args.redis_cluster.is_empty() => None,
             _ => {
                 return Err(
-                    "--redis, --redis-sentinel: this build of redisse has no Redis \
+                "--redis, --redis-sentinel, --redis-cluster: this build of redisse has no Redis \
                             support (cargo feature `redis`)"
-                        .into(),
-                );
+                    .into(),
+            );
             }
         };
     let id = match straight {

@@ -395,6 +395,56 @@ async fn publish_each(
     answered
 }
 
+/// Publishes event `i` for each `i` of `labels` on `channels[i % 2]` through `process`, with
+/// an idempotency key and retries through refusals ([`publish_through`]), `pause` apart, in a
+/// task of its own; the (channel, seq) answers.
+fn publish_in_turn(
+    process: &Arc<Redisse>,
+    channels: &[String],
+    labels: std::ops::Range<usize>,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
+    let process = process.clone();
+    let channels = channels.to_vec();
+    tokio::spawn(async move {
+        let mut answered = Vec::new();
+        for i in labels {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            answered.push((ch.clone(), seq));
+            sleep(pause).await;
+        }
+        answered
+    })
+}
+
+/// Checks that each channel's publishes were answered `seqs`, in order, none twice.
+fn assert_answered(published: &[(String, u64)], channels: &[String], seqs: std::ops::Range<u64>) {
+    for ch in channels {
+        let got: Vec<u64> = published
+            .iter()
+            .filter(|(c, _)| c == ch)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(
+            got,
+            seqs.clone().collect::<Vec<u64>>(),
+            "{ch}: answered in order, none twice"
+        );
+    }
+}
+
+/// Checks that `c` got events `0..n` (published on `channels[i % 2]`), each once, in order.
+fn assert_every_event_once(c: &Reader, channels: &[String], n: usize) {
+    for ch in channels {
+        let want: Vec<String> = (0..n)
+            .filter(|i| channels[i % 2] == *ch)
+            .map(|i| data(ch, i))
+            .collect();
+        assert_eq!(c.data[ch], want, "{ch}: every event once, in order");
+    }
+}
+
 /// A warm-up event on each channel, so that each has a sequence and the streams' first event is
 /// `lastEventId`; checks that a channel's first id is 1.
 async fn warm(process: &Redisse, channels: &[String]) {
@@ -665,20 +715,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
         let early = c.position.clone();
         blocking(|| cluster.wait_synced(slot));
 
-        let publishing = {
-            let process = process.clone();
-            let channels = channels.clone();
-            tokio::spawn(async move {
-                let mut answered = Vec::new();
-                for i in 10..40 {
-                    let ch = &channels[i % 2];
-                    let seq = publish_through(&process, ch, &data(ch, i)).await;
-                    answered.push((ch.clone(), seq));
-                    sleep(Duration::from_millis(100)).await;
-                }
-                answered
-            })
-        };
+        let publishing = publish_in_turn(&process, &channels, 10..40, Duration::from_millis(100));
         sleep(Duration::from_millis(300)).await;
         let heartbeats = c.stream().comments.len();
         let started = Instant::now();
@@ -691,18 +728,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
         let took = started.elapsed();
         assert_ne!(old, new);
         published.extend(publishing.await.expect("the publisher"));
-        for ch in &channels {
-            let seqs: Vec<u64> = published
-                .iter()
-                .filter(|(c, _)| c == ch)
-                .map(|(_, s)| *s)
-                .collect();
-            assert_eq!(
-                seqs,
-                (2..22).collect::<Vec<u64>>(),
-                "{ch}: answered in order, none twice"
-            );
-        }
+        assert_answered(&published, &channels, 2..22);
         c.read(30, FAILOVER_WAIT).await;
         c.expect_silence().await;
         c.check(&expected(&published, &start));
@@ -714,13 +740,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
             c.stream().comments.len() > heartbeats,
             "heartbeats kept the stream open through the failover"
         );
-        for ch in &channels {
-            let want: Vec<String> = (0..40)
-                .filter(|i| channels[i % 2] == *ch)
-                .map(|i| data(ch, i))
-                .collect();
-            assert_eq!(c.data[ch], want, "{ch}: every event once, in order");
-        }
+        assert_every_event_once(&c, &channels, 40);
 
         // From before the failover: the rest, from the promoted replica's history.
         let mut back = Reader::at("back from before", &channels, early.clone());
@@ -730,6 +750,108 @@ async fn a_failover_loses_no_event_that_history_holds() {
         back.check(&expected(&published, &early));
         assert_eq!(back.missed, 0);
         drop(cluster);
+    })
+    .await;
+}
+
+/// A slot moved live to another primary (as a resharding moves it, keys one by one) under a
+/// stream and publishers on it: every event arrives once, in order, without `missedevents`;
+/// afterwards the new owner holds the channel's history and this process's subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_primary_loses_nothing() {
+    within_limit(async {
+        let cluster = Arc::new(blocking(Cluster::start));
+        let three = cluster.channels_on_distinct_primaries("mv", 3);
+        let channels = vec![three[0].clone(), three[1].clone()];
+        let moved = &three[0];
+        let slot = cluster.slot_of_channel(moved);
+        let to = cluster.primary_of_channel(&three[2]);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live("through the move", &process, &channels).await;
+        let start = c.position.clone();
+        let publishing = publish_in_turn(&process, &channels, 0..30, Duration::from_millis(50));
+        sleep(Duration::from_millis(200)).await;
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            mover.move_slot(slot, to, Duration::from_millis(100));
+        })
+        .await
+        .expect("the slot moved");
+        let published = publishing.await.expect("the publisher");
+        assert_answered(&published, &channels, 2..17);
+        c.read(30, FAILOVER_WAIT).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(
+            c.missed, 0,
+            "nothing was lost: the keys moved with the slot"
+        );
+        assert_every_event_once(&c, &channels, 30);
+        assert_eq!(cluster.primary_of_channel(moved), to);
+        let log = process.log();
+        assert!(
+            log.contains("its slot moved"),
+            "the subscriber saw the slot move: {log}"
+        );
+        assert_eq!(
+            cluster.stored(moved).len(),
+            16,
+            "the history moved with the slot"
+        );
+        let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(crate::support::cluster::history_key(moved))
+            .query(&mut cluster.node(to).con())
+            .expect("PUBSUB SHARDNUMSUB");
+        assert_eq!(
+            subscribers, 1,
+            "the process subscribed at the slot's new owner"
+        );
+        // And live on the new owner.
+        let seq = publish_through(&process, moved, &data(moved, "after")).await;
+        assert_eq!(seq, 17);
+        c.read(1, PATIENCE).await;
+        assert_eq!(c.got[moved].last(), Some(&17));
+    })
+    .await;
+}
+
+/// A channel that had no event yet when its stream opened: its pub/sub connection is cut while
+/// the process is frozen, three events are published on it meanwhile (through another
+/// process), and once the process goes on it refills them from history: the stream gets them
+/// without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_without_events_is_refilled_after_its_connection_is_cut() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("fresh", 2);
+        let (fresh, other) = (&channels[0], &channels[1]);
+        let process = redisse_on(&cluster, &[]).await;
+        let publisher = redisse_on(&cluster, &[]).await;
+        process
+            .publish_event(other, Some("m"), &data(other, "warm"))
+            .await;
+        let mut c = Reader::live("fresh channel", &process, &channels).await;
+        assert_eq!(c.position[fresh], 0, "no event of {fresh} yet");
+        let start = c.position.clone();
+        process.signal("-STOP");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut cluster.node(cluster.primary_of_channel(fresh)).con())
+            .expect("CLIENT KILL TYPE pubsub");
+        let published = publish_each(&publisher, std::slice::from_ref(fresh), 0..3).await;
+        process.signal("-CONT");
+        assert!(
+            killed >= 1,
+            "the frozen process's pub/sub connection was cut"
+        );
+        c.read(3, PATIENCE).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(c.missed, 0);
     })
     .await;
 }

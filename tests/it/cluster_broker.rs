@@ -174,7 +174,13 @@ async fn a_primary_crash_is_survived_by_publishes_and_streams() {
     server.health_becomes(200).await;
     let first = server.publish_event("news", Some("m"), "before").await;
     assert_eq!(first, 1);
-    let mut stream = SseStream::open(&server.url("/?news"), &[("last-event-id", "1")]).await;
+    // A stream on one channel resumes from that channel's sequence, in a compound id.
+    let position = format!("{:08x}-1", crate::support::cluster::fnv1a32(b"news\n"));
+    let mut stream = SseStream::open(
+        &server.url("/?news"),
+        &[("last-event-id", position.as_str())],
+    )
+    .await;
     assert_eq!(stream.status, 200);
     let slot = cluster.slot(&history_key("news"));
     cluster.wait_synced(slot);
@@ -219,8 +225,7 @@ async fn a_primary_crash_is_survived_by_publishes_and_streams() {
     );
     let after = server.publish_event("news", Some("m"), "after").await;
     assert_eq!(after, 4);
-    // The hint of the position (today's stream; the compound ids of streams on a cluster are
-    // written by the streams' side), then the events.
+    // The hint of the position, then the events.
     let got: Vec<_> = stream
         .take(4)
         .await
@@ -245,18 +250,25 @@ fn get_on_primary(cluster: &Cluster, key: &str) -> Option<String> {
 /// A failover that loses writes the stream was sent (made while the replica was frozen and cut
 /// off, then the primary killed): the subscriber sees the channel's sequence below the last
 /// it dispatched, raises the sequence past it and the floor with it, so the next publish gets
-/// an id above every id a client may hold.
+/// an id above every id a client may hold; another process, frozen meanwhile, finds the floor
+/// above what it dispatched and takes it for the same loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     let mut cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds]);
+    // A second process with a stream on the channel, frozen while the first sees the loss.
+    let other = Redisse::start(&["--redis-cluster", &seeds]);
     server.health_becomes(200).await;
+    other.health_becomes(200).await;
     assert_eq!(server.publish_event("news", Some("m"), "one").await, 1);
     let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
     assert_eq!(stream.next().await.event, "lastEventId");
+    let mut other_stream = SseStream::open(&other.url("/?news"), &[]).await;
+    assert_eq!(other_stream.next().await.event, "lastEventId");
     assert_eq!(server.publish_event("news", Some("m"), "two").await, 2);
     assert_eq!(stream.next().await.data, "two");
+    assert_eq!(other_stream.next().await.data, "two");
     let slot = cluster.slot(&history_key("news"));
     cluster.wait_synced(slot);
     let primary = cluster.primary_of(slot);
@@ -275,6 +287,9 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     assert_eq!(server.publish_event("news", Some("m"), "four").await, 4);
     assert_eq!(stream.next().await.data, "three");
     assert_eq!(stream.next().await.data, "four");
+    assert_eq!(other_stream.next().await.data, "three");
+    assert_eq!(other_stream.next().await.data, "four");
+    other.signal("-STOP");
     let old = cluster.kill_primary(slot);
     cluster.node(replica).unfreeze();
     let (cluster, new_port) = tokio::task::spawn_blocking(move || {
@@ -298,6 +313,19 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The other process finds the sequence raised past what it dispatched, and the floor
+    // above it: the same loss, already raised (the floor stays where the first raised it).
+    other.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !other.log().contains("sequence went back") {
+        assert!(
+            Instant::now() < deadline,
+            "the other process did not see the loss; log:\n{}",
+            other.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_on_primary(&cluster, &floor_key).as_deref(), Some("5"));
     // The writes made while the replica was frozen are gone; new ids pass the lost ones.
     assert_eq!(
         stored(&cluster, "news"),
@@ -309,4 +337,141 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     assert_eq!(server.publish_event("news", Some("m"), "five").await, 6);
     let log = server.log();
     assert!(log.contains("sequence went back"), "{log}");
+}
+
+/// Streams that come and go on one channel make the subscriber end and make the channel's
+/// subscription again, often in one batch: the node's confirmation of the ending must not be
+/// taken for Redis ending a subscription still wanted (which would hold every stream and
+/// reconnect). The last stream still gets the live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_coming_and_going_cause_no_reconnection() {
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    assert_eq!(server.publish_event("news", Some("m"), "first").await, 1);
+    for _ in 0..30 {
+        let a = SseStream::open(&server.url("/?news"), &[]).await;
+        drop(a);
+        let b = SseStream::open(&server.url("/?news"), &[]).await;
+        drop(b);
+    }
+    let mut last = SseStream::open(&server.url("/?news"), &[]).await;
+    assert_eq!(last.next().await.event, "lastEventId");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.publish_event("news", Some("m"), "live").await, 2);
+    assert_eq!(last.next().await.data, "live");
+    assert_eq!(
+        server.metric("redisse_broker_reconnects_total").await,
+        0,
+        "{}",
+        server.log()
+    );
+}
+
+/// `Publisher::redis_cluster` and `redisse publish --redis-cluster` write in the cluster layout
+/// with the channel's next id; an idempotency key is per channel there (the same key on another
+/// channel is another publish), and a retry on the same channel answers the first id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_without_a_server_write_the_cluster_layout() {
+    use redisse::{Event, Publisher};
+    let cluster = start_cluster().await;
+    let seeds: Vec<String> = cluster.seeds().split(',').map(str::to_owned).collect();
+    let publisher = Publisher::redis_cluster(&seeds, 100).expect("a cluster publisher");
+    assert_eq!(
+        publisher
+            .publish("news", Event::new("m", "a"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        publisher
+            .publish("news", Event::new("m", "b"))
+            .await
+            .unwrap(),
+        2
+    );
+    let first = publisher
+        .publish_idempotent("chat", Event::new("m", "k"), "key-1")
+        .await
+        .unwrap();
+    assert_eq!((first.id, first.replayed), (1, false));
+    let retry = publisher
+        .publish_idempotent("chat", Event::new("m", "k"), "key-1")
+        .await
+        .unwrap();
+    assert_eq!((retry.id, retry.replayed), (1, true));
+    let elsewhere = publisher
+        .publish_idempotent("news", Event::new("m", "k"), "key-1")
+        .await
+        .unwrap();
+    assert_eq!((elsewhere.id, elsewhere.replayed), (3, false));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
+        .args(["publish", "--redis-cluster", &cluster.seeds(), "news", "c"])
+        .env_remove("REDISSE_REDIS")
+        .env_remove("REDISSE_SERVER")
+        .output()
+        .expect("run redisse publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+    assert_eq!(
+        stored(&cluster, "news"),
+        [
+            "id: 1\nevent: m\ndata: a\n\n",
+            "id: 2\nevent: m\ndata: b\n\n",
+            "id: 3\nevent: m\ndata: k\n\n",
+            "id: 4\nevent: message\ndata: c\n\n",
+        ]
+    );
+    assert_eq!(stored(&cluster, "chat"), ["id: 1\nevent: m\ndata: k\n\n"]);
+    let plain = ["rediss://h:1".to_owned()];
+    assert!(Publisher::redis_cluster(&plain, 100).is_err());
+}
+
+/// The subscriber's connection to a primary closed by the node (`CLIENT KILL TYPE pubsub`)
+/// again and again while events are published: each time it holds, subscribes again and
+/// refills from history, so a stream gets every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_refilled_from_history_without_gaps_or_duplicates() {
+    use redisse::{Event, Publisher};
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    assert_eq!(server.publish_event("news", Some("m"), "warm").await, 1);
+    let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
+    assert_eq!(stream.next().await.event, "lastEventId");
+    let list: Vec<String> = seeds.split(',').map(str::to_owned).collect();
+    let publisher = Publisher::redis_cluster(&list, 1000).expect("a publisher");
+    let publishing = tokio::spawn(async move {
+        for i in 0..600 {
+            publisher
+                .publish("news", Event::new("m", format!("e{i}")))
+                .await
+                .expect("publish");
+        }
+    });
+    let primary = cluster.primary_of(cluster.slot(&history_key("news")));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut cluster.node(primary).con())
+            .expect("CLIENT KILL TYPE pubsub");
+        assert!(killed >= 1, "no pub/sub client on the primary");
+    }
+    publishing.await.unwrap();
+    let got = stream.take(600).await;
+    let data: Vec<String> = got.into_iter().map(|e| e.data).collect();
+    let expected: Vec<String> = (0..600).map(|i| format!("e{i}")).collect();
+    assert_eq!(data, expected);
+    stream.expect_silence(Duration::from_millis(300)).await;
+    assert!(server.metric("redisse_broker_reconnects_total").await >= 3);
 }

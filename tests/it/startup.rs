@@ -298,15 +298,15 @@ async fn once_started_a_redis_outage_is_survived() {
     server.health_becomes(200).await;
 }
 
-/// A Redis Cluster node answers PING but would refuse every publish (CROSSSLOT): the start
-/// says so instead, for a lone cluster-enabled node and for any node of a real cluster (three
+/// A Redis Cluster node answers PING but would refuse every publish of the gem's layout
+/// (CROSSSLOT): with `--redis`, the start says so instead (pointing to `--redis-cluster`), for a lone cluster-enabled node and for any node of a real cluster (three
 /// primaries, three replicas), whose channels land on different primaries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_node_stops_the_start_saying_cluster_is_not_supported() {
     let node = RedisServer::start_cluster_node();
     let err = fails_to_start(&["--redis", &node.url()]).await;
     assert!(err.contains("a Redis Cluster node"), "{err}");
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("--redis-cluster"), "{err}");
 
     let cluster = tokio::task::spawn_blocking(crate::support::cluster::Cluster::start)
         .await

@@ -127,9 +127,9 @@ async fn attempt(primary: &Primary, remaining: Duration) -> Result<(), Unanswere
             )));
         }
     }
-    // A node of a Redis Cluster answers PING too, but refuses the publish script (its keys,
-    // the channel and the global counter, lie in different slots) with CROSSSLOT on every
-    // publish: said at the start instead. (A server that does not answer INFO, an ACL user
+    // A node of a Redis Cluster answers PING too, but refuses the publish script of the gem's
+    // layout (its keys, the channel and the global counter, lie in different slots) with
+    // CROSSSLOT on every publish: said at the start instead, pointing to the cluster broker. (A server that does not answer INFO, an ACL user
     // without it, is let through.)
     let info: Option<String> = redis::cmd("INFO")
         .arg("cluster")
@@ -138,8 +138,9 @@ async fn attempt(primary: &Primary, remaining: Duration) -> Result<(), Unanswere
         .ok();
     if info.is_some_and(|i| i.lines().any(|l| l.trim() == "cluster_enabled:1")) {
         return Err(Unanswered::fatal(
-            "a Redis Cluster node: redisse needs one Redis primary (alone or with Sentinel); \
-             Redis Cluster is not supported yet",
+            "a Redis Cluster node: this setting needs one Redis primary (alone or with \
+             Sentinel); for a Redis Cluster, give its nodes as seeds with --redis-cluster \
+             (Config::redis_cluster)",
         ));
     }
     Ok(())

@@ -9,8 +9,9 @@
 //! [`Cluster::channels_on_distinct_primaries`] for names that land on different shards), kill
 //! the primary that owns a slot (SIGKILL) and wait until its replica is promoted
 //! ([`Cluster::kill_primary`], [`Cluster::wait_failover`]), cut a replica off its primary
-//! first so that the promotion loses writes ([`Cluster::cut_replica`]), and start a killed node
-//! again ([`Cluster::restart`]), when it rejoins as a replica.
+//! first so that the promotion loses writes ([`Cluster::cut_replica`]), start a killed node
+//! again ([`Cluster::restart`]), when it rejoins as a replica, and move a slot with its keys to
+//! another primary while clients use it ([`Cluster::move_slot`]).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -110,6 +111,84 @@ impl Cluster {
             cluster.wait_synced(slot);
         }
         cluster
+    }
+
+    /// Moves `slot` and its keys from its primary to the primary on port `to`, live, the way
+    /// `redis-cli --cluster reshard` moves a slot: `to` importing it and its owner migrating it
+    /// (meanwhile a command on a key already moved is sent on with `ASK`, and one on keys split
+    /// between the two is refused with `TRYAGAIN`), its keys moved `pause` apart with `MIGRATE`,
+    /// then every primary told its new owner (`SETSLOT ... NODE`). Waits until every node names
+    /// the new owner.
+    pub fn move_slot(&self, slot: u16, to: u16, pause: Duration) {
+        let from = self.primary_of(slot);
+        assert_ne!(from, to, "slot {slot} is on {to} already");
+        let id = |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut self.node(port).con())
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |port: u16, args: &[&str]| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(args)
+                .query(&mut self.node(port).con())
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {args:?} on {port}: {e}"));
+        };
+        setslot(to, &["IMPORTING", &from_id]);
+        setslot(from, &["MIGRATING", &to_id]);
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(1)
+                .query(&mut self.node(from).con())
+                .expect("CLUSTER GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let _: redis::Value = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut self.node(from).con())
+                .unwrap_or_else(|e| panic!("MIGRATE {keys:?} to {to}: {e}"));
+            std::thread::sleep(pause);
+        }
+        let primaries: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(RedisServer::port)
+            .filter(|&p| {
+                let role: Vec<redis::Value> = redis::cmd("ROLE")
+                    .query(&mut self.node(p).con())
+                    .unwrap_or_default();
+                matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+            })
+            .collect();
+        setslot(to, &["NODE", &to_id]);
+        setslot(from, &["NODE", &to_id]);
+        for &p in primaries.iter().filter(|&&p| p != to && p != from) {
+            setslot(p, &["NODE", &to_id]);
+        }
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        while self.nodes.iter().filter(|n| n.is_running()).any(|n| {
+            self.slot_owners(&mut n.con(), slot)
+                .is_none_or(|(primary, _)| primary != to)
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the nodes do not all name {to} as the owner of slot {slot}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A node's URL (any node answers for the cluster, redirecting to the others).

@@ -16,8 +16,9 @@
 //! [`subscriber`]'s, on connections of its own ([`node`]) to the primaries of the subscribed
 //! channels' slots.
 //!
-//! Not yet: TLS (`rediss://` seeds are refused by `Config::validate`), `Publisher` and
-//! `redisse publish` on a cluster, and the single-Redis broker's signs of a Redis that lost its
+//! `Publisher::redis_cluster` (and `redisse publish --redis-cluster`) publish through a
+//! [`ClusterStore`] of their own. Not yet: TLS (`rediss://` seeds are refused by
+//! `Config::validate`), and the single-Redis broker's signs of a Redis that lost its
 //! data without failing over (a watchdog reading of the counter, the floor and the newest
 //! event): on a cluster a data loss is seen when a node's connection is lost, by each channel's
 //! sequence.
@@ -94,9 +95,11 @@ fn refused_before_running(e: &RedisError) -> bool {
         )
 }
 
-/// The channels' events on the cluster: the scripts on each channel's slot.
+/// The channels' events on the cluster: the scripts on each channel's slot. Cheap to clone
+/// (the connection is shared).
+#[derive(Clone)]
 pub(crate) struct ClusterStore {
-    commands: ClusterCommands,
+    commands: Arc<ClusterCommands>,
     publish: Script,
     snapshot: Script,
     raise: Script,
@@ -107,13 +110,28 @@ pub(crate) struct ClusterStore {
 impl ClusterStore {
     pub fn new(commands: ClusterCommands, history_size: usize, window: Duration) -> Self {
         ClusterStore {
-            commands,
+            commands: Arc::new(commands),
             publish: Script::new(PUBLISH_SCRIPT),
             snapshot: Script::new(SNAPSHOT_SCRIPT),
             raise: Script::new(RAISE_SCRIPT),
             history_size,
             window,
         }
+    }
+
+    /// A store for publishing alone (`Publisher::redis_cluster`), on the cluster of `seeds`.
+    pub fn connect(
+        seeds: &[String],
+        history_size: usize,
+        window: Duration,
+    ) -> Result<Self, BrokerError> {
+        let commands = ClusterCommands::new(seeds).map_err(BrokerError::redis)?;
+        Ok(ClusterStore::new(commands, history_size, window))
+    }
+
+    /// Keeps idempotency keys for `window` instead.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window;
     }
 
     /// Runs the publish script on the channel's slot: the event gets the channel's next
@@ -378,8 +396,18 @@ pub(crate) async fn wait_until_answered(config: &Config, timeout: Duration) -> R
     }
 }
 
-/// One seed: a connection, `INFO cluster` saying it is a cluster node, and `CLUSTER INFO`
-/// saying the cluster is up.
+/// The `redis_version` of an `INFO server` reply when it is older than 7.0 (no sharded
+/// pub/sub); `None` when it is recent enough or not said.
+fn too_old(info: &str) -> Option<&str> {
+    let version = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
+    let major: u32 = version.split('.').next()?.parse().ok()?;
+    (major < 7).then_some(version)
+}
+
+/// One seed: a connection, `INFO cluster` saying it is a cluster node, a Redis recent enough
+/// for sharded pub/sub, and `CLUSTER INFO` saying the cluster is up.
 async fn check_seed(seed: &str, remaining: Duration) -> Result<(), super::probe::Unanswered> {
     use super::probe::{Unanswered, classify};
     let client = redis::Client::open(seed).map_err(|e| classify(&e))?;
@@ -401,6 +429,16 @@ async fn check_seed(seed: &str, remaining: Duration) -> Result<(), super::probe:
              --redis instead of --redis-cluster",
         ));
     }
+    let server: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| classify(&e))?;
+    if let Some(version) = too_old(&server) {
+        return Err(Unanswered::fatal(format!(
+            "Redis {version}: the cluster broker needs Redis 7.0 or later (sharded pub/sub)"
+        )));
+    }
     let state: String = redis::cmd("CLUSTER")
         .arg("INFO")
         .query_async(&mut con)
@@ -415,5 +453,36 @@ async fn check_seed(seed: &str, remaining: Duration) -> Result<(), super::probe:
             "the cluster is not up (cluster_state:{})",
             other.unwrap_or("unknown")
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_without_sharded_pub_sub_is_told_apart() {
+        assert_eq!(
+            too_old("# Server\r\nredis_version:6.2.14\r\n"),
+            Some("6.2.14")
+        );
+        assert_eq!(too_old("redis_version:7.0.15\n"), None);
+        assert_eq!(too_old("redis_version:10.0.0\n"), None);
+        assert_eq!(too_old("redis_mode:cluster\n"), None);
+    }
+
+    #[test]
+    fn only_failures_before_running_are_sent_again() {
+        let moved = RedisError::from((ErrorKind::Server(ServerErrorKind::Moved), "MOVED"));
+        assert!(refused_before_running(&moved));
+        let down = RedisError::from((ErrorKind::Server(ServerErrorKind::ClusterDown), "down"));
+        assert!(refused_before_running(&down));
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(refused_before_running(&refused));
+        // A reply lost after the script may have run is not sent again.
+        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!refused_before_running(&reset));
+        let script = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "ERR"));
+        assert!(!refused_before_running(&script));
     }
 }

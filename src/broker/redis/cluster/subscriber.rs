@@ -54,9 +54,20 @@ const SUBSCRIBE_CHUNK: usize = 256;
 /// How long a connection attempt to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The active channels and the last sequence dispatched for each (0: none known yet); shared
-/// with the connections' push handlers, which raise it.
-type LastSeen = Arc<Mutex<HashMap<Arc<str>, u64>>>;
+/// What the task shares with the connections' push handlers.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The active channels and the last sequence dispatched for each (0: none known yet),
+    /// raised by the handlers.
+    last: HashMap<Arc<str>, u64>,
+    /// Channels whose `SUNSUBSCRIBE` this task sent and whose confirmation has not arrived (how
+    /// many): a channel ended and wanted again in one batch is active when its confirmation
+    /// comes, which must not be taken for Redis ending it. Emptied once every connection
+    /// answered a PING after them (the confirmations on a lost one never come).
+    ending: HashMap<Arc<str>, u32>,
+}
+
+type LastSeen = Arc<Mutex<Seen>>;
 
 /// Which primary serves each slot: ranges `start..=end` and the node's `host:port`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -347,23 +358,19 @@ impl ClusterSubscriber {
             match cmd {
                 SubCommand::Barrier(tx) => waiting.push(tx),
                 SubCommand::Subscribe(ch) => {
-                    let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-                    if !last.contains_key(&ch) {
-                        last.insert(ch.clone(), 0);
+                    let mut seen = lock(&self.last);
+                    if !seen.last.contains_key(&ch) {
+                        seen.last.insert(ch.clone(), 0);
                         new.push(ch);
                     }
                 }
                 SubCommand::Unsubscribe(ch) => {
-                    self.last
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&ch);
+                    lock(&self.last).last.remove(&ch);
                     new.retain(|c| *c != ch);
                     if let Some(addr) = self.placed.remove(&ch)
                         && let Some(con) = self.nodes.get_mut(&addr)
                     {
-                        let key = layout::history_key(&ch);
-                        con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
+                        unsubscribe(con, &self.last, &ch);
                         touched.insert(addr);
                     }
                 }
@@ -407,6 +414,10 @@ impl ClusterSubscriber {
             self.barriers.extend(waiting);
             return;
         }
+        if everywhere {
+            // Every connection answered after the confirmations of what it was sent.
+            lock(&self.last).ending.clear();
+        }
         let at = Instant::now();
         for tx in waiting {
             self.dispatch.send(Dispatch::Barrier { tx, at });
@@ -422,12 +433,7 @@ impl ClusterSubscriber {
     async fn note_sequence(&self, ch: &Arc<str>) {
         match self.store.sequence(ch).await {
             Ok(seq) => {
-                if let Some(v) = self
-                    .last
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(ch)
-                {
+                if let Some(v) = lock(&self.last).last.get_mut(ch) {
                     *v = (*v).max(seq);
                 }
             }
@@ -489,22 +495,14 @@ impl ClusterSubscriber {
     fn record(&mut self, cmd: SubCommand) {
         match cmd {
             SubCommand::Subscribe(ch) => {
-                self.last
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(ch)
-                    .or_insert(0);
+                lock(&self.last).last.entry(ch).or_insert(0);
             }
             SubCommand::Unsubscribe(ch) => {
-                self.last
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&ch);
+                lock(&self.last).last.remove(&ch);
                 if let Some(addr) = self.placed.remove(&ch)
                     && let Some(con) = self.nodes.get_mut(&addr)
                 {
-                    let key = layout::history_key(&ch);
-                    con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
+                    unsubscribe(con, &self.last, &ch);
                 }
             }
             SubCommand::Barrier(tx) => {
@@ -573,10 +571,8 @@ impl ClusterSubscriber {
     /// One attempt of [`ClusterSubscriber::recover`].
     async fn recover_once(&mut self, from: &mut HashMap<Arc<str>, u64>) -> Result<Resume, String> {
         self.refresh_slots().await?;
-        let active: Vec<(Arc<str>, u64)> = self
+        let active: Vec<(Arc<str>, u64)> = lock(&self.last)
             .last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(c, v)| (c.clone(), *v))
             .collect();
@@ -588,8 +584,7 @@ impl ClusterSubscriber {
                 Some(addr) if Some(addr) == wanted.as_ref() => continue,
                 Some(addr) => {
                     if let Some(con) = self.nodes.get_mut(addr) {
-                        let key = layout::history_key(ch);
-                        con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
+                        unsubscribe(con, &self.last, ch);
                     }
                     self.placed.remove(ch);
                 }
@@ -620,6 +615,8 @@ impl ClusterSubscriber {
                 return Err(format!("{addr}: {e}"));
             }
         }
+        // Every confirmation of a SUNSUBSCRIBE sent on a live connection has arrived.
+        lock(&self.last).ending.clear();
         // Idle connections to nodes that serve nothing subscribed are closed.
         let used: HashSet<&String> = self.placed.values().collect();
         let idle: Vec<String> = self
@@ -642,20 +639,25 @@ impl ClusterSubscriber {
         let mut resume = Resume::default();
         let mut raised: Vec<(Arc<str>, u64)> = Vec::new();
         for (ch, &seen) in from {
-            if seen == 0 {
-                // Nothing dispatched or known for it: no position to refill from; from now on,
-                // its sequence.
-                self.note_sequence(ch).await;
-                continue;
-            }
+            // A channel with nothing dispatched is refilled from its start: its sequence was 0
+            // when it was subscribed, so whatever it retains now came since (a stream drops
+            // what its own position covers). (Also when that sequence could not be read: then
+            // a trimmed history may tell `missedevents` that was not needed.)
             let mut snap = self.store.snapshot(ch, Some(seen), 0).await?;
             if snap.malformed > 0 {
                 self.metrics.malformed.inc_by(snap.malformed);
             }
             let sequence = snap.counter.unwrap_or(0);
             let mut newest = seen;
-            if sequence < seen {
-                let (now, floor) = self.store.raise(ch, seen).await?;
+            // Another process that saw the same loss first raised the floor past what this
+            // one dispatched (and the sequence with it): the same reset, already raised.
+            let raised_elsewhere = snap.floor.is_some_and(|f| f > seen);
+            if sequence < seen || raised_elsewhere {
+                let (now, floor) = if raised_elsewhere {
+                    (sequence, snap.floor.unwrap_or(0))
+                } else {
+                    self.store.raise(ch, seen).await?
+                };
                 tracing::warn!(
                     channel = %Escaped(ch.as_bytes()),
                     sequence,
@@ -680,14 +682,26 @@ impl ClusterSubscriber {
             }
             raised.push((ch.clone(), newest));
         }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.last);
         for (ch, newest) in raised {
-            if let Some(v) = last.get_mut(&ch) {
+            if let Some(v) = seen.last.get_mut(&ch) {
                 *v = (*v).max(newest);
             }
         }
         Ok(resume)
     }
+}
+
+/// The shared state, locked (a handler that panicked left nothing half-written that matters).
+fn lock(seen: &LastSeen) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Queues the `SUNSUBSCRIBE` of `ch` on `con`, its confirmation expected.
+fn unsubscribe(con: &mut NodeConn, seen: &LastSeen, ch: &Arc<str>) {
+    *lock(seen).ending.entry(ch.clone()).or_insert(0) += 1;
+    let key = layout::history_key(ch);
+    con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
 }
 
 /// Runs on a connection's reader task: must never block.
@@ -722,11 +736,7 @@ fn forward_push(
             match parse_stored(payload) {
                 Ok((seq, bytes)) => {
                     let frame = Frame::live(seq, bytes).without_id();
-                    if let Some(v) = last
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_mut(channel)
-                    {
+                    if let Some(v) = lock(last).last.get_mut(channel) {
                         *v = (*v).max(seq);
                     }
                     dispatch.send(Dispatch::Live {
@@ -746,8 +756,8 @@ fn forward_push(
             }
         }
         Some(b"sunsubscribe") => {
-            // Ours are sent after the channel left the active set; one for a channel still
-            // active is Redis's: its slot moved.
+            // One for a channel still active that this task did not end is Redis's: its slot
+            // moved.
             let Some(Reply::Bulk(shard)) = items.next() else {
                 return;
             };
@@ -755,9 +765,19 @@ fn forward_push(
                 .ok()
                 .and_then(layout::channel_of);
             let active = channel.is_some_and(|c| {
-                last.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(c)
+                let mut seen = lock(last);
+                match seen.ending.get_mut(c) {
+                    // The confirmation of ours.
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        seen.ending.remove(c);
+                        false
+                    }
+                    None => seen.last.contains_key(c),
+                }
             });
             if active {
                 let _ = lost.send((
