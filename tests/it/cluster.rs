@@ -768,7 +768,7 @@ async fn a_slot_moved_to_another_primary_loses_nothing() {
         let to = cluster.primary_of_channel(&three[2]);
         let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
         warm(&process, &channels).await;
-        let mut c = Reader::live("through the move", &process, &channels).await;
+        let mut c = Reader::live("through the move", &process, &channels, &at(&channels, 1)).await;
         let start = c.position.clone();
         let publishing = publish_in_turn(&process, &channels, 0..30, Duration::from_millis(50));
         sleep(Duration::from_millis(200)).await;
@@ -832,7 +832,8 @@ async fn a_channel_without_events_is_refilled_after_its_connection_is_cut() {
         process
             .publish_event(other, Some("m"), &data(other, "warm"))
             .await;
-        let mut c = Reader::live("fresh channel", &process, &channels).await;
+        let now: Position = [(fresh.clone(), 0), (other.clone(), 1)].into();
+        let mut c = Reader::live("fresh channel", &process, &channels, &now).await;
         assert_eq!(c.position[fresh], 0, "no event of {fresh} yet");
         let start = c.position.clone();
         process.signal("-STOP");
