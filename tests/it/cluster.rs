@@ -128,15 +128,14 @@ struct Reader {
     missed: usize,
     /// What came, in order: `missedevents`, or the channel of an event.
     order: Vec<String>,
-    /// Whether a `missedevents` came and no event with an id since: the next position may be
-    /// anywhere, and events without an id (what history retained, sent again) are expected.
+    /// Whether a `missedevents` came and no event since: the next event's channel may go back
+    /// (what history retained, sent again after lost writes).
     reset: bool,
 }
 
 impl Reader {
     /// A client without a position on `channels`, connected to `to`, whose channels are at
-    /// `now`: it reads the `lastEventId` events the stream starts with (one, or one per
-    /// channel as each one starts, docs/protocol.md) until their position is `now`.
+    /// `now`: the stream's first event is the `lastEventId` hint of `now`.
     async fn live(name: &str, to: &Redisse, channels: &[String], now: &Position) -> Reader {
         let mut stream = SseStream::open(&to.url(&query(channels)), &[]).await;
         assert_eq!(stream.status, 200, "{name}: a stream");
@@ -208,24 +207,10 @@ impl Reader {
                 }
                 self.position = next;
             }
-            "m" if e.id.is_none() => {
-                // After a missedevents for lost writes, the events history retained come
-                // again below the position the stream sent, without an id (the client keeps
-                // its position): taken there only.
-                assert!(
-                    self.reset,
-                    "{name}: an event without an id, not after a missedevents: {e:?}"
-                );
-                let channel = channel_of(&e).to_owned();
-                assert!(
-                    self.channels.contains(&channel),
-                    "{name}: not its channel: {e:?}"
-                );
-                self.order.push(channel.clone());
-                self.data.entry(channel).or_default().push(e.data);
-            }
             "m" => {
-                let id = e.id.as_deref().unwrap_or_default();
+                let Some(id) = e.id.as_deref() else {
+                    panic!("{name}: an event without an id: {e:?}");
+                };
                 let next = parse_compound(&self.channels, id);
                 let channel = channel_of(&e).to_owned();
                 assert!(
@@ -291,7 +276,7 @@ impl Reader {
         }
     }
 
-    /// Events got, over all channels (with an id or without).
+    /// Events got, over all channels.
     fn count(&self) -> usize {
         self.data.values().map(Vec::len).sum()
     }
@@ -314,31 +299,23 @@ impl Reader {
     }
 }
 
-/// Reads the `lastEventId` events a stream on `channels` starts with until their position is
-/// `now`, and returns it; fails on any other event first, or on a hint past `now`.
+/// Reads the `lastEventId` event a stream on `channels` without a position starts with (one,
+/// naming every channel's current sequence, docs/protocol.md), checks that it is `now`, and
+/// returns it.
 async fn read_hints(
     stream: &mut SseStream,
     channels: &[String],
     now: &Position,
     name: &str,
 ) -> Position {
-    loop {
-        let e = stream.next().await;
-        assert_eq!(
-            e.event, "lastEventId",
-            "{name}: before the position {now:?}"
-        );
-        let hint = parse_compound(channels, e.id.as_deref().expect("an id"));
-        for (c, seq) in &hint {
-            assert!(
-                *seq <= now[c],
-                "{name}: the hint {hint:?} is past the current sequences {now:?}"
-            );
-        }
-        if hint == *now {
-            return hint;
-        }
-    }
+    let e = stream.next().await;
+    assert_eq!(e.event, "lastEventId", "{name}: the first event: {e:?}");
+    let hint = parse_compound(channels, e.id.as_deref().expect("an id"));
+    assert_eq!(
+        hint, *now,
+        "{name}: the hint names each channel's current sequence"
+    );
+    hint
 }
 
 /// Each channel's sequences among `published` (channel, seq) above `after`, ascending.
@@ -582,13 +559,10 @@ async fn a_short_history_gives_one_missedevents() {
         covered.insert(a.clone(), 3);
         c.reconnect(&process, false).await;
         c.read(4, PATIENCE).await;
-        // The missedevents comes before a's events (b's may come first: no order between
-        // channels).
-        let missed_at = c.order.iter().position(|e| e == "missedevents");
-        let a_at = c.order.iter().position(|e| e == a);
-        assert!(
-            missed_at.is_some() && missed_at < a_at,
-            "missedevents before the events of {a}: {:?}",
+        assert_eq!(
+            c.order.first().map(String::as_str),
+            Some("missedevents"),
+            "the stream starts with missedevents: {:?}",
             c.order
         );
         assert_eq!(c.got[a], [4, 5, 6], "what a's history retained");
@@ -659,15 +633,15 @@ async fn a_mismatched_compound_id_gets_one_missedevents() {
                 let seq = process
                     .publish_event(a, Some("m"), &data(a, format!("live{n}{in_query}")))
                     .await;
-                // Hints (none, or until the current positions), then the live event.
+                // The hint of the current positions, if any, then the live event.
                 let mut position = at(&channels, 3);
                 *position.get_mut(a).expect("a") = seq - 1;
                 let mut next = s.next().await;
-                while next.event == "lastEventId" {
+                if next.event == "lastEventId" {
                     let hint = parse_compound(&channels, next.id.as_deref().expect("an id"));
-                    assert!(
-                        hint.iter().all(|(c, n)| *n <= position[c]),
-                        "id {id:?}: the hint {hint:?} is past the current positions {position:?}"
+                    assert_eq!(
+                        hint, position,
+                        "id {id:?}: the hint of the current positions"
                     );
                     next = s.next().await;
                 }
