@@ -120,30 +120,36 @@ fn open_group(shared: &Arc<Shared>, spec: StreamSpec, id: u64) -> Response<SseBo
     let sorted = compound::sorted(&spec.channels);
     let lasts = compound::positions(spec.last, spec.last_text.as_deref(), &sorted);
     let span = tracing::info_span!("sse", conn = id, channels = sorted.len());
-    let mut regs = Vec::with_capacity(sorted.len());
-    for (i, channel) in sorted.iter().enumerate() {
-        let conn_id = if i == 0 { id } else { hub.next_conn_id() };
-        let conn = Conn::per_channel(
-            conn_id,
-            channel.clone(),
-            shared.config.max_queue_bytes,
-            spec.expires,
-            i > 0,
-        );
-        // On a refusal, the parts registered so far unregister as `regs` drops.
-        match hub.register(&conn, &conn.channels) {
-            Ok(()) => {}
-            Err(NotRegistered::Closing) => return come_back_later(shared, id, None),
-            Err(NotRegistered::Full { max }) => {
-                let why = format!("subscription limit reached ({max} channel subscriptions)");
-                return come_back_later(shared, id, Some((Refusal::MaxSubscriptions, why)));
-            }
+    let conns: Vec<Arc<Conn>> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, channel)| {
+            let conn_id = if i == 0 { id } else { hub.next_conn_id() };
+            Conn::per_channel(
+                conn_id,
+                channel.clone(),
+                shared.config.max_queue_bytes,
+                spec.expires,
+                i > 0,
+            )
+        })
+        .collect();
+    // All or none: a refusal leaves nothing registered.
+    match hub.register_all(&conns) {
+        Ok(()) => {}
+        Err(NotRegistered::Closing) => return come_back_later(shared, id, None),
+        Err(NotRegistered::Full { max }) => {
+            let why = format!("subscription limit reached ({max} channel subscriptions)");
+            return come_back_later(shared, id, Some((Refusal::MaxSubscriptions, why)));
         }
-        regs.push(Registration {
+    }
+    let regs: Vec<Registration> = conns
+        .into_iter()
+        .map(|conn| Registration {
             hub: hub.clone(),
             conn,
-        });
-    }
+        })
+        .collect();
     if shared.config.verbose {
         let names = EscapedList(&sorted);
         span.in_scope(|| tracing::info!("Subscribing to {names}"));

@@ -535,3 +535,26 @@ async fn a_first_event_published_while_the_connection_is_lost_is_refilled() {
     assert_eq!(data, ["one", "two"]);
     stream.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// A stream on three channels past `--max-subscriptions 2` is refused (a `retry:`): on a
+/// cluster it is a connection per channel, and those registered before the refusal must not
+/// count it as a stream that opened and ended. (It was counted in `redisse_streams_ended`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_refused_past_the_subscription_bound_is_not_counted_as_served() {
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds, "--max-subscriptions", "2"]);
+    server.health_becomes(200).await;
+    let mut refused = SseStream::open(&server.url("/?a&b&c"), &[]).await;
+    assert_eq!(refused.status, 200);
+    refused.until_closed(Duration::from_secs(5)).await;
+    let raw = String::from_utf8_lossy(&refused.raw).into_owned();
+    assert!(raw.starts_with("retry: "), "not a retry: {raw:?}");
+    assert_eq!(server.metric("redisse_streams_ended_total").await, 0);
+    assert_eq!(server.metric("redisse_streams_open").await, 0);
+    assert_eq!(server.metric("redisse_stream_subscriptions").await, 0);
+    // Within the bound, a stream on two channels opens and counts once.
+    let _open = SseStream::open(&server.url("/?a&b"), &[]).await;
+    assert_eq!(server.metric("redisse_streams_open").await, 1);
+    assert_eq!(server.metric("redisse_stream_subscriptions").await, 2);
+}
