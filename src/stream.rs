@@ -99,7 +99,8 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         conn: conn.clone(),
     };
     let handle = StreamHandle::new(conn.clone());
-    tokio::spawn(setup(shared.clone(), conn, spec.last).instrument(span.clone()));
+    let starting = Starting::new(shared);
+    tokio::spawn(setup(shared.clone(), conn, spec.last, starting).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
     let mut res = stream_response(SseBody::stream(reg, polling, span));
     match spec.sink {
@@ -161,9 +162,13 @@ fn open_group(shared: &Arc<Shared>, spec: StreamSpec, id: u64) -> Response<SseBo
             _ => 0,
         })
         .collect();
+    // One stream starting, however many of its connections' setups still run.
+    let starting = Starting::new(shared);
     for (reg, last) in regs.iter().zip(lasts) {
-        tokio::spawn(setup(shared.clone(), reg.conn.clone(), last).instrument(span.clone()));
+        let setup = setup(shared.clone(), reg.conn.clone(), last, starting.clone());
+        tokio::spawn(setup.instrument(span.clone()));
     }
+    drop(starting);
     let conns: Vec<Arc<Conn>> = regs.iter().map(|r| r.conn.clone()).collect();
     let handle = StreamHandle::new(Arc::new(GroupWatch(conns)));
     let polling = spec.polling.then_some(shared.config.polling_delay);
@@ -240,8 +245,9 @@ async fn from_first_live(
 /// until it succeeds, the stream ends or the client leaves; every wait is raced against the
 /// stream's end, so a client that leaves frees its setup (channel list, connection, barrier)
 /// at once rather than when the broker comes back.
-async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, last: LastEventId) {
-    let _starting = Starting::new(&shared, &conn);
+async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, last: LastEventId, starting: Arc<Starting>) {
+    let _starting = starting;
+    let _forget = ForgetSetup(conn.clone());
     let ended = conn.clone();
     tokio::select! {
         biased;
@@ -250,21 +256,31 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, last: LastEventId) {
     }
 }
 
-/// Counts a stream in the `redisse_streams_starting` gauge while its setup runs; when it ends,
-/// the connection forgets the setup task's waker, which would keep the finished task's memory.
-struct Starting(Arc<Shared>, Arc<Conn>);
+/// Counts a stream in the `redisse_streams_starting` gauge while a setup of it runs (shared
+/// by the setups of a stream's connections when it has one per channel: the stream counts
+/// once, until the last of them ends).
+struct Starting(Arc<Shared>);
 
 impl Starting {
-    fn new(shared: &Arc<Shared>, conn: &Arc<Conn>) -> Self {
+    fn new(shared: &Arc<Shared>) -> Arc<Self> {
         shared.metrics.streams_starting.inc();
-        Starting(shared.clone(), conn.clone())
+        Arc::new(Starting(shared.clone()))
     }
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
         self.0.metrics.streams_starting.dec();
-        self.1.forget_setup();
+    }
+}
+
+/// When a setup ends, its connection forgets the setup task's waker, which would keep the
+/// finished task's memory.
+struct ForgetSetup(Arc<Conn>);
+
+impl Drop for ForgetSetup {
+    fn drop(&mut self) {
+        self.0.forget_setup();
     }
 }
 

@@ -558,3 +558,45 @@ async fn a_stream_refused_past_the_subscription_bound_is_not_counted_as_served()
     assert_eq!(server.metric("redisse_streams_open").await, 1);
     assert_eq!(server.metric("redisse_stream_subscriptions").await, 2);
 }
+
+/// While the subscriber cannot subscribe (the node refuses `SSUBSCRIBE`, by ACL), a stream on
+/// three channels waits for the broker: `redisse_streams_starting` counts it once, as
+/// `redisse_streams_open` does, though it is a connection per channel. (It counted 3.) Once the
+/// node accepts again the stream starts and the gauge is back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_the_cluster_counts_once_as_starting() {
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    let mut primaries: Vec<u16> = ["a", "b", "c"]
+        .iter()
+        .map(|c| cluster.primary_of_channel(c))
+        .collect();
+    primaries.sort_unstable();
+    primaries.dedup();
+    let acl = |rule: &str| {
+        for &port in &primaries {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(rule)
+                .query(&mut cluster.node(port).con())
+                .unwrap_or_else(|e| panic!("ACL SETUSER default {rule} on {port}: {e}"));
+        }
+    };
+    acl("-ssubscribe");
+    let mut stream = SseStream::open(&server.url("/?a&b&c"), &[]).await;
+    assert_eq!(stream.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.metric("redisse_streams_open").await, 1);
+    assert_eq!(server.metric("redisse_streams_starting").await, 1);
+    acl("+ssubscribe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("redisse_streams_starting").await > 0 {
+        assert!(Instant::now() < deadline, "the stream did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.publish_event("b", Some("m"), "live").await, 1);
+    assert_eq!(stream.next().await.data, "live");
+}
