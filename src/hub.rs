@@ -113,14 +113,37 @@ impl Hub {
     /// Adds a connection to its channels, unless shutting down or past the subscription bound.
     pub fn register(&self, conn: &Arc<Conn>, channels: &[Arc<str>]) -> Result<(), NotRegistered> {
         let mut reg = self.lock();
+        self.admits(&reg, channels.len())?;
+        self.insert(&mut reg, conn, channels);
+        Ok(())
+    }
+
+    /// Adds the connections of one stream at once, each to its own channels (a stream whose
+    /// ids are per channel: one connection per channel), or none of them: a stream refused
+    /// halfway would otherwise count as one that opened and ended.
+    pub fn register_all(&self, conns: &[Arc<Conn>]) -> Result<(), NotRegistered> {
+        let mut reg = self.lock();
+        self.admits(&reg, conns.iter().map(|c| c.channels.len()).sum())?;
+        for conn in conns {
+            self.insert(&mut reg, conn, &conn.channels);
+        }
+        Ok(())
+    }
+
+    /// Whether `adding` more channel subscriptions may be registered now.
+    fn admits(&self, reg: &Registry, adding: usize) -> Result<(), NotRegistered> {
         if self.is_closing() {
             return Err(NotRegistered::Closing);
         }
-        if reg.subscriptions + channels.len() > self.max_subscriptions {
+        if reg.subscriptions + adding > self.max_subscriptions {
             return Err(NotRegistered::Full {
                 max: self.max_subscriptions,
             });
         }
+        Ok(())
+    }
+
+    fn insert(&self, reg: &mut Registry, conn: &Arc<Conn>, channels: &[Arc<str>]) {
         reg.subscriptions += channels.len();
         reg.conns.insert(conn.id, conn.clone());
         for channel in channels {
@@ -140,7 +163,6 @@ impl Hub {
             reg.streams += 1;
             self.metrics.connected.inc();
         }
-        Ok(())
     }
 
     /// Removes a connection; the last listener of a channel unsubscribes it.

@@ -6,8 +6,9 @@
 //! stream's compound `id:` (see `compound`): every event gets `id: H-s1-...-sn` with its own
 //! channel's sequence moved forward, whatever `id:` line its frame carried (a frame read back
 //! from history has its sequence's, a live frame none). A `lastEventId` hint of a connection
-//! moves its channel's sequence to the counter it gives, and one hint with the whole compound is
-//! written after the poll's frames. Nothing but heartbeats is written until every connection has
+//! moves its channel's sequence up to the counter it gives (to it, after a `missedevents` of that
+//! channel: the client's position may be past the counter), before any event of the poll is
+//! written, and one hint with the whole compound is written after the poll's frames. Nothing but heartbeats is written until every connection has
 //! started, so that the stream begins with all their preambles (one hint naming every channel's
 //! counter, and `missedevents` before any event); in each poll, `missedevents` goes before the
 //! events taken with it. A
@@ -133,19 +134,19 @@ impl Group {
                 };
             }
             let mut out = BytesMut::new();
-            // Losses first: what this poll took of every connection follows them.
+            // Losses first: what this poll took of every connection follows them. Then the
+            // positions the hints give (a connection's hint is in its preamble, before its
+            // events), so that an event of one channel does not name 0 for another channel
+            // whose hint came in the same poll. Then the events.
             let pending = std::mem::take(&mut self.pending);
-            for (i, frame) in pending
-                .iter()
-                .filter(|(_, f)| f.kind == FrameKind::MissedEvents)
-            {
-                self.write(*i, frame, &mut out, &mut batch);
-            }
-            for (i, frame) in pending
-                .iter()
-                .filter(|(_, f)| f.kind != FrameKind::MissedEvents)
-            {
-                self.write(*i, frame, &mut out, &mut batch);
+            for kind in [
+                FrameKind::MissedEvents,
+                FrameKind::LastEventId,
+                FrameKind::Event,
+            ] {
+                for (i, frame) in pending.iter().filter(|(_, f)| f.kind == kind) {
+                    self.write(*i, frame, &mut out, &mut batch);
+                }
             }
             self.pending = pending;
             self.pending.clear();
@@ -177,8 +178,14 @@ impl Group {
     fn write(&mut self, i: usize, frame: &Frame, out: &mut BytesMut, batch: &mut Batch) {
         match frame.kind {
             FrameKind::LastEventId => {
+                // After a `missedevents` of its channel the hint is where the channel is now,
+                // even below the client's claim (a position past the counter).
                 if let Some(counter) = hinted_counter(&frame.bytes) {
-                    self.seqs[i] = self.seqs[i].max(counter);
+                    self.seqs[i] = if self.rewind[i] {
+                        counter
+                    } else {
+                        self.seqs[i].max(counter)
+                    };
                 }
                 self.hint_pending = true;
             }
@@ -343,6 +350,73 @@ mod tests {
         assert_eq!(
             text(&a, &mut g),
             format!("id: {}\nevent: lastEventId\ndata: \n\n", id(&[4, 9]))
+        );
+    }
+
+    /// Two connections on `a` and `b` of a fresh hub, not started, in a group whose client
+    /// claims `seqs`.
+    fn unstarted(seqs: [u64; 2]) -> (Arc<Conn>, Arc<Conn>, Group) {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(metrics, None, false, 1 << 20, 100));
+        let a = Conn::per_channel(1, Arc::from("a"), 1 << 20, None, false);
+        let b = Conn::per_channel(2, Arc::from("b"), 1 << 20, None, true);
+        hub.register(&a, &a.channels).unwrap();
+        hub.register(&b, &b.channels).unwrap();
+        let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
+        let rest = vec![Registration {
+            hub,
+            conn: b.clone(),
+        }];
+        (a, b, Group::new(rest, hash, seqs.to_vec()))
+    }
+
+    #[test]
+    fn a_hint_after_missedevents_moves_its_channel_back_to_the_counter() {
+        // The client claims 50 of `a`, whose counter is 3 now (past it: the plan tells the
+        // loss, replays nothing and hints 3). Its id must say 3: with 50, a client that comes
+        // back once `a` passed 50 would skip 4..=50 without being told.
+        let (a, b, mut g) = unstarted([50, 9]);
+        a.start(
+            vec![Frame::missed_events(), Frame::last_event_id(3)],
+            vec![],
+            3,
+            0,
+        );
+        b.start(vec![Frame::last_event_id(9)], vec![], 9, 0);
+        assert_eq!(
+            text(&a, &mut g),
+            format!(
+                "event: missedevents\ndata: \n\nid: {}\nevent: lastEventId\ndata: \n\n",
+                id(&[3, 9])
+            )
+        );
+        a.push(&Frame::live(4, Bytes::from_static(b"data: x\n\n")), false);
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\ndata: x\n\n", id(&[4, 9]))
+        );
+    }
+
+    #[test]
+    fn events_name_the_counter_another_channel_hinted_in_the_same_poll() {
+        // `a` resumes with an event read back (a stream without a position that got a live
+        // event while it started); `b` starts at its counter, 3. The event's id must name 3
+        // for `b`: with 0, a client that left after it would get `b`'s whole history.
+        let (a, b, mut g) = unstarted([0, 0]);
+        a.start(
+            vec![],
+            vec![Frame::event(6, Bytes::from_static(b"id: 6\ndata: x\n\n"))],
+            5,
+            0,
+        );
+        b.start(vec![Frame::last_event_id(3)], vec![], 3, 0);
+        assert_eq!(
+            text(&a, &mut g),
+            format!(
+                "id: {}\ndata: x\n\nid: {}\nevent: lastEventId\ndata: \n\n",
+                id(&[6, 3]),
+                id(&[6, 3])
+            )
         );
     }
 

@@ -99,7 +99,8 @@ pub(crate) fn open(shared: &Arc<Shared>, spec: StreamSpec) -> Response<SseBody> 
         conn: conn.clone(),
     };
     let handle = StreamHandle::new(conn.clone());
-    tokio::spawn(setup(shared.clone(), conn, spec.last).instrument(span.clone()));
+    let starting = Starting::new(shared);
+    tokio::spawn(setup(shared.clone(), conn, spec.last, starting).instrument(span.clone()));
     let polling = spec.polling.then_some(shared.config.polling_delay);
     with_handle(
         stream_response(SseBody::stream(reg, polling, span)),
@@ -133,30 +134,36 @@ fn open_group(shared: &Arc<Shared>, spec: StreamSpec, id: u64) -> Response<SseBo
     let sorted = compound::sorted(&spec.channels);
     let lasts = compound::positions(spec.last, spec.last_text.as_deref(), &sorted);
     let span = tracing::info_span!("sse", conn = id, channels = sorted.len());
-    let mut regs = Vec::with_capacity(sorted.len());
-    for (i, channel) in sorted.iter().enumerate() {
-        let conn_id = if i == 0 { id } else { hub.next_conn_id() };
-        let conn = Conn::per_channel(
-            conn_id,
-            channel.clone(),
-            shared.config.max_queue_bytes,
-            spec.expires,
-            i > 0,
-        );
-        // On a refusal, the parts registered so far unregister as `regs` drops.
-        match hub.register(&conn, &conn.channels) {
-            Ok(()) => {}
-            Err(NotRegistered::Closing) => return come_back_later(shared, id, None),
-            Err(NotRegistered::Full { max }) => {
-                let why = format!("subscription limit reached ({max} channel subscriptions)");
-                return come_back_later(shared, id, Some((Refusal::MaxSubscriptions, why)));
-            }
+    let conns: Vec<Arc<Conn>> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, channel)| {
+            let conn_id = if i == 0 { id } else { hub.next_conn_id() };
+            Conn::per_channel(
+                conn_id,
+                channel.clone(),
+                shared.config.max_queue_bytes,
+                spec.expires,
+                i > 0,
+            )
+        })
+        .collect();
+    // All or none: a refusal leaves nothing registered.
+    match hub.register_all(&conns) {
+        Ok(()) => {}
+        Err(NotRegistered::Closing) => return come_back_later(shared, id, None),
+        Err(NotRegistered::Full { max }) => {
+            let why = format!("subscription limit reached ({max} channel subscriptions)");
+            return come_back_later(shared, id, Some((Refusal::MaxSubscriptions, why)));
         }
-        regs.push(Registration {
+    }
+    let regs: Vec<Registration> = conns
+        .into_iter()
+        .map(|conn| Registration {
             hub: hub.clone(),
             conn,
-        });
-    }
+        })
+        .collect();
     if shared.config.verbose {
         let names = EscapedList(&sorted);
         span.in_scope(|| tracing::info!("Subscribing to {names}"));
@@ -168,9 +175,13 @@ fn open_group(shared: &Arc<Shared>, spec: StreamSpec, id: u64) -> Response<SseBo
             _ => 0,
         })
         .collect();
+    // One stream starting, however many of its connections' setups still run.
+    let starting = Starting::new(shared);
     for (reg, last) in regs.iter().zip(lasts) {
-        tokio::spawn(setup(shared.clone(), reg.conn.clone(), last).instrument(span.clone()));
+        let setup = setup(shared.clone(), reg.conn.clone(), last, starting.clone());
+        tokio::spawn(setup.instrument(span.clone()));
     }
+    drop(starting);
     let conns: Vec<Arc<Conn>> = regs.iter().map(|r| r.conn.clone()).collect();
     let handle = StreamHandle::new(Arc::new(GroupWatch(conns)));
     let polling = spec.polling.then_some(shared.config.polling_delay);
@@ -241,8 +252,9 @@ async fn from_first_live(
 /// until it succeeds, the stream ends or the client leaves; every wait is raced against the
 /// stream's end, so a client that leaves frees its setup (channel list, connection, barrier)
 /// at once rather than when the broker comes back.
-async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, last: LastEventId) {
-    let _starting = Starting::new(&shared, &conn);
+async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, last: LastEventId, starting: Arc<Starting>) {
+    let _starting = starting;
+    let _forget = ForgetSetup(conn.clone());
     let ended = conn.clone();
     tokio::select! {
         biased;
@@ -251,21 +263,31 @@ async fn setup(shared: Arc<Shared>, conn: Arc<Conn>, last: LastEventId) {
     }
 }
 
-/// Counts a stream in the `redisse_streams_starting` gauge while its setup runs; when it ends,
-/// the connection forgets the setup task's waker, which would keep the finished task's memory.
-struct Starting(Arc<Shared>, Arc<Conn>);
+/// Counts a stream in the `redisse_streams_starting` gauge while a setup of it runs (shared
+/// by the setups of a stream's connections when it has one per channel: the stream counts
+/// once, until the last of them ends).
+struct Starting(Arc<Shared>);
 
 impl Starting {
-    fn new(shared: &Arc<Shared>, conn: &Arc<Conn>) -> Self {
+    fn new(shared: &Arc<Shared>) -> Arc<Self> {
         shared.metrics.streams_starting.inc();
-        Starting(shared.clone(), conn.clone())
+        Arc::new(Starting(shared.clone()))
     }
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
         self.0.metrics.streams_starting.dec();
-        self.1.forget_setup();
+    }
+}
+
+/// When a setup ends, its connection forgets the setup task's waker, which would keep the
+/// finished task's memory.
+struct ForgetSetup(Arc<Conn>);
+
+impl Drop for ForgetSetup {
+    fn drop(&mut self) {
+        self.0.forget_setup();
     }
 }
 

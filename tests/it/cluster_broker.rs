@@ -475,3 +475,128 @@ async fn a_lost_connection_is_refilled_from_history_without_gaps_or_duplicates()
     stream.expect_silence(Duration::from_millis(300)).await;
     assert!(server.metric("redisse_broker_reconnects_total").await >= 3);
 }
+
+/// A channel nobody has published on yet (its sequence is 0) has a stream; the subscriber's
+/// connection to its primary is closed by the node, and the node refuses `SSUBSCRIBE` (by ACL)
+/// until the channel's first event is published. The refill must read the channel's history
+/// from 0, its sequence when it was subscribed: the stream gets that first event, then the
+/// next. (It got only the second when a sequence of 0 was taken for "nothing known".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_event_published_while_the_connection_is_lost_is_refilled() {
+    use redisse::{Event, Publisher};
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    let mut stream = SseStream::open(&server.url("/?fresh"), &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("redisse_streams_starting").await > 0 {
+        assert!(Instant::now() < deadline, "the stream did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The subscriber notes the new channel's sequence right after its subscription is active.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let primary = cluster.primary_of(cluster.slot(&history_key("fresh")));
+    let acl = |rule: &str| {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .query(&mut cluster.node(primary).con())
+            .unwrap_or_else(|e| panic!("ACL SETUSER default {rule}: {e}"));
+    };
+    acl("-ssubscribe");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut cluster.node(primary).con())
+        .expect("CLIENT KILL TYPE pubsub");
+    assert!(killed >= 1, "no pub/sub client on the primary");
+    server.health_becomes(503).await;
+    let list: Vec<String> = seeds.split(',').map(str::to_owned).collect();
+    let publisher = Publisher::redis_cluster(&list, 100).expect("a publisher");
+    let first = publisher
+        .publish("fresh", Event::new("m", "one"))
+        .await
+        .expect("publish");
+    assert_eq!(first, 1, "the channel's first event");
+    // Still refused: the subscriber has not made the subscription again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.health().await, 503, "{}", server.log());
+    acl("+ssubscribe");
+    server.health_becomes(200).await;
+    let second = publisher
+        .publish("fresh", Event::new("m", "two"))
+        .await
+        .expect("publish");
+    assert_eq!(second, 2);
+    let data: Vec<String> = stream.take(2).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(data, ["one", "two"]);
+    stream.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A stream on three channels past `--max-subscriptions 2` is refused (a `retry:`): on a
+/// cluster it is a connection per channel, and those registered before the refusal must not
+/// count it as a stream that opened and ended. (It was counted in `redisse_streams_ended`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_refused_past_the_subscription_bound_is_not_counted_as_served() {
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds, "--max-subscriptions", "2"]);
+    server.health_becomes(200).await;
+    let mut refused = SseStream::open(&server.url("/?a&b&c"), &[]).await;
+    assert_eq!(refused.status, 200);
+    refused.until_closed(Duration::from_secs(5)).await;
+    let raw = String::from_utf8_lossy(&refused.raw).into_owned();
+    assert!(raw.starts_with("retry: "), "not a retry: {raw:?}");
+    assert_eq!(server.metric("redisse_streams_ended_total").await, 0);
+    assert_eq!(server.metric("redisse_streams_open").await, 0);
+    assert_eq!(server.metric("redisse_stream_subscriptions").await, 0);
+    // Within the bound, a stream on two channels opens and counts once.
+    let _open = SseStream::open(&server.url("/?a&b"), &[]).await;
+    assert_eq!(server.metric("redisse_streams_open").await, 1);
+    assert_eq!(server.metric("redisse_stream_subscriptions").await, 2);
+}
+
+/// While the subscriber cannot subscribe (the node refuses `SSUBSCRIBE`, by ACL), a stream on
+/// three channels waits for the broker: `redisse_streams_starting` counts it once, as
+/// `redisse_streams_open` does, though it is a connection per channel. (It counted 3.) Once the
+/// node accepts again the stream starts and the gauge is back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_the_cluster_counts_once_as_starting() {
+    let cluster = start_cluster().await;
+    let seeds = cluster.seeds();
+    let server = Redisse::start(&["--redis-cluster", &seeds]);
+    server.health_becomes(200).await;
+    let mut primaries: Vec<u16> = ["a", "b", "c"]
+        .iter()
+        .map(|c| cluster.primary_of_channel(c))
+        .collect();
+    primaries.sort_unstable();
+    primaries.dedup();
+    let acl = |rule: &str| {
+        for &port in &primaries {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(rule)
+                .query(&mut cluster.node(port).con())
+                .unwrap_or_else(|e| panic!("ACL SETUSER default {rule} on {port}: {e}"));
+        }
+    };
+    acl("-ssubscribe");
+    let mut stream = SseStream::open(&server.url("/?a&b&c"), &[]).await;
+    assert_eq!(stream.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.metric("redisse_streams_open").await, 1);
+    assert_eq!(server.metric("redisse_streams_starting").await, 1);
+    acl("+ssubscribe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("redisse_streams_starting").await > 0 {
+        assert!(Instant::now() < deadline, "the stream did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.publish_event("b", Some("m"), "live").await, 1);
+    assert_eq!(stream.next().await.data, "live");
+}

@@ -57,9 +57,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the task shares with the connections' push handlers.
 #[derive(Debug, Default)]
 struct Seen {
-    /// The active channels and the last sequence dispatched for each (0: none known yet),
-    /// raised by the handlers.
-    last: HashMap<Arc<str>, u64>,
+    /// The active channels and the last sequence dispatched for each, raised by the handlers:
+    /// `None` while nothing is known (not yet read once its subscription was active), which is
+    /// not a sequence of 0 (a channel nobody published on yet, whose first events a refill
+    /// must read).
+    last: HashMap<Arc<str>, Option<u64>>,
     /// Channels whose `SUNSUBSCRIBE` this task sent and whose confirmation has not arrived (how
     /// many): a channel ended and wanted again in one batch is active when its confirmation
     /// comes, which must not be taken for Redis ending it. Emptied once every connection
@@ -360,7 +362,7 @@ impl ClusterSubscriber {
                 SubCommand::Subscribe(ch) => {
                     let mut seen = lock(&self.last);
                     if !seen.last.contains_key(&ch) {
-                        seen.last.insert(ch.clone(), 0);
+                        seen.last.insert(ch.clone(), None);
                         new.push(ch);
                     }
                 }
@@ -429,15 +431,19 @@ impl ClusterSubscriber {
         }
     }
 
-    /// Raises the channel's last known sequence to its sequence now (when it can be read).
+    /// Raises the channel's last known sequence to its sequence now. When it cannot be read,
+    /// a channel with nothing known is taken as at 0: a later refill then reads all its
+    /// history, which each stream's own position deduplicates, rather than none of it.
     async fn note_sequence(&self, ch: &Arc<str>) {
-        match self.store.sequence(ch).await {
-            Ok(seq) => {
-                if let Some(v) = lock(&self.last).last.get_mut(ch) {
-                    *v = (*v).max(seq);
-                }
+        let seq = match self.store.sequence(ch).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a channel's sequence");
+                0
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read a channel's sequence"),
+        };
+        if let Some(v) = lock(&self.last).last.get_mut(ch) {
+            raise(v, seq);
         }
     }
 
@@ -495,7 +501,7 @@ impl ClusterSubscriber {
     fn record(&mut self, cmd: SubCommand) {
         match cmd {
             SubCommand::Subscribe(ch) => {
-                lock(&self.last).last.entry(ch).or_insert(0);
+                lock(&self.last).last.entry(ch).or_insert(None);
             }
             SubCommand::Unsubscribe(ch) => {
                 lock(&self.last).last.remove(&ch);
@@ -524,7 +530,7 @@ impl ClusterSubscriber {
         self.dispatch.send(Dispatch::Hold);
         // The last sequence dispatched for each channel to refill, taken before any of them is
         // subscribed again (live events of the new subscriptions raise `last`, and are held).
-        let mut from: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut from: HashMap<Arc<str>, Option<u64>> = HashMap::new();
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut failures = 0u64;
         loop {
@@ -569,9 +575,12 @@ impl ClusterSubscriber {
     }
 
     /// One attempt of [`ClusterSubscriber::recover`].
-    async fn recover_once(&mut self, from: &mut HashMap<Arc<str>, u64>) -> Result<Resume, String> {
+    async fn recover_once(
+        &mut self,
+        from: &mut HashMap<Arc<str>, Option<u64>>,
+    ) -> Result<Resume, String> {
         self.refresh_slots().await?;
-        let active: Vec<(Arc<str>, u64)> = lock(&self.last)
+        let active: Vec<(Arc<str>, Option<u64>)> = lock(&self.last)
             .last
             .iter()
             .map(|(c, v)| (c.clone(), *v))
@@ -635,14 +644,16 @@ impl ClusterSubscriber {
 
     /// Each moved channel's history after the last sequence dispatched for it (see the
     /// module documentation).
-    async fn refill(&self, from: &HashMap<Arc<str>, u64>) -> Result<Resume, BrokerError> {
+    async fn refill(&self, from: &HashMap<Arc<str>, Option<u64>>) -> Result<Resume, BrokerError> {
         let mut resume = Resume::default();
         let mut raised: Vec<(Arc<str>, u64)> = Vec::new();
         for (ch, &seen) in from {
-            // A channel with nothing dispatched is refilled from its start: its sequence was 0
-            // when it was subscribed, so whatever it retains now came since (a stream drops
-            // what its own position covers). (Also when that sequence could not be read: then
-            // a trimmed history may tell `missedevents` that was not needed.)
+            let Some(seen) = seen else {
+                // Nothing known for it (subscribed while recovering, so no stream on it has
+                // started yet): no position to refill from; from now on, its sequence.
+                self.note_sequence(ch).await;
+                continue;
+            };
             let mut snap = self.store.snapshot(ch, Some(seen), 0).await?;
             if snap.malformed > 0 {
                 self.metrics.malformed.inc_by(snap.malformed);
@@ -685,7 +696,7 @@ impl ClusterSubscriber {
         let mut seen = lock(&self.last);
         for (ch, newest) in raised {
             if let Some(v) = seen.last.get_mut(&ch) {
-                *v = (*v).max(newest);
+                raise(v, newest);
             }
         }
         Ok(resume)
@@ -695,6 +706,11 @@ impl ClusterSubscriber {
 /// The shared state, locked (a handler that panicked left nothing half-written that matters).
 fn lock(seen: &LastSeen) -> std::sync::MutexGuard<'_, Seen> {
     seen.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Raises a channel's last known sequence to `seq` (from nothing known, to it).
+fn raise(last: &mut Option<u64>, seq: u64) {
+    *last = Some(last.map_or(seq, |l| l.max(seq)));
 }
 
 /// Queues the `SUNSUBSCRIBE` of `ch` on `con`, its confirmation expected.
@@ -737,7 +753,7 @@ fn forward_push(
                 Ok((seq, bytes)) => {
                     let frame = Frame::live(seq, bytes).without_id();
                     if let Some(v) = lock(last).last.get_mut(channel) {
-                        *v = (*v).max(seq);
+                        raise(v, seq);
                     }
                     dispatch.send(Dispatch::Live {
                         channel: channel.to_owned(),
