@@ -318,7 +318,7 @@ impl Hub {
     /// given each live stream that a resume turned into a replay from history, to read its
     /// pages (it must not block: it spawns a task).
     pub async fn dispatch(hub: Weak<Self>, mut rx: DispatchReceiver, replay: impl Fn(Arc<Conn>)) {
-        let mut held: Option<Vec<(String, Frame)>> = None;
+        let mut held: Option<Held> = None;
         while let Some(msg) = rx.recv().await {
             let Some(this) = hub.upgrade() else {
                 return;
@@ -334,21 +334,27 @@ impl Hub {
         &self,
         rx: &DispatchReceiver,
         msg: Dispatch,
-        held: &mut Option<Vec<(String, Frame)>>,
+        held: &mut Option<Held>,
     ) -> Vec<Arc<Conn>> {
         let mut replaying = Vec::new();
         match msg {
             Dispatch::Live { channel, frame } => match held {
-                Some(buffer) => buffer.push((channel, frame)),
+                Some(held) => held.push(channel, frame),
                 None => self.deliver(rx, &channel, frame, false, None),
             },
             Dispatch::Hold => {
-                held.get_or_insert_with(Vec::new);
+                held.get_or_insert_with(Held::default);
             }
             Dispatch::Barrier { tx, at } => {
                 let _ = tx.send(at);
             }
-            Dispatch::Resume(resume) => {
+            Dispatch::Resume(mut resume) => {
+                let held = held.take().unwrap_or_default();
+                // Channels whose held events were dropped: told like a history that no longer
+                // reaches back (the events are in history; a resume brings them).
+                resume
+                    .missed
+                    .extend(held.dropped.into_iter().map(Arc::from));
                 if resume.reset {
                     rx.reset();
                 }
@@ -361,7 +367,7 @@ impl Hub {
                 for (channel, frame) in resume.events {
                     self.deliver(rx, &channel, frame, true, Some(&mut replaying));
                 }
-                for (channel, frame) in held.take().unwrap_or_default() {
+                for (channel, frame) in held.frames {
                     self.deliver(rx, &channel, frame, false, Some(&mut replaying));
                 }
             }
@@ -394,6 +400,40 @@ impl Hub {
     }
 }
 
+/// The most bytes of live events held while a Redis subscriber reconnects. On one Redis none
+/// arrive meanwhile but those already on their way; on a cluster the other shards' events go
+/// on arriving while one shard recovers, for as long as its failover takes.
+const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// Live events held until the resume (see [`Dispatch::Hold`]), bounded by [`MAX_HELD_BYTES`]:
+/// past it an event is dropped and its channel remembered, so that its listeners are told
+/// `missedevents` at the resume (bounded by the channels with listeners).
+#[derive(Default)]
+struct Held {
+    frames: Vec<(String, Frame)>,
+    bytes: usize,
+    dropped: std::collections::BTreeSet<String>,
+}
+
+impl Held {
+    fn push(&mut self, channel: String, frame: Frame) {
+        if self.bytes + frame.bytes.len() > MAX_HELD_BYTES {
+            if !self.dropped.contains(&channel) {
+                tracing::warn!(
+                    channel = %escaped(&channel),
+                    max_bytes = MAX_HELD_BYTES,
+                    "too many live events held during a Redis recovery: dropping them, their \
+                     streams get missedevents"
+                );
+                self.dropped.insert(channel);
+            }
+            return;
+        }
+        self.bytes += frame.bytes.len();
+        self.frames.push((channel, frame));
+    }
+}
+
 /// A connection's place in the hub; dropping it unregisters the connection.
 pub(crate) struct Registration {
     pub hub: Arc<Hub>,
@@ -407,5 +447,49 @@ impl Drop for Registration {
         if self.hub.verbose {
             tracing::info!(conn = self.conn.id, "Unsubscribing");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::dispatch::{Resume, channel};
+
+    #[test]
+    fn held_events_are_bounded_and_what_was_dropped_is_told() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(metrics, None, false, 2 << 20, 100);
+        let conn = Conn::new(1, 200 << 20);
+        hub.register(&conn, &[Arc::from("a")]).unwrap();
+        conn.start(vec![], vec![], 0, 0);
+        let (_tx, rx) = channel();
+        let mut held = None;
+        hub.handle(&rx, Dispatch::Hold, &mut held);
+        // One MiB frames (sharing one buffer): 64 fit, the next ones are dropped.
+        let big = Bytes::from(vec![b'x'; 1 << 20]);
+        for id in 1..=70 {
+            let frame = Frame::live(id, big.clone());
+            hub.handle(
+                &rx,
+                Dispatch::Live {
+                    channel: "a".into(),
+                    frame,
+                },
+                &mut held,
+            );
+        }
+        let h = held.as_ref().unwrap();
+        assert_eq!(h.frames.len(), 64);
+        assert!(h.dropped.contains("a"));
+        hub.handle(&rx, Dispatch::Resume(Resume::default()), &mut held);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut kinds = Vec::new();
+        while let crate::conn::Drained::Frames(_) = conn.drain_frames(&mut cx, 1, &mut kinds) {}
+        assert_eq!(kinds.len(), 65, "missedevents, then the 64 held");
+        assert_eq!(kinds[0].kind, crate::event::FrameKind::MissedEvents);
+        assert!(held.is_none());
     }
 }
