@@ -137,15 +137,23 @@ impl Group {
             // Losses first: what this poll took of every connection follows them. Then the
             // positions the hints give (a connection's hint is in its preamble, before its
             // events), so that an event of one channel does not name 0 for another channel
-            // whose hint came in the same poll. Then the events.
+            // whose hint came in the same poll. Then the events. A loss lets its channel's
+            // position go back where it stands in its connection's order, not before the
+            // events that connection queued ahead of it.
             let pending = std::mem::take(&mut self.pending);
-            for kind in [
-                FrameKind::MissedEvents,
-                FrameKind::LastEventId,
-                FrameKind::Event,
-            ] {
-                for (i, frame) in pending.iter().filter(|(_, f)| f.kind == kind) {
-                    self.write(*i, frame, &mut out, &mut batch);
+            for (_, frame) in pending
+                .iter()
+                .filter(|(_, f)| f.kind == FrameKind::MissedEvents)
+            {
+                self.write_missed(frame, &mut out, &mut batch);
+            }
+            for kind in [FrameKind::LastEventId, FrameKind::Event] {
+                for (i, frame) in &pending {
+                    if frame.kind == FrameKind::MissedEvents {
+                        self.rewind[*i] = true;
+                    } else if frame.kind == kind {
+                        self.write(*i, frame, &mut out, &mut batch);
+                    }
                 }
             }
             self.pending = pending;
@@ -174,6 +182,16 @@ impl Group {
         }
     }
 
+    /// Writes a `missedevents`, unless one was written with no event since.
+    fn write_missed(&mut self, frame: &Frame, out: &mut BytesMut, batch: &mut Batch) {
+        if !self.missed_pending {
+            self.missed_pending = true;
+            out.extend_from_slice(&frame.bytes);
+            batch.frames += 1;
+            batch.missed += 1;
+        }
+    }
+
     /// Writes one frame of the `i`-th channel (a `lastEventId` hint is only taken note of).
     fn write(&mut self, i: usize, frame: &Frame, out: &mut BytesMut, batch: &mut Batch) {
         match frame.kind {
@@ -189,15 +207,8 @@ impl Group {
                 }
                 self.hint_pending = true;
             }
-            FrameKind::MissedEvents => {
-                self.rewind[i] = true;
-                if !self.missed_pending {
-                    self.missed_pending = true;
-                    out.extend_from_slice(&frame.bytes);
-                    batch.frames += 1;
-                    batch.missed += 1;
-                }
-            }
+            // Written before the poll's other frames (see `write_missed`).
+            FrameKind::MissedEvents => {}
             FrameKind::Event => {
                 let tail = frame.without_id();
                 if frame.id > self.seqs[i] || (self.rewind[i] && frame.id > 0) {
@@ -326,6 +337,30 @@ mod tests {
                 "event: missedevents\ndata: \n\nid: {}\ndata: v\n\nid: {}\ndata: w\n\n",
                 id(&[9, 3]),
                 id(&[9, 2])
+            )
+        );
+    }
+
+    #[test]
+    fn a_loss_moves_its_channel_back_after_what_its_connection_queued_before_it() {
+        let (a, mut g) = group([3, 6], 1 << 20);
+        let b = g.rest[0].conn.clone();
+        // b queued 7, then lost writes: a reset, and what b retains again (2).
+        b.push(
+            &Frame::live(7, Bytes::from_static(b"data: seven\n\n")),
+            false,
+        );
+        b.reset(Frame::missed_events());
+        b.push(
+            &Frame::event(2, Bytes::from_static(b"id: 2\ndata: two\n\n")),
+            true,
+        );
+        assert_eq!(
+            text(&a, &mut g),
+            format!(
+                "event: missedevents\ndata: \n\nid: {}\ndata: seven\n\nid: {}\ndata: two\n\n",
+                id(&[3, 7]),
+                id(&[3, 2])
             )
         );
     }
