@@ -89,8 +89,10 @@ impl Group {
         max_batch_bytes: usize,
     ) -> Drained {
         let n = self.rest.len() + 1;
+        // Across the rounds of the loop: what the connections gave in an earlier round (a long
+        // poll's first event, the arrival time) still counts for the write.
+        let mut batch = Batch::empty();
         loop {
-            let mut batch = Batch::empty();
             let (mut took, mut heartbeat, mut waiting) = (false, false, false);
             let mut retry = None;
             for i in 0..n {
