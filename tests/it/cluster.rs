@@ -992,8 +992,8 @@ async fn three_processes_serve_clients_that_resume_on_any_of_them() {
     .await;
 }
 
-/// The old primary of a failover, started again, rejoins as a replica; streams opened
-/// meanwhile, and a publish after it, go on through the new primary.
+/// The old primary of a failover, started again, rejoins as a replica; the stream opened
+/// before it, and publishes after it, go on through the new primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_rejoins_as_a_replica_and_streams_go_on() {
     within_limit(async {
