@@ -211,3 +211,13 @@ impl DispatchReceiver {
 
 /// Where the hub's subscription changes go.
 pub(crate) type SubSender = mpsc::UnboundedSender<SubCommand>;
+
+/// Sends a barrier behind every subscription change sent so far and waits for its answer: the
+/// instant from which they were known active. (Unanswered only during teardown, when nothing is
+/// shared anyway: then now.)
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) async fn barrier(subscriptions: &SubSender) -> Instant {
+    let (tx, rx) = oneshot::channel();
+    let _ = subscriptions.send(SubCommand::Barrier(tx));
+    rx.await.unwrap_or_else(|_| Instant::now())
+}

@@ -52,13 +52,13 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, Script, Value};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use self::primary::{Commands, Primary};
 use self::shared_reads::SharedReads;
 use self::subscriber::Subscriber;
 use crate::config::Config;
-use crate::dispatch::{DispatchSender, NewestCell, SubCommand, SubSender};
+use crate::dispatch::{DispatchSender, NewestCell, SubSender};
 use crate::error::{BrokerError, Error};
 use crate::event::{Event, Frame};
 use crate::history::{ChannelHistory, Snapshot};
@@ -749,11 +749,7 @@ impl RedisBroker {
 
     /// Returns when the subscriptions were confirmed active (see `dispatch::Ready`).
     pub async fn subscriptions_ready(&self) -> tokio::time::Instant {
-        let (tx, rx) = oneshot::channel();
-        // Order matters: the barrier travels behind every subscription already sent.
-        let _ = self.subscriptions.send(SubCommand::Barrier(tx));
-        // Unanswered only during teardown: then nothing is shared anyway.
-        rx.await.unwrap_or_else(|_| tokio::time::Instant::now())
+        crate::dispatch::barrier(&self.subscriptions).await
     }
 
     pub fn is_up(&self) -> bool {

@@ -33,13 +33,13 @@ use std::time::Duration;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{ErrorKind, IntoConnectionInfo, RedisError, Script, ServerErrorKind, Value};
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{OnceCell, mpsc};
 
 use self::subscriber::ClusterSubscriber;
 use super::{PUBLISH_SCRIPT, RAISE_SCRIPT, SNAPSHOT_SCRIPT};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::dispatch::{DispatchSender, SubCommand, SubSender};
+use crate::dispatch::{DispatchSender, SubSender};
 use crate::error::{BrokerError, Error};
 use crate::event::Event;
 use crate::history::Snapshot;
@@ -339,9 +339,7 @@ impl ClusterBroker {
     /// Returns when the subscriptions were confirmed active on every node (see
     /// `dispatch::Ready`).
     pub async fn subscriptions_ready(&self) -> tokio::time::Instant {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.subscriptions.send(SubCommand::Barrier(tx));
-        rx.await.unwrap_or_else(|_| tokio::time::Instant::now())
+        crate::dispatch::barrier(&self.subscriptions).await
     }
 
     pub fn is_up(&self) -> bool {
