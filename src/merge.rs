@@ -250,18 +250,29 @@ mod tests {
 
     /// A group on channels `a` and `b` of a fresh hub, both connections live from `seqs`.
     fn group(seqs: [u64; 2], max_bytes: usize) -> (Arc<Conn>, Group) {
+        let (a, b, g) = unstarted(seqs, max_bytes);
+        for (conn, seq) in [(&a, seqs[0]), (&b, seqs[1])] {
+            conn.start(vec![], vec![], seq, 0);
+        }
+        assert_eq!(g.rest[0].hub.connections(), 1, "a group is one stream");
+        (a, g)
+    }
+
+    /// Two connections on `a` and `b` of a fresh hub, not started, in a group whose client
+    /// claims `seqs`.
+    fn unstarted(seqs: [u64; 2], max_bytes: usize) -> (Arc<Conn>, Arc<Conn>, Group) {
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(metrics, None, false, max_bytes, 100));
         let a = Conn::per_channel(1, Arc::from("a"), max_bytes, None, false);
         let b = Conn::per_channel(2, Arc::from("b"), max_bytes, None, true);
-        for (conn, seq) in [(&a, seqs[0]), (&b, seqs[1])] {
-            hub.register(conn, &conn.channels).unwrap();
-            conn.start(vec![], vec![], seq, 0);
-        }
-        assert_eq!(hub.connections(), 1, "a group is one stream");
+        hub.register(&a, &a.channels).unwrap();
+        hub.register(&b, &b.channels).unwrap();
         let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
-        let rest = vec![Registration { hub, conn: b }];
-        (a, Group::new(rest, hash, seqs.to_vec()))
+        let rest = vec![Registration {
+            hub,
+            conn: b.clone(),
+        }];
+        (a, b, Group::new(rest, hash, seqs.to_vec()))
     }
 
     fn text(first: &Arc<Conn>, group: &mut Group) -> String {
@@ -369,18 +380,7 @@ mod tests {
 
     #[test]
     fn the_hint_waits_until_every_connection_started() {
-        let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(metrics, None, false, 1 << 20, 100));
-        let a = Conn::per_channel(1, Arc::from("a"), 1 << 20, None, false);
-        let b = Conn::per_channel(2, Arc::from("b"), 1 << 20, None, true);
-        hub.register(&a, &a.channels).unwrap();
-        hub.register(&b, &b.channels).unwrap();
-        let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
-        let rest = vec![Registration {
-            hub,
-            conn: b.clone(),
-        }];
-        let mut g = Group::new(rest, hash, vec![0, 0]);
+        let (a, b, mut g) = unstarted([0, 0], 1 << 20);
         a.start(vec![Frame::last_event_id(4)], vec![], 4, 0);
         assert_eq!(text(&a, &mut g), "", "b has not started");
         b.start(vec![Frame::last_event_id(9)], vec![], 9, 0);
@@ -390,29 +390,12 @@ mod tests {
         );
     }
 
-    /// Two connections on `a` and `b` of a fresh hub, not started, in a group whose client
-    /// claims `seqs`.
-    fn unstarted(seqs: [u64; 2]) -> (Arc<Conn>, Arc<Conn>, Group) {
-        let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(metrics, None, false, 1 << 20, 100));
-        let a = Conn::per_channel(1, Arc::from("a"), 1 << 20, None, false);
-        let b = Conn::per_channel(2, Arc::from("b"), 1 << 20, None, true);
-        hub.register(&a, &a.channels).unwrap();
-        hub.register(&b, &b.channels).unwrap();
-        let hash = compound::list_hash(&[Arc::from("a"), Arc::from("b")]);
-        let rest = vec![Registration {
-            hub,
-            conn: b.clone(),
-        }];
-        (a, b, Group::new(rest, hash, seqs.to_vec()))
-    }
-
     #[test]
     fn a_hint_after_missedevents_moves_its_channel_back_to_the_counter() {
         // The client claims 50 of `a`, whose counter is 3 now (past it: the plan tells the
         // loss, replays nothing and hints 3). Its id must say 3: with 50, a client that comes
         // back once `a` passed 50 would skip 4..=50 without being told.
-        let (a, b, mut g) = unstarted([50, 9]);
+        let (a, b, mut g) = unstarted([50, 9], 1 << 20);
         a.start(
             vec![Frame::missed_events(), Frame::last_event_id(3)],
             vec![],
@@ -439,7 +422,7 @@ mod tests {
         // `a` resumes with an event read back (a stream without a position that got a live
         // event while it started); `b` starts at its counter, 3. The event's id must name 3
         // for `b`: with 0, a client that left after it would get `b`'s whole history.
-        let (a, b, mut g) = unstarted([0, 0]);
+        let (a, b, mut g) = unstarted([0, 0], 1 << 20);
         a.start(
             vec![],
             vec![Frame::event(6, Bytes::from_static(b"id: 6\ndata: x\n\n"))],

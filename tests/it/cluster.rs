@@ -811,12 +811,7 @@ async fn a_channel_without_events_is_refilled_after_its_connection_is_cut() {
         assert_eq!(c.position[fresh], 0, "no event of {fresh} yet");
         let start = c.position.clone();
         process.signal("-STOP");
-        let killed: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut cluster.node(cluster.primary_of_channel(fresh)).con())
-            .expect("CLIENT KILL TYPE pubsub");
+        let killed = cluster.kill_clients(cluster.primary_of_channel(fresh), "pubsub");
         let published = publish_each(&publisher, std::slice::from_ref(fresh), 0..3).await;
         process.signal("-CONT");
         assert!(

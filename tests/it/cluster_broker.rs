@@ -271,18 +271,9 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     assert_eq!(other_stream.next().await.data, "two");
     let slot = cluster.slot(&history_key("news"));
     cluster.wait_synced(slot);
-    let primary = cluster.primary_of(slot);
-    let replica = cluster.replica_of_slot(slot);
     // The replica frozen, and its link closed by the primary: the next writes reach only the
     // primary (a frozen replica alone would still read them from its socket when it thaws).
-    cluster.node(replica).freeze();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query(&mut cluster.node(primary).con())
-        .expect("CLIENT KILL TYPE replica");
-    assert_eq!(killed, 1);
+    let replica = cluster.cut_replica(slot);
     assert_eq!(server.publish_event("news", Some("m"), "three").await, 3);
     assert_eq!(server.publish_event("news", Some("m"), "four").await, 4);
     assert_eq!(stream.next().await.data, "three");
@@ -459,12 +450,7 @@ async fn a_lost_connection_is_refilled_from_history_without_gaps_or_duplicates()
     let primary = cluster.primary_of(cluster.slot(&history_key("news")));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(40)).await;
-        let killed: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut cluster.node(primary).con())
-            .expect("CLIENT KILL TYPE pubsub");
+        let killed = cluster.kill_clients(primary, "pubsub");
         assert!(killed >= 1, "no pub/sub client on the primary");
     }
     publishing.await.unwrap();
@@ -497,21 +483,9 @@ async fn a_first_event_published_while_the_connection_is_lost_is_refilled() {
     // The subscriber notes the new channel's sequence right after its subscription is active.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let primary = cluster.primary_of(cluster.slot(&history_key("fresh")));
-    let acl = |rule: &str| {
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("default")
-            .arg(rule)
-            .query(&mut cluster.node(primary).con())
-            .unwrap_or_else(|e| panic!("ACL SETUSER default {rule}: {e}"));
-    };
+    let acl = |rule: &str| cluster.set_default_acl(primary, rule);
     acl("-ssubscribe");
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut cluster.node(primary).con())
-        .expect("CLIENT KILL TYPE pubsub");
+    let killed = cluster.kill_clients(primary, "pubsub");
     assert!(killed >= 1, "no pub/sub client on the primary");
     server.health_becomes(503).await;
     let list: Vec<String> = seeds.split(',').map(str::to_owned).collect();
@@ -577,12 +551,7 @@ async fn a_stream_waiting_for_the_cluster_counts_once_as_starting() {
     primaries.dedup();
     let acl = |rule: &str| {
         for &port in &primaries {
-            let _: () = redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg("default")
-                .arg(rule)
-                .query(&mut cluster.node(port).con())
-                .unwrap_or_else(|e| panic!("ACL SETUSER default {rule} on {port}: {e}"));
+            cluster.set_default_acl(port, rule);
         }
     };
     acl("-ssubscribe");

@@ -458,14 +458,30 @@ impl Cluster {
         let primary = self.primary_of(slot);
         let replica = self.replica_of_slot(slot);
         self.node(replica).freeze();
-        let dropped: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("replica")
-            .query(&mut self.node(primary).con())
-            .expect("CLIENT KILL TYPE replica");
+        let dropped = self.kill_clients(primary, "replica");
         assert_eq!(dropped, 1, "the replica's link of {primary}");
         replica
+    }
+
+    /// Closes the node's clients of a `kind` (`CLIENT KILL TYPE pubsub`, `replica`...); how
+    /// many.
+    pub fn kill_clients(&self, port: u16, kind: &str) -> i64 {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .query(&mut self.node(port).con())
+            .unwrap_or_else(|e| panic!("CLIENT KILL TYPE {kind} on {port}: {e}"))
+    }
+
+    /// Changes the default user's rights on the node (`ACL SETUSER default RULE`).
+    pub fn set_default_acl(&self, port: u16, rule: &str) {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .query(&mut self.node(port).con())
+            .unwrap_or_else(|e| panic!("ACL SETUSER default {rule} on {port}: {e}"));
     }
 
     /// Lets a frozen node go on.
