@@ -75,8 +75,9 @@ pub struct Config {
     /// `rediss://...` for TLS, or `unix:///path/redis.sock?db=0&user=...&pass=...`.
     pub redis_url: Option<String>,
     /// PEM file of the CA certificates a `rediss://` server's certificate must chain to,
-    /// instead of the system's roots (a private CA); only with a `rediss://` URL. Read when the
-    /// instance starts. Default: `None`.
+    /// instead of the system's roots (a private CA); only with a `rediss://` URL, or through
+    /// Sentinel (`redis_sentinel`) with `rediss://` sentinels or primary, where every TLS
+    /// connection of the setup must chain to it. Read when the instance starts. Default: `None`.
     pub redis_tls_ca: Option<PathBuf>,
     /// Redis through Sentinel instead of `redis_url`: the sentinels to ask where the primary
     /// is, and the primary's name (see [`SentinelSettings`]). The broker follows a failover to
@@ -252,10 +253,10 @@ impl Config {
                     .into());
             }
             sentinel.check()?;
-            if self.redis_tls_ca.is_some() {
+            if self.redis_tls_ca.is_some() && !sentinel.uses_tls() {
                 return Err(
-                    "redis_tls_ca is not supported with redis_sentinel (a TLS primary \
-                            found through Sentinel must chain to the system's roots)"
+                    "redis_tls_ca is for TLS: with redis_sentinel, the sentinels' URLs \
+                            or the primary's (rediss://name) must be rediss:// URLs"
                         .into(),
                 );
             }
@@ -267,6 +268,7 @@ impl Config {
             )?;
         }
         if self.redis_tls_ca.is_some()
+            && self.redis_sentinel.is_none()
             && !self.redis_url.as_deref().is_some_and(redis_url::is_tls_url)
         {
             return Err(
@@ -362,6 +364,12 @@ impl SentinelSettings {
             sentinels,
             master: master.into(),
         }
+    }
+
+    /// Whether any connection of the setup is TLS: a `rediss://` sentinel or primary.
+    pub(crate) fn uses_tls(&self) -> bool {
+        redis_url::is_tls_url(&self.master)
+            || self.sentinels.iter().any(|s| redis_url::is_tls_url(s))
     }
 
     fn check(&self) -> Result<(), String> {
@@ -622,6 +630,26 @@ mod tests {
             let e = with(url).validate().unwrap_err();
             assert!(e.contains("redis_tls_ca") && e.contains("rediss://"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_tls_ca_with_sentinel_needs_a_tls_sentinel_or_primary() {
+        let with = |sentinels: &[&str], master: &str| Config {
+            redis_sentinel: Some(SentinelSettings::new(
+                sentinels.iter().map(|s| s.to_string()).collect(),
+                master,
+            )),
+            redis_tls_ca: Some("ca.pem".into()),
+            ..Config::default()
+        };
+        assert_eq!(with(&["rediss://h:26380/"], "m").validate(), Ok(()));
+        assert_eq!(with(&["redis://h:26379/"], "rediss://m").validate(), Ok(()));
+        let e = with(&["redis://h:26379/"], "m").validate().unwrap_err();
+        assert!(e.contains("redis_tls_ca") && e.contains("rediss://"), "{e}");
+        let e = with(&["redis://h:26379/"], "redis://m")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("redis_tls_ca") && e.contains("rediss://"), "{e}");
     }
 
     #[test]

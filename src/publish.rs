@@ -222,10 +222,42 @@ impl Publisher {
         master: &str,
         history_size: usize,
     ) -> Result<Self, PublishError> {
+        Publisher::redis_sentinel_with_tls_ca(sentinels, master, history_size, None)
+    }
+
+    /// Like [`Publisher::redis_sentinel`]; with `ca`, every TLS connection of the setup (to
+    /// `rediss://` sentinels, and to the primary when `master` is a `rediss://` URL) must chain
+    /// to the CA certificates of that PEM file instead of the system's roots (as
+    /// [`Config::redis_tls_ca`](crate::Config::redis_tls_ca)). With a CA, the sentinels' URLs
+    /// must all be `rediss://` or all `redis://`, and carry the same user and password. A file
+    /// that cannot be read or holds no certificate, or a `ca` where nothing is TLS, is
+    /// [`PublishError::InvalidConfig`].
+    #[cfg(feature = "redis")]
+    pub fn redis_sentinel_with_tls_ca(
+        sentinels: &[String],
+        master: &str,
+        history_size: usize,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, PublishError> {
+        let settings = crate::config::SentinelSettings::new(sentinels.to_vec(), master);
+        let ca = match ca {
+            Some(_) if !settings.uses_tls() => {
+                return Err(PublishError::InvalidConfig(
+                    "a TLS CA is for TLS: the sentinels' URLs or the primary's must be rediss://"
+                        .into(),
+                ));
+            }
+            Some(path) => Some(
+                crate::broker::redis::read_ca(path)
+                    .map_err(|e| PublishError::InvalidConfig(format!("TLS CA: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Publisher {
             target: Target::Redis(RedisPublisher::through_sentinel(
                 sentinels,
                 master,
+                ca.as_deref(),
                 history_size,
                 DEFAULT_IDEMPOTENCY_WINDOW,
             )?),

@@ -64,8 +64,9 @@ pub struct ServeArgs {
     /// unix:///PATH?pass=PASSWORD); without it, the in-memory broker.
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
-    /// PEM file of the CA that signed the rediss:// server's certificate (a private CA);
-    /// without it, the system's roots.
+    /// PEM file of the CA that signed the rediss:// server's certificate (a private CA), or
+    /// the rediss:// sentinels' and primary's with --redis-sentinel; without it, the system's
+    /// roots.
     #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
     /// Redis through Sentinel instead of --redis: the sentinels' URLs, comma-separated
@@ -261,7 +262,8 @@ pub struct PublishArgs {
     /// Publish straight to Redis at this URL.
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
-    /// PEM file of the CA that signed the rediss:// server's certificate, for --redis.
+    /// PEM file of the CA that signed the rediss:// server's certificate, for --redis (or for
+    /// rediss:// sentinels and primary, with --redis-sentinel).
     #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
     /// Publish straight to the Redis primary these sentinels name (URLs, comma-separated),
@@ -366,13 +368,20 @@ impl PublishArgs {
             self.redis_master = None;
         } else if self.redis_master.is_none() {
             return Err("--redis-sentinel needs --redis-master, the primary's name".into());
-        } else if self.redis_tls_ca.is_some() && explicit("redis_tls_ca") {
-            return Err("--redis-tls-ca is not supported with --redis-sentinel".into());
         }
-        if self.redis.is_some() {
-            check_redis_tls_ca(self.redis.as_deref(), self.redis_tls_ca.as_deref())
+        if self.redis.is_some() || self.redis_master.is_some() {
+            check_redis_tls_ca(
+                self.redis.as_deref(),
+                self.redis_master.as_deref(),
+                &self.redis_sentinel,
+                self.redis_tls_ca.as_deref(),
+            )
         } else if explicit("redis_tls_ca") {
-            Err("--redis-tls-ca is for publishing to Redis with --redis rediss://...".into())
+            Err(
+                "--redis-tls-ca is for publishing to Redis with --redis rediss://... or \
+                 through TLS sentinels"
+                    .into(),
+            )
         } else {
             self.redis_tls_ca = None;
             Ok(())
@@ -412,14 +421,34 @@ pub fn parse_internal_address(s: &str) -> Result<InternalAddress, String> {
         })
 }
 
-/// `--redis-tls-ca` only with a `rediss://` URL, and a file of certificates (read here, so that
-/// the error names the option; the library reads it again when it starts).
-fn check_redis_tls_ca(redis: Option<&str>, ca: Option<&Path>) -> Result<(), String> {
+/// `--redis-tls-ca` only with a `rediss://` URL (for `--redis`; through Sentinel, for
+/// `rediss://` sentinels or a `rediss://` primary), and a file of certificates (read here, so
+/// that the error names the option; the library reads it again when it starts).
+fn check_redis_tls_ca(
+    redis: Option<&str>,
+    master: Option<&str>,
+    sentinels: &[String],
+    ca: Option<&Path>,
+) -> Result<(), String> {
+    use crate::redis_url::is_tls_url;
     let Some(ca) = ca else {
         return Ok(());
     };
-    if !redis.is_some_and(crate::redis_url::is_tls_url) {
-        return Err("--redis-tls-ca is for a TLS Redis: --redis must be a rediss:// URL".into());
+    match master {
+        Some(master) if !is_tls_url(master) && !sentinels.iter().any(|s| is_tls_url(s)) => {
+            return Err(
+                "--redis-tls-ca is for TLS: with --redis-sentinel, the sentinels' URLs \
+                        or --redis-master must be rediss:// URLs"
+                    .into(),
+            );
+        }
+        Some(_) => {}
+        None if !redis.is_some_and(is_tls_url) => {
+            return Err(
+                "--redis-tls-ca is for a TLS Redis: --redis must be a rediss:// URL".into(),
+            );
+        }
+        None => {}
     }
     #[cfg(feature = "redis")]
     crate::broker::redis::read_ca(ca).map_err(|e| format!("--redis-tls-ca: {e}"))?;
@@ -490,7 +519,12 @@ impl ServeArgs {
             c.cache = self.auth_callback_cache;
             c
         });
-        check_redis_tls_ca(self.redis.as_deref(), self.redis_tls_ca.as_deref())?;
+        check_redis_tls_ca(
+            self.redis.as_deref(),
+            self.redis_master.as_deref(),
+            &self.redis_sentinel,
+            self.redis_tls_ca.as_deref(),
+        )?;
         Ok(Config {
             redis_url: self.redis.clone(),
             redis_tls_ca: self.redis_tls_ca.clone(),
@@ -537,6 +571,33 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_ca_needs_something_tls_to_trust_it_for() {
+        let ca = Some(Path::new("/nonexistent/ca.pem"));
+        let plain = ["redis://127.0.0.1:26379/".to_owned()];
+        let tls = ["rediss://127.0.0.1:26380/".to_owned()];
+        let e = check_redis_tls_ca(None, Some("mymaster"), &plain, ca).unwrap_err();
+        assert!(
+            e.contains("--redis-sentinel") && e.contains("rediss://"),
+            "{e}"
+        );
+        let e = check_redis_tls_ca(Some("redis://h/"), None, &[], ca).unwrap_err();
+        assert!(e.contains("--redis must be a rediss://"), "{e}");
+        // Something is TLS: the file itself is read next (and here it is missing).
+        for (redis, master, sentinels) in [
+            (None, Some("mymaster"), &tls[..]),
+            (None, Some("rediss://mymaster"), &plain[..]),
+            (Some("rediss://h/"), None, &[][..]),
+        ] {
+            let e = check_redis_tls_ca(redis, master, sentinels, ca).unwrap_err();
+            assert!(e.starts_with("--redis-tls-ca: "), "{e}");
+        }
+        assert_eq!(
+            check_redis_tls_ca(None, Some("mymaster"), &plain, None),
+            Ok(())
+        );
+    }
 
     #[test]
     fn durations() {

@@ -35,10 +35,11 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
             &args.redis_cluster,
             args.history_size,
         )),
-        (Some(master), _) => Some(crate::publish::Publisher::redis_sentinel(
+        (Some(master), _) => Some(crate::publish::Publisher::redis_sentinel_with_tls_ca(
             &args.redis_sentinel,
             master,
             args.history_size,
+            args.redis_tls_ca.as_deref(),
         )),
         (None, Some(url)) => Some(crate::publish::Publisher::redis_with_tls_ca(
             url,

@@ -16,12 +16,12 @@ use crate::support::{PATIENCE, RedisServer, SseStream, TestServer};
 
 /// A CA and a certificate it signed for 127.0.0.1, as PEM files (`ca.pem`, `cert.pem`,
 /// `key.pem`) in a temp dir.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -46,15 +46,15 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn ca(&self) -> String {
+    pub(crate) fn ca(&self) -> String {
         self.path("ca.pem").display().to_string()
     }
 
-    fn files(&self) -> TlsFiles {
+    pub(crate) fn files(&self) -> TlsFiles {
         TlsFiles {
             cert: self.path("cert.pem"),
             key: self.path("key.pem"),

@@ -542,3 +542,102 @@ async fn a_publisher_finds_and_follows_the_primary_past_sentinels_that_do_not_an
     assert_eq!(data, ["0", "1", "2", "after"], "{stored:?}");
     drop(gone);
 }
+
+/// Sentinels and servers on TLS only for redisse (a private CA, `--redis-tls-ca`): the primary
+/// is found through `rediss://` sentinels and reached over TLS, by the embedded server, the
+/// binary, the library's publisher and `redisse publish`; a failover to the TLS replica loses
+/// nothing. Without the CA, the publisher cannot reach the primary and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_private_ca_the_primary_is_found_and_a_failover_loses_nothing() {
+    let pki = crate::redis_tls::Pki::new();
+    let mut setup = SentinelSetup::start_tls(pki.files());
+    let sentinels = setup.sentinel_list();
+    assert!(
+        sentinels.iter().all(|s| s.starts_with("rediss://")),
+        "{sentinels:?}"
+    );
+    let master = format!("rediss://{MASTER}");
+    let mut config = config(&setup);
+    config.redis_sentinel = Some(SentinelSettings::new(sentinels.clone(), master.as_str()));
+    config.redis_tls_ca = Some(pki.path("ca.pem"));
+    let server = TestServer::start(config).await;
+    let mut stream = server.live_stream("/?a").await;
+    for i in 0..5 {
+        publish_until_done(&server.redisse.publisher(), "a", &i.to_string()).await;
+    }
+    let before = take_events(&mut stream, 5, PATIENCE).await;
+
+    // Without the CA the primary's certificate is not trusted: nothing is published.
+    let untrusting = Publisher::redis_sentinel(&sentinels, &master, 100).expect("a publisher");
+    let refused = untrusting.publish("a", Event::new("m", "never")).await;
+    assert!(refused.is_err(), "published without the CA: {refused:?}");
+
+    // The failover, with the TLS replica promoted.
+    setup.wait_synced();
+    let first_primary = setup.primary().port();
+    let setup = tokio::task::spawn_blocking(move || {
+        setup.kill_primary_and_wait_failover();
+        setup
+    })
+    .await
+    .expect("failover");
+    assert_ne!(setup.primary().port(), first_primary);
+    for i in 5..8 {
+        publish_until_done(&server.redisse.publisher(), "a", &i.to_string()).await;
+    }
+    // The library's publisher and the command line, both trusting the CA.
+    let publisher =
+        Publisher::redis_sentinel_with_tls_ca(&sentinels, &master, 100, Some(&pki.path("ca.pem")))
+            .expect("a TLS publisher through Sentinel");
+    publish_until_done(&publisher, "a", "8").await;
+    let (ok, stdout, stderr) = cli(&[
+        "a",
+        "9",
+        "-t",
+        "m",
+        "--redis-sentinel",
+        &setup.sentinel_urls(),
+        "--redis-master",
+        &master,
+        "--redis-tls-ca",
+        &pki.ca(),
+    ])
+    .await;
+    assert!(ok, "redisse publish over TLS sentinels: {stderr}");
+    let after = take_events(&mut stream, 5, Duration::from_secs(60)).await;
+    let data: Vec<String> = before
+        .iter()
+        .chain(&after)
+        .map(|e| e.data.clone())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(
+        data, expected,
+        "every event once, in order, across the failover"
+    );
+    assert_eq!(
+        after.last().and_then(|e| e.id.clone()),
+        Some(stdout.trim().to_owned())
+    );
+
+    // The binary, on the same settings from its command line.
+    let binary = Redisse::start(&[
+        "--redis-sentinel",
+        &setup.sentinel_urls(),
+        "--redis-master",
+        &master,
+        "--redis-tls-ca",
+        &pki.ca(),
+    ]);
+    binary.health_becomes(200).await;
+    let from = before[0].id.clone().expect("an id");
+    let mut s = SseStream::open(&binary.url("/?a"), &[("last-event-id", &from)]).await;
+    assert_eq!(s.status, 200);
+    let replayed = take_events(&mut s, 9, PATIENCE).await;
+    let replayed: Vec<String> = replayed.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(
+        replayed,
+        expected[1..],
+        "the binary reads the history over TLS"
+    );
+}

@@ -317,7 +317,7 @@ pub(crate) fn client_from_info(
 /// provider, which rustls cannot choose by itself when more than one is compiled in (it would
 /// panic at the first `rediss://` connection): ring, as for the server's TLS, unless the
 /// application installed one.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // An error means another thread installed one meanwhile, which serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -372,15 +372,17 @@ impl RedisPublisher {
         ))
     }
 
-    /// A publisher to the primary the `sentinels` (URLs) name `master` (see `primary`); it
-    /// asks them at first use and again whenever the primary refuses or cannot be reached.
+    /// A publisher to the primary the `sentinels` (URLs) name `master` (see `primary`, and
+    /// there for `ca`); it asks them at first use and again whenever the primary refuses or
+    /// cannot be reached.
     pub fn through_sentinel(
         sentinels: &[String],
         master: &str,
+        ca: Option<&[u8]>,
         history_size: usize,
         window: Duration,
     ) -> Result<Self, BrokerError> {
-        let primary = Primary::sentinel(sentinels, master).map_err(BrokerError::redis)?;
+        let primary = Primary::sentinel(sentinels, master, ca).map_err(BrokerError::redis)?;
         Ok(RedisPublisher::new(
             Commands::following(Arc::new(primary)),
             history_size,
@@ -595,12 +597,12 @@ fn config_ca(config: &Config) -> Result<Option<Vec<u8>>, Error> {
 /// The primary `config` names: its `redis_url` (trusting `redis_tls_ca`), or the one its
 /// `redis_sentinel` finds. Only the settings are checked here; nothing connects.
 fn config_primary(config: &Config) -> Result<Primary, Error> {
+    let ca = config_ca(config)?;
     if let Some(sentinel) = &config.redis_sentinel {
-        return Primary::sentinel(&sentinel.sentinels, &sentinel.master)
+        return Primary::sentinel(&sentinel.sentinels, &sentinel.master, ca.as_deref())
             .map_err(|e| Error::RedisUrl(Box::new(e)));
     }
     let url = config.redis_url.as_deref().unwrap_or_default();
-    let ca = config_ca(config)?;
     let client = client(url, ca.as_deref(), true).map_err(|e| Error::RedisUrl(Box::new(e)))?;
     Ok(Primary::Fixed(client))
 }

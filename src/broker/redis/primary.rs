@@ -16,18 +16,28 @@
 //! The primary's name may be given as a URL (`redis://alice:secret@mymaster/2`, `rediss://`
 //! for TLS) whose host is the name and whose user, password and database are the primary's;
 //! the sentinels' URLs carry the sentinels' own passwords.
+//!
+//! With a CA of its own (`redis_tls_ca`), every TLS connection of the setup (the sentinels'
+//! when their URLs are `rediss://`, the primary's when its URL is) must chain to that CA. The
+//! crate's plain Sentinel client has no place for a CA, so that case is its `SentinelClient`,
+//! built with the CA for both sides; that builder takes one user and password for every
+//! sentinel, so their URLs must agree on them (they do in any usual setup: the sentinels share
+//! their `requirepass`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
-use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsMode};
+use redis::sentinel::{
+    Sentinel, SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType,
+};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, TlsMode};
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
-use super::{client_from_info, command_connection};
+use super::{client_from_info, command_connection, install_crypto_provider};
 use crate::error::BrokerError;
+use crate::redis_url::is_tls_url;
 
 /// The primary of a broker.
 pub(crate) enum Primary {
@@ -40,19 +50,39 @@ pub(crate) enum Primary {
 /// The sentinels and the primary's name and connection settings.
 pub(crate) struct SentinelPrimary {
     /// The crate's client keeps a connection to each sentinel it asked (`&mut self`).
-    sentinel: Mutex<Sentinel>,
+    sentinel: Mutex<Finder>,
     name: String,
     node: SentinelNodeConnectionInfo,
 }
 
+/// How the sentinels are asked.
+enum Finder {
+    /// With the system's roots for any TLS connection.
+    Plain(Sentinel),
+    /// Trusting the CA given (see the module documentation).
+    Trusting(Box<SentinelClient>),
+}
+
 impl Primary {
     /// A primary found through the `sentinels` (URLs) under `master` (a name, or a URL whose
-    /// host is the name: see the module documentation).
-    pub fn sentinel(sentinels: &[String], master: &str) -> Result<Self, redis::RedisError> {
+    /// host is the name: see the module documentation); with `ca` (PEM certificates), every
+    /// TLS connection among them must chain to it.
+    pub fn sentinel(
+        sentinels: &[String],
+        master: &str,
+        ca: Option<&[u8]>,
+    ) -> Result<Self, redis::RedisError> {
         let (name, node) = master_settings(master)?;
-        let sentinel = Sentinel::build(sentinels.to_vec())?;
+        if is_tls_url(master) || sentinels.iter().any(|s| is_tls_url(s)) {
+            // The crate connects to them over TLS before any client of ours exists.
+            install_crypto_provider();
+        }
+        let finder = match ca {
+            None => Finder::Plain(Sentinel::build(sentinels.to_vec())?),
+            Some(pem) => Finder::Trusting(Box::new(trusting(sentinels, &name, master, pem)?)),
+        };
         Ok(Primary::Sentinel(SentinelPrimary {
-            sentinel: Mutex::new(sentinel),
+            sentinel: Mutex::new(finder),
             name,
             node,
         }))
@@ -64,12 +94,14 @@ impl Primary {
         match self {
             Primary::Fixed(client) => Ok(client.clone()),
             Primary::Sentinel(s) => {
-                let found = s
-                    .sentinel
-                    .lock()
-                    .await
-                    .async_master_for(&s.name, Some(&s.node))
-                    .await?;
+                let found = match &mut *s.sentinel.lock().await {
+                    Finder::Plain(sentinel) => {
+                        sentinel.async_master_for(&s.name, Some(&s.node)).await?
+                    }
+                    // The address it gives carries the CA (its TLS parameters), which the
+                    // client made from it keeps.
+                    Finder::Trusting(client) => client.async_get_client().await?,
+                };
                 client_from_info(found.get_connection_info().clone(), None, true)
             }
         }
@@ -119,6 +151,95 @@ fn master_settings(
         node = node.set_tls_mode(tls);
     }
     Ok((name, node))
+}
+
+/// The crate's Sentinel client trusting `ca` (PEM) for the TLS connections among `sentinels`
+/// and the primary `master` (its URL, or a plain name, see [`master_settings`]).
+fn trusting(
+    sentinels: &[String],
+    name: &str,
+    master: &str,
+    ca: &[u8],
+) -> Result<SentinelClient, redis::RedisError> {
+    let invalid =
+        |why: &'static str| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, why));
+    let infos = sentinels
+        .iter()
+        .map(|url| url.as_str().into_connection_info())
+        .collect::<Result<Vec<ConnectionInfo>, _>>()?;
+    let is_tls = |info: &ConnectionInfo| matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let tls_sentinels = infos.iter().filter(|i| is_tls(i)).count();
+    if tls_sentinels != 0 && tls_sentinels != infos.len() {
+        return Err(invalid(
+            "with a TLS CA, the sentinels' URLs must be all rediss:// or all redis://",
+        ));
+    }
+    let credentials = |info: &ConnectionInfo| {
+        let settings = info.redis_settings();
+        (
+            settings.username().map(str::to_owned),
+            settings.password().map(str::to_owned),
+        )
+    };
+    let (user, password) = infos.first().map(credentials).unwrap_or_default();
+    if infos
+        .iter()
+        .any(|i| credentials(i) != (user.clone(), password.clone()))
+    {
+        return Err(invalid(
+            "with a TLS CA, every sentinel's URL must carry the same user and password",
+        ));
+    }
+    let primary_tls = master.contains("://") && {
+        let info = master.into_connection_info()?;
+        is_tls(&info)
+    };
+    if tls_sentinels == 0 && !primary_tls {
+        return Err(invalid(
+            "a TLS CA is for TLS: the sentinels' URLs or the primary's must be rediss://",
+        ));
+    }
+    let certs = || redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
+    };
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
+        name,
+        SentinelServerType::Master,
+    )?;
+    if tls_sentinels != 0 {
+        builder = builder.set_client_to_sentinel_certificates(certs());
+    }
+    if let Some(user) = &user {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = &password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    // The primary's settings, as `master_settings` reads them for the plain client.
+    builder = builder.set_client_to_redis_protocol(ProtocolVersion::RESP2);
+    if master.contains("://") {
+        let info = master.into_connection_info()?;
+        let settings = info.redis_settings();
+        builder = builder.set_client_to_redis_db(settings.db());
+        if let Some(user) = settings.username() {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
+            builder = builder
+                .set_client_to_redis_tls_mode(if *insecure {
+                    TlsMode::Insecure
+                } else {
+                    TlsMode::Secure
+                })
+                .set_client_to_redis_certificates(certs());
+        }
+    }
+    builder.build()
 }
 
 /// A command connection (not pub/sub) to the primary, shared by its users and replaced when
@@ -334,9 +455,33 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_through_sentinel_needs_one_kind_of_sentinel_url_and_one_password() {
+        let ca = b"not read here";
+        let err = |sentinels: &[&str], master: &str| {
+            let sentinels: Vec<String> = sentinels.iter().map(|s| s.to_string()).collect();
+            match Primary::sentinel(&sentinels, master, Some(ca)) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let e = err(&["rediss://a:26380/", "redis://b:26379/"], "m");
+        assert!(e.contains("all rediss:// or all redis://"), "{e}");
+        let e = err(&["rediss://:one@a:26380/", "rediss://:two@b:26380/"], "m");
+        assert!(e.contains("the same user and password"), "{e}");
+        let e = err(&["redis://a:26379/"], "redis://m");
+        assert!(e.contains("must be rediss://"), "{e}");
+        // Shared credentials, TLS sentinels, a TLS primary: built (nothing connects yet).
+        assert_eq!(
+            err(&["rediss://:pw@a:26380/", "rediss://:pw@b:26380/"], "m"),
+            ""
+        );
+        assert_eq!(err(&["redis://a:26379/"], "rediss://alice:pw@m/1"), "");
+    }
+
+    #[test]
     fn commands_wait_for_the_first_primary_then_fail_clearly() {
         // Sentinels that are not there: nothing resolves by itself.
-        let nowhere = Primary::sentinel(&["redis://127.0.0.1:1/".into()], "m").unwrap();
+        let nowhere = Primary::sentinel(&["redis://127.0.0.1:1/".into()], "m", None).unwrap();
         let commands = Commands::following(Arc::new(nowhere));
         let a = redis::Client::open("redis://127.0.0.1:1/").unwrap();
         let b = redis::Client::open("redis://127.0.0.1:2/").unwrap();
@@ -392,7 +537,7 @@ mod tests {
                 }
             }
         });
-        let silent = Primary::sentinel(&[format!("redis://127.0.0.1:{port}/")], "m").unwrap();
+        let silent = Primary::sentinel(&[format!("redis://127.0.0.1:{port}/")], "m", None).unwrap();
         let commands = Commands::following(Arc::new(silent));
         let gone = redis::Client::open("redis://127.0.0.1:1/").unwrap();
         let refused =

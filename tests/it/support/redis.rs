@@ -1,7 +1,8 @@
 //! A private `redis-server` per test, on a free loopback port, that the test can stop, restart
 //! on the same port, and whose pub/sub clients it can kill. It never touches the machine's own
 //! Redis on the standard port. [`RedisServer::start_with`] adds options of the test's own, and
-//! can serve TLS only (`--port 0 --tls-port`) with certificate files the test made.
+//! can serve TLS only (`--port 0 --tls-port`) with certificate files the test made, or TLS
+//! beside a plain port that only the harness uses ([`RedisServer::start_tls_with_plain`]).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ pub struct RedisServer {
     /// Options after the usual ones.
     extra: Vec<String>,
     tls: Option<TlsFiles>,
+    /// Beside a TLS port: a plain one, for the harness's own connections.
+    plain_port: Option<u16>,
 }
 
 /// Why a server did not start.
@@ -71,6 +74,32 @@ impl RedisServer {
         RedisServer::start_on(free_port, extra, tls)
     }
 
+    /// A server on a TLS port for its clients (redisse, replicas, sentinels) and on a plain
+    /// port that only the harness connects to, to set up and inspect (a Sentinel setup over
+    /// TLS: the harness keeps its plain connections, redisse's client is the TLS one).
+    pub fn start_tls_with_plain(extra: &[String], tls: TlsFiles) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+            extra: extra.to_vec(),
+            tls: Some(tls),
+            plain_port: Some(free_port()),
+        };
+        for _ in 0..3 {
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(Failure::PortTaken) => {
+                    server.port = free_port();
+                    server.plain_port = Some(free_port());
+                }
+                Err(Failure::Other(e)) => panic!("{e}"),
+            }
+        }
+        panic!("redis-server found no free ports in 3 tries")
+    }
+
     /// A single Redis Cluster node (`--cluster-enabled yes`, its own slots unassigned), on a
     /// port whose cluster bus port is free too.
     pub fn start_cluster_node() -> Self {
@@ -93,6 +122,7 @@ impl RedisServer {
             child: None,
             extra: extra.to_vec(),
             tls,
+            plain_port: None,
         };
         // The free port may be taken again between `free_port` and the server's bind (by
         // another test's server or connection): then the server exits, and another port is
@@ -117,11 +147,12 @@ impl RedisServer {
 
     fn try_spawn(&mut self) -> Result<(), Failure> {
         let port = self.port.to_string();
+        let plain = self.plain_port.map_or("0".to_owned(), |p| p.to_string());
         let mut command = Command::new("redis-server");
         match &self.tls {
             None => command.args(["--port", &port]),
             Some(tls) => command
-                .args(["--port", "0", "--tls-port", &port])
+                .args(["--port", &plain, "--tls-port", &port])
                 .arg("--tls-cert-file")
                 .arg(&tls.cert)
                 .arg("--tls-key-file")
@@ -169,7 +200,7 @@ impl RedisServer {
         let pid = self.child.as_ref().map(Child::id);
         let mut last_error = String::new();
         loop {
-            if self.tls.is_some() {
+            if self.tls.is_some() && self.plain_port.is_none() {
                 let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
                 if log.contains("Ready to accept connections") {
                     return Ok(());
@@ -221,6 +252,9 @@ impl RedisServer {
     }
 
     fn client(&self) -> redis::Client {
+        if let Some(plain) = self.plain_port {
+            return redis::Client::open(format!("redis://127.0.0.1:{plain}/")).expect("client");
+        }
         assert!(
             self.tls.is_none(),
             "the harness connects to plain servers only; use redisse's client for TLS"

@@ -3,12 +3,17 @@
 //! declared down after a second), so that a test can kill the primary and wait for the replica
 //! to be promoted. Everything is torn down when it is dropped; the machine's own Redis is never
 //! touched.
+//!
+//! [`SentinelSetup::start_tls`] makes the same setup over TLS: the servers and the sentinels
+//! listen on TLS ports, the replica replicates and the sentinels watch over TLS
+//! (`tls-replication yes`), so every address the sentinels give is a TLS one; each also
+//! listens on a plain port that only the harness's own checks use.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::RedisServer;
+use super::redis::{RedisServer, TlsFiles};
 
 /// The name the sentinels know the primary by.
 pub const MASTER: &str = "redisse-test";
@@ -25,7 +30,10 @@ pub struct SentinelSetup {
 }
 
 struct SentinelProcess {
+    /// The plain port (the harness's).
     port: u16,
+    /// The TLS port (redisse's), in a TLS setup.
+    tls_port: Option<u16>,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -39,15 +47,30 @@ impl SentinelSetup {
     /// Starts the primary, its replica (waiting for its first sync) and three sentinels, and
     /// waits until every sentinel names the primary and knows the replica and the other two.
     pub fn start() -> Self {
-        let primary = RedisServer::start();
-        let replica = RedisServer::start_with(
-            &[
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                primary.port().to_string(),
-            ],
-            None,
-        );
+        SentinelSetup::start_on(None)
+    }
+
+    /// [`SentinelSetup::start`] over TLS, with certificates from `tls` (see the module
+    /// documentation); [`SentinelSetup::sentinel_urls`] are then `rediss://` URLs.
+    pub fn start_tls(tls: TlsFiles) -> Self {
+        SentinelSetup::start_on(Some(tls))
+    }
+
+    fn start_on(tls: Option<TlsFiles>) -> Self {
+        let server = |extra: &[String]| match &tls {
+            None => RedisServer::start_with(extra, None),
+            Some(files) => {
+                let mut extra = extra.to_vec();
+                extra.extend(["--tls-replication".into(), "yes".into()]);
+                RedisServer::start_tls_with_plain(&extra, files.clone())
+            }
+        };
+        let primary = server(&[]);
+        let replica = server(&[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port().to_string(),
+        ]);
         let mut setup = SentinelSetup {
             servers: vec![primary, replica],
             primary: 0,
@@ -55,9 +78,10 @@ impl SentinelSetup {
         };
         setup.wait_synced();
         for _ in 0..3 {
-            setup
-                .sentinels
-                .push(SentinelProcess::start(setup.servers[0].port()));
+            setup.sentinels.push(SentinelProcess::start(
+                setup.servers[0].port(),
+                tls.as_ref(),
+            ));
         }
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         for s in &setup.sentinels {
@@ -92,7 +116,10 @@ impl SentinelSetup {
     pub fn sentinel_list(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|s| format!("redis://127.0.0.1:{}/", s.port))
+            .map(|s| match s.tls_port {
+                None => format!("redis://127.0.0.1:{}/", s.port),
+                Some(port) => format!("rediss://127.0.0.1:{port}/"),
+            })
             .collect()
     }
 
@@ -212,15 +239,26 @@ impl SentinelSetup {
 }
 
 impl SentinelProcess {
-    fn start(primary_port: u16) -> Self {
+    fn start(primary_port: u16, tls: Option<&TlsFiles>) -> Self {
         for _ in 0..3 {
             let port = free_port();
+            let tls_port = tls.map(|_| free_port());
             let dir = tempfile::tempdir().expect("temp dir");
             let conf = dir.path().join("sentinel.conf");
+            let tls_conf = match (tls, tls_port) {
+                (Some(files), Some(tls_port)) => format!(
+                    "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    files.cert.display(),
+                    files.key.display(),
+                    files.ca.display()
+                ),
+                _ => String::new(),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n{tls_conf}\
                      sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
                      sentinel down-after-milliseconds {MASTER} 1000\n\
                      sentinel failover-timeout {MASTER} 5000\n\
@@ -242,7 +280,12 @@ impl SentinelProcess {
                          redis-server on the PATH (Debian: apt-get install redis-server)"
                     )
                 });
-            let mut s = SentinelProcess { port, child, dir };
+            let mut s = SentinelProcess {
+                port,
+                tls_port,
+                child,
+                dir,
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             let pid = s.child.id();
             loop {
