@@ -567,7 +567,8 @@ async fn over_tls_with_a_private_ca_the_primary_is_found_and_a_failover_loses_no
     }
     let before = take_events(&mut stream, 5, PATIENCE).await;
 
-    // Without the CA the primary's certificate is not trusted: nothing is published.
+    // Without the CA the sentinels' certificates are not trusted: nothing is published (the
+    // primary's alone: `plain_sentinels_and_a_tls_primary_check_the_primary_against_the_ca`).
     let untrusting = Publisher::redis_sentinel(&sentinels, &master, 100).expect("a publisher");
     let refused = untrusting.publish("a", Event::new("m", "never")).await;
     assert!(refused.is_err(), "published without the CA: {refused:?}");
@@ -640,4 +641,70 @@ async fn over_tls_with_a_private_ca_the_primary_is_found_and_a_failover_loses_no
         expected[1..],
         "the binary reads the history over TLS"
     );
+}
+
+/// Over TLS with a private CA, the primary's URL carries its ACL user, password and
+/// database (`rediss://alice:pw@NAME/3`): the publisher's connection to the primary is made as
+/// alice, on database 3 (the SentinelClient path copies them from the URL), and a wrong
+/// password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_ca_the_primary_urls_user_password_and_database_are_used() {
+    let pki = crate::redis_tls::Pki::new();
+    let setup = SentinelSetup::start_tls(pki.files());
+    for server in [setup.primary(), setup.replica()] {
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "alice", "on", ">pw", "~*", "&*", "+@all"])
+            .query(&mut server.con())
+            .expect("ACL SETUSER");
+    }
+    let sentinels = setup.sentinel_list();
+    let ca = pki.path("ca.pem");
+    let wrong = Publisher::redis_sentinel_with_tls_ca(
+        &sentinels,
+        &format!("rediss://alice:wrong@{MASTER}/3"),
+        100,
+        Some(&ca),
+    )
+    .expect("a publisher");
+    let refused = wrong.publish("a", Event::new("m", "never")).await;
+    assert!(
+        refused.is_err(),
+        "published with a wrong password: {refused:?}"
+    );
+    let publisher = Publisher::redis_sentinel_with_tls_ca(
+        &sentinels,
+        &format!("rediss://alice:pw@{MASTER}/3"),
+        100,
+        Some(&ca),
+    )
+    .expect("a publisher");
+    publish_until_done(&publisher, "a", "1").await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut setup.primary().con())
+        .expect("CLIENT LIST");
+    assert!(
+        clients
+            .lines()
+            .any(|l| l.contains(" user=alice ") && l.contains(" db=3 ")),
+        "{clients}"
+    );
+}
+
+/// Plain sentinels and a TLS primary (`redis://` sentinels, `rediss://NAME`): the CA
+/// is what the primary's certificate is checked against (without it, nothing is published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_sentinels_and_a_tls_primary_check_the_primary_against_the_ca() {
+    let pki = crate::redis_tls::Pki::new();
+    let setup = SentinelSetup::start_tls(pki.files());
+    let sentinels = setup.plain_sentinel_list();
+    let master = format!("rediss://{MASTER}");
+    let untrusting = Publisher::redis_sentinel(&sentinels, &master, 100).expect("a publisher");
+    let refused = untrusting.publish("a", Event::new("m", "never")).await;
+    assert!(refused.is_err(), "published without the CA: {refused:?}");
+    let publisher =
+        Publisher::redis_sentinel_with_tls_ca(&sentinels, &master, 100, Some(&pki.path("ca.pem")))
+            .expect("a publisher");
+    publish_until_done(&publisher, "a", "1").await;
+    assert_eq!(data_of(&stored(setup.primary(), "a")), ["1"]);
 }

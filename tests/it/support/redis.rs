@@ -216,7 +216,10 @@ impl RedisServer {
                             if theirs == pid {
                                 return Ok(());
                             }
-                            last_error = format!("port {} is another server's", self.port);
+                            last_error = format!(
+                                "port {} is another server's",
+                                self.plain_port.unwrap_or(self.port)
+                            );
                         }
                         Err(e) => last_error = e.to_string(),
                     },

@@ -123,6 +123,14 @@ impl SentinelSetup {
             .collect()
     }
 
+    /// The sentinels' plain URLs (in a TLS setup, their plain ports: the harness's).
+    pub fn plain_sentinel_list(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}/", s.port))
+            .collect()
+    }
+
     /// The server the sentinels last named primary.
     pub fn primary(&self) -> &RedisServer {
         &self.servers[self.primary]
