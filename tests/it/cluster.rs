@@ -899,6 +899,56 @@ async fn writes_the_promoted_replica_never_got_are_missedevents() {
     .await;
 }
 
+/// One channel's primary loses its data without any connection dropping (`FLUSHALL` on it):
+/// the channel's sequence starts again from 1. The next event of that channel is noticed to
+/// go back, and handled as a loss: the stream gets one `missedevents`, then what the primary
+/// retained (that event), and the channel's sequence is raised, so that the next event's passes
+/// every one the stream had; the other shard's channel flows on.
+/// (Before, the event came with sequence 1, below the stream's position, and was dropped as
+/// already seen: lost without a word.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_flushed_under_a_live_connection_is_a_loss_told_at_the_next_event() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("flushed", 2);
+        let (a, b) = (channels[0].clone(), channels[1].clone());
+        let process = redisse_on(&cluster, &[]).await;
+        warm(&process, &channels).await;
+        let mut c = Reader::live("the client", &process, &channels, &at(&channels, 1)).await;
+        let mut last = 0;
+        for i in 0..5 {
+            last = process.publish_event(&a, Some("m"), &data(&a, i)).await;
+        }
+        c.read(5, PATIENCE).await;
+        assert_eq!(c.position[&a], last);
+        let primary = cluster.primary_of_channel(&a);
+        let _: () = redis::cmd("FLUSHALL")
+            .query(&mut cluster.node(primary).con())
+            .expect("FLUSHALL");
+
+        let after = publish_through(&process, &a, &data(&a, "after")).await;
+        assert_eq!(after, 1, "the flushed sequence starts again");
+        let first = match c.stream().next_within(FAILOVER_WAIT).await {
+            Next::Event(e) => e,
+            other => panic!("no missedevents after the flush: {other:?}"),
+        };
+        assert_eq!(first.event, "missedevents", "{first:?}");
+        c.record(first);
+        c.read(1, PATIENCE).await;
+        assert_eq!(c.data[&a].last(), Some(&data(&a, "after")));
+        let again = publish_through(&process, &a, &data(&a, "again")).await;
+        assert!(again > last, "the sequence is raised past {last}: {again}");
+        let other = publish_through(&process, &b, &data(&b, "other")).await;
+        c.read(2, PATIENCE).await;
+        assert_eq!(c.got[&a].last(), Some(&again));
+        assert_eq!(c.position[&a], again);
+        assert_eq!(c.got[&b].last(), Some(&other));
+        c.expect_silence().await;
+        assert_eq!(c.missed, 1, "one missedevents");
+    })
+    .await;
+}
+
 /// Three processes on one cluster; nine clients spread over them on channels of all three
 /// shards; publishers publish through all three at once. Every client gets each event of its
 /// channels once, in order; clients that leave come back with their compound id to another

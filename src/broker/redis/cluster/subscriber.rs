@@ -13,7 +13,9 @@
 //!
 //! A connection is lost when it closes, a command on it fails, a `PING` of the watchdog goes
 //! unanswered, the node answers an error (`MOVED`: the slot left), or it ends a subscription
-//! that is still wanted (a `sunsubscribe` push: Redis sends one when a slot moved). Then the
+//! that is still wanted (a `sunsubscribe` push: Redis sends one when a slot moved), or pushes
+//! an event of a channel with a lower sequence than its previous one (the node lost its data
+//! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched). Then the
 //! broker is marked down, live events are held, and until it succeeds (with backoff, while the
 //! cluster fails over): the slot map is read again, each channel of the lost connection (and
 //! any whose slot moved) is subscribed on its slot's primary, and its history is read after
@@ -67,9 +69,23 @@ struct Seen {
     /// comes, which must not be taken for Redis ending it. Emptied once every connection
     /// answered a PING after them (the confirmations on a lost one never come).
     ending: HashMap<Arc<str>, u32>,
+    /// For each active channel, the connection (its id) that last pushed one of its events,
+    /// and that event's sequence. Pushes of one channel on one connection come in publishing
+    /// order, so a lower sequence after a higher one means the channel's sequence went back
+    /// with the connection up (the node's data flushed, its keys deleted): a loss, which no
+    /// lost connection will tell (see `forward_push`).
+    pushed: HashMap<Arc<str>, (u64, u64)>,
 }
 
 type LastSeen = Arc<Mutex<Seen>>;
+
+impl Seen {
+    /// The channel is no longer active.
+    fn forget(&mut self, ch: &str) {
+        self.last.remove(ch);
+        self.pushed.remove(ch);
+    }
+}
 
 /// Which primary serves each slot: ranges `start..=end` and the node's `host:port`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -367,7 +383,7 @@ impl ClusterSubscriber {
                     }
                 }
                 SubCommand::Unsubscribe(ch) => {
-                    lock(&self.last).last.remove(&ch);
+                    lock(&self.last).forget(&ch);
                     new.retain(|c| *c != ch);
                     if let Some(addr) = self.placed.remove(&ch)
                         && let Some(con) = self.nodes.get_mut(&addr)
@@ -504,7 +520,7 @@ impl ClusterSubscriber {
                 lock(&self.last).last.entry(ch).or_insert(None);
             }
             SubCommand::Unsubscribe(ch) => {
-                lock(&self.last).last.remove(&ch);
+                lock(&self.last).forget(&ch);
                 if let Some(addr) = self.placed.remove(&ch)
                     && let Some(con) = self.nodes.get_mut(&addr)
                 {
@@ -752,9 +768,36 @@ fn forward_push(
             match parse_stored(payload) {
                 Ok((seq, bytes)) => {
                     let frame = Frame::live(seq, bytes).without_id();
-                    if let Some(v) = lock(last).last.get_mut(channel) {
+                    let mut seen = lock(last);
+                    if let Some(&(on, before)) = seen.pushed.get(channel)
+                        && on == id
+                        && seq < before
+                    {
+                        // Not dispatched: the recovery reads it from history, after raising
+                        // the sequence and telling the streams.
+                        drop(seen);
+                        let _ = lost.send((
+                            id,
+                            format!(
+                                "the sequence of {} went back from {before} to {seq} with the \
+                                 connection up (the node's data was flushed?)",
+                                Escaped(channel.as_bytes())
+                            ),
+                        ));
+                        return;
+                    }
+                    let Seen {
+                        last: known,
+                        pushed,
+                        ..
+                    } = &mut *seen;
+                    if let Some(name) = known.get_key_value(channel).map(|(n, _)| n.clone()) {
+                        pushed.insert(name, (id, seq));
+                    }
+                    if let Some(v) = known.get_mut(channel) {
                         raise(v, seq);
                     }
+                    drop(seen);
                     dispatch.send(Dispatch::Live {
                         channel: channel.to_owned(),
                         frame,
