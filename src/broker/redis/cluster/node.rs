@@ -176,7 +176,15 @@ pub(crate) type PushHandler = Arc<dyn Fn(Vec<Reply>) + Send + Sync>;
 /// Where a connection reports that it was lost: its id and why.
 pub(crate) type LostSender = mpsc::UnboundedSender<(u64, String)>;
 
-type Waiters = Arc<Mutex<VecDeque<oneshot::Sender<Result<Reply, String>>>>>;
+type Waiters = Arc<Mutex<Pending>>;
+
+/// The requests waiting for their replies, oldest first; once the reader stopped, `closed`,
+/// and no request waits any more.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<oneshot::Sender<Result<Reply, String>>>,
+    closed: bool,
+}
 
 /// The credentials `HELLO` sends, from the seeds' URL.
 #[derive(Clone, Debug, Default)]
@@ -224,8 +232,11 @@ impl NodeConn {
         let waiters = waiting.clone();
         let reader = tokio::spawn(async move {
             let why = read_loop(&mut read, &waiters, &pushes).await;
-            // The waiting requests fail when their senders are dropped.
-            waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            // The waiting requests fail when their senders are dropped; later ones at once.
+            let mut pending = waiters.lock().unwrap_or_else(|e| e.into_inner());
+            pending.queue.clear();
+            pending.closed = true;
+            drop(pending);
             let _ = lost.send((id, why));
         });
         let mut con = NodeConn {
@@ -269,10 +280,14 @@ impl NodeConn {
     /// `Err` (and the connection is then lost).
     pub async fn request(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
         let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(tx);
+        {
+            let mut pending = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.closed {
+                // Nothing would ever answer it: not a wait of `timeout` for nothing.
+                return Err("the connection closed".into());
+            }
+            pending.queue.push_back(tx);
+        }
         encode(&mut self.out, args);
         self.flush().await?;
         match tokio::time::timeout(self.timeout, rx).await {
@@ -312,6 +327,7 @@ async fn read_loop(
                     let waiter = waiting
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
+                        .queue
                         .pop_front();
                     let error = match &reply {
                         Reply::Error(e) => Some(e.clone()),
@@ -344,6 +360,43 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that answers `HELLO` then closes the connection: a request made after the
+    /// reader saw the end fails at once, saying so, instead of waiting its whole timeout for a
+    /// reply nothing will send (it did: the recovery of a cluster whose every pub/sub connection
+    /// was cut waited 3 s on a `PING` to a node already gone).
+    #[tokio::test]
+    async fn a_request_after_the_connection_closed_fails_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let node = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket
+                .write_all(b"%1\r\n+server\r\n+redis\r\n")
+                .await
+                .unwrap();
+            // Closed on drop.
+        });
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel();
+        let pushes: PushHandler = Arc::new(|_| {});
+        let timeout = Duration::from_secs(20);
+        let mut con = NodeConn::connect(&addr, 7, &Auth::default(), timeout, pushes, lost_tx)
+            .await
+            .expect("connected");
+        node.await.unwrap();
+        let (id, why) = lost_rx.recv().await.expect("the loss is reported");
+        assert_eq!((id, why.as_str()), (7, "the node closed the connection"));
+        let started = std::time::Instant::now();
+        let e = con.request(&[b"PING"]).await.unwrap_err();
+        assert_eq!(e, "the connection closed");
+        assert!(
+            started.elapsed() < timeout,
+            "it waited {:?}",
+            started.elapsed()
+        );
+    }
 
     fn whole(text: &[u8]) -> Reply {
         let (reply, used) = parse(text).unwrap().unwrap();

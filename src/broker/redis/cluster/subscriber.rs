@@ -55,6 +55,9 @@ const MAX_BATCH: usize = 4096;
 const SUBSCRIBE_CHUNK: usize = 256;
 /// How long a connection attempt to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Channels whose histories a refill reads at once (on the cluster connection, which
+/// pipelines them): one at a time, 3,000 channels held every stream for about 4 s.
+const REFILL_AT_ONCE: usize = 64;
 
 /// What the task shares with the connections' push handlers.
 #[derive(Debug, Default)]
@@ -659,64 +662,106 @@ impl ClusterSubscriber {
     }
 
     /// Each moved channel's history after the last sequence dispatched for it (see the
-    /// module documentation).
+    /// module documentation), [`REFILL_AT_ONCE`] channels at a time.
     async fn refill(&self, from: &HashMap<Arc<str>, Option<u64>>) -> Result<Resume, BrokerError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        // The futures are made before the stream (they are lazy: still at most
+        // `REFILL_AT_ONCE` run at once): with the closure inside it, rustc cannot prove the
+        // task's future `Send`.
+        let reads: Vec<_> = from
+            .iter()
+            .map(|(ch, &seen)| self.refill_channel(ch, seen))
+            .collect();
+        let refills: Vec<Option<Refilled>> = stream::iter(reads)
+            .buffer_unordered(REFILL_AT_ONCE)
+            .try_collect()
+            .await?;
         let mut resume = Resume::default();
-        let mut raised: Vec<(Arc<str>, u64)> = Vec::new();
-        for (ch, &seen) in from {
-            let Some(seen) = seen else {
-                // Nothing known for it (subscribed while recovering, so no stream on it has
-                // started yet): no position to refill from; from now on, its sequence.
-                self.note_sequence(ch).await;
-                continue;
-            };
-            let mut snap = self.store.snapshot(ch, Some(seen), 0).await?;
-            if snap.malformed > 0 {
-                self.metrics.malformed.inc_by(snap.malformed);
-            }
-            let sequence = snap.counter.unwrap_or(0);
-            let mut newest = seen;
-            // Another process that saw the same loss first raised the floor past what this
-            // one dispatched (and the sequence with it): the same reset, already raised.
-            let raised_elsewhere = snap.floor.is_some_and(|f| f > seen);
-            if sequence < seen || raised_elsewhere {
-                let (now, floor) = if raised_elsewhere {
-                    (sequence, snap.floor.unwrap_or(0))
-                } else {
-                    self.store.raise(ch, seen).await?
-                };
-                tracing::warn!(
-                    channel = %Escaped(ch.as_bytes()),
-                    sequence,
-                    known = seen,
-                    raised_to = now,
-                    floor,
-                    "a channel's sequence went back (writes lost in a failover): its streams \
-                     get missedevents, new ids start above the floor"
-                );
-                // Past any sequence: every retained event.
-                snap = self.store.snapshot(ch, Some(MAX_EVENT_ID), 0).await?;
-                resume.reset_channels.push(ch.clone());
-                newest = now;
-            } else if channel_may_have_lost(seen, 0, &snap, self.history_size) {
-                resume.missed.push(ch.clone());
-            }
-            for history in snap.channels {
-                for frame in history.events {
-                    newest = newest.max(frame.id);
-                    resume.events.push((ch.clone(), frame.without_id()));
-                }
-            }
-            raised.push((ch.clone(), newest));
-        }
         let mut seen = lock(&self.last);
-        for (ch, newest) in raised {
-            if let Some(v) = seen.last.get_mut(&ch) {
-                raise(v, newest);
+        for r in refills.into_iter().flatten() {
+            if r.reset {
+                resume.reset_channels.push(r.channel.clone());
+            } else if r.missed {
+                resume.missed.push(r.channel.clone());
+            }
+            if let Some(v) = seen.last.get_mut(&r.channel) {
+                raise(v, r.newest);
+            }
+            for frame in r.events {
+                resume.events.push((r.channel.clone(), frame));
             }
         }
         Ok(resume)
     }
+
+    /// One channel's part of [`Subscriber::refill`]: `None` for a channel nothing was known of
+    /// (its sequence is noted instead).
+    async fn refill_channel(
+        &self,
+        ch: &Arc<str>,
+        seen: Option<u64>,
+    ) -> Result<Option<Refilled>, BrokerError> {
+        let Some(seen) = seen else {
+            // Nothing known for it (subscribed while recovering, so no stream on it has
+            // started yet): no position to refill from; from now on, its sequence.
+            self.note_sequence(ch).await;
+            return Ok(None);
+        };
+        let mut snap = self.store.snapshot(ch, Some(seen), 0).await?;
+        if snap.malformed > 0 {
+            self.metrics.malformed.inc_by(snap.malformed);
+        }
+        let sequence = snap.counter.unwrap_or(0);
+        let mut refilled = Refilled {
+            channel: ch.clone(),
+            events: Vec::new(),
+            reset: false,
+            missed: false,
+            newest: seen,
+        };
+        // Another process that saw the same loss first raised the floor past what this one
+        // dispatched (and the sequence with it): the same reset, already raised.
+        let raised_elsewhere = snap.floor.is_some_and(|f| f > seen);
+        if sequence < seen || raised_elsewhere {
+            let (now, floor) = if raised_elsewhere {
+                (sequence, snap.floor.unwrap_or(0))
+            } else {
+                self.store.raise(ch, seen).await?
+            };
+            tracing::warn!(
+                channel = %Escaped(ch.as_bytes()),
+                sequence,
+                known = seen,
+                raised_to = now,
+                floor,
+                "a channel's sequence went back (writes lost in a failover, or a flush): its \
+                 streams get missedevents, new ids start above the floor"
+            );
+            // Past any sequence: every retained event.
+            snap = self.store.snapshot(ch, Some(MAX_EVENT_ID), 0).await?;
+            refilled.reset = true;
+            refilled.newest = now;
+        } else if channel_may_have_lost(seen, 0, &snap, self.history_size) {
+            refilled.missed = true;
+        }
+        for history in snap.channels {
+            for frame in history.events {
+                refilled.newest = refilled.newest.max(frame.id);
+                refilled.events.push(frame.without_id());
+            }
+        }
+        Ok(Some(refilled))
+    }
+}
+
+/// What a refill read of one channel: its events after the last sequence dispatched, whether
+/// its streams are reset or told `missedevents`, and the newest sequence it knows now.
+struct Refilled {
+    channel: Arc<str>,
+    events: Vec<Frame>,
+    reset: bool,
+    missed: bool,
+    newest: u64,
 }
 
 /// The shared state, locked (a handler that panicked left nothing half-written that matters).
