@@ -80,6 +80,11 @@ async fn take_events(stream: &mut SseStream, n: usize, wait: Duration) -> Vec<Ss
     got
 }
 
+/// The data of the events of `before`, then of `after`.
+fn data_in_order(before: &[SseEvent], after: &[SseEvent]) -> Vec<String> {
+    before.iter().chain(after).map(|e| e.data.clone()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_loses_no_event_that_history_holds() {
     let mut setup = SentinelSetup::start();
@@ -117,11 +122,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
 
     let after = take_events(&mut stream, 30, Duration::from_secs(60)).await;
-    let data: Vec<String> = before
-        .iter()
-        .chain(&after)
-        .map(|e| e.data.clone())
-        .collect();
+    let data = data_in_order(&before, &after);
     let expected: Vec<String> = (0..40).map(|i| i.to_string()).collect();
     assert_eq!(
         data, expected,
@@ -591,26 +592,22 @@ async fn over_tls_with_a_private_ca_the_primary_is_found_and_a_failover_loses_no
         Publisher::redis_sentinel_with_tls_ca(&sentinels, &master, 100, Some(&pki.path("ca.pem")))
             .expect("a TLS publisher through Sentinel");
     publish_until_done(&publisher, "a", "8").await;
-    let (ok, stdout, stderr) = cli(&[
-        "a",
-        "9",
-        "-t",
-        "m",
+    // The options the command line and the binary take alike.
+    let (urls, ca) = (setup.sentinel_urls(), pki.ca());
+    let options = [
         "--redis-sentinel",
-        &setup.sentinel_urls(),
+        urls.as_str(),
         "--redis-master",
-        &master,
+        master.as_str(),
         "--redis-tls-ca",
-        &pki.ca(),
-    ])
-    .await;
+        ca.as_str(),
+    ];
+    let mut args = vec!["a", "9", "-t", "m"];
+    args.extend(options);
+    let (ok, stdout, stderr) = cli(&args).await;
     assert!(ok, "redisse publish over TLS sentinels: {stderr}");
     let after = take_events(&mut stream, 5, Duration::from_secs(60)).await;
-    let data: Vec<String> = before
-        .iter()
-        .chain(&after)
-        .map(|e| e.data.clone())
-        .collect();
+    let data = data_in_order(&before, &after);
     let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
     assert_eq!(
         data, expected,
@@ -622,14 +619,7 @@ async fn over_tls_with_a_private_ca_the_primary_is_found_and_a_failover_loses_no
     );
 
     // The binary, on the same settings from its command line.
-    let binary = Redisse::start(&[
-        "--redis-sentinel",
-        &setup.sentinel_urls(),
-        "--redis-master",
-        &master,
-        "--redis-tls-ca",
-        &pki.ca(),
-    ]);
+    let binary = Redisse::start(&options);
     binary.health_becomes(200).await;
     let from = before[0].id.clone().expect("an id");
     let mut s = SseStream::open(&binary.url("/?a"), &[("last-event-id", &from)]).await;

@@ -71,33 +71,14 @@ impl RedisServer {
     /// is then a `rediss://` URL. Fails the test with a clear message when the server does not
     /// start (a `redis-server` built without TLS, an option it refuses), with its own log.
     pub fn start_with(extra: &[String], tls: Option<TlsFiles>) -> Self {
-        RedisServer::start_on(free_port, extra, tls)
+        RedisServer::start_on(free_port, extra, tls, false)
     }
 
     /// A server on a TLS port for its clients (redisse, replicas, sentinels) and on a plain
     /// port that only the harness connects to, to set up and inspect (a Sentinel setup over
     /// TLS: the harness keeps its plain connections, redisse's client is the TLS one).
     pub fn start_tls_with_plain(extra: &[String], tls: TlsFiles) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = RedisServer {
-            port: free_port(),
-            dir,
-            child: None,
-            extra: extra.to_vec(),
-            tls: Some(tls),
-            plain_port: Some(free_port()),
-        };
-        for _ in 0..3 {
-            match server.try_spawn() {
-                Ok(()) => return server,
-                Err(Failure::PortTaken) => {
-                    server.port = free_port();
-                    server.plain_port = Some(free_port());
-                }
-                Err(Failure::Other(e)) => panic!("{e}"),
-            }
-        }
-        panic!("redis-server found no free ports in 3 tries")
+        RedisServer::start_on(free_port, extra, Some(tls), true)
     }
 
     /// A single Redis Cluster node (`--cluster-enabled yes`, its own slots unassigned), on a
@@ -110,11 +91,12 @@ impl RedisServer {
     /// [`RedisServer::start_cluster_node`] with `extra` options (which must enable the
     /// cluster).
     pub fn start_cluster_node_with(extra: &[String]) -> Self {
-        RedisServer::start_on(free_cluster_port, extra, None)
+        RedisServer::start_on(free_cluster_port, extra, None, false)
     }
 
-    /// Starts a server on a port from `pick` (another one when it was taken meanwhile).
-    fn start_on(pick: fn() -> u16, extra: &[String], tls: Option<TlsFiles>) -> Self {
+    /// Starts a server on a port from `pick` (another one when it was taken meanwhile), and
+    /// with `plain` on a plain port for the harness beside its TLS one.
+    fn start_on(pick: fn() -> u16, extra: &[String], tls: Option<TlsFiles>, plain: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
             port: pick(),
@@ -122,7 +104,7 @@ impl RedisServer {
             child: None,
             extra: extra.to_vec(),
             tls,
-            plain_port: None,
+            plain_port: plain.then(free_port),
         };
         // The free port may be taken again between `free_port` and the server's bind (by
         // another test's server or connection): then the server exits, and another port is
@@ -130,7 +112,10 @@ impl RedisServer {
         for _ in 0..3 {
             match server.try_spawn() {
                 Ok(()) => return server,
-                Err(Failure::PortTaken) => server.port = pick(),
+                Err(Failure::PortTaken) => {
+                    server.port = pick();
+                    server.plain_port = plain.then(free_port);
+                }
                 Err(Failure::Other(e)) => panic!("{e}"),
             }
         }
