@@ -368,8 +368,7 @@ impl SentinelSettings {
 
     /// Whether any connection of the setup is TLS: a `rediss://` sentinel or primary.
     pub(crate) fn uses_tls(&self) -> bool {
-        redis_url::is_tls_url(&self.master)
-            || self.sentinels.iter().any(|s| redis_url::is_tls_url(s))
+        redis_url::sentinel_uses_tls(&self.master, &self.sentinels)
     }
 
     fn check(&self) -> Result<(), String> {

@@ -158,6 +158,23 @@ impl Redisse {
     }
 }
 
+/// The PEM file `ca` read (see `broker::redis::read_ca`), for a setup that speaks TLS (`tls`);
+/// a CA without TLS is refused with `refusal`.
+#[cfg(feature = "redis")]
+fn read_tls_ca(
+    ca: Option<&std::path::Path>,
+    tls: bool,
+    refusal: &str,
+) -> Result<Option<Vec<u8>>, PublishError> {
+    match ca {
+        Some(_) if !tls => Err(PublishError::InvalidConfig(refusal.into())),
+        Some(path) => crate::broker::redis::read_ca(path)
+            .map(Some)
+            .map_err(|e| PublishError::InvalidConfig(format!("TLS CA: {e}"))),
+        None => Ok(None),
+    }
+}
+
 impl Publisher {
     /// A publisher that writes to Redis directly, in the gem's layout, with the default history
     /// size. It connects on first use and reconnects by itself. Channel names are held to the
@@ -186,18 +203,11 @@ impl Publisher {
         history_size: usize,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, PublishError> {
-        let ca = match ca {
-            Some(_) if !crate::redis_url::is_tls_url(url) => {
-                return Err(PublishError::InvalidConfig(
-                    "a TLS CA is for a rediss:// URL".into(),
-                ));
-            }
-            Some(path) => Some(
-                crate::broker::redis::read_ca(path)
-                    .map_err(|e| PublishError::InvalidConfig(format!("TLS CA: {e}")))?,
-            ),
-            None => None,
-        };
+        let ca = read_tls_ca(
+            ca,
+            crate::redis_url::is_tls_url(url),
+            "a TLS CA is for a rediss:// URL",
+        )?;
         Ok(Publisher {
             target: Target::Redis(RedisPublisher::connect(
                 url,
@@ -239,20 +249,11 @@ impl Publisher {
         history_size: usize,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, PublishError> {
-        let settings = crate::config::SentinelSettings::new(sentinels.to_vec(), master);
-        let ca = match ca {
-            Some(_) if !settings.uses_tls() => {
-                return Err(PublishError::InvalidConfig(
-                    "a TLS CA is for TLS: the sentinels' URLs or the primary's must be rediss://"
-                        .into(),
-                ));
-            }
-            Some(path) => Some(
-                crate::broker::redis::read_ca(path)
-                    .map_err(|e| PublishError::InvalidConfig(format!("TLS CA: {e}")))?,
-            ),
-            None => None,
-        };
+        let ca = read_tls_ca(
+            ca,
+            crate::redis_url::sentinel_uses_tls(master, sentinels),
+            "a TLS CA is for TLS: the sentinels' URLs or the primary's must be rediss://",
+        )?;
         Ok(Publisher {
             target: Target::Redis(RedisPublisher::through_sentinel(
                 sentinels,

@@ -13,6 +13,12 @@ pub(crate) fn is_tls_url(url: &str) -> bool {
     })
 }
 
+/// Whether a Sentinel setup speaks TLS anywhere: a `rediss://` primary (`master`, a name or a
+/// URL) or sentinel.
+pub(crate) fn sentinel_uses_tls(master: &str, sentinels: &[String]) -> bool {
+    is_tls_url(master) || sentinels.iter().any(|s| is_tls_url(s))
+}
+
 /// How logs name the Redis at `url`: from the client's own parsing of the URL, its scheme,
 /// user, host, port and database, never its password: `redis://alice@10.0.0.1:6379/0`,
 /// `rediss://cache.example.com:6380/0`, `unix:///run/redis.sock (db 0)`.

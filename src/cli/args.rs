@@ -430,12 +430,12 @@ fn check_redis_tls_ca(
     sentinels: &[String],
     ca: Option<&Path>,
 ) -> Result<(), String> {
-    use crate::redis_url::is_tls_url;
+    use crate::redis_url::{is_tls_url, sentinel_uses_tls};
     let Some(ca) = ca else {
         return Ok(());
     };
     match master {
-        Some(master) if !is_tls_url(master) && !sentinels.iter().any(|s| is_tls_url(s)) => {
+        Some(master) if !sentinel_uses_tls(master, sentinels) => {
             return Err(
                 "--redis-tls-ca is for TLS: with --redis-sentinel, the sentinels' URLs \
                         or --redis-master must be rediss:// URLs"

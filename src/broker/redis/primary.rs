@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use super::{client_from_info, command_connection, install_crypto_provider};
 use crate::error::BrokerError;
-use crate::redis_url::is_tls_url;
+use crate::redis_url::sentinel_uses_tls;
 
 /// The primary of a broker.
 pub(crate) enum Primary {
@@ -73,7 +73,7 @@ impl Primary {
         ca: Option<&[u8]>,
     ) -> Result<Self, redis::RedisError> {
         let (name, node) = master_settings(master)?;
-        if is_tls_url(master) || sentinels.iter().any(|s| is_tls_url(s)) {
+        if sentinel_uses_tls(master, sentinels) {
             // The crate connects to them over TLS before any client of ours exists.
             install_crypto_provider();
         }
@@ -125,14 +125,7 @@ fn master_settings(
     let info = master.into_connection_info()?;
     let (name, tls) = match info.addr() {
         ConnectionAddr::Tcp(host, _) => (host.clone(), None),
-        ConnectionAddr::TcpTls { host, insecure, .. } => (
-            host.clone(),
-            Some(if *insecure {
-                TlsMode::Insecure
-            } else {
-                TlsMode::Secure
-            }),
-        ),
+        ConnectionAddr::TcpTls { host, insecure, .. } => (host.clone(), Some(tls_mode(*insecure))),
         _ => {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
@@ -151,6 +144,15 @@ fn master_settings(
         node = node.set_tls_mode(tls);
     }
     Ok((name, node))
+}
+
+/// The TLS mode of a `rediss://` URL, insecure or not (`#insecure`).
+fn tls_mode(insecure: bool) -> TlsMode {
+    if insecure {
+        TlsMode::Insecure
+    } else {
+        TlsMode::Secure
+    }
 }
 
 /// The crate's Sentinel client trusting `ca` (PEM) for the TLS connections among `sentinels`
@@ -190,11 +192,11 @@ fn trusting(
             "with a TLS CA, every sentinel's URL must carry the same user and password",
         ));
     }
-    let primary_tls = master.contains("://") && {
-        let info = master.into_connection_info()?;
-        is_tls(&info)
+    let primary = match master.contains("://") {
+        true => Some(master.into_connection_info()?),
+        false => None,
     };
-    if tls_sentinels == 0 && !primary_tls {
+    if tls_sentinels == 0 && !primary.as_ref().is_some_and(is_tls) {
         return Err(invalid(
             "a TLS CA is for TLS: the sentinels' URLs or the primary's must be rediss://",
         ));
@@ -219,8 +221,7 @@ fn trusting(
     }
     // The primary's settings, as `master_settings` reads them for the plain client.
     builder = builder.set_client_to_redis_protocol(ProtocolVersion::RESP2);
-    if master.contains("://") {
-        let info = master.into_connection_info()?;
+    if let Some(info) = &primary {
         let settings = info.redis_settings();
         builder = builder.set_client_to_redis_db(settings.db());
         if let Some(user) = settings.username() {
@@ -231,11 +232,7 @@ fn trusting(
         }
         if let ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
             builder = builder
-                .set_client_to_redis_tls_mode(if *insecure {
-                    TlsMode::Insecure
-                } else {
-                    TlsMode::Secure
-                })
+                .set_client_to_redis_tls_mode(tls_mode(*insecure))
                 .set_client_to_redis_certificates(certs());
         }
     }
