@@ -225,13 +225,16 @@ async fn a_primary_crash_is_survived_by_publishes_and_streams() {
     );
     let after = server.publish_event("news", Some("m"), "after").await;
     assert_eq!(after, 4);
-    // The hint of the position, then the events.
-    let got: Vec<_> = stream
-        .take(4)
-        .await
-        .into_iter()
-        .filter(|e| e.event != "lastEventId")
-        .collect();
+    // The events, after the hint of the position when the stream started before the first
+    // of them (it may start after them, the failover delaying its history read: then they
+    // are its replay, and there is no hint).
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = stream.next().await;
+        if e.event != "lastEventId" {
+            got.push(e);
+        }
+    }
     let data: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
     assert_eq!(data, ["during-1", "during-2", "after"], "{got:?}");
     let log = server.log();
