@@ -37,6 +37,11 @@ struct Args {
     /// itself costs can be taken off.
     #[arg(long)]
     ticks_only: bool,
+    /// Make each round trip through the `redis` crate's connection manager (as the server's
+    /// Redis broker does: a multiplexed connection whose own task writes the command and reads
+    /// the reply) instead of on the raw socket; the difference is what the client's hops cost.
+    #[arg(long)]
+    redis_crate: bool,
 }
 
 /// This process's user and kernel CPU time, in seconds (USER_HZ is 100 in /proc's ABI).
@@ -68,6 +73,17 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn run(args: Args) -> std::io::Result<()> {
+    let mut manager = if args.redis_crate {
+        let client = redis::Client::open(format!("redis://{}", args.redis))
+            .map_err(std::io::Error::other)?;
+        Some(
+            redis::aio::ConnectionManager::new(client)
+                .await
+                .map_err(std::io::Error::other)?,
+        )
+    } else {
+        None
+    };
     let mut con = TcpStream::connect(&args.redis).await?;
     con.set_nodelay(true)?;
     let mut buf = [0u8; 64];
@@ -84,6 +100,16 @@ async fn run(args: Args) -> std::io::Result<()> {
             t.tick().await;
         }
         if args.ticks_only {
+            continue;
+        }
+        if let Some(manager) = &mut manager {
+            let pong: String = redis::cmd("PING")
+                .query_async(manager)
+                .await
+                .map_err(std::io::Error::other)?;
+            if pong != "PONG" {
+                return Err(std::io::Error::other(format!("unexpected reply {pong:?}")));
+            }
             continue;
         }
         con.write_all(b"PING\r\n").await?;
@@ -108,7 +134,13 @@ async fn run(args: Args) -> std::io::Result<()> {
     let per = cpu / args.count as f64 * 1e6;
     println!(
         "RESULT mode={} round_trips={} rate={} elapsed_s={elapsed:.2} cpu_s={cpu:.2} kernel_pct={:.0} cpu_us_per_round_trip={per:.1}",
-        if args.ticks_only { "ticks" } else { "ping" },
+        if args.ticks_only {
+            "ticks"
+        } else if args.redis_crate {
+            "ping-redis-crate"
+        } else {
+            "ping"
+        },
         args.count,
         args.rate,
         if cpu > 0.0 {
