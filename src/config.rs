@@ -75,9 +75,10 @@ pub struct Config {
     /// `rediss://...` for TLS, or `unix:///path/redis.sock?db=0&user=...&pass=...`.
     pub redis_url: Option<String>,
     /// PEM file of the CA certificates a `rediss://` server's certificate must chain to,
-    /// instead of the system's roots (a private CA); only with a `rediss://` URL, or through
-    /// Sentinel (`redis_sentinel`) with `rediss://` sentinels or primary, where every TLS
-    /// connection of the setup must chain to it. Read when the instance starts. Default: `None`.
+    /// instead of the system's roots (a private CA); only with a `rediss://` URL, through
+    /// Sentinel (`redis_sentinel`) with `rediss://` sentinels or primary, or with a cluster's
+    /// `rediss://` seeds (`redis_cluster`), where every TLS connection of the setup must chain
+    /// to it. Read when the instance starts. Default: `None`.
     pub redis_tls_ca: Option<PathBuf>,
     /// Redis through Sentinel instead of `redis_url`: the sentinels to ask where the primary
     /// is, and the primary's name (see [`SentinelSettings`]). The broker follows a failover to
@@ -86,8 +87,9 @@ pub struct Config {
     /// Redis Cluster instead of `redis_url`: seed nodes' URLs (`redis://[user:password@]host:port`,
     /// any few nodes of the cluster; the others are found from them). Events are published on
     /// each channel's shard (sharded pub/sub, Redis 7.0 or later) and ids are per channel (see
-    /// docs/redis-layout.md, "Redis Cluster layout"). TLS (`rediss://`) is not supported with
-    /// it yet. Default: `None`.
+    /// docs/redis-layout.md, "Redis Cluster layout"). With `rediss://` seeds (all of them), every
+    /// node is reached over TLS (a cluster with `tls-cluster yes`), trusting `redis_tls_ca` or
+    /// the system's roots. Default: `None`.
     pub redis_cluster: Option<Vec<String>>,
     /// The period of the `: hb` comment on idle streams; over HTTP/2 (served by `server`), also
     /// how long a client may stay silent before a PING, and then how long it has to answer it.
@@ -267,7 +269,15 @@ impl Config {
                 self.redis_url.is_some() || self.redis_sentinel.is_some(),
             )?;
         }
-        if self.redis_tls_ca.is_some()
+        if let Some(seeds) = &self.redis_cluster {
+            if self.redis_tls_ca.is_some() && !seeds.iter().any(|s| redis_url::is_tls_url(s)) {
+                return Err(
+                    "redis_tls_ca is for TLS: with redis_cluster, the seeds must be \
+                            rediss:// URLs"
+                        .into(),
+                );
+            }
+        } else if self.redis_tls_ca.is_some()
             && self.redis_sentinel.is_none()
             && !self.redis_url.as_deref().is_some_and(redis_url::is_tls_url)
         {
@@ -297,8 +307,8 @@ impl Config {
     }
 }
 
-/// The checks of [`Config::redis_cluster`]: at least one seed, each a `redis://` URL, and no
-/// other way to Redis beside it (`other`).
+/// The checks of [`Config::redis_cluster`]: at least one seed, all `redis://` or all
+/// `rediss://` URLs, and no other way to Redis beside it (`other`).
 pub(crate) fn check_cluster(seeds: &[String], other: bool) -> Result<(), String> {
     if other {
         return Err(
@@ -311,19 +321,23 @@ pub(crate) fn check_cluster(seeds: &[String], other: bool) -> Result<(), String>
         return Err("redis_cluster needs at least one seed node URL".into());
     }
     for seed in seeds {
-        if redis_url::is_tls_url(seed) {
-            return Err(format!(
-                "{}: TLS (rediss://) is not supported with redis_cluster yet",
-                redis_url::describe(seed)
-            ));
-        }
         let scheme = seed.split_once("://").map(|(s, _)| s);
-        if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("redis")) {
+        if !scheme
+            .is_some_and(|s| s.eq_ignore_ascii_case("redis") || s.eq_ignore_ascii_case("rediss"))
+        {
             return Err(format!(
-                "{}: a Redis Cluster seed must be a redis://host:port URL",
+                "{}: a Redis Cluster seed must be a redis://host:port or rediss://host:port URL",
                 redis_url::describe(seed)
             ));
         }
+    }
+    let tls = seeds.iter().filter(|s| redis_url::is_tls_url(s)).count();
+    if tls != 0 && tls != seeds.len() {
+        return Err(
+            "redis_cluster: the seeds must be all rediss:// (TLS) or all redis://, as every \
+             node of a cluster is reached the same way"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -652,7 +666,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_is_reached_through_redis_seeds_alone() {
+    fn a_cluster_is_reached_through_seeds_alone_all_plain_or_all_tls() {
         let with = |seeds: &[&str]| Config {
             redis_cluster: Some(seeds.iter().map(|s| s.to_string()).collect()),
             ..Config::default()
@@ -665,8 +679,24 @@ mod tests {
             "Redis Cluster (seeds redis://127.0.0.1:7000/0,redis://10.0.0.2:7001/0)"
         );
         assert!(with(&[]).validate().unwrap_err().contains("at least one"));
-        let tls = with(&["rediss://:secret@h:7000"]).validate().unwrap_err();
-        assert!(tls.contains("TLS") && !tls.contains("secret"), "{tls}");
+        assert_eq!(with(&["rediss://:secret@h:7000"]).validate(), Ok(()));
+        let mixed = with(&["rediss://:secret@h:7000", "redis://:secret@h:7001"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            mixed.contains("all rediss://") && !mixed.contains("secret"),
+            "{mixed}"
+        );
+        let ca = |seeds: &[&str]| Config {
+            redis_tls_ca: Some(PathBuf::from("/etc/ca.pem")),
+            ..with(seeds)
+        };
+        assert_eq!(ca(&["rediss://h:7000"]).validate(), Ok(()));
+        let plain_ca = ca(&["redis://h:7000"]).validate().unwrap_err();
+        assert!(
+            plain_ca.contains("redis_tls_ca") && plain_ca.contains("rediss://"),
+            "{plain_ca}"
+        );
         let unix = with(&["unix:///r.sock"]).validate().unwrap_err();
         assert!(unix.contains("redis://host:port"), "{unix}");
         let both = Config {

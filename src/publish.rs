@@ -268,16 +268,37 @@ impl Publisher {
     }
 
     /// A publisher that writes to a Redis Cluster directly (as
-    /// [`Config::redis_cluster`](crate::Config::redis_cluster): seed nodes' `redis://` URLs),
-    /// in the cluster layout (docs/redis-layout.md), keeping `history_size` events per channel:
-    /// each event gets its channel's next id. It connects on first use and follows the slot
-    /// map and failovers; a publish refused before it ran is sent once more.
+    /// [`Config::redis_cluster`](crate::Config::redis_cluster): seed nodes' `redis://` URLs, or
+    /// `rediss://` for TLS with the system's roots), in the cluster layout
+    /// (docs/redis-layout.md), keeping `history_size` events per channel: each event gets its
+    /// channel's next id. It connects on first use and follows the slot map and failovers; a
+    /// publish refused before it ran is sent once more.
     #[cfg(feature = "redis")]
     pub fn redis_cluster(seeds: &[String], history_size: usize) -> Result<Self, PublishError> {
+        Publisher::redis_cluster_with_tls_ca(seeds, history_size, None)
+    }
+
+    /// Like [`Publisher::redis_cluster`]; with `ca`, the nodes' certificates must chain to the
+    /// CA certificates of that PEM file instead of the system's roots (as
+    /// [`Config::redis_tls_ca`](crate::Config::redis_tls_ca)), and the seeds must be
+    /// `rediss://` URLs. A file that cannot be read or holds no certificate, or a `ca` with
+    /// `redis://` seeds, is [`PublishError::InvalidConfig`].
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster_with_tls_ca(
+        seeds: &[String],
+        history_size: usize,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, PublishError> {
         crate::config::check_cluster(seeds, false).map_err(PublishError::InvalidConfig)?;
+        let ca = read_tls_ca(
+            ca,
+            crate::broker::redis::cluster::seeds_use_tls(seeds),
+            "a TLS CA is for TLS: the cluster's seeds must be rediss:// URLs",
+        )?;
         Ok(Publisher {
             target: Target::Cluster(ClusterStore::connect(
                 seeds,
+                ca.as_deref(),
                 history_size,
                 DEFAULT_IDEMPOTENCY_WINDOW,
             )?),

@@ -64,9 +64,9 @@ pub struct ServeArgs {
     /// unix:///PATH?pass=PASSWORD); without it, the in-memory broker.
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
-    /// PEM file of the CA that signed the rediss:// server's certificate (a private CA), or
-    /// the rediss:// sentinels' and primary's with --redis-sentinel; without it, the system's
-    /// roots.
+    /// PEM file of the CA that signed the rediss:// server's certificate (a private CA), the
+    /// rediss:// sentinels' and primary's with --redis-sentinel, or the nodes' with rediss://
+    /// --redis-cluster seeds; without it, the system's roots.
     #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
     /// Redis through Sentinel instead of --redis: the sentinels' URLs, comma-separated
@@ -81,8 +81,8 @@ pub struct ServeArgs {
     )]
     pub redis_sentinel: Vec<String>,
     /// Redis Cluster instead of --redis: seed nodes' URLs, comma-separated
-    /// (redis://[USER:PASSWORD@]HOST:PORT, a few nodes of the cluster); sharded pub/sub (Redis
-    /// 7.0 or later), ids per channel. No TLS yet.
+    /// (redis://[USER:PASSWORD@]HOST:PORT, a few nodes of the cluster; rediss:// for TLS, all
+    /// of them); sharded pub/sub (Redis 7.0 or later), ids per channel.
     #[arg(
         long,
         env = "REDISSE_REDIS_CLUSTER",
@@ -263,7 +263,8 @@ pub struct PublishArgs {
     #[arg(long, env = "REDISSE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
     /// PEM file of the CA that signed the rediss:// server's certificate, for --redis (or for
-    /// rediss:// sentinels and primary, with --redis-sentinel).
+    /// rediss:// sentinels and primary, with --redis-sentinel; rediss:// nodes, with
+    /// --redis-cluster).
     #[arg(long, env = "REDISSE_REDIS_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
     /// Publish straight to the Redis primary these sentinels name (URLs, comma-separated),
@@ -279,8 +280,8 @@ pub struct PublishArgs {
     /// primary's user, password and database, for --redis-sentinel.
     #[arg(long, env = "REDISSE_REDIS_MASTER", value_name = "NAME")]
     pub redis_master: Option<String>,
-    /// Publish straight to a Redis Cluster: seed nodes' URLs, comma-separated (redis:// only);
-    /// the event gets the channel's next id.
+    /// Publish straight to a Redis Cluster: seed nodes' URLs, comma-separated (all redis://,
+    /// or all rediss:// for TLS); the event gets the channel's next id.
     #[arg(
         long,
         env = "REDISSE_REDIS_CLUSTER",
@@ -369,17 +370,18 @@ impl PublishArgs {
         } else if self.redis_master.is_none() {
             return Err("--redis-sentinel needs --redis-master, the primary's name".into());
         }
-        if self.redis.is_some() || self.redis_master.is_some() {
+        if self.redis.is_some() || self.redis_master.is_some() || !self.redis_cluster.is_empty() {
             check_redis_tls_ca(
                 self.redis.as_deref(),
                 self.redis_master.as_deref(),
                 &self.redis_sentinel,
+                &self.redis_cluster,
                 self.redis_tls_ca.as_deref(),
             )
         } else if explicit("redis_tls_ca") {
             Err(
-                "--redis-tls-ca is for publishing to Redis with --redis rediss://... or \
-                 through TLS sentinels"
+                "--redis-tls-ca is for publishing to Redis with --redis rediss://..., \
+                 through TLS sentinels or to a cluster's rediss:// seeds"
                     .into(),
             )
         } else {
@@ -422,12 +424,13 @@ pub fn parse_internal_address(s: &str) -> Result<InternalAddress, String> {
 }
 
 /// `--redis-tls-ca` only with a `rediss://` URL (for `--redis`; through Sentinel, for
-/// `rediss://` sentinels or a `rediss://` primary), and a file of certificates (read here, so
+/// `rediss://` sentinels or a `rediss://` primary; `rediss://` seeds of a cluster), and a file of certificates (read here, so
 /// that the error names the option; the library reads it again when it starts).
 fn check_redis_tls_ca(
     redis: Option<&str>,
     master: Option<&str>,
     sentinels: &[String],
+    cluster: &[String],
     ca: Option<&Path>,
 ) -> Result<(), String> {
     use crate::redis_url::{is_tls_url, sentinel_uses_tls};
@@ -435,6 +438,14 @@ fn check_redis_tls_ca(
         return Ok(());
     };
     match master {
+        _ if !cluster.is_empty() && !cluster.iter().any(|s| is_tls_url(s)) => {
+            return Err(
+                "--redis-tls-ca is for TLS: with --redis-cluster, the seeds must \
+                        be rediss:// URLs"
+                    .into(),
+            );
+        }
+        _ if !cluster.is_empty() => {}
         Some(master) if !sentinel_uses_tls(master, sentinels) => {
             return Err(
                 "--redis-tls-ca is for TLS: with --redis-sentinel, the sentinels' URLs \
@@ -523,6 +534,7 @@ impl ServeArgs {
             self.redis.as_deref(),
             self.redis_master.as_deref(),
             &self.redis_sentinel,
+            &self.redis_cluster,
             self.redis_tls_ca.as_deref(),
         )?;
         Ok(Config {
@@ -577,24 +589,30 @@ mod tests {
         let ca = Some(Path::new("/nonexistent/ca.pem"));
         let plain = ["redis://127.0.0.1:26379/".to_owned()];
         let tls = ["rediss://127.0.0.1:26380/".to_owned()];
-        let e = check_redis_tls_ca(None, Some("mymaster"), &plain, ca).unwrap_err();
+        let e = check_redis_tls_ca(None, Some("mymaster"), &plain, &[], ca).unwrap_err();
         assert!(
             e.contains("--redis-sentinel") && e.contains("rediss://"),
             "{e}"
         );
-        let e = check_redis_tls_ca(Some("redis://h/"), None, &[], ca).unwrap_err();
+        let e = check_redis_tls_ca(Some("redis://h/"), None, &[], &[], ca).unwrap_err();
         assert!(e.contains("--redis must be a rediss://"), "{e}");
+        let e = check_redis_tls_ca(None, None, &[], &plain, ca).unwrap_err();
+        assert!(
+            e.contains("--redis-cluster") && e.contains("rediss://"),
+            "{e}"
+        );
         // Something is TLS: the file itself is read next (and here it is missing).
-        for (redis, master, sentinels) in [
-            (None, Some("mymaster"), &tls[..]),
-            (None, Some("rediss://mymaster"), &plain[..]),
-            (Some("rediss://h/"), None, &[][..]),
+        for (redis, master, sentinels, cluster) in [
+            (None, Some("mymaster"), &tls[..], &[][..]),
+            (None, Some("rediss://mymaster"), &plain[..], &[][..]),
+            (Some("rediss://h/"), None, &[][..], &[][..]),
+            (None, None, &[][..], &tls[..]),
         ] {
-            let e = check_redis_tls_ca(redis, master, sentinels, ca).unwrap_err();
+            let e = check_redis_tls_ca(redis, master, sentinels, cluster, ca).unwrap_err();
             assert!(e.starts_with("--redis-tls-ca: "), "{e}");
         }
         assert_eq!(
-            check_redis_tls_ca(None, Some("mymaster"), &plain, None),
+            check_redis_tls_ca(None, Some("mymaster"), &plain, &[], None),
             Ok(())
         );
     }

@@ -31,10 +31,13 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     }
     #[cfg(feature = "redis")]
     let straight = match (&args.redis_master, &args.redis) {
-        _ if !args.redis_cluster.is_empty() => Some(crate::publish::Publisher::redis_cluster(
-            &args.redis_cluster,
-            args.history_size,
-        )),
+        _ if !args.redis_cluster.is_empty() => {
+            Some(crate::publish::Publisher::redis_cluster_with_tls_ca(
+                &args.redis_cluster,
+                args.history_size,
+                args.redis_tls_ca.as_deref(),
+            ))
+        }
         (Some(master), _) => Some(crate::publish::Publisher::redis_sentinel_with_tls_ca(
             &args.redis_sentinel,
             master,

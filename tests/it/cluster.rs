@@ -1162,3 +1162,106 @@ fn compound_ids_hash_the_sorted_names() {
     assert_eq!(compound(&position), "7a256dee-3-10");
     assert_eq!(parse_compound(&channels, "7a256dee-3-10"), position);
 }
+
+/// The cluster over TLS (`tls-cluster yes`, every node on a TLS port) with a private CA
+/// (`--redis-tls-ca`): the binary reaches every node over TLS, for its scripts and for its
+/// sharded subscriptions; channels of two shards arrive on one stream; the library's publisher
+/// and `redisse publish` publish with the CA, and without it the binary does not start and
+/// nothing is published (the nodes' certificates are not trusted); a primary killed under the stream and its TLS replica
+/// promoted loses nothing, and a client resuming from before gets the rest from history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_private_ca_shards_and_a_failover_lose_nothing() {
+    use redisse::{Event, Publisher};
+    within_limit(async {
+        let pki = crate::redis_tls::Pki::new();
+        let files = pki.files();
+        let mut cluster = blocking(move || Cluster::start_tls(files));
+        let seeds = cluster.seeds();
+        let seed_list: Vec<String> = seeds.split(',').map(str::to_owned).collect();
+        assert!(
+            seed_list.iter().all(|s| s.starts_with("rediss://")),
+            "{seeds}"
+        );
+        let channels = cluster.channels_on_distinct_primaries("tls", 2);
+        let slot = cluster.slot_of_channel(&channels[0]);
+        let ca = pki.ca();
+        // Without the CA the binary does not start, and says why.
+        let err = crate::startup::fails_to_start(&["--redis-cluster", &seeds]).await;
+        assert!(err.contains("certificate"), "{err}");
+        let options = ["--redis-tls-ca", ca.as_str(), "--heartbeat", "1"];
+        let process = Arc::new(redisse_on(&cluster, &options).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live("over TLS", &process, &channels, &at(&channels, 1)).await;
+        let start = c.position.clone();
+        let mut published = Vec::new();
+        for i in 0..10 {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            published.push((ch.clone(), seq));
+        }
+
+        // The library's publisher and the command line, trusting the CA.
+        let publisher =
+            Publisher::redis_cluster_with_tls_ca(&seed_list, 100, Some(&pki.path("ca.pem")))
+                .expect("a TLS cluster publisher");
+        let ch = &channels[0];
+        let seq = publisher
+            .publish(ch, Event::new("m", data(ch, 10)))
+            .await
+            .expect("published over TLS");
+        published.push((ch.clone(), seq));
+        let ch = &channels[1];
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
+            .args(["publish", "--redis-cluster", &seeds, "--redis-tls-ca", &ca])
+            .args(["-t", "m", ch, &data(ch, 11)])
+            .env_remove("REDISSE_REDIS")
+            .env_remove("REDISSE_SERVER")
+            .env_remove("REDISSE_REDIS_TLS_CA")
+            .output()
+            .expect("run redisse publish");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "redisse publish over TLS: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        published.push((ch.clone(), stdout.trim().parse().expect("an id")));
+        // Without the CA, the system's roots do not know the test's CA.
+        let untrusting = Publisher::redis_cluster(&seed_list, 100).expect("a publisher");
+        let refused = untrusting
+            .publish(&channels[0], Event::new("m", "never"))
+            .await;
+        assert!(refused.is_err(), "published without the CA: {refused:?}");
+        c.read(12, PATIENCE).await;
+        let early = c.position.clone();
+
+        // A primary killed under the stream, with publishes going on.
+        blocking(|| cluster.wait_synced(slot));
+        let publishing = publish_in_turn(&process, &channels, 12..30, Duration::from_millis(100));
+        sleep(Duration::from_millis(300)).await;
+        let (cluster, (old, new)) = tokio::task::spawn_blocking(move || {
+            let ports = cluster.kill_primary_and_wait_failover(slot);
+            (cluster, ports)
+        })
+        .await
+        .expect("failover");
+        assert_ne!(old, new);
+        published.extend(publishing.await.expect("the publisher"));
+        assert_answered(&published, &channels, 2..17);
+        c.read(18, FAILOVER_WAIT).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(c.missed, 0, "the TLS replica had every write");
+        assert_every_event_once(&c, &channels, 30);
+
+        // From before the failover: the rest, read from history over TLS.
+        let mut back = Reader::at("back from before", &channels, early.clone());
+        back.reconnect(&process, false).await;
+        back.read(18, PATIENCE).await;
+        back.expect_silence().await;
+        back.check(&expected(&published, &early));
+        assert_eq!(back.missed, 0);
+        drop(cluster);
+    })
+    .await;
+}

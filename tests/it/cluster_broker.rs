@@ -142,15 +142,16 @@ async fn each_channel_lands_on_its_slots_primary_with_ids_of_its_own() {
     }
 }
 
-/// With `--redis-cluster`, a seed that is not a cluster node, and a TLS seed, stop the start
-/// with the reason (without the password); `--redis` with `--redis-cluster` is refused.
+/// With `--redis-cluster`, a seed that is not a cluster node, and TLS and plain seeds mixed,
+/// stop the start with the reason (without the password); `--redis` with `--redis-cluster` is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_that_is_not_a_cluster_node_stops_the_start() {
     let plain = crate::support::RedisServer::start();
     let err = fails_to_start(&["--redis-cluster", &plain.url()]).await;
     assert!(err.contains("not a Redis Cluster node"), "{err}");
-    let err = fails_to_start(&["--redis-cluster", "rediss://:secret@127.0.0.1:1/"]).await;
-    assert!(err.contains("TLS"), "{err}");
+    let mixed = "rediss://:secret@127.0.0.1:1/,redis://:secret@127.0.0.1:2/";
+    let err = fails_to_start(&["--redis-cluster", mixed]).await;
+    assert!(err.contains("all rediss://"), "{err}");
     assert!(!err.contains("secret"), "{err}");
     // Refused by the command line itself (clap's usage message).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
@@ -423,8 +424,11 @@ async fn publishers_without_a_server_write_the_cluster_layout() {
         ]
     );
     assert_eq!(stored(&cluster, "chat"), ["id: 1\nevent: m\ndata: k\n\n"]);
-    let plain = ["rediss://h:1".to_owned()];
-    assert!(Publisher::redis_cluster(&plain, 100).is_err());
+    let mixed = ["rediss://h:1".to_owned(), "redis://h:2".to_owned()];
+    assert!(Publisher::redis_cluster(&mixed, 100).is_err());
+    let ca = std::path::Path::new("/nonexistent/ca.pem");
+    let plain = ["redis://h:1".to_owned()];
+    assert!(Publisher::redis_cluster_with_tls_ca(&plain, 100, Some(ca)).is_err());
 }
 
 /// The subscriber's connection to a primary closed by the node (`CLIENT KILL TYPE pubsub`)

@@ -583,7 +583,7 @@ impl HistoryReader {
 }
 
 /// Reads the CA file of `config`, if any (see [`read_ca`]).
-fn config_ca(config: &Config) -> Result<Option<Vec<u8>>, Error> {
+pub(crate) fn config_ca(config: &Config) -> Result<Option<Vec<u8>>, Error> {
     match &config.redis_tls_ca {
         Some(path) => {
             Ok(Some(read_ca(path).map_err(|e| {

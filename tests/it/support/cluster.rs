@@ -4,6 +4,11 @@
 //! node's cluster bus listens on its port + 10000, so the ports are picked below 55536 with
 //! that second port free too ([`super::redis::free_cluster_port`]).
 //!
+//! [`Cluster::start_tls`] makes the same cluster over TLS (`tls-cluster yes`, `tls-replication
+//! yes`): redisse reaches every node on its TLS port, which the slot map names to TLS clients,
+//! while the harness keeps plain connections on a second port of each node, to which the slot
+//! map names the plain ports: the ports that the methods below take and return are then those.
+//!
 //! A test can also find where redisse keeps a channel in cluster mode (the tag rule of
 //! docs/redis-layout.md: [`tag`], [`history_key`], [`Cluster::primary_of_channel`], and
 //! [`Cluster::channels_on_distinct_primaries`] for names that land on different shards), kill
@@ -16,7 +21,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::redis::RedisServer;
+use super::redis::{RedisServer, TlsFiles};
 
 /// How long a failover may take: with `--cluster-node-timeout 2000` the others mark a dead
 /// primary failed after about two seconds, and its replica wins the election within a few more.
@@ -55,22 +60,41 @@ pub fn seq_key(channel: &str) -> String {
 impl Cluster {
     /// Starts the six nodes and makes them one cluster.
     pub fn start() -> Self {
+        Cluster::start_with(None)
+    }
+
+    /// [`Cluster::start`] over TLS, with certificates from `tls` (see the module
+    /// documentation); [`Cluster::seeds`] are then `rediss://` URLs.
+    pub fn start_tls(tls: TlsFiles) -> Self {
+        Cluster::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<TlsFiles>) -> Self {
+        let mut extra = vec![
+            "--cluster-enabled".to_owned(),
+            "yes".to_owned(),
+            "--cluster-node-timeout".to_owned(),
+            NODE_TIMEOUT_MS.to_string(),
+        ];
+        if tls.is_some() {
+            extra.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+        }
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                let extra = [
-                    "--cluster-enabled".to_owned(),
-                    "yes".to_owned(),
-                    "--cluster-node-timeout".to_owned(),
-                    NODE_TIMEOUT_MS.to_string(),
-                ];
-                RedisServer::start_cluster_node_with(&extra)
+            .map(|_| match &tls {
+                None => RedisServer::start_cluster_node_with(&extra),
+                Some(tls) => RedisServer::start_tls_cluster_node_with(&extra, tls.clone()),
             })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(tls) = &tls {
+            // The nodes meet on their TLS ports, so that the bus is the TLS port's + 10000.
+            create.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -202,18 +226,18 @@ impl Cluster {
         urls.join(",")
     }
 
-    /// The node on `port`.
+    /// The node on `port` (its TLS port or, over TLS, its plain one too).
     pub fn node(&self, port: u16) -> &RedisServer {
         self.nodes
             .iter()
-            .find(|n| n.port() == port)
+            .find(|n| n.port() == port || n.plain_port() == Some(port))
             .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
     }
 
     fn node_mut(&mut self, port: u16) -> &mut RedisServer {
         self.nodes
             .iter_mut()
-            .find(|n| n.port() == port)
+            .find(|n| n.port() == port || n.plain_port() == Some(port))
             .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
     }
 

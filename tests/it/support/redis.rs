@@ -94,6 +94,13 @@ impl RedisServer {
         RedisServer::start_on(free_cluster_port, extra, None, false)
     }
 
+    /// [`RedisServer::start_cluster_node_with`] over TLS: clients, the cluster bus and
+    /// replication on the TLS port (`extra` must enable `tls-cluster` and `tls-replication`),
+    /// and a plain port beside it for the harness (see [`RedisServer::start_tls_with_plain`]).
+    pub fn start_tls_cluster_node_with(extra: &[String], tls: TlsFiles) -> Self {
+        RedisServer::start_on(free_cluster_port, extra, Some(tls), true)
+    }
+
     /// Starts a server on a port from `pick` (another one when it was taken meanwhile), and
     /// with `plain` on a plain port for the harness beside its TLS one.
     fn start_on(pick: fn() -> u16, extra: &[String], tls: Option<TlsFiles>, plain: bool) -> Self {
@@ -252,6 +259,12 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The plain port beside the TLS one, that only the harness uses (see
+    /// [`RedisServer::start_tls_with_plain`]).
+    pub fn plain_port(&self) -> Option<u16> {
+        self.plain_port
     }
 
     /// `redis://127.0.0.1:PORT/`, or `rediss://` for a TLS server.

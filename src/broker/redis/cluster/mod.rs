@@ -17,11 +17,15 @@
 //! channels' slots.
 //!
 //! `Publisher::redis_cluster` (and `redisse publish --redis-cluster`) publish through a
-//! [`ClusterStore`] of their own. Not yet: TLS (`rediss://` seeds are refused by
-//! `Config::validate`), and the single-Redis broker's signs of a Redis that lost its
-//! data without failing over (a watchdog reading of the counter, the floor and the newest
-//! event): on a cluster a data loss is seen when a node's connection is lost, by each channel's
-//! sequence.
+//! [`ClusterStore`] of their own.
+//!
+//! With `rediss://` seeds every connection is TLS: the client's to every node (its slot map
+//! then names each node's TLS port) and the subscriber's ([`node`]), trusting the CA file of
+//! `redis_tls_ca` alone or the system's roots. Seeds are all `rediss://` or all `redis://`.
+//!
+//! Not yet: the single-Redis broker's signs of a Redis that lost its data without failing over
+//! (a watchdog reading of the counter, the floor and the newest event): on a cluster a data
+//! loss is seen when a node's connection is lost, by each channel's sequence.
 
 pub(crate) mod layout;
 pub(crate) mod node;
@@ -55,13 +59,23 @@ pub(crate) struct ClusterCommands {
 }
 
 impl ClusterCommands {
-    /// For the cluster the `seeds` (URLs) belong to; nothing connects yet.
-    pub fn new(seeds: &[String]) -> Result<Self, RedisError> {
-        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+    /// For the cluster the `seeds` (URLs) belong to, `rediss://` ones trusting `ca` (PEM) or
+    /// the system's roots; nothing connects yet.
+    pub fn new(seeds: &[String], ca: Option<&[u8]>) -> Result<Self, RedisError> {
+        let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(Duration::from_secs(2))
             .response_timeout(Duration::from_secs(10))
-            .retries(6)
-            .build()?;
+            .retries(6);
+        if seeds_use_tls(seeds) {
+            super::install_crypto_provider();
+        }
+        if let Some(pem) = ca {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            });
+        }
+        let client = builder.build()?;
         Ok(ClusterCommands {
             client,
             con: OnceCell::new(),
@@ -119,13 +133,15 @@ impl ClusterStore {
         }
     }
 
-    /// A store for publishing alone (`Publisher::redis_cluster`), on the cluster of `seeds`.
+    /// A store for publishing alone (`Publisher::redis_cluster`), on the cluster of `seeds`
+    /// (`rediss://` ones trusting `ca`, see [`ClusterCommands::new`]).
     pub fn connect(
         seeds: &[String],
+        ca: Option<&[u8]>,
         history_size: usize,
         window: Duration,
     ) -> Result<Self, BrokerError> {
-        let commands = ClusterCommands::new(seeds).map_err(BrokerError::redis)?;
+        let commands = ClusterCommands::new(seeds, ca).map_err(BrokerError::redis)?;
         Ok(ClusterStore::new(commands, history_size, window))
     }
 
@@ -240,14 +256,33 @@ impl ClusterStore {
     }
 }
 
-/// The seeds' credentials, for the subscriber's own connections (the first seed's: the
-/// cluster client asks every node with them too).
-fn seeds_auth(seeds: &[String]) -> Result<node::Auth, RedisError> {
+/// Whether the seeds are `rediss://` URLs (`Config::validate` refuses a mix).
+pub(crate) fn seeds_use_tls(seeds: &[String]) -> bool {
+    seeds.iter().any(|s| crate::redis_url::is_tls_url(s))
+}
+
+/// How the subscriber's own connections reach the nodes: TLS when the seeds are `rediss://`
+/// (trusting `ca`, or the system's roots), and the first seed's credentials (the cluster
+/// client asks every node with them too).
+fn seeds_access(seeds: &[String], ca: Option<&[u8]>) -> Result<node::Access, RedisError> {
+    let tls = if seeds_use_tls(seeds) {
+        let config = node::tls_config(ca).map_err(|why| {
+            RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "the TLS configuration for the cluster's nodes",
+                why,
+            ))
+        })?;
+        Some(Arc::new(config))
+    } else {
+        None
+    };
     let Some(first) = seeds.first() else {
-        return Ok(node::Auth::default());
+        return Ok(node::Access::default());
     };
     let info = first.as_str().into_connection_info()?;
-    Ok(node::Auth {
+    Ok(node::Access {
+        tls,
         username: info.redis_settings().username().map(str::to_owned),
         password: info.redis_settings().password().map(str::to_owned),
     })
@@ -277,16 +312,17 @@ impl ClusterBroker {
         tasks: &Tasks,
     ) -> Result<(Self, SubSender), Error> {
         let seeds = config.redis_cluster.as_deref().unwrap_or_default();
+        let ca = super::config_ca(config)?;
         let bad_url = |e: RedisError| Error::RedisUrl(Box::new(e));
         let store = Arc::new(ClusterStore::new(
-            ClusterCommands::new(seeds).map_err(bad_url)?,
+            ClusterCommands::new(seeds, ca.as_deref()).map_err(bad_url)?,
             config.history_size,
             config.idempotency_window,
         ));
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let subscriber = ClusterSubscriber::new(
             seed_addresses(seeds).map_err(bad_url)?,
-            seeds_auth(seeds).map_err(bad_url)?,
+            seeds_access(seeds, ca.as_deref()).map_err(bad_url)?,
             store.clone(),
             metrics.clone(),
             dispatch,
@@ -356,7 +392,9 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// without passwords.
 pub(crate) async fn wait_until_answered(config: &Config, timeout: Duration) -> Result<(), Error> {
     let seeds = config.redis_cluster.as_deref().unwrap_or_default();
-    ClusterCommands::new(seeds).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+    let ca = super::config_ca(config)?;
+    ClusterCommands::new(seeds, ca.as_deref()).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+    seeds_access(seeds, ca.as_deref()).map_err(|e| Error::RedisUrl(Box::new(e)))?;
     if timeout.is_zero() {
         return Ok(());
     }
@@ -367,7 +405,8 @@ pub(crate) async fn wait_until_answered(config: &Config, timeout: Duration) -> R
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut last = None;
         for seed in seeds {
-            let attempt = tokio::time::timeout(remaining, check_seed(seed, remaining)).await;
+            let attempt =
+                tokio::time::timeout(remaining, check_seed(seed, ca.as_deref(), remaining)).await;
             match attempt.unwrap_or_else(|_| Err(super::probe::Unanswered::transient("no answer")))
             {
                 Ok(()) => return Ok(()),
@@ -406,9 +445,13 @@ fn too_old(info: &str) -> Option<&str> {
 
 /// One seed: a connection, `INFO cluster` saying it is a cluster node, a Redis recent enough
 /// for sharded pub/sub, and `CLUSTER INFO` saying the cluster is up.
-async fn check_seed(seed: &str, remaining: Duration) -> Result<(), super::probe::Unanswered> {
+async fn check_seed(
+    seed: &str,
+    ca: Option<&[u8]>,
+    remaining: Duration,
+) -> Result<(), super::probe::Unanswered> {
     use super::probe::{Unanswered, classify};
-    let client = redis::Client::open(seed).map_err(|e| classify(&e))?;
+    let client = super::client(seed, ca, false).map_err(|e| classify(&e))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(remaining))
         .set_response_timeout(Some(remaining));

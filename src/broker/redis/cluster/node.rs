@@ -3,7 +3,9 @@
 //! The Redis client's multiplexed connection has no `SSUBSCRIBE` of its own outside its cluster
 //! connection, which resubscribes by itself after a failover and so hides the very outage the
 //! subscriber must see to refill from history. So the subscriber speaks to each primary on a
-//! connection of this module: a TCP socket, `HELLO 3` (with `AUTH` when the seeds carry
+//! connection of this module: a TCP socket, TLS over it when the seeds are `rediss://` URLs
+//! (rustls, each node's certificate checked for the host the slot map names it by, against the
+//! CA of `redis_tls_ca` or the system's roots), `HELLO 3` (with `AUTH` when the seeds carry
 //! credentials), then commands written in RESP and replies read by a small RESP3 reader.
 //!
 //! A reader task owns the socket's read half. Pushes (`smessage`, `ssubscribe`,
@@ -18,9 +20,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -186,18 +188,80 @@ struct Pending {
     closed: bool,
 }
 
-/// The credentials `HELLO` sends, from the seeds' URL.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Auth {
+/// How a node is reached, from the seeds' URL: over TLS (`rediss://`) with this client
+/// configuration, and the credentials `HELLO` sends.
+#[derive(Clone, Default)]
+pub(crate) struct Access {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// A connection's bytes: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
+
+/// The TLS client configuration for nodes: trusting the CA certificates of `ca` (PEM) alone,
+/// or the system's roots.
+pub(crate) fn tls_config(ca: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("not a PEM certificate ({e})"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("a certificate that cannot be a trust anchor ({e})"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate to trust".into());
+    }
+    super::super::install_crypto_provider();
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The host of `addr` (`host:port`, `[v6]:port`) as TLS checks it in the certificate.
+fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned()).map_err(|_| format!("{host:?} is not a host name"))
+}
+
+/// Connects to `addr`, with TLS when `access` says so; each step waits at most `timeout`.
+async fn open(addr: &str, access: &Access, timeout: Duration) -> Result<Stream, String> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &access.tls else {
+        return Ok(Box::new(tcp));
+    };
+    let name = server_name(addr)?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| "no TLS handshake".to_owned())?
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(Box::new(stream))
 }
 
 /// A connection to one node (see the module documentation).
 pub(crate) struct NodeConn {
     /// Unique within the process: tells a lost report of this connection from an older one's.
     pub id: u64,
-    write: OwnedWriteHalf,
+    write: WriteHalf<Stream>,
     out: Vec<u8>,
     waiting: Waiters,
     reader: JoinHandle<()>,
@@ -211,23 +275,18 @@ impl Drop for NodeConn {
 }
 
 impl NodeConn {
-    /// Connects to `addr` (`host:port`), says `HELLO 3` (authenticating with `auth`), and
-    /// from then on hands pushes to `pushes` and reports its loss to `lost`. Every step, and
-    /// every later request, waits at most `timeout`.
+    /// Connects to `addr` (`host:port`, over TLS when `access` says so), says `HELLO 3`
+    /// (authenticating as `access` says), and from then on hands pushes to `pushes` and reports
+    /// its loss to `lost`. Every step, and every later request, waits at most `timeout`.
     pub async fn connect(
         addr: &str,
         id: u64,
-        auth: &Auth,
+        access: &Access,
         timeout: Duration,
         pushes: PushHandler,
         lost: LostSender,
     ) -> Result<NodeConn, String> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "no answer".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let (mut read, write) = stream.into_split();
+        let (mut read, write) = tokio::io::split(open(addr, access, timeout).await?);
         let waiting: Waiters = Arc::default();
         let waiters = waiting.clone();
         let reader = tokio::spawn(async move {
@@ -248,8 +307,8 @@ impl NodeConn {
             timeout,
         };
         let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
-        if let Some(password) = &auth.password {
-            let user = auth.username.as_deref().unwrap_or("default");
+        if let Some(password) = &access.password {
+            let user = access.username.as_deref().unwrap_or("default");
             hello.extend([b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()]);
         }
         match con.request(&hello).await? {
@@ -299,11 +358,7 @@ impl NodeConn {
 }
 
 /// Reads replies until the connection fails; returns why.
-async fn read_loop(
-    read: &mut tokio::net::tcp::OwnedReadHalf,
-    waiting: &Waiters,
-    pushes: &PushHandler,
-) -> String {
+async fn read_loop(read: &mut ReadHalf<Stream>, waiting: &Waiters, pushes: &PushHandler) -> String {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -361,6 +416,29 @@ async fn read_loop(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_node_is_checked_for_the_host_the_slot_map_names() {
+        assert_eq!(
+            server_name("10.0.0.7:7000"),
+            Ok(ServerName::try_from("10.0.0.7").unwrap())
+        );
+        assert_eq!(
+            server_name("[::1]:7000"),
+            Ok(ServerName::try_from("::1").unwrap())
+        );
+        assert_eq!(
+            server_name("node-1.cache.example:6380"),
+            Ok(ServerName::try_from("node-1.cache.example").unwrap())
+        );
+        assert!(server_name("bad host:7000").is_err());
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let e = tls_config(Some(b"not a certificate")).unwrap_err();
+        assert!(e.contains("no CA certificate"), "{e}");
+    }
+
     /// A node that answers `HELLO` then closes the connection: a request made after the
     /// reader saw the end fails at once, saying so, instead of waiting its whole timeout for a
     /// reply nothing will send (it did: the recovery of a cluster whose every pub/sub connection
@@ -382,7 +460,7 @@ mod tests {
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel();
         let pushes: PushHandler = Arc::new(|_| {});
         let timeout = Duration::from_secs(20);
-        let mut con = NodeConn::connect(&addr, 7, &Auth::default(), timeout, pushes, lost_tx)
+        let mut con = NodeConn::connect(&addr, 7, &Access::default(), timeout, pushes, lost_tx)
             .await
             .expect("connected");
         node.await.unwrap();

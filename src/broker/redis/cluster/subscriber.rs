@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::ClusterStore;
 use super::layout;
-use super::node::{Auth, LostSender, NodeConn, PushHandler, Reply};
+use super::node::{Access, LostSender, NodeConn, PushHandler, Reply};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::dispatch::{Dispatch, DispatchSender, Ready, Resume, SubCommand};
@@ -173,7 +173,7 @@ impl SlotMap {
 pub(super) struct ClusterSubscriber {
     /// Seeds' `host:port`, asked for the slot map beside the nodes already known.
     seeds: Vec<String>,
-    auth: Auth,
+    access: Access,
     store: Arc<ClusterStore>,
     metrics: Arc<Metrics>,
     dispatch: DispatchSender,
@@ -200,7 +200,7 @@ pub(super) struct ClusterSubscriber {
 impl ClusterSubscriber {
     pub fn new(
         seeds: Vec<String>,
-        auth: Auth,
+        access: Access,
         store: Arc<ClusterStore>,
         metrics: Arc<Metrics>,
         dispatch: DispatchSender,
@@ -210,7 +210,7 @@ impl ClusterSubscriber {
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         ClusterSubscriber {
             seeds,
-            auth,
+            access,
             store,
             metrics,
             dispatch,
@@ -322,7 +322,7 @@ impl ClusterSubscriber {
             let con = NodeConn::connect(
                 addr,
                 id,
-                &self.auth,
+                &self.access,
                 CONNECT_TIMEOUT.max(self.ping_timeout),
                 handler,
                 self.lost_tx.clone(),
@@ -352,7 +352,7 @@ impl ClusterSubscriber {
             let quiet: PushHandler = Arc::new(|_| {});
             let asked = async {
                 let mut con =
-                    NodeConn::connect(&addr, 0, &self.auth, CONNECT_TIMEOUT, quiet, tx).await?;
+                    NodeConn::connect(&addr, 0, &self.access, CONNECT_TIMEOUT, quiet, tx).await?;
                 let reply = con.request(&[b"CLUSTER", b"SLOTS"]).await?;
                 SlotMap::parse(&reply, &addr)
             };
