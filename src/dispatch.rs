@@ -30,6 +30,12 @@ pub(crate) enum Dispatch {
     Live { channel: String, frame: Frame },
     /// The broker lost its subscriber connection: hold live events until [`Dispatch::Resume`].
     Hold,
+    /// A Redis Cluster shard's channels are being subscribed again (their connection was lost,
+    /// or their slot moved): hold the live events of these channels until
+    /// [`Dispatch::Resume`], and go on delivering the others'. Ids are per channel there, so
+    /// the other shards' events need not wait for this one's failover. Adds to what is held.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    HoldChannels(Vec<Arc<str>>),
     /// The subscriber is back: deliver what was published meanwhile, then the held events.
     Resume(Resume),
     /// Answered once every message before it is handled, so that a stream that waits for its

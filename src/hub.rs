@@ -11,8 +11,8 @@
 //! (`conn`'s rule), and the dispatcher hands it to the replayer it was started with, which has
 //! a task read its pages (`replay::catch_up`).
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -339,11 +339,16 @@ impl Hub {
         let mut replaying = Vec::new();
         match msg {
             Dispatch::Live { channel, frame } => match held {
-                Some(held) => held.push(channel, frame),
-                None => self.deliver(rx, &channel, frame, false, None),
+                Some(held) if held.holds(&channel) => held.push(channel, frame),
+                _ => self.deliver(rx, &channel, frame, false, None),
             },
             Dispatch::Hold => {
-                held.get_or_insert_with(Held::default);
+                held.get_or_insert_with(Held::default).all = true;
+            }
+            Dispatch::HoldChannels(channels) => {
+                held.get_or_insert_with(Held::default)
+                    .channels
+                    .extend(channels);
             }
             Dispatch::Barrier { tx, at } => {
                 let _ = tx.send(at);
@@ -401,21 +406,29 @@ impl Hub {
 }
 
 /// The most bytes of live events held while a Redis subscriber reconnects. On one Redis none
-/// arrive meanwhile but those already on their way; on a cluster the other shards' events go
-/// on arriving while one shard recovers, for as long as its failover takes.
+/// arrive meanwhile but those already on their way; on a cluster only the recovering shard's
+/// channels are held, from their new subscription until their refill is read.
 const MAX_HELD_BYTES: usize = 64 << 20;
 
 /// Live events held until the resume (see [`Dispatch::Hold`]), bounded by [`MAX_HELD_BYTES`]:
 /// past it an event is dropped and its channel remembered, so that its listeners are told
-/// `missedevents` at the resume (bounded by the channels with listeners).
+/// `missedevents` at the resume (bounded by the channels with listeners). Every channel's
+/// events are held (`all`, one Redis) or those of `channels` alone (the shards of a Redis
+/// Cluster being recovered; bounded by the subscribed channels).
 #[derive(Default)]
 struct Held {
+    all: bool,
+    channels: HashSet<Arc<str>>,
     frames: Vec<(String, Frame)>,
     bytes: usize,
     dropped: std::collections::BTreeSet<String>,
 }
 
 impl Held {
+    fn holds(&self, channel: &str) -> bool {
+        self.all || self.channels.contains(channel)
+    }
+
     fn push(&mut self, channel: String, frame: Frame) {
         if self.bytes + frame.bytes.len() > MAX_HELD_BYTES {
             if !self.dropped.contains(&channel) {
@@ -491,5 +504,51 @@ mod tests {
         assert_eq!(kinds.len(), 65, "missedevents, then the 64 held");
         assert_eq!(kinds[0].kind, crate::event::FrameKind::MissedEvents);
         assert!(held.is_none());
+    }
+
+    /// Holding a cluster shard's channels holds their events alone: another channel's event
+    /// is delivered at once, the held one after the refill the resume brings.
+    #[test]
+    fn holding_some_channels_lets_the_others_through() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(metrics, None, false, 2 << 20, 100);
+        let conn = Conn::new(1, 1 << 20);
+        hub.register(&conn, &[Arc::from("a"), Arc::from("b")])
+            .unwrap();
+        conn.start(vec![], vec![], 0, 0);
+        let (_tx, rx) = channel();
+        let mut held = None;
+        let live = |channel: &str, id: u64| Dispatch::Live {
+            channel: channel.into(),
+            frame: Frame::live(id, Bytes::from(format!("data: {channel}{id}\n\n"))),
+        };
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut drained = |conn: &Conn| {
+            let mut frames = Vec::new();
+            while let crate::conn::Drained::Frames(_) = conn.drain_frames(&mut cx, 1, &mut frames) {
+            }
+            frames
+                .iter()
+                .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
+                .collect::<Vec<_>>()
+        };
+        hub.handle(&rx, Dispatch::HoldChannels(vec![Arc::from("a")]), &mut held);
+        hub.handle(&rx, live("a", 3), &mut held);
+        hub.handle(&rx, live("b", 7), &mut held);
+        assert_eq!(drained(&conn), ["data: b7\n\n"], "b is not held");
+        let refill = Resume {
+            events: vec![(Arc::from("a"), Frame::live(2, Bytes::from("data: a2\n\n")))],
+            ..Resume::default()
+        };
+        hub.handle(&rx, Dispatch::Resume(refill), &mut held);
+        assert_eq!(
+            drained(&conn),
+            ["data: a2\n\n", "data: a3\n\n"],
+            "a's refill, then its held event"
+        );
+        assert!(held.is_none());
+        hub.handle(&rx, live("a", 4), &mut held);
+        assert_eq!(drained(&conn), ["data: a4\n\n"], "no longer held");
     }
 }

@@ -1265,3 +1265,67 @@ async fn over_tls_with_a_private_ca_shards_and_a_failover_lose_nothing() {
     })
     .await;
 }
+
+/// One shard failing over does not hold the others: once the subscriber has seen the killed
+/// primary's connection go (`/health` says 503 while it recovers), an event published on a
+/// channel of another shard reaches the stream at once, while that shard is still failing
+/// over (the subscriber used to hold every channel's live events until the failed shard was
+/// back); then the failed shard's events arrive too, each once, in order, none missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_failing_over_does_not_hold_the_other_shards_events() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("beside", 2);
+        let slot = cluster.slot_of_channel(&channels[0]);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live("beside a failover", &process, &channels, &at(&channels, 1)).await;
+        let start = c.position.clone();
+        let mut published = Vec::new();
+        for i in 0..4 {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            published.push((ch.clone(), seq));
+        }
+        c.read(4, PATIENCE).await;
+        blocking(|| cluster.wait_synced(slot));
+
+        let failover = tokio::task::spawn_blocking(move || {
+            let mut cluster = cluster;
+            let ports = cluster.kill_primary_and_wait_failover(slot);
+            (cluster, ports, Instant::now())
+        });
+        process.health_becomes(503).await;
+        let other = &channels[1];
+        let seq = publish_through(&process, other, &data(other, 5)).await;
+        published.push((other.clone(), seq));
+        c.read(1, PATIENCE).await;
+        let arrived = Instant::now();
+        let health = process.health().await;
+        let (cluster, (old, new), failed_over) = failover.await.expect("failover");
+        assert_ne!(old, new);
+        assert_eq!(
+            health, 503,
+            "the other shard's event came while the subscriber was still recovering"
+        );
+        assert!(
+            arrived < failed_over,
+            "the other shard's event came {:?} after the failover was over",
+            arrived - failed_over
+        );
+
+        // The failed shard's channel, after its failover: everything once, in order.
+        for i in [4, 6, 7, 8, 9] {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            published.push((ch.clone(), seq));
+        }
+        c.read(5, FAILOVER_WAIT).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(c.missed, 0, "the replica had every write");
+        assert_every_event_once(&c, &channels, 10);
+        drop(cluster);
+    })
+    .await;
+}

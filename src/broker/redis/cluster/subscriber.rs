@@ -16,10 +16,12 @@
 //! that is still wanted (a `sunsubscribe` push: Redis sends one when a slot moved), or pushes
 //! an event of a channel with a lower sequence than its previous one (the node lost its data
 //! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched). Then the
-//! broker is marked down, live events are held, and until it succeeds (with backoff, while the
-//! cluster fails over): the slot map is read again, each channel of the lost connection (and
-//! any whose slot moved) is subscribed on its slot's primary, and its history is read after
-//! the last sequence dispatched for it. The resume carries those events, the channels whose
+//! broker is marked down and until it succeeds (with backoff, while the cluster fails over):
+//! the slot map is read again, each channel of the lost connection (and any whose slot moved)
+//! has its live events held, is subscribed on its slot's primary, and has its history read
+//! after the last sequence dispatched for it. The other shards' channels are not held: their
+//! events go on arriving while one shard fails over (ids are per channel, so nothing orders
+//! them after the recovering shard's). The resume carries those events, the channels whose
 //! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
 //! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
 //! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
@@ -547,7 +549,6 @@ impl ClusterSubscriber {
     /// `false` when told to stop.
     async fn recover(&mut self, first: bool) -> bool {
         self.metrics.set_broker_up(false);
-        self.dispatch.send(Dispatch::Hold);
         // The last sequence dispatched for each channel to refill, taken before any of them is
         // subscribed again (live events of the new subscriptions raise `last`, and are held).
         let mut from: HashMap<Arc<str>, Option<u64>> = HashMap::new();
@@ -623,6 +624,11 @@ impl ClusterSubscriber {
             moving.push(ch.clone());
         }
         from.retain(|c, _| active.iter().any(|(a, _)| a == c));
+        // Their live events wait for their refill; the other channels' go on (before any of
+        // them is subscribed again: what a new subscription pushes is held).
+        if !moving.is_empty() {
+            self.dispatch.send(Dispatch::HoldChannels(moving.clone()));
+        }
         self.unplaced = false;
         let groups = self.group_by_node(&moving);
         if self.unplaced {
