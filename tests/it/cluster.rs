@@ -431,6 +431,46 @@ async fn warm(process: &Redisse, channels: &[String]) {
     }
 }
 
+/// With the replica of `slot`'s primary synced, publishes events `labels` on `channels` in
+/// turn through `process` ([`publish_in_turn`]) while that primary is killed (SIGKILL) and its
+/// replica promoted; the cluster and the (channel, seq) answers.
+async fn publish_through_a_failover(
+    mut cluster: Cluster,
+    slot: u16,
+    process: &Arc<Redisse>,
+    channels: &[String],
+    labels: std::ops::Range<usize>,
+) -> (Cluster, Vec<(String, u64)>) {
+    blocking(|| cluster.wait_synced(slot));
+    let publishing = publish_in_turn(process, channels, labels, Duration::from_millis(100));
+    sleep(Duration::from_millis(300)).await;
+    let (cluster, (old, new)) = tokio::task::spawn_blocking(move || {
+        let ports = cluster.kill_primary_and_wait_failover(slot);
+        (cluster, ports)
+    })
+    .await
+    .expect("failover");
+    assert_ne!(old, new);
+    (cluster, publishing.await.expect("the publisher"))
+}
+
+/// A client back at `early` on `channels`: it gets the `n` events after it that `published`
+/// lists, from history, and no `missedevents`.
+async fn resume_from(
+    process: &Redisse,
+    channels: &[String],
+    early: &Position,
+    published: &[(String, u64)],
+    n: usize,
+) {
+    let mut back = Reader::at("back from before", channels, early.clone());
+    back.reconnect(process, false).await;
+    back.read(n, PATIENCE).await;
+    back.expect_silence().await;
+    back.check(&expected(published, early));
+    assert_eq!(back.missed, 0);
+}
+
 /// Two channels on different primaries arrive on one stream, each with its own sequence 1, 2,
 /// 3..., under compound ids; the publish API answers each channel's sequence; each channel's
 /// history is on the primary its slot names.
@@ -666,7 +706,7 @@ async fn a_mismatched_compound_id_gets_one_missedevents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_loses_no_event_that_history_holds() {
     within_limit(async {
-        let mut cluster = blocking(Cluster::start);
+        let cluster = blocking(Cluster::start);
         let channels = cluster.channels_on_distinct_primaries("fo", 2);
         let slot = cluster.slot_of_channel(&channels[0]);
         let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
@@ -687,21 +727,12 @@ async fn a_failover_loses_no_event_that_history_holds() {
         }
         c.read(10, PATIENCE).await;
         let early = c.position.clone();
-        blocking(|| cluster.wait_synced(slot));
-
-        let publishing = publish_in_turn(&process, &channels, 10..40, Duration::from_millis(100));
-        sleep(Duration::from_millis(300)).await;
         let heartbeats = c.stream().comments.len();
         let started = Instant::now();
-        let (cluster, (old, new)) = tokio::task::spawn_blocking(move || {
-            let ports = cluster.kill_primary_and_wait_failover(slot);
-            (cluster, ports)
-        })
-        .await
-        .expect("failover");
+        let (cluster, during) =
+            publish_through_a_failover(cluster, slot, &process, &channels, 10..40).await;
         let took = started.elapsed();
-        assert_ne!(old, new);
-        published.extend(publishing.await.expect("the publisher"));
+        published.extend(during);
         assert_answered(&published, &channels, 2..22);
         c.read(30, FAILOVER_WAIT).await;
         c.expect_silence().await;
@@ -717,12 +748,7 @@ async fn a_failover_loses_no_event_that_history_holds() {
         assert_every_event_once(&c, &channels, 40);
 
         // From before the failover: the rest, from the promoted replica's history.
-        let mut back = Reader::at("back from before", &channels, early.clone());
-        back.reconnect(&process, false).await;
-        back.read(30, PATIENCE).await;
-        back.expect_silence().await;
-        back.check(&expected(&published, &early));
-        assert_eq!(back.missed, 0);
+        resume_from(&process, &channels, &early, &published, 30).await;
         drop(cluster);
     })
     .await;
@@ -1175,7 +1201,7 @@ async fn over_tls_with_a_private_ca_shards_and_a_failover_lose_nothing() {
     within_limit(async {
         let pki = crate::redis_tls::Pki::new();
         let files = pki.files();
-        let mut cluster = blocking(move || Cluster::start_tls(files));
+        let cluster = blocking(move || Cluster::start_tls(files));
         let seeds = cluster.seeds();
         let seed_list: Vec<String> = seeds.split(',').map(str::to_owned).collect();
         assert!(
@@ -1236,17 +1262,9 @@ async fn over_tls_with_a_private_ca_shards_and_a_failover_lose_nothing() {
         let early = c.position.clone();
 
         // A primary killed under the stream, with publishes going on.
-        blocking(|| cluster.wait_synced(slot));
-        let publishing = publish_in_turn(&process, &channels, 12..30, Duration::from_millis(100));
-        sleep(Duration::from_millis(300)).await;
-        let (cluster, (old, new)) = tokio::task::spawn_blocking(move || {
-            let ports = cluster.kill_primary_and_wait_failover(slot);
-            (cluster, ports)
-        })
-        .await
-        .expect("failover");
-        assert_ne!(old, new);
-        published.extend(publishing.await.expect("the publisher"));
+        let (cluster, during) =
+            publish_through_a_failover(cluster, slot, &process, &channels, 12..30).await;
+        published.extend(during);
         assert_answered(&published, &channels, 2..17);
         c.read(18, FAILOVER_WAIT).await;
         c.expect_silence().await;
@@ -1255,12 +1273,7 @@ async fn over_tls_with_a_private_ca_shards_and_a_failover_lose_nothing() {
         assert_every_event_once(&c, &channels, 30);
 
         // From before the failover: the rest, read from history over TLS.
-        let mut back = Reader::at("back from before", &channels, early.clone());
-        back.reconnect(&process, false).await;
-        back.read(18, PATIENCE).await;
-        back.expect_silence().await;
-        back.check(&expected(&published, &early));
-        assert_eq!(back.missed, 0);
+        resume_from(&process, &channels, &early, &published, 18).await;
         drop(cluster);
     })
     .await;
