@@ -187,6 +187,8 @@ summary() {
         row(s, "broker_us_per_event", "redis CPU us / event")
         row(s, "server_broker_us_per_event", "+ redis CPU us / event")
         row(s, "server_kernel_pct", "server CPU in kernel %")
+        row(s, "server_sleeps_per_event", "server sleeps / event")
+        row(s, "broker_sleeps_per_event", "redis sleeps / event")
         row(s, "client_us_per_delivery", "client CPU us / delivery")
       }
       print ""

@@ -231,6 +231,11 @@ pub struct Report {
     pub server_sys_cpu: f64,
     pub broker_cpu: f64,
     pub client_cpu: f64,
+    /// Times the server's threads went to sleep during the run ([`measure::sleeps`]); `None`
+    /// when the server was restarted meanwhile.
+    pub server_sleeps: Option<u64>,
+    /// The same for the `--broker-pid` processes.
+    pub broker_sleeps: u64,
     pub timed_out: bool,
     /// The storm scenario's own figures.
     pub storm: Option<(Arc<storm::Storm>, storm::Summary)>,
@@ -288,6 +293,7 @@ async fn run(args: &Args, shape: &Shape) -> Report {
             measure::cpu_seconds(&args.broker_pids),
             measure::own_cpu_seconds(),
             system,
+            (measure::sleeps(pids), measure::sleeps(&args.broker_pids)),
         )
     };
     let before = cpu(&mut server_cpu, &server_pids);
@@ -350,6 +356,8 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         None => server_pids.clone(),
     };
     let after = cpu(&mut server_cpu, &pids_now);
+    // A restarted server's new process counts from zero: no figure then.
+    let server_sleeps = (pids_now == server_pids).then(|| after.4.0.saturating_sub(before.4.0));
     if let Some(storm) = &storm {
         storm::finish(storm, shape.subscribers as u64, Duration::from_secs(10)).await;
     }
@@ -365,6 +373,8 @@ async fn run(args: &Args, shape: &Shape) -> Report {
         server_sys_cpu: after.3 - before.3,
         broker_cpu: after.1 - before.1,
         client_cpu: after.2 - before.2,
+        server_sleeps,
+        broker_sleeps: after.4.1.saturating_sub(before.4.1),
         timed_out,
         storm: storm.zip(storm_summary),
     }

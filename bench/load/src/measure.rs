@@ -125,6 +125,29 @@ impl CpuTracker {
     }
 }
 
+/// How many times the threads of a set of processes went to sleep: their voluntary context
+/// switches, summed over `/proc/<pid>/task/*/status`. Each is a wakeup to come, which on a
+/// machine idle between events costs more than the work it wakes up for (BENCHMARKS.md, run
+/// 17). A thread that exits meanwhile takes its count with it (tokio's workers live as long as
+/// the server).
+pub fn sleeps(pids: &[u32]) -> u64 {
+    pids.iter()
+        .flat_map(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// This process's CPU time (all threads), in seconds.
 pub fn own_cpu_seconds() -> f64 {
     cpu_seconds(&[std::process::id()])

@@ -106,6 +106,16 @@ pub fn print(label: &str, target: Target, shape: &Shape, r: &Report) {
                 format!("{:.3}", per(r.server_cpu + r.broker_cpu, published)),
             ),
             (
+                "server_sleeps_per_event",
+                r.server_sleeps.map_or_else(String::new, |n| {
+                    format!("{:.2}", n as f64 / published.max(1) as f64)
+                }),
+            ),
+            (
+                "broker_sleeps_per_event",
+                format!("{:.2}", r.broker_sleeps as f64 / published.max(1) as f64),
+            ),
+            (
                 "client_us_per_delivery",
                 format!("{:.3}", per(r.client_cpu, delivered)),
             ),
