@@ -245,6 +245,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_thread_that_sleeps_is_counted() {
+        let me = [std::process::id()];
+        let before = sleeps(&me);
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let after = sleeps(&me);
+        assert!(after >= before + 5, "{before} -> {after}");
+        assert_eq!(sleeps(&[u32::MAX]), 0, "no such process");
+    }
+
+    #[test]
     fn buckets_are_monotonic_and_close() {
         for v in [
             0,
