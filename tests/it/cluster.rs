@@ -1342,3 +1342,53 @@ async fn a_shard_failing_over_does_not_hold_the_other_shards_events() {
     })
     .await;
 }
+
+/// Review: nodes whose certificate is valid for the seeds' host name (`localhost`) but not for
+/// the address the slot map names them by (`127.0.0.1`, Redis's default). The startup check
+/// only verifies the seed's own connection, by the seed URL's host, so the start succeeds;
+/// then every connection to a node from the slot map (the subscriber's, and the cluster
+/// client's) fails certificate verification ("certificate not valid for name 127.0.0.1"; /health
+/// is 200 until the first use, then 503, and no stream or publish ever works). The start should
+/// be refused with the reason (docs/operations.md: "A certificate that does not chain to them
+/// stops the start with the reason"; "each node's certificate must be valid for the address
+/// the slot map gives").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_certificate_not_valid_for_the_slot_maps_hosts_stops_the_start() {
+    within_limit(async {
+        let pki = crate::redis_tls::Pki::for_names(&["localhost"]);
+        let files = pki.files();
+        let cluster = blocking(move || Cluster::start_tls(files));
+        let seeds = cluster.seeds().replace("127.0.0.1", "localhost");
+        let ca = pki.ca();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_redisse"))
+            .args(crate::support::binary::LOOPBACK)
+            .args(["--redis-cluster", &seeds, "--redis-tls-ca", &ca])
+            .env("NO_COLOR", "1")
+            .env_remove("REDISSE_REDIS")
+            .env_remove("REDISSE_REDIS_CONNECT_TIMEOUT")
+            .env_remove("REDISSE_REDIS_TLS_CA")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run redisse");
+        let exited = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        let _ = child.start_kill();
+        let out = child.wait_with_output().await.expect("its output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match exited {
+            Ok(status) => {
+                assert!(!status.expect("wait").success(), "{stderr}");
+                assert!(stderr.contains("certificate"), "{stderr}");
+            }
+            Err(_) => panic!(
+                "redisse started (still running after 15 s) with nodes whose certificates are \
+                 not valid for the slot map's addresses, which it can never reach; stderr:\n{}",
+                stderr.lines().take(6).collect::<Vec<_>>().join("\n")
+            ),
+        }
+        drop(cluster);
+    })
+    .await;
+}

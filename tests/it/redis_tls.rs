@@ -22,6 +22,11 @@ pub(crate) struct Pki {
 
 impl Pki {
     pub(crate) fn new() -> Self {
+        Pki::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    /// [`Pki::new`] with a server certificate valid for `names` alone.
+    pub(crate) fn for_names(names: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -37,7 +42,7 @@ impl Pki {
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
         let key = rcgen::KeyPair::generate().expect("server key");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("params");
         let cert = params.signed_by(&key, &issuer).expect("server certificate");
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
