@@ -439,6 +439,83 @@ mod tests {
         assert!(e.contains("no CA certificate"), "{e}");
     }
 
+    /// Review: over TLS, `flush` must hand the node everything queued. `write_all` on a rustls
+    /// stream returns once rustls took the bytes, which may still sit in its buffer when the
+    /// socket was full (tokio-rustls sends them at the next write or `flush`): without a
+    /// `flush` of the stream, a node that reads slowly never gets the end of a batch of
+    /// `SSUBSCRIBE`s, nor a request's command (which then times out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_over_tls_sends_everything_queued() {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let access = Access {
+            tls: Some(Arc::new(tls_config(Some(ca.pem().as_bytes())).unwrap())),
+            username: None,
+            password: None,
+        };
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let blob = vec![b'x'; 8 << 20];
+        let mut expected = Vec::new();
+        encode(&mut expected, &[b"ECHO", &blob]);
+        let total = expected.len();
+        // Whether the end stays behind depends on the socket's state at the last write: a
+        // few rounds, so that it shows.
+        for round in 0..16 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let acceptor = acceptor.clone();
+            let node = tokio::spawn(async move {
+                let (socket, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(socket).await.unwrap();
+                let mut buf = [0u8; 256];
+                let _ = tls.read(&mut buf).await.unwrap();
+                tls.write_all(b"%1\r\n+server\r\n+redis\r\n").await.unwrap();
+                tls.flush().await.unwrap();
+                // A slow reader: the socket stays full while the client writes.
+                let mut got = 0;
+                let mut chunk = vec![0u8; 16 * 1024];
+                while got < total {
+                    match tokio::time::timeout(Duration::from_secs(2), tls.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => got += n,
+                        _ => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                got
+            });
+            let (lost_tx, _lost_rx) = mpsc::unbounded_channel();
+            let pushes: PushHandler = Arc::new(|_| {});
+            let timeout = Duration::from_secs(30);
+            let mut con = NodeConn::connect(&addr, 1, &access, timeout, pushes, lost_tx)
+                .await
+                .expect("connected over TLS");
+            con.queue(&[b"ECHO", &blob]);
+            con.flush().await.expect("flushed");
+            let got = node.await.unwrap();
+            assert_eq!(
+                got, total,
+                "round {round}: the node got {got} of the {total} bytes flushed"
+            );
+            drop(con);
+        }
+    }
+
     /// A node that answers `HELLO` then closes the connection: a request made after the
     /// reader saw the end fails at once, saying so, instead of waiting its whole timeout for a
     /// reply nothing will send (it did: the recovery of a cluster whose every pub/sub connection
