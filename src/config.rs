@@ -331,6 +331,13 @@ pub(crate) fn check_cluster(seeds: &[String], other: bool) -> Result<(), String>
             ));
         }
     }
+    if let Some(seed) = seeds.iter().find(|s| s.ends_with("#insecure")) {
+        return Err(format!(
+            "{}: #insecure (no certificate check) is not supported with redis_cluster: give \
+             the cluster's CA with redis_tls_ca instead",
+            redis_url::describe(seed)
+        ));
+    }
     let tls = seeds.iter().filter(|s| redis_url::is_tls_url(s)).count();
     if tls != 0 && tls != seeds.len() {
         return Err(
@@ -692,6 +699,15 @@ mod tests {
             ..with(seeds)
         };
         assert_eq!(ca(&["rediss://h:7000"]).validate(), Ok(()));
+        let insecure = with(&["rediss://:secret@h:7000/#insecure"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            insecure.contains("#insecure")
+                && insecure.contains("redis_tls_ca")
+                && !insecure.contains("secret"),
+            "{insecure}"
+        );
         let plain_ca = ca(&["redis://h:7000"]).validate().unwrap_err();
         assert!(
             plain_ca.contains("redis_tls_ca") && plain_ca.contains("rediss://"),

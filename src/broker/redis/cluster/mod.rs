@@ -264,23 +264,21 @@ pub(crate) fn seeds_use_tls(seeds: &[String]) -> bool {
 /// How the subscriber's own connections reach the nodes: TLS when the seeds are `rediss://`
 /// (trusting `ca`, or the system's roots), and the first seed's credentials (the cluster
 /// client asks every node with them too).
-fn seeds_access(seeds: &[String], ca: Option<&[u8]>) -> Result<node::Access, RedisError> {
+fn seeds_access(seeds: &[String], ca: Option<&[u8]>) -> Result<node::Access, Error> {
     let tls = if seeds_use_tls(seeds) {
-        let config = node::tls_config(ca).map_err(|why| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "the TLS configuration for the cluster's nodes",
-                why,
-            ))
-        })?;
-        Some(Arc::new(config))
+        Some(Arc::new(
+            node::tls_config(ca).map_err(Error::InvalidConfig)?,
+        ))
     } else {
         None
     };
     let Some(first) = seeds.first() else {
         return Ok(node::Access::default());
     };
-    let info = first.as_str().into_connection_info()?;
+    let info = first
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| Error::RedisUrl(Box::new(e)))?;
     Ok(node::Access {
         tls,
         username: info.redis_settings().username().map(str::to_owned),
@@ -322,7 +320,7 @@ impl ClusterBroker {
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let subscriber = ClusterSubscriber::new(
             seed_addresses(seeds).map_err(bad_url)?,
-            seeds_access(seeds, ca.as_deref()).map_err(bad_url)?,
+            seeds_access(seeds, ca.as_deref())?,
             store.clone(),
             metrics.clone(),
             dispatch,
@@ -394,7 +392,7 @@ pub(crate) async fn wait_until_answered(config: &Config, timeout: Duration) -> R
     let seeds = config.redis_cluster.as_deref().unwrap_or_default();
     let ca = super::config_ca(config)?;
     ClusterCommands::new(seeds, ca.as_deref()).map_err(|e| Error::RedisUrl(Box::new(e)))?;
-    seeds_access(seeds, ca.as_deref()).map_err(|e| Error::RedisUrl(Box::new(e)))?;
+    let access = seeds_access(seeds, ca.as_deref())?;
     if timeout.is_zero() {
         return Ok(());
     }
@@ -405,8 +403,11 @@ pub(crate) async fn wait_until_answered(config: &Config, timeout: Duration) -> R
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut last = None;
         for seed in seeds {
-            let attempt =
-                tokio::time::timeout(remaining, check_seed(seed, ca.as_deref(), remaining)).await;
+            let attempt = tokio::time::timeout(
+                remaining,
+                check_seed(seed, ca.as_deref(), &access, remaining),
+            )
+            .await;
             match attempt.unwrap_or_else(|_| Err(super::probe::Unanswered::transient("no answer")))
             {
                 Ok(()) => return Ok(()),
@@ -444,10 +445,13 @@ fn too_old(info: &str) -> Option<&str> {
 }
 
 /// One seed: a connection, `INFO cluster` saying it is a cluster node, a Redis recent enough
-/// for sharded pub/sub, and `CLUSTER INFO` saying the cluster is up.
+/// for sharded pub/sub, and `CLUSTER INFO` saying the cluster is up; over TLS, a handshake with
+/// each primary at the address the slot map names it by (the address every later connection
+/// uses), whose certificate must be valid for it.
 async fn check_seed(
     seed: &str,
     ca: Option<&[u8]>,
+    access: &node::Access,
     remaining: Duration,
 ) -> Result<(), super::probe::Unanswered> {
     use super::probe::{Unanswered, classify};
@@ -489,12 +493,75 @@ async fn check_seed(
         .lines()
         .find_map(|l| l.trim().strip_prefix("cluster_state:"))
     {
-        Some("ok") => Ok(()),
-        other => Err(Unanswered::transient(format!(
-            "the cluster is not up (cluster_state:{})",
-            other.unwrap_or("unknown")
-        ))),
+        Some("ok") => {}
+        other => {
+            return Err(Unanswered::transient(format!(
+                "the cluster is not up (cluster_state:{})",
+                other.unwrap_or("unknown")
+            )));
+        }
     }
+    if access.tls.is_none() {
+        return Ok(());
+    }
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| classify(&e))?;
+    let seed_host = client.get_connection_info().addr().to_string();
+    let seed_host = seed_host.rsplit_once(':').map_or("", |(h, _)| h);
+    let seed_host = seed_host.trim_start_matches('[').trim_end_matches(']');
+    for addr in primaries(&slots, seed_host) {
+        if let Err((fatal, why)) = node::check_tls(&addr, access, remaining).await {
+            let why = format!("the node at {addr}, as the slot map names it: {why}");
+            return Err(if fatal {
+                Unanswered::fatal(why)
+            } else {
+                Unanswered::transient(why)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `host:port` of each primary a `CLUSTER SLOTS` reply names, once each (an empty or
+/// unknown host is the asked node's, `seed_host`).
+fn primaries(slots: &Value, seed_host: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let Value::Array(ranges) = slots else {
+        return out;
+    };
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        let Some(Value::Array(primary)) = fields.get(2) else {
+            continue;
+        };
+        let host = match primary.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = primary.get(1) else {
+            continue;
+        };
+        let host = if host.is_empty() || host == "?" {
+            seed_host.to_owned()
+        } else {
+            host
+        };
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -510,6 +577,31 @@ mod tests {
         assert_eq!(too_old("redis_version:7.0.15\n"), None);
         assert_eq!(too_old("redis_version:10.0.0\n"), None);
         assert_eq!(too_old("redis_mode:cluster\n"), None);
+    }
+
+    #[test]
+    fn the_primaries_are_read_from_the_slot_map_once_each() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |start: i64, end: i64, primary: Value, replica: Value| {
+            Value::Array(vec![Value::Int(start), Value::Int(end), primary, replica])
+        };
+        let slots = Value::Array(vec![
+            range(0, 5000, node("10.0.0.1", 7000), node("10.0.0.4", 7000)),
+            range(5001, 9000, node("", 7001), node("10.0.0.5", 7000)),
+            range(9001, 12000, node("10.0.0.1", 7000), node("10.0.0.6", 7000)),
+            range(12001, 16383, node("fe80::1", 7002), node("?", 7003)),
+        ]);
+        assert_eq!(
+            primaries(&slots, "seed.example"),
+            ["10.0.0.1:7000", "seed.example:7001", "[fe80::1]:7002"]
+        );
+        assert!(primaries(&Value::Nil, "h").is_empty());
     }
 
     #[test]

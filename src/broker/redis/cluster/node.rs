@@ -220,6 +220,14 @@ pub(crate) fn tls_config(ca: Option<&[u8]>) -> Result<rustls::ClientConfig, Stri
         None => {
             let found = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(
+                    "rediss:// seeds without redis_tls_ca (--redis-tls-ca): this \
+                            system has no CA certificate to trust; install its CA \
+                            certificates, or give the cluster's CA"
+                        .into(),
+                );
+            }
         }
     }
     if roots.is_empty() {
@@ -240,21 +248,59 @@ fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
 
 /// Connects to `addr`, with TLS when `access` says so; each step waits at most `timeout`.
 async fn open(addr: &str, access: &Access, timeout: Duration) -> Result<Stream, String> {
+    let tcp = tcp(addr, timeout).await?;
+    match &access.tls {
+        None => Ok(Box::new(tcp)),
+        Some(tls) => Ok(Box::new(tls_over(tcp, addr, tls, timeout).await?)),
+    }
+}
+
+/// A TCP connection to `addr` within `timeout`.
+async fn tcp(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| "no answer".to_owned())?
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let Some(tls) = &access.tls else {
-        return Ok(Box::new(tcp));
-    };
+    Ok(tcp)
+}
+
+/// The TLS handshake over `tcp` with the node at `addr`, its certificate checked for that
+/// host, within `timeout`.
+async fn tls_over(
+    tcp: TcpStream,
+    addr: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let name = server_name(addr)?;
     let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
+    tokio::time::timeout(timeout, connector.connect(name, tcp))
         .await
-        .map_err(|_| "no TLS handshake".to_owned())?
-        .map_err(|e| format!("TLS: {e}"))?;
-    Ok(Box::new(stream))
+        .map_err(|_| NO_HANDSHAKE.to_owned())?
+        .map_err(|e| format!("TLS: {e}"))
+}
+
+/// Why a TLS handshake failed when the node did not answer it in time.
+const NO_HANDSHAKE: &str = "no TLS handshake";
+
+/// Whether the node at `addr` (as the slot map names it) can be reached over TLS as `access`
+/// says, for the startup check: `Err((fatal, why))`, fatal when the node answers TCP and
+/// refuses or fails the handshake (a certificate that is not valid for that address, or not
+/// from a trusted CA).
+pub(crate) async fn check_tls(
+    addr: &str,
+    access: &Access,
+    timeout: Duration,
+) -> Result<(), (bool, String)> {
+    let Some(tls) = &access.tls else {
+        return Ok(());
+    };
+    let tcp = tcp(addr, timeout).await.map_err(|e| (false, e))?;
+    tls_over(tcp, addr, tls, timeout)
+        .await
+        .map(drop)
+        .map_err(|e| (e != NO_HANDSHAKE, e))
 }
 
 /// A connection to one node (see the module documentation).
@@ -329,7 +375,13 @@ impl NodeConn {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
-        tokio::time::timeout(self.timeout, self.write.write_all(&out))
+        // Flushed too: over TLS, `write_all` may leave the end in rustls's buffer, sent only
+        // at the next write, when the socket was full.
+        let write = async {
+            self.write.write_all(&out).await?;
+            self.write.flush().await
+        };
+        tokio::time::timeout(self.timeout, write)
             .await
             .map_err(|_| "a write timed out".to_owned())?
             .map_err(|e| e.to_string())
@@ -439,8 +491,8 @@ mod tests {
         assert!(e.contains("no CA certificate"), "{e}");
     }
 
-    /// Review: over TLS, `flush` must hand the node everything queued. `write_all` on a rustls
-    /// stream returns once rustls took the bytes, which may still sit in its buffer when the
+    /// Over TLS, `flush` hands the node everything queued. `write_all` on a rustls stream
+    /// returns once rustls took the bytes, which may still sit in its buffer when the
     /// socket was full (tokio-rustls sends them at the next write or `flush`): without a
     /// `flush` of the stream, a node that reads slowly never gets the end of a batch of
     /// `SSUBSCRIBE`s, nor a request's command (which then times out).
