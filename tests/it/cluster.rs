@@ -1395,3 +1395,68 @@ async fn over_tls_a_certificate_not_valid_for_the_slot_maps_hosts_stops_the_star
     })
     .await;
 }
+
+/// A slot moved under a stream whose other channel is on the same primary, in another slot:
+/// the moved channel alone is subscribed again where its slot went (the connection to the old
+/// owner stays, for the other channel: the same pub/sub client there before and after, where
+/// the whole connection used to be dropped and made again), `/health` stays 200, and every
+/// event of both channels arrives once, in order, none missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_moves_its_channels_alone() {
+    within_limit(async {
+        let cluster = Arc::new(blocking(Cluster::start));
+        let three = cluster.channels_on_distinct_primaries("alone", 3);
+        let moved = three[0].clone();
+        let beside = cluster.channels_beside(&moved, "beside", 1).remove(0);
+        let slot = cluster.slot_of_channel(&moved);
+        assert_ne!(slot, cluster.slot_of_channel(&beside), "another slot");
+        let from = cluster.primary_of(slot);
+        let to = cluster.primary_of_channel(&three[1]);
+        let channels = vec![moved.clone(), beside.clone()];
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live("moved alone", &process, &channels, &at(&channels, 1)).await;
+        let start = c.position.clone();
+        let before = cluster.pubsub_client_ids(from);
+        assert_eq!(
+            before.len(),
+            1,
+            "one subscriber connection to {from}: {before:?}"
+        );
+
+        let publishing = publish_in_turn(&process, &channels, 0..20, Duration::from_millis(50));
+        sleep(Duration::from_millis(200)).await;
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || mover.move_slot(slot, to, Duration::from_millis(100)))
+            .await
+            .expect("the slot moved");
+        let published = publishing.await.expect("the publisher");
+        assert_answered(&published, &channels, 2..12);
+        c.read(20, FAILOVER_WAIT).await;
+        c.expect_silence().await;
+        c.check(&expected(&published, &start));
+        assert_eq!(c.missed, 0);
+        assert_every_event_once(&c, &channels, 20);
+        let log = process.log();
+        assert!(log.contains("its slot moved"), "the move was seen: {log}");
+        assert_eq!(
+            cluster.pubsub_client_ids(from),
+            before,
+            "the connection to the old owner stayed, for {beside}"
+        );
+        assert!(
+            !log.contains("redis cluster subscriber connection lost"),
+            "no connection was dropped: {log}"
+        );
+        assert_eq!(process.health().await, 200);
+        // Both live: the moved channel at its new owner, the other where it was.
+        for ch in &channels {
+            let seq = publish_through(&process, ch, &data(ch, "after")).await;
+            assert_eq!(seq, 12);
+        }
+        c.read(2, PATIENCE).await;
+        assert_eq!(c.got[&moved].last(), Some(&12));
+        assert_eq!(c.got[&beside].last(), Some(&12));
+    })
+    .await;
+}

@@ -498,6 +498,23 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("CLIENT KILL TYPE {kind} on {port}: {e}"))
     }
 
+    /// The ids of the node's pub/sub clients (`CLIENT LIST TYPE pubsub`), sorted: the same ids
+    /// later mean the same connections.
+    pub fn pubsub_client_ids(&self, port: u16) -> Vec<u64> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut self.node(port).con())
+            .unwrap_or_else(|e| panic!("CLIENT LIST TYPE pubsub on {port}: {e}"));
+        let mut ids: Vec<u64> = list
+            .lines()
+            .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Changes the default user's rights on the node (`ACL SETUSER default RULE`).
     pub fn set_default_acl(&self, port: u16, rule: &str) {
         let _: () = redis::cmd("ACL")

@@ -12,8 +12,7 @@
 //! channels only.
 //!
 //! A connection is lost when it closes, a command on it fails, a `PING` of the watchdog goes
-//! unanswered, the node answers an error (`MOVED`: the slot left), or it ends a subscription
-//! that is still wanted (a `sunsubscribe` push: Redis sends one when a slot moved), or pushes
+//! unanswered, the node answers an error (`MOVED`: the slot left), or pushes
 //! an event of a channel with a lower sequence than its previous one (the node lost its data
 //! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched). Then the
 //! broker is marked down and until it succeeds (with backoff, while the cluster fails over):
@@ -21,7 +20,11 @@
 //! has its live events held, is subscribed on its slot's primary, and has its history read
 //! after the last sequence dispatched for it. The other shards' channels are not held: their
 //! events go on arriving while one shard fails over (ids are per channel, so nothing orders
-//! them after the recovering shard's). The resume carries those events, the channels whose
+//! them after the recovering shard's). A node that ends a subscription still wanted (a
+//! `sunsubscribe` push: Redis sends one for each shard channel of a slot that moved) loses
+//! that channel alone: it is placed again the same way, held, subscribed where its slot went
+//! and refilled, while the connection goes on serving the node's other channels and the broker
+//! stays up (unless placing it fails). The resume carries those events, the channels whose
 //! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
 //! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
 //! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
@@ -61,6 +64,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// pipelines them): one at a time, the refill of a node's 1,000 channels took 0.6 s, 64 at a
 /// time 0.09 s (BENCHMARKS.md, run 16).
 const REFILL_AT_ONCE: usize = 64;
+
+/// Where a connection reports a channel whose subscription the node ended: its id and the
+/// channel.
+type MovedSender = mpsc::UnboundedSender<(u64, Arc<str>)>;
+
+/// Where a connection's push handler reports to the task.
+struct Reports {
+    lost: LostSender,
+    moved: MovedSender,
+}
 
 /// What the task shares with the connections' push handlers.
 #[derive(Debug, Default)]
@@ -191,6 +204,10 @@ pub(super) struct ClusterSubscriber {
     last: LastSeen,
     lost_tx: LostSender,
     lost_rx: mpsc::UnboundedReceiver<(u64, String)>,
+    /// Where the push handlers report a channel whose subscription the node ended (its slot
+    /// moved): the connection's id and the channel.
+    moved_tx: MovedSender,
+    moved_rx: mpsc::UnboundedReceiver<(u64, Arc<str>)>,
     /// Nodes whose connection was lost, not yet recovered.
     lost: HashSet<String>,
     /// Set when a channel could not be placed (no slot map, a node that cannot be reached).
@@ -210,6 +227,7 @@ impl ClusterSubscriber {
         config: &Config,
     ) -> Self {
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let (moved_tx, moved_rx) = mpsc::unbounded_channel();
         ClusterSubscriber {
             seeds,
             access,
@@ -226,6 +244,8 @@ impl ClusterSubscriber {
             last: LastSeen::default(),
             lost_tx,
             lost_rx,
+            moved_tx,
+            moved_rx,
             lost: HashSet::new(),
             unplaced: true,
             barriers: Vec::new(),
@@ -262,6 +282,11 @@ impl ClusterSubscriber {
                             self.connection_lost(id, &why);
                         }
                     }
+                    report = self.moved_rx.recv() => {
+                        if let Some((id, channel)) = report {
+                            self.channel_moved(id, &channel);
+                        }
+                    }
                     _ = ping.tick() => self.watchdog().await,
                 }
             }
@@ -280,6 +305,30 @@ impl ClusterSubscriber {
         };
         tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber connection lost");
         self.drop_node(&addr);
+    }
+
+    /// A channel's subscription that the node on connection `id` ended (its slot moved): that
+    /// channel alone is to be placed again (where the slot map now puts its slot), and the
+    /// connection goes on serving the others.
+    fn channel_moved(&mut self, id: u64, channel: &Arc<str>) {
+        let Some(addr) = self
+            .nodes
+            .iter()
+            .find(|(_, c)| c.id == id)
+            .map(|(a, _)| a.clone())
+        else {
+            return;
+        };
+        if self.placed.get(channel) == Some(&addr) {
+            tracing::info!(
+                node = %addr,
+                channel = %Escaped(channel.as_bytes()),
+                "the node ended a channel's subscription (its slot moved): subscribing it where \
+                 the slot went"
+            );
+            self.placed.remove(channel);
+            self.unplaced = true;
+        }
     }
 
     /// Forgets a node's connection: its channels are to be placed again.
@@ -309,9 +358,12 @@ impl ClusterSubscriber {
         let dispatch = self.dispatch.clone();
         let metrics = self.metrics.clone();
         let last = self.last.clone();
-        let lost = self.lost_tx.clone();
+        let reports = Reports {
+            lost: self.lost_tx.clone(),
+            moved: self.moved_tx.clone(),
+        };
         Arc::new(move |items: Vec<Reply>| {
-            forward_push(items, id, &dispatch, &metrics, &last, &lost);
+            forward_push(items, id, &dispatch, &metrics, &last, &reports);
         })
     }
 
@@ -548,7 +600,12 @@ impl ClusterSubscriber {
     /// moved channel's history and resumes. Retries with backoff until it succeeds; returns
     /// `false` when told to stop.
     async fn recover(&mut self, first: bool) -> bool {
-        self.metrics.set_broker_up(false);
+        // Channels whose slot moved, with every connection up, are placed again without the
+        // broker being down, unless placing them fails.
+        let reconnecting = first || !self.lost.is_empty();
+        if reconnecting {
+            self.metrics.set_broker_up(false);
+        }
         // The last sequence dispatched for each channel to refill, taken before any of them is
         // subscribed again (live events of the new subscriptions raise `last`, and are held).
         let mut from: HashMap<Arc<str>, Option<u64>> = HashMap::new();
@@ -557,6 +614,9 @@ impl ClusterSubscriber {
         loop {
             while let Ok((id, why)) = self.lost_rx.try_recv() {
                 self.connection_lost(id, &why);
+            }
+            while let Ok((id, channel)) = self.moved_rx.try_recv() {
+                self.channel_moved(id, &channel);
             }
             loop {
                 match self.commands.try_recv() {
@@ -567,7 +627,7 @@ impl ClusterSubscriber {
             }
             match self.recover_once(&mut from).await {
                 Ok(resume) => {
-                    if !first {
+                    if reconnecting && !first {
                         self.metrics.broker_reconnects.inc();
                         tracing::info!("redis cluster subscriber recovered");
                     }
@@ -582,6 +642,7 @@ impl ClusterSubscriber {
                     return true;
                 }
                 Err(e) => {
+                    self.metrics.set_broker_up(false);
                     let delay = backoff.next_delay();
                     if failures.is_multiple_of(WARN_EVERY) {
                         tracing::warn!(error = %e, attempts = failures + 1, retry_in = ?delay, "redis cluster subscriber cannot recover");
@@ -795,8 +856,9 @@ fn forward_push(
     dispatch: &DispatchSender,
     metrics: &Metrics,
     last: &LastSeen,
-    lost: &LostSender,
+    reports: &Reports,
 ) {
+    let lost = &reports.lost;
     let mut items = items.into_iter();
     let Some(kind) = items.next() else { return };
     match kind.bytes() {
@@ -875,29 +937,24 @@ fn forward_push(
             let channel = std::str::from_utf8(&shard)
                 .ok()
                 .and_then(layout::channel_of);
-            let active = channel.is_some_and(|c| {
+            let active = channel.and_then(|c| {
                 let mut seen = lock(last);
                 match seen.ending.get_mut(c) {
                     // The confirmation of ours.
                     Some(n) if *n > 1 => {
                         *n -= 1;
-                        false
+                        None
                     }
                     Some(_) => {
                         seen.ending.remove(c);
-                        false
+                        None
                     }
-                    None => seen.last.contains_key(c),
+                    None => seen.last.get_key_value(c).map(|(name, _)| name.clone()),
                 }
             });
-            if active {
-                let _ = lost.send((
-                    id,
-                    format!(
-                        "the node ended the subscription of {} (its slot moved)",
-                        Escaped(&shard)
-                    ),
-                ));
+            if let Some(channel) = active {
+                // That channel alone moves; the connection serves the others on.
+                let _ = reports.moved.send((id, channel));
             }
         }
         _ => {}
