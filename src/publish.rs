@@ -158,6 +158,20 @@ impl Redisse {
     }
 }
 
+/// A publisher's settings that the Redis client refused before connecting (a URL, or a TLS
+/// combination it cannot use) are the caller's configuration: [`PublishError::InvalidConfig`],
+/// with the client's reason; anything else stays a broker error.
+#[cfg(feature = "redis")]
+fn settings_refused(e: BrokerError) -> PublishError {
+    if let BrokerError::Redis(inner) = &e
+        && let Some(refused) = inner.downcast_ref::<redis::RedisError>()
+        && refused.kind() == redis::ErrorKind::InvalidClientConfig
+    {
+        return PublishError::InvalidConfig(refused.to_string());
+    }
+    PublishError::Broker(e)
+}
+
 /// The PEM file `ca` read (see `broker::redis::read_ca`), for a setup that speaks TLS (`tls`);
 /// a CA without TLS is refused with `refusal`.
 #[cfg(feature = "redis")]
@@ -209,12 +223,15 @@ impl Publisher {
             "a TLS CA is for a rediss:// URL",
         )?;
         Ok(Publisher {
-            target: Target::Redis(RedisPublisher::connect(
-                url,
-                ca.as_deref(),
-                history_size,
-                DEFAULT_IDEMPOTENCY_WINDOW,
-            )?),
+            target: Target::Redis(
+                RedisPublisher::connect(
+                    url,
+                    ca.as_deref(),
+                    history_size,
+                    DEFAULT_IDEMPOTENCY_WINDOW,
+                )
+                .map_err(settings_refused)?,
+            ),
             max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
             max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
         })
@@ -240,8 +257,8 @@ impl Publisher {
     /// to the CA certificates of that PEM file instead of the system's roots (as
     /// [`Config::redis_tls_ca`](crate::Config::redis_tls_ca)). With a CA, the sentinels' URLs
     /// must all be `rediss://` or all `redis://`, and carry the same user and password. A file
-    /// that cannot be read or holds no certificate, or a `ca` where nothing is TLS, is
-    /// [`PublishError::InvalidConfig`].
+    /// that cannot be read or holds no certificate, a `ca` where nothing is TLS, or sentinels
+    /// that break those rules, is [`PublishError::InvalidConfig`].
     #[cfg(feature = "redis")]
     pub fn redis_sentinel_with_tls_ca(
         sentinels: &[String],
@@ -255,13 +272,16 @@ impl Publisher {
             "a TLS CA is for TLS: the sentinels' URLs or the primary's must be rediss://",
         )?;
         Ok(Publisher {
-            target: Target::Redis(RedisPublisher::through_sentinel(
-                sentinels,
-                master,
-                ca.as_deref(),
-                history_size,
-                DEFAULT_IDEMPOTENCY_WINDOW,
-            )?),
+            target: Target::Redis(
+                RedisPublisher::through_sentinel(
+                    sentinels,
+                    master,
+                    ca.as_deref(),
+                    history_size,
+                    DEFAULT_IDEMPOTENCY_WINDOW,
+                )
+                .map_err(settings_refused)?,
+            ),
             max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
             max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
         })
@@ -296,12 +316,15 @@ impl Publisher {
             "a TLS CA is for TLS: the cluster's seeds must be rediss:// URLs",
         )?;
         Ok(Publisher {
-            target: Target::Cluster(ClusterStore::connect(
-                seeds,
-                ca.as_deref(),
-                history_size,
-                DEFAULT_IDEMPOTENCY_WINDOW,
-            )?),
+            target: Target::Cluster(
+                ClusterStore::connect(
+                    seeds,
+                    ca.as_deref(),
+                    history_size,
+                    DEFAULT_IDEMPOTENCY_WINDOW,
+                )
+                .map_err(settings_refused)?,
+            ),
             max_channel_name_bytes: DEFAULT_MAX_CHANNEL_NAME_BYTES,
             max_event_bytes: DEFAULT_MAX_QUEUE_BYTES,
         })
@@ -531,5 +554,43 @@ impl TestRecorder {
         let mut rec = self.lock();
         rec.events.clear();
         rec.filter = Some(Arc::new(filter));
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    /// A CA file that reads, for the refusals that come after it is read.
+    fn ca_file(dir: &std::path::Path) -> std::path::PathBuf {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("CA");
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, ca.pem()).expect("write the CA");
+        path
+    }
+
+    #[test]
+    fn sentinels_a_ca_cannot_serve_are_a_configuration_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = ca_file(dir.path());
+        let refused = |sentinels: &[&str]| {
+            let sentinels: Vec<String> = sentinels.iter().map(|s| s.to_string()).collect();
+            match Publisher::redis_sentinel_with_tls_ca(&sentinels, "mymaster", 100, Some(&ca)) {
+                Err(PublishError::InvalidConfig(why)) => why,
+                Err(other) => panic!("not a configuration error: {other:?}"),
+                Ok(_) => panic!("accepted {sentinels:?}"),
+            }
+        };
+        let mixed = refused(&["rediss://s1:26379", "redis://s2:26379"]);
+        assert!(mixed.contains("all rediss://"), "{mixed}");
+        let passwords = refused(&["rediss://:first@s1:26379", "rediss://:second@s2:26379"]);
+        assert!(passwords.contains("same user and password"), "{passwords}");
+        assert!(
+            !passwords.contains("first") && !passwords.contains("second"),
+            "{passwords}"
+        );
     }
 }
