@@ -812,7 +812,11 @@ async fn a_cli_option_wins_over_the_other_targets_environment_variable() {
 
 #[tokio::test]
 async fn a_redis_publisher_reports_an_unreachable_or_invalid_redis() {
-    assert!(Publisher::redis("not a url").is_err());
+    let invalid = Publisher::redis("not a url").err().expect("refused");
+    assert!(
+        matches!(invalid, PublishError::InvalidConfig(_)),
+        "{invalid:?}"
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
