@@ -70,8 +70,8 @@ pub enum PublishError {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// The publisher cannot be built as asked (a CA file that cannot be read, a CA for a URL
-    /// without TLS); the message says why.
+    /// The publisher cannot be built as asked (a URL the Redis client cannot use, a CA file
+    /// that cannot be read, a CA for a URL without TLS); the message says why.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 }
