@@ -602,10 +602,7 @@ impl ClusterSubscriber {
     async fn recover(&mut self, first: bool) -> bool {
         // Channels whose slot moved, with every connection up, are placed again without the
         // broker being down, unless placing them fails.
-        let reconnecting = first || !self.lost.is_empty();
-        if reconnecting {
-            self.metrics.set_broker_up(false);
-        }
+        let mut reconnecting = false;
         // The last sequence dispatched for each channel to refill, taken before any of them is
         // subscribed again (live events of the new subscriptions raise `last`, and are held).
         let mut from: HashMap<Arc<str>, Option<u64>> = HashMap::new();
@@ -617,6 +614,10 @@ impl ClusterSubscriber {
             }
             while let Ok((id, channel)) = self.moved_rx.try_recv() {
                 self.channel_moved(id, &channel);
+            }
+            if !reconnecting && (first || !self.lost.is_empty()) {
+                reconnecting = true;
+                self.metrics.set_broker_up(false);
             }
             loop {
                 match self.commands.try_recv() {
