@@ -812,7 +812,9 @@ async fn a_cli_option_wins_over_the_other_targets_environment_variable() {
 
 #[tokio::test]
 async fn a_redis_publisher_reports_an_unreachable_or_invalid_redis() {
-    let invalid = Publisher::redis("not a url").err().expect("refused");
+    let Err(invalid) = Publisher::redis("not a url") else {
+        panic!("a URL that is not one was accepted");
+    };
     assert!(
         matches!(invalid, PublishError::InvalidConfig(_)),
         "{invalid:?}"
