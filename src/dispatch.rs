@@ -33,7 +33,9 @@ pub(crate) enum Dispatch {
     /// A Redis Cluster shard's channels are being subscribed again (their connection was lost,
     /// or their slot moved): hold the live events of these channels until
     /// [`Dispatch::Resume`], and go on delivering the others'. Ids are per channel there, so
-    /// the other shards' events need not wait for this one's failover. Adds to what is held.
+    /// the other shards' events need not wait for this one's failover. Each replaces the set
+    /// before it (the recovery sends every channel it has to refill, each attempt), so the set
+    /// is never larger than the channels subscribed.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     HoldChannels(Vec<Arc<str>>),
     /// The subscriber is back: deliver what was published meanwhile, then the held events.

@@ -346,9 +346,7 @@ impl Hub {
                 held.get_or_insert_with(Held::default).all = true;
             }
             Dispatch::HoldChannels(channels) => {
-                held.get_or_insert_with(Held::default)
-                    .channels
-                    .extend(channels);
+                held.get_or_insert_with(Held::default).channels = channels.into_iter().collect();
             }
             Dispatch::Barrier { tx, at } => {
                 let _ = tx.send(at);
@@ -550,5 +548,11 @@ mod tests {
         assert!(held.is_none());
         hub.handle(&rx, live("a", 4), &mut held);
         assert_eq!(drained(&conn), ["data: a4\n\n"], "no longer held");
+        // Each hold replaces the one before: a channel left out is no longer held.
+        hub.handle(&rx, Dispatch::HoldChannels(vec![Arc::from("a")]), &mut held);
+        hub.handle(&rx, Dispatch::HoldChannels(vec![Arc::from("b")]), &mut held);
+        hub.handle(&rx, live("a", 5), &mut held);
+        hub.handle(&rx, live("b", 8), &mut held);
+        assert_eq!(drained(&conn), ["data: a5\n\n"], "b held, a not");
     }
 }

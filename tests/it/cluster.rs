@@ -1460,3 +1460,49 @@ async fn a_slot_moved_moves_its_channels_alone() {
     })
     .await;
 }
+
+/// A slot moved to a primary that refuses the subscription for a while (its `SSUBSCRIBE`
+/// denied): the recovery of the moved channel fails, `/health` turns 503 and the log says
+/// `cannot recover`, the connection to the new owner is dropped. Once it is allowed again the
+/// subscriber recovers: that is a reconnection like any other (counted in
+/// `redisse_broker_reconnects_total`, logged `redis cluster subscriber recovered`, as
+/// operations.md says), though the recovery began as a move with every connection up. (It was
+/// neither counted nor logged when the recovery was judged a move at its start alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_new_owner_refuses_for_a_while_is_a_reconnection_when_it_is_over() {
+    within_limit(async {
+        let cluster = Arc::new(blocking(Cluster::start));
+        let three = cluster.channels_on_distinct_primaries("refused", 3);
+        let moved = three[0].clone();
+        let slot = cluster.slot_of_channel(&moved);
+        let to = cluster.primary_of_channel(&three[1]);
+        let channels = vec![moved.clone()];
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live("moved, refused", &process, &channels, &at(&channels, 1)).await;
+        let reconnects = process.metric("redisse_broker_reconnects_total").await;
+        cluster.set_default_acl(to, "-ssubscribe");
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || mover.move_slot(slot, to, Duration::from_millis(10)))
+            .await
+            .expect("the slot moved");
+        process.health_becomes(503).await;
+        sleep(Duration::from_millis(500)).await;
+        cluster.set_default_acl(to, "+ssubscribe");
+        process.health_becomes(200).await;
+        let seq = publish_through(&process, &moved, &data(&moved, "after")).await;
+        assert_eq!(seq, 2);
+        c.read(1, FAILOVER_WAIT).await;
+        let log = process.log();
+        assert!(log.contains("cannot recover"), "the recovery failed: {log}");
+        let counted = process.metric("redisse_broker_reconnects_total").await - reconnects;
+        let logged = log.contains("redis cluster subscriber recovered");
+        assert!(
+            counted > 0 && logged,
+            "/health went 503 and back and the log said `cannot recover`, the connection to \
+             {to} was dropped and made again: reconnections counted {counted}, `recovered` \
+             logged {logged}"
+        );
+    })
+    .await;
+}

@@ -643,6 +643,9 @@ impl ClusterSubscriber {
                     return true;
                 }
                 Err(e) => {
+                    // A move that could not be placed at once is an outage like a lost
+                    // connection: down meanwhile, and counted and logged when it is over.
+                    reconnecting = true;
                     self.metrics.set_broker_up(false);
                     let delay = backoff.next_delay();
                     if failures.is_multiple_of(WARN_EVERY) {
@@ -686,10 +689,13 @@ impl ClusterSubscriber {
             moving.push(ch.clone());
         }
         from.retain(|c, _| active.iter().any(|(a, _)| a == c));
-        // Their live events wait for their refill; the other channels' go on (before any of
-        // them is subscribed again: what a new subscription pushes is held).
-        if !moving.is_empty() {
-            self.dispatch.send(Dispatch::HoldChannels(moving.clone()));
+        // Their live events wait for their refill, those of every channel to refill since the
+        // recovery began (the whole set each time: the hub keeps only it, so a channel that
+        // left meanwhile is not held on); the other channels' go on. Sent before any of them is
+        // subscribed again: what a new subscription pushes is held.
+        if !from.is_empty() {
+            self.dispatch
+                .send(Dispatch::HoldChannels(from.keys().cloned().collect()));
         }
         self.unplaced = false;
         let groups = self.group_by_node(&moving);
