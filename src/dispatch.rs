@@ -65,6 +65,11 @@ pub(crate) struct Resume {
     /// are everything retained. (Only the Redis Cluster broker sets it.)
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub reset_channels: Vec<Arc<str>>,
+    /// Redis Cluster: the resume of these channels alone (their shard recovered while another
+    /// still fails over): only their held events are let go, the others stay held. `None`
+    /// lets everything go and ends the hold.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub release: Option<Vec<Arc<str>>>,
 }
 
 /// Subscription changes for the broker, sent in the order the registry changed. (Nobody

@@ -352,7 +352,11 @@ impl Hub {
                 let _ = tx.send(at);
             }
             Dispatch::Resume(mut resume) => {
-                let held = held.take().unwrap_or_default();
+                let held = match (resume.release.take(), held.as_mut()) {
+                    (Some(channels), Some(h)) => h.release(&channels),
+                    (Some(_), None) => Held::default(),
+                    (None, _) => held.take().unwrap_or_default(),
+                };
                 // Channels whose held events were dropped: told like a history that no longer
                 // reaches back (the events are in history; a resume brings them).
                 resume
@@ -425,6 +429,32 @@ struct Held {
 impl Held {
     fn holds(&self, channel: &str) -> bool {
         self.all || self.channels.contains(channel)
+    }
+
+    /// Lets `channels` go: no longer held, and their held events (and drops) taken out, in
+    /// order, to deliver after their refill; the other channels' stay.
+    fn release(&mut self, channels: &[Arc<str>]) -> Held {
+        let set: HashSet<&str> = channels.iter().map(|c| &**c).collect();
+        self.channels.retain(|c| !set.contains(&**c));
+        let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.frames)
+            .into_iter()
+            .partition(|(c, _)| set.contains(c.as_str()));
+        self.frames = kept;
+        let bytes: usize = out.iter().map(|(_, f)| f.bytes.len()).sum();
+        self.bytes -= bytes;
+        let dropped = self
+            .dropped
+            .iter()
+            .filter(|c| set.contains(c.as_str()))
+            .cloned()
+            .collect();
+        self.dropped.retain(|c| !set.contains(c.as_str()));
+        Held {
+            frames: out,
+            bytes,
+            dropped,
+            ..Held::default()
+        }
     }
 
     fn push(&mut self, channel: String, frame: Frame) {
@@ -554,5 +584,29 @@ mod tests {
         hub.handle(&rx, live("a", 5), &mut held);
         hub.handle(&rx, live("b", 8), &mut held);
         assert_eq!(drained(&conn), ["data: a5\n\n"], "b held, a not");
+        // A resume of some channels lets theirs go; the others stay held until the last one.
+        hub.handle(
+            &rx,
+            Dispatch::HoldChannels(vec![Arc::from("a"), Arc::from("b")]),
+            &mut held,
+        );
+        hub.handle(&rx, live("a", 6), &mut held);
+        let a_only = Resume {
+            release: Some(vec![Arc::from("a")]),
+            ..Resume::default()
+        };
+        hub.handle(&rx, Dispatch::Resume(a_only), &mut held);
+        assert_eq!(drained(&conn), ["data: a6\n\n"], "a let go, b8 still held");
+        // (One stream here, so ids of one space: on a cluster each channel has its own.)
+        hub.handle(&rx, live("a", 10), &mut held);
+        hub.handle(&rx, live("b", 11), &mut held);
+        assert_eq!(drained(&conn), ["data: a10\n\n"]);
+        hub.handle(&rx, Dispatch::Resume(Resume::default()), &mut held);
+        assert_eq!(
+            drained(&conn),
+            ["data: b8\n\n", "data: b11\n\n"],
+            "the last resume lets the rest go, in order"
+        );
+        assert!(held.is_none());
     }
 }

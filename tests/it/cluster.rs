@@ -1506,3 +1506,75 @@ async fn a_move_whose_new_owner_refuses_for_a_while_is_a_reconnection_when_it_is
     })
     .await;
 }
+
+/// A slot moved (its primary healthy, the new owner healthy) while another shard fails over:
+/// the moved channel's events reach streams once it is subscribed where its slot went, not
+/// after the other shard's failover. (The moved channel joins the recovery that is retrying
+/// the failed shard; it used to be held, or not yet subscribed, until every shard was
+/// placed and the one `Resume` is sent, i.e. until the failover is over.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_during_another_shards_failover_is_not_held_by_it() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let three = cluster.channels_on_distinct_primaries("overlap", 3);
+        let moved = three[0].clone();
+        let failing = three[2].clone();
+        let moved_slot = cluster.slot_of_channel(&moved);
+        let failing_slot = cluster.slot_of_channel(&failing);
+        let to = cluster.primary_of_channel(&three[1]);
+        let channels = vec![moved.clone(), failing.clone()];
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &channels).await;
+        let mut c = Reader::live(
+            "moved in a failover",
+            &process,
+            &channels,
+            &at(&channels, 1),
+        )
+        .await;
+        blocking(|| cluster.wait_synced(failing_slot));
+        let cluster = Arc::new(std::sync::Mutex::new(cluster));
+
+        let killer = cluster.clone();
+        let old = blocking(move || killer.lock().unwrap().kill_primary(failing_slot));
+        process.health_becomes(503).await;
+        // Within the node timeout (2 s): the cluster still serves the other slots.
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            mover
+                .lock()
+                .unwrap()
+                .move_slot(moved_slot, to, Duration::from_millis(10))
+        })
+        .await
+        .expect("the slot moved");
+        let seq = publish_through(&process, &moved, &data(&moved, "moved")).await;
+        assert_eq!(seq, 2);
+        let published_at = Instant::now();
+        let waiter = cluster.clone();
+        let failover = tokio::task::spawn_blocking(move || {
+            let new = waiter.lock().unwrap().wait_failover(failing_slot, old);
+            (new, Instant::now())
+        });
+        c.read(1, FAILOVER_WAIT).await;
+        let arrived = Instant::now();
+        let health = process.health().await;
+        let (new, failed_over) = failover.await.expect("failover");
+        assert_ne!(old, new);
+        assert_eq!(c.got[&moved].last(), Some(&2));
+        assert!(
+            published_at < failed_over,
+            "inconclusive: the publish was answered only after the failover"
+        );
+        let log = process.log();
+        assert!(log.contains("its slot moved"), "the move was seen: {log}");
+        assert!(
+            arrived < failed_over && health == 503,
+            "the moved channel's event waited for the other shard's failover: published {:?} \
+             before it was over, it came {:?} after it (/health {health} then)",
+            failed_over - published_at,
+            arrived.saturating_duration_since(failed_over)
+        );
+    })
+    .await;
+}

@@ -391,7 +391,7 @@ impl Subscriber {
             events,
             missed,
             reset,
-            reset_channels: Vec::new(),
+            ..Resume::default()
         })
     }
 

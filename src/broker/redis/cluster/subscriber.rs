@@ -24,7 +24,10 @@
 //! `sunsubscribe` push: Redis sends one for each shard channel of a slot that moved) loses
 //! that channel alone: it is placed again the same way, held, subscribed where its slot went
 //! and refilled, while the connection goes on serving the node's other channels and the broker
-//! stays up (unless placing it fails). The resume carries those events, the channels whose
+//! stays up (unless placing it fails). An attempt that places some channels and fails for
+//! others (a shard still failing over) refills and lets go those it placed, so that a
+//! channel moved or reconnected meanwhile on a healthy shard does not wait for the failed
+//! one; the others wait for the next attempt. The resume carries those events, the channels whose
 //! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
 //! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
 //! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
@@ -699,13 +702,13 @@ impl ClusterSubscriber {
         }
         self.unplaced = false;
         let groups = self.group_by_node(&moving);
-        if self.unplaced {
-            return Err("a subscribed channel's slot has no primary".into());
-        }
+        let mut failed = self
+            .unplaced
+            .then(|| "a subscribed channel's slot has no primary".to_owned());
         for (addr, channels) in groups {
             if let Err(e) = self.subscribe_on(&addr, &channels).await {
                 self.drop_node(&addr);
-                return Err(format!("{addr}: {e}"));
+                failed.get_or_insert(format!("{addr}: {e}"));
             }
         }
         // Every connection confirms what was sent to it.
@@ -715,8 +718,25 @@ impl ClusterSubscriber {
                 && let Err(e) = con.request(&[b"PING"]).await
             {
                 self.drop_node(&addr);
-                return Err(format!("{addr}: {e}"));
+                failed.get_or_insert(format!("{addr}: {e}"));
             }
+        }
+        if let Some(why) = failed {
+            // The channels placed and confirmed are refilled and let go now: a shard that is
+            // still failing over does not hold those of the others (a slot that moved, a
+            // connection lost and made again meanwhile). The rest wait for the next attempt.
+            let ready: HashMap<Arc<str>, Option<u64>> = from
+                .iter()
+                .filter(|(ch, _)| self.placed.contains_key(*ch))
+                .map(|(ch, seen)| (ch.clone(), *seen))
+                .collect();
+            if !ready.is_empty() {
+                let mut resume = self.refill(&ready).await.map_err(|e| e.to_string())?;
+                resume.release = Some(ready.keys().cloned().collect());
+                from.retain(|ch, _| !ready.contains_key(ch));
+                self.dispatch.send(Dispatch::Resume(resume));
+            }
+            return Err(why);
         }
         // Every confirmation of a SUNSUBSCRIBE sent on a live connection has arrived.
         lock(&self.last).ending.clear();
