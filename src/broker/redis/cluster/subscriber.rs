@@ -296,14 +296,17 @@ impl ClusterSubscriber {
         }
     }
 
-    /// Takes a connection's report of its loss (older connections' reports are ignored).
-    fn connection_lost(&mut self, id: u64, why: &str) {
-        let Some(addr) = self
-            .nodes
+    /// The node that connection `id` is to, while it is the current one.
+    fn address_of(&self, id: u64) -> Option<String> {
+        self.nodes
             .iter()
             .find(|(_, c)| c.id == id)
             .map(|(a, _)| a.clone())
-        else {
+    }
+
+    /// Takes a connection's report of its loss (older connections' reports are ignored).
+    fn connection_lost(&mut self, id: u64, why: &str) {
+        let Some(addr) = self.address_of(id) else {
             return;
         };
         tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber connection lost");
@@ -314,12 +317,7 @@ impl ClusterSubscriber {
     /// channel alone is to be placed again (where the slot map now puts its slot), and the
     /// connection goes on serving the others.
     fn channel_moved(&mut self, id: u64, channel: &Arc<str>) {
-        let Some(addr) = self
-            .nodes
-            .iter()
-            .find(|(_, c)| c.id == id)
-            .map(|(a, _)| a.clone())
-        else {
+        let Some(addr) = self.address_of(id) else {
             return;
         };
         if self.placed.get(channel) == Some(&addr) {
