@@ -291,6 +291,14 @@ impl Reader {
     }
 
     /// Fails unless it got exactly `want` for each channel (nothing for the others).
+    /// Reads the `n` events to come within `wait`, waits for silence after them, and checks
+    /// what came against `want` ([`Reader::check`]).
+    async fn read_exactly(&mut self, n: usize, wait: Duration, want: &BTreeMap<String, Vec<u64>>) {
+        self.read(n, wait).await;
+        self.expect_silence().await;
+        self.check(want);
+    }
+
     fn check(&self, want: &BTreeMap<String, Vec<u64>>) {
         let want: BTreeMap<&String, &Vec<u64>> =
             want.iter().filter(|(_, seqs)| !seqs.is_empty()).collect();
@@ -465,9 +473,8 @@ async fn resume_from(
 ) {
     let mut back = Reader::at("back from before", channels, early.clone());
     back.reconnect(process, false).await;
-    back.read(n, PATIENCE).await;
-    back.expect_silence().await;
-    back.check(&expected(published, early));
+    back.read_exactly(n, PATIENCE, &expected(published, early))
+        .await;
     assert_eq!(back.missed, 0);
 }
 
@@ -566,9 +573,8 @@ async fn a_compound_id_resumes_across_shards_exactly_once() {
         c.read(2, PATIENCE).await;
         // And live again.
         published.extend(publish_each(&process, &channels, 20..23).await);
-        c.read(3, PATIENCE).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(3, PATIENCE, &expected(&published, &start))
+            .await;
         assert_eq!(c.missed, 0);
         assert_eq!(c.position, last_of(&published));
     })
@@ -734,9 +740,8 @@ async fn a_failover_loses_no_event_that_history_holds() {
         let took = started.elapsed();
         published.extend(during);
         assert_answered(&published, &channels, 2..22);
-        c.read(30, FAILOVER_WAIT).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(30, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
         assert_eq!(
             c.missed, 0,
             "the replica had every write (failover took {took:?})"
@@ -780,9 +785,8 @@ async fn a_slot_moved_to_another_primary_loses_nothing() {
         .expect("the slot moved");
         let published = publishing.await.expect("the publisher");
         assert_answered(&published, &channels, 2..17);
-        c.read(30, FAILOVER_WAIT).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(30, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
         assert_eq!(
             c.missed, 0,
             "nothing was lost: the keys moved with the slot"
@@ -844,9 +848,8 @@ async fn a_channel_without_events_is_refilled_after_its_connection_is_cut() {
             killed >= 1,
             "the frozen process's pub/sub connection was cut"
         );
-        c.read(3, PATIENCE).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(3, PATIENCE, &expected(&published, &start))
+            .await;
         assert_eq!(c.missed, 0);
     })
     .await;
@@ -1093,9 +1096,8 @@ async fn a_killed_primary_rejoins_as_a_replica_and_streams_go_on() {
                 publish_through(&process, ch, &data(ch, i)).await,
             ));
         }
-        c.read(4, FAILOVER_WAIT).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(4, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
         assert_eq!(c.missed, 0);
         blocking(|| cluster.wait_synced(slot));
     })
@@ -1267,9 +1269,8 @@ async fn over_tls_with_a_private_ca_shards_and_a_failover_lose_nothing() {
             publish_through_a_failover(cluster, slot, &process, &channels, 12..30).await;
         published.extend(during);
         assert_answered(&published, &channels, 2..17);
-        c.read(18, FAILOVER_WAIT).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(18, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
         assert_eq!(c.missed, 0, "the TLS replica had every write");
         assert_every_event_once(&c, &channels, 30);
 
@@ -1334,9 +1335,8 @@ async fn a_shard_failing_over_does_not_hold_the_other_shards_events() {
             let seq = publish_through(&process, ch, &data(ch, i)).await;
             published.push((ch.clone(), seq));
         }
-        c.read(5, FAILOVER_WAIT).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(5, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
         assert_eq!(c.missed, 0, "the replica had every write");
         assert_every_event_once(&c, &channels, 10);
         drop(cluster);
@@ -1432,9 +1432,8 @@ async fn a_slot_moved_moves_its_channels_alone() {
             .expect("the slot moved");
         let published = publishing.await.expect("the publisher");
         assert_answered(&published, &channels, 2..12);
-        c.read(20, FAILOVER_WAIT).await;
-        c.expect_silence().await;
-        c.check(&expected(&published, &start));
+        c.read_exactly(20, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
         assert_eq!(c.missed, 0);
         assert_every_event_once(&c, &channels, 20);
         let log = process.log();

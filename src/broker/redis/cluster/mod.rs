@@ -504,15 +504,19 @@ async fn check_seed(
     if access.tls.is_none() {
         return Ok(());
     }
-    let slots: Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut con)
+    // The slot map as the subscriber reads it (on a connection of its kind, over TLS).
+    let seed = client.get_connection_info().addr().to_string();
+    let (lost, _) = mpsc::unbounded_channel();
+    let quiet: node::PushHandler = Arc::new(|_| {});
+    let slots = async {
+        let mut asked = node::NodeConn::connect(&seed, 0, access, remaining, quiet, lost).await?;
+        let reply = asked.request(&[b"CLUSTER", b"SLOTS"]).await?;
+        subscriber::SlotMap::parse(&reply, &seed)
+    };
+    let slots = slots
         .await
-        .map_err(|e| classify(&e))?;
-    let seed_host = client.get_connection_info().addr().to_string();
-    let seed_host = seed_host.rsplit_once(':').map_or("", |(h, _)| h);
-    let seed_host = seed_host.trim_start_matches('[').trim_end_matches(']');
-    for addr in primaries(&slots, seed_host) {
+        .map_err(|e| Unanswered::transient(format!("{seed}: {e}")))?;
+    for addr in slots.primaries() {
         if let Err((fatal, why)) = node::check_tls(&addr, access, remaining).await {
             let why = format!("the node at {addr}, as the slot map names it: {why}");
             return Err(if fatal {
@@ -523,45 +527,6 @@ async fn check_seed(
         }
     }
     Ok(())
-}
-
-/// The `host:port` of each primary a `CLUSTER SLOTS` reply names, once each (an empty or
-/// unknown host is the asked node's, `seed_host`).
-fn primaries(slots: &Value, seed_host: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let Value::Array(ranges) = slots else {
-        return out;
-    };
-    for range in ranges {
-        let Value::Array(fields) = range else {
-            continue;
-        };
-        let Some(Value::Array(primary)) = fields.get(2) else {
-            continue;
-        };
-        let host = match primary.first() {
-            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
-            Some(Value::SimpleString(h)) => h.clone(),
-            _ => continue,
-        };
-        let Some(Value::Int(port)) = primary.get(1) else {
-            continue;
-        };
-        let host = if host.is_empty() || host == "?" {
-            seed_host.to_owned()
-        } else {
-            host
-        };
-        let addr = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        if !out.contains(&addr) {
-            out.push(addr);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -577,31 +542,6 @@ mod tests {
         assert_eq!(too_old("redis_version:7.0.15\n"), None);
         assert_eq!(too_old("redis_version:10.0.0\n"), None);
         assert_eq!(too_old("redis_mode:cluster\n"), None);
-    }
-
-    #[test]
-    fn the_primaries_are_read_from_the_slot_map_once_each() {
-        let node = |host: &str, port: i64| {
-            Value::Array(vec![
-                Value::BulkString(host.as_bytes().to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
-        };
-        let range = |start: i64, end: i64, primary: Value, replica: Value| {
-            Value::Array(vec![Value::Int(start), Value::Int(end), primary, replica])
-        };
-        let slots = Value::Array(vec![
-            range(0, 5000, node("10.0.0.1", 7000), node("10.0.0.4", 7000)),
-            range(5001, 9000, node("", 7001), node("10.0.0.5", 7000)),
-            range(9001, 12000, node("10.0.0.1", 7000), node("10.0.0.6", 7000)),
-            range(12001, 16383, node("fe80::1", 7002), node("?", 7003)),
-        ]);
-        assert_eq!(
-            primaries(&slots, "seed.example"),
-            ["10.0.0.1:7000", "seed.example:7001", "[fe80::1]:7002"]
-        );
-        assert!(primaries(&Value::Nil, "h").is_empty());
     }
 
     #[test]

@@ -128,6 +128,17 @@ impl SlotMap {
         self.ranges.iter().map(|(_, _, a)| a.as_str())
     }
 
+    /// Each primary's `host:port`, once each, in slot order.
+    pub fn primaries(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for addr in self.addresses() {
+            if !out.iter().any(|a| a == addr) {
+                out.push(addr.to_owned());
+            }
+        }
+        out
+    }
+
     /// Reads a `CLUSTER SLOTS` reply of the node at `asked` (a primary's empty host means
     /// that node's); refuses a map that leaves a slot without a primary.
     pub fn parse(reply: &Reply, asked: &str) -> Result<SlotMap, String> {
@@ -135,6 +146,7 @@ impl SlotMap {
             return Err("CLUSTER SLOTS: not an array".into());
         };
         let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
+        let asked_host = asked_host.trim_start_matches('[').trim_end_matches(']');
         let mut out = Vec::new();
         for range in ranges {
             let Reply::Array(fields) = range else {
@@ -1025,5 +1037,26 @@ mod tests {
         assert!(SlotMap::parse(&Reply::Int(1), "h:1").is_err());
         let bad_port = Reply::Array(vec![range(0, 16383, "127.0.0.1", 70000)]);
         assert!(SlotMap::parse(&bad_port, "h:1").is_err());
+    }
+
+    #[test]
+    fn the_primaries_are_read_from_the_slot_map_once_each() {
+        let slots = Reply::Array(vec![
+            range(0, 5000, "10.0.0.1", 7000),
+            range(5001, 9000, "", 7001),
+            range(9001, 12000, "10.0.0.1", 7000),
+            range(12001, 16383, "fe80::1", 7002),
+        ]);
+        let map = SlotMap::parse(&slots, "seed.example:7000").unwrap();
+        assert_eq!(
+            map.primaries(),
+            ["10.0.0.1:7000", "seed.example:7001", "[fe80::1]:7002"]
+        );
+        assert!(SlotMap::parse(&Reply::Null, "h:1").is_err());
+        let asked_v6 = Reply::Array(vec![range(0, 16383, "", 7003)]);
+        assert_eq!(
+            SlotMap::parse(&asked_v6, "[::1]:7003").unwrap().primaries(),
+            ["[::1]:7003"]
+        );
     }
 }
