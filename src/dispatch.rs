@@ -79,8 +79,13 @@ pub(crate) struct Resume {
 pub(crate) enum SubCommand {
     Subscribe(Arc<str>),
     Unsubscribe(Arc<str>),
-    /// Answered once every command sent before it is in effect on the broker.
-    Barrier(Ready),
+    /// Answered once every command sent before it is in effect on the broker; with `on`, once
+    /// those of these channels are (Redis Cluster: the channels of a stream on a healthy shard
+    /// need not wait for another shard's failover).
+    Barrier {
+        tx: Ready,
+        on: Option<Vec<Arc<str>>>,
+    },
 }
 
 /// The newest event this process knows: its id, channel and bytes (as `stored::parse_stored`
@@ -225,12 +230,13 @@ impl DispatchReceiver {
 /// Where the hub's subscription changes go.
 pub(crate) type SubSender = mpsc::UnboundedSender<SubCommand>;
 
-/// Sends a barrier behind every subscription change sent so far and waits for its answer: the
-/// instant from which they were known active. (Unanswered only during teardown, when nothing is
-/// shared anyway: then now.)
+/// Sends a barrier behind every subscription change sent so far (of the channels `on` when
+/// given) and waits for its answer: the instant from which they were known active.
+/// (Unanswered only during teardown, when nothing is shared anyway: then now.)
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) async fn barrier(subscriptions: &SubSender) -> Instant {
+pub(crate) async fn barrier(subscriptions: &SubSender, on: Option<&[Arc<str>]>) -> Instant {
     let (tx, rx) = oneshot::channel();
-    let _ = subscriptions.send(SubCommand::Barrier(tx));
+    let on = on.map(<[Arc<str>]>::to_vec);
+    let _ = subscriptions.send(SubCommand::Barrier { tx, on });
     rx.await.unwrap_or_else(|_| Instant::now())
 }

@@ -221,7 +221,7 @@ async fn from_first_live(
     channels: &[Arc<str>],
     snapshot: Snapshot,
 ) -> (LastEventId, Snapshot) {
-    shared.broker.flush().await;
+    shared.broker.flush(channels).await;
     let ready = tokio::time::Instant::now();
     let counter = snapshot.counter.unwrap_or(0);
     let Some(first) = conn.first_buffered() else {
@@ -299,7 +299,7 @@ async fn set_up(shared: &Shared, conn: &Conn, last: LastEventId) {
     loop {
         // The awaits below are boxed: a burst of new streams keeps thousands of these tasks
         // alive at once, and only the part in use should take memory.
-        let ready = Box::pin(shared.broker.subscriptions_ready()).await;
+        let ready = Box::pin(shared.broker.subscriptions_ready(channels)).await;
         // The client left (the body is gone), or the stream is ending: nothing to set up.
         if conn.is_ending() {
             return;

@@ -135,36 +135,45 @@ impl Broker {
         }
     }
 
-    /// Waits until every subscription registered before this call is active on the broker, so
-    /// that a history read made afterwards and the live events overlap instead of leaving a gap.
-    /// During a Redis outage this waits for the reconnection. Returns the instant from which
-    /// they were known active.
-    pub async fn subscriptions_ready(&self) -> tokio::time::Instant {
+    /// Waits until every subscription of `channels` registered before this call is active on
+    /// the broker, so that a history read made afterwards and the live events overlap instead
+    /// of leaving a gap. During a Redis outage this waits for the reconnection (on a Redis
+    /// Cluster, for the shards of `channels` only). Returns the instant from which they were
+    /// known active.
+    pub async fn subscriptions_ready(&self, channels: &[Arc<str>]) -> tokio::time::Instant {
         match self {
-            Broker::Memory(_) => tokio::time::Instant::now(),
+            Broker::Memory(_) => {
+                let _ = channels;
+                tokio::time::Instant::now()
+            }
             #[cfg(feature = "redis")]
             Broker::Redis(b) => b.subscriptions_ready().await,
             #[cfg(feature = "redis")]
-            Broker::Cluster(b) => b.subscriptions_ready().await,
+            Broker::Cluster(b) => b.subscriptions_ready(channels).await,
         }
     }
 
-    /// Waits until every event published before this call that this process will dispatch has
-    /// reached the dispatcher and been offered to the connections, so that a stream that read
-    /// the counter can tell the events it will get live from the ones before it.
-    pub async fn flush(&self) {
+    /// Waits until every event of `channels` published before this call that this process
+    /// will dispatch has reached the dispatcher and been offered to the connections, so that a
+    /// stream that read the counter can tell the events it will get live from the ones before
+    /// it.
+    pub async fn flush(&self, channels: &[Arc<str>]) {
         match self {
-            Broker::Memory(b) => b.flush().await,
+            Broker::Memory(b) => {
+                let _ = channels;
+                b.flush().await
+            }
             // The subscriber answers a barrier after a PING on the pub/sub connection, whose
             // reply follows every message Redis pushed before it.
             #[cfg(feature = "redis")]
             Broker::Redis(b) => {
                 b.subscriptions_ready().await;
             }
-            // The same, with a PING on each node's connection.
+            // The same, with a PING on each node's connection (those of `channels` while
+            // another shard fails over).
             #[cfg(feature = "redis")]
             Broker::Cluster(b) => {
-                b.subscriptions_ready().await;
+                b.subscriptions_ready(channels).await;
             }
         }
     }

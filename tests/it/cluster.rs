@@ -1344,6 +1344,94 @@ async fn a_shard_failing_over_does_not_hold_the_other_shards_events() {
     .await;
 }
 
+/// Streams opened while one shard fails over, on channels of another shard, start at once:
+/// one on a channel already subscribed, one on a channel nobody listened to (its subscription
+/// is made during the recovery), and one coming back with a position (its history read from
+/// the healthy shard). Each gets its channel's next event before the failover is over, while
+/// the subscriber is still recovering (`/health` 503). (A stream's setup used to wait for a
+/// barrier behind every subscription, which the failed shard held until it was back: the
+/// failover's whole length.) Then the stream on both shards gets everything, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_during_another_shards_failover_start_at_once() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("opening", 2);
+        let quiet = cluster.channels_beside(&channels[1], "quiet", 1).remove(0);
+        let slot = cluster.slot_of_channel(&channels[0]);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &[channels.clone(), vec![quiet.clone()]].concat()).await;
+        let mut c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+        let start = c.position.clone();
+        let mut published = Vec::new();
+        for i in 0..4 {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            published.push((ch.clone(), seq));
+        }
+        c.read(4, PATIENCE).await;
+        blocking(|| cluster.wait_synced(slot));
+
+        let failover = tokio::task::spawn_blocking(move || {
+            let mut cluster = cluster;
+            let ports = cluster.kill_primary_and_wait_failover(slot);
+            (cluster, ports, Instant::now())
+        });
+        process.health_becomes(503).await;
+        let other = &channels[1];
+        let one = std::slice::from_ref(other);
+        let mut subscribed = Reader::live("subscribed", &process, one, &at(one, 3)).await;
+        let alone = std::slice::from_ref(&quiet);
+        let mut new = Reader::live("new", &process, alone, &at(alone, 1)).await;
+        let mut back = Reader::at("back", one, at(one, 1));
+        back.reconnect(&process, false).await;
+        back.read(2, PATIENCE).await;
+        assert_eq!(
+            back.data[other],
+            [data(other, 1), data(other, 3)],
+            "back: its history"
+        );
+        let seq = publish_through(&process, other, &data(other, 5)).await;
+        published.push((other.clone(), seq));
+        assert_eq!(publish_through(&process, &quiet, &data(&quiet, 5)).await, 2);
+        for r in [&mut subscribed, &mut new, &mut back] {
+            r.read(1, PATIENCE).await;
+        }
+        let started = Instant::now();
+        let health = process.health().await;
+        let (cluster, (old, new_primary), failed_over) = failover.await.expect("failover");
+        assert_ne!(old, new_primary);
+        assert_eq!(
+            health, 503,
+            "the streams started while the subscriber was still recovering"
+        );
+        assert!(
+            started < failed_over,
+            "the streams on the healthy shard started {:?} after the failover was over",
+            started - failed_over
+        );
+        assert_eq!(subscribed.data[other], [data(other, 5)]);
+        assert_eq!(new.data[&quiet], [data(&quiet, 5)]);
+        assert_eq!(
+            back.data[other],
+            [data(other, 1), data(other, 3), data(other, 5)]
+        );
+
+        // The stream on both shards: everything once, in order, the failed shard's after its
+        // failover.
+        for i in [4, 6, 7, 8, 9] {
+            let ch = &channels[i % 2];
+            let seq = publish_through(&process, ch, &data(ch, i)).await;
+            published.push((ch.clone(), seq));
+        }
+        c.read_exactly(6, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
+        assert_eq!(c.missed, 0, "the replica had every write");
+        assert_every_event_once(&c, &channels, 10);
+        drop(cluster);
+    })
+    .await;
+}
+
 /// Nodes whose certificate is valid for the seeds' host name (`localhost`) but not for the
 /// address the slot map names them by (`127.0.0.1`, Redis's default): every connection made
 /// from the slot map (the subscriber's, and the cluster client's) would fail its certificate

@@ -751,7 +751,7 @@ impl RedisBroker {
 
     /// Returns when the subscriptions were confirmed active (see `dispatch::Ready`).
     pub async fn subscriptions_ready(&self) -> tokio::time::Instant {
-        crate::dispatch::barrier(&self.subscriptions).await
+        crate::dispatch::barrier(&self.subscriptions, None).await
     }
 
     pub fn is_up(&self) -> bool {

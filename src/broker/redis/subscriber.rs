@@ -545,7 +545,8 @@ impl Subscriber {
                 continue;
             }
             let (ch, subscribe) = match cmd {
-                SubCommand::Barrier(tx) => {
+                // One Redis serves every channel: a barrier waits for all.
+                SubCommand::Barrier { tx, .. } => {
                     waiting.push(tx);
                     continue;
                 }
@@ -647,7 +648,7 @@ fn record(cmd: SubCommand, active: &mut HashSet<Arc<str>>, barriers: &mut Vec<Re
         SubCommand::Unsubscribe(ch) => {
             active.remove(&ch);
         }
-        SubCommand::Barrier(tx) => {
+        SubCommand::Barrier { tx, .. } => {
             // A stream that waited and left has dropped its receiver: its barrier is forgotten,
             // so that through an outage with clients coming and going only the barriers of
             // streams still waiting are kept (pruned at each doubling: amortized O(1)).

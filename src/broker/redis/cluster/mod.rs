@@ -370,10 +370,11 @@ impl ClusterBroker {
         Ok(snapshot)
     }
 
-    /// Returns when the subscriptions were confirmed active on every node (see
-    /// `dispatch::Ready`).
-    pub async fn subscriptions_ready(&self) -> tokio::time::Instant {
-        crate::dispatch::barrier(&self.subscriptions).await
+    /// Returns when the subscriptions of `channels` were confirmed active on their nodes (see
+    /// `dispatch::Ready`): while one shard fails over, a stream on the others' channels does
+    /// not wait for it.
+    pub async fn subscriptions_ready(&self, channels: &[Arc<str>]) -> tokio::time::Instant {
+        crate::dispatch::barrier(&self.subscriptions, Some(channels)).await
     }
 
     pub fn is_up(&self) -> bool {

@@ -6,7 +6,9 @@
 //! channel (its history key, see `layout`) on the connection to its slot's primary, made when
 //! first needed; `SUNSUBSCRIBE` when the last listener leaves. Barriers are answered once a
 //! `PING` on every connection came back after the commands before them, through the
-//! dispatcher as on one Redis. Each message goes to the dispatcher as a live event of the
+//! dispatcher as on one Redis; while the task recovers, a stream's barrier (which names the
+//! stream's channels) is answered as soon as each of its channels is subscribed and not held,
+//! so that a stream opened on a healthy shard does not wait for another shard's failover. Each message goes to the dispatcher as a live event of the
 //! user's channel, its frame without the `id:` line (ids are per channel: streams write their
 //! own compound ids), and the channel's last dispatched sequence is remembered, for active
 //! channels only.
@@ -100,6 +102,12 @@ struct Seen {
 }
 
 type LastSeen = Arc<Mutex<Seen>>;
+
+/// A barrier not answered yet, and the channels it waits for (all when `None`).
+struct Waiting {
+    tx: Ready,
+    on: Option<Vec<Arc<str>>>,
+}
 
 impl Seen {
     /// The channel is no longer active.
@@ -227,7 +235,9 @@ pub(super) struct ClusterSubscriber {
     lost: HashSet<String>,
     /// Set when a channel could not be placed (no slot map, a node that cannot be reached).
     unplaced: bool,
-    barriers: Vec<Ready>,
+    /// While recovering, the channels whose live events are held (the hub's set).
+    held: HashSet<Arc<str>>,
+    barriers: Vec<Waiting>,
     next_id: u64,
 }
 
@@ -263,6 +273,7 @@ impl ClusterSubscriber {
             moved_rx,
             lost: HashSet::new(),
             unplaced: true,
+            held: HashSet::new(),
             barriers: Vec::new(),
             next_id: 0,
         }
@@ -445,7 +456,7 @@ impl ClusterSubscriber {
         let mut touched: HashSet<String> = HashSet::new();
         for cmd in batch {
             match cmd {
-                SubCommand::Barrier(tx) => waiting.push(tx),
+                SubCommand::Barrier { tx, on } => waiting.push(Waiting { tx, on }),
                 SubCommand::Subscribe(ch) => {
                     let mut seen = lock(&self.last);
                     if !seen.last.contains_key(&ch) {
@@ -508,8 +519,8 @@ impl ClusterSubscriber {
             lock(&self.last).ending.clear();
         }
         let at = Instant::now();
-        for tx in waiting {
-            self.dispatch.send(Dispatch::Barrier { tx, at });
+        for w in waiting {
+            self.dispatch.send(Dispatch::Barrier { tx: w.tx, at });
         }
         // Where each new channel's sequence stood once its subscription was active: a later
         // refill reads its history after that at least.
@@ -598,13 +609,44 @@ impl ClusterSubscriber {
                     unsubscribe(con, &self.last, &ch);
                 }
             }
-            SubCommand::Barrier(tx) => {
+            SubCommand::Barrier { tx, on } => {
+                let waiting = Waiting { tx, on };
+                if self.serves(&waiting) {
+                    self.dispatch.send(Dispatch::Barrier {
+                        tx: waiting.tx,
+                        at: Instant::now(),
+                    });
+                    return;
+                }
                 // Barriers of streams that left are forgotten (see the one-Redis subscriber).
                 if self.barriers.len() >= 64 && self.barriers.len().is_power_of_two() {
-                    self.barriers.retain(|b| !b.is_closed());
+                    self.barriers.retain(|b| !b.tx.is_closed());
                 }
-                self.barriers.push(tx);
+                self.barriers.push(waiting);
             }
+        }
+    }
+
+    /// Whether a barrier can be answered while recovering: it names its channels, and each is
+    /// subscribed (and confirmed: a recovery attempt keeps only the channels whose connection
+    /// answered a PING after their subscription) and not held.
+    fn serves(&self, waiting: &Waiting) -> bool {
+        waiting.on.as_ref().is_some_and(|on| {
+            on.iter()
+                .all(|ch| self.placed.contains_key(ch) && !self.held.contains(ch))
+        })
+    }
+
+    /// Answers the barriers whose channels are served now (after a recovery attempt that let
+    /// some channels go), behind that attempt's resume.
+    fn answer_served(&mut self) {
+        let (ready, waiting): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.barriers)
+            .into_iter()
+            .partition(|w| self.serves(w));
+        self.barriers = waiting;
+        let at = Instant::now();
+        for w in ready {
+            self.dispatch.send(Dispatch::Barrier { tx: w.tx, at });
         }
     }
 
@@ -647,15 +689,20 @@ impl ClusterSubscriber {
                     }
                     self.lost.clear();
                     self.unplaced = false;
+                    self.held.clear();
                     self.dispatch.send(Dispatch::Resume(resume));
                     self.metrics.set_broker_up(true);
                     let at = Instant::now();
-                    for tx in self.barriers.drain(..) {
-                        self.dispatch.send(Dispatch::Barrier { tx, at });
+                    for w in self.barriers.drain(..) {
+                        self.dispatch.send(Dispatch::Barrier { tx: w.tx, at });
                     }
                     return true;
                 }
                 Err(e) => {
+                    // What is still held is what is left to refill; the streams on the rest
+                    // start.
+                    self.held = from.keys().cloned().collect();
+                    self.answer_served();
                     // A move that could not be placed at once is an outage like a lost
                     // connection: down meanwhile, and counted and logged when it is over.
                     reconnecting = true;
