@@ -1548,6 +1548,71 @@ async fn a_slot_moved_moves_its_channels_alone() {
     .await;
 }
 
+/// A slot moved while nobody on this process listened to its channels: the subscriber's slot
+/// map still names the old owner, so a stream opened on such a channel has its `SSUBSCRIBE`
+/// sent there, and the node answers `MOVED`. That channel alone is subscribed again where the
+/// slot went; the connection to the old owner goes on serving its other channels, nothing is
+/// counted as a reconnection, and both streams get their events. (`MOVED` used to end the
+/// connection like any error: every channel of the node held and refilled, a reconnection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_sent_to_a_slots_old_owner_follows_the_slot_alone() {
+    within_limit(async {
+        let cluster = Arc::new(blocking(Cluster::start));
+        let three = cluster.channels_on_distinct_primaries("stale", 3);
+        let kept = three[0].clone();
+        let fresh = cluster.channels_beside(&kept, "fresh", 1).remove(0);
+        let slot = cluster.slot_of_channel(&fresh);
+        assert_ne!(slot, cluster.slot_of_channel(&kept), "another slot");
+        let from = cluster.primary_of(slot);
+        let to = cluster.primary_of_channel(&three[1]);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        let both = [kept.clone(), fresh.clone()];
+        warm(&process, &both).await;
+        let one = std::slice::from_ref(&kept);
+        let mut c = Reader::live("kept", &process, one, &at(one, 1)).await;
+        let before = cluster.pubsub_client_ids(from);
+        assert_eq!(before.len(), 1, "one subscriber connection to {from}");
+        let reconnects = process.metric("redisse_broker_reconnects_total").await;
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || mover.move_slot(slot, to, Duration::from_millis(10)))
+            .await
+            .expect("the slot moved");
+
+        let alone = std::slice::from_ref(&fresh);
+        let mut f = Reader::live("fresh", &process, alone, &at(alone, 1)).await;
+        for ch in &both {
+            assert_eq!(publish_through(&process, ch, &data(ch, 1)).await, 2);
+        }
+        c.read(1, PATIENCE).await;
+        f.read(1, PATIENCE).await;
+        assert_eq!(c.data[&kept], [data(&kept, 1)]);
+        assert_eq!(f.data[&fresh], [data(&fresh, 1)]);
+        let log = process.log();
+        assert!(
+            log.contains("answered MOVED"),
+            "the redirection was seen: {log}"
+        );
+        assert!(
+            !log.contains("redis cluster subscriber connection"),
+            "no connection was dropped (lost or failed): {log}"
+        );
+        assert_eq!(
+            cluster.pubsub_client_ids(from),
+            before,
+            "the connection to the old owner stayed, for {kept}"
+        );
+        assert_eq!(
+            process.metric("redisse_broker_reconnects_total").await,
+            reconnects,
+            "no reconnection counted"
+        );
+        assert_eq!(process.health().await, 200);
+        c.expect_silence().await;
+        f.expect_silence().await;
+    })
+    .await;
+}
+
 /// A slot moved to a primary that refuses the subscription for a while (its `SSUBSCRIBE`
 /// denied): the recovery of the moved channel fails, `/health` turns 503 and the log says
 /// `cannot recover`, the connection to the new owner is dropped. Once it is allowed again the

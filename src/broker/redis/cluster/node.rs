@@ -10,10 +10,13 @@
 //!
 //! A reader task owns the socket's read half. Pushes (`smessage`, `ssubscribe`,
 //! `sunsubscribe`) go to the handler the connection was made with, on that task, in the order
-//! the node sent them. Every other reply answers the oldest request still waiting, in order
-//! (`SSUBSCRIBE` and `SUNSUBSCRIBE` are answered by pushes only, so they wait for nothing). An
-//! error reply, a reply nobody waits for, a reply that is not RESP, or the end of the stream
-//! marks the connection lost: the reader reports it once, with the reason, and stops. What it
+//! the node sent them, and so does a `MOVED` error, as a one-item push of that error: it can
+//! only answer an `SSUBSCRIBE` (or `SUNSUBSCRIBE`) sent on a slot the node no longer serves,
+//! the only commands with a key this connection sends, so no request waits for it and the
+//! connection stays up. Every other reply answers the oldest request still waiting, in order
+//! (`SSUBSCRIBE` and `SUNSUBSCRIBE` are answered by pushes only, so they wait for nothing).
+//! Another error reply, a reply nobody waits for, a reply that is not RESP, or the end of the
+//! stream marks the connection lost: the reader reports it once, with the reason, and stops. What it
 //! buffers is bounded: one reply at most [`MAX_BULK`] long, nested at most [`MAX_DEPTH`] deep.
 
 use std::collections::VecDeque;
@@ -430,6 +433,7 @@ async fn read_loop(read: &mut ReadHalf<Stream>, waiting: &Waiters, pushes: &Push
             start += used;
             match reply {
                 Reply::Push(items) => pushes(items),
+                Reply::Error(e) if e.starts_with("MOVED ") => pushes(vec![Reply::Error(e)]),
                 reply => {
                     let waiter = waiting
                         .lock()
@@ -603,6 +607,57 @@ mod tests {
             "it waited {:?}",
             started.elapsed()
         );
+    }
+
+    /// A `MOVED` answer (to an `SSUBSCRIBE` on a slot the node gave away) goes to the push
+    /// handler and answers no request: the `PING` after it gets its `PONG`, and the connection
+    /// stays up. Another error is still a loss.
+    #[tokio::test]
+    async fn a_moved_answer_is_handed_over_and_the_connection_stays() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let node = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket
+                .write_all(b"%1\r\n+server\r\n+redis\r\n")
+                .await
+                .unwrap();
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket
+                .write_all(b"-MOVED 42 127.0.0.1:7001\r\n+PONG\r\n")
+                .await
+                .unwrap();
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket.write_all(b"-ERR no\r\n").await.unwrap();
+            socket
+        });
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel();
+        let handed = Arc::new(Mutex::new(Vec::new()));
+        let seen = handed.clone();
+        let pushes: PushHandler = Arc::new(move |items| seen.lock().unwrap().push(items));
+        let timeout = Duration::from_secs(20);
+        let mut con = NodeConn::connect(&addr, 3, &Access::default(), timeout, pushes, lost_tx)
+            .await
+            .expect("connected");
+        con.queue(&[b"SSUBSCRIBE", b"x"]);
+        assert_eq!(
+            con.request(&[b"PING"]).await,
+            Ok(Reply::Simple("PONG".into()))
+        );
+        assert_eq!(
+            *handed.lock().unwrap(),
+            [vec![Reply::Error("MOVED 42 127.0.0.1:7001".into())]]
+        );
+        assert!(lost_rx.try_recv().is_err(), "the connection is up");
+        assert_eq!(con.request(&[b"PING"]).await, Err("ERR no".into()));
+        let (id, why) = lost_rx.recv().await.expect("the loss is reported");
+        assert_eq!(
+            (id, why.as_str()),
+            (3, "the node answered an error: ERR no")
+        );
+        drop(node.await.unwrap());
     }
 
     fn whole(text: &[u8]) -> Reply {

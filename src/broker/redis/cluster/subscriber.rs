@@ -70,9 +70,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// time 0.09 s (BENCHMARKS.md, run 16).
 const REFILL_AT_ONCE: usize = 64;
 
-/// Where a connection reports a channel whose subscription the node ended: its id and the
-/// channel.
-type MovedSender = mpsc::UnboundedSender<(u64, Arc<str>)>;
+/// What a connection reports of a slot that moved away from its node.
+#[derive(Debug)]
+enum Moved {
+    /// The node ended the subscription of this channel (a `sunsubscribe` push).
+    Channel(Arc<str>),
+    /// The node answered `MOVED` to a subscription of a channel of this slot (the slot map
+    /// was stale): none of the slot's channels sent there is subscribed.
+    Slot(u16),
+}
+
+/// Where a connection reports a slot that moved away: its id and what moved.
+type MovedSender = mpsc::UnboundedSender<(u64, Moved)>;
 
 /// Where a connection's push handler reports to the task.
 struct Reports {
@@ -230,7 +239,7 @@ pub(super) struct ClusterSubscriber {
     /// Where the push handlers report a channel whose subscription the node ended (its slot
     /// moved): the connection's id and the channel.
     moved_tx: MovedSender,
-    moved_rx: mpsc::UnboundedReceiver<(u64, Arc<str>)>,
+    moved_rx: mpsc::UnboundedReceiver<(u64, Moved)>,
     /// Nodes whose connection was lost, not yet recovered.
     lost: HashSet<String>,
     /// Set when a channel could not be placed (no slot map, a node that cannot be reached).
@@ -309,8 +318,8 @@ impl ClusterSubscriber {
                         }
                     }
                     report = self.moved_rx.recv() => {
-                        if let Some((id, channel)) = report {
-                            self.channel_moved(id, &channel);
+                        if let Some((id, moved)) = report {
+                            self.channel_moved(id, moved);
                         }
                     }
                     _ = ping.tick() => self.watchdog().await,
@@ -336,22 +345,49 @@ impl ClusterSubscriber {
         self.drop_node(&addr);
     }
 
-    /// A channel's subscription that the node on connection `id` ended (its slot moved): that
-    /// channel alone is to be placed again (where the slot map now puts its slot), and the
-    /// connection goes on serving the others.
-    fn channel_moved(&mut self, id: u64, channel: &Arc<str>) {
+    /// A slot that moved away from the node on connection `id`: a channel whose subscription
+    /// the node ended, or every channel of a slot the node answered `MOVED` for, is to be
+    /// placed again (where the slot map now puts its slot), alone; the connection goes on
+    /// serving the others.
+    fn channel_moved(&mut self, id: u64, moved: Moved) {
         let Some(addr) = self.address_of(id) else {
             return;
         };
-        if self.placed.get(channel) == Some(&addr) {
-            tracing::info!(
-                node = %addr,
-                channel = %Escaped(channel.as_bytes()),
-                "the node ended a channel's subscription (its slot moved): subscribing it where \
-                 the slot went"
-            );
-            self.placed.remove(channel);
-            self.unplaced = true;
+        match moved {
+            Moved::Channel(channel) => {
+                if self.placed.get(&channel) == Some(&addr) {
+                    tracing::info!(
+                        node = %addr,
+                        channel = %Escaped(channel.as_bytes()),
+                        "the node ended a channel's subscription (its slot moved): subscribing \
+                         it where the slot went"
+                    );
+                    self.placed.remove(&channel);
+                    self.unplaced = true;
+                }
+            }
+            Moved::Slot(slot) => {
+                let before = self.placed.len();
+                self.placed
+                    .retain(|ch, a| *a != addr || layout::slot(ch) != slot);
+                if self.placed.len() < before {
+                    tracing::info!(
+                        node = %addr,
+                        slot,
+                        channels = before - self.placed.len(),
+                        "the node answered MOVED to a subscription (the slot map was stale): \
+                         subscribing the slot's channels where it went"
+                    );
+                    self.unplaced = true;
+                }
+            }
+        }
+    }
+
+    /// Takes the connections' reports of slots that moved.
+    fn take_moves(&mut self) {
+        while let Ok((id, moved)) = self.moved_rx.try_recv() {
+            self.channel_moved(id, moved);
         }
     }
 
@@ -510,6 +546,9 @@ impl ClusterSubscriber {
                 self.drop_node(&addr);
             }
         }
+        // A `MOVED` answer to a subscription came before its connection's PONG: the barriers
+        // wait for those channels to be placed where their slot went.
+        self.take_moves();
         if !self.lost.is_empty() || self.unplaced {
             self.barriers.extend(waiting);
             return;
@@ -667,9 +706,7 @@ impl ClusterSubscriber {
             while let Ok((id, why)) = self.lost_rx.try_recv() {
                 self.connection_lost(id, &why);
             }
-            while let Ok((id, channel)) = self.moved_rx.try_recv() {
-                self.channel_moved(id, &channel);
-            }
+            self.take_moves();
             if !reconnecting && (first || !self.lost.is_empty()) {
                 reconnecting = true;
                 self.metrics.set_broker_up(false);
@@ -777,6 +814,12 @@ impl ClusterSubscriber {
                 self.drop_node(&addr);
                 failed.get_or_insert(format!("{addr}: {e}"));
             }
+        }
+        // A node that answered `MOVED` (before its PONG): the slot map read was already stale;
+        // those channels wait for the next attempt, after a pause.
+        self.take_moves();
+        if self.unplaced {
+            failed.get_or_insert("a node answered MOVED: the slot map changed".to_owned());
         }
         if let Some(why) = failed {
             // The channels placed and confirmed are refilled and let go now: a shard that is
@@ -945,6 +988,17 @@ fn forward_push(
     let lost = &reports.lost;
     let mut items = items.into_iter();
     let Some(kind) = items.next() else { return };
+    if let Reply::Error(e) = &kind {
+        // A `MOVED <slot> <host:port>` answer to a subscription (see `node`).
+        if let Some(slot) = e
+            .strip_prefix("MOVED ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|s| s.parse::<u16>().ok())
+        {
+            let _ = reports.moved.send((id, Moved::Slot(slot)));
+        }
+        return;
+    }
     match kind.bytes() {
         Some(b"smessage") => {
             let (Some(Reply::Bulk(shard)), Some(Reply::Bulk(payload))) =
@@ -1038,7 +1092,7 @@ fn forward_push(
             });
             if let Some(channel) = active {
                 // That channel alone moves; the connection serves the others on.
-                let _ = reports.moved.send((id, channel));
+                let _ = reports.moved.send((id, Moved::Channel(channel)));
             }
         }
         _ => {}
