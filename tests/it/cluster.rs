@@ -1432,6 +1432,76 @@ async fn streams_opened_during_another_shards_failover_start_at_once() {
     .await;
 }
 
+/// A primary that stops answering (SIGSTOP, as a host gone: connections to it are accepted and
+/// never answered) does not slow the other shards' new streams while the subscriber recovers
+/// it (the cluster told not to fail it over within the test): a stream on a new channel of a
+/// shard already connected, and one on a shard with no connection yet, each start within a
+/// second. (Each recovery attempt used to wait the whole connect timeout, 2 s, on the stopped
+/// node, for the slot map and again for its channels, before it took the new streams'
+/// subscriptions.) Once the node answers again, the stream on it gets everything, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_stops_answering_does_not_slow_the_other_shards_new_streams() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("stopped", 3);
+        let (hung, live, far) = (&three[0], &three[1], &three[2]);
+        let beside = cluster.channels_beside(live, "beside", 1).remove(0);
+        let hung_primary = cluster.primary_of_channel(hung);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        let channels = vec![hung.clone(), live.clone()];
+        warm(&process, &[three.clone(), vec![beside.clone()]].concat()).await;
+        let mut c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+        let start = c.position.clone();
+
+        cluster.freeze(hung_primary);
+        // The watchdog finds it (a PING every 5 s, unanswered for 3 s).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while process.health().await != 503 {
+            assert!(
+                Instant::now() < deadline,
+                "the stopped node was not noticed"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+        // A recovery attempt is under way, on the stopped node.
+        sleep(Duration::from_millis(500)).await;
+        for ch in [&beside, far] {
+            let one = std::slice::from_ref(ch);
+            let opened = Instant::now();
+            let mut r = Reader::live(ch, &process, one, &at(one, 1)).await;
+            let took = opened.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "a stream on {ch} took {took:?} to start while another shard's node is stopped"
+            );
+            assert_eq!(publish_through(&process, ch, &data(ch, 1)).await, 2);
+            r.read(1, PATIENCE).await;
+            assert_eq!(r.data[ch.as_str()], [data(ch, 1)]);
+        }
+        let seq = publish_through(&process, live, &data(live, 1)).await;
+        c.read(1, PATIENCE).await;
+        assert_eq!(
+            process.health().await,
+            503,
+            "still recovering the stopped node"
+        );
+
+        cluster.unfreeze(hung_primary);
+        process.health_becomes(200).await;
+        let mut published = vec![(live.clone(), seq)];
+        for i in [0, 2] {
+            let s = publish_through(&process, hung, &data(hung, i)).await;
+            published.push((hung.clone(), s));
+        }
+        c.read_exactly(2, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
+        assert_eq!(c.missed, 0);
+        drop(cluster);
+    })
+    .await;
+}
+
 /// Nodes whose certificate is valid for the seeds' host name (`localhost`) but not for the
 /// address the slot map names them by (`127.0.0.1`, Redis's default): every connection made
 /// from the slot map (the subscriber's, and the cluster client's) would fail its certificate

@@ -530,6 +530,26 @@ impl Cluster {
         self.node(port).unfreeze();
     }
 
+    /// Stops a node (SIGSTOP) as a host that stopped answering: its port still accepts
+    /// connections (the kernel does), and nothing is answered on them. [`Cluster::unfreeze`]
+    /// lets it go on.
+    pub fn freeze(&self, port: u16) {
+        self.node(port).freeze();
+    }
+
+    /// Sets every node's `cluster-node-timeout` (`CONFIG SET`): how long a node may not answer
+    /// before the others fail it over.
+    pub fn set_node_timeout(&self, timeout: Duration) {
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("cluster-node-timeout")
+                .arg(timeout.as_millis().to_string())
+                .query(&mut node.con())
+                .unwrap_or_else(|e| panic!("CONFIG SET cluster-node-timeout: {e}"));
+        }
+    }
+
     /// Starts a killed node again on its port, empty but with its cluster configuration (its
     /// `nodes.conf`), and waits until it is back in the cluster as a replica that has synced.
     pub fn restart(&mut self, port: u16) {

@@ -29,7 +29,10 @@
 //! stays up (unless placing it fails). An attempt that places some channels and fails for
 //! others (a shard still failing over) refills and lets go those it placed, so that a
 //! channel moved or reconnected meanwhile on a healthy shard does not wait for the failed
-//! one; the others wait for the next attempt. The resume carries those events, the channels whose
+//! one; the others wait for the next attempt. Nor do they wait behind a node that stopped
+//! answering (its host gone: connections to it hang until their timeout): an attempt asks the
+//! slot map on a connection that is up first, and waits [`CONNECT_WAIT`] for a connection it
+//! has to make, leaving a slower one to go on in the background for a later attempt. The resume carries those events, the channels whose
 //! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
 //! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
 //! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
@@ -39,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ClusterStore;
@@ -65,6 +69,11 @@ const MAX_BATCH: usize = 4096;
 const SUBSCRIBE_CHUNK: usize = 256;
 /// How long a connection attempt to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a recovery attempt waits for a connection it started: one still being made then
+/// (a node whose host stopped answering, which accepts nothing or answers nothing until the
+/// timeout) goes on in the background, picked up by a later attempt, so that the channels of
+/// the other shards are not held behind it.
+const CONNECT_WAIT: Duration = Duration::from_millis(100);
 /// Channels whose histories a refill reads at once (on the cluster connection, which
 /// pipelines them): one at a time, the refill of a node's 1,000 channels took 0.6 s, 64 at a
 /// time 0.09 s (BENCHMARKS.md, run 16).
@@ -231,6 +240,9 @@ pub(super) struct ClusterSubscriber {
     slots: SlotMap,
     /// The connections, by node address.
     nodes: HashMap<String, NodeConn>,
+    /// Connections a recovery started and did not wait for (see [`CONNECT_WAIT`]), by node
+    /// address: at most one per node of the slot map.
+    connecting: HashMap<String, JoinHandle<Result<NodeConn, String>>>,
     /// Each subscribed channel's node.
     placed: HashMap<Arc<str>, String>,
     last: LastSeen,
@@ -274,6 +286,7 @@ impl ClusterSubscriber {
             ping_timeout: config.redis_ping_timeout,
             slots: SlotMap::default(),
             nodes: HashMap::new(),
+            connecting: HashMap::new(),
             placed: HashMap::new(),
             last: LastSeen::default(),
             lost_tx,
@@ -427,21 +440,40 @@ impl ClusterSubscriber {
         })
     }
 
-    /// The connection to `addr`, made when missing.
-    async fn node(&mut self, addr: &str) -> Result<&mut NodeConn, String> {
+    /// The connection to `addr`, made when missing: waited for whole, or with `patience`, for
+    /// that long at most, the attempt going on in the background when it is not made by then
+    /// (a later call takes it up).
+    async fn node(
+        &mut self,
+        addr: &str,
+        patience: Option<Duration>,
+    ) -> Result<&mut NodeConn, String> {
         if !self.nodes.contains_key(addr) {
-            self.next_id += 1;
-            let id = self.next_id;
-            let handler = self.push_handler(id);
-            let con = NodeConn::connect(
-                addr,
-                id,
-                &self.access,
-                CONNECT_TIMEOUT.max(self.ping_timeout),
-                handler,
-                self.lost_tx.clone(),
-            )
-            .await?;
+            let mut connecting = match self.connecting.remove(addr) {
+                Some(handle) => handle,
+                None => {
+                    self.next_id += 1;
+                    let id = self.next_id;
+                    let handler = self.push_handler(id);
+                    let (addr, access, lost) =
+                        (addr.to_owned(), self.access.clone(), self.lost_tx.clone());
+                    let timeout = CONNECT_TIMEOUT.max(self.ping_timeout);
+                    tokio::spawn(async move {
+                        NodeConn::connect(&addr, id, &access, timeout, handler, lost).await
+                    })
+                }
+            };
+            let made = match patience {
+                None => (&mut connecting).await,
+                Some(wait) => match tokio::time::timeout(wait, &mut connecting).await {
+                    Ok(made) => made,
+                    Err(_) => {
+                        self.connecting.insert(addr.to_owned(), connecting);
+                        return Err(format!("no connection within {wait:?} (still trying)"));
+                    }
+                },
+            };
+            let con = made.map_err(|e| e.to_string())??;
             self.nodes.insert(addr.to_owned(), con);
         }
         self.nodes
@@ -449,16 +481,48 @@ impl ClusterSubscriber {
             .ok_or_else(|| "no connection".to_owned())
     }
 
-    /// Reads the slot map from the first node that answers: the known nodes, then the seeds.
+    /// Stops the connection attempts to nodes that serve nothing wanted now.
+    fn forget_connecting(&mut self, keep: impl Fn(&str) -> bool) {
+        self.connecting.retain(|addr, handle| {
+            let kept = keep(addr);
+            if !kept {
+                handle.abort();
+            }
+            kept
+        });
+    }
+
+    /// Reads the slot map from the first node that answers: on a connection up (no connection
+    /// to make, and a node that stopped answering is not asked first), else the known nodes,
+    /// then the seeds.
     async fn refresh_slots(&mut self) -> Result<(), String> {
-        let mut candidates: Vec<String> = self.slots.addresses().map(str::to_owned).collect();
+        let mut last_error = "no node to ask".to_owned();
+        let mut tried = Vec::new();
+        for (addr, con) in &mut self.nodes {
+            let reply = con.request(&[b"CLUSTER", b"SLOTS"]).await;
+            match reply.and_then(|r| SlotMap::parse(&r, addr)) {
+                Ok(map) => {
+                    self.take_slots(map);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last_error = format!("{addr}: {e}");
+                    tried.push(addr.clone());
+                }
+            }
+        }
+        let mut candidates: Vec<String> = self
+            .slots
+            .addresses()
+            .filter(|a| !tried.iter().any(|x| x == a))
+            .map(str::to_owned)
+            .collect();
         for seed in &self.seeds {
             if !candidates.contains(seed) {
                 candidates.push(seed.clone());
             }
         }
         candidates.dedup();
-        let mut last_error = "no node to ask".to_owned();
         for addr in candidates {
             // A connection of its own (not subscribed to anything): its pushes and its loss
             // are nobody's concern.
@@ -472,16 +536,20 @@ impl ClusterSubscriber {
             };
             match asked.await {
                 Ok(map) => {
-                    if map != self.slots {
-                        tracing::debug!(?map, "redis cluster slot map read");
-                    }
-                    self.slots = map;
+                    self.take_slots(map);
                     return Ok(());
                 }
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
         }
         Err(last_error)
+    }
+
+    fn take_slots(&mut self, map: SlotMap) {
+        if map != self.slots {
+            tracing::debug!(?map, "redis cluster slot map read");
+        }
+        self.slots = map;
     }
 
     /// Applies a batch of the hub's commands (see the module documentation). A failure marks
@@ -513,7 +581,7 @@ impl ClusterSubscriber {
             }
         }
         for (addr, channels) in self.group_by_node(&new) {
-            match self.subscribe_on(&addr, &channels).await {
+            match self.subscribe_on(&addr, &channels, None).await {
                 Ok(()) => {
                     touched.insert(addr);
                 }
@@ -602,8 +670,13 @@ impl ClusterSubscriber {
 
     /// Queues and writes the `SSUBSCRIBE`s of `channels` (sorted by slot) on `addr`, and
     /// records them placed there.
-    async fn subscribe_on(&mut self, addr: &str, channels: &[Arc<str>]) -> Result<(), String> {
-        let con = self.node(addr).await?;
+    async fn subscribe_on(
+        &mut self,
+        addr: &str,
+        channels: &[Arc<str>],
+        patience: Option<Duration>,
+    ) -> Result<(), String> {
+        let con = self.node(addr, patience).await?;
         for group in channels.chunk_by(|a, b| layout::slot(a) == layout::slot(b)) {
             for chunk in group.chunks(SUBSCRIBE_CHUNK) {
                 let keys: Vec<String> = chunk.iter().map(|c| layout::history_key(c)).collect();
@@ -727,6 +800,7 @@ impl ClusterSubscriber {
                     self.lost.clear();
                     self.unplaced = false;
                     self.held.clear();
+                    self.forget_connecting(|_| false);
                     self.dispatch.send(Dispatch::Resume(resume));
                     self.metrics.set_broker_up(true);
                     let at = Instant::now();
@@ -763,6 +837,8 @@ impl ClusterSubscriber {
         from: &mut HashMap<Arc<str>, Option<u64>>,
     ) -> Result<Resume, String> {
         self.refresh_slots().await?;
+        let primaries = self.slots.primaries();
+        self.forget_connecting(|a| primaries.iter().any(|p| p == a));
         let active: Vec<(Arc<str>, Option<u64>)> = lock(&self.last)
             .last
             .iter()
@@ -800,7 +876,10 @@ impl ClusterSubscriber {
             .unplaced
             .then(|| "a subscribed channel's slot has no primary".to_owned());
         for (addr, channels) in groups {
-            if let Err(e) = self.subscribe_on(&addr, &channels).await {
+            if let Err(e) = self
+                .subscribe_on(&addr, &channels, Some(CONNECT_WAIT))
+                .await
+            {
                 self.drop_node(&addr);
                 failed.get_or_insert(format!("{addr}: {e}"));
             }
