@@ -1291,26 +1291,13 @@ async fn a_shard_failing_over_does_not_hold_the_other_shards_events() {
     within_limit(async {
         let cluster = blocking(Cluster::start);
         let channels = cluster.channels_on_distinct_primaries("beside", 2);
-        let slot = cluster.slot_of_channel(&channels[0]);
-        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
-        warm(&process, &channels).await;
-        let mut c = Reader::live("beside a failover", &process, &channels, &at(&channels, 1)).await;
-        let start = c.position.clone();
-        let mut published = Vec::new();
-        for i in 0..4 {
-            let ch = &channels[i % 2];
-            let seq = publish_through(&process, ch, &data(ch, i)).await;
-            published.push((ch.clone(), seq));
-        }
-        c.read(4, PATIENCE).await;
-        blocking(|| cluster.wait_synced(slot));
-
-        let failover = tokio::task::spawn_blocking(move || {
-            let mut cluster = cluster;
-            let ports = cluster.kill_primary_and_wait_failover(slot);
-            (cluster, ports, Instant::now())
-        });
-        process.health_becomes(503).await;
+        let Failing {
+            process,
+            mut c,
+            start,
+            mut published,
+            failover,
+        } = fail_over_under_a_stream(cluster, &channels, &[]).await;
         let other = &channels[1];
         let seq = publish_through(&process, other, &data(other, 5)).await;
         published.push((other.clone(), seq));
@@ -1330,18 +1317,80 @@ async fn a_shard_failing_over_does_not_hold_the_other_shards_events() {
         );
 
         // The failed shard's channel, after its failover: everything once, in order.
-        for i in [4, 6, 7, 8, 9] {
-            let ch = &channels[i % 2];
-            let seq = publish_through(&process, ch, &data(ch, i)).await;
-            published.push((ch.clone(), seq));
-        }
-        c.read_exactly(5, FAILOVER_WAIT, &expected(&published, &start))
-            .await;
-        assert_eq!(c.missed, 0, "the replica had every write");
-        assert_every_event_once(&c, &channels, 10);
+        after_the_failover(&process, &mut c, &channels, published, &start, 5).await;
         drop(cluster);
     })
     .await;
+}
+
+/// What a test of a shard's failover under a stream works with ([`fail_over_under_a_stream`]).
+struct Failing {
+    process: Arc<Redisse>,
+    /// On both channels, at their warm-up events, through events 0..4.
+    c: Reader,
+    start: Position,
+    published: Vec<(String, u64)>,
+    /// The failover: the cluster, the old and new primary's ports, and when it was over.
+    failover: tokio::task::JoinHandle<(Cluster, (u16, u16), Instant)>,
+}
+
+/// A process on `cluster`, a warm-up event on `channels` (two, on distinct primaries) and on
+/// `also`, a stream on `channels` that gets events 0..4 (in turn on each), then the primary of
+/// the first channel killed (SIGKILL) and its replica promoted, in a task of its own; returns
+/// once the process saw the loss (`/health` 503).
+async fn fail_over_under_a_stream(
+    cluster: Cluster,
+    channels: &[String],
+    also: &[String],
+) -> Failing {
+    let slot = cluster.slot_of_channel(&channels[0]);
+    let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+    warm(&process, &[channels, also].concat()).await;
+    let mut c = Reader::live("beside a failover", &process, channels, &at(channels, 1)).await;
+    let start = c.position.clone();
+    let mut published = Vec::new();
+    for i in 0..4 {
+        let ch = &channels[i % 2];
+        let seq = publish_through(&process, ch, &data(ch, i)).await;
+        published.push((ch.clone(), seq));
+    }
+    c.read(4, PATIENCE).await;
+    blocking(|| cluster.wait_synced(slot));
+    let failover = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        let ports = cluster.kill_primary_and_wait_failover(slot);
+        (cluster, ports, Instant::now())
+    });
+    process.health_becomes(503).await;
+    Failing {
+        process,
+        c,
+        start,
+        published,
+        failover,
+    }
+}
+
+/// After [`fail_over_under_a_stream`]'s failover, events 4 and 6..10 on `channels` in turn:
+/// `c` gets the `n` events it has not had yet, and has then every event 0..10 once, in order,
+/// none missed (the replica had every write).
+async fn after_the_failover(
+    process: &Redisse,
+    c: &mut Reader,
+    channels: &[String],
+    mut published: Vec<(String, u64)>,
+    start: &Position,
+    n: usize,
+) {
+    for i in [4, 6, 7, 8, 9] {
+        let ch = &channels[i % 2];
+        let seq = publish_through(process, ch, &data(ch, i)).await;
+        published.push((ch.clone(), seq));
+    }
+    c.read_exactly(n, FAILOVER_WAIT, &expected(&published, start))
+        .await;
+    assert_eq!(c.missed, 0, "the replica had every write");
+    assert_every_event_once(c, channels, 10);
 }
 
 /// Streams opened while one shard fails over, on channels of another shard, start at once:
@@ -1357,26 +1406,13 @@ async fn streams_opened_during_another_shards_failover_start_at_once() {
         let cluster = blocking(Cluster::start);
         let channels = cluster.channels_on_distinct_primaries("opening", 2);
         let quiet = cluster.channels_beside(&channels[1], "quiet", 1).remove(0);
-        let slot = cluster.slot_of_channel(&channels[0]);
-        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
-        warm(&process, &[channels.clone(), vec![quiet.clone()]].concat()).await;
-        let mut c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
-        let start = c.position.clone();
-        let mut published = Vec::new();
-        for i in 0..4 {
-            let ch = &channels[i % 2];
-            let seq = publish_through(&process, ch, &data(ch, i)).await;
-            published.push((ch.clone(), seq));
-        }
-        c.read(4, PATIENCE).await;
-        blocking(|| cluster.wait_synced(slot));
-
-        let failover = tokio::task::spawn_blocking(move || {
-            let mut cluster = cluster;
-            let ports = cluster.kill_primary_and_wait_failover(slot);
-            (cluster, ports, Instant::now())
-        });
-        process.health_becomes(503).await;
+        let Failing {
+            process,
+            mut c,
+            start,
+            mut published,
+            failover,
+        } = fail_over_under_a_stream(cluster, &channels, std::slice::from_ref(&quiet)).await;
         let other = &channels[1];
         let one = std::slice::from_ref(other);
         let mut subscribed = Reader::live("subscribed", &process, one, &at(one, 3)).await;
@@ -1418,15 +1454,7 @@ async fn streams_opened_during_another_shards_failover_start_at_once() {
 
         // The stream on both shards: everything once, in order, the failed shard's after its
         // failover.
-        for i in [4, 6, 7, 8, 9] {
-            let ch = &channels[i % 2];
-            let seq = publish_through(&process, ch, &data(ch, i)).await;
-            published.push((ch.clone(), seq));
-        }
-        c.read_exactly(6, FAILOVER_WAIT, &expected(&published, &start))
-            .await;
-        assert_eq!(c.missed, 0, "the replica had every write");
-        assert_every_event_once(&c, &channels, 10);
+        after_the_failover(&process, &mut c, &channels, published, &start, 6).await;
         drop(cluster);
     })
     .await;

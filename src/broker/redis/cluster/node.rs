@@ -572,23 +572,34 @@ mod tests {
         }
     }
 
+    /// A listener on a free loopback port, standing for a node, and its address.
+    async fn fake_node() -> (String, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (listener.local_addr().unwrap().to_string(), listener)
+    }
+
+    /// Accepts one connection and answers its `HELLO 3`.
+    async fn hello(listener: tokio::net::TcpListener) -> TcpStream {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 256];
+        let _ = socket.read(&mut buf).await.unwrap();
+        socket
+            .write_all(b"%1\r\n+server\r\n+redis\r\n")
+            .await
+            .unwrap();
+        socket
+    }
+
     /// A node that answers `HELLO` then closes the connection: a request made after the
     /// reader saw the end fails at once, saying so, instead of waiting its whole timeout for a
     /// reply nothing will send (it did: the recovery of a cluster whose every pub/sub connection
     /// was cut waited 3 s on a `PING` to a node already gone).
     #[tokio::test]
     async fn a_request_after_the_connection_closed_fails_at_once() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let (addr, listener) = fake_node().await;
         let node = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 256];
-            let _ = socket.read(&mut buf).await.unwrap();
-            socket
-                .write_all(b"%1\r\n+server\r\n+redis\r\n")
-                .await
-                .unwrap();
             // Closed on drop.
+            drop(hello(listener).await);
         });
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel();
         let pushes: PushHandler = Arc::new(|_| {});
@@ -614,16 +625,10 @@ mod tests {
     /// stays up. Another error is still a loss.
     #[tokio::test]
     async fn a_moved_answer_is_handed_over_and_the_connection_stays() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let (addr, listener) = fake_node().await;
         let node = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut socket = hello(listener).await;
             let mut buf = [0u8; 256];
-            let _ = socket.read(&mut buf).await.unwrap();
-            socket
-                .write_all(b"%1\r\n+server\r\n+redis\r\n")
-                .await
-                .unwrap();
             let _ = socket.read(&mut buf).await.unwrap();
             socket
                 .write_all(b"-MOVED 42 127.0.0.1:7001\r\n+PONG\r\n")
