@@ -375,30 +375,23 @@ impl Cluster {
     }
 
     /// Waits until the replica of `slot`'s primary is linked to it and has every write it made
-    /// (`WAIT 1`), so that a promotion loses nothing.
+    /// so far, so that a promotion loses nothing: the replica's replication offset reaches the
+    /// primary's, read first (see [`RedisServer::replication_offset`]).
     pub fn wait_synced(&self, slot: u16) {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
+        let mut written = None;
         loop {
             let primary = self.primary_of(slot);
             let replica = self.replica_of_slot(slot);
-            let info: String = self
-                .node(replica)
-                .try_con()
-                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
-                .unwrap_or_default();
-            if info.contains("master_link_status:up") {
-                let acked: Option<i64> = self
-                    .node(primary)
-                    .try_con()
-                    .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(2000).query(&mut c).ok());
-                if acked >= Some(1) {
-                    return;
-                }
+            written = written.or_else(|| self.node(primary).replication_offset());
+            if written.is_some_and(|w| self.node(replica).replicated_up_to(w)) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the replica ({replica}) of slot {slot} did not sync with its primary \
-                 ({primary}): {info}"
+                "the replica ({replica}) of slot {slot} did not reach the offset {written:?} of \
+                 its primary ({primary}): {}",
+                self.node(replica).replication_info()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -349,6 +349,31 @@ impl RedisServer {
             .ok()
     }
 
+    /// Whether this replica is linked to its primary (`master_link_status:up`) and has
+    /// replicated up to `offset` (its `slave_repl_offset`), as `INFO replication` says; `false`
+    /// when it does not answer.
+    pub fn replicated_up_to(&self, offset: i64) -> bool {
+        let info = self.replication_info();
+        info.contains("master_link_status:up")
+            && field(&info, "slave_repl_offset:").is_some_and(|o| o >= offset)
+    }
+
+    /// How far this primary's replication stream has gone (`master_repl_offset`): once a
+    /// replica reaches it ([`RedisServer::replicated_up_to`]), it has every write made before.
+    /// (`WAIT 1` on a connection of its own cannot tell: it waits for that connection's writes,
+    /// and it made none, so it answers at once with a replica still behind.) `None` when the
+    /// server does not answer.
+    pub fn replication_offset(&self) -> Option<i64> {
+        field(&self.replication_info(), "master_repl_offset:")
+    }
+
+    /// `INFO replication`, or nothing when the server does not answer.
+    pub fn replication_info(&self) -> String {
+        self.try_con()
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
+            .unwrap_or_default()
+    }
+
     /// A synchronous connection, for setting up and inspecting data.
     pub fn con(&self) -> redis::Connection {
         self.client()
@@ -398,4 +423,10 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The number after `name` on a line of an `INFO` section.
+fn field(info: &str, name: &str) -> Option<i64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }

@@ -142,26 +142,19 @@ impl SentinelSetup {
     }
 
     /// Waits until the replica's link to the primary is up and it has every write the
-    /// primary made (`WAIT 1`), so that a promotion loses nothing.
+    /// primary made so far (its replication offset reached the primary's, read first: see
+    /// [`RedisServer::replication_offset`]), so that a promotion loses nothing.
     pub fn wait_synced(&self) {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
+        let mut written = None;
         loop {
             // Connections may be refused or dropped meanwhile (Sentinel reconfiguring a
             // server closes its clients): then it is not synced yet.
-            let info: String = self
-                .replica()
-                .try_con()
-                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
-                .unwrap_or_default();
-            if info.contains("master_link_status:up") {
-                let acked: Option<i64> = self
-                    .primary()
-                    .try_con()
-                    .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(2000).query(&mut c).ok());
-                if acked >= Some(1) {
-                    return;
-                }
+            written = written.or_else(|| self.primary().replication_offset());
+            if written.is_some_and(|w| self.replica().replicated_up_to(w)) {
+                return;
             }
+            let info = self.replica().replication_info();
             assert!(
                 Instant::now() < deadline,
                 "the replica ({}) did not sync with the primary ({}): {info}; a sentinel's log:\n{}",
