@@ -1711,6 +1711,48 @@ async fn a_subscription_sent_to_a_slots_old_owner_follows_the_slot_alone() {
     .await;
 }
 
+/// A stream on two channels whose subscriptions go in one batch: one on a slot whose owner
+/// the subscriber's map no longer names (its `SSUBSCRIBE` answered `MOVED`), one on a healthy
+/// node. The `MOVED` makes `apply` return before it notes the sequence of the channel that was
+/// placed fine, and the recovery that follows leaves that channel alone (it is placed where
+/// the map says): its last sequence stays unknown. When its connection is later cut, the
+/// events published meanwhile must still be refilled (as in
+/// `a_channel_without_events_is_refilled_after_its_connection_is_cut`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_subscribed_beside_a_moved_answer_is_still_refilled_after_a_cut() {
+    within_limit(async {
+        let cluster = Arc::new(blocking(Cluster::start));
+        let three = cluster.channels_on_distinct_primaries("beside", 3);
+        let healthy = three[2].clone();
+        let stale = cluster.channels_beside(&three[0], "stale", 1).remove(0);
+        let slot = cluster.slot_of_channel(&stale);
+        let to = cluster.primary_of_channel(&three[1]);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        let publisher = redisse_on(&cluster, &[]).await;
+        let both = vec![healthy.clone(), stale.clone()];
+        warm(&process, &both).await;
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || mover.move_slot(slot, to, Duration::from_millis(10)))
+            .await
+            .expect("the slot moved");
+        let mut c = Reader::live("both", &process, &both, &at(&both, 1)).await;
+        let start = c.position.clone();
+        let log = process.log();
+        assert!(log.contains("answered MOVED"), "the redirection was seen: {log}");
+        process.health_becomes(200).await;
+
+        process.signal("-STOP");
+        let killed = cluster.kill_clients(cluster.primary_of_channel(&healthy), "pubsub");
+        let published = publish_each(&publisher, std::slice::from_ref(&healthy), 0..3).await;
+        process.signal("-CONT");
+        assert!(killed >= 1, "the frozen process's pub/sub connection was cut");
+        c.read_exactly(3, PATIENCE, &expected(&published, &start))
+            .await;
+        assert_eq!(c.missed, 0);
+    })
+    .await;
+}
+
 /// A slot moved to a primary that refuses the subscription for a while (its `SSUBSCRIBE`
 /// denied): the recovery of the moved channel fails, `/health` turns 503 and the log says
 /// `cannot recover`, the connection to the new owner is dropped. Once it is allowed again the
