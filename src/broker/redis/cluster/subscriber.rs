@@ -619,6 +619,13 @@ impl ClusterSubscriber {
         self.take_moves();
         if !self.lost.is_empty() || self.unplaced {
             self.barriers.extend(waiting);
+            // The new channels placed and confirmed are active: their sequence is noted as
+            // below, or a later refill of theirs would read nothing (`refill_channel`).
+            for ch in new {
+                if self.placed.contains_key(&ch) {
+                    self.note_sequence(&ch).await;
+                }
+            }
             return;
         }
         if everywhere {
