@@ -1753,6 +1753,100 @@ async fn a_channel_subscribed_beside_a_moved_answer_is_still_refilled_after_a_cu
     .await;
 }
 
+/// A slot moved (every node healthy) to a primary the process has no connection to yet, which
+/// takes 0.5 s to answer a new connection (busy: a script spinning that long, as under any
+/// slow command; or a far link). Placing the moved channel there is no outage: `/health` stays 200, no
+/// reconnection is counted, nothing logs `cannot recover`, as operations.md says of a move
+/// with every connection up. (With `CONNECT_WAIT`, 100 ms, the recovery attempt gives up on
+/// the connection it is still making: the broker is marked down, and a reconnection counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_a_node_slow_to_accept_a_connection_is_no_outage() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let three = cluster.channels_on_distinct_primaries("slowto", 3);
+        // No event yet: its slot holds no key, nothing to migrate.
+        let moved = three[0].clone();
+        let slot = cluster.slot_of_channel(&moved);
+        let from = cluster.primary_of(slot);
+        let to = cluster.primary_of_channel(&three[1]);
+        let third = cluster.primary_of_channel(&three[2]);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        // With a channel of the third primary, warm (a stream shows its position once one of
+        // its channels has an event).
+        let companion = three[2].clone();
+        warm(&process, std::slice::from_ref(&companion)).await;
+        let both = vec![moved.clone(), companion.clone()];
+        let now: Position = [(moved.clone(), 0), (companion.clone(), 1)].into();
+        let mut c = Reader::live("moved", &process, &both, &now).await;
+        assert_eq!(cluster.pubsub_client_ids(to), Vec::<u64>::new(), "no connection to {to}");
+        let reconnects = process.metric("redisse_broker_reconnects_total").await;
+        let id = |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut cluster.node(port).con())
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |port: u16, args: &[&str]| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(args)
+                .query(&mut cluster.node(port).con())
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {args:?} on {port}: {e}"));
+        };
+        blocking(|| {
+            setslot(to, &["IMPORTING", &from_id]);
+            setslot(from, &["MIGRATING", &to_id]);
+            // `to` takes the slot and at once (the same pipeline: before it can tell the
+            // others) is busy for 0.5 s: a script that spins, nothing else served meanwhile.
+            let mut busy_con = cluster.node(to).con();
+            let (slot_arg, to_arg) = (slot, to_id.clone());
+            let busy = std::thread::spawn(move || {
+                let _: () = redis::pipe()
+                    .cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot_arg)
+                    .arg("NODE")
+                    .arg(&to_arg)
+                    .ignore()
+                    .cmd("EVAL")
+                    .arg(
+                        "local t = redis.call('TIME') local end_us = t[1] * 1000000 + t[2] + 500000 \
+                         repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= end_us",
+                    )
+                    .arg(0)
+                    .ignore()
+                    .query(&mut busy_con)
+                    .expect("the busy script");
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            setslot(third, &["NODE", &to_id]);
+            // The old owner ends the subscription: the subscriber places it on `to`.
+            setslot(from, &["NODE", &to_id]);
+            busy.join().expect("the busy script's thread");
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.pubsub_client_ids(to).is_empty() {
+            assert!(Instant::now() < deadline, "never subscribed on {to}");
+            sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(publish_through(&process, &moved, &data(&moved, 1)).await, 1);
+        c.read(1, PATIENCE).await;
+        let log = process.log();
+        assert!(
+            !log.contains("cannot recover"),
+            "a move to a node that took 0.5 s to accept was an outage: {log}"
+        );
+        assert_eq!(
+            process.metric("redisse_broker_reconnects_total").await,
+            reconnects,
+            "no reconnection counted"
+        );
+    })
+    .await;
+}
+
 /// A slot moved to a primary that refuses the subscription for a while (its `SSUBSCRIBE`
 /// denied): the recovery of the moved channel fails, `/health` turns 503 and the log says
 /// `cannot recover`, the connection to the new owner is dropped. Once it is allowed again the
