@@ -1530,6 +1530,46 @@ async fn a_primary_that_stops_answering_does_not_slow_the_other_shards_new_strea
     .await;
 }
 
+/// A primary stops answering (SIGSTOP) and, before the watchdog notices, another shard's
+/// connection is cut: the recovery that follows asks the slot map on the connections up
+/// first, the stopped node's among them, and PINGs every connection, each waiting its whole
+/// request timeout (3 s) on the stopped node. A stream opened meanwhile on a third shard's new
+/// channel waits for that attempt: the same stall as
+/// `a_primary_that_stops_answering_does_not_slow_the_other_shards_new_streams`, when the
+/// stopped node is still taken for up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_stops_answering_unnoticed_does_not_slow_the_other_shards_new_streams() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("unnoticed", 3);
+        let (hung, cut, far) = (&three[0], &three[1], &three[2]);
+        let hung_primary = cluster.primary_of_channel(hung);
+        let cut_primary = cluster.primary_of_channel(cut);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        let channels = vec![hung.clone(), cut.clone()];
+        warm(&process, &three).await;
+        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+
+        cluster.freeze(hung_primary);
+        let killed = cluster.kill_clients(cut_primary, "pubsub");
+        assert!(killed >= 1, "the connection to {cut_primary} was cut");
+        sleep(Duration::from_millis(200)).await;
+        let one = std::slice::from_ref(far);
+        let opened = Instant::now();
+        let mut r = Reader::live(far, &process, one, &at(one, 1)).await;
+        let took = opened.elapsed();
+        cluster.unfreeze(hung_primary);
+        assert!(
+            took < Duration::from_secs(1),
+            "a stream on {far} took {took:?} to start while another shard's node is stopped"
+        );
+        assert_eq!(publish_through(&process, far, &data(far, 1)).await, 2);
+        r.read(1, PATIENCE).await;
+    })
+    .await;
+}
+
 /// Nodes whose certificate is valid for the seeds' host name (`localhost`) but not for the
 /// address the slot map names them by (`127.0.0.1`, Redis's default): every connection made
 /// from the slot map (the subscriber's, and the cluster client's) would fail its certificate
