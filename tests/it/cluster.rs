@@ -1778,14 +1778,20 @@ async fn a_channel_subscribed_beside_a_moved_answer_is_still_refilled_after_a_cu
         let mut c = Reader::live("both", &process, &both, &at(&both, 1)).await;
         let start = c.position.clone();
         let log = process.log();
-        assert!(log.contains("answered MOVED"), "the redirection was seen: {log}");
+        assert!(
+            log.contains("answered MOVED"),
+            "the redirection was seen: {log}"
+        );
         process.health_becomes(200).await;
 
         process.signal("-STOP");
         let killed = cluster.kill_clients(cluster.primary_of_channel(&healthy), "pubsub");
         let published = publish_each(&publisher, std::slice::from_ref(&healthy), 0..3).await;
         process.signal("-CONT");
-        assert!(killed >= 1, "the frozen process's pub/sub connection was cut");
+        assert!(
+            killed >= 1,
+            "the frozen process's pub/sub connection was cut"
+        );
         c.read_exactly(3, PATIENCE, &expected(&published, &start))
             .await;
         assert_eq!(c.missed, 0);
