@@ -393,6 +393,20 @@ impl NodeConn {
     /// Sends a command (after what is queued) and waits for its reply; an error reply is an
     /// `Err` (and the connection is then lost).
     pub async fn request(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
+        let timeout = self.timeout;
+        self.request_waiting(args, timeout)
+            .await?
+            .ok_or_else(|| format!("no reply within {timeout:?}"))
+    }
+
+    /// [`NodeConn::request`], its reply waited for `wait` at most: `Ok(None)` when none came by
+    /// then, which says nothing against the connection (a reply that comes later is read and
+    /// dropped in its turn).
+    pub async fn request_waiting(
+        &mut self,
+        args: &[&[u8]],
+        wait: Duration,
+    ) -> Result<Option<Reply>, String> {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
@@ -404,10 +418,10 @@ impl NodeConn {
         }
         encode(&mut self.out, args);
         self.flush().await?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Err(_) => Err(format!("no reply within {:?}", self.timeout)),
+        match tokio::time::timeout(wait, rx).await {
+            Err(_) => Ok(None),
             Ok(Err(_)) => Err("the connection closed".into()),
-            Ok(Ok(reply)) => reply,
+            Ok(Ok(reply)) => reply.map(Some),
         }
     }
 }

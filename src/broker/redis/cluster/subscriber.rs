@@ -7,8 +7,12 @@
 //! first needed; `SUNSUBSCRIBE` when the last listener leaves. Barriers are answered once a
 //! `PING` on every connection came back after the commands before them, through the
 //! dispatcher as on one Redis; while the task recovers, a stream's barrier (which names the
-//! stream's channels) is answered as soon as each of its channels is subscribed and not held,
-//! so that a stream opened on a healthy shard does not wait for another shard's failover. Each message goes to the dispatcher as a live event of the
+//! stream's channels) is answered after an attempt in which each of its channels was
+//! subscribed on a connection that answered the attempt's PING and is not held, so that a
+//! stream opened on a healthy shard does not wait for another shard's failover. The PINGs go
+//! to every connection at once; one that was sent nothing to confirm and serves no channel a
+//! barrier waits for is waited for [`ASIDE_WAIT`] only, so that a node that stopped answering,
+//! not yet noticed by the watchdog, stalls nobody else. Each message goes to the dispatcher as a live event of the
 //! user's channel, its frame without the `id:` line (ids are per channel: streams write their
 //! own compound ids), and the channel's last dispatched sequence is remembered, for active
 //! channels only.
@@ -32,7 +36,9 @@
 //! one; the others wait for the next attempt. Nor do they wait behind a node that stopped
 //! answering (its host gone: connections to it hang until their timeout): an attempt asks the
 //! slot map on a connection that is up first, and waits [`CONNECT_WAIT`] for a connection it
-//! has to make, leaving a slower one to go on in the background for a later attempt. The resume carries those events, the channels whose
+//! has to make to a node whose connection it lost or could not make (another's, a slot's new
+//! owner, is waited for whole), leaving a slower one to go on in the background for a later
+//! attempt. The resume carries those events, the channels whose
 //! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
 //! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
 //! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
@@ -74,6 +80,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// timeout) goes on in the background, picked up by a later attempt, so that the channels of
 /// the other shards are not held behind it.
 const CONNECT_WAIT: Duration = Duration::from_millis(100);
+/// How long a recovery waits for an answer on a connection up that it sent nothing to be
+/// confirmed (the slot map asked, the PING after an attempt): one slower than that (a node
+/// that stopped answering, not yet noticed by the watchdog) is passed over, not dropped.
+const ASIDE_WAIT: Duration = Duration::from_millis(250);
 /// Channels whose histories a refill reads at once (on the cluster connection, which
 /// pipelines them): one at a time, the refill of a node's 1,000 channels took 0.6 s, 64 at a
 /// time 0.09 s (BENCHMARKS.md, run 16).
@@ -243,6 +253,15 @@ pub(super) struct ClusterSubscriber {
     /// Connections a recovery started and did not wait for (see [`CONNECT_WAIT`]), by node
     /// address: at most one per node of the slot map.
     connecting: HashMap<String, JoinHandle<Result<NodeConn, String>>>,
+    /// During a recovery, the nodes whose connection it lost or could not make: the next
+    /// attempts wait [`CONNECT_WAIT`] only for their connection. (Another node's, a slot's new
+    /// owner slow to accept, is waited for whole: a move with every node up is no outage.)
+    failing: HashSet<String>,
+    /// During a recovery, the nodes sent commands that their next PING confirms.
+    touched: HashSet<String>,
+    /// The nodes whose PING the last recovery attempt passed over (slower than
+    /// [`ASIDE_WAIT`]): barriers on their channels wait.
+    passed_over: HashSet<String>,
     /// Each subscribed channel's node.
     placed: HashMap<Arc<str>, String>,
     last: LastSeen,
@@ -287,6 +306,9 @@ impl ClusterSubscriber {
             slots: SlotMap::default(),
             nodes: HashMap::new(),
             connecting: HashMap::new(),
+            failing: HashSet::new(),
+            touched: HashSet::new(),
+            passed_over: HashSet::new(),
             placed: HashMap::new(),
             last: LastSeen::default(),
             lost_tx,
@@ -499,7 +521,11 @@ impl ClusterSubscriber {
         let mut last_error = "no node to ask".to_owned();
         let mut tried = Vec::new();
         for (addr, con) in &mut self.nodes {
-            let reply = con.request(&[b"CLUSTER", b"SLOTS"]).await;
+            let reply = con
+                .request_waiting(&[b"CLUSTER", b"SLOTS"], ASIDE_WAIT)
+                .await;
+            let reply =
+                reply.and_then(|r| r.ok_or_else(|| format!("no reply within {ASIDE_WAIT:?}")));
             match reply.and_then(|r| SlotMap::parse(&r, addr)) {
                 Ok(map) => {
                     self.take_slots(map);
@@ -594,24 +620,39 @@ impl ClusterSubscriber {
         }
         // A PING on every connection when something waits for the subscriptions (a barrier, or
         // the sequence read of new channels below); otherwise the commands are only written.
+        // The PINGs go to every connection at once; those that were sent nothing and serve no
+        // channel a barrier waits for are waited for a while only (see `confirm`), so that a node
+        // that stopped answering, not yet noticed by the watchdog, does not stall other shards'
+        // streams.
         let everywhere = !waiting.is_empty() || !new.is_empty();
-        let addrs: Vec<String> = if everywhere {
-            self.nodes.keys().cloned().collect()
+        let mut answered = true;
+        if everywhere {
+            let mut must = touched;
+            for w in &waiting {
+                match &w.on {
+                    None => must.extend(self.nodes.keys().cloned()),
+                    Some(on) => must.extend(on.iter().filter_map(|c| self.placed.get(c).cloned())),
+                }
+            }
+            for (addr, answer) in self.confirm(&must).await {
+                match answer {
+                    Ok(true) => {}
+                    Ok(false) => answered = false,
+                    Err(e) => {
+                        tracing::warn!(node = %addr, reason = %e, "redis cluster subscriber connection failed");
+                        self.drop_node(&addr);
+                    }
+                }
+            }
         } else {
-            touched.into_iter().collect()
-        };
-        for addr in addrs {
-            let Some(con) = self.nodes.get_mut(&addr) else {
-                continue;
-            };
-            let sent = if everywhere {
-                con.request(&[b"PING"]).await.map(|_| ())
-            } else {
-                con.flush().await
-            };
-            if let Err(e) = sent {
-                tracing::warn!(node = %addr, reason = %e, "redis cluster subscriber connection failed");
-                self.drop_node(&addr);
+            for addr in touched {
+                let Some(con) = self.nodes.get_mut(&addr) else {
+                    continue;
+                };
+                if let Err(e) = con.flush().await {
+                    tracing::warn!(node = %addr, reason = %e, "redis cluster subscriber connection failed");
+                    self.drop_node(&addr);
+                }
             }
         }
         // A `MOVED` answer to a subscription came before its connection's PONG: the barriers
@@ -628,7 +669,7 @@ impl ClusterSubscriber {
             }
             return;
         }
-        if everywhere {
+        if everywhere && answered {
             // Every connection answered after the confirmations of what it was sent.
             lock(&self.last).ending.clear();
         }
@@ -726,17 +767,14 @@ impl ClusterSubscriber {
                     && let Some(con) = self.nodes.get_mut(&addr)
                 {
                     unsubscribe(con, &self.last, &ch);
+                    self.touched.insert(addr);
                 }
             }
             SubCommand::Barrier { tx, on } => {
+                // Answered after the next attempt's PINGs at the earliest (`answer_served`):
+                // what the nodes pushed before them has then reached the dispatcher, which a
+                // stream's flush before its start relies on.
                 let waiting = Waiting { tx, on };
-                if self.serves(&waiting) {
-                    self.dispatch.send(Dispatch::Barrier {
-                        tx: waiting.tx,
-                        at: Instant::now(),
-                    });
-                    return;
-                }
                 // Barriers of streams that left are forgotten (see the one-Redis subscriber).
                 if self.barriers.len() >= 64 && self.barriers.len().is_power_of_two() {
                     self.barriers.retain(|b| !b.tx.is_closed());
@@ -746,13 +784,18 @@ impl ClusterSubscriber {
         }
     }
 
-    /// Whether a barrier can be answered while recovering: it names its channels, and each is
-    /// subscribed (and confirmed: a recovery attempt keeps only the channels whose connection
-    /// answered a PING after their subscription) and not held.
+    /// Whether a barrier can be answered while recovering, after an attempt: it names its
+    /// channels, and each is subscribed (and confirmed: an attempt keeps only the channels whose
+    /// connection answered a PING after their subscription) on a connection that answered the
+    /// attempt's PING, and is not held.
     fn serves(&self, waiting: &Waiting) -> bool {
         waiting.on.as_ref().is_some_and(|on| {
-            on.iter()
-                .all(|ch| self.placed.contains_key(ch) && !self.held.contains(ch))
+            on.iter().all(|ch| {
+                self.placed
+                    .get(ch)
+                    .is_some_and(|addr| !self.passed_over.contains(addr))
+                    && !self.held.contains(ch)
+            })
         })
     }
 
@@ -807,6 +850,8 @@ impl ClusterSubscriber {
                     self.lost.clear();
                     self.unplaced = false;
                     self.held.clear();
+                    self.failing.clear();
+                    self.touched.clear();
                     self.forget_connecting(|_| false);
                     self.dispatch.send(Dispatch::Resume(resume));
                     self.metrics.set_broker_up(true);
@@ -860,6 +905,7 @@ impl ClusterSubscriber {
                 Some(addr) => {
                     if let Some(con) = self.nodes.get_mut(addr) {
                         unsubscribe(con, &self.last, ch);
+                        self.touched.insert(addr.clone());
                     }
                     self.placed.remove(ch);
                 }
@@ -883,22 +929,35 @@ impl ClusterSubscriber {
             .unplaced
             .then(|| "a subscribed channel's slot has no primary".to_owned());
         for (addr, channels) in groups {
-            if let Err(e) = self
-                .subscribe_on(&addr, &channels, Some(CONNECT_WAIT))
-                .await
-            {
+            self.touched.insert(addr.clone());
+            let failing = self.lost.contains(&addr) || self.failing.contains(&addr);
+            let patience = failing.then_some(CONNECT_WAIT);
+            if let Err(e) = self.subscribe_on(&addr, &channels, patience).await {
                 self.drop_node(&addr);
+                self.failing.insert(addr.clone());
                 failed.get_or_insert(format!("{addr}: {e}"));
             }
         }
-        // Every connection confirms what was sent to it.
-        let addrs: Vec<String> = self.nodes.keys().cloned().collect();
-        for addr in addrs {
-            if let Some(con) = self.nodes.get_mut(&addr)
-                && let Err(e) = con.request(&[b"PING"]).await
-            {
-                self.drop_node(&addr);
-                failed.get_or_insert(format!("{addr}: {e}"));
+        // Every connection confirms what was sent to it, all at once; one sent nothing is
+        // waited for a while only, and passed over if slower (see `ASIDE_WAIT`).
+        let must = self.touched.clone();
+        let confirmed = self.confirm(&must).await;
+        let mut everywhere = true;
+        self.passed_over.clear();
+        for (addr, answer) in confirmed {
+            match answer {
+                Ok(true) => {
+                    self.touched.remove(&addr);
+                }
+                Ok(false) => {
+                    everywhere = false;
+                    self.passed_over.insert(addr);
+                }
+                Err(e) => {
+                    self.drop_node(&addr);
+                    self.touched.remove(&addr);
+                    failed.get_or_insert(format!("{addr}: {e}"));
+                }
             }
         }
         // A node that answered `MOVED` (before its PONG): the slot map read was already stale;
@@ -924,8 +983,11 @@ impl ClusterSubscriber {
             }
             return Err(why);
         }
-        // Every confirmation of a SUNSUBSCRIBE sent on a live connection has arrived.
-        lock(&self.last).ending.clear();
+        // Every confirmation of a SUNSUBSCRIBE sent on a live connection has arrived (unless one
+        // was passed over: then at the next PING on every connection).
+        if everywhere {
+            lock(&self.last).ending.clear();
+        }
         // Idle connections to nodes that serve nothing subscribed are closed.
         let used: HashSet<&String> = self.placed.values().collect();
         let idle: Vec<String> = self
@@ -940,6 +1002,24 @@ impl ClusterSubscriber {
         let resume = self.refill(from).await.map_err(|e| e.to_string())?;
         from.clear();
         Ok(resume)
+    }
+
+    /// A PING on every connection, all at once: `Ok(true)` when it was answered, `Ok(false)`
+    /// when a connection not in `must` (nothing sent to it to confirm) was slower than
+    /// [`ASIDE_WAIT`], `Err` when the connection failed (or one in `must` did not answer
+    /// within its timeout).
+    async fn confirm(&mut self, must: &HashSet<String>) -> Vec<(String, Result<bool, String>)> {
+        let pings = self.nodes.iter_mut().map(|(addr, con)| async move {
+            let answer = if must.contains(addr) {
+                con.request(&[b"PING"]).await.map(|_| true)
+            } else {
+                con.request_waiting(&[b"PING"], ASIDE_WAIT)
+                    .await
+                    .map(|r| r.is_some())
+            };
+            (addr.clone(), answer)
+        });
+        futures_util::future::join_all(pings).await
     }
 
     /// Each moved channel's history after the last sequence dispatched for it (see the
