@@ -2010,3 +2010,85 @@ async fn a_slot_moved_during_another_shards_failover_is_not_held_by_it() {
     })
     .await;
 }
+
+/// A `SUNSUBSCRIBE` whose confirmation never comes (its connection lost right after: here the
+/// node refuses the command, which ends the connection) leaves its channel in `ending`; that
+/// bookkeeping is emptied only once every connection answered a PING. While another shard's
+/// primary answers slowly (stopped 2.2 s at a time, never long enough for the watchdog), the
+/// recovery and the batches pass it over and never empty it. The channel, wanted again and
+/// then moved by a real slot migration, has the node's `sunsubscribe` push taken for the
+/// confirmation of the lost `SUNSUBSCRIBE`: the move is missed, the channel stays subscribed
+/// on its slot's old owner, and its events are never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_after_a_lost_sunsubscribe_is_seen_while_another_node_is_slow() {
+    within_limit(async {
+        let cluster = Arc::new(blocking(Cluster::start));
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("ending", 3);
+        let (x, z) = (three[0].clone(), three[2].clone());
+        let slot = cluster.slot_of_channel(&x);
+        let a = cluster.primary_of(slot);
+        let b = cluster.primary_of_channel(&three[1]);
+        let slow = cluster.primary_of_channel(&z);
+        let process = Arc::new(redisse_on(&cluster, &["--heartbeat", "1"]).await);
+        warm(&process, &[x.clone(), z.clone()]).await;
+        let zs = std::slice::from_ref(&z);
+        let _zr = Reader::live("on the slow node", &process, zs, &at(zs, 1)).await;
+        let xs = std::slice::from_ref(&x);
+        let mut first = Reader::live("first on x", &process, xs, &at(xs, 1)).await;
+        first.read(0, PATIENCE).await;
+
+        // The slow node: stopped 2.2 s, going on 10 ms, over and over.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cycler = {
+            let (cluster, stop) = (cluster.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    cluster.freeze(slow);
+                    std::thread::sleep(Duration::from_millis(2200));
+                    cluster.unfreeze(slow);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        sleep(Duration::from_millis(300)).await;
+
+        // The SUNSUBSCRIBE of x is refused: the connection to `a` is lost before any
+        // confirmation.
+        cluster.set_default_acl(a, "-sunsubscribe");
+        first.disconnect();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !process.log().contains("redis cluster subscriber recovered") {
+            assert!(
+                Instant::now() < deadline,
+                "the connection to {a} was not lost and recovered: {}",
+                process.log()
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+        cluster.set_default_acl(a, "+sunsubscribe");
+        let mut again = Reader::live("again on x", &process, xs, &at(xs, 1)).await;
+        let mover = cluster.clone();
+        tokio::task::spawn_blocking(move || mover.move_slot(slot, b, Duration::from_millis(10)))
+            .await
+            .expect("the slot moved");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = false;
+        while Instant::now() < deadline && !seen {
+            seen = process.log().contains("its slot moved");
+            sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        cycler.join().expect("the cycler");
+        cluster.unfreeze(slow);
+        assert!(
+            seen,
+            "the move of {x}'s slot from {a} to {b} was not seen (its `sunsubscribe` push taken \
+             for the confirmation of the SUNSUBSCRIBE lost with the connection to {a}): {}",
+            process.log()
+        );
+        assert_eq!(publish_through(&process, &x, &data(&x, 1)).await, 2);
+        again.read(1, PATIENCE).await;
+    })
+    .await;
+}
