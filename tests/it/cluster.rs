@@ -2092,3 +2092,56 @@ async fn a_move_after_a_lost_sunsubscribe_is_seen_while_another_node_is_slow() {
     })
     .await;
 }
+
+/// While one primary is stopped and its shard recovered, a stream is opened on a channel of
+/// a second stopped primary, one the subscriber has no connection to yet (neither lost nor
+/// failed in this recovery), and another on a healthy third shard: the connection to the
+/// second stopped node (its kernel accepts, `HELLO` is never answered) is waited for whole,
+/// 3 s, and the healthy shard's new stream waits behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_never_connected_does_not_slow_the_other_shards_new_streams() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("unmet", 3);
+        let (hung, unmet, far) = (&three[0], &three[1], &three[2]);
+        let hung_primary = cluster.primary_of_channel(hung);
+        let unmet_primary = cluster.primary_of_channel(unmet);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &three).await;
+        let one = std::slice::from_ref(hung);
+        let _c = Reader::live("on hung", &process, one, &at(one, 1)).await;
+        assert!(
+            cluster.pubsub_client_ids(unmet_primary).is_empty(),
+            "no subscriber connection to {unmet_primary}"
+        );
+
+        cluster.freeze(hung_primary);
+        cluster.freeze(unmet_primary);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while process.health().await != 503 {
+            assert!(
+                Instant::now() < deadline,
+                "the stopped node was not noticed"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+        sleep(Duration::from_millis(500)).await;
+        let url = process.url(&query(std::slice::from_ref(unmet)));
+        let _waiting = tokio::spawn(async move { SseStream::open(&url, &[]).await });
+        sleep(Duration::from_millis(50)).await;
+        let one = std::slice::from_ref(far);
+        let opened = Instant::now();
+        let mut r = Reader::live(far, &process, one, &at(one, 1)).await;
+        let took = opened.elapsed();
+        cluster.unfreeze(hung_primary);
+        cluster.unfreeze(unmet_primary);
+        assert!(
+            took < Duration::from_secs(1),
+            "a stream on {far} took {took:?} to start behind a connection to a stopped node"
+        );
+        assert_eq!(publish_through(&process, far, &data(far, 1)).await, 2);
+        r.read(1, PATIENCE).await;
+    })
+    .await;
+}
