@@ -36,9 +36,10 @@
 //! one; the others wait for the next attempt. Nor do they wait behind a node that stopped
 //! answering (its host gone: connections to it hang until their timeout): an attempt asks the
 //! slot map on a connection that is up first, and waits [`CONNECT_WAIT`] for a connection it
-//! has to make to a node whose connection it lost or could not make (another's, a slot's new
-//! owner, is waited for whole), leaving a slower one to go on in the background for a later
-//! attempt. The resume carries those events, the channels whose
+//! has to make, leaving a slower one to go on in the background for a later attempt; a first
+//! connection to a node not failing that is still being made (a slot's new owner slow to
+//! accept) makes the attempt fail without an outage: the broker stays up and nothing is
+//! counted, unless the connection then fails. The resume carries those events, the channels whose
 //! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
 //! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
 //! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
@@ -116,11 +117,14 @@ struct Seen {
     /// not a sequence of 0 (a channel nobody published on yet, whose first events a refill
     /// must read).
     last: HashMap<Arc<str>, Option<u64>>,
-    /// Channels whose `SUNSUBSCRIBE` this task sent and whose confirmation has not arrived (how
-    /// many): a channel ended and wanted again in one batch is active when its confirmation
-    /// comes, which must not be taken for Redis ending it. Emptied once every connection
-    /// answered a PING after them (the confirmations on a lost one never come).
-    ending: HashMap<Arc<str>, u32>,
+    /// Channels whose `SUNSUBSCRIBE` this task sent and whose confirmation has not arrived: the
+    /// connection (its id) it was sent on, and how many: a channel ended and wanted again in
+    /// one batch is active when its confirmation comes, which must not be taken for Redis ending
+    /// it. Only a push on that connection confirms; the entries of a lost connection are
+    /// dropped with it (their confirmations never come, and a stale one would make Redis's own
+    /// `sunsubscribe` of a moved slot pass for ours). Also emptied once every connection
+    /// answered a PING after them.
+    ending: HashMap<Arc<str>, (u64, u32)>,
     /// For each active channel, the connection (its id) that last pushed one of its events,
     /// and that event's sequence. Pushes of one channel on one connection come in publishing
     /// order, so a lower sequence after a higher one means the channel's sequence went back
@@ -253,15 +257,18 @@ pub(super) struct ClusterSubscriber {
     /// Connections a recovery started and did not wait for (see [`CONNECT_WAIT`]), by node
     /// address: at most one per node of the slot map.
     connecting: HashMap<String, JoinHandle<Result<NodeConn, String>>>,
-    /// During a recovery, the nodes whose connection it lost or could not make: the next
-    /// attempts wait [`CONNECT_WAIT`] only for their connection. (Another node's, a slot's new
-    /// owner slow to accept, is waited for whole: a move with every node up is no outage.)
+    /// During a recovery, the nodes whose connection could not be made: an attempt that cannot
+    /// reach one of them (or a node whose connection was lost) is an outage, where one still
+    /// making a first connection to another node is not.
     failing: HashSet<String>,
     /// During a recovery, the nodes sent commands that their next PING confirms.
     touched: HashSet<String>,
-    /// The nodes whose PING the last recovery attempt passed over (slower than
-    /// [`ASIDE_WAIT`]): barriers on their channels wait.
-    passed_over: HashSet<String>,
+    /// The nodes whose connection answered the last recovery attempt's PING: only barriers on
+    /// their channels are answered after it.
+    answered: HashSet<String>,
+    /// Whether the last recovery attempt failed as an outage (anything but a first connection
+    /// to a node, not failing, still being made: a slot's new owner slow to accept).
+    outage: bool,
     /// Each subscribed channel's node.
     placed: HashMap<Arc<str>, String>,
     last: LastSeen,
@@ -308,7 +315,8 @@ impl ClusterSubscriber {
             connecting: HashMap::new(),
             failing: HashSet::new(),
             touched: HashSet::new(),
-            passed_over: HashSet::new(),
+            answered: HashSet::new(),
+            outage: true,
             placed: HashMap::new(),
             last: LastSeen::default(),
             lost_tx,
@@ -428,8 +436,9 @@ impl ClusterSubscriber {
 
     /// Forgets a node's connection: its channels are to be placed again.
     fn drop_node(&mut self, addr: &str) {
-        if self.nodes.remove(addr).is_some() {
+        if let Some(con) = self.nodes.remove(addr) {
             self.lost.insert(addr.to_owned());
+            lock(&self.last).ending.retain(|_, (on, _)| *on != con.id);
         }
         self.placed.retain(|_, a| a != addr);
     }
@@ -793,7 +802,7 @@ impl ClusterSubscriber {
             on.iter().all(|ch| {
                 self.placed
                     .get(ch)
-                    .is_some_and(|addr| !self.passed_over.contains(addr))
+                    .is_some_and(|addr| self.answered.contains(addr))
                     && !self.held.contains(ch)
             })
         })
@@ -867,12 +876,17 @@ impl ClusterSubscriber {
                     self.held = from.keys().cloned().collect();
                     self.answer_served();
                     // A move that could not be placed at once is an outage like a lost
-                    // connection: down meanwhile, and counted and logged when it is over.
-                    reconnecting = true;
-                    self.metrics.set_broker_up(false);
+                    // connection: down meanwhile, and counted and logged when it is over
+                    // (unless all that failed is a first connection still being made).
                     let delay = backoff.next_delay();
-                    if failures.is_multiple_of(WARN_EVERY) {
-                        tracing::warn!(error = %e, attempts = failures + 1, retry_in = ?delay, "redis cluster subscriber cannot recover");
+                    if self.outage {
+                        reconnecting = true;
+                        self.metrics.set_broker_up(false);
+                        if failures.is_multiple_of(WARN_EVERY) {
+                            tracing::warn!(error = %e, attempts = failures + 1, retry_in = ?delay, "redis cluster subscriber cannot recover");
+                        }
+                    } else {
+                        tracing::debug!(error = %e, "redis cluster subscriber still connecting");
                     }
                     failures += 1;
                     if !self.wait(delay).await {
@@ -888,6 +902,9 @@ impl ClusterSubscriber {
         &mut self,
         from: &mut HashMap<Arc<str>, Option<u64>>,
     ) -> Result<Resume, String> {
+        // Until this attempt says otherwise, a failure is an outage; and no connection answered.
+        self.outage = true;
+        self.answered.clear();
         self.refresh_slots().await?;
         let primaries = self.slots.primaries();
         self.forget_connecting(|a| primaries.iter().any(|p| p == a));
@@ -928,34 +945,46 @@ impl ClusterSubscriber {
         let mut failed = self
             .unplaced
             .then(|| "a subscribed channel's slot has no primary".to_owned());
+        let mut outage = failed.is_some();
         for (addr, channels) in groups {
             self.touched.insert(addr.clone());
             let failing = self.lost.contains(&addr) || self.failing.contains(&addr);
-            let patience = failing.then_some(CONNECT_WAIT);
-            if let Err(e) = self.subscribe_on(&addr, &channels, patience).await {
+            if let Err(e) = self
+                .subscribe_on(&addr, &channels, Some(CONNECT_WAIT))
+                .await
+            {
                 self.drop_node(&addr);
-                self.failing.insert(addr.clone());
+                // A first connection still being made (in the background) is no outage yet:
+                // the node may only be slow to accept. One that failed is.
+                if failing || !self.connecting.contains_key(&addr) {
+                    outage = true;
+                    self.failing.insert(addr.clone());
+                }
                 failed.get_or_insert(format!("{addr}: {e}"));
             }
         }
-        // Every connection confirms what was sent to it, all at once; one sent nothing is
-        // waited for a while only, and passed over if slower (see `ASIDE_WAIT`).
-        let must = self.touched.clone();
+        // Every connection confirms what was sent to it, all at once; one sent nothing, serving
+        // no channel a barrier waits for, is waited for a while only, and passed over if slower
+        // (see `ASIDE_WAIT`).
+        let mut must = self.touched.clone();
+        for w in &self.barriers {
+            if let Some(on) = &w.on {
+                must.extend(on.iter().filter_map(|c| self.placed.get(c).cloned()));
+            }
+        }
         let confirmed = self.confirm(&must).await;
         let mut everywhere = true;
-        self.passed_over.clear();
         for (addr, answer) in confirmed {
             match answer {
                 Ok(true) => {
                     self.touched.remove(&addr);
+                    self.answered.insert(addr);
                 }
-                Ok(false) => {
-                    everywhere = false;
-                    self.passed_over.insert(addr);
-                }
+                Ok(false) => everywhere = false,
                 Err(e) => {
                     self.drop_node(&addr);
                     self.touched.remove(&addr);
+                    outage = true;
                     failed.get_or_insert(format!("{addr}: {e}"));
                 }
             }
@@ -964,6 +993,7 @@ impl ClusterSubscriber {
         // those channels wait for the next attempt, after a pause.
         self.take_moves();
         if self.unplaced {
+            outage = true;
             failed.get_or_insert("a node answered MOVED: the slot map changed".to_owned());
         }
         if let Some(why) = failed {
@@ -981,6 +1011,7 @@ impl ClusterSubscriber {
                 from.retain(|ch, _| !ready.contains_key(ch));
                 self.dispatch.send(Dispatch::Resume(resume));
             }
+            self.outage = outage;
             return Err(why);
         }
         // Every confirmation of a SUNSUBSCRIBE sent on a live connection has arrived (unless one
@@ -997,7 +1028,9 @@ impl ClusterSubscriber {
             .cloned()
             .collect();
         for addr in idle {
-            self.nodes.remove(&addr);
+            if let Some(con) = self.nodes.remove(&addr) {
+                lock(&self.last).ending.retain(|_, (on, _)| *on != con.id);
+            }
         }
         let resume = self.refill(from).await.map_err(|e| e.to_string())?;
         from.clear();
@@ -1137,7 +1170,14 @@ fn raise(last: &mut Option<u64>, seq: u64) {
 
 /// Queues the `SUNSUBSCRIBE` of `ch` on `con`, its confirmation expected.
 fn unsubscribe(con: &mut NodeConn, seen: &LastSeen, ch: &Arc<str>) {
-    *lock(seen).ending.entry(ch.clone()).or_insert(0) += 1;
+    let mut seen = lock(seen);
+    let pending = seen.ending.entry(ch.clone()).or_insert((con.id, 0));
+    if pending.0 != con.id {
+        // Sent on a connection since lost: its confirmation never comes.
+        *pending = (con.id, 0);
+    }
+    pending.1 += 1;
+    drop(seen);
     let key = layout::history_key(ch);
     con.queue(&[b"SUNSUBSCRIBE", key.as_bytes()]);
 }
@@ -1244,16 +1284,16 @@ fn forward_push(
             let active = channel.and_then(|c| {
                 let mut seen = lock(last);
                 match seen.ending.get_mut(c) {
-                    // The confirmation of ours.
-                    Some(n) if *n > 1 => {
+                    // The confirmation of ours, on the connection it was sent on.
+                    Some((on, n)) if *on == id && *n > 1 => {
                         *n -= 1;
                         None
                     }
-                    Some(_) => {
+                    Some((on, _)) if *on == id => {
                         seen.ending.remove(c);
                         None
                     }
-                    None => seen.last.get_key_value(c).map(|(name, _)| name.clone()),
+                    _ => seen.last.get_key_value(c).map(|(name, _)| name.clone()),
                 }
             });
             if let Some(channel) = active {
