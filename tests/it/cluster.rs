@@ -840,19 +840,33 @@ async fn a_channel_without_events_is_refilled_after_its_connection_is_cut() {
         let mut c = Reader::live("fresh channel", &process, &channels, &now).await;
         assert_eq!(c.position[fresh], 0, "no event of {fresh} yet");
         let start = c.position.clone();
-        process.signal("-STOP");
-        let killed = cluster.kill_clients(cluster.primary_of_channel(fresh), "pubsub");
-        let published = publish_each(&publisher, std::slice::from_ref(fresh), 0..3).await;
-        process.signal("-CONT");
-        assert!(
-            killed >= 1,
-            "the frozen process's pub/sub connection was cut"
-        );
-        c.read_exactly(3, PATIENCE, &expected(&published, &start))
-            .await;
-        assert_eq!(c.missed, 0);
+        cut_while_frozen(&cluster, &process, &publisher, fresh, &mut c, &start).await;
     })
     .await;
+}
+
+/// With `process` frozen (SIGSTOP), its pub/sub connection to `channel`'s primary is cut and
+/// three events are published on `channel` through `publisher`; once `process` goes on, `c`
+/// (at `start`) gets exactly them, and no `missedevents`.
+async fn cut_while_frozen(
+    cluster: &Cluster,
+    process: &Redisse,
+    publisher: &Redisse,
+    channel: &String,
+    c: &mut Reader,
+    start: &Position,
+) {
+    process.signal("-STOP");
+    let killed = cluster.kill_clients(cluster.primary_of_channel(channel), "pubsub");
+    let published = publish_each(publisher, std::slice::from_ref(channel), 0..3).await;
+    process.signal("-CONT");
+    assert!(
+        killed >= 1,
+        "the frozen process's pub/sub connection was cut"
+    );
+    c.read_exactly(3, PATIENCE, &expected(&published, start))
+        .await;
+    assert_eq!(c.missed, 0);
 }
 
 /// The replica of one channel's primary is cut off (frozen, its link dropped), the primary
@@ -1784,17 +1798,7 @@ async fn a_channel_subscribed_beside_a_moved_answer_is_still_refilled_after_a_cu
         );
         process.health_becomes(200).await;
 
-        process.signal("-STOP");
-        let killed = cluster.kill_clients(cluster.primary_of_channel(&healthy), "pubsub");
-        let published = publish_each(&publisher, std::slice::from_ref(&healthy), 0..3).await;
-        process.signal("-CONT");
-        assert!(
-            killed >= 1,
-            "the frozen process's pub/sub connection was cut"
-        );
-        c.read_exactly(3, PATIENCE, &expected(&published, &start))
-            .await;
-        assert_eq!(c.missed, 0);
+        cut_while_frozen(&cluster, &process, &publisher, &healthy, &mut c, &start).await;
     })
     .await;
 }
@@ -1826,21 +1830,8 @@ async fn a_slot_moved_to_a_node_slow_to_accept_a_connection_is_no_outage() {
         let mut c = Reader::live("moved", &process, &both, &now).await;
         assert_eq!(cluster.pubsub_client_ids(to), Vec::<u64>::new(), "no connection to {to}");
         let reconnects = process.metric("redisse_broker_reconnects_total").await;
-        let id = |port: u16| -> String {
-            redis::cmd("CLUSTER")
-                .arg("MYID")
-                .query(&mut cluster.node(port).con())
-                .expect("CLUSTER MYID")
-        };
-        let (from_id, to_id) = (id(from), id(to));
-        let setslot = |port: u16, args: &[&str]| {
-            let _: () = redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg(args)
-                .query(&mut cluster.node(port).con())
-                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {args:?} on {port}: {e}"));
-        };
+        let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+        let setslot = |port: u16, args: &[&str]| cluster.set_slot(slot, port, args);
         blocking(|| {
             setslot(to, &["IMPORTING", &from_id]);
             setslot(from, &["MIGRATING", &to_id]);

@@ -146,21 +146,8 @@ impl Cluster {
     pub fn move_slot(&self, slot: u16, to: u16, pause: Duration) {
         let from = self.primary_of(slot);
         assert_ne!(from, to, "slot {slot} is on {to} already");
-        let id = |port: u16| -> String {
-            redis::cmd("CLUSTER")
-                .arg("MYID")
-                .query(&mut self.node(port).con())
-                .expect("CLUSTER MYID")
-        };
-        let (from_id, to_id) = (id(from), id(to));
-        let setslot = |port: u16, args: &[&str]| {
-            let _: () = redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg(args)
-                .query(&mut self.node(port).con())
-                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {args:?} on {port}: {e}"));
-        };
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let setslot = |port: u16, args: &[&str]| self.set_slot(slot, port, args);
         setslot(to, &["IMPORTING", &from_id]);
         setslot(from, &["MIGRATING", &to_id]);
         loop {
@@ -213,6 +200,24 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The cluster id of the node on `port` (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.node(port).con())
+            .expect("CLUSTER MYID")
+    }
+
+    /// `CLUSTER SETSLOT slot ARGS...` on the node on `port`.
+    pub fn set_slot(&self, slot: u16, port: u16, args: &[&str]) {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(args)
+            .query(&mut self.node(port).con())
+            .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {args:?} on {port}: {e}"));
     }
 
     /// A node's URL (any node answers for the cluster, redirecting to the others).
