@@ -2136,3 +2136,54 @@ async fn a_stopped_node_never_connected_does_not_slow_the_other_shards_new_strea
     })
     .await;
 }
+
+/// A primary stops answering (SIGSTOP) while the process is in its normal loop: the watchdog's
+/// next PING to it goes unanswered for the whole request timeout (3 s) before the node is
+/// taken for lost. Streams opened on new channels of a healthy shard all that time start at
+/// once: the loop goes on taking the hub's subscriptions while the PINGs wait. (The watchdog
+/// used to wait for each PING in turn, in the loop: a stream opened then waited for the
+/// unanswered PING, up to 3 s.) Probes every 200 ms from the freeze until the node is
+/// noticed cover the watchdog's wait wherever its tick (every 5 s) falls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_while_the_watchdog_waits_for_a_stopped_node_start_at_once() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let two = cluster.channels_on_distinct_primaries("watched", 2);
+        let (hung, live) = (&two[0], &two[1]);
+        let hung_primary = cluster.primary_of_channel(hung);
+        let probes = cluster.channels_beside(live, "probe", 60);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &[two.clone(), probes.clone()].concat()).await;
+        let channels = two.clone();
+        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+
+        cluster.freeze(hung_primary);
+        let frozen = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut noticed = None;
+        for ch in &probes {
+            let one = std::slice::from_ref(ch);
+            let opened = Instant::now();
+            let _r = Reader::live(ch, &process, one, &at(one, 1)).await;
+            slowest = slowest.max(opened.elapsed());
+            if process.health().await != 200 {
+                noticed = Some(frozen.elapsed());
+                break;
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+        cluster.unfreeze(hung_primary);
+        assert!(
+            noticed.is_some(),
+            "the stopped node was not noticed within {} probes",
+            probes.len()
+        );
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a stream on a healthy shard took {slowest:?} to start while the watchdog waited for \
+             a stopped node (noticed {noticed:?} after the freeze)"
+        );
+    })
+    .await;
+}
