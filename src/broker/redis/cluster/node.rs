@@ -407,6 +407,14 @@ impl NodeConn {
         args: &[&[u8]],
         wait: Duration,
     ) -> Result<Option<Reply>, String> {
+        let answer = self.send(args).await?;
+        answer.wait(wait).await
+    }
+
+    /// Sends a command (after what is queued) and returns what its reply comes to, without
+    /// waiting for it: the caller may go on using the connection meanwhile (replies come in
+    /// the order their commands were sent).
+    pub async fn send(&mut self, args: &[&[u8]]) -> Result<Answer, String> {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
@@ -418,7 +426,23 @@ impl NodeConn {
         }
         encode(&mut self.out, args);
         self.flush().await?;
-        match tokio::time::timeout(wait, rx).await {
+        Ok(Answer(rx))
+    }
+
+    /// How long a request waits for its reply before the connection is taken for lost.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// The reply to a command sent with [`NodeConn::send`], to come.
+pub(crate) struct Answer(oneshot::Receiver<Result<Reply, String>>);
+
+impl Answer {
+    /// The reply, waited for `wait` at most: `Ok(None)` when none came by then; an error
+    /// reply, or the connection closing first, is an `Err`.
+    pub async fn wait(self, wait: Duration) -> Result<Option<Reply>, String> {
+        match tokio::time::timeout(wait, self.0).await {
             Err(_) => Ok(None),
             Ok(Err(_)) => Err("the connection closed".into()),
             Ok(Ok(reply)) => reply.map(Some),

@@ -18,7 +18,9 @@
 //! channels only.
 //!
 //! A connection is lost when it closes, a command on it fails, a `PING` of the watchdog goes
-//! unanswered, the node answers an error (`MOVED`: the slot left), or pushes
+//! unanswered (the watchdog's PINGs go to every connection at once and are awaited beside the
+//! loop's other work: the hub's subscriptions are not held behind a node that stopped
+//! answering), the node answers an error (`MOVED`: the slot left), or pushes
 //! an event of a channel with a lower sequence than its previous one (the node lost its data
 //! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched). Then the
 //! broker is marked down and until it succeeds (with backoff, while the cluster fails over):
@@ -45,6 +47,8 @@
 //! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +103,10 @@ enum Moved {
     /// was stale): none of the slot's channels sent there is subscribed.
     Slot(u16),
 }
+
+/// The watchdog's PINGs in flight: resolves to those that failed (the node, the connection's
+/// id, why).
+type Watch = Pin<Box<dyn Future<Output = Vec<(String, u64, String)>> + Send>>;
 
 /// Where a connection reports a slot that moved away: its id and what moved.
 type MovedSender = mpsc::UnboundedSender<(u64, Moved)>;
@@ -343,6 +351,8 @@ impl ClusterSubscriber {
             let mut ping = tokio::time::interval(self.ping_interval);
             ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ping.tick().await;
+            // The watchdog's PINGs, while their answers are awaited (one round at a time).
+            let mut watch: Option<Watch> = None;
             while self.lost.is_empty() && !self.unplaced {
                 tokio::select! {
                     cmd = self.commands.recv() => {
@@ -365,7 +375,16 @@ impl ClusterSubscriber {
                             self.channel_moved(id, moved);
                         }
                     }
-                    _ = ping.tick() => self.watchdog().await,
+                    _ = ping.tick(), if watch.is_none() => watch = Some(self.watchdog().await),
+                    Some(failed) = async {
+                        match watch.as_mut() {
+                            Some(w) => Some(w.await),
+                            None => None,
+                        }
+                    }, if watch.is_some() => {
+                        watch = None;
+                        self.watchdog_failed(failed);
+                    }
                 }
             }
         }
@@ -443,17 +462,46 @@ impl ClusterSubscriber {
         self.placed.retain(|_, a| a != addr);
     }
 
-    /// A PING on every connection, each answered within the timeout.
-    async fn watchdog(&mut self) {
+    /// Sends the watchdog's PING on every connection, each to be answered within the request
+    /// timeout. The answers are waited for beside the loop's other work (see [`Watch`]), so
+    /// that a node that stopped answering stalls nobody's subscriptions while its PING waits.
+    async fn watchdog(&mut self) -> Watch {
         let mut failed = Vec::new();
+        let mut answers = Vec::new();
         for (addr, con) in &mut self.nodes {
-            if let Err(e) = con.request(&[b"PING"]).await {
-                failed.push((addr.clone(), e));
+            match con.send(&[b"PING"]).await {
+                Ok(answer) => answers.push((addr.clone(), con.id, con.timeout(), answer)),
+                Err(e) => failed.push((addr.clone(), con.id, e)),
             }
         }
-        for (addr, why) in failed {
-            tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber watchdog PING failed");
-            self.drop_node(&addr);
+        Box::pin(async move {
+            let waits = answers
+                .into_iter()
+                .map(|(addr, id, timeout, answer)| async move {
+                    let why = match answer.wait(timeout).await {
+                        Ok(Some(_)) => return None,
+                        Ok(None) => format!("no reply within {timeout:?}"),
+                        Err(e) => e,
+                    };
+                    Some((addr, id, why))
+                });
+            failed.extend(
+                futures_util::future::join_all(waits)
+                    .await
+                    .into_iter()
+                    .flatten(),
+            );
+            failed
+        })
+    }
+
+    /// Takes the watchdog's failed PINGs: their connections are lost, unless already replaced.
+    fn watchdog_failed(&mut self, failed: Vec<(String, u64, String)>) {
+        for (addr, id, why) in failed {
+            if self.nodes.get(&addr).is_some_and(|c| c.id == id) {
+                tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber watchdog PING failed");
+                self.drop_node(&addr);
+            }
         }
     }
 
