@@ -147,6 +147,7 @@ pub struct Metrics {
     pub(crate) oversized: Counter,
     pub(crate) slow_disconnects: Counter,
     pub(crate) broker_up: Count,
+    pub(crate) shards_recovering: Count,
     pub(crate) broker_reconnects: Counter,
     pub(crate) subscriptions: Count,
     pub(crate) stream_subscriptions: Count,
@@ -181,6 +182,7 @@ impl Default for Metrics {
             oversized: Counter::default(),
             slow_disconnects: Counter::default(),
             broker_up: Count::default(),
+            shards_recovering: Count::default(),
             broker_reconnects: Counter::default(),
             subscriptions: Count::default(),
             stream_subscriptions: Count::default(),
@@ -226,8 +228,13 @@ impl Metrics {
             ("redisse_streams_open", "Open SSE streams", &self.connected),
             (
                 "redisse_broker_up",
-                "1 when the broker is reachable (always 1 in memory)",
+                "1 when the broker is reachable (always 1 in memory; on a Redis Cluster, while any node answers)",
                 &self.broker_up,
+            ),
+            (
+                "redisse_broker_shards_recovering",
+                "Redis Cluster primaries whose channels this process is subscribing again (a failover, a node that stopped answering); 0 elsewhere",
+                &self.shards_recovering,
             ),
             (
                 "redisse_subscribed_channels",
@@ -358,6 +365,17 @@ impl Metrics {
     #[cfg(feature = "redis")]
     pub(crate) fn broker_up(&self) -> bool {
         self.broker_up.get() == 1
+    }
+
+    /// Records how many Redis Cluster shards are being recovered while the others serve.
+    #[cfg(feature = "redis")]
+    pub(crate) fn set_shards_recovering(&self, shards: usize) {
+        self.shards_recovering.set(shards as u64);
+    }
+
+    /// How many Redis Cluster shards are being recovered (0 but on a cluster).
+    pub(crate) fn shards_recovering(&self) -> u64 {
+        self.shards_recovering.get()
     }
 
     pub(crate) fn refused(&self, reason: Refusal) {

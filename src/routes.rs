@@ -254,12 +254,22 @@ fn livez(shared: &Shared) -> Response {
     }
 }
 
-/// Readiness: every background task runs and the broker is reachable.
+/// Readiness: every background task runs and the broker is reachable. On a Redis Cluster one
+/// shard's failover leaves the process ready (200, saying `degraded`): every process that
+/// follows that shard is in the same state, and a load balancer that took them all out would
+/// turn one shard's outage into everyone's.
 fn health(shared: &Shared) -> Response {
     if let Some(dead) = stopped_task(shared) {
         dead
     } else if shared.broker.is_up() {
-        (StatusCode::OK, "ok\n").into_response()
+        match shared.metrics.shards_recovering() {
+            0 => (StatusCode::OK, "ok\n").into_response(),
+            _ => (
+                StatusCode::OK,
+                "degraded: a Redis Cluster shard is recovering\n",
+            )
+                .into_response(),
+        }
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n").into_response()
     }

@@ -36,6 +36,7 @@ struct Snapshot {
     version: &'static str,
     broker: String,
     broker_up: bool,
+    shards_recovering: u64,
     uptime_seconds: u64,
     streams_open: u64,
     streams_starting: u64,
@@ -153,6 +154,7 @@ fn snapshot(shared: &Shared, last: Option<Reading>) -> (Snapshot, Reading) {
         version: env!("CARGO_PKG_VERSION"),
         broker: shared.config.broker_description(),
         broker_up: shared.broker.is_up(),
+        shards_recovering: m.shards_recovering(),
         uptime_seconds: shared.started.elapsed().as_secs(),
         streams_open: m.connected.get(),
         streams_starting: m.streams_starting.get(),
@@ -189,7 +191,7 @@ td.v { text-align: right; font-variant-numeric: tabular-nums; font-weight: 600; 
 <table id="figures"></table>
 <script>
 const rows = [
-  ["broker", "Broker"], ["broker_up", "Broker reachable"], ["uptime_seconds", "Uptime (s)"],
+  ["broker", "Broker"], ["broker_up", "Broker reachable"], ["shards_recovering", "Cluster shards recovering"], ["uptime_seconds", "Uptime (s)"],
   ["streams_open", "Open streams"], ["streams_starting", "Streams starting"],
   ["streams_ended", "Streams ended"], ["subscribed_channels", "Subscribed channels"],
   ["events_sent_per_second", "Events sent per second"], ["events_sent", "Events sent"],
@@ -212,8 +214,10 @@ source.addEventListener("status", (e) => {
   const s = JSON.parse(e.data);
   document.getElementById("version").textContent = s.version;
   for (const key in cells) cells[key].textContent = String(s[key]);
-  state.textContent = s.broker_up ? "live" : "broker unreachable";
-  state.className = s.broker_up ? "" : "down";
+  const degraded = s.broker_up && s.shards_recovering > 0;
+  state.textContent = !s.broker_up ? "broker unreachable"
+    : degraded ? `live, ${s.shards_recovering} Redis Cluster shard(s) recovering` : "live";
+  state.className = s.broker_up && !degraded ? "" : "down";
 });
 source.onerror = () => { state.textContent = "disconnected, retrying..."; state.className = "down"; };
 </script>

@@ -358,7 +358,7 @@ async fn redisse_on(cluster: &Cluster, extra: &[&str]) -> Redisse {
     let mut args = vec!["--redis-cluster", seeds.as_str()];
     args.extend_from_slice(extra);
     let process = blocking(|| Redisse::start(&args));
-    process.health_becomes(200).await;
+    process.readiness_becomes("ok").await;
     process
 }
 
@@ -1296,7 +1296,7 @@ async fn over_tls_with_a_private_ca_shards_and_a_failover_lose_nothing() {
 }
 
 /// One shard failing over does not hold the others: once the subscriber has seen the killed
-/// primary's connection go (`/health` says 503 while it recovers), an event published on a
+/// primary's connection go (`/health` says 200 `degraded` while it recovers), an event published on a
 /// channel of another shard reaches the stream at once, while that shard is still failing
 /// over (the subscriber used to hold every channel's live events until the failed shard was
 /// back); then the failed shard's events arrive too, each once, in order, none missed.
@@ -1317,11 +1317,11 @@ async fn a_shard_failing_over_does_not_hold_the_other_shards_events() {
         published.push((other.clone(), seq));
         c.read(1, PATIENCE).await;
         let arrived = Instant::now();
-        let health = process.health().await;
+        let health = process.readiness().await;
         let (cluster, (old, new), failed_over) = failover.await.expect("failover");
         assert_ne!(old, new);
         assert_eq!(
-            health, 503,
+            health, "degraded",
             "the other shard's event came while the subscriber was still recovering"
         );
         assert!(
@@ -1351,7 +1351,7 @@ struct Failing {
 /// A process on `cluster`, a warm-up event on `channels` (two, on distinct primaries) and on
 /// `also`, a stream on `channels` that gets events 0..4 (in turn on each), then the primary of
 /// the first channel killed (SIGKILL) and its replica promoted, in a task of its own; returns
-/// once the process saw the loss (`/health` 503).
+/// once the process saw the loss (`/health` 200 `degraded`: the other shards serve).
 async fn fail_over_under_a_stream(
     cluster: Cluster,
     channels: &[String],
@@ -1375,7 +1375,7 @@ async fn fail_over_under_a_stream(
         let ports = cluster.kill_primary_and_wait_failover(slot);
         (cluster, ports, Instant::now())
     });
-    process.health_becomes(503).await;
+    process.readiness_becomes("degraded").await;
     Failing {
         process,
         c,
@@ -1411,7 +1411,7 @@ async fn after_the_failover(
 /// one on a channel already subscribed, one on a channel nobody listened to (its subscription
 /// is made during the recovery), and one coming back with a position (its history read from
 /// the healthy shard). Each gets its channel's next event before the failover is over, while
-/// the subscriber is still recovering (`/health` 503). (A stream's setup used to wait for a
+/// the subscriber is still recovering (`/health` 200 `degraded`). (A stream's setup used to wait for a
 /// barrier behind every subscription, which the failed shard held until it was back: the
 /// failover's whole length.) Then the stream on both shards gets everything, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1447,11 +1447,11 @@ async fn streams_opened_during_another_shards_failover_start_at_once() {
             r.read(1, PATIENCE).await;
         }
         let started = Instant::now();
-        let health = process.health().await;
+        let health = process.readiness().await;
         let (cluster, (old, new_primary), failed_over) = failover.await.expect("failover");
         assert_ne!(old, new_primary);
         assert_eq!(
-            health, 503,
+            health, "degraded",
             "the streams started while the subscriber was still recovering"
         );
         assert!(
@@ -1499,7 +1499,7 @@ async fn a_primary_that_stops_answering_does_not_slow_the_other_shards_new_strea
         cluster.freeze(hung_primary);
         // The watchdog finds it (a PING every 5 s, unanswered for 3 s).
         let deadline = Instant::now() + Duration::from_secs(20);
-        while process.health().await != 503 {
+        while process.readiness().await != "degraded" {
             assert!(
                 Instant::now() < deadline,
                 "the stopped node was not noticed"
@@ -1524,13 +1524,13 @@ async fn a_primary_that_stops_answering_does_not_slow_the_other_shards_new_strea
         let seq = publish_through(&process, live, &data(live, 1)).await;
         c.read(1, PATIENCE).await;
         assert_eq!(
-            process.health().await,
-            503,
+            process.readiness().await,
+            "degraded",
             "still recovering the stopped node"
         );
 
         cluster.unfreeze(hung_primary);
-        process.health_becomes(200).await;
+        process.readiness_becomes("ok").await;
         let mut published = vec![(live.clone(), seq)];
         for i in [0, 2] {
             let s = publish_through(&process, hung, &data(hung, i)).await;
@@ -1639,7 +1639,7 @@ async fn over_tls_a_certificate_not_valid_for_the_slot_maps_hosts_stops_the_star
 /// A slot moved under a stream whose other channel is on the same primary, in another slot:
 /// the moved channel alone is subscribed again where its slot went (the connection to the old
 /// owner stays, for the other channel: the same pub/sub client there before and after, where
-/// the whole connection used to be dropped and made again), `/health` stays 200, and every
+/// the whole connection used to be dropped and made again), `/health` stays `ok`, and every
 /// event of both channels arrives once, in order, none missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_moves_its_channels_alone() {
@@ -1687,7 +1687,7 @@ async fn a_slot_moved_moves_its_channels_alone() {
             !log.contains("redis cluster subscriber connection lost"),
             "no connection was dropped: {log}"
         );
-        assert_eq!(process.health().await, 200);
+        assert_eq!(process.readiness().await, "ok");
         // Both live: the moved channel at its new owner, the other where it was.
         for ch in &channels {
             let seq = publish_through(&process, ch, &data(ch, "after")).await;
@@ -1758,7 +1758,7 @@ async fn a_subscription_sent_to_a_slots_old_owner_follows_the_slot_alone() {
             reconnects,
             "no reconnection counted"
         );
-        assert_eq!(process.health().await, 200);
+        assert_eq!(process.readiness().await, "ok");
         c.expect_silence().await;
         f.expect_silence().await;
     })
@@ -1796,7 +1796,7 @@ async fn a_channel_subscribed_beside_a_moved_answer_is_still_refilled_after_a_cu
             log.contains("answered MOVED"),
             "the redirection was seen: {log}"
         );
-        process.health_becomes(200).await;
+        process.readiness_becomes("ok").await;
 
         cut_while_frozen(&cluster, &process, &publisher, &healthy, &mut c, &start).await;
     })
@@ -1805,7 +1805,7 @@ async fn a_channel_subscribed_beside_a_moved_answer_is_still_refilled_after_a_cu
 
 /// A slot moved (every node healthy) to a primary the process has no connection to yet, which
 /// takes 0.5 s to answer a new connection (busy: a script spinning that long, as under any
-/// slow command; or a far link). Placing the moved channel there is no outage: `/health` stays 200, no
+/// slow command; or a far link). Placing the moved channel there is no outage: `/health` stays `ok`, no
 /// reconnection is counted, nothing logs `cannot recover`, as operations.md says of a move
 /// with every connection up. (With `CONNECT_WAIT`, 100 ms, the recovery attempt gives up on
 /// the connection it is still making: the broker is marked down, and a reconnection counted.)
@@ -1885,7 +1885,7 @@ async fn a_slot_moved_to_a_node_slow_to_accept_a_connection_is_no_outage() {
 }
 
 /// A slot moved to a primary that refuses the subscription for a while (its `SSUBSCRIBE`
-/// denied): the recovery of the moved channel fails, `/health` turns 503 and the log says
+/// denied): the recovery of the moved channel fails, `/health` turns `degraded` and the log says
 /// `cannot recover`, the connection to the new owner is dropped. Once it is allowed again the
 /// subscriber recovers: that is a reconnection like any other (counted in
 /// `redisse_broker_reconnects_total`, logged `redis cluster subscriber recovered`, as
@@ -1909,10 +1909,10 @@ async fn a_move_whose_new_owner_refuses_for_a_while_is_a_reconnection_when_it_is
         tokio::task::spawn_blocking(move || mover.move_slot(slot, to, Duration::from_millis(10)))
             .await
             .expect("the slot moved");
-        process.health_becomes(503).await;
+        process.readiness_becomes("degraded").await;
         sleep(Duration::from_millis(500)).await;
         cluster.set_default_acl(to, "+ssubscribe");
-        process.health_becomes(200).await;
+        process.readiness_becomes("ok").await;
         let seq = publish_through(&process, &moved, &data(&moved, "after")).await;
         assert_eq!(seq, 2);
         c.read(1, FAILOVER_WAIT).await;
@@ -1922,7 +1922,7 @@ async fn a_move_whose_new_owner_refuses_for_a_while_is_a_reconnection_when_it_is
         let logged = log.contains("redis cluster subscriber recovered");
         assert!(
             counted > 0 && logged,
-            "/health went 503 and back and the log said `cannot recover`, the connection to \
+            "/health went degraded and back and the log said `cannot recover`, the connection to \
              {to} was dropped and made again: reconnections counted {counted}, `recovered` \
              logged {logged}"
         );
@@ -1960,7 +1960,7 @@ async fn a_slot_moved_during_another_shards_failover_is_not_held_by_it() {
 
         let killer = cluster.clone();
         let old = blocking(move || killer.lock().unwrap().kill_primary(failing_slot));
-        process.health_becomes(503).await;
+        process.readiness_becomes("degraded").await;
         // Within the node timeout (2 s): the cluster still serves the other slots.
         let mover = cluster.clone();
         tokio::task::spawn_blocking(move || {
@@ -1981,7 +1981,7 @@ async fn a_slot_moved_during_another_shards_failover_is_not_held_by_it() {
         });
         c.read(1, FAILOVER_WAIT).await;
         let arrived = Instant::now();
-        let health = process.health().await;
+        let health = process.readiness().await;
         let (new, failed_over) = failover.await.expect("failover");
         assert_ne!(old, new);
         assert_eq!(c.got[&moved].last(), Some(&2));
@@ -1992,7 +1992,7 @@ async fn a_slot_moved_during_another_shards_failover_is_not_held_by_it() {
         let log = process.log();
         assert!(log.contains("its slot moved"), "the move was seen: {log}");
         assert!(
-            arrived < failed_over && health == 503,
+            arrived < failed_over && health == "degraded",
             "the moved channel's event waited for the other shard's failover: published {:?} \
              before it was over, it came {:?} after it (/health {health} then)",
             failed_over - published_at,
@@ -2110,7 +2110,7 @@ async fn a_stopped_node_never_connected_does_not_slow_the_other_shards_new_strea
         cluster.freeze(hung_primary);
         cluster.freeze(unmet_primary);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while process.health().await != 503 {
+        while process.readiness().await != "degraded" {
             assert!(
                 Instant::now() < deadline,
                 "the stopped node was not noticed"
@@ -2167,7 +2167,7 @@ async fn streams_opened_while_the_watchdog_waits_for_a_stopped_node_start_at_onc
             let opened = Instant::now();
             let _r = Reader::live(ch, &process, one, &at(one, 1)).await;
             slowest = slowest.max(opened.elapsed());
-            if process.health().await != 200 {
+            if process.readiness().await != "ok" {
                 noticed = Some(frozen.elapsed());
                 break;
             }
@@ -2184,6 +2184,67 @@ async fn streams_opened_while_the_watchdog_waits_for_a_stopped_node_start_at_onc
             "a stream on a healthy shard took {slowest:?} to start while the watchdog waited for \
              a stopped node (noticed {noticed:?} after the freeze)"
         );
+    })
+    .await;
+}
+
+/// `/health` on a cluster: 200 `degraded` while a primary the process follows has stopped
+/// answering (SIGSTOP: a host gone) and the others serve, with `redisse_broker_up` 1 and
+/// `redisse_broker_shards_recovering` 1 (every process that follows that shard says the same at
+/// once: a load balancer that takes unready processes out would take them all, for one shard);
+/// 503 once no primary answers, `redisse_broker_up` 0; `ok` again once they answer, and the
+/// stream on the three shards then gets every event once, in order, none missed. (`/health`
+/// used to say 503 for one shard's failover as for the whole cluster's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_while_one_shard_recovers_and_unavailable_when_none_answers() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("ready", 3);
+        let primaries: Vec<u16> = three
+            .iter()
+            .map(|c| cluster.primary_of_channel(c))
+            .collect();
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &three).await;
+        let mut c = Reader::live("on all", &process, &three, &at(&three, 1)).await;
+        let start = c.position.clone();
+        assert_eq!(process.readiness().await, "ok");
+        assert_eq!(process.metric("redisse_broker_shards_recovering").await, 0);
+
+        // One primary stops answering: the watchdog notices (a PING every 5 s, 3 s to answer).
+        cluster.freeze(primaries[0]);
+        process
+            .readiness_within("degraded", Duration::from_secs(20))
+            .await;
+        assert_eq!(process.metric("redisse_broker_up").await, 1);
+        assert_eq!(process.metric("redisse_broker_shards_recovering").await, 1);
+        let mut published = Vec::new();
+        let seq = publish_through(&process, &three[1], &data(&three[1], 1)).await;
+        published.push((three[1].clone(), seq));
+        c.read(1, PATIENCE).await;
+        assert_eq!(c.data[three[1].as_str()], [data(&three[1], 1)]);
+
+        // Then the two others: no shard serves.
+        cluster.freeze(primaries[1]);
+        cluster.freeze(primaries[2]);
+        process
+            .readiness_within("503", Duration::from_secs(20))
+            .await;
+        assert_eq!(process.metric("redisse_broker_up").await, 0);
+
+        for p in &primaries {
+            cluster.unfreeze(*p);
+        }
+        process.readiness_within("ok", FAILOVER_WAIT).await;
+        assert_eq!(process.metric("redisse_broker_shards_recovering").await, 0);
+        for (i, ch) in three.iter().enumerate() {
+            let seq = publish_through(&process, ch, &data(ch, 10 + i)).await;
+            published.push((ch.clone(), seq));
+        }
+        c.read_exactly(3, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
+        assert_eq!(c.missed, 0);
     })
     .await;
 }

@@ -192,6 +192,46 @@ impl Redisse {
             .as_u16()
     }
 
+    /// `/health` in a word: `ok` (200 `ok`), `degraded` (200, a Redis Cluster shard recovering
+    /// while the others serve), else its status code (`503`).
+    pub async fn readiness(&self) -> String {
+        let res = client()
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("GET /health");
+        let status = res.status().as_u16();
+        let body = res.text().await.expect("the body of /health");
+        match (status, body.as_str()) {
+            (200, "ok\n") => "ok".into(),
+            (200, b) if b.starts_with("degraded: ") => "degraded".into(),
+            (200, b) => panic!("/health said 200 {b:?}"),
+            (s, _) => s.to_string(),
+        }
+    }
+
+    /// Waits until [`Redisse::readiness`] says `want` (fails the test after its patience).
+    pub async fn readiness_becomes(&self, want: &str) {
+        self.readiness_within(want, super::PATIENCE).await;
+    }
+
+    /// [`Redisse::readiness_becomes`], waiting up to `patience`.
+    pub async fn readiness_within(&self, want: &str, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let got = self.readiness().await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/health stays {got}, not {want}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `/health` answers `status` (fails the test after its patience).
     pub async fn health_becomes(&self, status: u16) {
         let deadline = tokio::time::Instant::now() + super::PATIENCE;

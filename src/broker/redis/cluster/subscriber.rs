@@ -22,8 +22,12 @@
 //! loop's other work: the hub's subscriptions are not held behind a node that stopped
 //! answering), the node answers an error (`MOVED`: the slot left), or pushes
 //! an event of a channel with a lower sequence than its previous one (the node lost its data
-//! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched). Then the
-//! broker is marked down and until it succeeds (with backoff, while the cluster fails over):
+//! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched); or,
+//! during another shard's recovery, when it left PINGs unanswered for its request timeout (the
+//! watchdog does not run then). Then its shard is counted recovering
+//! (`redisse_broker_shards_recovering`; the broker is marked down only while no node answers
+//! the slot map or no primary serves, see `serving`) and until it succeeds (with backoff, while
+//! the cluster fails over):
 //! the slot map is read again, each channel of the lost connection (and any whose slot moved)
 //! has its live events held, is subscribed on its slot's primary, and has its history read
 //! after the last sequence dispatched for it. The other shards' channels are not held: their
@@ -274,6 +278,12 @@ pub(super) struct ClusterSubscriber {
     /// The nodes whose connection answered the last recovery attempt's PING: only barriers on
     /// their channels are answered after it.
     answered: HashSet<String>,
+    /// The connections passed over by [`ClusterSubscriber::confirm`] (a PING unanswered within
+    /// [`ASIDE_WAIT`]) since when, with the connection's id.
+    slow_since: HashMap<String, (u64, Instant)>,
+    /// Whether the last recovery attempt read the slot map: some node answers, so an outage is
+    /// of some shards only (`redisse_broker_up` stays 1, `/health` says degraded).
+    reachable: bool,
     /// Whether the last recovery attempt failed as an outage (anything but a first connection
     /// to a node, not failing, still being made: a slot's new owner slow to accept).
     outage: bool,
@@ -325,6 +335,8 @@ impl ClusterSubscriber {
             touched: HashSet::new(),
             answered: HashSet::new(),
             outage: true,
+            reachable: false,
+            slow_since: HashMap::new(),
             placed: HashMap::new(),
             last: LastSeen::default(),
             lost_tx,
@@ -503,6 +515,26 @@ impl ClusterSubscriber {
                 self.drop_node(&addr);
             }
         }
+    }
+
+    /// After a failed recovery attempt, whether the cluster still serves: a node answered the
+    /// slot map, and a primary of it is neither lost nor failing (one the process follows no
+    /// channel on is taken for serving).
+    fn serving(&self) -> bool {
+        self.reachable
+            && self
+                .slots
+                .primaries()
+                .iter()
+                .any(|p| !self.lost.contains(p) && !self.failing.contains(p))
+    }
+
+    /// How many primaries, as the slot map says, serve these channels.
+    fn shards_of<'a>(&self, channels: impl Iterator<Item = &'a Arc<str>>) -> usize {
+        channels
+            .filter_map(|c| self.slots.node_of(layout::slot(c)))
+            .collect::<HashSet<_>>()
+            .len()
     }
 
     /// The handler of a new connection's pushes.
@@ -889,7 +921,14 @@ impl ClusterSubscriber {
             self.take_moves();
             if !reconnecting && (first || !self.lost.is_empty()) {
                 reconnecting = true;
-                self.metrics.set_broker_up(false);
+                // Down until the first attempt says the cluster answers (then the other
+                // shards serve: degraded, not down); a lost connection is one shard's until
+                // then.
+                if first {
+                    self.metrics.set_broker_up(false);
+                } else {
+                    self.metrics.set_shards_recovering(self.lost.len().max(1));
+                }
             }
             loop {
                 match self.commands.try_recv() {
@@ -912,6 +951,7 @@ impl ClusterSubscriber {
                     self.forget_connecting(|_| false);
                     self.dispatch.send(Dispatch::Resume(resume));
                     self.metrics.set_broker_up(true);
+                    self.metrics.set_shards_recovering(0);
                     let at = Instant::now();
                     for w in self.barriers.drain(..) {
                         self.dispatch.send(Dispatch::Barrier { tx: w.tx, at });
@@ -929,7 +969,12 @@ impl ClusterSubscriber {
                     let delay = backoff.next_delay();
                     if self.outage {
                         reconnecting = true;
-                        self.metrics.set_broker_up(false);
+                        // Down only when no node answered, or every primary failed; else the
+                        // shards of the channels still to place are recovering, and the
+                        // others serve.
+                        self.metrics.set_broker_up(self.serving());
+                        self.metrics
+                            .set_shards_recovering(self.shards_of(from.keys()).max(1));
                         if failures.is_multiple_of(WARN_EVERY) {
                             tracing::warn!(error = %e, attempts = failures + 1, retry_in = ?delay, "redis cluster subscriber cannot recover");
                         }
@@ -953,7 +998,9 @@ impl ClusterSubscriber {
         // Until this attempt says otherwise, a failure is an outage; and no connection answered.
         self.outage = true;
         self.answered.clear();
+        self.reachable = false;
         self.refresh_slots().await?;
+        self.reachable = true;
         let primaries = self.slots.primaries();
         self.forget_connecting(|a| primaries.iter().any(|p| p == a));
         let active: Vec<(Arc<str>, Option<u64>)> = lock(&self.last)
@@ -1089,6 +1136,10 @@ impl ClusterSubscriber {
     /// when a connection not in `must` (nothing sent to it to confirm) was slower than
     /// [`ASIDE_WAIT`], `Err` when the connection failed (or one in `must` did not answer
     /// within its timeout).
+    /// A connection passed over that has answered no PING for its whole request timeout (the
+    /// watchdog's, which does not run while recovering) fails too, so that a node that stopped
+    /// answering during another shard's recovery is taken for lost rather than passed over
+    /// for ever.
     async fn confirm(&mut self, must: &HashSet<String>) -> Vec<(String, Result<bool, String>)> {
         let pings = self.nodes.iter_mut().map(|(addr, con)| async move {
             let answer = if must.contains(addr) {
@@ -1098,9 +1149,33 @@ impl ClusterSubscriber {
                     .await
                     .map(|r| r.is_some())
             };
-            (addr.clone(), answer)
+            (addr.clone(), con.id, con.timeout(), answer)
         });
-        futures_util::future::join_all(pings).await
+        let answers = futures_util::future::join_all(pings).await;
+        let now = Instant::now();
+        answers
+            .into_iter()
+            .map(|(addr, id, timeout, answer)| {
+                let answer = match answer {
+                    Ok(false) => {
+                        let since = self.slow_since.entry(addr.clone()).or_insert((id, now));
+                        if since.0 != id {
+                            *since = (id, now);
+                        }
+                        if now.duration_since(since.1) >= timeout {
+                            Err(format!("no reply for {timeout:?}"))
+                        } else {
+                            Ok(false)
+                        }
+                    }
+                    other => other,
+                };
+                if !matches!(answer, Ok(false)) {
+                    self.slow_since.remove(&addr);
+                }
+                (addr, answer)
+            })
+            .collect()
     }
 
     /// Each moved channel's history after the last sequence dispatched for it (see the
