@@ -184,7 +184,8 @@ impl Redisse {
         &self.shared.metrics
     }
 
-    /// Whether the broker is reachable (always true in memory).
+    /// Whether the broker is reachable (always true in memory; on a Redis Cluster, also while
+    /// one shard recovers and the others serve).
     pub fn is_broker_up(&self) -> bool {
         self.shared.broker.is_up()
     }

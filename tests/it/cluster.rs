@@ -1498,14 +1498,9 @@ async fn a_primary_that_stops_answering_does_not_slow_the_other_shards_new_strea
 
         cluster.freeze(hung_primary);
         // The watchdog finds it (a PING every 5 s, unanswered for 3 s).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while process.readiness().await != "degraded" {
-            assert!(
-                Instant::now() < deadline,
-                "the stopped node was not noticed"
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .readiness_within("degraded", Duration::from_secs(20))
+            .await;
         // A recovery attempt is under way, on the stopped node.
         sleep(Duration::from_millis(500)).await;
         for ch in [&beside, far] {
@@ -2109,14 +2104,9 @@ async fn a_stopped_node_never_connected_does_not_slow_the_other_shards_new_strea
 
         cluster.freeze(hung_primary);
         cluster.freeze(unmet_primary);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while process.readiness().await != "degraded" {
-            assert!(
-                Instant::now() < deadline,
-                "the stopped node was not noticed"
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .readiness_within("degraded", Duration::from_secs(20))
+            .await;
         sleep(Duration::from_millis(500)).await;
         let url = process.url(&query(std::slice::from_ref(unmet)));
         let _waiting = tokio::spawn(async move { SseStream::open(&url, &[]).await });

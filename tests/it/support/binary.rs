@@ -217,32 +217,31 @@ impl Redisse {
 
     /// [`Redisse::readiness_becomes`], waiting up to `patience`.
     pub async fn readiness_within(&self, want: &str, patience: Duration) {
+        self.health_until(&want.to_owned(), patience, || self.readiness())
+            .await;
+    }
+
+    /// Waits until `/health` answers `status` (fails the test after its patience).
+    pub async fn health_becomes(&self, status: u16) {
+        self.health_until(&status, super::PATIENCE, || self.health())
+            .await;
+    }
+
+    /// Probes `/health` with `probe` until it says `want`, for `patience` at most.
+    async fn health_until<T, F>(&self, want: &T, patience: Duration, probe: impl Fn() -> F)
+    where
+        T: PartialEq + std::fmt::Display,
+        F: std::future::Future<Output = T>,
+    {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let got = self.readiness().await;
-            if got == want {
+            let got = probe().await;
+            if got == *want {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "/health stays {got}, not {want}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until `/health` answers `status` (fails the test after its patience).
-    pub async fn health_becomes(&self, status: u16) {
-        let deadline = tokio::time::Instant::now() + super::PATIENCE;
-        loop {
-            let got = self.health().await;
-            if got == status {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/health stays {got}, not {status}; log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
