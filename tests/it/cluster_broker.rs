@@ -98,7 +98,7 @@ async fn each_channel_lands_on_its_slots_primary_with_ids_of_its_own() {
     }
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds]);
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     let news = history_key("news");
     let mut listener = {
         let port = cluster.primary_of(cluster.slot(&news));
@@ -172,7 +172,7 @@ async fn a_primary_crash_is_survived_by_publishes_and_streams() {
     let mut cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds, "--redis-connect-timeout", "10"]);
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     let first = server.publish_event("news", Some("m"), "before").await;
     assert_eq!(first, 1);
     // A stream on one channel resumes from that channel's sequence, in a compound id.
@@ -263,8 +263,8 @@ async fn writes_lost_in_a_failover_raise_the_channels_sequence_and_floor() {
     let server = Redisse::start(&["--redis-cluster", &seeds]);
     // A second process with a stream on the channel, frozen while the first sees the loss.
     let other = Redisse::start(&["--redis-cluster", &seeds]);
-    server.health_becomes(200).await;
-    other.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
+    other.readiness_becomes("ok").await;
     assert_eq!(server.publish_event("news", Some("m"), "one").await, 1);
     let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
     assert_eq!(stream.next().await.event, "lastEventId");
@@ -343,7 +343,7 @@ async fn streams_coming_and_going_cause_no_reconnection() {
     let cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds]);
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     assert_eq!(server.publish_event("news", Some("m"), "first").await, 1);
     for _ in 0..30 {
         let a = SseStream::open(&server.url("/?news"), &[]).await;
@@ -440,7 +440,7 @@ async fn a_lost_connection_is_refilled_from_history_without_gaps_or_duplicates()
     let cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds]);
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     assert_eq!(server.publish_event("news", Some("m"), "warm").await, 1);
     let mut stream = SseStream::open(&server.url("/?news"), &[]).await;
     assert_eq!(stream.next().await.event, "lastEventId");
@@ -480,7 +480,7 @@ async fn a_first_event_published_while_the_connection_is_lost_is_refilled() {
     let cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds]);
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     let mut stream = SseStream::open(&server.url("/?fresh"), &[]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.metric("redisse_streams_starting").await > 0 {
@@ -494,7 +494,7 @@ async fn a_first_event_published_while_the_connection_is_lost_is_refilled() {
     acl("-ssubscribe");
     let killed = cluster.kill_clients(primary, "pubsub");
     assert!(killed >= 1, "no pub/sub client on the primary");
-    server.health_becomes(503).await;
+    server.readiness_becomes("degraded").await;
     let list: Vec<String> = seeds.split(',').map(str::to_owned).collect();
     let publisher = Publisher::redis_cluster(&list, 100).expect("a publisher");
     let first = publisher
@@ -504,9 +504,9 @@ async fn a_first_event_published_while_the_connection_is_lost_is_refilled() {
     assert_eq!(first, 1, "the channel's first event");
     // Still refused: the subscriber has not made the subscription again.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(server.health().await, 503, "{}", server.log());
+    assert_eq!(server.readiness().await, "degraded", "{}", server.log());
     acl("+ssubscribe");
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     let second = publisher
         .publish("fresh", Event::new("m", "two"))
         .await
@@ -525,7 +525,7 @@ async fn a_stream_refused_past_the_subscription_bound_is_not_counted_as_served()
     let cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds, "--max-subscriptions", "2"]);
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     let mut refused = SseStream::open(&server.url("/?a&b&c"), &[]).await;
     assert_eq!(refused.status, 200);
     refused.until_closed(Duration::from_secs(5)).await;
@@ -549,7 +549,7 @@ async fn a_stream_waiting_for_the_cluster_counts_once_as_starting() {
     let cluster = start_cluster().await;
     let seeds = cluster.seeds();
     let server = Redisse::start(&["--redis-cluster", &seeds]);
-    server.health_becomes(200).await;
+    server.readiness_becomes("ok").await;
     let mut primaries: Vec<u16> = ["a", "b", "c"]
         .iter()
         .map(|c| cluster.primary_of_channel(c))
