@@ -529,6 +529,21 @@ impl ClusterSubscriber {
                 .any(|p| !self.lost.contains(p) && !self.failing.contains(p))
     }
 
+    /// The nodes whose PING must be waited for in full for `waiting` to be answered: those its
+    /// channels are placed on, and with `every`, all of them for a barrier on every
+    /// subscription (one a recovery answers only once it is over).
+    fn barrier_nodes(&self, waiting: &[Waiting], every: bool) -> HashSet<String> {
+        let mut nodes = HashSet::new();
+        for w in waiting {
+            match &w.on {
+                None if every => nodes.extend(self.nodes.keys().cloned()),
+                None => {}
+                Some(on) => nodes.extend(on.iter().filter_map(|c| self.placed.get(c).cloned())),
+            }
+        }
+        nodes
+    }
+
     /// How many primaries, as the slot map says, serve these channels.
     fn shards_of<'a>(&self, channels: impl Iterator<Item = &'a Arc<str>>) -> usize {
         channels
@@ -717,12 +732,7 @@ impl ClusterSubscriber {
         let mut answered = true;
         if everywhere {
             let mut must = touched;
-            for w in &waiting {
-                match &w.on {
-                    None => must.extend(self.nodes.keys().cloned()),
-                    Some(on) => must.extend(on.iter().filter_map(|c| self.placed.get(c).cloned())),
-                }
-            }
+            must.extend(self.barrier_nodes(&waiting, true));
             for (addr, answer) in self.confirm(&must).await {
                 match answer {
                     Ok(true) => {}
@@ -1062,11 +1072,7 @@ impl ClusterSubscriber {
         // no channel a barrier waits for, is waited for a while only, and passed over if slower
         // (see `ASIDE_WAIT`).
         let mut must = self.touched.clone();
-        for w in &self.barriers {
-            if let Some(on) = &w.on {
-                must.extend(on.iter().filter_map(|c| self.placed.get(c).cloned()));
-            }
-        }
+        must.extend(self.barrier_nodes(&self.barriers, false));
         let confirmed = self.confirm(&must).await;
         let mut everywhere = true;
         for (addr, answer) in confirmed {
