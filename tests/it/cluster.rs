@@ -2238,3 +2238,58 @@ async fn health_is_degraded_while_one_shard_recovers_and_unavailable_when_none_a
     })
     .await;
 }
+
+/// A primary that is slow for a moment (here stopped 0.6 s: a fork, a slow command) while a
+/// stream on another shard opens is passed over by that stream's confirmation (its PING
+/// unanswered within `ASIDE_WAIT`), and then answers everything again, watchdog PINGs
+/// included. Seconds later it is slow for a moment again while another stream opens: that is
+/// no reason to drop its connection (it answered every PING well within its request timeout).
+/// `confirm` keeps the first moment's `slow_since` entry (never removed while the connection
+/// answers other PINGs, in the normal loop or after a recovery), so the second pass-over finds
+/// it "slow" for longer than its timeout and drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_slow_for_a_moment_twice_is_not_taken_for_lost() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let two = cluster.channels_on_distinct_primaries("blip", 2);
+        let (slow, live) = (&two[0], &two[1]);
+        let slow_primary = cluster.primary_of_channel(slow);
+        let probes = cluster.channels_beside(live, "blipprobe", 2);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &[two.clone(), probes.clone()].concat()).await;
+        let channels = two.clone();
+        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+        let before = cluster.pubsub_client_ids(slow_primary);
+
+        let mut readers = Vec::new();
+        for (i, ch) in probes.iter().enumerate() {
+            if i > 0 {
+                // Well past the request timeout (3 s) and a watchdog round, all answered.
+                sleep(Duration::from_secs(6)).await;
+            }
+            cluster.freeze(slow_primary);
+            let one = std::slice::from_ref(ch);
+            readers.push(Reader::live(ch, &process, one, &at(one, 1)).await);
+            sleep(Duration::from_millis(600)).await;
+            cluster.unfreeze(slow_primary);
+        }
+        sleep(Duration::from_secs(1)).await;
+        let log = process.log();
+        assert!(
+            !log.contains("redis cluster subscriber connection failed"),
+            "a node stopped 0.6 s twice, 6 s apart, was taken for lost: {log}"
+        );
+        assert_eq!(
+            process.metric("redisse_broker_reconnects_total").await,
+            0,
+            "no reconnection"
+        );
+        assert_eq!(
+            cluster.pubsub_client_ids(slow_primary),
+            before,
+            "the same pub/sub connection on the slow node"
+        );
+    })
+    .await;
+}
