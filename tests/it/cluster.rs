@@ -2293,3 +2293,48 @@ async fn a_node_slow_for_a_moment_twice_is_not_taken_for_lost() {
     })
     .await;
 }
+
+/// A primary that answers every PING, each within a second (well inside its 3 s request
+/// timeout: the watchdog never takes it for lost), but none within `ASIDE_WAIT` (250 ms) while
+/// streams open on another shard: here it is stopped 0.7 s, let go, stopped again, and a
+/// stream opens at each stop. Its connection is not lost: nothing it was sent went unanswered
+/// for 3 s. `confirm` counts the time since the first pass-over, never reset by the passed-over
+/// PINGs' late answers, and drops it after 3 s of pass-overs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answering_every_ping_within_a_second_is_not_taken_for_lost() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let two = cluster.channels_on_distinct_primaries("laggy", 2);
+        let (slow, live) = (&two[0], &two[1]);
+        let slow_primary = cluster.primary_of_channel(slow);
+        let probes = cluster.channels_beside(live, "laggyprobe", 6);
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &[two.clone(), probes.clone()].concat()).await;
+        let channels = two.clone();
+        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+        let before = cluster.pubsub_client_ids(slow_primary);
+
+        let mut readers = Vec::new();
+        for ch in &probes {
+            cluster.freeze(slow_primary);
+            let one = std::slice::from_ref(ch);
+            readers.push(Reader::live(ch, &process, one, &at(one, 1)).await);
+            sleep(Duration::from_millis(700)).await;
+            cluster.unfreeze(slow_primary);
+            sleep(Duration::from_millis(20)).await;
+        }
+        sleep(Duration::from_secs(1)).await;
+        let log = process.log();
+        assert!(
+            !log.contains("redis cluster subscriber connection failed"),
+            "a node answering every PING within a second was taken for lost: {log}"
+        );
+        assert_eq!(
+            cluster.pubsub_client_ids(slow_primary),
+            before,
+            "the same pub/sub connection on the slow node"
+        );
+    })
+    .await;
+}
