@@ -2338,3 +2338,45 @@ async fn a_node_answering_every_ping_within_a_second_is_not_taken_for_lost() {
     })
     .await;
 }
+
+/// Every primary stops answering (SIGSTOP; their replicas still answer the slot map, and no
+/// failover can be elected without primaries) while the process follows a channel on one of
+/// them only: no primary serves, so `/health` is 503 (docs/operations.md: "503 when no node
+/// answers or no primary serves"). `serving()` takes the primaries the process has no
+/// connection to for serving, so it says 200 `degraded` for as long as they are stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("alldown", 3);
+        let primaries: Vec<u16> = three
+            .iter()
+            .map(|c| cluster.primary_of_channel(c))
+            .collect();
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        let one = vec![three[0].clone()];
+        warm(&process, &one).await;
+        let _c = Reader::live("on one", &process, &one, &at(&one, 1)).await;
+        for p in &primaries {
+            cluster.freeze(*p);
+        }
+        process
+            .readiness_within("degraded", Duration::from_secs(20))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut health = process.readiness().await;
+        while health != "503" && Instant::now() < deadline {
+            sleep(Duration::from_millis(100)).await;
+            health = process.readiness().await;
+        }
+        for p in &primaries {
+            cluster.unfreeze(*p);
+        }
+        assert_eq!(
+            health, "503",
+            "/health with every primary stopped (10 s after the followed one was noticed)"
+        );
+    })
+    .await;
+}
