@@ -2380,3 +2380,51 @@ async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
     })
     .await;
 }
+
+/// Every primary the process follows stops answering (503: none serves), then two of the three
+/// answer again while the third stays stopped: their channels are subscribed again and their
+/// events reach the stream, so the cluster serves and one shard recovers: `/health` is 200
+/// `degraded`, as docs/operations.md says. `serving()` counts a primary that ever failed during
+/// the recovery (`lost`, `failing`, cleared only when the whole recovery succeeds) as not
+/// serving, so `/health` stays 503 until the last shard is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_again_once_some_primaries_answer_after_all_stopped() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("back", 3);
+        let primaries: Vec<u16> = three
+            .iter()
+            .map(|c| cluster.primary_of_channel(c))
+            .collect();
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &three).await;
+        let mut c = Reader::live("on all", &process, &three, &at(&three, 1)).await;
+        for p in &primaries {
+            cluster.freeze(*p);
+        }
+        process
+            .readiness_within("503", Duration::from_secs(25))
+            .await;
+        cluster.unfreeze(primaries[1]);
+        cluster.unfreeze(primaries[2]);
+        // The two shards back serve: an event on one reaches the stream.
+        let seq = publish_through(&process, &three[1], &data(&three[1], 1)).await;
+        assert_eq!(seq, 2);
+        c.read(1, FAILOVER_WAIT).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut health = process.readiness().await;
+        while health != "degraded" && Instant::now() < deadline {
+            sleep(Duration::from_millis(100)).await;
+            health = process.readiness().await;
+        }
+        cluster.unfreeze(primaries[0]);
+        assert_eq!(
+            health, "degraded",
+            "/health with two of three primaries back and serving (their events arriving), \
+             the third still stopped"
+        );
+        process.readiness_within("ok", FAILOVER_WAIT).await;
+    })
+    .await;
+}
