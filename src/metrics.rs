@@ -228,7 +228,7 @@ impl Metrics {
             ("redisse_streams_open", "Open SSE streams", &self.connected),
             (
                 "redisse_broker_up",
-                "1 when the broker is reachable (always 1 in memory; on a Redis Cluster, while any node answers)",
+                "1 when the broker is reachable (always 1 in memory; on a Redis Cluster, while a primary answers)",
                 &self.broker_up,
             ),
             (

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// The longest string a reply may carry (Redis's own default `proto-max-bulk-len`).
 pub(crate) const MAX_BULK: usize = 512 * 1024 * 1024;
@@ -183,11 +184,12 @@ pub(crate) type LostSender = mpsc::UnboundedSender<(u64, String)>;
 
 type Waiters = Arc<Mutex<Pending>>;
 
-/// The requests waiting for their replies, oldest first; once the reader stopped, `closed`,
-/// and no request waits any more.
+/// The requests waiting for their replies, oldest first, each with when it was sent (also
+/// those whose caller stopped waiting: their replies are still to come); once the reader
+/// stopped, `closed`, and no request waits any more.
 #[derive(Default)]
 struct Pending {
-    queue: VecDeque<oneshot::Sender<Result<Reply, String>>>,
+    queue: VecDeque<(Instant, oneshot::Sender<Result<Reply, String>>)>,
     closed: bool,
 }
 
@@ -422,7 +424,7 @@ impl NodeConn {
                 // Nothing would ever answer it: not a wait of `timeout` for nothing.
                 return Err("the connection closed".into());
             }
-            pending.queue.push_back(tx);
+            pending.queue.push_back((Instant::now(), tx));
         }
         encode(&mut self.out, args);
         self.flush().await?;
@@ -432,6 +434,16 @@ impl NodeConn {
     /// How long a request waits for its reply before the connection is taken for lost.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Whether the oldest request still unanswered (waited for or not) was sent a whole
+    /// request timeout ago: the node has answered nothing since.
+    pub fn stalled(&self) -> bool {
+        let pending = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        pending
+            .queue
+            .front()
+            .is_some_and(|(sent, _)| sent.elapsed() >= self.timeout)
     }
 }
 
@@ -483,7 +495,7 @@ async fn read_loop(read: &mut ReadHalf<Stream>, waiting: &Waiters, pushes: &Push
                         _ => None,
                     };
                     match waiter {
-                        Some(tx) => {
+                        Some((_, tx)) => {
                             let _ = tx.send(match reply {
                                 Reply::Error(e) => Err(e),
                                 ok => Ok(ok),

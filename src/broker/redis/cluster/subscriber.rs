@@ -12,25 +12,24 @@
 //! stream opened on a healthy shard does not wait for another shard's failover. The PINGs go
 //! to every connection at once; one that was sent nothing to confirm and serves no channel a
 //! barrier waits for is waited for [`ASIDE_WAIT`] only, so that a node that stopped answering,
-//! not yet noticed by the watchdog, stalls nobody else. Each message goes to the dispatcher as a live event of the
-//! user's channel, its frame without the `id:` line (ids are per channel: streams write their
-//! own compound ids), and the channel's last dispatched sequence is remembered, for active
-//! channels only.
+//! not yet noticed by the watchdog, stalls nobody else. Each message goes to the dispatcher as
+//! a live event of the user's channel, its frame without the `id:` line (ids are per channel:
+//! streams write their own compound ids), and the channel's last dispatched sequence is
+//! remembered, for active channels only.
 //!
 //! A connection is lost when it closes, a command on it fails, a `PING` of the watchdog goes
 //! unanswered (the watchdog's PINGs go to every connection at once and are awaited beside the
 //! loop's other work: the hub's subscriptions are not held behind a node that stopped
 //! answering), the node answers an error (`MOVED`: the slot left), or pushes
 //! an event of a channel with a lower sequence than its previous one (the node lost its data
-//! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched); or,
-//! during another shard's recovery, when it left PINGs unanswered for its request timeout (the
-//! watchdog does not run then). Then its shard is counted recovering
-//! (`redisse_broker_shards_recovering`; the broker is marked down only while no node answers
-//! the slot map or no primary serves, see `serving`) and until it succeeds (with backoff, while
-//! the cluster fails over):
-//! the slot map is read again, each channel of the lost connection (and any whose slot moved)
-//! has its live events held, is subscribed on its slot's primary, and has its history read
-//! after the last sequence dispatched for it. The other shards' channels are not held: their
+//! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched); or
+//! when a PING that a recovery or a new subscription passed over finds its oldest request
+//! unanswered for the request timeout (the watchdog does not run during a recovery). Then its
+//! shard is counted recovering (`redisse_broker_shards_recovering`; the broker is marked down
+//! only while no primary answers, see `primary_answered`) and until it succeeds (with
+//! backoff, while the cluster fails over): the slot map is read again, each channel of the
+//! lost connection (and any whose slot moved) has its live events held, is subscribed on its
+//! slot's primary, and has its history read after the last sequence dispatched for it. The other shards' channels are not held: their
 //! events go on arriving while one shard fails over (ids are per channel, so nothing orders
 //! them after the recovering shard's). A node that ends a subscription still wanted (a
 //! `sunsubscribe` push: Redis sends one for each shard channel of a slot that moved) loses
@@ -278,12 +277,11 @@ pub(super) struct ClusterSubscriber {
     /// The nodes whose connection answered the last recovery attempt's PING: only barriers on
     /// their channels are answered after it.
     answered: HashSet<String>,
-    /// The connections passed over by [`ClusterSubscriber::confirm`] (a PING unanswered within
-    /// [`ASIDE_WAIT`]) since when, with the connection's id.
-    slow_since: HashMap<String, (u64, Instant)>,
-    /// Whether the last recovery attempt read the slot map: some node answers, so an outage is
-    /// of some shards only (`redisse_broker_up` stays 1, `/health` says degraded).
-    reachable: bool,
+    /// Whether a primary answered in the last recovery attempt (the slot map, or the attempt's
+    /// PING): then an outage is of some shards only (`redisse_broker_up` stays 1, `/health`
+    /// says degraded). A replica's answer does not count: with every primary gone nothing is
+    /// served, whatever the replicas say.
+    primary_answered: bool,
     /// Whether the last recovery attempt failed as an outage (anything but a first connection
     /// to a node, not failing, still being made: a slot's new owner slow to accept).
     outage: bool,
@@ -335,8 +333,7 @@ impl ClusterSubscriber {
             touched: HashSet::new(),
             answered: HashSet::new(),
             outage: true,
-            reachable: false,
-            slow_since: HashMap::new(),
+            primary_answered: false,
             placed: HashMap::new(),
             last: LastSeen::default(),
             lost_tx,
@@ -517,18 +514,6 @@ impl ClusterSubscriber {
         }
     }
 
-    /// After a failed recovery attempt, whether the cluster still serves: a node answered the
-    /// slot map, and a primary of it is neither lost nor failing (one the process follows no
-    /// channel on is taken for serving).
-    fn serving(&self) -> bool {
-        self.reachable
-            && self
-                .slots
-                .primaries()
-                .iter()
-                .any(|p| !self.lost.contains(p) && !self.failing.contains(p))
-    }
-
     /// The nodes whose PING must be waited for in full for `waiting` to be answered: those its
     /// channels are placed on, and with `every`, all of them for a barrier on every
     /// subscription (one a recovery answers only once it is over).
@@ -620,8 +605,8 @@ impl ClusterSubscriber {
 
     /// Reads the slot map from the first node that answers: on a connection up (no connection
     /// to make, and a node that stopped answering is not asked first), else the known nodes,
-    /// then the seeds.
-    async fn refresh_slots(&mut self) -> Result<(), String> {
+    /// then the seeds. Returns the node that answered.
+    async fn refresh_slots(&mut self) -> Result<String, String> {
         let mut last_error = "no node to ask".to_owned();
         let mut tried = Vec::new();
         for (addr, con) in &mut self.nodes {
@@ -632,8 +617,9 @@ impl ClusterSubscriber {
                 reply.and_then(|r| r.ok_or_else(|| format!("no reply within {ASIDE_WAIT:?}")));
             match reply.and_then(|r| SlotMap::parse(&r, addr)) {
                 Ok(map) => {
+                    let by = addr.clone();
                     self.take_slots(map);
-                    return Ok(());
+                    return Ok(by);
                 }
                 Err(e) => {
                     last_error = format!("{addr}: {e}");
@@ -667,7 +653,7 @@ impl ClusterSubscriber {
             match asked.await {
                 Ok(map) => {
                     self.take_slots(map);
-                    return Ok(());
+                    return Ok(addr.clone());
                 }
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
@@ -979,10 +965,9 @@ impl ClusterSubscriber {
                     let delay = backoff.next_delay();
                     if self.outage {
                         reconnecting = true;
-                        // Down only when no node answered, or every primary failed; else the
-                        // shards of the channels still to place are recovering, and the
-                        // others serve.
-                        self.metrics.set_broker_up(self.serving());
+                        // Down only when no primary answered; else the shards of the channels
+                        // still to place are recovering, and the others serve.
+                        self.metrics.set_broker_up(self.primary_answered);
                         self.metrics
                             .set_shards_recovering(self.shards_of(from.keys()).max(1));
                         if failures.is_multiple_of(WARN_EVERY) {
@@ -1008,10 +993,10 @@ impl ClusterSubscriber {
         // Until this attempt says otherwise, a failure is an outage; and no connection answered.
         self.outage = true;
         self.answered.clear();
-        self.reachable = false;
-        self.refresh_slots().await?;
-        self.reachable = true;
+        self.primary_answered = false;
+        let by = self.refresh_slots().await?;
         let primaries = self.slots.primaries();
+        self.primary_answered = primaries.contains(&by);
         self.forget_connecting(|a| primaries.iter().any(|p| p == a));
         let active: Vec<(Arc<str>, Option<u64>)> = lock(&self.last)
             .last
@@ -1079,6 +1064,7 @@ impl ClusterSubscriber {
             match answer {
                 Ok(true) => {
                     self.touched.remove(&addr);
+                    self.primary_answered |= primaries.contains(&addr);
                     self.answered.insert(addr);
                 }
                 Ok(false) => everywhere = false,
@@ -1142,46 +1128,26 @@ impl ClusterSubscriber {
     /// when a connection not in `must` (nothing sent to it to confirm) was slower than
     /// [`ASIDE_WAIT`], `Err` when the connection failed (or one in `must` did not answer
     /// within its timeout).
-    /// A connection passed over that has answered no PING for its whole request timeout (the
-    /// watchdog's, which does not run while recovering) fails too, so that a node that stopped
-    /// answering during another shard's recovery is taken for lost rather than passed over
-    /// for ever.
+    ///
+    /// A connection passed over whose oldest request has gone unanswered for its whole request
+    /// timeout (the watchdog's criterion) fails too, so that a node that stopped answering is
+    /// taken for lost while the watchdog does not run (during a recovery), rather than passed
+    /// over for ever; one that answers late but answers is not.
     async fn confirm(&mut self, must: &HashSet<String>) -> Vec<(String, Result<bool, String>)> {
         let pings = self.nodes.iter_mut().map(|(addr, con)| async move {
             let answer = if must.contains(addr) {
                 con.request(&[b"PING"]).await.map(|_| true)
             } else {
-                con.request_waiting(&[b"PING"], ASIDE_WAIT)
-                    .await
-                    .map(|r| r.is_some())
-            };
-            (addr.clone(), con.id, con.timeout(), answer)
-        });
-        let answers = futures_util::future::join_all(pings).await;
-        let now = Instant::now();
-        answers
-            .into_iter()
-            .map(|(addr, id, timeout, answer)| {
-                let answer = match answer {
-                    Ok(false) => {
-                        let since = self.slow_since.entry(addr.clone()).or_insert((id, now));
-                        if since.0 != id {
-                            *since = (id, now);
-                        }
-                        if now.duration_since(since.1) >= timeout {
-                            Err(format!("no reply for {timeout:?}"))
-                        } else {
-                            Ok(false)
-                        }
+                match con.request_waiting(&[b"PING"], ASIDE_WAIT).await {
+                    Ok(None) if con.stalled() => {
+                        Err(format!("no reply within {:?}", con.timeout()))
                     }
-                    other => other,
-                };
-                if !matches!(answer, Ok(false)) {
-                    self.slow_since.remove(&addr);
+                    answer => answer.map(|r| r.is_some()),
                 }
-                (addr, answer)
-            })
-            .collect()
+            };
+            (addr.clone(), answer)
+        });
+        futures_util::future::join_all(pings).await
     }
 
     /// Each moved channel's history after the last sequence dispatched for it (see the
