@@ -29,9 +29,9 @@
 //! only while no primary answers, see `primary_answered`) and until it succeeds (with
 //! backoff, while the cluster fails over): the slot map is read again, each channel of the
 //! lost connection (and any whose slot moved) has its live events held, is subscribed on its
-//! slot's primary, and has its history read after the last sequence dispatched for it. The other shards' channels are not held: their
-//! events go on arriving while one shard fails over (ids are per channel, so nothing orders
-//! them after the recovering shard's). A node that ends a subscription still wanted (a
+//! slot's primary, and has its history read after the last sequence dispatched for it. The
+//! other shards' channels are not held: their events go on arriving while one shard fails over
+//! (ids are per channel, so nothing orders them after the recovering shard's). A node that ends a subscription still wanted (a
 //! `sunsubscribe` push: Redis sends one for each shard channel of a slot that moved) loses
 //! that channel alone: it is placed again the same way, held, subscribed where its slot went
 //! and refilled, while the connection goes on serving the node's other channels and the broker
