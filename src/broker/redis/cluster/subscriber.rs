@@ -1,53 +1,51 @@
-//! Sharded pub/sub on a Redis Cluster: one connection per primary that serves subscribed
-//! channels, supervised by one task.
+//! Sharded pub/sub on a Redis Cluster: one connection per primary that serves subscribed channels,
+//! supervised by one task.
 //!
-//! The task learns the slot map (`CLUSTER SLOTS`, asked of any seed or known node), and when
-//! the hub reports a channel's first local listener it `SSUBSCRIBE`s the channel's shard
-//! channel (its history key, see `layout`) on the connection to its slot's primary, made when
-//! first needed; `SUNSUBSCRIBE` when the last listener leaves. Barriers are answered once a
-//! `PING` on every connection came back after the commands before them, through the
-//! dispatcher as on one Redis; while the task recovers, a stream's barrier (which names the
-//! stream's channels) is answered after an attempt in which each of its channels was
-//! subscribed on a connection that answered the attempt's PING and is not held, so that a
-//! stream opened on a healthy shard does not wait for another shard's failover. The PINGs go
-//! to every connection at once; one that was sent nothing to confirm and serves no channel a
-//! barrier waits for is waited for [`ASIDE_WAIT`] only, so that a node that stopped answering,
-//! not yet noticed by the watchdog, stalls nobody else. Each message goes to the dispatcher as
-//! a live event of the user's channel, its frame without the `id:` line (ids are per channel:
-//! streams write their own compound ids), and the channel's last dispatched sequence is
-//! remembered, for active channels only.
+//! The task learns the slot map (`CLUSTER SLOTS`, asked of any seed or known node), and when the
+//! hub reports a channel's first local listener it `SSUBSCRIBE`s the channel's shard channel (its
+//! history key, see `layout`) on the connection to its slot's primary, made when first needed;
+//! `SUNSUBSCRIBE` when the last listener leaves. Barriers are answered once a `PING` on every
+//! connection came back after the commands before them, through the dispatcher as on one Redis;
+//! while the task recovers, a stream's barrier (which names the stream's channels) is answered
+//! after an attempt in which each of its channels was subscribed on a connection that answered the
+//! attempt's PING and is not held, so that a stream opened on a healthy shard does not wait for
+//! another shard's failover. The PINGs go to every connection at once; one that was sent nothing to
+//! confirm and serves no channel a barrier waits for is waited for [`ASIDE_WAIT`] only, so that a
+//! node that stopped answering, not yet noticed by the watchdog, stalls nobody else. Each message
+//! goes to the dispatcher as a live event of the user's channel, its frame without the `id:` line
+//! (ids are per channel: streams write their own compound ids), and the channel's last dispatched
+//! sequence is remembered, for active channels only.
 //!
 //! A connection is lost when it closes, a command on it fails, a `PING` of the watchdog goes
 //! unanswered (the watchdog's PINGs go to every connection at once and are awaited beside the
-//! loop's other work: the hub's subscriptions are not held behind a node that stopped
-//! answering), the node answers an error (`MOVED`: the slot left), or pushes
-//! an event of a channel with a lower sequence than its previous one (the node lost its data
-//! with the connection up: a `FLUSHALL`, the keys deleted; that event is not dispatched); or
-//! when a PING that a recovery or a new subscription passed over finds its oldest request
-//! unanswered for the request timeout (the watchdog does not run during a recovery). Then its
-//! shard is counted recovering (`redisse_broker_shards_recovering`; the broker is marked down
-//! only while no primary answers, see `primary_answered`) and until it succeeds (with
-//! backoff, while the cluster fails over): the slot map is read again, each channel of the
-//! lost connection (and any whose slot moved) has its live events held, is subscribed on its
-//! slot's primary, and has its history read after the last sequence dispatched for it. The
-//! other shards' channels are not held: their events go on arriving while one shard fails over
-//! (ids are per channel, so nothing orders them after the recovering shard's). A node that ends a subscription still wanted (a
-//! `sunsubscribe` push: Redis sends one for each shard channel of a slot that moved) loses
-//! that channel alone: it is placed again the same way, held, subscribed where its slot went
-//! and refilled, while the connection goes on serving the node's other channels and the broker
-//! stays up (unless placing it fails). An attempt that places some channels and fails for
-//! others (a shard still failing over) refills and lets go those it placed, so that a
-//! channel moved or reconnected meanwhile on a healthy shard does not wait for the failed
-//! one; the others wait for the next attempt. Nor do they wait behind a node that stopped
-//! answering (its host gone: connections to it hang until their timeout): an attempt asks the
-//! slot map on a connection that is up first, and waits [`CONNECT_WAIT`] for a connection it
-//! has to make, leaving a slower one to go on in the background for a later attempt; a first
-//! connection to a node not failing that is still being made (a slot's new owner slow to
-//! accept) makes the attempt fail without an outage: the broker stays up and nothing is
-//! counted, unless the connection then fails. The resume carries those events, the channels whose
-//! history no longer reaches back that far (`missed`, the rule of `history`), and the channels
-//! whose sequence is now below it (`reset_channels`: the failover lost writes; their sequence
-//! is raised past the known one first, and their floor with it, so new ids pass the lost ones).
+//! loop's other work: the hub's subscriptions are not held behind a node that stopped answering),
+//! the node answers an error (`MOVED`: the slot left), or pushes an event of a channel with a lower
+//! sequence than its previous one (the node lost its data with the connection up: a `FLUSHALL`, the
+//! keys deleted; that event is not dispatched); or when a PING that a recovery or a new
+//! subscription passed over finds its oldest request unanswered for the request timeout (the
+//! watchdog does not run during a recovery). Then its shard is counted recovering
+//! (`redisse_broker_shards_recovering`; the broker is marked down only while no primary answers,
+//! see `primary_answered`) and until it succeeds (with backoff, while the cluster fails over): the
+//! slot map is read again, each channel of the lost connection (and any whose slot moved) has its
+//! live events held, is subscribed on its slot's primary, and has its history read after the last
+//! sequence dispatched for it. The other shards' channels are not held: their events go on arriving
+//! while one shard fails over (ids are per channel, so nothing orders them after the recovering
+//! shard's). A node that ends a subscription still wanted (a `sunsubscribe` push: Redis sends one
+//! for each shard channel of a slot that moved) loses that channel alone: it is placed again the
+//! same way, held, subscribed where its slot went and refilled, while the connection goes on
+//! serving the node's other channels and the broker stays up (unless placing it fails). An attempt
+//! that places some channels and fails for others (a shard still failing over) refills and lets go
+//! those it placed, so that a channel moved or reconnected meanwhile on a healthy shard does not
+//! wait for the failed one; the others wait for the next attempt. Nor do they wait behind a node
+//! that stopped answering (its host gone: connections to it hang until their timeout): an attempt
+//! asks the slot map on a connection that is up first, and waits [`CONNECT_WAIT`] for a connection
+//! it has to make, leaving a slower one to go on in the background for a later attempt; a first
+//! connection to a node not failing that is still being made (a slot's new owner slow to accept)
+//! makes the attempt fail without an outage: the broker stays up and nothing is counted, unless the
+//! connection then fails. The resume carries those events, the channels whose history no longer
+//! reaches back that far (`missed`, the rule of `history`), and the channels whose sequence is now
+//! below it (`reset_channels`: the failover lost writes; their sequence is raised past the known
+//! one first, and their floor with it, so new ids pass the lost ones).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
