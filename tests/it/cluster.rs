@@ -2428,3 +2428,66 @@ async fn health_is_degraded_again_once_some_primaries_answer_after_all_stopped()
     })
     .await;
 }
+
+/// A stream opened during a shard's failover, on a channel of that shard and one of another,
+/// does not wait for the failover: the healthy channel's history and live events reach it
+/// while the failed shard recovers, and the failed shard's channel joins once its shard is
+/// back, with what it missed after the client's position; every event once, in order, none
+/// missed. (Such a stream used to send nothing but heartbeats until every channel had read its
+/// history: the failover's whole length.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_across_a_failing_shard_gets_the_other_shards_events_meanwhile() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        let channels = cluster.channels_on_distinct_primaries("across", 2);
+        let (failing, healthy) = (channels[0].clone(), channels[1].clone());
+        let Failing {
+            process,
+            c: _c,
+            start,
+            mut published,
+            failover,
+        } = fail_over_under_a_stream(cluster, &channels, &[]).await;
+        // Back from where it stood before events 0..4: 0 and 2 on the failing shard, 1 and 3
+        // on the healthy one.
+        let mut late = Reader::at("across", &channels, start.clone());
+        late.reconnect(&process, false).await;
+        late.read(2, PATIENCE).await;
+        assert!(
+            !failover.is_finished(),
+            "the failover was over before the stream's first events ({:?} came)",
+            late.order
+        );
+        assert_eq!(
+            late.data.get(healthy.as_str()),
+            Some(&vec![data(&healthy, 1), data(&healthy, 3)]),
+            "the healthy channel's history, during the failover"
+        );
+        let seq = publish_through(&process, &healthy, &data(&healthy, 5)).await;
+        published.push((healthy.clone(), seq));
+        late.read(1, PATIENCE).await;
+        let arrived = Instant::now();
+        let health = process.readiness().await;
+        let (_cluster, (old, new), failed_over) = failover.await.expect("failover");
+        assert_ne!(old, new);
+        assert!(
+            arrived < failed_over && health == "degraded",
+            "the healthy channel's events came {:?} after the failover was over",
+            arrived.saturating_duration_since(failed_over)
+        );
+        for i in [6, 8] {
+            let seq = publish_through(&process, &failing, &data(&failing, i)).await;
+            published.push((failing.clone(), seq));
+        }
+        // The failed shard's channel: its history after the client's position (events 0 and
+        // 2), then 6 and 8.
+        late.read_exactly(4, FAILOVER_WAIT, &expected(&published, &start))
+            .await;
+        assert_eq!(late.missed, 0);
+        assert_eq!(
+            late.data[failing.as_str()],
+            [0, 2, 6, 8].map(|i| data(&failing, i))
+        );
+    })
+    .await;
+}
