@@ -6,21 +6,29 @@
 //! stream's compound `id:` (see `compound`): every event gets `id: H-s1-...-sn` with its own
 //! channel's sequence moved forward, whatever `id:` line its frame carried (a frame read back
 //! from history has its sequence's, a live frame none). A `lastEventId` hint of a connection
-//! moves its channel's sequence up to the counter it gives (to it, after a `missedevents` of that
-//! channel: the client's position may be past the counter), before any event of the poll is
-//! written, and one hint with the whole compound is written after the poll's frames. Nothing but heartbeats is written until every connection has
-//! started, so that the stream begins with all their preambles (one hint naming every channel's
-//! counter, and `missedevents` before any event); in each poll, `missedevents` goes before the
-//! events taken with it. A
-//! `missedevents` of a connection lets its channel's sequence go back at that channel's next
-//! event (what follows it may be everything retained, whose ids may be below the client's, as
-//! after a failover that lost writes); one right after another, with no
-//! event between, is not written again: each connection tells its own loss at its start, and
-//! the client needs to hear it once. The stream is slow when any connection is, and ends when any
-//! ends (a shutdown or an expired grant ends them all).
+//! moves its channel's sequence up to the counter it gives (to it, after a `missedevents` of
+//! that channel: the client's position may be past the counter), before any event of the poll
+//! is written, and one hint with the whole compound is written after the poll's frames.
+//!
+//! Nothing but heartbeats is written until every connection has started, so that the stream
+//! begins with all their preambles (one hint naming every channel's counter, and
+//! `missedevents` before any event), or until [`START_WAIT`] after the first connection
+//! started: a connection later than that (its channel's shard failing over) joins when it
+//! starts, its channel named at the client's position until then, and its `missedevents`, if
+//! due, comes before its events rather than first on the stream. In each poll,
+//! `missedevents` goes before the events taken with it. A `missedevents` of a connection lets
+//! its channel's sequence go back at that channel's next event (what follows it may be
+//! everything retained, whose ids may be below the client's, as after a failover that lost
+//! writes); one right after another, with no event between, is not written again: each
+//! connection tells its own loss at its start, and the client needs to hear it once. The stream
+//! is slow when any connection is, and ends when any ends (a shutdown or an expired grant ends
+//! them all).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Context;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -28,6 +36,13 @@ use crate::compound;
 use crate::conn::{Batch, Conn, Drained};
 use crate::event::{Frame, FrameKind};
 use crate::hub::Registration;
+
+/// How long a stream whose connections have not all started waits for the others once one
+/// has: then it writes what those started have, and the others join when they start. A
+/// connection starts within milliseconds unless its channel's shard is failing over (for
+/// `cluster-node-timeout` and an election: seconds), which must not hold the other channels'
+/// events that long.
+pub(crate) const START_WAIT: Duration = Duration::from_secs(1);
 
 /// The connections of a stream other than its first, and where the client stands.
 pub(crate) struct Group {
@@ -48,8 +63,11 @@ pub(crate) struct Group {
     scratch: Vec<Frame>,
     /// The frames taken in one poll, with the index of their connection.
     pending: Vec<(usize, Frame)>,
-    /// Every connection has started (see [`Group::drain`]).
+    /// Every connection has started, or [`START_WAIT`] passed since one did (see
+    /// [`Group::drain`]).
     started: bool,
+    /// Runs from when a first connection started while others had not.
+    start_wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Group {
@@ -65,6 +83,7 @@ impl Group {
             scratch: Vec::new(),
             pending: Vec::new(),
             started: false,
+            start_wait: None,
         }
     }
 
@@ -78,10 +97,11 @@ impl Group {
     }
 
     /// What to write next from all the connections, `first` being the stream's own; at most
-    /// about `max_batch_bytes` from each. Until every connection started, only heartbeats and
-    /// the end are written: so a stream's first frames are its connections' preambles, with
-    /// `missedevents` before any event. (A started connection waits meanwhile with its queue
-    /// bounded as ever; live events are held by the dispatcher during an outage anyway.)
+    /// about `max_batch_bytes` from each. Until every connection started, or [`START_WAIT`]
+    /// after one did, only heartbeats and the end are written: so a stream's first frames are
+    /// its connections' preambles, with `missedevents` before any event, unless a connection
+    /// is that late (its shard failing over). (A started connection waits meanwhile with its
+    /// queue bounded as ever; live events are held by the dispatcher during an outage anyway.)
     pub fn drain(
         &mut self,
         first: &Arc<Conn>,
@@ -127,7 +147,19 @@ impl Group {
                 if !waiting || (0..n).all(|i| self.conn(first, i).is_started()) {
                     // Every connection started: their queues are drained from now on.
                     self.started = true;
+                    self.start_wait = None;
                     continue;
+                }
+                if (0..n).any(|i| self.conn(first, i).is_started()) {
+                    let wait = self
+                        .start_wait
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(START_WAIT)));
+                    if wait.as_mut().poll(cx).is_ready() {
+                        // Those started go on; the others join when they start.
+                        self.started = true;
+                        self.start_wait = None;
+                        continue;
+                    }
                 }
                 return match (retry, heartbeat) {
                     (Some(ms), _) => Drained::Retry(ms),
@@ -378,8 +410,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_hint_waits_until_every_connection_started() {
+    #[tokio::test(start_paused = true)]
+    async fn the_hint_waits_until_every_connection_started() {
         let (a, b, mut g) = unstarted([0, 0], 1 << 20);
         a.start(vec![Frame::last_event_id(4)], vec![], 4, 0);
         assert_eq!(text(&a, &mut g), "", "b has not started");
@@ -387,6 +419,45 @@ mod tests {
         assert_eq!(
             text(&a, &mut g),
             format!("id: {}\nevent: lastEventId\ndata: \n\n", id(&[4, 9]))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_later_than_the_start_wait_joins_when_it_starts() {
+        let (a, b, mut g) = unstarted([4, 7], 1 << 20);
+        a.start(vec![Frame::last_event_id(5)], vec![], 5, 0);
+        assert_eq!(text(&a, &mut g), "", "b has not started");
+        tokio::time::advance(START_WAIT / 2).await;
+        assert_eq!(text(&a, &mut g), "", "b has not started, within the wait");
+        tokio::time::advance(START_WAIT / 2).await;
+        // `a` goes on, `b` named where the client stands.
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\nevent: lastEventId\ndata: \n\n", id(&[5, 7]))
+        );
+        a.push(&Frame::live(6, Bytes::from_static(b"data: x\n\n")), false);
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\ndata: x\n\n", id(&[6, 7]))
+        );
+        // `b` starts, having lost events: its `missedevents`, then its counter.
+        b.start(
+            vec![Frame::missed_events(), Frame::last_event_id(3)],
+            vec![],
+            3,
+            0,
+        );
+        assert_eq!(
+            text(&a, &mut g),
+            format!(
+                "event: missedevents\ndata: \n\nid: {}\nevent: lastEventId\ndata: \n\n",
+                id(&[6, 3])
+            )
+        );
+        b.push(&Frame::live(4, Bytes::from_static(b"data: y\n\n")), false);
+        assert_eq!(
+            text(&a, &mut g),
+            format!("id: {}\ndata: y\n\n", id(&[6, 4]))
         );
     }
 
