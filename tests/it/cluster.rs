@@ -2500,3 +2500,55 @@ async fn a_stream_across_a_failing_shard_gets_the_other_shards_events_meanwhile(
     })
     .await;
 }
+
+/// The primary of slot 0 stops answering (SIGSTOP, the cluster told not to fail it over) while
+/// the process follows a channel on it alone: once the watchdog finds it, the recovery has no
+/// connection up to ask the slot map on, and asks the slot map's primaries in slot order, the
+/// stopped one first, over a new connection that waits its whole connect timeout (2 s) before
+/// the next primary is asked; every attempt again. A stream opened meanwhile on another shard's
+/// channel waits for that, against "stalls nobody else: a recovery waits 100 ms for a new
+/// connection to it" (docs/operations.md) and the second's bound of
+/// `a_primary_that_stops_answering_does_not_slow_the_other_shards_new_streams` (where a
+/// connection up to another primary answers the slot map).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_primary_followed_alone_does_not_slow_the_other_shards_new_streams() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let first = cluster.primary_of(0);
+        let three = cluster.channels_on_distinct_primaries("alone", 3);
+        let hung = three
+            .iter()
+            .find(|c| cluster.primary_of_channel(c) == first)
+            .expect("a channel on the primary of slot 0")
+            .clone();
+        let other = three
+            .iter()
+            .find(|c| **c != hung)
+            .expect("a channel on another primary")
+            .clone();
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        warm(&process, &[hung.clone(), other.clone()]).await;
+        let followed = vec![hung.clone()];
+        let _c = Reader::live("on the stopped one", &process, &followed, &at(&followed, 1)).await;
+
+        cluster.freeze(first);
+        process
+            .readiness_within("degraded", Duration::from_secs(20))
+            .await;
+        // A recovery attempt is under way.
+        sleep(Duration::from_millis(500)).await;
+        let one = std::slice::from_ref(&other);
+        let opened = Instant::now();
+        let mut r = Reader::live(&other, &process, one, &at(one, 1)).await;
+        let took = opened.elapsed();
+        cluster.unfreeze(first);
+        assert!(
+            took < Duration::from_secs(1),
+            "a stream on {other} took {took:?} to start while another shard's node is stopped"
+        );
+        assert_eq!(publish_through(&process, &other, &data(&other, 1)).await, 2);
+        r.read(1, PATIENCE).await;
+    })
+    .await;
+}
