@@ -2552,3 +2552,68 @@ async fn a_stopped_primary_followed_alone_does_not_slow_the_other_shards_new_str
     })
     .await;
 }
+
+/// One primary is killed (no failover: the cluster told not to) under a stream on every
+/// shard, and the two others answer slowly, every request within about a second (here
+/// stopped 1 s, let go 20 ms, over and over: a loaded node, a slow link), while the seeds
+/// name the replicas first (roles change with failovers, seeds do not). The two primaries
+/// serve: nothing they are sent goes unanswered for their request timeout, so they are kept,
+/// and their events reach the stream. `/health` is to say 200 `degraded` throughout (one
+/// shard recovering, primaries answering); before c5fda06 it did (`serving()`). Now it says 503
+/// whenever an attempt's slot map came from a replica seed (each primary's connection passed
+/// over at `ASIDE_WAIT`, 250 ms, then asked no more) and the attempt's PING to each primary
+/// was passed over too: `primary_answered` counts only answers within 250 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stays_degraded_while_the_other_primaries_answer_slowly() {
+    within_limit(async {
+        let mut cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("slowly", 3);
+        let slots: Vec<u16> = three.iter().map(|c| cluster.slot_of_channel(c)).collect();
+        let primaries: Vec<u16> = slots.iter().map(|s| cluster.primary_of(*s)).collect();
+        let replicas: Vec<u16> = slots.iter().map(|s| cluster.replica_of_slot(*s)).collect();
+        let seeds: Vec<String> = replicas
+            .iter()
+            .chain(&primaries)
+            .map(|p| cluster.node(*p).url())
+            .collect();
+        let seeds = seeds.join(",");
+        let process = blocking(|| {
+            Redisse::start(&["--redis-cluster", seeds.as_str(), "--heartbeat", "1"])
+        });
+        process.readiness_becomes("ok").await;
+        warm(&process, &three).await;
+        let _c = Reader::live("on all", &process, &three, &at(&three, 1)).await;
+
+        cluster.kill_primary(slots[0]);
+        process.readiness_becomes("degraded").await;
+        let slow = &primaries[1..];
+        let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            for p in slow {
+                cluster.freeze(*p);
+            }
+            let thaw = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < thaw {
+                *seen.entry(process.readiness().await).or_default() += 1;
+                sleep(Duration::from_millis(50)).await;
+            }
+            for p in slow {
+                cluster.unfreeze(*p);
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        let log = process.log();
+        assert!(
+            !log.contains("redis cluster subscriber connection failed"),
+            "a slow primary was taken for lost: {log}"
+        );
+        assert!(
+            !seen.contains_key("503"),
+            "/health while one shard recovers and two primaries answer every request within \
+             about a second: {seen:?}"
+        );
+    })
+    .await;
+}
