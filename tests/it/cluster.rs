@@ -2578,9 +2578,8 @@ async fn health_stays_degraded_while_the_other_primaries_answer_slowly() {
             .map(|p| cluster.node(*p).url())
             .collect();
         let seeds = seeds.join(",");
-        let process = blocking(|| {
-            Redisse::start(&["--redis-cluster", seeds.as_str(), "--heartbeat", "1"])
-        });
+        let process =
+            blocking(|| Redisse::start(&["--redis-cluster", seeds.as_str(), "--heartbeat", "1"]));
         process.readiness_becomes("ok").await;
         warm(&process, &three).await;
         let _c = Reader::live("on all", &process, &three, &at(&three, 1)).await;

@@ -276,7 +276,7 @@ pub(super) struct ClusterSubscriber {
     /// their channels are answered after it.
     answered: HashSet<String>,
     /// Whether a primary answered in the last recovery attempt (the slot map, or the attempt's
-    /// PING): then an outage is of some shards only (`redisse_broker_up` stays 1, `/health`
+    /// PING, late or not, as long as it is not stalled): then an outage is of some shards only (`redisse_broker_up` stays 1, `/health`
     /// says degraded). A replica's answer does not count: with every primary gone nothing is
     /// served, whatever the replicas say.
     primary_answered: bool,
@@ -603,7 +603,8 @@ impl ClusterSubscriber {
 
     /// Reads the slot map from the first node that answers: on a connection up (no connection
     /// to make, and a node that stopped answering is not asked first), else the known nodes,
-    /// then the seeds. Returns the node that answered.
+    /// then the seeds (those lost or failing in this recovery last). Returns the node that
+    /// answered.
     async fn refresh_slots(&mut self) -> Result<String, String> {
         let mut last_error = "no node to ask".to_owned();
         let mut tried = Vec::new();
@@ -637,6 +638,9 @@ impl ClusterSubscriber {
             }
         }
         candidates.dedup();
+        // The nodes lost or failing in this recovery last: each may cost the whole connect
+        // timeout (a host that stopped answering), before nodes that may answer at once.
+        candidates.sort_by_key(|a| self.lost.contains(a) || self.failing.contains(a));
         for addr in candidates {
             // A connection of its own (not subscribed to anything): its pushes and its loss
             // are nobody's concern.
@@ -1065,7 +1069,12 @@ impl ClusterSubscriber {
                     self.primary_answered |= primaries.contains(&addr);
                     self.answered.insert(addr);
                 }
-                Ok(false) => everywhere = false,
+                // Slower than the attempt waits, but not stalled (that is an `Err`): a primary
+                // that answers late still serves.
+                Ok(false) => {
+                    everywhere = false;
+                    self.primary_answered |= primaries.contains(&addr);
+                }
                 Err(e) => {
                     self.drop_node(&addr);
                     self.touched.remove(&addr);
