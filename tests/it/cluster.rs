@@ -2616,3 +2616,51 @@ async fn health_stays_degraded_while_the_other_primaries_answer_slowly() {
     })
     .await;
 }
+
+/// Every primary stops answering (SIGSTOP; the cluster told not to fail them over) while the
+/// process follows no channel (just started, or its streams all left): no primary answers, so
+/// `/health` is to say 503 (docs/operations.md: "503 when no primary answers";
+/// `redisse_broker_up`: "1 while a primary answers"), as it does once a channel is followed
+/// (`health_is_unavailable_when_every_primary_stops_and_one_is_followed`). With no channel
+/// followed the subscriber holds no connection: the watchdog asks each primary a PING on a
+/// connection of its own. (It had nothing to PING: `/health` went on saying 200 `ok` for as
+/// long as the primaries were stopped, publishes failing meanwhile.) Once they answer,
+/// `/health` is `ok` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_unavailable_when_every_primary_stops_and_no_channel_is_followed() {
+    within_limit(async {
+        let cluster = blocking(Cluster::start);
+        cluster.set_node_timeout(Duration::from_secs(120));
+        let three = cluster.channels_on_distinct_primaries("nobody", 3);
+        let primaries: Vec<u16> = three
+            .iter()
+            .map(|c| cluster.primary_of_channel(c))
+            .collect();
+        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        assert_eq!(process.readiness().await, "ok");
+        for p in &primaries {
+            cluster.freeze(*p);
+        }
+        // Well past a watchdog round (a PING every 5 s, 3 s to answer) and a recovery attempt.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut health = process.readiness().await;
+        while health != "503" && Instant::now() < deadline {
+            sleep(Duration::from_millis(100)).await;
+            health = process.readiness().await;
+        }
+        let up = process.metric("redisse_broker_up").await;
+        for p in &primaries {
+            cluster.unfreeze(*p);
+        }
+        assert_eq!(
+            (health.as_str(), up),
+            ("503", 0),
+            "/health and redisse_broker_up 15 s after every primary stopped, no channel followed"
+        );
+        // Back once they answer.
+        process
+            .readiness_within("ok", Duration::from_secs(20))
+            .await;
+    })
+    .await;
+}

@@ -105,9 +105,18 @@ enum Moved {
     Slot(u16),
 }
 
-/// The watchdog's PINGs in flight: resolves to those that failed (the node, the connection's
-/// id, why).
-type Watch = Pin<Box<dyn Future<Output = Vec<(String, u64, String)>> + Send>>;
+/// The watchdog's PINGs in flight (see [`Watched`]).
+type Watch = Pin<Box<dyn Future<Output = Watched> + Send>>;
+
+/// What a round of the watchdog found.
+#[derive(Default)]
+struct Watched {
+    /// The connections whose PING failed: the node, the connection's id, why.
+    failed: Vec<(String, u64, String)>,
+    /// With no connection to watch, whether some primary answered a PING of its own
+    /// connection (`Err` saying why not).
+    probed: Option<Result<(), String>>,
+}
 
 /// Where a connection reports a slot that moved away: its id and what moved.
 type MovedSender = mpsc::UnboundedSender<(u64, Moved)>;
@@ -383,14 +392,14 @@ impl ClusterSubscriber {
                         }
                     }
                     _ = ping.tick(), if watch.is_none() => watch = Some(self.watchdog().await),
-                    Some(failed) = async {
+                    Some(found) = async {
                         match watch.as_mut() {
                             Some(w) => Some(w.await),
                             None => None,
                         }
                     }, if watch.is_some() => {
                         watch = None;
-                        self.watchdog_failed(failed);
+                        self.watchdog_found(found);
                     }
                 }
             }
@@ -473,6 +482,9 @@ impl ClusterSubscriber {
     /// timeout. The answers are waited for beside the loop's other work (see [`Watch`]), so
     /// that a node that stopped answering stalls nobody's subscriptions while its PING waits.
     async fn watchdog(&mut self) -> Watch {
+        if self.nodes.is_empty() {
+            return self.probe();
+        }
         let mut failed = Vec::new();
         let mut answers = Vec::new();
         for (addr, con) in &mut self.nodes {
@@ -498,16 +510,76 @@ impl ClusterSubscriber {
                     .into_iter()
                     .flatten(),
             );
-            failed
+            Watched {
+                failed,
+                probed: None,
+            }
         })
     }
 
-    /// Takes the watchdog's failed PINGs: their connections are lost, unless already replaced.
-    fn watchdog_failed(&mut self, failed: Vec<(String, u64, String)>) {
-        for (addr, id, why) in failed {
+    /// The watchdog's round when no channel is followed (no connection to watch): each primary
+    /// of the slot map is asked a PING on a connection of its own, all at once, so that a
+    /// cluster whose primaries all stopped answering is told (`redisse_broker_up` 0, `/health`
+    /// 503) before a stream needs it. One connection per primary per round, only while idle.
+    fn probe(&self) -> Watch {
+        let primaries = self.slots.primaries();
+        let access = self.access.clone();
+        let timeout = CONNECT_TIMEOUT.max(self.ping_timeout);
+        Box::pin(async move {
+            let asks = primaries.into_iter().map(|addr| {
+                let access = access.clone();
+                Box::pin(async move {
+                    let (tx, _rx) = mpsc::unbounded_channel();
+                    let quiet: PushHandler = Arc::new(|_| {});
+                    let mut con = NodeConn::connect(&addr, 0, &access, timeout, quiet, tx)
+                        .await
+                        .map_err(|e| format!("{addr}: {e}"))?;
+                    con.request(&[b"PING"])
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("{addr}: {e}"))
+                })
+            });
+            let asks: Vec<_> = asks.collect();
+            let probed = if asks.is_empty() {
+                Err("no primary known".to_owned())
+            } else {
+                futures_util::future::select_ok(asks).await.map(drop)
+            };
+            Watched {
+                failed: Vec::new(),
+                probed: Some(probed),
+            }
+        })
+    }
+
+    /// Takes what the watchdog found: connections whose PING failed are lost, unless already
+    /// replaced; with none to watch, the broker is up while a primary answers.
+    fn watchdog_found(&mut self, found: Watched) {
+        for (addr, id, why) in found.failed {
             if self.nodes.get(&addr).is_some_and(|c| c.id == id) {
                 tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber watchdog PING failed");
                 self.drop_node(&addr);
+            }
+        }
+        // A connection made meanwhile (a stream came) is watched from now on instead.
+        if let Some(probed) = found.probed
+            && self.nodes.is_empty()
+        {
+            let was_up = self.metrics.broker_up();
+            match probed {
+                Ok(()) => {
+                    if !was_up {
+                        tracing::info!("redis cluster answers again");
+                    }
+                    self.metrics.set_broker_up(true);
+                }
+                Err(why) => {
+                    if was_up {
+                        tracing::warn!(reason = %why, "no redis cluster primary answers");
+                    }
+                    self.metrics.set_broker_up(false);
+                }
             }
         }
     }
@@ -723,7 +795,9 @@ impl ClusterSubscriber {
             must.extend(self.barrier_nodes(&waiting, true));
             for (addr, answer) in self.confirm(&must).await {
                 match answer {
-                    Ok(true) => {}
+                    // A node answers: up again, if the watchdog's probe had found none
+                    // answering while no channel was followed.
+                    Ok(true) => self.metrics.set_broker_up(true),
                     Ok(false) => answered = false,
                     Err(e) => {
                         tracing::warn!(node = %addr, reason = %e, "redis cluster subscriber connection failed");
