@@ -2006,6 +2006,21 @@ async fn a_slot_moved_during_another_shards_failover_is_not_held_by_it() {
     .await;
 }
 
+/// A cluster told not to fail a primary over within the test (`cluster-node-timeout` 120 s),
+/// three channels named `prefix...` on its three primaries and those primaries' ports, and a
+/// process on it with a heartbeat every second.
+async fn held_cluster(prefix: &str) -> (Cluster, Vec<String>, Vec<u16>, Redisse) {
+    let cluster = blocking(Cluster::start);
+    cluster.set_node_timeout(Duration::from_secs(120));
+    let three = cluster.channels_on_distinct_primaries(prefix, 3);
+    let primaries = three
+        .iter()
+        .map(|c| cluster.primary_of_channel(c))
+        .collect();
+    let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+    (cluster, three, primaries, process)
+}
+
 /// A `SUNSUBSCRIBE` whose confirmation never comes (its connection lost right after: here the
 /// node refuses the command, which ends the connection) leaves its channel in `ending`; that
 /// bookkeeping is emptied only once every connection answered a PING. While another shard's
@@ -2197,14 +2212,7 @@ async fn streams_opened_while_the_watchdog_waits_for_a_stopped_node_start_at_onc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_degraded_while_one_shard_recovers_and_unavailable_when_none_answers() {
     within_limit(async {
-        let cluster = blocking(Cluster::start);
-        cluster.set_node_timeout(Duration::from_secs(120));
-        let three = cluster.channels_on_distinct_primaries("ready", 3);
-        let primaries: Vec<u16> = three
-            .iter()
-            .map(|c| cluster.primary_of_channel(c))
-            .collect();
-        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        let (cluster, three, primaries, process) = held_cluster("ready").await;
         warm(&process, &three).await;
         let mut c = Reader::live("on all", &process, &three, &at(&three, 1)).await;
         let start = c.position.clone();
@@ -2350,20 +2358,13 @@ async fn a_node_answering_every_ping_within_a_second_is_not_taken_for_lost() {
 
 /// Every primary stops answering (SIGSTOP; their replicas still answer the slot map, and no
 /// failover can be elected without primaries) while the process follows a channel on one of
-/// them only: no primary serves, so `/health` is 503 (docs/operations.md: "503 when no node
-/// answers or no primary serves"). `serving()` takes the primaries the process has no
-/// connection to for serving, so it says 200 `degraded` for as long as they are stopped.
+/// them only: no primary answers, so `/health` is 503 (docs/operations.md: "503 when no primary
+/// answers"). (Primaries the process had no connection to were taken for serving, so it said
+/// 200 `degraded` for as long as they were stopped.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
     within_limit(async {
-        let cluster = blocking(Cluster::start);
-        cluster.set_node_timeout(Duration::from_secs(120));
-        let three = cluster.channels_on_distinct_primaries("alldown", 3);
-        let primaries: Vec<u16> = three
-            .iter()
-            .map(|c| cluster.primary_of_channel(c))
-            .collect();
-        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        let (cluster, three, primaries, process) = held_cluster("alldown").await;
         let one = vec![three[0].clone()];
         warm(&process, &one).await;
         let _c = Reader::live("on one", &process, &one, &at(&one, 1)).await;
@@ -2393,20 +2394,13 @@ async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
 /// Every primary the process follows stops answering (503: none serves), then two of the three
 /// answer again while the third stays stopped: their channels are subscribed again and their
 /// events reach the stream, so the cluster serves and one shard recovers: `/health` is 200
-/// `degraded`, as docs/operations.md says. `serving()` counts a primary that ever failed during
-/// the recovery (`lost`, `failing`, cleared only when the whole recovery succeeds) as not
-/// serving, so `/health` stays 503 until the last shard is back.
+/// `degraded`, as docs/operations.md says. (A primary that ever failed during the recovery
+/// was counted as not serving until the whole recovery succeeded, so `/health` stayed 503
+/// until the last shard was back.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_degraded_again_once_some_primaries_answer_after_all_stopped() {
     within_limit(async {
-        let cluster = blocking(Cluster::start);
-        cluster.set_node_timeout(Duration::from_secs(120));
-        let three = cluster.channels_on_distinct_primaries("back", 3);
-        let primaries: Vec<u16> = three
-            .iter()
-            .map(|c| cluster.primary_of_channel(c))
-            .collect();
-        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        let (cluster, three, primaries, process) = held_cluster("back").await;
         warm(&process, &three).await;
         let mut c = Reader::live("on all", &process, &three, &at(&three, 1)).await;
         for p in &primaries {
@@ -2629,14 +2623,7 @@ async fn health_stays_degraded_while_the_other_primaries_answer_slowly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_unavailable_when_every_primary_stops_and_no_channel_is_followed() {
     within_limit(async {
-        let cluster = blocking(Cluster::start);
-        cluster.set_node_timeout(Duration::from_secs(120));
-        let three = cluster.channels_on_distinct_primaries("nobody", 3);
-        let primaries: Vec<u16> = three
-            .iter()
-            .map(|c| cluster.primary_of_channel(c))
-            .collect();
-        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+        let (cluster, _, primaries, process) = held_cluster("nobody").await;
         assert_eq!(process.readiness().await, "ok");
         for p in &primaries {
             cluster.freeze(*p);

@@ -285,8 +285,8 @@ pub(super) struct ClusterSubscriber {
     /// their channels are answered after it.
     answered: HashSet<String>,
     /// Whether a primary answered in the last recovery attempt (the slot map, or the attempt's
-    /// PING, late or not, as long as it is not stalled): then an outage is of some shards only (`redisse_broker_up` stays 1, `/health`
-    /// says degraded). A replica's answer does not count: with every primary gone nothing is
+    /// PING, late or not, as long as it is not stalled): then an outage is of some shards only
+    /// (`redisse_broker_up` stays 1, `/health` says degraded). A replica's answer does not count: with every primary gone nothing is
     /// served, whatever the replicas say.
     primary_answered: bool,
     /// Whether the last recovery attempt failed as an outage (anything but a first connection
@@ -526,21 +526,17 @@ impl ClusterSubscriber {
         let access = self.access.clone();
         let timeout = CONNECT_TIMEOUT.max(self.ping_timeout);
         Box::pin(async move {
-            let asks = primaries.into_iter().map(|addr| {
-                let access = access.clone();
-                Box::pin(async move {
-                    let (tx, _rx) = mpsc::unbounded_channel();
-                    let quiet: PushHandler = Arc::new(|_| {});
-                    let mut con = NodeConn::connect(&addr, 0, &access, timeout, quiet, tx)
-                        .await
-                        .map_err(|e| format!("{addr}: {e}"))?;
-                    con.request(&[b"PING"])
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("{addr}: {e}"))
+            let asks: Vec<_> = primaries
+                .iter()
+                .map(|addr| {
+                    let access = &access;
+                    Box::pin(async move {
+                        ask_once(addr, access, timeout, &[b"PING"])
+                            .await
+                            .map_err(|e| format!("{addr}: {e}"))
+                    })
                 })
-            });
-            let asks: Vec<_> = asks.collect();
+                .collect();
             let probed = if asks.is_empty() {
                 Err("no primary known".to_owned())
             } else {
@@ -714,17 +710,15 @@ impl ClusterSubscriber {
         // timeout (a host that stopped answering), before nodes that may answer at once.
         candidates.sort_by_key(|a| self.lost.contains(a) || self.failing.contains(a));
         for addr in candidates {
-            // A connection of its own (not subscribed to anything): its pushes and its loss
-            // are nobody's concern.
-            let (tx, _rx) = mpsc::unbounded_channel();
-            let quiet: PushHandler = Arc::new(|_| {});
-            let asked = async {
-                let mut con =
-                    NodeConn::connect(&addr, 0, &self.access, CONNECT_TIMEOUT, quiet, tx).await?;
-                let reply = con.request(&[b"CLUSTER", b"SLOTS"]).await?;
-                SlotMap::parse(&reply, &addr)
-            };
-            match asked.await {
+            let asked = ask_once(
+                &addr,
+                &self.access,
+                CONNECT_TIMEOUT,
+                &[b"CLUSTER", b"SLOTS"],
+            )
+            .await
+            .and_then(|reply| SlotMap::parse(&reply, &addr));
+            match asked {
                 Ok(map) => {
                     self.take_slots(map);
                     return Ok(addr.clone());
@@ -1332,6 +1326,20 @@ struct Refilled {
     reset: bool,
     missed: bool,
     newest: u64,
+}
+
+/// Sends one command to `addr` on a connection of its own, made for it and closed after (not
+/// subscribed to anything: its pushes and its loss are nobody's concern), and returns the reply.
+async fn ask_once(
+    addr: &str,
+    access: &Access,
+    timeout: Duration,
+    args: &[&[u8]],
+) -> Result<Reply, String> {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let quiet: PushHandler = Arc::new(|_| {});
+    let mut con = NodeConn::connect(addr, 0, access, timeout, quiet, tx).await?;
+    con.request(args).await
 }
 
 /// The shared state, locked (a handler that panicked left nothing half-written that matters).
