@@ -2143,7 +2143,8 @@ async fn a_stopped_node_never_connected_does_not_slow_the_other_shards_new_strea
         cluster.unfreeze(unmet_primary);
         assert!(
             took < Duration::from_secs(1),
-            "a stream on {far} took {took:?} to start behind a connection to a stopped node"
+            "a stream on {far} took {took:?} to start behind a connection to a stopped node: {}",
+            process.log()
         );
         assert_eq!(publish_through(&process, far, &data(far, 1)).await, 2);
         r.read(1, PATIENCE).await;
@@ -2648,6 +2649,40 @@ async fn health_is_unavailable_when_every_primary_stops_and_no_channel_is_follow
         process
             .readiness_within("ok", Duration::from_secs(20))
             .await;
+    })
+    .await;
+}
+
+/// Every primary stops answering (SIGSTOP) for 15 s while the process follows no channel, then
+/// they all answer again: once `/health` says `ok`, a stream opened on each shard starts at
+/// once and gets the events published after it, as before the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_primary_stopped_and_came_back_new_streams_start_and_get_events() {
+    within_limit(async {
+        let (cluster, three, primaries, process) = held_cluster("after").await;
+        warm(&process, &three).await;
+        for p in &primaries {
+            cluster.freeze(*p);
+        }
+        sleep(Duration::from_secs(15)).await;
+        for p in &primaries {
+            cluster.unfreeze(*p);
+        }
+        process
+            .readiness_within("ok", Duration::from_secs(20))
+            .await;
+        let opened = Instant::now();
+        let mut r = Reader::live("on all three", &process, &three, &at(&three, 1)).await;
+        let took = opened.elapsed();
+        for ch in &three {
+            assert_eq!(publish_through(&process, ch, &data(ch, 1)).await, 2);
+        }
+        r.read(3, PATIENCE).await;
+        assert!(
+            took < Duration::from_secs(2),
+            "a stream opened once /health was ok again took {took:?} to start: {}",
+            process.log()
+        );
     })
     .await;
 }

@@ -38,8 +38,9 @@
 //! those it placed, so that a channel moved or reconnected meanwhile on a healthy shard does not
 //! wait for the failed one; the others wait for the next attempt. Nor do they wait behind a node
 //! that stopped answering (its host gone: connections to it hang until their timeout): an attempt
-//! asks the slot map on a connection that is up first, and waits [`CONNECT_WAIT`] for a connection
-//! it has to make, leaving a slower one to go on in the background for a later attempt; a first
+//! asks the slot map on a connection that is up first, and starts every connection it has to make
+//! at once and waits [`CONNECT_WAIT`] for them, leaving a slower one to go on in the background for
+//! a later attempt (and the pause between attempts is cut short when a stream waits); a first
 //! connection to a node not failing that is still being made (a slot's new owner slow to accept)
 //! makes the attempt fail without an outage: the broker stays up and nothing is counted, unless the
 //! connection then fails. The resume carries those events, the channels whose history no longer
@@ -617,36 +618,46 @@ impl ClusterSubscriber {
         })
     }
 
-    /// The connection to `addr`, made when missing: waited for whole, or with `patience`, for
-    /// that long at most, the attempt going on in the background when it is not made by then
-    /// (a later call takes it up).
+    /// Starts making the connection to `addr` in the background, unless it is up or being
+    /// made: a recovery starts every connection it needs at once, so that its wait for them
+    /// ([`CONNECT_WAIT`]) is paid once, not once per node that does not answer.
+    fn start_connecting(&mut self, addr: &str) {
+        if self.nodes.contains_key(addr) || self.connecting.contains_key(addr) {
+            return;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let handler = self.push_handler(id);
+        let (node, access, lost) = (addr.to_owned(), self.access.clone(), self.lost_tx.clone());
+        let timeout = CONNECT_TIMEOUT.max(self.ping_timeout);
+        let handle = tokio::spawn(async move {
+            NodeConn::connect(&node, id, &access, timeout, handler, lost).await
+        });
+        self.connecting.insert(addr.to_owned(), handle);
+    }
+
+    /// The connection to `addr`, made when missing: waited for whole, or until `deadline` at
+    /// most, the attempt going on in the background when it is not made by then (a later call
+    /// takes it up).
     async fn node(
         &mut self,
         addr: &str,
-        patience: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> Result<&mut NodeConn, String> {
         if !self.nodes.contains_key(addr) {
-            let mut connecting = match self.connecting.remove(addr) {
-                Some(handle) => handle,
-                None => {
-                    self.next_id += 1;
-                    let id = self.next_id;
-                    let handler = self.push_handler(id);
-                    let (addr, access, lost) =
-                        (addr.to_owned(), self.access.clone(), self.lost_tx.clone());
-                    let timeout = CONNECT_TIMEOUT.max(self.ping_timeout);
-                    tokio::spawn(async move {
-                        NodeConn::connect(&addr, id, &access, timeout, handler, lost).await
-                    })
-                }
+            self.start_connecting(addr);
+            let Some(mut connecting) = self.connecting.remove(addr) else {
+                return Err("no connection".to_owned());
             };
-            let made = match patience {
+            let made = match deadline {
                 None => (&mut connecting).await,
-                Some(wait) => match tokio::time::timeout(wait, &mut connecting).await {
+                Some(deadline) => match tokio::time::timeout_at(deadline, &mut connecting).await {
                     Ok(made) => made,
                     Err(_) => {
                         self.connecting.insert(addr.to_owned(), connecting);
-                        return Err(format!("no connection within {wait:?} (still trying)"));
+                        return Err(format!(
+                            "no connection within {CONNECT_WAIT:?} (still trying)"
+                        ));
                     }
                 },
             };
@@ -877,9 +888,9 @@ impl ClusterSubscriber {
         &mut self,
         addr: &str,
         channels: &[Arc<str>],
-        patience: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> Result<(), String> {
-        let con = self.node(addr, patience).await?;
+        let con = self.node(addr, deadline).await?;
         for group in channels.chunk_by(|a, b| layout::slot(a) == layout::slot(b)) {
             for chunk in group.chunks(SUBSCRIBE_CHUNK) {
                 let keys: Vec<String> = chunk.iter().map(|c| layout::history_key(c)).collect();
@@ -895,8 +906,12 @@ impl ClusterSubscriber {
         Ok(())
     }
 
-    /// Sleeps while still taking the hub's commands. Returns `false` when told to stop.
+    /// Sleeps while still taking the hub's commands, [`MIN_BACKOFF`] at most once a stream
+    /// waits (a barrier came): its channels may be on a healthy shard, placed by the next
+    /// attempt. (Waiting out the whole backoff, a stream opened during another shard's
+    /// failover started up to a second late.) Returns `false` when told to stop.
     async fn wait(&mut self, delay: Duration) -> bool {
+        let started = Instant::now();
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -904,7 +919,14 @@ impl ClusterSubscriber {
                 _ = &mut sleep => return true,
                 cmd = self.commands.recv() => match cmd {
                     None => return false,
-                    Some(cmd) => self.record(cmd),
+                    Some(cmd) => {
+                        let barrier = matches!(cmd, SubCommand::Barrier { .. });
+                        self.record(cmd);
+                        let sooner = (started + MIN_BACKOFF).min(sleep.deadline());
+                        if barrier {
+                            sleep.as_mut().reset(sooner);
+                        }
+                    }
                 },
             }
         }
@@ -1106,13 +1128,15 @@ impl ClusterSubscriber {
             .unplaced
             .then(|| "a subscribed channel's slot has no primary".to_owned());
         let mut outage = failed.is_some();
+        // Every connection to make is started now and waited for until one deadline.
+        let deadline = Instant::now() + CONNECT_WAIT;
+        for addr in groups.keys() {
+            self.start_connecting(addr);
+        }
         for (addr, channels) in groups {
             self.touched.insert(addr.clone());
             let failing = self.lost.contains(&addr) || self.failing.contains(&addr);
-            if let Err(e) = self
-                .subscribe_on(&addr, &channels, Some(CONNECT_WAIT))
-                .await
-            {
+            if let Err(e) = self.subscribe_on(&addr, &channels, Some(deadline)).await {
                 self.drop_node(&addr);
                 // A first connection still being made (in the background) is no outage yet:
                 // the node may only be slow to accept. One that failed is.
