@@ -2392,6 +2392,49 @@ async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
     .await;
 }
 
+/// Every node stops answering (SIGSTOP: primaries and replicas, as when their hosts are cut
+/// off) while the process follows a channel: once the lost connection is noticed (`degraded`),
+/// `/health` says 503 within a few seconds, the time one node takes to be given up (2 s), not
+/// one such wait per node asked for the slot map in turn. (Asked one after the other, the six
+/// nodes took 12 s, `/health` saying `degraded` all that time.) Once they answer, `ok` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_unavailable_soon_when_every_node_stops() {
+    within_limit(async {
+        let (cluster, three, _, process) = held_cluster("cutoff").await;
+        let one = vec![three[0].clone()];
+        warm(&process, &one).await;
+        let _c = Reader::live("on one", &process, &one, &at(&one, 1)).await;
+        let ports = cluster.ports();
+        for p in &ports {
+            cluster.freeze(*p);
+        }
+        process
+            .readiness_within("degraded", Duration::from_secs(20))
+            .await;
+        let noticed = Instant::now();
+        let deadline = noticed + Duration::from_secs(20);
+        let mut health = process.readiness().await;
+        while health != "503" && Instant::now() < deadline {
+            sleep(Duration::from_millis(100)).await;
+            health = process.readiness().await;
+        }
+        let took = noticed.elapsed();
+        for p in &ports {
+            cluster.unfreeze(*p);
+        }
+        assert_eq!(health, "503", "/health with every node stopped");
+        assert!(
+            took < Duration::from_secs(6),
+            "/health said degraded for {took:?} with every node stopped: {}",
+            process.log()
+        );
+        process
+            .readiness_within("ok", Duration::from_secs(20))
+            .await;
+    })
+    .await;
+}
+
 /// Every primary the process follows stops answering (503: none serves), then two of the three
 /// answer again while the third stays stopped: their channels are subscribed again and their
 /// events reach the stream, so the cluster serves and one shard recovers: `/health` is 200

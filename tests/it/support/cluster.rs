@@ -528,6 +528,11 @@ impl Cluster {
         self.node(port).unfreeze();
     }
 
+    /// The ports of the six nodes, primaries and replicas.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
     /// Stops a node (SIGSTOP) as a host that stopped answering: its port still accepts
     /// connections (the kernel does), and nothing is answered on them. [`Cluster::unfreeze`]
     /// lets it go on.
