@@ -2021,6 +2021,16 @@ async fn held_cluster(prefix: &str) -> (Cluster, Vec<String>, Vec<u16>, Redisse)
     (cluster, three, primaries, process)
 }
 
+/// [`held_cluster`] with a stream on the first of its three channels: the cluster, the three
+/// primaries, the process and the stream's reader.
+async fn following_one(prefix: &str) -> (Cluster, Vec<u16>, Redisse, Reader) {
+    let (cluster, three, primaries, process) = held_cluster(prefix).await;
+    let one = vec![three[0].clone()];
+    warm(&process, &one).await;
+    let reader = Reader::live("on one", &process, &one, &at(&one, 1)).await;
+    (cluster, primaries, process, reader)
+}
+
 /// A `SUNSUBSCRIBE` whose confirmation never comes (its connection lost right after: here the
 /// node refuses the command, which ends the connection) leaves its channel in `ending`; that
 /// bookkeeping is emptied only once every connection answered a PING. While another shard's
@@ -2162,16 +2172,13 @@ async fn a_stopped_node_never_connected_does_not_slow_the_other_shards_new_strea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_while_the_watchdog_waits_for_a_stopped_node_start_at_once() {
     within_limit(async {
-        let cluster = blocking(Cluster::start);
-        cluster.set_node_timeout(Duration::from_secs(120));
-        let two = cluster.channels_on_distinct_primaries("watched", 2);
-        let (hung, live) = (&two[0], &two[1]);
-        let hung_primary = cluster.primary_of_channel(hung);
-        let probes = cluster.channels_beside(live, "probe", 60);
-        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
-        warm(&process, &[two.clone(), probes.clone()].concat()).await;
-        let channels = two.clone();
-        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+        let Beside {
+            cluster,
+            stopped: hung_primary,
+            probes,
+            process,
+            reader: _c,
+        } = beside_a_stopped_shard("watched", "probe", 60).await;
 
         cluster.freeze(hung_primary);
         let frozen = Instant::now();
@@ -2241,9 +2248,7 @@ async fn health_is_degraded_while_one_shard_recovers_and_unavailable_when_none_a
             .await;
         assert_eq!(process.metric("redisse_broker_up").await, 0);
 
-        for p in &primaries {
-            cluster.unfreeze(*p);
-        }
+        cluster.unfreeze_all(&primaries);
         process.readiness_within("ok", FAILOVER_WAIT).await;
         assert_eq!(process.metric("redisse_broker_shards_recovering").await, 0);
         for (i, ch) in three.iter().enumerate() {
@@ -2257,6 +2262,36 @@ async fn health_is_degraded_while_one_shard_recovers_and_unavailable_when_none_a
     .await;
 }
 
+/// A cluster whose node timeout keeps it from failing a stopped primary over, a process on it
+/// and a stream on two channels of distinct primaries, one of them (`stopped`) to be stopped,
+/// and `probes`: channels of the other channel's shard, all warm, for streams to open while
+/// the first is stopped.
+struct Beside {
+    cluster: Cluster,
+    stopped: u16,
+    probes: Vec<String>,
+    process: Redisse,
+    reader: Reader,
+}
+
+async fn beside_a_stopped_shard(prefix: &str, probe: &str, probes: usize) -> Beside {
+    let cluster = blocking(Cluster::start);
+    cluster.set_node_timeout(Duration::from_secs(120));
+    let two = cluster.channels_on_distinct_primaries(prefix, 2);
+    let stopped = cluster.primary_of_channel(&two[0]);
+    let probes = cluster.channels_beside(&two[1], probe, probes);
+    let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
+    warm(&process, &[two.clone(), probes.clone()].concat()).await;
+    let reader = Reader::live("on both", &process, &two, &at(&two, 1)).await;
+    Beside {
+        cluster,
+        stopped,
+        probes,
+        process,
+        reader,
+    }
+}
+
 /// A primary that is slow for a moment (here stopped 0.6 s: a fork, a slow command) while a
 /// stream on another shard opens is passed over by that stream's confirmation (its PING
 /// unanswered within `ASIDE_WAIT`), and then answers everything again, watchdog PINGs
@@ -2268,16 +2303,13 @@ async fn health_is_degraded_while_one_shard_recovers_and_unavailable_when_none_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_slow_for_a_moment_twice_is_not_taken_for_lost() {
     within_limit(async {
-        let cluster = blocking(Cluster::start);
-        cluster.set_node_timeout(Duration::from_secs(120));
-        let two = cluster.channels_on_distinct_primaries("blip", 2);
-        let (slow, live) = (&two[0], &two[1]);
-        let slow_primary = cluster.primary_of_channel(slow);
-        let probes = cluster.channels_beside(live, "blipprobe", 2);
-        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
-        warm(&process, &[two.clone(), probes.clone()].concat()).await;
-        let channels = two.clone();
-        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+        let Beside {
+            cluster,
+            stopped: slow_primary,
+            probes,
+            process,
+            reader: _c,
+        } = beside_a_stopped_shard("blip", "blipprobe", 2).await;
         let before = cluster.pubsub_client_ids(slow_primary);
 
         let mut readers = Vec::new();
@@ -2321,16 +2353,13 @@ async fn a_node_slow_for_a_moment_twice_is_not_taken_for_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_answering_every_ping_within_a_second_is_not_taken_for_lost() {
     within_limit(async {
-        let cluster = blocking(Cluster::start);
-        cluster.set_node_timeout(Duration::from_secs(120));
-        let two = cluster.channels_on_distinct_primaries("laggy", 2);
-        let (slow, live) = (&two[0], &two[1]);
-        let slow_primary = cluster.primary_of_channel(slow);
-        let probes = cluster.channels_beside(live, "laggyprobe", 6);
-        let process = redisse_on(&cluster, &["--heartbeat", "1"]).await;
-        warm(&process, &[two.clone(), probes.clone()].concat()).await;
-        let channels = two.clone();
-        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+        let Beside {
+            cluster,
+            stopped: slow_primary,
+            probes,
+            process,
+            reader: _c,
+        } = beside_a_stopped_shard("laggy", "laggyprobe", 6).await;
         let before = cluster.pubsub_client_ids(slow_primary);
 
         let mut readers = Vec::new();
@@ -2365,13 +2394,8 @@ async fn a_node_answering_every_ping_within_a_second_is_not_taken_for_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
     within_limit(async {
-        let (cluster, three, primaries, process) = held_cluster("alldown").await;
-        let one = vec![three[0].clone()];
-        warm(&process, &one).await;
-        let _c = Reader::live("on one", &process, &one, &at(&one, 1)).await;
-        for p in &primaries {
-            cluster.freeze(*p);
-        }
+        let (cluster, primaries, process, _c) = following_one("alldown").await;
+        cluster.freeze_all(&primaries);
         process
             .readiness_within("degraded", Duration::from_secs(20))
             .await;
@@ -2381,9 +2405,7 @@ async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
             sleep(Duration::from_millis(100)).await;
             health = process.readiness().await;
         }
-        for p in &primaries {
-            cluster.unfreeze(*p);
-        }
+        cluster.unfreeze_all(&primaries);
         assert_eq!(
             health, "503",
             "/health with every primary stopped (10 s after the followed one was noticed)"
@@ -2400,14 +2422,9 @@ async fn health_is_unavailable_when_every_primary_stops_and_one_is_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_unavailable_soon_when_every_node_stops() {
     within_limit(async {
-        let (cluster, three, _, process) = held_cluster("cutoff").await;
-        let one = vec![three[0].clone()];
-        warm(&process, &one).await;
-        let _c = Reader::live("on one", &process, &one, &at(&one, 1)).await;
+        let (cluster, _, process, _c) = following_one("cutoff").await;
         let ports = cluster.ports();
-        for p in &ports {
-            cluster.freeze(*p);
-        }
+        cluster.freeze_all(&ports);
         process
             .readiness_within("degraded", Duration::from_secs(20))
             .await;
@@ -2419,9 +2436,7 @@ async fn health_is_unavailable_soon_when_every_node_stops() {
             health = process.readiness().await;
         }
         let took = noticed.elapsed();
-        for p in &ports {
-            cluster.unfreeze(*p);
-        }
+        cluster.unfreeze_all(&ports);
         assert_eq!(health, "503", "/health with every node stopped");
         assert!(
             took < Duration::from_secs(6),
@@ -2447,9 +2462,7 @@ async fn health_is_degraded_again_once_some_primaries_answer_after_all_stopped()
         let (cluster, three, primaries, process) = held_cluster("back").await;
         warm(&process, &three).await;
         let mut c = Reader::live("on all", &process, &three, &at(&three, 1)).await;
-        for p in &primaries {
-            cluster.freeze(*p);
-        }
+        cluster.freeze_all(&primaries);
         process
             .readiness_within("503", Duration::from_secs(25))
             .await;
@@ -2669,9 +2682,7 @@ async fn health_is_unavailable_when_every_primary_stops_and_no_channel_is_follow
     within_limit(async {
         let (cluster, _, primaries, process) = held_cluster("nobody").await;
         assert_eq!(process.readiness().await, "ok");
-        for p in &primaries {
-            cluster.freeze(*p);
-        }
+        cluster.freeze_all(&primaries);
         // Well past a watchdog round (a PING every 5 s, 3 s to answer) and a recovery attempt.
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut health = process.readiness().await;
@@ -2680,9 +2691,7 @@ async fn health_is_unavailable_when_every_primary_stops_and_no_channel_is_follow
             health = process.readiness().await;
         }
         let up = process.metric("redisse_broker_up").await;
-        for p in &primaries {
-            cluster.unfreeze(*p);
-        }
+        cluster.unfreeze_all(&primaries);
         assert_eq!(
             (health.as_str(), up),
             ("503", 0),
@@ -2704,13 +2713,9 @@ async fn after_every_primary_stopped_and_came_back_new_streams_start_and_get_eve
     within_limit(async {
         let (cluster, three, primaries, process) = held_cluster("after").await;
         warm(&process, &three).await;
-        for p in &primaries {
-            cluster.freeze(*p);
-        }
+        cluster.freeze_all(&primaries);
         sleep(Duration::from_secs(15)).await;
-        for p in &primaries {
-            cluster.unfreeze(*p);
-        }
+        cluster.unfreeze_all(&primaries);
         process
             .readiness_within("ok", Duration::from_secs(20))
             .await;

@@ -540,6 +540,20 @@ impl Cluster {
         self.node(port).freeze();
     }
 
+    /// [`Cluster::freeze`] on each of `ports`.
+    pub fn freeze_all(&self, ports: &[u16]) {
+        for port in ports {
+            self.freeze(*port);
+        }
+    }
+
+    /// [`Cluster::unfreeze`] on each of `ports`.
+    pub fn unfreeze_all(&self, ports: &[u16]) {
+        for port in ports {
+            self.unfreeze(*port);
+        }
+    }
+
     /// Sets every node's `cluster-node-timeout` (`CONFIG SET`): how long a node may not answer
     /// before the others fail it over.
     pub fn set_node_timeout(&self, timeout: Duration) {
