@@ -2113,6 +2113,61 @@ async fn a_move_after_a_lost_sunsubscribe_is_seen_while_another_node_is_slow() {
     .await;
 }
 
+/// With every connection healthy (nothing to recover), a primary the subscriber has no
+/// connection to stops answering (its kernel accepts, `HELLO` is never answered), and a stream
+/// is opened on one of its channels: the first connection to it is made in the background, and
+/// a stream opened meanwhile on a new channel of a healthy shard starts at once, not after the
+/// stopped node's connect timeout. Once the node answers, the first stream starts too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_connection_to_a_stopped_node_does_not_slow_the_other_shards_new_streams() {
+    within_limit(async {
+        let (cluster, three, primaries, process) = held_cluster("first").await;
+        let (near, unmet, far) = (&three[0], &three[1], &three[2]);
+        warm(&process, &three).await;
+        let one = std::slice::from_ref(near);
+        let _c = Reader::live("on near", &process, one, &at(one, 1)).await;
+        assert!(
+            cluster.pubsub_client_ids(primaries[1]).is_empty(),
+            "no subscriber connection to {}",
+            primaries[1]
+        );
+        cluster.freeze(primaries[1]);
+        let url = process.url(&query(std::slice::from_ref(unmet)));
+        let waiting = tokio::spawn(async move { SseStream::open(&url, &[]).await });
+        sleep(Duration::from_millis(50)).await;
+        let one = std::slice::from_ref(far);
+        let opened = Instant::now();
+        let mut r = Reader::live(far, &process, one, &at(one, 1)).await;
+        let took = opened.elapsed();
+        cluster.unfreeze(primaries[1]);
+        assert!(
+            took < Duration::from_secs(1),
+            "a stream on {far} took {took:?} to start behind a first connection to a stopped \
+             node: {}",
+            process.log()
+        );
+        assert_eq!(publish_through(&process, far, &data(far, 1)).await, 2);
+        r.read(1, PATIENCE).await;
+        let mut w = waiting
+            .await
+            .expect("the stream on the stopped node's channel");
+        assert_eq!(w.status, 200);
+        // Its start (the hint), then an event published once it started.
+        let mut next = async |w: &mut SseStream| match w.next_within(FAILOVER_WAIT).await {
+            Next::Event(e) => (e.event, e.data),
+            other => panic!("the stream on {unmet}: {other:?}: {}", process.log()),
+        };
+        assert_eq!(next(&mut w).await.0, "lastEventId", "the stream on {unmet}");
+        assert_eq!(publish_through(&process, unmet, &data(unmet, 1)).await, 2);
+        assert_eq!(
+            next(&mut w).await.1,
+            data(unmet, 1),
+            "the stream on {unmet}"
+        );
+    })
+    .await;
+}
+
 /// While one primary is stopped and its shard recovered, a stream is opened on a channel of
 /// a second stopped primary, one the subscriber has no connection to yet (neither lost nor
 /// failed in this recovery), and another on a healthy third shard: the connection to the

@@ -770,10 +770,24 @@ impl ClusterSubscriber {
                 }
             }
         }
-        for (addr, channels) in self.group_by_node(&new) {
-            match self.subscribe_on(&addr, &channels, None).await {
+        // A first connection to a node is waited for `CONNECT_WAIT` at most, as in a recovery:
+        // one still being made then (a node that stopped answering accepts but never answers
+        // `HELLO`) goes on in the background and a recovery attempt places its channels, while
+        // the other shards' streams start. (Waited for whole, its connect timeout held every
+        // stream opened meanwhile on any shard.)
+        let groups = self.group_by_node(&new);
+        let deadline = Instant::now() + CONNECT_WAIT;
+        for addr in groups.keys() {
+            self.start_connecting(addr);
+        }
+        for (addr, channels) in groups {
+            match self.subscribe_on(&addr, &channels, Some(deadline)).await {
                 Ok(()) => {
                     touched.insert(addr);
+                }
+                Err(e) if self.connecting.contains_key(&addr) => {
+                    tracing::debug!(node = %addr, reason = %e, "redis cluster subscriber still connecting");
+                    self.unplaced = true;
                 }
                 Err(e) => {
                     tracing::warn!(node = %addr, reason = %e, "redis cluster subscriber cannot subscribe");
