@@ -2153,7 +2153,7 @@ async fn a_first_connection_to_a_stopped_node_does_not_slow_the_other_shards_new
             .expect("the stream on the stopped node's channel");
         assert_eq!(w.status, 200);
         // Its start (the hint), then an event published once it started.
-        let mut next = async |w: &mut SseStream| match w.next_within(FAILOVER_WAIT).await {
+        let next = async |w: &mut SseStream| match w.next_within(FAILOVER_WAIT).await {
             Next::Event(e) => (e.event, e.data),
             other => panic!("the stream on {unmet}: {other:?}: {}", process.log()),
         };
@@ -2786,6 +2786,50 @@ async fn after_every_primary_stopped_and_came_back_new_streams_start_and_get_eve
             "a stream opened once /health was ok again took {took:?} to start: {}",
             process.log()
         );
+    })
+    .await;
+}
+
+/// A followed primary stops answering (SIGSTOP) and, before the watchdog notices (its PING
+/// waits 3 s), a client opens a stream on a channel of that primary already subscribed (one
+/// more client of that shard, or one coming back), then another client a stream on a new
+/// channel of a healthy shard. The second stream is to start at once: the watchdog's wait
+/// holds no new stream (`streams_opened_while_the_watchdog_waits_for_a_stopped_node_start_at_once`),
+/// and a recovery passes a stopped node over. `apply` confirms the first stream's barrier with
+/// a PING on the stopped node's connection (in `must`: the barrier's channel is placed there)
+/// and awaits it inline, for its whole request timeout (3 s), so the subscriber task takes no
+/// other command meanwhile and the healthy shard's stream waits with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_stopped_nodes_channel_does_not_slow_the_other_shards_new_streams() {
+    within_limit(async {
+        let (cluster, three, primaries, process) = held_cluster("mustwait").await;
+        let (hung, live) = (&three[0], &three[1]);
+        let hung_primary = primaries[0];
+        let fresh = cluster.channels_beside(live, "mustfresh", 1).remove(0);
+        warm(&process, &[hung.clone(), live.clone(), fresh.clone()]).await;
+        let channels = vec![hung.clone(), live.clone()];
+        let _c = Reader::live("on both", &process, &channels, &at(&channels, 1)).await;
+
+        cluster.freeze(hung_primary);
+        let frozen = Instant::now();
+        let url = process.url(&query(std::slice::from_ref(hung)));
+        let waiting = tokio::spawn(async move { SseStream::open(&url, &[]).await });
+        sleep(Duration::from_millis(100)).await;
+        let one = std::slice::from_ref(&fresh);
+        let opened = Instant::now();
+        let mut r = Reader::live(&fresh, &process, one, &at(one, 1)).await;
+        let took = opened.elapsed();
+        cluster.unfreeze(hung_primary);
+        waiting.abort();
+        assert!(
+            took < Duration::from_secs(1),
+            "a stream on {fresh} (a healthy shard) took {took:?} to start, opened {:?} after \
+             another shard's primary stopped, behind a stream on that primary's channel: {}",
+            opened - frozen,
+            process.log()
+        );
+        assert_eq!(publish_through(&process, &fresh, &data(&fresh, 1)).await, 2);
+        r.read(1, PATIENCE).await;
     })
     .await;
 }
