@@ -2833,3 +2833,53 @@ async fn a_stream_on_a_stopped_nodes_channel_does_not_slow_the_other_shards_new_
     })
     .await;
 }
+
+/// A primary the process has no connection to stops answering (SIGSTOP), and a stream opens on
+/// one of its channels: the subscription's first connection to it goes unanswered for the
+/// whole connect timeout (3 s) and fails, so the shard of a followed channel is recovering
+/// and `/health` is to say `degraded` from then on (docs/operations.md: a stopped node is
+/// noticed "once it has left a request unanswered for 3 s"). It says `ok` 3 s longer: the
+/// failure in `apply` (`drop_node` of a node without a connection) marks the node neither lost
+/// nor `failing`, so the recovery's attempts take its next connection, still being made, for
+/// "a first connection to a node not failing" (no outage) until that one fails too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_once_a_first_connection_to_a_stopped_node_failed() {
+    within_limit(async {
+        let (cluster, three, primaries, process) = held_cluster("unmethealth").await;
+        let (followed, unmet) = (&three[0], &three[1]);
+        let unmet_primary = primaries[1];
+        warm(&process, &[followed.clone(), unmet.clone()]).await;
+        let one = std::slice::from_ref(followed);
+        let _c = Reader::live("followed", &process, one, &at(one, 1)).await;
+        assert!(
+            cluster.pubsub_client_ids(unmet_primary).is_empty(),
+            "no subscriber connection to {unmet_primary}"
+        );
+
+        cluster.freeze(unmet_primary);
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(process.readiness().await, "ok");
+        let url = process.url(&query(std::slice::from_ref(unmet)));
+        let opened = Instant::now();
+        let waiting = tokio::spawn(async move { SseStream::open(&url, &[]).await });
+        let mut health = process.readiness().await;
+        while health == "ok" && opened.elapsed() < Duration::from_secs(15) {
+            sleep(Duration::from_millis(50)).await;
+            health = process.readiness().await;
+        }
+        let noticed = opened.elapsed();
+        cluster.unfreeze(unmet_primary);
+        waiting.abort();
+        assert_eq!(
+            health, "degraded",
+            "/health with a followed shard's primary stopped"
+        );
+        assert!(
+            noticed < Duration::from_millis(4500),
+            "/health said ok for {noticed:?} after a stream opened on a stopped node's channel \
+             (its first connection fails after 3 s): {}",
+            process.log()
+        );
+    })
+    .await;
+}
