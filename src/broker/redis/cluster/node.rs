@@ -409,7 +409,7 @@ impl NodeConn {
         args: &[&[u8]],
         wait: Duration,
     ) -> Result<Option<Reply>, String> {
-        let answer = self.send(args).await?;
+        let mut answer = self.send(args).await?;
         answer.wait(wait).await
     }
 
@@ -452,9 +452,10 @@ pub(crate) struct Answer(oneshot::Receiver<Result<Reply, String>>);
 
 impl Answer {
     /// The reply, waited for `wait` at most: `Ok(None)` when none came by then; an error
-    /// reply, or the connection closing first, is an `Err`.
-    pub async fn wait(self, wait: Duration) -> Result<Option<Reply>, String> {
-        match tokio::time::timeout(wait, self.0).await {
+    /// reply, or the connection closing first, is an `Err`. Waited for again
+    /// after `Ok(None)`, it goes on waiting for the same reply.
+    pub async fn wait(&mut self, wait: Duration) -> Result<Option<Reply>, String> {
+        match tokio::time::timeout(wait, &mut self.0).await {
             Err(_) => Ok(None),
             Ok(Err(_)) => Err("the connection closed".into()),
             Ok(Ok(reply)) => reply.map(Some),

@@ -11,7 +11,11 @@
 //! attempt's PING and is not held, so that a stream opened on a healthy shard does not wait for
 //! another shard's failover. The PINGs go to every connection at once; one that was sent nothing to
 //! confirm and serves no channel a barrier waits for is waited for [`ASIDE_WAIT`] only, so that a
-//! node that stopped answering, not yet noticed by the watchdog, stalls nobody else. Each message
+//! node that stopped answering, not yet noticed by the watchdog, stalls nobody else; outside a
+//! recovery, one that a barrier waits for and is slower than that is waited for beside the loop's
+//! other work (a [`Deferred`] confirmation: that barrier is answered when the node answers, or
+//! left to the recovery when it does not), and a first connection to a node is waited for
+//! [`CONNECT_WAIT`] only, its channels then placed by a recovery attempt. Each message
 //! goes to the dispatcher as a live event of the user's channel, its frame without the `id:` line
 //! (ids are per channel: streams write their own compound ids), and the channel's last dispatched
 //! sequence is remembered, for active channels only.
@@ -54,13 +58,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ClusterStore;
 use super::layout;
-use super::node::{Access, LostSender, NodeConn, PushHandler, Reply};
+use super::node::{Access, Answer, LostSender, NodeConn, PushHandler, Reply};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::dispatch::{Dispatch, DispatchSender, Ready, Resume, SubCommand};
@@ -160,6 +165,30 @@ struct Waiting {
     on: Option<Vec<Arc<str>>>,
 }
 
+/// A PING that a barrier waits for and that its node did not answer within [`ASIDE_WAIT`]:
+/// waited for beside the loop, until the connection's request timeout.
+struct Slow {
+    addr: String,
+    /// The connection's id.
+    id: u64,
+    answer: Answer,
+    until: Instant,
+    timeout: Duration,
+}
+
+/// The rest of a batch's confirmation, waiting for nodes slower than [`ASIDE_WAIT`] (see
+/// [`Confirming`]): the barriers that wait for them, and the new channels placed on them
+/// whose sequence is to be noted then.
+struct Deferred {
+    id: u64,
+    waiting: Vec<Waiting>,
+    new: Vec<Arc<str>>,
+}
+
+/// The slow PINGs of a [`Deferred`] confirmation, awaited beside the loop's other work (as
+/// the watchdog's are): its id and the connections that failed (node, connection id, why).
+type Confirming = Pin<Box<dyn Future<Output = (u64, Vec<(String, u64, String)>)> + Send>>;
+
 impl Seen {
     /// The channel is no longer active.
     fn forget(&mut self, ch: &str) {
@@ -183,19 +212,23 @@ impl SlotMap {
             .map(|(_, _, addr)| addr.as_str())
     }
 
-    fn addresses(&self) -> impl Iterator<Item = &str> {
-        self.ranges.iter().map(|(_, _, a)| a.as_str())
+    /// The map's nodes (its primaries, in slot order), then the `seeds`, each once (a primary
+    /// whose slots are not one range is named by each of its ranges, not always next to each
+    /// other).
+    fn nodes_then(&self, seeds: &[String]) -> Vec<String> {
+        let mut nodes: Vec<String> = Vec::new();
+        let named = self.ranges.iter().map(|(_, _, a)| a.as_str());
+        for addr in named.chain(seeds.iter().map(String::as_str)) {
+            if !nodes.iter().any(|n| n == addr) {
+                nodes.push(addr.to_owned());
+            }
+        }
+        nodes
     }
 
     /// Each primary's `host:port`, once each, in slot order.
     pub fn primaries(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for addr in self.addresses() {
-            if !out.iter().any(|a| a == addr) {
-                out.push(addr.to_owned());
-            }
-        }
-        out
+        self.nodes_then(&[])
     }
 
     /// Reads a `CLUSTER SLOTS` reply of the node at `asked` (a primary's empty host means
@@ -309,6 +342,8 @@ pub(super) struct ClusterSubscriber {
     /// While recovering, the channels whose live events are held (the hub's set).
     held: HashSet<Arc<str>>,
     barriers: Vec<Waiting>,
+    /// Confirmations of the normal loop waiting for slow nodes (see [`Deferred`]).
+    deferred: Vec<Deferred>,
     next_id: u64,
 }
 
@@ -352,6 +387,7 @@ impl ClusterSubscriber {
             unplaced: true,
             held: HashSet::new(),
             barriers: Vec::new(),
+            deferred: Vec::new(),
             next_id: 0,
         }
     }
@@ -360,6 +396,10 @@ impl ClusterSubscriber {
         let mut first = true;
         loop {
             if first || self.unplaced || !self.lost.is_empty() {
+                // Confirmations still waiting for a slow node are the recovery's to answer.
+                let deferred = std::mem::take(&mut self.deferred);
+                self.barriers
+                    .extend(deferred.into_iter().flat_map(|d| d.waiting));
                 if !self.recover(first).await {
                     return;
                 }
@@ -370,6 +410,7 @@ impl ClusterSubscriber {
             ping.tick().await;
             // The watchdog's PINGs, while their answers are awaited (one round at a time).
             let mut watch: Option<Watch> = None;
+            let mut confirming: FuturesUnordered<Confirming> = FuturesUnordered::new();
             while self.lost.is_empty() && !self.unplaced {
                 tokio::select! {
                     cmd = self.commands.recv() => {
@@ -380,7 +421,12 @@ impl ClusterSubscriber {
                         {
                             batch.push(cmd);
                         }
-                        self.apply(batch).await;
+                        if let Some(slow) = self.apply(batch).await {
+                            confirming.push(slow);
+                        }
+                    }
+                    Some((id, failed)) = confirming.next(), if !confirming.is_empty() => {
+                        self.confirmed(id, failed).await;
                     }
                     report = self.lost_rx.recv() => {
                         if let Some((id, why)) = report {
@@ -497,7 +543,7 @@ impl ClusterSubscriber {
         Box::pin(async move {
             let waits = answers
                 .into_iter()
-                .map(|(addr, id, timeout, answer)| async move {
+                .map(|(addr, id, timeout, mut answer)| async move {
                     let why = match answer.wait(timeout).await {
                         Ok(Some(_)) => return None,
                         Ok(None) => format!("no reply within {timeout:?}"),
@@ -705,18 +751,8 @@ impl ClusterSubscriber {
                 }
             }
         }
-        let mut candidates: Vec<String> = self
-            .slots
-            .addresses()
-            .filter(|a| !tried.iter().any(|x| x == a))
-            .map(str::to_owned)
-            .collect();
-        for seed in &self.seeds {
-            if !candidates.contains(seed) {
-                candidates.push(seed.clone());
-            }
-        }
-        candidates.dedup();
+        let mut candidates = self.slots.nodes_then(&self.seeds);
+        candidates.retain(|a| !tried.contains(a));
         // The nodes lost or failing in this recovery last: each may cost the whole connect
         // timeout (a host that stopped answering), before nodes that may answer at once.
         candidates.sort_by_key(|a| self.lost.contains(a) || self.failing.contains(a));
@@ -744,7 +780,7 @@ impl ClusterSubscriber {
 
     /// Applies a batch of the hub's commands (see the module documentation). A failure marks
     /// the node lost; the barriers then wait for the recovery.
-    async fn apply(&mut self, batch: Vec<SubCommand>) {
+    async fn apply(&mut self, batch: Vec<SubCommand>) -> Option<Confirming> {
         let mut waiting = Vec::new();
         let mut new: Vec<Arc<str>> = Vec::new();
         let mut touched: HashSet<String> = HashSet::new();
@@ -804,10 +840,13 @@ impl ClusterSubscriber {
         // streams.
         let everywhere = !waiting.is_empty() || !new.is_empty();
         let mut answered = true;
+        let mut slow = Vec::new();
         if everywhere {
             let mut must = touched;
             must.extend(self.barrier_nodes(&waiting, true));
-            for (addr, answer) in self.confirm(&must).await {
+            let confirmed;
+            (confirmed, slow) = self.confirm_aside(&must).await;
+            for (addr, answer) in confirmed {
                 match answer {
                     // A node answers: up again, if the watchdog's probe had found none
                     // answering while no channel was followed.
@@ -842,8 +881,53 @@ impl ClusterSubscriber {
                     self.note_sequence(&ch).await;
                 }
             }
-            return;
+            return None;
         }
+        // What waits for a node slower than `ASIDE_WAIT` (stopped, not yet noticed) waits beside
+        // the loop, so that the other shards' streams start meanwhile: the barriers on its
+        // channels (or on every subscription), and its new channels' sequence reads.
+        let deferred = (!slow.is_empty()).then(|| {
+            let late: HashSet<&str> = slow.iter().map(|s: &Slow| s.addr.as_str()).collect();
+            let (held, now): (Vec<Waiting>, Vec<Waiting>) =
+                std::mem::take(&mut waiting).into_iter().partition(|w| {
+                    self.barrier_nodes(std::slice::from_ref(w), true)
+                        .iter()
+                        .any(|a| late.contains(a.as_str()))
+                });
+            waiting = now;
+            let (later, sooner): (Vec<Arc<str>>, Vec<Arc<str>>) =
+                std::mem::take(&mut new).into_iter().partition(|ch| {
+                    self.placed
+                        .get(ch)
+                        .is_some_and(|a| late.contains(a.as_str()))
+                });
+            new = sooner;
+            (held, later)
+        });
+        let confirming = deferred.map(|(held, later)| {
+            self.next_id += 1;
+            let id = self.next_id;
+            self.deferred.push(Deferred {
+                id,
+                waiting: held,
+                new: later,
+            });
+            answered = false;
+            let waits = slow.into_iter().map(|mut s| async move {
+                let left = s.until.saturating_duration_since(Instant::now());
+                let why = match s.answer.wait(left).await {
+                    Ok(Some(_)) => return None,
+                    Ok(None) => format!("no reply within {:?}", s.timeout),
+                    Err(e) => e,
+                };
+                Some((s.addr, s.id, why))
+            });
+            let confirming: Confirming = Box::pin(async move {
+                let failed = futures_util::future::join_all(waits).await;
+                (id, failed.into_iter().flatten().collect())
+            });
+            confirming
+        });
         if everywhere && answered {
             // Every connection answered after the confirmations of what it was sent.
             lock(&self.last).ending.clear();
@@ -856,6 +940,36 @@ impl ClusterSubscriber {
         // refill reads its history after that at least.
         for ch in new {
             self.note_sequence(&ch).await;
+        }
+        confirming
+    }
+
+    /// The end of a [`Deferred`] confirmation: a connection that failed is lost (its
+    /// barriers then wait for the recovery); else its barriers are answered and its new
+    /// channels' sequences noted.
+    async fn confirmed(&mut self, id: u64, failed: Vec<(String, u64, String)>) {
+        let Some(i) = self.deferred.iter().position(|d| d.id == id) else {
+            return;
+        };
+        let done = self.deferred.swap_remove(i);
+        for (addr, conn, why) in failed {
+            if self.nodes.get(&addr).is_some_and(|c| c.id == conn) {
+                tracing::warn!(node = %addr, reason = %why, "redis cluster subscriber connection failed");
+                self.drop_node(&addr);
+            }
+        }
+        if !self.lost.is_empty() || self.unplaced {
+            self.barriers.extend(done.waiting);
+            return;
+        }
+        let at = Instant::now();
+        for w in done.waiting {
+            self.dispatch.send(Dispatch::Barrier { tx: w.tx, at });
+        }
+        for ch in done.new {
+            if self.placed.contains_key(&ch) {
+                self.note_sequence(&ch).await;
+            }
         }
     }
 
@@ -1258,6 +1372,47 @@ impl ClusterSubscriber {
         futures_util::future::join_all(pings).await
     }
 
+    /// [`ClusterSubscriber::confirm`] for the normal loop: a PING on every connection, all at
+    /// once, each waited for [`ASIDE_WAIT`]; one in `must` slower than that is returned as
+    /// [`Slow`], to be waited for beside the loop, rather than waited for here.
+    async fn confirm_aside(
+        &mut self,
+        must: &HashSet<String>,
+    ) -> (Vec<(String, Result<bool, String>)>, Vec<Slow>) {
+        let pings = self.nodes.iter_mut().map(|(addr, con)| async move {
+            let mut answer = match con.send(&[b"PING"]).await {
+                Ok(answer) => answer,
+                Err(e) => return ((addr.clone(), Err(e)), None),
+            };
+            let until = Instant::now() + con.timeout();
+            match answer.wait(ASIDE_WAIT).await {
+                Ok(None) if con.stalled() => (
+                    (
+                        addr.clone(),
+                        Err(format!("no reply within {:?}", con.timeout())),
+                    ),
+                    None,
+                ),
+                Ok(None) if must.contains(addr) => {
+                    let slow = Slow {
+                        addr: addr.clone(),
+                        id: con.id,
+                        answer,
+                        until,
+                        timeout: con.timeout(),
+                    };
+                    ((addr.clone(), Ok(false)), Some(slow))
+                }
+                answer => ((addr.clone(), answer.map(|r| r.is_some())), None),
+            }
+        });
+        let (confirmed, slow): (Vec<_>, Vec<_>) = futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .unzip();
+        (confirmed, slow.into_iter().flatten().collect())
+    }
+
     /// Each moved channel's history after the last sequence dispatched for it (see the
     /// module documentation), [`REFILL_AT_ONCE`] channels at a time.
     async fn refill(&self, from: &HashMap<Arc<str>, Option<u64>>) -> Result<Resume, BrokerError> {
@@ -1388,7 +1543,6 @@ async fn ask_in_turn<T>(
     args: &[&[u8]],
     accept: impl Fn(&Reply, &str) -> Result<T, String>,
 ) -> Result<(String, T), String> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
     type Asking<'a> = Pin<Box<dyn Future<Output = (&'a str, Result<Reply, String>)> + Send + 'a>>;
     let mut asking: FuturesUnordered<Asking<'_>> = FuturesUnordered::new();
     let mut rest = candidates.iter();
@@ -1582,6 +1736,22 @@ mod tests {
                 Reply::Bulk(b"id".to_vec()),
             ]),
         ])
+    }
+
+    #[test]
+    fn the_nodes_to_ask_for_the_slot_map_are_named_once_each() {
+        // A primary with two ranges apart (a slot of the middle moved away by a resharding).
+        let reply = Reply::Array(vec![
+            range(0, 100, "127.0.0.1", 7000),
+            range(101, 101, "127.0.0.1", 7001),
+            range(102, 16383, "127.0.0.1", 7000),
+        ]);
+        let map = SlotMap::parse(&reply, "127.0.0.1:7000").unwrap();
+        let seeds = ["127.0.0.1:7001".to_owned(), "127.0.0.1:7002".to_owned()];
+        assert_eq!(
+            map.nodes_then(&seeds),
+            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
+        );
     }
 
     #[test]
