@@ -2896,3 +2896,72 @@ async fn health_is_degraded_once_a_first_connection_to_a_stopped_node_failed() {
     })
     .await;
 }
+
+/// A stream opens on a channel without events yet whose primary is slow (stopped): its
+/// barrier's PING is not answered within `ASIDE_WAIT`, so it becomes a `Deferred`
+/// confirmation, which also holds the channel as new (its sequence to be noted once the node
+/// answers). Before the node answers, another shard's pub/sub connection is cut: the run loop
+/// enters a recovery, which takes the deferred barrier over but drops the deferred new
+/// channel, so its sequence is never noted (it stays "nothing known"). The node answers, the
+/// recovery ends and the stream starts. Later its own pub/sub connection is cut while the
+/// process is frozen and three events are published meanwhile: the refill is to read them
+/// from history (as `a_channel_without_events_is_refilled_after_its_connection_is_cut` does
+/// without the deferral), but with nothing known for the channel it reads none, and the
+/// stream never gets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_new_channel_taken_over_by_a_recovery_is_refilled_after_its_connection_is_cut() {
+    within_limit(async {
+        let (cluster, three, primaries, process) = held_cluster("deferfresh").await;
+        let slow_ch = &three[0];
+        let (slow_primary, cut_primary) = (primaries[0], primaries[1]);
+        let fresh = cluster
+            .channels_beside(slow_ch, "deferfreshnew", 1)
+            .remove(0);
+        assert_eq!(cluster.primary_of_channel(&fresh), slow_primary);
+        let publisher = redisse_on(&cluster, &[]).await;
+        warm(&process, &three).await;
+        let _c = Reader::live("on three", &process, &three, &at(&three, 1)).await;
+
+        cluster.freeze(slow_primary);
+        // With a channel of the third shard, which has events: its stream starts with a
+        // `lastEventId` hint (a stream whose channels are all at 0 has none).
+        let one = vec![fresh.clone(), three[2].clone()];
+        let now: Position = [(fresh.clone(), 0), (three[2].clone(), 1)].into();
+        let url = process.url(&query(&one));
+        let opening = async {
+            let mut stream = SseStream::open(&url, &[]).await;
+            assert_eq!(stream.status, 200, "the stream on {fresh}");
+            let e = match stream.next_within(PATIENCE).await {
+                Next::Event(e) => e,
+                other => panic!(
+                    "the stream on {fresh} did not start within {PATIENCE:?}: {other:?}: {}",
+                    process.log()
+                ),
+            };
+            assert_eq!(e.event, "lastEventId", "the first event on {fresh}: {e:?}");
+            let hint = parse_compound(&one, e.id.as_deref().expect("an id"));
+            assert_eq!(hint, now, "the hint of {fresh}");
+            Reader {
+                stream: Some(stream),
+                ..Reader::at("fresh", &one, hint)
+            }
+        };
+        let driving = async {
+            // The new stream's barrier is deferred (ASIDE_WAIT is 250 ms).
+            sleep(Duration::from_millis(500)).await;
+            let killed = cluster.kill_clients(cut_primary, "pubsub");
+            assert!(killed >= 1, "the other shard's connection was cut");
+            // The recovery waits for the stopped node's PING (its barrier's); the node
+            // answers well within the request timeout (3 s).
+            sleep(Duration::from_millis(700)).await;
+            cluster.unfreeze(slow_primary);
+        };
+        let (mut c, ()) = tokio::join!(opening, driving);
+        assert_eq!(c.position[&fresh], 0, "no event of {fresh} yet");
+        let start = c.position.clone();
+        // Everything settled (the recovery is over).
+        sleep(Duration::from_secs(1)).await;
+        cut_while_frozen(&cluster, &process, &publisher, &fresh, &mut c, &start).await;
+    })
+    .await;
+}
