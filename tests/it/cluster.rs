@@ -2965,3 +2965,74 @@ async fn a_deferred_new_channel_taken_over_by_a_recovery_is_refilled_after_its_c
     })
     .await;
 }
+
+/// Two primaries stop answering (SIGSTOP): one (`slow`) the process has a connection to, one
+/// (`unmet`) it has none to. A stream opens on a new channel of each: `apply` subscribes the
+/// first on the slow node's connection (its PING unanswered: a `Slow`), and the first
+/// connection to the unmet node is still being made after `CONNECT_WAIT`, so the batch is
+/// left to a recovery (`unplaced`). On that early return `apply` still notes the sequence of
+/// each new channel placed, the slow node's included, with a store read on that stopped node,
+/// awaited inline in the subscriber task, which then takes nothing else until the node
+/// answers (here unfrozen after 12 s). A stream opened 0.6 s later on a healthy shard's
+/// channel waits for that read instead of starting within a few seconds (the recovery's own
+/// full wait for the slow node's PING is its request timeout, 3 s; 7 s is allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_channel_on_a_stopped_node_left_to_a_recovery_does_not_stall_the_subscriber() {
+    within_limit(async {
+        let (cluster, three, primaries, process) = held_cluster("stallnote").await;
+        let (followed, healthy, unmet) = (&three[0], &three[1], &three[2]);
+        let (slow_primary, unmet_primary) = (primaries[0], primaries[2]);
+        let fresh = cluster
+            .channels_beside(followed, "stallnotefresh", 1)
+            .remove(0);
+        let probe = cluster
+            .channels_beside(healthy, "stallnoteprobe", 1)
+            .remove(0);
+        warm(
+            &process,
+            &[
+                followed.clone(),
+                healthy.clone(),
+                unmet.clone(),
+                probe.clone(),
+            ],
+        )
+        .await;
+        let two = vec![followed.clone(), healthy.clone()];
+        let _c = Reader::live("on two", &process, &two, &at(&two, 1)).await;
+        assert!(
+            cluster.pubsub_client_ids(unmet_primary).is_empty(),
+            "no subscriber connection to {unmet_primary}"
+        );
+
+        cluster.freeze_all(&[slow_primary, unmet_primary]);
+        let url = process.url(&query(&[fresh.clone(), unmet.clone()]));
+        let waiting = tokio::spawn(async move { SseStream::open(&url, &[]).await });
+        sleep(Duration::from_millis(600)).await;
+        let probe_url = process.url(&query(std::slice::from_ref(&probe)));
+        let opened = Instant::now();
+        let opening = async {
+            let mut s = SseStream::open(&probe_url, &[]).await;
+            assert_eq!(s.status, 200, "the stream on {probe}");
+            let first = s.next_within(Duration::from_secs(30)).await;
+            (opened.elapsed(), first)
+        };
+        let driving = async {
+            sleep(Duration::from_secs(12)).await;
+            cluster.unfreeze_all(&[slow_primary, unmet_primary]);
+        };
+        let ((took, first), ()) = tokio::join!(opening, driving);
+        waiting.abort();
+        assert!(
+            matches!(&first, Next::Event(e) if e.event == "lastEventId"),
+            "the stream on {probe}: {first:?}"
+        );
+        assert!(
+            took < Duration::from_secs(7),
+            "a stream on {probe} (a healthy shard) took {took:?} to start, opened 0.6 s after \
+             a stream on new channels of two stopped primaries: {}",
+            process.log()
+        );
+    })
+    .await;
+}
