@@ -344,6 +344,11 @@ pub(super) struct ClusterSubscriber {
     barriers: Vec<Waiting>,
     /// Confirmations of the normal loop waiting for slow nodes (see [`Deferred`]).
     deferred: Vec<Deferred>,
+    /// New channels placed on a node slower than [`ASIDE_WAIT`] whose confirmation was left to
+    /// a recovery: it refills them (which notes their sequence) once their node confirmed them.
+    /// (Left unnoted, a channel's later refill read nothing, and the events published while its
+    /// connection was lost were never delivered.)
+    noting: Vec<Arc<str>>,
     next_id: u64,
 }
 
@@ -388,6 +393,7 @@ impl ClusterSubscriber {
             held: HashSet::new(),
             barriers: Vec::new(),
             deferred: Vec::new(),
+            noting: Vec::new(),
             next_id: 0,
         }
     }
@@ -397,9 +403,10 @@ impl ClusterSubscriber {
         loop {
             if first || self.unplaced || !self.lost.is_empty() {
                 // Confirmations still waiting for a slow node are the recovery's to answer.
-                let deferred = std::mem::take(&mut self.deferred);
-                self.barriers
-                    .extend(deferred.into_iter().flat_map(|d| d.waiting));
+                for d in std::mem::take(&mut self.deferred) {
+                    self.barriers.extend(d.waiting);
+                    self.noting.extend(d.new);
+                }
                 if !self.recover(first).await {
                     return;
                 }
@@ -875,10 +882,14 @@ impl ClusterSubscriber {
         if !self.lost.is_empty() || self.unplaced {
             self.barriers.extend(waiting);
             // The new channels placed and confirmed are active: their sequence is noted as
-            // below, or a later refill of theirs would read nothing (`refill_channel`).
+            // below, or a later refill of theirs would read nothing (`refill_channel`). Those on
+            // a node that has not answered are the recovery's to note: a read of their sequence
+            // here would wait for that node, holding the task.
             for ch in new {
-                if self.placed.contains_key(&ch) {
-                    self.note_sequence(&ch).await;
+                match self.placed.get(&ch) {
+                    Some(addr) if slow.iter().any(|s| s.addr == *addr) => self.noting.push(ch),
+                    Some(_) => self.note_sequence(&ch).await,
+                    None => {}
                 }
             }
             return None;
@@ -960,6 +971,7 @@ impl ClusterSubscriber {
         }
         if !self.lost.is_empty() || self.unplaced {
             self.barriers.extend(done.waiting);
+            self.noting.extend(done.new);
             return;
         }
         let at = Instant::now();
@@ -1235,6 +1247,16 @@ impl ClusterSubscriber {
             }
             from.entry(ch.clone()).or_insert(*seen);
             moving.push(ch.clone());
+        }
+        // New channels whose confirmation the normal loop left to this recovery: refilled once
+        // their node confirmed them (it is waited for as one sent something to confirm).
+        for ch in std::mem::take(&mut self.noting) {
+            if let Some((_, seen)) = active.iter().find(|(a, _)| *a == ch) {
+                if let Some(addr) = self.placed.get(&ch) {
+                    self.touched.insert(addr.clone());
+                }
+                from.entry(ch).or_insert(*seen);
+            }
         }
         from.retain(|c, _| active.iter().any(|(a, _)| a == c));
         // Their live events wait for their refill, those of every channel to refill since the
