@@ -2804,10 +2804,10 @@ async fn after_every_primary_stopped_and_came_back_new_streams_start_and_get_eve
 /// more client of that shard, or one coming back), then another client a stream on a new
 /// channel of a healthy shard. The second stream is to start at once: the watchdog's wait
 /// holds no new stream (`streams_opened_while_the_watchdog_waits_for_a_stopped_node_start_at_once`),
-/// and a recovery passes a stopped node over. `apply` confirms the first stream's barrier with
-/// a PING on the stopped node's connection (in `must`: the barrier's channel is placed there)
-/// and awaits it inline, for its whole request timeout (3 s), so the subscriber task takes no
-/// other command meanwhile and the healthy shard's stream waits with it.
+/// and a recovery passes a stopped node over. The first stream starts once the node answers.
+/// (`apply` used to await the PING confirming the first stream's barrier on the stopped node's
+/// connection inline, for its whole request timeout, 3 s, the healthy shard's stream waiting
+/// with it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_on_a_stopped_nodes_channel_does_not_slow_the_other_shards_new_streams() {
     within_limit(async {
@@ -2851,10 +2851,10 @@ async fn a_stream_on_a_stopped_nodes_channel_does_not_slow_the_other_shards_new_
 /// one of its channels: the subscription's first connection to it goes unanswered for the
 /// whole connect timeout (3 s) and fails, so the shard of a followed channel is recovering
 /// and `/health` is to say `degraded` from then on (docs/operations.md: a stopped node is
-/// noticed "once it has left a request unanswered for 3 s"). It says `ok` 3 s longer: the
-/// failure in `apply` (`drop_node` of a node without a connection) marks the node neither lost
-/// nor `failing`, so the recovery's attempts take its next connection, still being made, for
-/// "a first connection to a node not failing" (no outage) until that one fails too.
+/// noticed "once it has left a request unanswered for 3 s"). (It used to say `ok` 3 s longer:
+/// the failure in `apply` marked the node neither lost nor `failing`, so the recovery's
+/// attempts took its next connection, still being made, for "a first connection to a node
+/// not failing", no outage, until that one failed too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_degraded_once_a_first_connection_to_a_stopped_node_failed() {
     within_limit(async {
@@ -2901,13 +2901,12 @@ async fn health_is_degraded_once_a_first_connection_to_a_stopped_node_failed() {
 /// barrier's PING is not answered within `ASIDE_WAIT`, so it becomes a `Deferred`
 /// confirmation, which also holds the channel as new (its sequence to be noted once the node
 /// answers). Before the node answers, another shard's pub/sub connection is cut: the run loop
-/// enters a recovery, which takes the deferred barrier over but drops the deferred new
-/// channel, so its sequence is never noted (it stays "nothing known"). The node answers, the
-/// recovery ends and the stream starts. Later its own pub/sub connection is cut while the
-/// process is frozen and three events are published meanwhile: the refill is to read them
-/// from history (as `a_channel_without_events_is_refilled_after_its_connection_is_cut` does
-/// without the deferral), but with nothing known for the channel it reads none, and the
-/// stream never gets them.
+/// enters a recovery, which takes the deferred barrier and the new channel over. The node
+/// answers, the recovery ends and the stream starts. Later its own pub/sub connection is cut
+/// while the process is frozen and three events are published meanwhile: the refill reads
+/// them from history (as `a_channel_without_events_is_refilled_after_its_connection_is_cut`
+/// does without the deferral). (The recovery used to drop the deferred new channel, its
+/// sequence never noted: the refill then read nothing, and the stream never got them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deferred_new_channel_taken_over_by_a_recovery_is_refilled_after_its_connection_is_cut() {
     within_limit(async {
@@ -2970,12 +2969,12 @@ async fn a_deferred_new_channel_taken_over_by_a_recovery_is_refilled_after_its_c
 /// (`unmet`) it has none to. A stream opens on a new channel of each: `apply` subscribes the
 /// first on the slow node's connection (its PING unanswered: a `Slow`), and the first
 /// connection to the unmet node is still being made after `CONNECT_WAIT`, so the batch is
-/// left to a recovery (`unplaced`). On that early return `apply` still notes the sequence of
-/// each new channel placed, the slow node's included, with a store read on that stopped node,
-/// awaited inline in the subscriber task, which then takes nothing else until the node
-/// answers (here unfrozen after 12 s). A stream opened 0.6 s later on a healthy shard's
-/// channel waits for that read instead of starting within a few seconds (the recovery's own
-/// full wait for the slow node's PING is its request timeout, 3 s; 7 s is allowed).
+/// left to a recovery (`unplaced`). A stream opened 0.6 s later on a healthy shard's channel
+/// starts within a few seconds (the recovery's own full wait for the slow node's PING is its
+/// request timeout, 3 s; 7 s is allowed), though the nodes answer only after 12 s. (`apply`
+/// used to read the sequence of each new channel placed, the slow node's included, on that
+/// stopped node, in the subscriber task, which then took nothing else until the node
+/// answered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_channel_on_a_stopped_node_left_to_a_recovery_does_not_stall_the_subscriber() {
     within_limit(async {
