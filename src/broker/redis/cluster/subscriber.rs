@@ -550,12 +550,8 @@ impl ClusterSubscriber {
         Box::pin(async move {
             let waits = answers
                 .into_iter()
-                .map(|(addr, id, timeout, mut answer)| async move {
-                    let why = match answer.wait(timeout).await {
-                        Ok(Some(_)) => return None,
-                        Ok(None) => format!("no reply within {timeout:?}"),
-                        Err(e) => e,
-                    };
+                .map(|(addr, id, timeout, answer)| async move {
+                    let why = unanswered(answer, timeout, timeout).await?;
                     Some((addr, id, why))
                 });
             failed.extend(
@@ -924,13 +920,9 @@ impl ClusterSubscriber {
                 new: later,
             });
             answered = false;
-            let waits = slow.into_iter().map(|mut s| async move {
+            let waits = slow.into_iter().map(|s| async move {
                 let left = s.until.saturating_duration_since(Instant::now());
-                let why = match s.answer.wait(left).await {
-                    Ok(Some(_)) => return None,
-                    Ok(None) => format!("no reply within {:?}", s.timeout),
-                    Err(e) => e,
-                };
+                let why = unanswered(s.answer, left, s.timeout).await?;
                 Some((s.addr, s.id, why))
             });
             let confirming: Confirming = Box::pin(async move {
@@ -1057,8 +1049,8 @@ impl ClusterSubscriber {
                     Some(cmd) => {
                         let barrier = matches!(cmd, SubCommand::Barrier { .. });
                         self.record(cmd);
-                        let sooner = (started + MIN_BACKOFF).min(sleep.deadline());
                         if barrier {
+                            let sooner = (started + MIN_BACKOFF).min(sleep.deadline());
                             sleep.as_mut().reset(sooner);
                         }
                     }
@@ -1550,6 +1542,16 @@ async fn ask_once(
     let quiet: PushHandler = Arc::new(|_| {});
     let mut con = NodeConn::connect(addr, 0, access, timeout, quiet, tx).await?;
     con.request(args).await
+}
+
+/// Why `answer` failed, waited for `wait` at most (`None` when it came): the connection
+/// failing, or no reply within the request `timeout` it stands for.
+async fn unanswered(mut answer: Answer, wait: Duration, timeout: Duration) -> Option<String> {
+    match answer.wait(wait).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("no reply within {timeout:?}")),
+        Err(e) => Some(e),
+    }
 }
 
 /// Asks `candidates` on connections of their own, in turn, each [`ASIDE_WAIT`] after the one
